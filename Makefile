@@ -1,0 +1,56 @@
+# xlb developer entry points. `make setup` is idempotent and fast when nothing changed.
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+VENV        := .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.xlb-installed
+BCC_SRC     := /usr/lib/python3/dist-packages/bcc
+APT_PKGS    := python3-venv python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 ethtool nftables
+PYTEST_ARGS ?= tests
+
+.PHONY: setup apt venv bcc-link test demo bench clean
+
+setup: apt $(STAMP) bcc-link
+
+# Install the Debian packages only when one is missing (dpkg -s fails for it).
+apt:
+	@missing=""; for p in $(APT_PKGS); do \
+	    dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "apt: installing$$missing"; \
+	    SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Debian's bcc (pure Python over libbcc via ctypes) is linked in by itself, so the venv does not
+# see the rest of dist-packages.
+bcc-link: $(PY)
+	@site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	if [ "$$(readlink "$$site/bcc" 2>/dev/null)" != "$(BCC_SRC)" ]; then \
+	    rm -rf "$$site/bcc" && ln -s $(BCC_SRC) "$$site/bcc" && echo "linked $$site/bcc -> $(BCC_SRC)"; \
+	fi
+
+# Reinstall only when the package metadata changed.
+$(STAMP): setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/xlb demo
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info xlb.egg-info .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

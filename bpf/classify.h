@@ -1,0 +1,65 @@
+/* classify.h — which virtual service a packet belongs to: mark rules first, then <proto, vip, port>, then the
+ * VIP's port-zero service, in IPVS's order. */
+#ifndef XLB_CLASSIFY_H
+#define XLB_CLASSIFY_H
+
+#include "maps.h"
+#include "parse.h"
+#include "stats.h"
+
+/* The most specific mark rule for the packet: one LPM lookup for rules naming its port, one for every-port
+ * rules. Returns the rule or NULL. */
+static __always_inline struct mark_val *match_mark(struct pkt *p)
+{
+	struct mark_key mk = {
+		.prefixlen = 32 + 128,
+		.family = p->family,
+		.proto = p->proto,
+		.port = p->dport,
+	};
+	__builtin_memcpy(mk.addr, p->dst, 16);
+	struct mark_val *mv = mark_rules.lookup(&mk);
+	if (mv)
+		return mv;
+	mk.port = 0;
+	return mark_rules.lookup(&mk);
+}
+
+/* Find the service for a TCP/UDP packet. *key receives the matched service's key (the persistence identity). */
+static __always_inline struct svc_meta *lookup_service(struct pkt *p, struct settings *st, struct svc_key *key,
+						       __u64 bytes)
+{
+	__builtin_memset(key, 0, sizeof(*key));
+	key->family = p->family;
+	if (st->flags & XLB_SET_F_MARKS) {
+		struct mark_val *mv = match_mark(p);
+		if (mv) {
+			__u32 rule = mv->rule_id;
+			count(mark_stats.lookup(&rule), bytes, 0);
+			key->mark = mv->mark;
+			struct svc_meta *svc = services.lookup(key);
+			if (svc)
+				return svc;
+			key->mark = 0;
+		}
+	}
+	__builtin_memcpy(key->addr, p->dst, 16);
+	key->proto = p->proto;
+	key->port = p->dport;
+	struct svc_meta *svc = services.lookup(key);
+	if (svc)
+		return svc;
+	/* Port-zero services are persistent by definition (the control plane refuses others). */
+	key->port = 0;
+	return services.lookup(key);
+}
+
+/* Is this fragment's destination one of ours (a VIP or a mark rule's prefix)? */
+static __always_inline int is_vip(struct pkt *p)
+{
+	struct vip_key vk = { .prefixlen = 32 + 128, .family = p->family };
+	__builtin_memcpy(vk.addr, p->dst, 16);
+	return vip_prefixes.lookup(&vk) != NULL;
+}
+
+#endif

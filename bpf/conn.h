@@ -1,0 +1,72 @@
+/* conn.h — the connection table: TCP state from the flags the load balancer sees (one direction, as IPVS's
+ * input-only table), timeouts per state, and the lookup that keeps an established flow on its real. */
+#ifndef XLB_CONN_H
+#define XLB_CONN_H
+
+#include "maps.h"
+#include "parse.h"
+
+static __always_inline void conn_key_of(struct pkt *p, struct conn_key *ck)
+{
+	__builtin_memcpy(ck->src, p->src, 16);
+	__builtin_memcpy(ck->dst, p->dst, 16);
+	ck->sport = p->sport;
+	ck->dport = p->dport;
+	ck->proto = p->proto;
+	ck->family = p->family;
+	ck->pad = 0;
+}
+
+/* The state a new connection starts in. */
+static __always_inline __u8 conn_first_state(struct pkt *p)
+{
+	if (p->proto != IPPROTO_TCP)
+		return XLB_CS_UDP;
+	if (p->tcp_flags & (XLB_TCP_FIN | XLB_TCP_RST))
+		return XLB_CS_FIN;
+	if ((p->tcp_flags & (XLB_TCP_SYN | XLB_TCP_ACK)) == XLB_TCP_SYN)
+		return XLB_CS_SYN;
+	/* A mid-stream packet of an unknown flow (e.g. after a restart): it was established. */
+	return XLB_CS_EST;
+}
+
+static __always_inline __u64 conn_timeout(struct settings *st, __u8 state)
+{
+	if (state >= XLB_CS_MAX)
+		return 0;
+	return st->timeout_ns[state];
+}
+
+static __always_inline int conn_expired(struct conn *c, struct settings *st, __u64 now)
+{
+	/* Signed: another CPU may have stamped the entry a tick after our clock read. */
+	return (__s64)(now - c->seen_ns) > (__s64)conn_timeout(st, c->state);
+}
+
+/* A bare SYN on a closing TCP entry is a new connection reusing the tuple: schedule it afresh
+ * (IPVS's conn_reuse_mode). */
+static __always_inline int conn_reused(struct conn *c, struct pkt *p)
+{
+	return c->state == XLB_CS_FIN && (p->tcp_flags & (XLB_TCP_SYN | XLB_TCP_ACK)) == XLB_TCP_SYN;
+}
+
+/* Advance the TCP state and the last-seen time of a live entry. Writes only what changed. */
+static __always_inline void conn_touch(struct conn *c, struct pkt *p, __u64 now)
+{
+	if (p->proto == IPPROTO_TCP) {
+		__u8 st = c->state;
+		if (p->tcp_flags & (XLB_TCP_FIN | XLB_TCP_RST))
+			st = XLB_CS_FIN;
+		else if (st == XLB_CS_SYN && (p->tcp_flags & XLB_TCP_ACK))
+			st = XLB_CS_EST;
+		if (st != c->state) {
+			c->state = st;
+			c->seen_ns = now;
+			return;
+		}
+	}
+	if ((__s64)(now - c->seen_ns) > (__s64)XLB_TOUCH_NS)
+		c->seen_ns = now;
+}
+
+#endif

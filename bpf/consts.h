@@ -1,0 +1,100 @@
+/* consts.h — tunables (#ifndef defaults, overridden by the loader's -D flags) and the enums shared with Python. */
+#ifndef XLB_CONSTS_H
+#define XLB_CONSTS_H
+
+/* Table sizes: the loader passes these from the config's [tables] section. */
+#ifndef XLB_CONNS
+#define XLB_CONNS 1048576
+#endif
+#ifndef XLB_TEMPLATES
+#define XLB_TEMPLATES 262144
+#endif
+#ifndef XLB_MAX_SERVICES
+#define XLB_MAX_SERVICES 8192
+#endif
+#ifndef XLB_MAX_REALS
+#define XLB_MAX_REALS 65536
+#endif
+#ifndef XLB_SCHED_SLOTS
+#define XLB_SCHED_SLOTS 4194304
+#endif
+#ifndef XLB_MARK_ENTRIES
+#define XLB_MARK_ENTRIES 262144
+#endif
+#ifndef XLB_MAX_MARK_RULES
+#define XLB_MAX_MARK_RULES 16384
+#endif
+#ifndef XLB_VIP_PREFIXES
+#define XLB_VIP_PREFIXES 65536
+#endif
+
+/* How often a live flow writes its last-seen time (ns): bounds cache-line writes on the established path. */
+#ifndef XLB_TOUCH_NS
+#define XLB_TOUCH_NS 100000000ULL
+#endif
+/* How long a per-CPU next-hop (bpf_fib_lookup result) is trusted before it is looked up again (ns). */
+#ifndef XLB_NH_TTL_NS
+#define XLB_NH_TTL_NS 1000000000ULL
+#endif
+
+#define XLB_AF_INET 4
+#define XLB_AF_INET6 6
+
+/* The reason behind every verdict. Append only: never renumber (the control plane exports these by name). */
+enum xlb_reason {
+	XLB_PASS_NOT_IP = 0,        /* not IPv4/IPv6 (ARP, LLDP, ...) */
+	XLB_PASS_NO_SERVICE = 1,    /* IP, but no service for it */
+	XLB_PASS_OTHER_PROTO = 2,   /* neither TCP nor UDP (ICMP, ...) */
+	XLB_PASS_FRAGMENT = 3,      /* a fragment whose destination is no VIP */
+	XLB_FWD_TX = 4,             /* forwarded to a real out of the ingress interface */
+	XLB_FWD_REDIRECT = 5,       /* forwarded to a real out of another interface */
+	XLB_DROP_TRUNC_ETH = 6,     /* frame shorter than an Ethernet header */
+	XLB_DROP_TRUNC_IP = 7,      /* IP header or IP total length beyond the frame */
+	XLB_DROP_BAD_IP = 8,        /* IPv4 IHL < 5 or wrong IP version */
+	XLB_DROP_TRUNC_L4 = 9,      /* TCP/UDP header beyond the frame */
+	XLB_DROP_BAD_TCP = 10,      /* TCP data offset < 5 */
+	XLB_DROP_FRAGMENT = 11,     /* a fragment for a VIP: xlb does not balance fragments */
+	XLB_DROP_NO_REAL = 12,      /* the service has no available real */
+	XLB_DROP_RST_NO_CONN = 13,  /* TCP RST for no known connection: nothing to reset */
+	XLB_DROP_NO_NEIGH = 14,     /* real's neighbour unresolved; the control plane resolves it */
+	XLB_DROP_FIB = 15,          /* no route to the real (bpf_fib_lookup failed) */
+	XLB_DROP_NOT_ONLINK = 16,   /* direct routing needs the real on-link; the route goes via a gateway */
+	XLB_DROP_IPV6_EXT = 17,     /* too many or truncated IPv6 extension headers */
+	XLB_DROP_INTERNAL = 18,     /* a map that must exist was missing (a bug: report it) */
+	XLB_REASON_MAX
+};
+
+/* Schedulers: how a service's slot table is indexed. Connection-count schedulers get their own kinds. */
+enum xlb_sched {
+	XLB_SCHED_RR = 0,   /* per-CPU counter over the table (rr and wrr differ only in the table) */
+	XLB_SCHED_SH = 1,   /* hash of the client address */
+	XLB_SCHED_DH = 2,   /* hash of the destination address */
+	XLB_SCHED_MH = 3,   /* hash of the client address into a Maglev table */
+};
+
+/* Forwarding methods. NAT and tunnels get their own kinds. */
+enum xlb_method {
+	XLB_METHOD_DR = 0,  /* direct routing: rewrite the Ethernet header only */
+};
+
+/* Connection states, as the load balancer sees one direction (IPVS's input-only TCP table). */
+enum xlb_conn_state {
+	XLB_CS_SYN = 0,     /* TCP, only SYN seen: timeouts.syn */
+	XLB_CS_EST = 1,     /* TCP established: timeouts.tcp */
+	XLB_CS_FIN = 2,     /* TCP after FIN or RST: timeouts.tcpfin */
+	XLB_CS_UDP = 3,     /* UDP: timeouts.udp */
+	XLB_CS_MAX
+};
+
+/* svc_meta.flags */
+#define XLB_SVC_F_PERSIST 0x1          /* persistence_timeout set */
+#define XLB_SVC_F_PERSIST_TIMEOUT 0x2  /* persistence_mode = "timeout": live connections do not hold templates */
+#define XLB_SVC_F_EXPIRE_QUIESCENT 0x4 /* expire_quiescent_template */
+
+/* real.flags */
+#define XLB_REAL_F_LIVE 0x1            /* the slot holds a real of a configured service */
+
+/* settings.flags */
+#define XLB_SET_F_MARKS 0x1            /* at least one mark rule: classify before service lookup */
+
+#endif

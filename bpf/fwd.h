@@ -1,0 +1,89 @@
+/* fwd.h — forwarding to the chosen real. Direct routing: the IP packet is untouched; the Ethernet header is
+ * rewritten toward the real, whose next hop and egress interface come from bpf_fib_lookup (cached per CPU).
+ * NAT and tunnel methods will add their own rewrite here. */
+#ifndef XLB_FWD_H
+#define XLB_FWD_H
+
+#include "maps.h"
+#include "parse.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
+/* 16-byte address equality (BPF has no memcmp). */
+static __always_inline int addr_eq(const __be32 *a, const __be32 *b)
+{
+	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])) == 0;
+}
+
+/* Resolve the real's next hop. Returns 0 with *nh filled, or a drop reason. */
+static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct pkt *p, struct real *r, __u32 real_id,
+					  __u64 now, struct nexthop **out)
+{
+	struct nexthop *nh = nh_cache.lookup(&real_id);
+	if (!nh)
+		return XLB_DROP_INTERNAL;
+	if (nh->stamp_ns && nh->real_gen == r->gen && now - nh->stamp_ns < XLB_NH_TTL_NS) {
+		*out = nh;
+		return 0;
+	}
+	struct bpf_fib_lookup fib = {};
+	fib.ifindex = ctx->ingress_ifindex;
+	fib.l4_protocol = p->proto;
+	fib.tot_len = p->ip_len;
+	if (r->family == XLB_AF_INET) {
+		fib.family = AF_INET;
+		fib.ipv4_dst = r->addr[0];
+	} else {
+		fib.family = AF_INET6;
+		__builtin_memcpy(fib.ipv6_dst, r->addr, 16);
+	}
+	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return XLB_DROP_NO_NEIGH;
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return XLB_DROP_FIB;
+	/* bpf_fib_lookup replaces the destination with the gateway when there is one: DR needs the real on-link. */
+	if (r->family == XLB_AF_INET ? fib.ipv4_dst != r->addr[0] : !addr_eq(fib.ipv6_dst, r->addr))
+		return XLB_DROP_NOT_ONLINK;
+	__builtin_memcpy(nh->dmac, fib.dmac, 6);
+	__builtin_memcpy(nh->smac, fib.smac, 6);
+	nh->ifindex = fib.ifindex;
+	nh->real_gen = r->gen;
+	nh->stamp_ns = now;
+	*out = nh;
+	return 0;
+}
+
+/* Send the packet to real r. Returns the verdict reason; *action gets the XDP action. */
+static __always_inline int forward_dr(struct xdp_md *ctx, struct pkt *p, struct real *r, __u32 real_id,
+				      __u64 now, int *action)
+{
+	struct nexthop *nh = 0;
+	int reason = nexthop_lookup(ctx, p, r, real_id, now, &nh);
+	if (reason) {
+		*action = XDP_DROP;
+		return reason;
+	}
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end) {
+		*action = XDP_DROP;
+		return XLB_DROP_TRUNC_ETH;
+	}
+	__builtin_memcpy(eth->h_dest, nh->dmac, 6);
+	__builtin_memcpy(eth->h_source, nh->smac, 6);
+	if (nh->ifindex == ctx->ingress_ifindex) {
+		*action = XDP_TX;
+		return XLB_FWD_TX;
+	}
+	*action = bpf_redirect(nh->ifindex, 0);
+	return XLB_FWD_REDIRECT;
+}
+
+#endif

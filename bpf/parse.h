@@ -1,0 +1,166 @@
+/* parse.h — the packet parser: Ethernet, IPv4/IPv6 (with extension headers), TCP/UDP, into struct pkt.
+ * One cursor, one bounds idiom: if ((void *)(h + 1) > data_end) the header is truncated. */
+#ifndef XLB_PARSE_H
+#define XLB_PARSE_H
+
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+
+#include "consts.h"
+
+#define XLB_TCP_FIN 0x01
+#define XLB_TCP_SYN 0x02
+#define XLB_TCP_RST 0x04
+#define XLB_TCP_ACK 0x10
+
+/* IPv6 extension headers walked before giving up (XLB_DROP_IPV6_EXT). */
+#define XLB_IPV6_MAX_EXT 4
+
+/* What the rest of the program needs to know about a packet. */
+struct pkt {
+	__be32 src[4];      /* network order; IPv4 in [0] */
+	__be32 dst[4];
+	__be16 sport;       /* network order */
+	__be16 dport;
+	__u8 proto;         /* IPPROTO_TCP / IPPROTO_UDP once parsed */
+	__u8 family;        /* XLB_AF_INET / XLB_AF_INET6 */
+	__u8 tcp_flags;     /* XLB_TCP_* */
+	__u8 fragment;      /* 1: an IP fragment (no L4 header to trust) */
+	__u16 ip_len;       /* IPv4 total length / IPv6 payload + 40, host order: for bpf_fib_lookup */
+};
+
+/* Parse the L4 header at l4. Returns 0 or a drop reason. */
+static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p)
+{
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > data_end)
+			return XLB_DROP_TRUNC_L4;
+		if (th->doff < 5)
+			return XLB_DROP_BAD_TCP;
+		p->sport = th->source;
+		p->dport = th->dest;
+		/* Byte 13 of the TCP header holds the flags. */
+		p->tcp_flags = ((__u8 *)th)[13];
+		return 0;
+	}
+	if (p->proto == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > data_end)
+			return XLB_DROP_TRUNC_L4;
+		p->sport = uh->source;
+		p->dport = uh->dest;
+		return 0;
+	}
+	return XLB_PASS_OTHER_PROTO;
+}
+
+static __always_inline int parse_ipv4(void *cur, void *data_end, struct pkt *p, void **l4)
+{
+	struct iphdr *iph = cur;
+	if ((void *)(iph + 1) > data_end)
+		return XLB_DROP_TRUNC_IP;
+	if (iph->version != 4 || iph->ihl < 5)
+		return XLB_DROP_BAD_IP;
+	__u32 hlen = iph->ihl * 4;
+	__u16 tot = bpf_ntohs(iph->tot_len);
+	if (tot < hlen || cur + tot > data_end)
+		return XLB_DROP_TRUNC_IP;
+	p->family = XLB_AF_INET;
+	p->proto = iph->protocol;
+	p->src[0] = iph->saddr;
+	p->dst[0] = iph->daddr;
+	p->ip_len = tot;
+	/* MF set or a fragment offset: only a first fragment carries ports, and none can be trusted alone. */
+	if (iph->frag_off & bpf_htons(0x3fff))
+		p->fragment = 1;
+	*l4 = cur + hlen;
+	return 0;
+}
+
+static __always_inline int parse_ipv6(void *cur, void *data_end, struct pkt *p, void **l4)
+{
+	struct ipv6hdr *ip6 = cur;
+	if ((void *)(ip6 + 1) > data_end)
+		return XLB_DROP_TRUNC_IP;
+	if (ip6->version != 6)
+		return XLB_DROP_BAD_IP;
+	__u32 plen = bpf_ntohs(ip6->payload_len);
+	if ((void *)(ip6 + 1) + plen > data_end)
+		return XLB_DROP_TRUNC_IP;
+	p->family = XLB_AF_INET6;
+	__builtin_memcpy(p->src, &ip6->saddr, 16);
+	__builtin_memcpy(p->dst, &ip6->daddr, 16);
+	p->ip_len = plen + sizeof(*ip6);
+	__u8 next = ip6->nexthdr;
+	cur = ip6 + 1;
+	/* Walk a bounded number of extension headers; the verifier needs the constant bound. */
+#pragma unroll
+	for (int i = 0; i < XLB_IPV6_MAX_EXT; i++) {
+		if (next == IPPROTO_TCP || next == IPPROTO_UDP)
+			break;
+		struct ipv6_opt_hdr *eh = cur;
+		if ((void *)(eh + 1) > data_end)
+			return XLB_DROP_IPV6_EXT;
+		switch (next) {
+		case IPPROTO_HOPOPTS:
+		case IPPROTO_ROUTING:
+		case IPPROTO_DSTOPTS:
+			cur += (eh->hdrlen + 1) * 8;
+			break;
+		case IPPROTO_AH:
+			cur += (eh->hdrlen + 2) * 4;
+			break;
+		case IPPROTO_FRAGMENT:
+			/* struct frag_hdr: nexthdr, reserved, frag_off (offset << 3 | M), id. */
+			if (cur + 8 > data_end)
+				return XLB_DROP_IPV6_EXT;
+			p->fragment = 1;
+			cur += 8;
+			break;
+		default:
+			/* ICMPv6, ESP, no next header...: not ours to balance. */
+			p->proto = next;
+			*l4 = cur;
+			return 0;
+		}
+		next = eh->nexthdr;
+	}
+	if (next != IPPROTO_TCP && next != IPPROTO_UDP) {
+		p->proto = next;
+		return XLB_DROP_IPV6_EXT;
+	}
+	p->proto = next;
+	*l4 = cur;
+	return 0;
+}
+
+/* Fill *p from the frame. Returns 0 when p describes a TCP/UDP packet (p->fragment says if it is a fragment),
+ * else the pass or drop reason. */
+static __always_inline int parse_packet(void *data, void *data_end, struct pkt *p)
+{
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XLB_DROP_TRUNC_ETH;
+	void *l4 = 0;
+	int ret;
+	if (eth->h_proto == bpf_htons(ETH_P_IP))
+		ret = parse_ipv4(eth + 1, data_end, p, &l4);
+	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		ret = parse_ipv6(eth + 1, data_end, p, &l4);
+	else
+		return XLB_PASS_NOT_IP;
+	if (ret)
+		return ret;
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return XLB_PASS_OTHER_PROTO;
+	if (p->fragment)
+		return 0;
+	return parse_l4(l4, data_end, p);
+}
+
+#endif

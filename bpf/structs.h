@@ -1,0 +1,121 @@
+/* structs.h — every struct the data plane shares with Python. The only definition of these layouts:
+ * xlb/structs.py mirrors them and tests/test_structs.py checks the mirror against bcc's types. */
+#ifndef XLB_STRUCTS_H
+#define XLB_STRUCTS_H
+
+#include "consts.h"
+
+/* Addresses are 16 bytes in network order: IPv6 as is, IPv4 in addr[0] with addr[1..3] zero. */
+
+/* services: identity of a virtual service. */
+struct svc_key {
+	__be32 addr[4];   /* VIP; zero for firewall-mark services */
+	__u32 mark;       /* firewall mark; 0 for VIP services */
+	__be16 port;      /* network order; 0 for fwmark and port-zero services */
+	__u8 proto;       /* IPPROTO_TCP / IPPROTO_UDP; 0 for fwmark services */
+	__u8 family;      /* XLB_AF_INET or XLB_AF_INET6 */
+};
+
+struct svc_meta {
+	__u32 id;                  /* index into svc_stats and rr_pos */
+	__u32 flags;               /* XLB_SVC_F_* */
+	__u8 sched;                /* enum xlb_sched */
+	__u8 method;               /* enum xlb_method */
+	__u16 pad;
+	__u32 table_off;           /* first slot of this service's table in sched_slots */
+	__u32 table_len;           /* slots in the table; 0: no real available */
+	__u32 pad2;
+	__u64 persist_timeout_ns;  /* persistence_timeout, ns */
+	__be32 persist_mask[4];    /* persistence netmask over the client address */
+};
+
+/* reals: one slot per (service, real), indexed by real id. Id 0 is never used. */
+struct real {
+	__be32 addr[4];            /* real server address */
+	__u32 gen;                 /* bumped each time the slot is (re)used; conns and templates remember it */
+	__u32 svc_id;              /* owning service */
+	__u16 weight;              /* 0: quiescent, takes no new clients */
+	__u8 family;
+	__u8 flags;                /* XLB_REAL_F_* */
+	__u32 pad;
+};
+
+/* conns: one entry per client flow. */
+struct conn_key {
+	__be32 src[4];             /* client address */
+	__be32 dst[4];             /* VIP */
+	__be16 sport;              /* network order */
+	__be16 dport;              /* network order */
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+
+struct conn {
+	__u64 seen_ns;             /* last packet, bpf_ktime_get_coarse_ns() clock, written at most every XLB_TOUCH_NS */
+	__u32 real_id;
+	__u32 real_gen;            /* real.gen when placed: a mismatch means the real was removed */
+	__u32 svc_id;
+	__u8 state;                /* enum xlb_conn_state */
+	__u8 pad[3];
+};
+
+/* persist: persistence templates. */
+struct persist_key {
+	struct svc_key svc;        /* the service's key: the mark bundles all its ports/addresses into one template */
+	__be32 client[4];          /* client address AND persistence netmask */
+};
+
+struct persist {
+	__u64 last_new_ns;         /* last new connection placed by this template (coarse clock) */
+	__u64 held_until_ns;       /* lvs mode: the latest expiry of a live connection it placed (coarse clock) */
+	__u32 real_id;
+	__u32 real_gen;
+};
+
+/* mark_rules: LPM trie over (family, proto, port, destination prefix). Port 0 = every port. */
+struct mark_key {
+	__u32 prefixlen;           /* 32 (family, proto, port) + destination prefix length */
+	__u8 family;
+	__u8 proto;
+	__be16 port;               /* network order */
+	__be32 addr[4];
+};
+
+struct mark_val {
+	__u32 mark;
+	__u32 rule_id;             /* index into mark_stats */
+};
+
+/* vip_prefixes: LPM trie of every service VIP and mark-rule destination, consulted only for fragments. */
+struct vip_key {
+	__u32 prefixlen;           /* 32 (family) + address prefix length */
+	__u32 family;
+	__be32 addr[4];
+};
+
+/* settings: one entry, written by the control plane on every config apply. */
+struct settings {
+	__u64 timeout_ns[XLB_CS_MAX];   /* by enum xlb_conn_state */
+	__u32 flags;                    /* XLB_SET_F_* */
+	__u32 pad;
+};
+
+/* Per-CPU counters (multiples of 8 bytes). */
+struct counters {
+	__u64 packets;
+	__u64 bytes;
+	__u64 conns;               /* new connections (unused for verdicts and mark rules) */
+};
+
+/* nh_cache: per-CPU next hop of a real, from bpf_fib_lookup. */
+struct nexthop {
+	__u64 stamp_ns;            /* when looked up (coarse clock); 0: empty */
+	__u32 ifindex;             /* egress interface */
+	__u32 real_gen;            /* the real this was looked up for */
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u32 pad;
+};
+
+#endif

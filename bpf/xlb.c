@@ -1,0 +1,131 @@
+/* xlb.c — the XDP entry point: parse, find the connection or the service, place new connections (persistence
+ * template, else the scheduler), forward to the real, count the verdict. Each step lives in its own header. */
+#include <uapi/linux/bpf.h>
+
+#include "consts.h"
+#include "structs.h"
+#include "maps.h"
+#include "parse.h"
+#include "stats.h"
+#include "classify.h"
+#include "conn.h"
+#include "persist.h"
+#include "sched.h"
+#include "fwd.h"
+
+/* Place a new connection of service svc: its persistence template when one is in force, else the scheduler.
+ * Returns the real id (0: none available) and fills *r. */
+static __always_inline __u32 place(struct pkt *p, struct svc_key *sk, struct svc_meta *svc, __u64 now,
+				   struct settings *st, __u8 state, struct real **r)
+{
+	struct persist_key pk;
+	struct persist *t = 0;
+	__u32 real_id;
+	if (svc->flags & XLB_SVC_F_PERSIST) {
+		persist_key_of(sk, svc, p, &pk);
+		t = persist.lookup(&pk);
+		if (t && persist_valid(t, svc, now)) {
+			real_id = t->real_id;
+			*r = reals.lookup(&real_id);
+			if (persist_real_ok(t, *r, svc)) {
+				/* A new connection restarts the template's timer. */
+				t->last_new_ns = now;
+				__u64 until = now + conn_timeout(st, state);
+				if ((__s64)(until - t->held_until_ns) > 0)
+					t->held_until_ns = until;
+				return real_id;
+			}
+		}
+	}
+	real_id = pick_real(svc, p);
+	*r = reals.lookup(&real_id);
+	if (!real_id || !*r || !((*r)->flags & XLB_REAL_F_LIVE) || !(*r)->weight)
+		return 0;
+	if (svc->flags & XLB_SVC_F_PERSIST) {
+		struct persist nt = {
+			.last_new_ns = now,
+			.held_until_ns = now + conn_timeout(st, state),
+			.real_id = real_id,
+			.real_gen = (*r)->gen,
+		};
+		if (t) {
+			/* The old template expired or lost its real: replace it in place. */
+			*t = nt;
+		} else if (persist.update(&pk, &nt)) {
+			return 0;
+		}
+	}
+	return real_id;
+}
+
+static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes)
+{
+	__u32 zero = 0;
+	struct settings *st = settings.lookup(&zero);
+	if (!st)
+		return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);
+	if (p->fragment) {
+		if (is_vip(p))
+			return verdict(XLB_DROP_FRAGMENT, XDP_DROP, bytes);
+		return verdict(XLB_PASS_FRAGMENT, XDP_PASS, bytes);
+	}
+
+	__u64 now = bpf_ktime_get_coarse_ns();
+	int action = XDP_PASS;
+	int reason;
+	struct conn_key ck;
+	conn_key_of(p, &ck);
+
+	/* Established flow: keep its real while it lives and the real is still configured. */
+	struct conn *c = conns.lookup(&ck);
+	if (c && !conn_expired(c, st, now) && !conn_reused(c, p)) {
+		__u32 real_id = c->real_id;
+		struct real *r = reals.lookup(&real_id);
+		if (r && (r->flags & XLB_REAL_F_LIVE) && r->gen == c->real_gen) {
+			conn_touch(c, p, now);
+			count_flow(c->svc_id, real_id, bytes, 0);
+			reason = forward_dr(ctx, p, r, real_id, now, &action);
+			return verdict(reason, action, bytes);
+		}
+		/* Its real was removed: reschedule below rather than black-hole the flow. */
+	}
+
+	struct svc_key sk;
+	struct svc_meta *svc = lookup_service(p, st, &sk, bytes);
+	if (!svc)
+		return verdict(XLB_PASS_NO_SERVICE, XDP_PASS, bytes);
+	if (p->proto == IPPROTO_TCP && (p->tcp_flags & XLB_TCP_RST))
+		return verdict(XLB_DROP_RST_NO_CONN, XDP_DROP, bytes);
+
+	__u8 state = conn_first_state(p);
+	struct real *r = 0;
+	__u32 real_id = place(p, &sk, svc, now, st, state, &r);
+	if (!real_id || !r)
+		return verdict(XLB_DROP_NO_REAL, XDP_DROP, bytes);
+
+	struct conn nc = {
+		.seen_ns = now,
+		.real_id = real_id,
+		.real_gen = r->gen,
+		.svc_id = svc->id,
+		.state = state,
+	};
+	conns.update(&ck, &nc);
+	count_flow(svc->id, real_id, bytes, 1);
+	reason = forward_dr(ctx, p, r, real_id, now, &action);
+	return verdict(reason, action, bytes);
+}
+
+int xlb_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 bytes = data_end - data;
+	struct pkt p = {};
+	int reason = parse_packet(data, data_end, &p);
+	if (reason == 0)
+		return handle(ctx, &p, bytes);
+	/* Not ours, or malformed: counted, and never touched. */
+	int action = (reason == XLB_PASS_NOT_IP || reason == XLB_PASS_OTHER_PROTO) ? XDP_PASS : XDP_DROP;
+	return verdict(reason, action, bytes);
+}

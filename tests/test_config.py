@@ -1,0 +1,329 @@
+"""xlb.config: TOML loading and validation (no root, no bcc)."""
+
+import ipaddress
+
+import pytest
+
+from xlb import config
+from xlb.config import Config, MarkRule, Real, Service, Tables, Timeouts
+from xlb.errors import ConfigError
+
+EXAMPLE = """\
+[timeouts]
+tcp = 900
+tcpfin = 120
+udp = 300
+
+[[mark]]
+mark = 1
+proto = "tcp"
+dst = "198.51.100.10/32"
+ports = [80, 443]
+
+[[service]]
+fwmark = 1
+family = "ipv4"
+scheduler = "rr"
+method = "dr"
+persistence_timeout = 300
+persistence_netmask = "255.255.255.0"
+persistence_mode = "lvs"
+expire_quiescent_template = false
+
+  [[service.real]]
+  address = "198.18.1.2"
+  weight = 1
+"""
+
+V4 = '[[service]]\nvip = "198.51.100.10"\nport = 80\nproto = "tcp"\n'
+V6 = '[[service]]\nvip = "2001:db8::1"\nport = 53\nproto = "udp"\n'
+
+
+def reject(text):
+    with pytest.raises(ConfigError) as info:
+        config.parse(text, "test.toml")
+    return info.value
+
+
+def test_example_loads_from_file(tmp_path):
+    path = tmp_path / "xlb.toml"
+    path.write_text(EXAMPLE)
+    cfg = config.load(path)
+    assert cfg == Config(
+        timeouts=Timeouts(tcp=900, tcpfin=120, udp=300, syn=60),
+        tables=Tables(conns=1048576, templates=262144, sweep_interval=1.0),
+        marks=(MarkRule(mark=1, proto="tcp", dst=ipaddress.ip_network("198.51.100.10/32"),
+                        ports=((80, 80), (443, 443)), where="mark[0]"),),
+        services=(Service(fwmark=1, vip=None, port=None, proto=None, family=4, scheduler="rr", method="dr",
+                          persistence_timeout=300, persistence_netmask=bytes([255, 255, 255, 0]) + bytes(12),
+                          persistence_mode="lvs", expire_quiescent_template=False, mh_table_size=4093,
+                          reals=(Real(ipaddress.ip_address("198.18.1.2"), 1, "service[0].real[0]"),),
+                          where="service[0]"),),
+        source=str(path),
+    )
+    assert cfg.services[0].name == "fwm/1"
+    assert cfg.services[0].key == ("fwm", 4, 1)
+
+
+def test_load_missing_file_is_config_error(tmp_path):
+    err = pytest.raises(ConfigError, config.load, tmp_path / "nope.toml").value
+    assert err.source == str(tmp_path / "nope.toml")
+    assert "cannot read" in err.message
+
+
+def test_empty_config_gets_defaults():
+    cfg = config.parse("")
+    assert cfg.timeouts == Timeouts() and cfg.tables == Tables()
+    assert cfg.marks == () and cfg.services == () and cfg.source == "<config>"
+
+
+def test_vip_service_defaults():
+    (s,) = config.parse(V4 + '[[service.real]]\naddress = "198.18.1.2"\n').services
+    assert (s.scheduler, s.method, s.persistence_timeout, s.persistence_mode) == ("wrr", "dr", None, "lvs")
+    assert s.persistence_netmask == b"\xff" * 4 + bytes(12)
+    assert s.reals[0].weight == 1 and s.family == 4 and s.fwmark is None
+
+
+def test_tables_and_syn_timeout():
+    cfg = config.parse("[timeouts]\nsyn = 30\n[tables]\nconns = 2048\ntemplates = 1024\nsweep_interval = 2\n")
+    assert cfg.timeouts == Timeouts(syn=30)
+    assert cfg.tables == Tables(conns=2048, templates=1024, sweep_interval=2.0)
+    assert isinstance(cfg.tables.sweep_interval, float)
+
+
+@pytest.mark.parametrize("text, name, key", [
+    (V4, "tcp/198.51.100.10:80", ("tcp", ipaddress.ip_address("198.51.100.10"), 80)),
+    (V6, "udp/[2001:db8::1]:53", ("udp", ipaddress.ip_address("2001:db8::1"), 53)),
+    ('[[service]]\nfwmark = 80\n', "fwm/80", ("fwm", 4, 80)),
+    ('[[service]]\nfwmark = 80\nfamily = "ipv6"\n', "fwm6/80", ("fwm", 6, 80)),
+])
+def test_name_and_key(text, name, key):
+    (s,) = config.parse(text).services
+    assert s.name == name
+    assert s.key == key
+    assert hash(s.key) == hash(key)
+
+
+def test_ipv4_noncontiguous_netmask():
+    (s,) = config.parse(V4 + 'persistence_timeout = 60\npersistence_netmask = "255.255.0.255"\n').services
+    assert s.persistence_netmask == bytes([255, 255, 0, 255]) + bytes(12)
+
+
+@pytest.mark.parametrize("spec", ['"64"', "64"])
+def test_ipv6_prefix_netmask(spec):
+    (s,) = config.parse(V6 + f"persistence_timeout = 60\npersistence_netmask = {spec}\n").services
+    assert s.persistence_netmask == b"\xff" * 8 + bytes(8)
+    assert s.family == 6
+
+
+def test_port_zero_with_persistence_ok():
+    (s,) = config.parse(V4.replace("port = 80", "port = 0") + "persistence_timeout = 300\n").services
+    assert s.port == 0 and s.name == "tcp/198.51.100.10:0"
+
+
+def test_ports_merged_and_sorted():
+    cfg = config.parse('[[mark]]\nmark = 7\ndst = "10.0.0.0/8"\nports = ["8000-8080", 443, 80, "81-90", 8080, '
+                       '"8081"]\n')
+    assert cfg.marks[0].ports == ((80, 90), (443, 443), (8000, 8081))
+    assert cfg.marks[0].proto == "any"
+
+
+def test_mark_without_ports_is_every_port_and_ipv6():
+    (m,) = config.parse('[[mark]]\nmark = 2\nproto = "udp"\ndst = "2001:db8::/64"\n').marks
+    assert m.ports == () and m.dst == ipaddress.ip_network("2001:db8::/64")
+
+
+@pytest.mark.parametrize("marks", [
+    # specific proto next to "any" on the same prefix and ports: the specific proto wins
+    [("tcp", "10.0.0.0/24", [80]), ("any", "10.0.0.0/24", [80])],
+    # same proto, disjoint ports
+    [("tcp", "10.0.0.0/24", [80]), ("tcp", "10.0.0.0/24", ["81-90"])],
+    # different prefixes (longest prefix wins)
+    [("tcp", "10.0.0.0/24", [80]), ("tcp", "10.0.0.1/32", [80])],
+    # ported rule vs no-ports rule on the same prefix
+    [("tcp", "10.0.0.0/24", [80]), ("tcp", "10.0.0.0/24", None)],
+    # tcp vs udp
+    [("tcp", "10.0.0.0/24", None), ("udp", "10.0.0.0/24", None)],
+])
+def test_mark_rules_that_do_not_conflict(marks):
+    text = ""
+    for i, (proto, dst, ports) in enumerate(marks):
+        text += f'[[mark]]\nmark = {i + 1}\nproto = "{proto}"\ndst = "{dst}"\n'
+        if ports is not None:
+            text += f"ports = {ports!r}\n".replace("'", '"')
+    assert len(config.parse(text).marks) == len(marks)
+
+
+def test_same_mark_overlap_is_fine():
+    text = '[[mark]]\nmark = 1\ndst = "10.0.0.0/24"\nports = [80]\n' * 2
+    assert len(config.parse(text).marks) == 2
+
+
+MARK = '[[mark]]\nmark = 1\nproto = "tcp"\ndst = "198.51.100.0/24"\n'
+SVC_REAL = V4 + '[[service.real]]\naddress = "198.18.1.2"\n'
+
+# (description, config text, expected where, fragment of the message)
+REJECTS = [
+    ("unknown top-level key", "servce = 1\n", "servce", "unknown key 'servce'"),
+    ("unknown service key", V4 + 'schedular = "rr"\n', "service[0].schedular", "did you mean 'scheduler'"),
+    ("unknown real key", V4 + '[[service.real]]\naddress = "198.18.1.2"\nwieght = 2\n',
+     "service[0].real[0].wieght", "unknown key"),
+    ("unknown timeouts key", "[timeouts]\ntcpfn = 3\n", "timeouts.tcpfn", "unknown key"),
+    ("unknown mark key", MARK + "port = 80\n", "mark[0].port", "did you mean 'ports'"),
+    ("negative weight", V4 + '[[service.real]]\naddress = "198.18.1.2"\nweight = -1\n',
+     "service[0].real[0].weight", "weight must be an integer 0..65535, got -1"),
+    ("weight too big", V4 + '[[service.real]]\naddress = "198.18.1.2"\nweight = 65536\n',
+     "service[0].real[0].weight", "0..65535, got 65536"),
+    ("bool weight", V4 + '[[service.real]]\naddress = "198.18.1.2"\nweight = true\n',
+     "service[0].real[0].weight", "got true"),
+    ("timeout zero", "[timeouts]\nudp = 0\n", "timeouts.udp", "udp must be an integer 1.."),
+    ("conns too small", "[tables]\nconns = 10\n", "tables.conns", "1024..67108864, got 10"),
+    ("conns too big", "[tables]\nconns = 67108865\n", "tables.conns", "1024..67108864"),
+    ("templates too small", "[tables]\ntemplates = 1023\n", "tables.templates", "1024.."),
+    ("sweep too small", "[tables]\nsweep_interval = 0.01\n", "tables.sweep_interval", "0.05..60, got 0.01"),
+    ("sweep string", '[tables]\nsweep_interval = "1s"\n', "tables.sweep_interval", 'got "1s"'),
+    ("mark zero", '[[mark]]\nmark = 0\ndst = "10.0.0.0/8"\n', "mark[0].mark", "1..4294967295, got 0"),
+    ("mark missing dst", "[[mark]]\nmark = 3\n", "mark[0].dst", "dst is required"),
+    ("mark host bits", '[[mark]]\nmark = 3\ndst = "10.0.0.1/8"\n', "mark[0].dst", 'did you mean "10.0.0.0/8"'),
+    ("mark bad proto", '[[mark]]\nmark = 3\nproto = "sctp"\ndst = "10.0.0.0/8"\n', "mark[0].proto",
+     'tcp, udp, any; got "sctp"'),
+    ("empty ports", MARK + "ports = []\n", "mark[0].ports", "omit the key"),
+    ("port zero in ports", MARK + "ports = [80, 0]\n", "mark[0].ports[1]", "got 0"),
+    ("reversed range", MARK + 'ports = [80, "90-81"]\n', "mark[0].ports[1]", 'got "90-81"'),
+    ("garbage range", MARK + 'ports = ["http"]\n', "mark[0].ports[0]", 'got "http"'),
+    ("range past 65535", MARK + 'ports = ["1-65536"]\n', "mark[0].ports[0]", "65535"),
+    ("conflict same proto overlapping ports",
+     MARK + 'ports = ["80-90"]\n' + MARK.replace("mark = 1", "mark = 2").replace('"tcp"', '"udp"')
+     + MARK.replace("mark = 1", "mark = 3") + 'ports = [85]\n',
+     "mark[2]", "conflicts with mark[0]: both match tcp 198.51.100.0/24 port 85 but give mark 3 and mark 1"),
+    ("conflict two any rules",
+     '[[mark]]\nmark = 1\ndst = "2001:db8::/64"\nports = [53]\n[[mark]]\nmark = 2\ndst = "2001:db8::/64"\n'
+     'ports = ["1-100"]\n', "mark[1]", "conflicts with mark[0]"),
+    ("conflict two no-ports rules", MARK + MARK.replace("mark = 1", "mark = 9"), "mark[1]",
+     "conflicts with mark[0]: both match tcp 198.51.100.0/24 every port"),
+    ("fwmark and vip", V4 + "fwmark = 1\n", "service[0]", "not both"),
+    ("neither fwmark nor vip", "[[service]]\nscheduler = \"rr\"\n", "service[0]", "either fwmark"),
+    ("fwmark with port", "[[service]]\nfwmark = 1\nport = 80\n", "service[0].port", "only to vip services"),
+    ("vip missing port", '[[service]]\nvip = "198.51.100.10"\nproto = "tcp"\n', "service[0].port", "port is required"),
+    ("vip missing proto", '[[service]]\nvip = "198.51.100.10"\nport = 80\n', "service[0].proto",
+     "proto is required"),
+    ("vip bad", '[[service]]\nvip = "198.51.100.0/24"\nport = 80\nproto = "tcp"\n', "service[0].vip",
+     "vip must be an IPv4 or IPv6 address"),
+    ("vip family mismatch", V4 + 'family = "ipv6"\n', "service[0].family", "does not match vip"),
+    ("bad family", '[[service]]\nfwmark = 1\nfamily = "inet"\n', "service[0].family", "ipv4, ipv6"),
+    ("port zero without persistence", V4.replace("port = 80", "port = 0"), "service[0].port",
+     "port 0 (all ports) requires persistence_timeout"),
+    ("port out of range", V4.replace("port = 80", "port = 65536"), "service[0].port", "0..65535"),
+    ("scheduler not yet", V4 + 'scheduler = "wlc"\n', "service[0].scheduler",
+     "scheduler 'wlc' is not supported yet (supported: rr, wrr, sh, dh, mh)"),
+    ("scheduler lblcr not yet", V4 + 'scheduler = "lblcr"\n', "service[0].scheduler", "not supported yet"),
+    ("scheduler unknown", V4 + 'scheduler = "fast"\n', "service[0].scheduler",
+     'unknown scheduler "fast" (supported: rr, wrr, sh, dh, mh)'),
+    ("method nat", V4 + 'method = "nat"\n', "service[0].method", "not supported yet"),
+    ("method tun", V4 + 'method = "tun"\n', "service[0].method", "not supported yet"),
+    ("method unknown", V4 + 'method = "gre"\n', "service[0].method", "unknown method"),
+    ("netmask without timeout", V4 + 'persistence_netmask = "255.255.255.0"\n',
+     "service[0].persistence_netmask", "without persistence_timeout"),
+    ("mode without timeout", V4 + 'persistence_mode = "lvs"\n', "service[0].persistence_mode",
+     "without persistence_timeout"),
+    ("eqt without timeout", V4 + "expire_quiescent_template = true\n", "service[0].expire_quiescent_template",
+     "without persistence_timeout"),
+    ("timeout zero", V4 + "persistence_timeout = 0\n", "service[0].persistence_timeout", "got 0"),
+    ("v4 netmask as prefix", V4 + "persistence_timeout = 60\npersistence_netmask = 24\n",
+     "service[0].persistence_netmask", "dotted mask"),
+    ("v4 netmask garbage", V4 + 'persistence_timeout = 60\npersistence_netmask = "255.255.255.256"\n',
+     "service[0].persistence_netmask", "dotted mask"),
+    ("v6 prefix 0", V6 + "persistence_timeout = 60\npersistence_netmask = 0\n", "service[0].persistence_netmask",
+     "prefix length 1..128"),
+    ("v6 prefix 129", V6 + 'persistence_timeout = 60\npersistence_netmask = "129"\n',
+     "service[0].persistence_netmask", "got \"129\""),
+    ("v6 dotted mask", V6 + 'persistence_timeout = 60\npersistence_netmask = "255.255.255.0"\n',
+     "service[0].persistence_netmask", "prefix length"),
+    ("bad persistence mode", V4 + 'persistence_timeout = 60\npersistence_mode = "sticky"\n',
+     "service[0].persistence_mode", "lvs, timeout"),
+    ("eqt not bool", V4 + 'persistence_timeout = 60\nexpire_quiescent_template = "yes"\n',
+     "service[0].expire_quiescent_template", "true or false"),
+    ("mh size not prime", V4 + 'scheduler = "mh"\nmh_table_size = 4096\n', "service[0].mh_table_size",
+     "must be a prime number, got 4096"),
+    ("mh size too big", V4 + 'scheduler = "mh"\nmh_table_size = 1000033\n', "service[0].mh_table_size",
+     "2..1000003"),
+    ("mh size below reals", V4 + 'scheduler = "mh"\nmh_table_size = 2\n'
+     + "".join(f'[[service.real]]\naddress = "198.18.1.{i}"\n' for i in range(1, 4)),
+     "service[0].mh_table_size", "smaller than the number of reals (3)"),
+    ("mh size without mh", V4 + "mh_table_size = 4093\n", "service[0].mh_table_size", 'only to scheduler "mh"'),
+    ("real family mismatch", V4 + '[[service.real]]\naddress = "2001:db8::2"\n', "service[0].real[0].address",
+     "is IPv6 but the service is IPv4"),
+    ("real family mismatch fwmark v6", '[[service]]\nfwmark = 1\nfamily = "ipv6"\n[[service.real]]\n'
+     'address = "198.18.1.2"\n', "service[0].real[0].address", "is IPv4 but the service is IPv6"),
+    ("real missing address", V4 + "[[service.real]]\nweight = 2\n", "service[0].real[0].address",
+     "address is required"),
+    ("real bad address", V4 + '[[service.real]]\naddress = "host.example"\n', "service[0].real[0].address",
+     'got "host.example"'),
+    ("duplicate real", V4 + "".join(f'[[service.real]]\naddress = "{a}"\n'
+                                    for a in ("198.18.1.2", "198.18.1.3", "198.18.1.2")),
+     "service[0].real[2].address", "duplicate real 198.18.1.2: already given as service[0].real[0]"),
+    ("real not array", V4 + 'real = {address = "198.18.1.2"}\n', "service[0].real",
+     "must be an array of tables (write [[service.real]])"),
+    ("service not array", '[service]\nfwmark = 1\n', "service", "write [[service]]"),
+    ("duplicate vip service", SVC_REAL + V6 + V4, "service[2]",
+     "duplicate service tcp/198.51.100.10:80: already defined as service[0]"),
+    ("duplicate fwmark service", '[[service]]\nfwmark = 5\n[[service]]\nfwmark = 5\nfamily = "ipv4"\n',
+     "service[1]", "duplicate service fwm/5: already defined as service[0]"),
+]
+
+
+@pytest.mark.parametrize("desc, text, where, fragment", REJECTS, ids=[r[0] for r in REJECTS])
+def test_rejects(desc, text, where, fragment):
+    err = reject(text)
+    assert err.source == "test.toml"
+    assert err.where == where
+    assert fragment in err.message
+    assert str(err) == f"test.toml: {where}: {err.message}"
+
+
+def test_fwmark_services_differ_by_family():
+    cfg = config.parse('[[service]]\nfwmark = 5\n[[service]]\nfwmark = 5\nfamily = "ipv6"\n')
+    assert [s.name for s in cfg.services] == ["fwm/5", "fwm6/5"]
+
+
+@pytest.mark.parametrize("text, line", [
+    ("[timeouts]\ntcp = 900\nudp = = 3\n", 3),
+    ('[[service]]\nvip = "1.2.3.4\nport = 80\n', 2),
+    ("a = 1\nb = ", 2),
+])
+def test_toml_syntax_error_gives_line(text, line):
+    err = reject(text)
+    assert err.where == f"line {line}"
+    assert err.message.startswith("TOML syntax error: ")
+
+
+# --- public helpers -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family, spec, expected", [
+    (4, None, b"\xff" * 4 + bytes(12)),
+    (4, "255.255.0.255", bytes([255, 255, 0, 255]) + bytes(12)),
+    (4, "0.0.0.0", bytes(16)),
+    (6, None, b"\xff" * 16),
+    (6, 64, b"\xff" * 8 + bytes(8)),
+    (6, "64", b"\xff" * 8 + bytes(8)),
+    (6, 1, b"\x80" + bytes(15)),
+    (6, 127, b"\xff" * 15 + b"\xfe"),
+    (6, 128, b"\xff" * 16),
+])
+def test_netmask_bytes(family, spec, expected):
+    assert config.netmask_bytes(family, spec) == expected
+
+
+@pytest.mark.parametrize("family, spec", [(4, 24), (4, "255.0.0"), (6, 0), (6, "ff::"), (6, True), (5, None)])
+def test_netmask_bytes_rejects(family, spec):
+    with pytest.raises(ValueError):
+        config.netmask_bytes(family, spec)
+
+
+def test_addr_bytes_and_mask_address():
+    assert config.addr_bytes("198.51.100.7") == bytes([198, 51, 100, 7]) + bytes(12)
+    assert config.addr_bytes(ipaddress.ip_address("2001:db8::1")) == bytes.fromhex("20010db8" + "0" * 22 + "01")
+    masked = config.mask_address(config.addr_bytes("198.51.100.7"), config.netmask_bytes(4, "255.255.0.255"))
+    assert masked == bytes([198, 51, 0, 7]) + bytes(12)
+    v6 = config.mask_address(config.addr_bytes("2001:db8:1:2:3:4:5:6"), config.netmask_bytes(6, 64))
+    assert v6 == config.addr_bytes("2001:db8:1:2::")

@@ -1,0 +1,118 @@
+"""The one module that talks to bcc: compile and load bpf/xlb.c, hand out its maps, attach and detach XDP.
+
+bcc rewrites map calls (`services.lookup(...)`) only in the main source file, so our quoted headers are inlined
+into one text here, with #line markers that keep compiler messages pointing at the real file and line.
+"""
+import os
+import re
+import sys
+from pathlib import Path
+
+from . import kheaders
+from .errors import AttachError, KernelError
+from .structs import BPF_DIR
+
+XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+XDP_MODES = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
+
+_INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+
+
+def _import_bcc():
+    try:
+        import bcc
+    except ImportError:
+        # Debian's python3-bpfcc lives outside this interpreter's path when it is not Debian's python.
+        sys.path.append("/usr/lib/python3/dist-packages")
+        try:
+            import bcc
+        except ImportError as exc:
+            raise KernelError("bcc is not installed: run `make setup` (Debian package python3-bpfcc)") from exc
+    return bcc
+
+
+def inline_source(path: Path, _seen=None) -> str:
+    """The C source with its quoted includes inlined once each, in order, with #line markers."""
+    seen = _seen if _seen is not None else set()
+    out = [f'#line 1 "{path}"']
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        m = _INCLUDE.match(line)
+        if not m:
+            out.append(line)
+            continue
+        inc = (path.parent / m.group(1)).resolve()
+        if inc not in seen:
+            seen.add(inc)
+            out.append(inline_source(inc, seen))
+            out.append(f'#line {lineno + 1} "{path}"')
+    return "\n".join(out)
+
+
+def cflags_for(tables) -> list:
+    """-D flags for the table sizes a config asks for (bpf/consts.h holds the defaults)."""
+    return [f"-DXLB_CONNS={tables.conns}", f"-DXLB_TEMPLATES={tables.templates}"]
+
+
+class Program:
+    """bpf/xlb.c compiled and loaded. `prog[name]` is a bcc table; `fd` the XDP program's fd."""
+
+    FUNC = "xlb_xdp"
+
+    def __init__(self, cflags=(), log=print):
+        kheaders.ensure_kernel_headers(log=log)
+        bcc = _import_bcc()
+        self._bcc = bcc
+        src = inline_source(BPF_DIR / "xlb.c")
+        flags = [f"-I{BPF_DIR}", "-Wno-unused-function", *cflags]
+        try:
+            self.bpf = bcc.BPF(text=src, cflags=flags)
+            self.func = self.bpf.load_func(self.FUNC, bcc.BPF.XDP)
+        except Exception as exc:  # bcc raises bare Exception; its compiler output went to stderr
+            raise KernelError(f"could not load bpf/xlb.c: {exc} (compiler/verifier output above)") from exc
+        self.fd = self.func.fd
+        self.attached = None  # (ifname, flags)
+
+    def __getitem__(self, name):
+        return self.bpf[name]
+
+    def attach(self, ifname, mode="native", force=False):
+        """Attach to ifname; refuse one that already has another XDP program unless force."""
+        flags = XDP_MODES[mode]
+        if not force:
+            flags |= XDP_FLAGS_UPDATE_IF_NOEXIST
+        try:
+            self._bcc.BPF.attach_xdp(ifname, self.func, flags)
+        except Exception as exc:
+            msg = str(exc)
+            if "busy" in msg.lower() or "exists" in msg.lower():
+                raise AttachError(f"{ifname} already has an XDP program attached; "
+                                  "use --force to replace it") from exc
+            if mode == "native" and ("not supported" in msg.lower() or "invalid" in msg.lower()):
+                raise AttachError(f"{ifname}: native XDP refused ({msg}); try --xdp-mode generic") from exc
+            raise AttachError(f"could not attach XDP to {ifname}: {msg}") from exc
+        self.attached = (ifname, XDP_MODES[mode])
+
+    def detach(self):
+        """Detach if attached; safe to call twice."""
+        if not self.attached:
+            return
+        ifname, flags = self.attached
+        self.attached = None
+        try:
+            self._bcc.BPF.remove_xdp(ifname, flags)
+        except Exception as exc:
+            raise AttachError(f"could not detach XDP from {ifname}: {exc}") from exc
+
+    def close(self):
+        try:
+            self.detach()
+        finally:
+            self.bpf.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,419 @@
+"""The control plane's hold on the data plane: turns a Config into map contents, applies only the difference,
+and runs the timers (sweeps expired connections and templates, keeps templates held by live connections).
+
+Everything is planned and checked before the first map write, so a rejected config changes nothing.
+"""
+import ctypes as ct
+import time
+from dataclasses import dataclass, field
+
+from . import marks as markmod
+from . import sched
+from . import structs as S
+from .config import addr_bytes, mask_address
+from .errors import ConfigError
+
+NS = 1_000_000_000
+PROTO_NUM = markmod.PROTO_NUM
+_SCHED_KIND = {"rr": S.SCHED["rr"], "wrr": S.SCHED["rr"], "sh": S.SCHED["sh"], "dh": S.SCHED["dh"],
+               "mh": S.SCHED["mh"]}
+
+# Map capacities fixed at compile time (bpf/consts.h defaults; the loader does not override them).
+MAX_SERVICES = S.DEFINES["XLB_MAX_SERVICES"]
+MAX_REALS = S.DEFINES["XLB_MAX_REALS"]
+SCHED_SLOTS = S.DEFINES["XLB_SCHED_SLOTS"]
+MARK_ENTRIES = S.DEFINES["XLB_MARK_ENTRIES"]
+MAX_MARK_RULES = S.DEFINES["XLB_MAX_MARK_RULES"]
+
+
+def now_ns():
+    """The data plane's clock: bpf_ktime_get_coarse_ns() is CLOCK_MONOTONIC_COARSE."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC_COARSE)
+
+
+def svc_key(svc) -> S.SvcKey:
+    k = S.SvcKey(family=svc.family)
+    if svc.fwmark is not None:
+        k.mark = svc.fwmark
+    else:
+        k.addr = S.addr_words(addr_bytes(svc.vip))
+        k.port = ct.c_uint16(int.from_bytes(svc.port.to_bytes(2, "big"), "little")).value
+        k.proto = PROTO_NUM[svc.proto]
+    return k
+
+
+def htons(port):
+    return int.from_bytes(port.to_bytes(2, "big"), "little")
+
+
+def sched_table(svc, real_ids):
+    """The slot table of a service: real ids in the order the data plane indexes them."""
+    weights = [r.weight for r in svc.reals]
+    if svc.scheduler == "rr":
+        idx = sched.rr_table(weights)
+    elif svc.scheduler == "wrr":
+        idx = sched.wrr_table(weights)
+    elif svc.scheduler == "sh":
+        idx = sched.sh_table(weights)
+    elif svc.scheduler == "dh":
+        idx = sched.dh_table(weights)
+    else:
+        idx = sched.maglev_table([(addr_bytes(r.address), r.weight) for r in svc.reals], svc.mh_table_size)
+    return [real_ids[i] for i in idx]
+
+
+class SlotAllocator:
+    """First-fit allocator of regions in the sched_slots array."""
+
+    def __init__(self, size):
+        self.free = [(0, size)]  # sorted, non-adjacent (offset, length)
+
+    def alloc(self, length):
+        for i, (off, ln) in enumerate(self.free):
+            if ln >= length:
+                self.free[i:i + 1] = [(off + length, ln - length)] if ln > length else []
+                return off
+        return None
+
+    def release(self, off, length):
+        self.free.append((off, length))
+        self.free.sort()
+        merged = []
+        for o, ln in self.free:
+            if merged and merged[-1][0] + merged[-1][1] == o:
+                merged[-1] = (merged[-1][0], merged[-1][1] + ln)
+            else:
+                merged.append((o, ln))
+        self.free = merged
+
+    def available(self):
+        return sum(ln for _, ln in self.free)
+
+
+class IdPool:
+    """Stable small integer ids for identities; id 0 is never handed out."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.ids = {}
+        self.free = []
+        self.next = 1
+
+    def get(self, ident):
+        return self.ids.get(ident)
+
+    def take(self, ident):
+        if ident in self.ids:
+            return self.ids[ident], False
+        if self.free:
+            i = self.free.pop()
+        else:
+            i, self.next = self.next, self.next + 1
+        self.ids[ident] = i
+        return i, True
+
+    def drop(self, ident):
+        self.free.append(self.ids.pop(ident))
+
+    def would_fit(self, idents):
+        new = sum(1 for i in set(idents) if i not in self.ids)
+        gone = sum(1 for i in self.ids if i not in set(idents))
+        return self.next - 1 + new - len(self.free) - gone < self.limit
+
+
+@dataclass
+class SweepResult:
+    conns_seen: int = 0
+    conns_expired: int = 0
+    templates_seen: int = 0
+    templates_expired: int = 0
+    templates_held: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class _SvcState:
+    svc: object
+    id: int
+    key_bytes: bytes
+    table: list = field(default_factory=list)
+    region: tuple = (0, 0)
+
+
+class DataPlane:
+    """Owns the maps of a loaded Program."""
+
+    def __init__(self, prog, tables):
+        self.prog = prog
+        self.tables = tables
+        self.m = {name: prog[name] for name in S.MAP_TYPES}
+        self.config = None
+        self.svc_ids = IdPool(MAX_SERVICES)
+        self.real_ids = IdPool(MAX_REALS)
+        self.rule_ids = IdPool(MAX_MARK_RULES)
+        self.gens = {}                 # real id -> generation last written
+        self.slots = SlotAllocator(SCHED_SLOTS)
+        self.services = {}             # svc.key -> _SvcState
+        self.by_id = {}                # svc id -> _SvcState
+        self.mark_entries = {}         # lpm tuple -> (mark, rule_id)
+        self.vips = set()
+        self._to_release = []          # regions freed at the next apply (in-flight packets may read old ones)
+
+    # -- applying a config ---------------------------------------------------------------------------------
+    def check(self, config):
+        """Raise ConfigError if config cannot be applied to this data plane; changes nothing."""
+        src = config.source
+        if (config.tables.conns, config.tables.templates) != (self.tables.conns, self.tables.templates):
+            raise ConfigError(src, "tables", "table sizes changed; they take effect only when xlb restarts "
+                              f"(running: conns={self.tables.conns}, templates={self.tables.templates})")
+        if len(config.services) > MAX_SERVICES - 1:
+            raise ConfigError(src, "service", f"{len(config.services)} services; at most {MAX_SERVICES - 1}")
+        nreals = sum(len(s.reals) for s in config.services)
+        if nreals > MAX_REALS - 1:
+            raise ConfigError(src, "service", f"{nreals} reals in all; at most {MAX_REALS - 1}")
+        entries = markmod.lpm_entries(config.marks)
+        if len(entries) > MARK_ENTRIES:
+            raise ConfigError(src, "mark", f"mark rules expand to {len(entries)} (family, proto, port, prefix) "
+                              f"entries; at most {MARK_ENTRIES}: use fewer or wider port ranges")
+        if len(config.marks) > MAX_MARK_RULES - 1:
+            raise ConfigError(src, "mark", f"{len(config.marks)} mark rules; at most {MAX_MARK_RULES - 1}")
+        need = sum(len(self._table_len_estimate(s)) for s in config.services)
+        if need > SCHED_SLOTS // 2:
+            raise ConfigError(src, "service", f"scheduling tables need {need} slots; at most {SCHED_SLOTS // 2}")
+        return entries
+
+    @staticmethod
+    def _table_len_estimate(svc):
+        return sched_table(svc, list(range(len(svc.reals))))
+
+    def apply(self, config):
+        """Make the maps say what config says, touching only what differs."""
+        entries = self.check(config)
+        old = self.services
+        new_keys = {s.key for s in config.services}
+
+        # Reals: ids stable per (service, address); a new id bumps the slot's generation.
+        real_rows = {}
+        for svc in config.services:
+            for r in svc.reals:
+                rid, fresh = self.real_ids.take((svc.key, r.address))
+                if fresh:
+                    self.gens[rid] = self.gens.get(rid, 0) + 1
+                    self._zero(self.m["real_stats"], rid)
+                real_rows[rid] = (svc, r)
+        svc_states = {}
+        for svc in config.services:
+            sid, fresh = self.svc_ids.take(svc.key)
+            if fresh:
+                self._zero(self.m["svc_stats"], sid)
+                self._zero(self.m["rr_pos"], sid)
+            st = old.get(svc.key) or _SvcState(svc, sid, bytes(svc_key(svc)))
+            st.svc = svc
+            svc_states[svc.key] = st
+        for rid, (svc, r) in real_rows.items():
+            self.m["reals"][ct.c_uint32(rid)] = S.Real(
+                addr=S.addr_words(addr_bytes(r.address)), gen=self.gens[rid], svc_id=svc_states[svc.key].id,
+                weight=r.weight, family=svc.family, flags=S.REAL_F_LIVE)
+
+        # Mark rules: add before the settings flag turns classification on, remove after.
+        rule_id_of = {}
+        for i, rule in enumerate(config.marks):
+            rid, fresh = self.rule_ids.take(markmod.rule_identity(rule))
+            if fresh:
+                self._zero(self.m["mark_stats"], rid)
+            rule_id_of[i] = rid
+        want = {k: (config.marks[i].mark, rule_id_of[i]) for k, i in entries.items()}
+        trie = self.m["mark_rules"]
+        for k, v in want.items():
+            if self.mark_entries.get(k) != v:
+                trie[self._mark_key(k)] = S.MarkVal(mark=v[0], rule_id=v[1])
+
+        # Scheduling tables, then the services that point at them.
+        for key, st in svc_states.items():
+            svc = st.svc
+            ids = [self.real_ids.get((svc.key, r.address)) for r in svc.reals]
+            table = sched_table(svc, ids)
+            if table != st.table or st.region == (0, 0) and table:
+                region = self._write_table(table, config)
+                if st.region[1]:
+                    self._to_release.append(st.region)
+                st.region, st.table = region, table
+            self.m["services"][svc_key(svc)] = self._svc_meta(st)
+
+        self._write_settings(config, bool(want))
+
+        # Now remove what the config no longer has.
+        for key, st in old.items():
+            if key not in new_keys:
+                del self.m["services"][S.SvcKey.from_buffer_copy(st.key_bytes)]
+                if st.region[1]:
+                    self._to_release.append(st.region)
+                self.svc_ids.drop(key)
+        for ident, rid in list(self.real_ids.ids.items()):
+            if rid not in real_rows:
+                self.m["reals"][ct.c_uint32(rid)] = S.Real()  # not LIVE: templates and conns let go of it
+                self.real_ids.drop(ident)
+        for k in list(self.mark_entries):
+            if k not in want:
+                del trie[self._mark_key(k)]
+        live_rules = {markmod.rule_identity(r) for r in config.marks}
+        for ident in list(self.rule_ids.ids):
+            if ident not in live_rules:
+                self.rule_ids.drop(ident)
+        self.mark_entries = want
+        self._apply_vips(markmod.vip_prefixes(config))
+
+        self.services = svc_states
+        self.by_id = {st.id: st for st in svc_states.values()}
+        self.config = config
+
+    def release_old_tables(self):
+        """Give back table regions replaced at least one apply or sweep ago."""
+        for off, ln in self._to_release:
+            self.slots.release(off, ln)
+        self._to_release = []
+
+    def _write_table(self, table, config):
+        if not table:
+            return (0, 0)
+        off = self.slots.alloc(len(table))
+        if off is None:
+            self.release_old_tables()
+            off = self.slots.alloc(len(table))
+        if off is None:
+            raise ConfigError(config.source, "service", "scheduling table space exhausted")
+        n = len(table)
+        keys = (ct.c_uint32 * n)(*range(off, off + n))
+        vals = (ct.c_uint32 * n)(*table)
+        self.m["sched_slots"].items_update_batch(keys, vals)
+        return (off, n)
+
+    @staticmethod
+    def _svc_meta(st):
+        svc = st.svc
+        flags = 0
+        if svc.persistence_timeout:
+            flags |= S.SVC_F_PERSIST
+            if svc.persistence_mode == "timeout":
+                flags |= S.SVC_F_PERSIST_TIMEOUT
+            if svc.expire_quiescent_template:
+                flags |= S.SVC_F_EXPIRE_QUIESCENT
+        return S.SvcMeta(id=st.id, flags=flags, sched=_SCHED_KIND[svc.scheduler], method=S.METHOD[svc.method],
+                         table_off=st.region[0], table_len=st.region[1],
+                         persist_timeout_ns=(svc.persistence_timeout or 0) * NS,
+                         persist_mask=S.addr_words(svc.persistence_netmask))
+
+    def _write_settings(self, config, has_marks):
+        t = config.timeouts
+        st = S.Settings(flags=S.SET_F_MARKS if has_marks else 0)
+        for name, secs in (("syn", t.syn), ("est", t.tcp), ("fin", t.tcpfin), ("udp", t.udp)):
+            st.timeout_ns[S.CONN_STATE[name]] = secs * NS
+        self.m["settings"][ct.c_uint32(0)] = st
+
+    @staticmethod
+    def _mark_key(k):
+        family, proto, port, prefix, plen = k
+        return S.MarkKey(prefixlen=32 + plen, family=family, proto=proto, port=htons(port),
+                         addr=S.addr_words(prefix))
+
+    def _apply_vips(self, want):
+        trie = self.m["vip_prefixes"]
+        for family, prefix, plen in want - self.vips:
+            trie[S.VipKey(prefixlen=32 + plen, family=family, addr=S.addr_words(prefix))] = ct.c_uint32(1)
+        for family, prefix, plen in self.vips - want:
+            del trie[S.VipKey(prefixlen=32 + plen, family=family, addr=S.addr_words(prefix))]
+        self.vips = want
+
+    @staticmethod
+    def _zero(table, idx):
+        key = ct.c_uint32(idx)
+        table[key] = table.Leaf()
+        return key
+
+    # -- timers ----------------------------------------------------------------------------------------------
+    def sweep(self, now=None):
+        """Delete expired connections and templates; hold templates (lvs mode) while a connection they placed
+        lives. Cost: one batched read of each table."""
+        t0 = time.perf_counter()
+        now = now_ns() if now is None else now
+        res = SweepResult()
+        timeouts = self.m["settings"][ct.c_uint32(0)].timeout_ns
+        timeouts = [timeouts[i] for i in range(S.CONN_STATES)]
+        holders = {}    # svc id -> (svc key bytes, mask) for lvs-mode persistent services
+        for sid, st in self.by_id.items():
+            svc = st.svc
+            if svc.persistence_timeout and svc.persistence_mode == "lvs":
+                holders[sid] = (st.key_bytes, svc.persistence_netmask)
+        held = {}
+        expired = []
+        conns = self.m["conns"]
+        for k, v in conns.items_lookup_batch():
+            res.conns_seen += 1
+            until = v.seen_ns + (timeouts[v.state] if v.state < S.CONN_STATES else 0)
+            if until - now < 0:
+                expired.append(k)
+                continue
+            h = holders.get(v.svc_id)
+            if h:
+                tkey = h[0] + mask_address(bytes(k.src), h[1])
+                if held.get(tkey, 0) < until:
+                    held[tkey] = until
+        if expired:
+            self._delete_batch(conns, expired)
+        res.conns_expired = len(expired)
+
+        persist = self.m["persist"]
+        reals = self.m["reals"]
+        by_key = {st.key_bytes: st.svc for st in self.by_id.values()}
+        dead = []
+        for k, v in persist.items_lookup_batch():
+            res.templates_seen += 1
+            kb = bytes(k)
+            svc = by_key.get(kb[:ct.sizeof(S.SvcKey)])
+            if not svc or not svc.persistence_timeout:
+                dead.append(k)
+                continue
+            r = reals[ct.c_uint32(v.real_id)]
+            if not (r.flags & S.REAL_F_LIVE) or r.gen != v.real_gen:
+                dead.append(k)
+                continue
+            hold = held.get(kb, 0) if svc.persistence_mode == "lvs" else 0
+            if max(v.last_new_ns + svc.persistence_timeout * NS, hold) - now <= 0:
+                dead.append(k)
+                continue
+            if hold:
+                res.templates_held += 1
+            if hold != v.held_until_ns and svc.persistence_mode == "lvs":
+                cur = persist.get(k)
+                if cur is not None:
+                    cur.held_until_ns = hold
+                    persist[k] = cur
+        if dead:
+            self._delete_batch(persist, dead)
+        res.templates_expired = len(dead)
+        self.release_old_tables()
+        res.seconds = time.perf_counter() - t0
+        return res
+
+    @staticmethod
+    def _delete_batch(table, keys):
+        arr = (table.Key * len(keys))(*keys)
+        try:
+            table.items_delete_batch(arr)
+        except Exception:
+            # An entry may have gone (LRU eviction) between read and delete: fall back to one by one.
+            for k in keys:
+                try:
+                    del table[k]
+                except KeyError:
+                    pass
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def counters(self, name, idx):
+        """Sum of a per-CPU counters slot."""
+        vals = self.m[name][ct.c_uint32(idx)]
+        return S.Counters(packets=sum(v.packets for v in vals), bytes=sum(v.bytes for v in vals),
+                          conns=sum(v.conns for v in vals))
+
+    def verdict_counts(self):
+        return {name: self.counters("verdicts", num) for num, name in S.REASONS.items()}

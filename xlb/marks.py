@@ -1,0 +1,49 @@
+"""Mark rules to LPM entries (pure): what the data plane's `mark_rules` trie must hold for a list of MarkRules.
+
+The trie key is (family, proto, port, destination prefix); port 0 stands for "every port". The data plane asks
+twice, once with the packet's port and once with 0, so a rule naming the port beats an every-port rule, and within
+each the longest prefix wins. A rule for proto "any" is written for tcp and udp, except where a rule naming that
+proto claims the same prefix and port: the specific protocol wins.
+"""
+from .config import addr_bytes
+
+PROTO_NUM = {"tcp": 6, "udp": 17}
+
+
+def rule_identity(rule):
+    """What makes two rules the same rule across reloads (its hit counter follows it)."""
+    return (rule.mark, rule.proto, str(rule.dst), rule.ports)
+
+
+def _ports(rule):
+    if not rule.ports:
+        return (0,)
+    return [p for lo, hi in rule.ports for p in range(lo, hi + 1)]
+
+
+def lpm_entries(rules):
+    """{(family, proto_num, port, prefix_bytes16, prefixlen): rule_index} for the mark_rules trie."""
+    entries = {}
+    # Specific protocols first, so an "any" rule fills only what they leave.
+    order = sorted(range(len(rules)), key=lambda i: rules[i].proto == "any")
+    for i in order:
+        rule = rules[i]
+        family = rule.dst.version
+        prefix = addr_bytes(rule.dst.network_address)
+        protos = ("tcp", "udp") if rule.proto == "any" else (rule.proto,)
+        for proto in protos:
+            for port in _ports(rule):
+                key = (family, PROTO_NUM[proto], port, prefix, rule.dst.prefixlen)
+                entries.setdefault(key, i)
+    return entries
+
+
+def vip_prefixes(config):
+    """{(family, prefix_bytes16, prefixlen)} of every VIP and mark-rule destination (to recognise fragments)."""
+    out = set()
+    for svc in config.services:
+        if svc.vip is not None:
+            out.add((svc.family, addr_bytes(svc.vip), 128 if svc.family == 6 else 32))
+    for rule in config.marks:
+        out.add((rule.dst.version, addr_bytes(rule.dst.network_address), rule.dst.prefixlen))
+    return out

@@ -1,0 +1,135 @@
+"""ctypes mirrors of the structs in bpf/structs.h, and the enums and flags of bpf/consts.h.
+
+bpf/ is the only definition: the enums and #define flags are read from bpf/consts.h at import, and
+tests/test_structs.py checks every mirror's size and field offsets against the types bcc builds for the maps.
+"""
+import ctypes as ct
+import re
+from pathlib import Path
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+
+_u8, _u16, _u32, _u64 = ct.c_uint8, ct.c_uint16, ct.c_uint32, ct.c_uint64
+_addr = _u32 * 4  # 16-byte address, network order, IPv4 in [0]
+
+
+def _read_consts():
+    text = (BPF_DIR / "consts.h").read_text()
+    enums = {}
+    for name, body in re.findall(r"enum\s+(\w+)\s*\{(.*?)\};", text, re.S):
+        body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
+        values, nxt = {}, 0
+        for item in (i.strip() for i in body.split(",")):
+            if not item:
+                continue
+            key, _, val = (s.strip() for s in item.partition("="))
+            nxt = int(val, 0) if val else nxt
+            values[key] = nxt
+            nxt += 1
+        enums[name] = values
+    defines = {k: int(v, 0) for k, v in re.findall(r"#define\s+(XLB_\w+)\s+(0x[0-9a-fA-F]+|\d+)\b", text)}
+    return enums, defines
+
+
+ENUMS, DEFINES = _read_consts()
+
+# Verdict reasons by number, and their export names ("pass_no_service", "drop_no_neigh", ...).
+REASONS = {v: k[len("XLB_"):].lower() for k, v in ENUMS["xlb_reason"].items() if k != "XLB_REASON_MAX"}
+REASON = {name: num for num, name in REASONS.items()}
+SCHED = {k[len("XLB_SCHED_"):].lower(): v for k, v in ENUMS["xlb_sched"].items()}
+METHOD = {k[len("XLB_METHOD_"):].lower(): v for k, v in ENUMS["xlb_method"].items()}
+CONN_STATE = {k[len("XLB_CS_"):].lower(): v for k, v in ENUMS["xlb_conn_state"].items() if k != "XLB_CS_MAX"}
+CONN_STATES = ENUMS["xlb_conn_state"]["XLB_CS_MAX"]
+
+AF_INET, AF_INET6 = DEFINES["XLB_AF_INET"], DEFINES["XLB_AF_INET6"]
+SVC_F_PERSIST = DEFINES["XLB_SVC_F_PERSIST"]
+SVC_F_PERSIST_TIMEOUT = DEFINES["XLB_SVC_F_PERSIST_TIMEOUT"]
+SVC_F_EXPIRE_QUIESCENT = DEFINES["XLB_SVC_F_EXPIRE_QUIESCENT"]
+REAL_F_LIVE = DEFINES["XLB_REAL_F_LIVE"]
+SET_F_MARKS = DEFINES["XLB_SET_F_MARKS"]
+
+
+class SvcKey(ct.Structure):
+    _fields_ = [("addr", _addr), ("mark", _u32), ("port", _u16), ("proto", _u8), ("family", _u8)]
+
+
+class SvcMeta(ct.Structure):
+    _fields_ = [("id", _u32), ("flags", _u32), ("sched", _u8), ("method", _u8), ("pad", _u16),
+                ("table_off", _u32), ("table_len", _u32), ("pad2", _u32),
+                ("persist_timeout_ns", _u64), ("persist_mask", _addr)]
+
+
+class Real(ct.Structure):
+    _fields_ = [("addr", _addr), ("gen", _u32), ("svc_id", _u32), ("weight", _u16), ("family", _u8),
+                ("flags", _u8), ("pad", _u32)]
+
+
+class ConnKey(ct.Structure):
+    _fields_ = [("src", _addr), ("dst", _addr), ("sport", _u16), ("dport", _u16), ("proto", _u8),
+                ("family", _u8), ("pad", _u16)]
+
+
+class Conn(ct.Structure):
+    _fields_ = [("seen_ns", _u64), ("real_id", _u32), ("real_gen", _u32), ("svc_id", _u32), ("state", _u8),
+                ("pad", _u8 * 3)]
+
+
+class PersistKey(ct.Structure):
+    _fields_ = [("svc", SvcKey), ("client", _addr)]
+
+
+class Persist(ct.Structure):
+    _fields_ = [("last_new_ns", _u64), ("held_until_ns", _u64), ("real_id", _u32), ("real_gen", _u32)]
+
+
+class MarkKey(ct.Structure):
+    _fields_ = [("prefixlen", _u32), ("family", _u8), ("proto", _u8), ("port", _u16), ("addr", _addr)]
+
+
+class MarkVal(ct.Structure):
+    _fields_ = [("mark", _u32), ("rule_id", _u32)]
+
+
+class VipKey(ct.Structure):
+    _fields_ = [("prefixlen", _u32), ("family", _u32), ("addr", _addr)]
+
+
+class Settings(ct.Structure):
+    _fields_ = [("timeout_ns", _u64 * CONN_STATES), ("flags", _u32), ("pad", _u32)]
+
+
+class Counters(ct.Structure):
+    _fields_ = [("packets", _u64), ("bytes", _u64), ("conns", _u64)]
+
+
+class Nexthop(ct.Structure):
+    _fields_ = [("stamp_ns", _u64), ("ifindex", _u32), ("real_gen", _u32), ("dmac", _u8 * 6),
+                ("smac", _u8 * 6), ("pad", _u32)]
+
+
+# Which mirror stands for which map's key and value (None: a plain integer type).
+MAP_TYPES = {
+    "services": (SvcKey, SvcMeta),
+    "reals": (None, Real),
+    "sched_slots": (None, None),
+    "conns": (ConnKey, Conn),
+    "persist": (PersistKey, Persist),
+    "mark_rules": (MarkKey, MarkVal),
+    "vip_prefixes": (VipKey, None),
+    "settings": (None, Settings),
+    "nh_cache": (None, Nexthop),
+    "svc_stats": (None, Counters),
+    "real_stats": (None, Counters),
+    "mark_stats": (None, Counters),
+    "verdicts": (None, Counters),
+}
+
+
+def addr_words(b16: bytes):
+    """16 address bytes (network order) as the 4-word array the structs hold."""
+    return _addr.from_buffer_copy(b16)
+
+
+def words_bytes(words) -> bytes:
+    """The inverse of addr_words."""
+    return bytes(words)
