@@ -67,15 +67,15 @@ class Program:
         src = inline_source(BPF_DIR / "xlb.c")
         flags = [f"-I{BPF_DIR}", "-Wno-unused-function", *cflags]
         try:
-            self.bpf = bcc.BPF(text=src, cflags=flags)
-            self.func = self.bpf.load_func(self.FUNC, bcc.BPF.XDP)
+            self.bpf = bcc.BPF(text=src.encode(), cflags=flags)
+            self.func = self.bpf.load_func(self.FUNC.encode(), bcc.BPF.XDP)
         except Exception as exc:  # bcc raises bare Exception; its compiler output went to stderr
             raise KernelError(f"could not load bpf/xlb.c: {exc} (compiler/verifier output above)") from exc
         self.fd = self.func.fd
         self.attached = None  # (ifname, flags)
 
     def __getitem__(self, name):
-        return self.bpf[name]
+        return self.bpf[name.encode() if isinstance(name, str) else name]
 
     def attach(self, ifname, mode="native", force=False):
         """Attach to ifname; refuse one that already has another XDP program unless force."""

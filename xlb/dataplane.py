@@ -18,17 +18,14 @@ PROTO_NUM = markmod.PROTO_NUM
 _SCHED_KIND = {"rr": S.SCHED["rr"], "wrr": S.SCHED["rr"], "sh": S.SCHED["sh"], "dh": S.SCHED["dh"],
                "mh": S.SCHED["mh"]}
 
-# Map capacities fixed at compile time (bpf/consts.h defaults; the loader does not override them).
-MAX_SERVICES = S.DEFINES["XLB_MAX_SERVICES"]
-MAX_REALS = S.DEFINES["XLB_MAX_REALS"]
-SCHED_SLOTS = S.DEFINES["XLB_SCHED_SLOTS"]
-MARK_ENTRIES = S.DEFINES["XLB_MARK_ENTRIES"]
-MAX_MARK_RULES = S.DEFINES["XLB_MAX_MARK_RULES"]
+
+
+CLOCK_MONOTONIC_COARSE = 6  # linux/time.h; Python's time module does not name it
 
 
 def now_ns():
     """The data plane's clock: bpf_ktime_get_coarse_ns() is CLOCK_MONOTONIC_COARSE."""
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC_COARSE)
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
 
 
 def svc_key(svc) -> S.SvcKey:
@@ -147,12 +144,18 @@ class DataPlane:
         self.prog = prog
         self.tables = tables
         self.m = {name: prog[name] for name in S.MAP_TYPES}
+        # Capacities as compiled (bpf/consts.h defaults, or the loader's -D flags).
+        self.max_services = self.m["services"].max_entries
+        self.max_reals = self.m["reals"].max_entries
+        self.max_slots = self.m["sched_slots"].max_entries
+        self.max_mark_entries = self.m["mark_rules"].max_entries
+        self.max_mark_rules = self.m["mark_stats"].max_entries
         self.config = None
-        self.svc_ids = IdPool(MAX_SERVICES)
-        self.real_ids = IdPool(MAX_REALS)
-        self.rule_ids = IdPool(MAX_MARK_RULES)
+        self.svc_ids = IdPool(self.max_services)
+        self.real_ids = IdPool(self.max_reals)
+        self.rule_ids = IdPool(self.max_mark_rules)
         self.gens = {}                 # real id -> generation last written
-        self.slots = SlotAllocator(SCHED_SLOTS)
+        self.slots = SlotAllocator(self.max_slots)
         self.services = {}             # svc.key -> _SvcState
         self.by_id = {}                # svc id -> _SvcState
         self.mark_entries = {}         # lpm tuple -> (mark, rule_id)
@@ -166,20 +169,21 @@ class DataPlane:
         if (config.tables.conns, config.tables.templates) != (self.tables.conns, self.tables.templates):
             raise ConfigError(src, "tables", "table sizes changed; they take effect only when xlb restarts "
                               f"(running: conns={self.tables.conns}, templates={self.tables.templates})")
-        if len(config.services) > MAX_SERVICES - 1:
-            raise ConfigError(src, "service", f"{len(config.services)} services; at most {MAX_SERVICES - 1}")
+        if len(config.services) > self.max_services - 1:
+            raise ConfigError(src, "service", f"{len(config.services)} services; at most {self.max_services - 1}")
         nreals = sum(len(s.reals) for s in config.services)
-        if nreals > MAX_REALS - 1:
-            raise ConfigError(src, "service", f"{nreals} reals in all; at most {MAX_REALS - 1}")
+        if nreals > self.max_reals - 1:
+            raise ConfigError(src, "service", f"{nreals} reals in all; at most {self.max_reals - 1}")
         entries = markmod.lpm_entries(config.marks)
-        if len(entries) > MARK_ENTRIES:
+        if len(entries) > self.max_mark_entries:
             raise ConfigError(src, "mark", f"mark rules expand to {len(entries)} (family, proto, port, prefix) "
-                              f"entries; at most {MARK_ENTRIES}: use fewer or wider port ranges")
-        if len(config.marks) > MAX_MARK_RULES - 1:
-            raise ConfigError(src, "mark", f"{len(config.marks)} mark rules; at most {MAX_MARK_RULES - 1}")
+                              f"entries; at most {self.max_mark_entries}: name fewer ports")
+        if len(config.marks) > self.max_mark_rules - 1:
+            raise ConfigError(src, "mark", f"{len(config.marks)} mark rules; at most {self.max_mark_rules - 1}")
+        # Old and new tables coexist while a reload swaps them: each may use at most half the slots.
         need = sum(len(self._table_len_estimate(s)) for s in config.services)
-        if need > SCHED_SLOTS // 2:
-            raise ConfigError(src, "service", f"scheduling tables need {need} slots; at most {SCHED_SLOTS // 2}")
+        if need > self.max_slots // 2:
+            raise ConfigError(src, "service", f"scheduling tables need {need} slots; at most {self.max_slots // 2}")
         return entries
 
     @staticmethod

@@ -218,15 +218,17 @@ def _sysctl_read(path):
         return f.read().strip()
 
 
-def _set_gro(ifname, on):
+def _set_features(ifname, wanted):
     # Ethtool uses ioctl/genetlink sockets of the calling process, so this runs inside the namespace.
     from pyroute2.ethtool import Ethtool
 
     with Ethtool() as eth:
         features = eth.get_features(ifname)
-        features.features["rx-gro"].enable = bool(on)
+        for name, on in wanted.items():
+            features.features[name].enable = bool(on)
         eth.set_features(ifname, features)
-        return eth.get_features(ifname).features["rx-gro"].enable
+        now = eth.get_features(ifname).features
+        return {name: now[name].enable for name in wanted}
 
 
 def _split_prefix(cidr):
@@ -357,6 +359,22 @@ class Topology:
         with self._ipr(ns) as ipr:
             ipr.addr("add", index=self._index(ipr, ns, ifname), address=str(ip), prefixlen=plen, **extra)
 
+    def mac(self, ns, ifname, mac):
+        """Set the link-layer address of `ifname` ("02:00:00:00:00:01")."""
+        with self._ipr(ns) as ipr:
+            ipr.link("set", index=self._index(ipr, ns, ifname), address=mac)
+
+    def neigh(self, ns, ifname, addr, mac):
+        """Add a permanent neighbour entry: `addr` is at `mac` on `ifname`."""
+        family = socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
+        with self._ipr(ns) as ipr:
+            ipr.neigh("replace", dst=addr, lladdr=mac, ifindex=self._index(ipr, ns, ifname), family=family,
+                      state=0x80)  # NUD_PERMANENT
+
+    def ifindex(self, ns, ifname):
+        with self._ipr(ns) as ipr:
+            return self._index(ipr, ns, ifname)
+
     def lo_addr(self, ns, addr):
         """Put `addr` on lo (as /32 or /128 unless a prefix is given): a DR real server's VIP."""
         if "/" not in addr:
@@ -391,7 +409,17 @@ class Topology:
         A frame XDP_REDIRECTed or XDP_TX'd into a veth is delivered by the peer only when the peer runs
         NAPI, i.e. has GRO on (or an XDP program of its own); otherwise it is dropped silently.
         """
-        return run_in_netns(ns, _set_gro, ifname, on)
+        return run_in_netns(ns, _set_features, ifname, {"rx-gro": on})["rx-gro"]
+
+    def tx_checksum(self, ns, ifname, on=True):
+        """Turn transmit checksum offload on/off; return the new state.
+
+        With offload on, a veth hands the peer packets whose TCP/UDP checksum is only partial, with the fix-up
+        left in skb metadata. Native XDP on the peer sees the raw frame and forwards it with the partial
+        checksum, which the receiver drops. Senders in front of a native-XDP veth must checksum themselves,
+        as every real NIC's receive path delivers.
+        """
+        return run_in_netns(ns, _set_features, ifname, {"tx-checksum-ip-generic": on})["tx-checksum-ip-generic"]
 
     def spawn(self, ns, fn, *args, **kwargs):
         """Start `fn(*args, **kwargs)` in `ns` as a NetnsProcess that this topology stops on exit."""

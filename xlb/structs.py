@@ -112,6 +112,7 @@ MAP_TYPES = {
     "services": (SvcKey, SvcMeta),
     "reals": (None, Real),
     "sched_slots": (None, None),
+    "rr_pos": (None, None),
     "conns": (ConnKey, Conn),
     "persist": (PersistKey, Persist),
     "mark_rules": (MarkKey, MarkVal),

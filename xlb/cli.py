@@ -1,0 +1,77 @@
+"""The `xlb` command: run the balancer on an interface, check a config, run the demo."""
+import argparse
+import sys
+
+from . import __version__
+from .errors import XlbError
+
+EXAMPLES = """examples:
+  xlb check /etc/xlb/xlb.toml
+  xlb run --iface eth0 --config /etc/xlb/xlb.toml
+  xlb run --iface eth0 --config xlb.toml --xdp-mode generic --force
+  kill -HUP $(pidof xlb)      # re-read the config, apply only the difference
+  kill -USR1 $(pidof xlb)     # print the counters
+  xlb demo                    # a built-in topology in throwaway namespaces
+"""
+
+
+def _cmd_check(args):
+    from . import config as xconfig
+    cfg = xconfig.load(args.file)
+    nreals = sum(len(s.reals) for s in cfg.services)
+    print(f"{args.file}: OK ({len(cfg.services)} services, {nreals} reals, {len(cfg.marks)} mark rules)")
+    return 0
+
+
+def _cmd_run(args):
+    from .daemon import Daemon
+    d = Daemon(args.iface, args.config, xdp_mode=args.xdp_mode, force=args.force,
+               log=lambda msg: print(msg, flush=True))
+    d.start()
+    d.run()
+    return 0
+
+
+def _cmd_demo(args):
+    from .demo import main as demo_main
+    return demo_main(keep_going=args.keep)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="xlb", description="XDP layer-4 load balancer with LVS semantics.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"xlb {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    run = sub.add_parser("run", help="attach to an interface and balance until SIGINT/SIGTERM",
+                         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--iface", "-i", required=True, help="interface to attach XDP to")
+    run.add_argument("--config", "-c", required=True, help="TOML config file (see `xlb check`)")
+    run.add_argument("--xdp-mode", choices=("native", "generic"), default="native",
+                     help="native (driver) XDP, or generic (skb) mode for drivers without it")
+    run.add_argument("--force", action="store_true", help="replace an XDP program already on the interface")
+    run.set_defaults(func=_cmd_run)
+
+    chk = sub.add_parser("check", help="validate a config without root; non-zero exit names the bad field")
+    chk.add_argument("file")
+    chk.set_defaults(func=_cmd_check)
+
+    demo = sub.add_parser("demo", help="build a demo topology in namespaces, balance traffic, tear it down")
+    demo.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
+    demo.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except XlbError as exc:
+        print(f"xlb: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

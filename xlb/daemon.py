@@ -1,0 +1,144 @@
+"""`xlb run`: load the program, apply the config, attach, then keep the timers until told to stop.
+
+SIGHUP re-reads the config and applies only the difference (a rejected config changes nothing and says why);
+SIGUSR1 prints the counters; SIGINT/SIGTERM detach and exit.
+"""
+import signal
+import threading
+import time
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from . import config as xconfig
+from . import stats
+from .bpfprog import Program, cflags_for
+from .dataplane import DataPlane
+from .errors import ConfigError, KernelError
+from .neigh import ensure_neighbours
+from .structs import REASON
+
+
+def _sysctl(path):
+    return Path("/proc/sys") / path
+
+
+def enable_forwarding(ifname, log=print):
+    """bpf_fib_lookup answers only for interfaces that forward: turn it on for ifname and say so once."""
+    for fam in ("ipv4", "ipv6"):
+        p = _sysctl(f"net/{fam}/conf/{ifname}/forwarding")
+        try:
+            if p.read_text().strip() != "1":
+                p.write_text("1")
+                log(f"xlb: enabled net.{fam}.conf.{ifname}.forwarding (bpf_fib_lookup needs it)")
+        except OSError as exc:
+            raise KernelError(f"cannot enable {fam} forwarding on {ifname}: {exc}") from exc
+
+
+def ifindex_of(ifname):
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+    if not idx:
+        raise KernelError(f"no interface named {ifname!r} in this network namespace")
+    return idx[0]
+
+
+class Daemon:
+    def __init__(self, iface, config_path, xdp_mode="native", force=False, log=print):
+        self.iface = iface
+        self.config_path = config_path
+        self.xdp_mode = xdp_mode
+        self.force = force
+        self.log = log
+        self.prog = None
+        self.dp = None
+        self._wake = threading.Event()
+        self._reload = False
+        self._dump = False
+        self._stop = False
+        self._no_neigh = 0
+
+    def start(self):
+        """Everything up to a running data plane; on failure nothing stays attached."""
+        cfg = xconfig.load(self.config_path)
+        ifindex_of(self.iface)
+        self.prog = Program(cflags=cflags_for(cfg.tables), log=self.log)
+        try:
+            self.dp = DataPlane(self.prog, cfg.tables)
+            self.dp.apply(cfg)
+            enable_forwarding(self.iface, self.log)
+            self._neighbours()
+            self.prog.attach(self.iface, self.xdp_mode, self.force)
+        except BaseException:
+            self.prog.close()
+            raise
+        self.log(f"xlb: attached to {self.iface} ({self.xdp_mode}); {self._summary(cfg)}")
+
+    @staticmethod
+    def _summary(cfg):
+        nreals = sum(len(s.reals) for s in cfg.services)
+        return f"{len(cfg.services)} services, {nreals} reals, {len(cfg.marks)} mark rules"
+
+    def _neighbours(self):
+        reals = {r.address for s in self.dp.config.services for r in s.reals}
+        ensure_neighbours(reals, log=self.log)
+
+    def reload(self):
+        """Re-read the config; apply it, or keep the running one and say why."""
+        try:
+            cfg = xconfig.load(self.config_path)
+            self.dp.apply(cfg)
+        except ConfigError as exc:
+            self.log(f"xlb: reload rejected, running config unchanged: {exc}")
+            return False
+        self._neighbours()
+        self.log(f"xlb: reloaded {self.config_path}: {self._summary(cfg)}")
+        return True
+
+    def tick(self):
+        """One timer round: sweep the tables; if packets met an unresolved neighbour, resolve again."""
+        res = self.dp.sweep()
+        no_neigh = self.dp.counters("verdicts", REASON["drop_no_neigh"]).packets
+        if no_neigh > self._no_neigh:
+            self.log(f"xlb: {no_neigh - self._no_neigh} packets met an unresolved neighbour; resolving")
+            self._neighbours()
+        self._no_neigh = no_neigh
+        return res
+
+    def _signal(self, signum, _frame):
+        if signum == signal.SIGHUP:
+            self._reload = True
+        elif signum == signal.SIGUSR1:
+            self._dump = True
+        else:
+            self._stop = True
+        self._wake.set()
+
+    def run(self):
+        """Serve until SIGINT/SIGTERM. Detaches on the way out whatever happens."""
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(sig, self._signal)
+        try:
+            interval = self.dp.config.tables.sweep_interval
+            next_sweep = time.monotonic() + interval
+            while not self._stop:
+                self._wake.wait(max(0.0, next_sweep - time.monotonic()))
+                self._wake.clear()
+                if self._reload:
+                    self._reload = False
+                    self.reload()
+                if self._dump:
+                    self._dump = False
+                    self.log(stats.render(self.dp))
+                if time.monotonic() >= next_sweep:
+                    self.tick()
+                    interval = self.dp.config.tables.sweep_interval
+                    next_sweep = time.monotonic() + interval
+        finally:
+            self.close()
+
+    def close(self):
+        if self.prog:
+            prog, self.prog = self.prog, None
+            prog.close()
+            self.log(f"xlb: detached from {self.iface}")

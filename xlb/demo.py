@@ -1,0 +1,174 @@
+"""`xlb demo`: a direct-routing lab in throwaway namespaces, and the same lab for the integration tests.
+
+    client ns (cl) --+                      cl:  198.18.0.1/24   2001:db8::1/64, clients 198.19.{1,2,3}.x on lo
+    lb ns     (lb) --+-- bridge (switch ns) lb:  198.18.0.2/24   2001:db8::2/64, xlb on eth0
+    rs1..rs3       --+                      rsN: 198.18.0.1N/24  2001:db8::1N/64, VIPs on lo (DR real servers)
+
+Clients reach the VIPs through the load balancer; real servers answer the clients directly (direct routing),
+each with its own name, so the client sees which real served it.
+"""
+import os
+import signal
+import tempfile
+import time
+
+from pyroute2 import IPRoute
+
+from .netns import Topology, run_in_netns, tcp_ask, tcp_echo_name_server
+
+VIP4 = "198.51.100.10"
+VIP6 = "2001:db8:100::10"
+LAN4, LAN6 = "198.18.0", "2001:db8::"
+REALS4 = [f"{LAN4}.1{i}" for i in (1, 2, 3)]
+REALS6 = [f"{LAN6}1{i}" for i in (1, 2, 3)]
+CLIENTS4 = ["198.19.1.10", "198.19.1.20", "198.19.1.30", "198.19.2.10", "198.19.2.20", "198.19.3.10"]
+CLIENTS6 = ["2001:db8:1:1::10", "2001:db8:1:1::20", "2001:db8:1:2::10", "2001:db8:1:3::10"]
+
+DEMO_CONFIG = f"""\
+# Firewall mark 1 bundles HTTP and HTTPS of one VIP into one virtual service; persistence groups each
+# client /24 onto one real for 300 s, across both ports.
+[[mark]]
+mark = 1
+proto = "tcp"
+dst = "{VIP4}/32"
+ports = [80, 443]
+
+[[service]]
+fwmark = 1
+scheduler = "rr"
+persistence_timeout = 300
+persistence_netmask = "255.255.255.0"
+{''.join(f'''
+  [[service.real]]
+  address = "{r}"
+''' for r in REALS4)}"""
+
+
+class DrLab:
+    """The topology above. Use as a context manager; everything is removed on exit."""
+
+    def __init__(self, prefix="xlbd", reals=3, ports=(80, 443)):
+        self.topo = Topology(prefix=prefix)
+        self.nreals = reals
+        self.ports = ports
+        self.daemon = None
+        self.config_path = None
+
+    def __enter__(self):
+        try:
+            self._build()
+        except BaseException:
+            self.topo.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.stop_xlb()
+        finally:
+            if self.config_path:
+                os.unlink(self.config_path)
+            self.topo.close()
+
+    def _build(self):
+        t = self.topo
+        sw = t.netns("sw")
+        self.cl = t.netns("cl")
+        self.lb = t.netns("lb")
+        self.rs = [t.netns(f"rs{i + 1}") for i in range(self.nreals)]
+        ports = []
+        for ns, port in [(self.cl, "c0"), (self.lb, "l0")] + [(ns, f"r{i}") for i, ns in enumerate(self.rs)]:
+            t.veth(ns, "eth0", sw, port)
+            ports.append(port)
+        t.bridge(sw, "br0", ports)
+        # XDP_TX on lb:eth0 hands frames to its peer sw:l0, which delivers them only with GRO on.
+        t.gro(sw, "l0", True)
+        # Native XDP on a veth sees partial checksums of offloading senders: clients checksum in full.
+        t.tx_checksum(self.cl, "eth0", False)
+        for ns in [sw, self.cl, self.lb] + self.rs:
+            t.sysctl(ns, "net/ipv4/conf/all/rp_filter", "0")
+        t.addr(self.cl, "eth0", f"{LAN4}.1/24")
+        t.addr(self.cl, "eth0", f"{LAN6}1/64")
+        for c in CLIENTS4 + CLIENTS6:
+            t.lo_addr(self.cl, c)
+        t.route(self.cl, f"{VIP4}/32", gateway=f"{LAN4}.2")
+        t.route(self.cl, f"{VIP6}/128", gateway=f"{LAN6}2")
+        t.sysctl(self.cl, "net/ipv4/ip_forward", "1")
+        t.addr(self.lb, "eth0", f"{LAN4}.2/24")
+        t.addr(self.lb, "eth0", f"{LAN6}2/64")
+        for i, ns in enumerate(self.rs):
+            t.addr(ns, "eth0", f"{REALS4[i]}/24")
+            t.addr(ns, "eth0", f"{REALS6[i]}/64")
+            t.lo_addr(ns, VIP4)
+            t.lo_addr(ns, VIP6)
+            t.sysctl(ns, "net/ipv4/conf/all/arp_ignore", "1")
+            t.sysctl(ns, "net/ipv4/conf/all/arp_announce", "2")
+            t.route(ns, "default", gateway=f"{LAN4}.1")
+            t.route(ns, "default", gateway=f"{LAN6}1")
+            listen = [(a, p) for p in self.ports for a in ("0.0.0.0", "::")]
+            t.spawn(ns, tcp_echo_name_server, f"rs{i + 1}", listen)
+
+    # -- xlb --------------------------------------------------------------------------------------------------
+    def start_xlb(self, config_text, timeout=60.0, xdp_mode="generic"):
+        """Run `xlb run` in the LB namespace with this config; return once the program is attached.
+
+        The lab runs generic XDP: native XDP_TX from a veth into a bridge port loses the frames here (known,
+        under investigation); native mode's packet path is covered by the BPF_PROG_TEST_RUN fixtures.
+        """
+        fd, self.config_path = tempfile.mkstemp(prefix="xlb-lab-", suffix=".toml")
+        with os.fdopen(fd, "w") as f:
+            f.write(config_text)
+        from .cli import main as cli_main
+        self.daemon = self.topo.spawn(self.lb, cli_main, ["run", "--iface", "eth0", "--config", self.config_path,
+                                                           "--xdp-mode", xdp_mode])
+        deadline = time.monotonic() + timeout
+        while xdp_prog_id(self.lb, "eth0") is None:
+            if not self.daemon.is_alive():
+                raise RuntimeError("xlb run exited before attaching (see its output above)")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"xlb run did not attach within {timeout}s")
+            time.sleep(0.1)
+
+    def rewrite_config(self, config_text):
+        with open(self.config_path, "w") as f:
+            f.write(config_text)
+
+    def signal_xlb(self, sig):
+        os.kill(self.daemon.pid, sig)
+
+    def stop_xlb(self):
+        if self.daemon and self.daemon.is_alive():
+            self.signal_xlb(signal.SIGTERM)
+            self.daemon.proc.join(10)
+        if self.daemon:
+            self.daemon.stop()
+        self.daemon = None
+
+    def ask(self, src, dst, port):
+        return run_in_netns(self.cl, tcp_ask, src, dst, port)
+
+
+def xdp_prog_id(ns, ifname):
+    """The id of the XDP program attached to ns:ifname, or None."""
+    with IPRoute(netns=ns) as ipr:
+        link = ipr.get_links(ipr.link_lookup(ifname=ifname)[0])[0]
+    xdp = link.get_attr("IFLA_XDP")
+    return xdp.get_attr("IFLA_XDP_PROG_ID") if xdp else None
+
+
+def main(keep_going=False):
+    print("xlb demo: building namespaces (client, load balancer, 3 DR real servers on one bridge)...", flush=True)
+    with DrLab() as lab:
+        print(f"config:\n{DEMO_CONFIG}", flush=True)
+        lab.start_xlb(DEMO_CONFIG)
+        print(f"\n{'client':<16}{'subnet':<16}{'port 80':<10}{'port 443':<10}{'port 80 again':<14}", flush=True)
+        for c in CLIENTS4:
+            served = [lab.ask(c, VIP4, p) for p in (80, 443, 80)]
+            subnet = c.rsplit(".", 1)[0] + ".0/24"
+            print(f"{c:<16}{subnet:<16}{served[0]:<10}{served[1]:<10}{served[2]:<14}", flush=True)
+        print("\nEach /24 sticks to one real across ports 80 and 443 (one persistence template per subnet and"
+              "\nfirewall mark). Counters from the running xlb (SIGUSR1):", flush=True)
+        lab.signal_xlb(signal.SIGUSR1)
+        time.sleep(1.0)
+    print("demo done: namespaces, links and the XDP program are gone.")
+    return 0
