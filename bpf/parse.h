@@ -139,8 +139,11 @@ static __always_inline int parse_ipv6(void *cur, void *data_end, struct pkt *p, 
 	return 0;
 }
 
-/* Fill *p from the frame. Returns 0 when p describes a TCP/UDP packet (p->fragment says if it is a fragment),
- * else the pass or drop reason. */
+/* parse_packet's "a TCP/UDP packet: handle it". Not 0: reasons start at 0 (XLB_PASS_NOT_IP). */
+#define XLB_PARSE_OK (-1)
+
+/* Fill *p from the frame. Returns XLB_PARSE_OK when p describes a TCP/UDP packet (p->fragment says if it is a
+ * fragment), else the pass or drop reason. */
 static __always_inline int parse_packet(void *data, void *data_end, struct pkt *p)
 {
 	struct ethhdr *eth = data;
@@ -159,8 +162,9 @@ static __always_inline int parse_packet(void *data, void *data_end, struct pkt *
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
 		return XLB_PASS_OTHER_PROTO;
 	if (p->fragment)
-		return 0;
-	return parse_l4(l4, data_end, p);
+		return XLB_PARSE_OK;
+	ret = parse_l4(l4, data_end, p);
+	return ret ? ret : XLB_PARSE_OK;
 }
 
 #endif

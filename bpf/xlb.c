@@ -123,7 +123,7 @@ int xlb_xdp(struct xdp_md *ctx)
 	__u64 bytes = data_end - data;
 	struct pkt p = {};
 	int reason = parse_packet(data, data_end, &p);
-	if (reason == 0)
+	if (reason == XLB_PARSE_OK)
 		return handle(ctx, &p, bytes);
 	/* Not ours, or malformed: counted, and never touched. */
 	int action = (reason == XLB_PASS_NOT_IP || reason == XLB_PASS_OTHER_PROTO) ? XDP_PASS : XDP_DROP;

@@ -11,7 +11,9 @@ from xlb.errors import KernelError
 @pytest.fixture
 def fake_host(tmp_path, monkeypatch):
     """A host with no build tree for the running kernel and an empty /usr/src."""
-    monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
+    # setenv first so monkeypatch records the original and restores it, whatever ensure_kernel_headers sets.
+    monkeypatch.setenv("BCC_KERNEL_SOURCE", "")
+    monkeypatch.delenv("BCC_KERNEL_SOURCE")
     monkeypatch.setattr(kheaders, "MODULES_DIR", tmp_path / "modules")
     monkeypatch.setattr(kheaders, "SRC_DIR", tmp_path / "src")
     monkeypatch.setattr(kheaders, "CACHE_DIR", tmp_path / "cache")

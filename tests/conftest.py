@@ -1,0 +1,22 @@
+import os
+
+import pytest
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF, network namespaces)")
+
+
+@pytest.fixture(scope="session")
+def bench():
+    """The loaded program in its namespace, shared by the packet tests (each test resets the maps)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    from harness import Bench
+    # Per-CPU maps (rr_pos, nh_cache) make rr order depend on the CPU BPF_PROG_TEST_RUN runs on: stay on one.
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    b = Bench()
+    try:
+        yield b
+    finally:
+        b.close()
+        os.sched_setaffinity(0, cpus)

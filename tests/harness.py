@@ -1,0 +1,175 @@
+"""Packet fixtures through BPF_PROG_TEST_RUN: the loaded xlb program, its maps filled by the real control plane
+(DataPlane.apply), run inside a throwaway namespace whose interfaces and neighbours are known, so every output
+byte can be predicted.
+
+Topology (namespace "lb"):
+    lb0  02:00:00:00:00:02  198.18.0.2/24  2001:db8::2/64   reals 198.18.0.11-13 / 2001:db8::11-13 on-link
+    lb1  02:00:00:00:01:02  198.18.1.2/24  2001:db8:1::2/64 real 198.18.1.11 / 2001:db8:1::11 (another port)
+    198.18.9.0/24 and 2001:db8:9::/64 are routed via 198.18.0.1 / 2001:db8::1 (not on-link: DR refuses)
+"""
+import contextlib
+import dataclasses
+import ctypes as ct
+
+from pyroute2 import netns as pnetns
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+
+from xlb import config as xconfig
+from xlb import structs as S
+from xlb.bpfprog import Program, cflags_for
+from xlb.dataplane import DataPlane
+from xlb.netns import Topology
+from xlb.testrun import test_run as _test_run
+
+LB_MAC = "02:00:00:00:00:02"
+LB1_MAC = "02:00:00:00:01:02"
+CLIENT_MAC = "02:00:00:00:00:aa"
+REAL_MAC = {
+    "198.18.0.11": "02:00:00:00:00:11", "198.18.0.12": "02:00:00:00:00:12", "198.18.0.13": "02:00:00:00:00:13",
+    "2001:db8::11": "02:00:00:00:00:11", "2001:db8::12": "02:00:00:00:00:12", "2001:db8::13": "02:00:00:00:00:13",
+    "198.18.1.11": "02:00:00:00:01:11", "2001:db8:1::11": "02:00:00:00:01:11",
+}
+GW_MAC = "02:00:00:00:00:01"
+
+# Small maps keep per-test resets cheap; the code paths are the same as at full size.
+TEST_CFLAGS = ["-DXLB_MAX_REALS=256", "-DXLB_MAX_SERVICES=256", "-DXLB_SCHED_SLOTS=131072",
+               "-DXLB_MARK_ENTRIES=16384", "-DXLB_MAX_MARK_RULES=256", "-DXLB_VIP_PREFIXES=1024"]
+TEST_TABLES = xconfig.Tables(conns=4096, templates=4096)
+
+
+class Bench:
+    """The LB namespace, the loaded program and a DataPlane over it."""
+
+    def __init__(self):
+        self.topo = Topology(prefix="xlbf")
+        try:
+            self._build()
+            self.prog = Program(cflags=cflags_for(TEST_TABLES) + TEST_CFLAGS, log=None)
+        except BaseException:
+            self.topo.close()
+            raise
+        self.dp = None
+
+    def _build(self):
+        t = self.topo
+        self.ns = t.netns("lb")
+        peer = t.netns("peer")
+        t.veth(self.ns, "lb0", peer, "p0")
+        t.veth(self.ns, "lb1", peer, "p1")
+        t.mac(self.ns, "lb0", LB_MAC)
+        t.mac(self.ns, "lb1", LB1_MAC)
+        for cidr in ("198.18.0.2/24", "2001:db8::2/64"):
+            t.addr(self.ns, "lb0", cidr)
+        for cidr in ("198.18.1.2/24", "2001:db8:1::2/64"):
+            t.addr(self.ns, "lb1", cidr)
+        for addr, mac in REAL_MAC.items():
+            dev = "lb1" if addr.startswith(("198.18.1.", "2001:db8:1:")) else "lb0"
+            t.neigh(self.ns, dev, addr, mac)
+        t.neigh(self.ns, "lb0", "198.18.0.1", GW_MAC)
+        t.neigh(self.ns, "lb0", "2001:db8::1", GW_MAC)
+        t.route(self.ns, "198.18.9.0/24", gateway="198.18.0.1")
+        t.route(self.ns, "2001:db8:9::/64", gateway="2001:db8::1")
+        for path in ("net/ipv4/conf/all/forwarding", "net/ipv6/conf/all/forwarding"):
+            t.sysctl(self.ns, path, "1")
+        self.ifindex = t.ifindex(self.ns, "lb0")
+        self.ifindex1 = t.ifindex(self.ns, "lb1")
+
+    def close(self):
+        try:
+            self.prog.close()
+        finally:
+            self.topo.close()
+
+    def reset(self, toml_text):
+        """Empty every map the previous test filled, then apply a config through the real control plane."""
+        for name in ("conns", "persist", "services", "mark_rules", "vip_prefixes"):
+            self.prog[name].clear()
+        for name in ("verdicts", "nh_cache", "rr_pos", "svc_stats", "real_stats", "mark_stats"):
+            table = self.prog[name]
+            zero = table.Leaf()
+            for i in range(table.max_entries):
+                table[ct.c_uint32(i)] = zero
+        self.dp = DataPlane(self.prog, TEST_TABLES)
+        self.dp.apply(self.config(toml_text))
+        return self.dp
+
+    @staticmethod
+    def config(toml_text):
+        """Parse a test config; the maps are the test's small ones whatever it says."""
+        return dataclasses.replace(xconfig.parse(toml_text, "<test>"), tables=TEST_TABLES)
+
+    def run(self, pkt, ifindex=None):
+        """Run one packet; return (XDP action name, output bytes)."""
+        with in_netns(self.ns):
+            res = _test_run(self.prog.fd, bytes(pkt), ifindex=ifindex or self.ifindex)
+        return res.action_name, res.data
+
+    def verdicts(self):
+        """{reason name: packets} for every reason seen."""
+        return {k: v.packets for k, v in self.dp.verdict_counts().items() if v.packets}
+
+
+@contextlib.contextmanager
+def in_netns(ns):
+    """Run the calling thread in namespace ns (bpf_fib_lookup looks up in the caller's namespace)."""
+    pnetns.pushns(ns)
+    try:
+        yield
+    finally:
+        pnetns.popns()
+
+
+def tcp4(src="203.0.113.7", dst="198.51.100.10", sport=40000, dport=80, flags="S", payload=b""):
+    return Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src=src, dst=dst, id=1) / TCP(
+        sport=sport, dport=dport, flags=flags, seq=1000, window=8192) / payload
+
+
+def udp4(src="203.0.113.7", dst="198.51.100.10", sport=40000, dport=53, payload=b"q"):
+    return Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src=src, dst=dst, id=1) / UDP(sport=sport, dport=dport) / payload
+
+
+def tcp6(src="2001:db8:77::7", dst="2001:db8:100::10", sport=40000, dport=80, flags="S", payload=b""):
+    return Ether(dst=LB_MAC, src=CLIENT_MAC) / IPv6(src=src, dst=dst) / TCP(
+        sport=sport, dport=dport, flags=flags, seq=1000, window=8192) / payload
+
+
+def udp6(src="2001:db8:77::7", dst="2001:db8:100::10", sport=40000, dport=53, payload=b"q"):
+    return Ether(dst=LB_MAC, src=CLIENT_MAC) / IPv6(src=src, dst=dst) / UDP(sport=sport, dport=dport) / payload
+
+
+def to_real(pkt, real, lb_mac=LB_MAC):
+    """What DR makes of pkt: the same IP packet in a frame from the LB to the real's MAC."""
+    out = pkt.copy()
+    out[Ether].dst = REAL_MAC[real]
+    out[Ether].src = lb_mac
+    return bytes(out)
+
+
+def real_of(out: bytes):
+    """Which real a DR output frame went to (by destination MAC)."""
+    mac = ":".join(f"{b:02x}" for b in out[:6])
+    for addr, m in REAL_MAC.items():
+        if m == mac and (":" in addr) == (out[12:14] == b"\x86\xdd"):
+            return addr
+    return mac
+
+
+def describe(data: bytes) -> str:
+    return Ether(data).show(dump=True)
+
+
+def lookup_conn(dp, pkt):
+    """The conns entry of pkt's flow, or None."""
+    key = S.ConnKey()
+    ip = pkt[IP] if IP in pkt else pkt[IPv6]
+    from xlb.config import addr_bytes
+    key.src = S.addr_words(addr_bytes(ip.src))
+    key.dst = S.addr_words(addr_bytes(ip.dst))
+    l4 = pkt[TCP] if TCP in pkt else pkt[UDP]
+    from xlb.dataplane import htons
+    key.sport, key.dport = htons(l4.sport), htons(l4.dport)
+    key.proto = 6 if TCP in pkt else 17
+    key.family = 4 if IP in pkt else 6
+    return dp.m["conns"].get(key)
