@@ -55,6 +55,17 @@ def cflags_for(tables) -> list:
     return [f"-DXLB_CONNS={tables.conns}", f"-DXLB_TEMPLATES={tables.templates}"]
 
 
+def attached_prog_id(ifname, ns=None):
+    """Id of the XDP program on ifname (in namespace ns, default this one), or None."""
+    from pyroute2 import IPRoute
+    with IPRoute(netns=ns) if ns else IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            return None
+        xdp = ipr.get_links(idx[0])[0].get_attr("IFLA_XDP")
+    return xdp.get_attr("IFLA_XDP_PROG_ID") if xdp else None
+
+
 class Program:
     """bpf/xlb.c compiled and loaded. `prog[name]` is a bcc table; `fd` the XDP program's fd."""
 
@@ -73,6 +84,7 @@ class Program:
             raise KernelError(f"could not load bpf/xlb.c: {exc} (compiler/verifier output above)") from exc
         self.fd = self.func.fd
         self.attached = None  # (ifname, flags)
+        self.attached_id = None
 
     def __getitem__(self, name):
         return self.bpf[name.encode() if isinstance(name, str) else name]
@@ -93,13 +105,16 @@ class Program:
                 raise AttachError(f"{ifname}: native XDP refused ({msg}); try --xdp-mode generic") from exc
             raise AttachError(f"could not attach XDP to {ifname}: {msg}") from exc
         self.attached = (ifname, XDP_MODES[mode])
+        self.attached_id = attached_prog_id(ifname)
 
     def detach(self):
-        """Detach if attached; safe to call twice."""
+        """Detach if attached and still ours (another xlb may have replaced it with --force); safe twice."""
         if not self.attached:
             return
         ifname, flags = self.attached
         self.attached = None
+        if attached_prog_id(ifname) != self.attached_id:
+            return
         try:
             self._bcc.BPF.remove_xdp(ifname, flags)
         except Exception as exc:

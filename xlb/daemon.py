@@ -14,7 +14,7 @@ from . import config as xconfig
 from . import stats
 from .bpfprog import Program, cflags_for
 from .dataplane import DataPlane
-from .errors import ConfigError, KernelError
+from .errors import ConfigError, KernelError, XlbError
 from .neigh import ensure_neighbours
 from .structs import REASON
 
@@ -58,8 +58,17 @@ class Daemon:
         self._stop = False
         self._no_neigh = 0
 
+    def _install_signals(self):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+            signal.signal(sig, self._signal)
+
     def start(self):
-        """Everything up to a running data plane; on failure nothing stays attached."""
+        """Everything up to a running data plane; on failure nothing stays attached.
+
+        Signal handlers go in first: a SIGTERM that lands between attach and run() must still detach
+        (run() then sees the stop flag at once), not kill the process with the program left attached.
+        """
+        self._install_signals()
         cfg = xconfig.load(self.config_path)
         ifindex_of(self.iface)
         self.prog = Program(cflags=cflags_for(cfg.tables), log=self.log)
@@ -91,6 +100,10 @@ class Daemon:
         except ConfigError as exc:
             self.log(f"xlb: reload rejected, running config unchanged: {exc}")
             return False
+        except XlbError as exc:
+            # Checked configs fail here only if the kernel refuses a map write: keep serving, say so.
+            self.log(f"xlb: reload failed while applying, some changes may be in force: {exc}")
+            return False
         self._neighbours()
         self.log(f"xlb: reloaded {self.config_path}: {self._summary(cfg)}")
         return True
@@ -116,8 +129,7 @@ class Daemon:
 
     def run(self):
         """Serve until SIGINT/SIGTERM. Detaches on the way out whatever happens."""
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
-            signal.signal(sig, self._signal)
+        self._install_signals()
         try:
             interval = self.dp.config.tables.sweep_interval
             next_sweep = time.monotonic() + interval

@@ -9,12 +9,13 @@ each with its own name, so the client sees which real served it.
 """
 import os
 import signal
+import sys
 import tempfile
 import time
 
-from pyroute2 import IPRoute
 
-from .netns import Topology, run_in_netns, tcp_ask, tcp_echo_name_server
+from .bpfprog import attached_prog_id
+from .netns import Topology, run_in_netns, tcp_ask, tcp_echo_name_server, tcp_line_name_server
 
 VIP4 = "198.51.100.10"
 VIP6 = "2001:db8:100::10"
@@ -47,10 +48,11 @@ persistence_netmask = "255.255.255.0"
 class DrLab:
     """The topology above. Use as a context manager; everything is removed on exit."""
 
-    def __init__(self, prefix="xlbd", reals=3, ports=(80, 443)):
+    def __init__(self, prefix="xlbd", reals=3, ports=(80, 443), line_ports=()):
         self.topo = Topology(prefix=prefix)
         self.nreals = reals
         self.ports = ports
+        self.line_ports = line_ports  # ports of tcp_line_name_server (long-lived connections) on each real
         self.daemon = None
         self.config_path = None
 
@@ -107,20 +109,27 @@ class DrLab:
             t.route(ns, "default", gateway=f"{LAN6}1")
             listen = [(a, p) for p in self.ports for a in ("0.0.0.0", "::")]
             t.spawn(ns, tcp_echo_name_server, f"rs{i + 1}", listen)
+            if self.line_ports:
+                listen = [(a, p) for p in self.line_ports for a in ("0.0.0.0", "::")]
+                t.spawn(ns, tcp_line_name_server, f"rs{i + 1}", listen)
 
     # -- xlb --------------------------------------------------------------------------------------------------
-    def start_xlb(self, config_text, timeout=60.0, xdp_mode="generic"):
+    def start_xlb(self, config_text, timeout=60.0, xdp_mode="generic", log_path=None):
         """Run `xlb run` in the LB namespace with this config; return once the program is attached.
 
         The lab runs generic XDP: native XDP_TX from a veth into a bridge port loses the frames here (known,
         under investigation); native mode's packet path is covered by the BPF_PROG_TEST_RUN fixtures.
+        With `log_path`, the daemon's stdout and stderr are appended to that file instead of the caller's.
         """
         fd, self.config_path = tempfile.mkstemp(prefix="xlb-lab-", suffix=".toml")
         with os.fdopen(fd, "w") as f:
             f.write(config_text)
-        from .cli import main as cli_main
-        self.daemon = self.topo.spawn(self.lb, cli_main, ["run", "--iface", "eth0", "--config", self.config_path,
-                                                           "--xdp-mode", xdp_mode])
+        argv = ["run", "--iface", "eth0", "--config", self.config_path, "--xdp-mode", xdp_mode]
+        if log_path:
+            self.daemon = self.topo.spawn(self.lb, run_xlb_logged, log_path, argv)
+        else:
+            from .cli import main as cli_main
+            self.daemon = self.topo.spawn(self.lb, cli_main, argv)
         deadline = time.monotonic() + timeout
         while xdp_prog_id(self.lb, "eth0") is None:
             if not self.daemon.is_alive():
@@ -148,12 +157,22 @@ class DrLab:
         return run_in_netns(self.cl, tcp_ask, src, dst, port)
 
 
+def run_xlb_logged(log_path, argv):
+    """`xlb` with these arguments, its stdout and stderr (fds and sys streams) appended to log_path."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = sys.stderr = open(log_path, "a", buffering=1)
+    from .cli import main as cli_main
+    return cli_main(argv)
+
+
 def xdp_prog_id(ns, ifname):
     """The id of the XDP program attached to ns:ifname, or None."""
-    with IPRoute(netns=ns) as ipr:
-        link = ipr.get_links(ipr.link_lookup(ifname=ifname)[0])[0]
-    xdp = link.get_attr("IFLA_XDP")
-    return xdp.get_attr("IFLA_XDP_PROG_ID") if xdp else None
+    return attached_prog_id(ifname, ns)
 
 
 def main(keep_going=False):

@@ -536,3 +536,131 @@ def udp_ask(src, dst, port, timeout=3.0, payload=b"?\n"):
         s.connect((dst, port))
         s.send(payload)
         return s.recv(4096).decode().strip()
+
+
+@notifies_ready
+def tcp_line_name_server(name, addresses_ports):
+    """Serve forever: keep each TCP connection open and answer every line received with `name\\n`.
+
+    For long-lived connection tests (reloads under live traffic). Same addressing rules as
+    tcp_echo_name_server; stops on SIGTERM.
+    """
+    payload = f"{name}\n".encode()
+    sel = selectors.DefaultSelector()
+    for addr, port in addresses_ports:
+        sel.register(_bound_socket(addr, port, socket.SOCK_STREAM), selectors.EVENT_READ, None)
+    notify_ready()
+    while True:
+        for key, _ in sel.select():
+            sock = key.fileobj
+            if key.data is None:  # a listener
+                try:
+                    conn, _ = sock.accept()
+                except BlockingIOError:
+                    continue
+                conn.setblocking(False)
+                sel.register(conn, selectors.EVENT_READ, bytearray())
+                continue
+            buf = key.data
+            try:
+                data = sock.recv(4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                sel.unregister(sock)
+                sock.close()
+                continue
+            buf += data
+            while b"\n" in buf:
+                del buf[: buf.index(b"\n") + 1]
+                try:
+                    sock.settimeout(1.0)
+                    sock.sendall(payload)
+                    sock.setblocking(False)
+                except OSError:
+                    pass
+
+
+def _line_client(conn, ns, src, dst, port, timeout):
+    try:
+        _enter(ns)
+        s = socket.socket(_family(dst), socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        if src:
+            s.bind((src, 0))
+        s.connect((dst, port))
+        f = s.makefile("rb")
+        conn.send(("ok", None))
+    except BaseException as e:  # noqa: BLE001
+        conn.send(("err",) + _pack_exception(e))
+        return
+    while True:
+        try:
+            cmd = conn.recv()
+        except EOFError:
+            break
+        if cmd is None:
+            break
+        try:
+            s.sendall(cmd.encode() + b"\n")
+            line = f.readline()
+            if not line:
+                raise ConnectionError("connection closed by the server")
+            conn.send(("ok", line.decode().strip()))
+        except BaseException as e:  # noqa: BLE001
+            conn.send(("err",) + _pack_exception(e))
+    s.close()
+
+
+class LineConnection:
+    """One long-lived TCP connection from `src` in namespace `ns` to dst:port, held by a forked child.
+
+    `ask(text)` sends one line and returns the stripped reply line (raises on a dead connection).
+    Pairs with tcp_line_name_server. Usable as a context manager; close() is idempotent.
+    """
+
+    def __init__(self, ns, src, dst, port, timeout=3.0):
+        self._conn, child = _FORK.Pipe(duplex=True)
+        self._proc = _FORK.Process(target=_line_client, args=(child, ns, src, dst, port, timeout), daemon=True)
+        self._proc.start()
+        child.close()
+        self._result()
+
+    def _result(self):
+        if not self._conn.poll(30):
+            self.close()
+            raise KernelError("line client did not answer within 30s")
+        try:
+            msg = self._conn.recv()
+        except EOFError:
+            self.close()
+            raise KernelError("line client died") from None
+        if msg[0] == "ok":
+            return msg[1]
+        raise _unpack_exception(msg[1], msg[2])
+
+    def ask(self, text="?"):
+        self._conn.send(text)
+        return self._result()
+
+    def close(self):
+        if self._proc is None:
+            return
+        try:
+            self._conn.send(None)
+        except OSError:
+            pass
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        self._conn.close()
+        self._proc = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

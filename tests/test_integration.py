@@ -1,0 +1,202 @@
+"""End to end: `xlb run` in generic XDP mode in a DR lab of namespaces (xlb.demo.DrLab), real TCP traffic.
+
+Each test builds its own lab with a unique prefix and tears it down whatever happens. Starting xlb takes a few
+seconds (bcc compiles the program).
+"""
+import contextlib
+import ipaddress
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import needs_root
+
+from xlb.demo import (CLIENTS4, CLIENTS6, DEMO_CONFIG, REALS4, REALS6, VIP4, VIP6, DrLab, run_xlb_logged,
+                      xdp_prog_id)
+from xlb.netns import LineConnection, run_in_netns, tcp_ask
+
+REPO = Path(__file__).resolve().parent.parent
+XLB = REPO / ".venv" / "bin" / "xlb"
+NAMES = {"rs1", "rs2", "rs3"}
+NAME_OF = {**{r: f"rs{i + 1}" for i, r in enumerate(REALS4)}, **{r: f"rs{i + 1}" for i, r in enumerate(REALS6)}}
+
+
+@pytest.fixture
+def log_path():
+    fd, path = tempfile.mkstemp(prefix="xlb-it-", suffix=".log")
+    os.close(fd)
+    yield path
+    os.unlink(path)
+
+
+def wait_for(pred, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def log_has(path, text):
+    return text in Path(path).read_text()
+
+
+def service(vip, port, reals, scheduler="rr", weights=None, extra=""):
+    weights = weights or [1] * len(reals)
+    body = "".join(f'\n  [[service.real]]\n  address = "{r}"\n  weight = {w}\n' for r, w in zip(reals, weights))
+    return (f'[[service]]\nvip = "{vip}"\nport = {port}\nproto = "tcp"\nscheduler = "{scheduler}"\n{extra}'
+            f'{body}\n')
+
+
+def _cli_captured(out_path, argv):
+    """cli main in this (child) process with stdout/stderr going to out_path; returns the exit code."""
+    with open(out_path, "w", buffering=1) as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        from xlb.cli import main
+        return main(argv)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@needs_root
+def test_fwmark_80_443_grouped_with_24_persistence():
+    with DrLab(prefix="xit1") as lab:
+        lab.start_xlb(DEMO_CONFIG)
+        by_subnet = {}
+        for c in CLIENTS4:
+            first = lab.ask(c, VIP4, 80)
+            assert first in NAMES
+            assert lab.ask(c, VIP4, 443) == first, c
+            assert lab.ask(c, VIP4, 80) == first, c
+            subnet = ipaddress.ip_network(f"{c}/24", strict=False)
+            by_subnet.setdefault(subnet, set()).add(first)
+        assert sorted(map(str, by_subnet)) == ["198.19.1.0/24", "198.19.2.0/24", "198.19.3.0/24"]
+        for subnet, reals in by_subnet.items():
+            assert len(reals) == 1, f"{subnet} spread over {reals}"
+        used = set().union(*by_subnet.values())
+        assert len(used) >= 2, f"all three subnets on {used}"
+
+
+@needs_root
+def test_ipv6_64_persistence():
+    cfg = service(VIP6, 80, REALS6, extra='persistence_timeout = 300\npersistence_netmask = "64"\n')
+    with DrLab(prefix="xit2") as lab:
+        lab.start_xlb(cfg)
+        a, b = CLIENTS6[0], CLIENTS6[1]
+        assert ipaddress.ip_network(f"{a}/64", strict=False) == ipaddress.ip_network(f"{b}/64", strict=False)
+        first = lab.ask(a, VIP6, 80)
+        assert first in NAMES
+        for _ in range(4):
+            assert lab.ask(b, VIP6, 80) == first
+            assert lab.ask(a, VIP6, 80) == first
+
+
+@needs_root
+def test_sighup_reload_keeps_live_connection(log_path):
+    line_port = 8080
+    with DrLab(prefix="xit3", line_ports=(line_port,)) as lab:
+        lab.start_xlb(service(VIP4, line_port, REALS4), log_path=log_path)
+        client = CLIENTS4[0]
+        with LineConnection(lab.cl, client, VIP4, line_port) as live:
+            serving = live.ask()
+            assert serving in NAMES
+            assert live.ask() == serving
+            idx = sorted(NAMES).index(serving)
+            dropped = REALS4[(idx + 1) % 3]
+            kept = [r for r in REALS4 if r != dropped]
+            other = next(r for r in kept if NAME_OF[r] != serving)
+            # Port 443 has no service yet: the LB does not answer it.
+            with pytest.raises(OSError):
+                run_in_netns(lab.cl, tcp_ask, CLIENTS4[3], VIP4, 443, 1.0)
+
+            new_cfg = (service(VIP4, line_port, kept, scheduler="wrr", weights=[3, 2])
+                       + service(VIP4, 443, [other]))
+            lab.rewrite_config(new_cfg)
+            lab.signal_xlb(signal.SIGHUP)
+            wait_for(lambda: log_has(log_path, "xlb: reloaded"), what="reload logged")
+            assert "xlb: reloaded " + lab.config_path + ": 2 services, 3 reals, 0 mark rules" \
+                in Path(log_path).read_text()
+            # The live connection stays on its real; the new service serves; new connections avoid the dropped real.
+            for _ in range(3):
+                assert live.ask() == serving
+            assert lab.ask(CLIENTS4[3], VIP4, 443) == NAME_OF[other]
+            fresh = set()
+            for c in CLIENTS4:
+                with LineConnection(lab.cl, c, VIP4, line_port) as conn:
+                    fresh.add(conn.ask())
+            assert fresh <= {NAME_OF[r] for r in kept}, fresh
+            assert NAME_OF[dropped] not in fresh
+
+            # A config with a typo is rejected and the running one stays in force.
+            bad = new_cfg.replace("weight = 2", "wieght = 2")
+            lab.rewrite_config(bad)
+            lab.signal_xlb(signal.SIGHUP)
+            wait_for(lambda: log_has(log_path, "reload rejected"), what="rejection logged")
+            text = Path(log_path).read_text()
+            assert (f"xlb: reload rejected, running config unchanged: {lab.config_path}: "
+                    "service[0].real[1].wieght: unknown key 'wieght'; did you mean 'weight'? "
+                    "allowed here: address, weight") in text
+            assert lab.daemon.is_alive()
+            assert live.ask() == serving
+            assert lab.ask(CLIENTS4[3], VIP4, 443) == NAME_OF[other]
+            for c in CLIENTS4[:3]:
+                with LineConnection(lab.cl, c, VIP4, line_port) as conn:
+                    assert conn.ask() != NAME_OF[dropped]
+
+
+@needs_root
+def test_run_refuses_busy_interface_unless_force(log_path):
+    with DrLab(prefix="xit4") as lab:
+        lab.start_xlb(DEMO_CONFIG)
+        first_id = xdp_prog_id(lab.lb, "eth0")
+        assert first_id is not None
+        argv = ["run", "--iface", "eth0", "--config", lab.config_path, "--xdp-mode", "generic"]
+        rc = run_in_netns(lab.lb, _cli_captured, log_path, argv)
+        out = Path(log_path).read_text()
+        assert rc == 1
+        assert "xlb: error: eth0 already has an XDP program attached; use --force to replace it" in out
+        assert xdp_prog_id(lab.lb, "eth0") == first_id
+        assert lab.daemon.is_alive()
+
+        second = lab.topo.spawn(lab.lb, run_xlb_logged, log_path, argv + ["--force"])
+        new_id = wait_for(lambda: (xdp_prog_id(lab.lb, "eth0") or first_id) != first_id
+                          and xdp_prog_id(lab.lb, "eth0"), timeout=60, what="forced replacement")
+        assert new_id != first_id
+        assert lab.ask(CLIENTS4[0], VIP4, 80) in NAMES
+        second.stop()
+
+
+@needs_root
+def test_sigterm_detaches(log_path):
+    with DrLab(prefix="xit6") as lab:
+        lab.start_xlb(DEMO_CONFIG, log_path=log_path)
+        assert xdp_prog_id(lab.lb, "eth0") is not None
+        assert lab.ask(CLIENTS4[0], VIP4, 80) in NAMES
+        proc = lab.daemon.proc
+        lab.stop_xlb()
+        assert proc.exitcode == 0
+        assert xdp_prog_id(lab.lb, "eth0") is None
+        assert "xlb: detached from eth0" in Path(log_path).read_text()
+
+
+def test_cli_check(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text(DEMO_CONFIG)
+    r = subprocess.run([str(XLB), "check", str(good)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"{good}: OK (1 services, 3 reals, 1 mark rules)\n"
+    assert r.stderr == ""
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(DEMO_CONFIG.replace(f'address = "{REALS4[0]}"', f'address = "{REALS4[0]}"\n  weight = -1'))
+    r = subprocess.run([str(XLB), "check", str(bad)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert r.stdout == ""
+    assert r.stderr == f"xlb: error: {bad}: service[0].real[0].weight: weight must be an integer 0..65535, got -1\n"
