@@ -19,7 +19,8 @@ from scapy.layers.l2 import Ether
 from xlb import config as xconfig
 from xlb import structs as S
 from xlb.bpfprog import Program, cflags_for
-from xlb.dataplane import DataPlane
+from xlb.config import addr_bytes
+from xlb.dataplane import DataPlane, htons
 from xlb.netns import Topology
 from xlb.testrun import test_run as _test_run
 
@@ -164,11 +165,9 @@ def lookup_conn(dp, pkt):
     """The conns entry of pkt's flow, or None."""
     key = S.ConnKey()
     ip = pkt[IP] if IP in pkt else pkt[IPv6]
-    from xlb.config import addr_bytes
     key.src = S.addr_words(addr_bytes(ip.src))
     key.dst = S.addr_words(addr_bytes(ip.dst))
     l4 = pkt[TCP] if TCP in pkt else pkt[UDP]
-    from xlb.dataplane import htons
     key.sport, key.dport = htons(l4.sport), htons(l4.dport)
     key.proto = 6 if TCP in pkt else 17
     key.family = 4 if IP in pkt else 6

@@ -58,20 +58,21 @@ def _check_clock(secs):
     assert now_ns() > (secs + 1) * NS, "the monotonic clock is younger than the aging a test needs"
 
 
-def age_templates(bench, secs):
+def _age(bench, map_name, field, secs):
+    """Move every entry's timestamp `field` back by secs, as if that much time had passed."""
     _check_clock(secs)
-    m = bench.dp.m["persist"]
+    m = bench.dp.m[map_name]
     for k, v in list(m.items()):
-        v.last_new_ns -= int(secs * NS)
+        setattr(v, field, getattr(v, field) - int(secs * NS))
         m[k] = v
+
+
+def age_templates(bench, secs):
+    _age(bench, "persist", "last_new_ns", secs)
 
 
 def age_conns(bench, secs):
-    _check_clock(secs)
-    m = bench.dp.m["conns"]
-    for k, v in list(m.items()):
-        v.seen_ns -= int(secs * NS)
-        m[k] = v
+    _age(bench, "conns", "seen_ns", secs)
 
 
 # -- (1) the template key: masked client + service identity ------------------------------------------------------

@@ -3,7 +3,6 @@
 bcc rewrites map calls (`services.lookup(...)`) only in the main source file, so our quoted headers are inlined
 into one text here, with #line markers that keep compiler messages pointing at the real file and line.
 """
-import os
 import re
 import sys
 from pathlib import Path

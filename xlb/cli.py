@@ -34,7 +34,7 @@ def _cmd_run(args):
 
 def _cmd_demo(args):
     from .demo import main as demo_main
-    return demo_main(keep_going=args.keep)
+    return demo_main()
 
 
 def build_parser():
@@ -57,7 +57,6 @@ def build_parser():
     chk.set_defaults(func=_cmd_check)
 
     demo = sub.add_parser("demo", help="build a demo topology in namespaces, balance traffic, tear it down")
-    demo.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
     demo.set_defaults(func=_cmd_demo)
     return p
 

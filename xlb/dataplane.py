@@ -34,7 +34,7 @@ def svc_key(svc) -> S.SvcKey:
         k.mark = svc.fwmark
     else:
         k.addr = S.addr_words(addr_bytes(svc.vip))
-        k.port = ct.c_uint16(int.from_bytes(svc.port.to_bytes(2, "big"), "little")).value
+        k.port = htons(svc.port)
         k.proto = PROTO_NUM[svc.proto]
     return k
 
@@ -43,20 +43,18 @@ def htons(port):
     return int.from_bytes(port.to_bytes(2, "big"), "little")
 
 
-def sched_table(svc, real_ids):
-    """The slot table of a service: real ids in the order the data plane indexes them."""
+def table_indexes(svc):
+    """The slot table of a service as positions in svc.reals, in the order the data plane indexes them."""
     weights = [r.weight for r in svc.reals]
     if svc.scheduler == "rr":
-        idx = sched.rr_table(weights)
-    elif svc.scheduler == "wrr":
-        idx = sched.wrr_table(weights)
-    elif svc.scheduler == "sh":
-        idx = sched.sh_table(weights)
-    elif svc.scheduler == "dh":
-        idx = sched.dh_table(weights)
-    else:
-        idx = sched.maglev_table([(addr_bytes(r.address), r.weight) for r in svc.reals], svc.mh_table_size)
-    return [real_ids[i] for i in idx]
+        return sched.rr_table(weights)
+    if svc.scheduler == "wrr":
+        return sched.wrr_table(weights)
+    if svc.scheduler == "sh":
+        return sched.sh_table(weights)
+    if svc.scheduler == "dh":
+        return sched.dh_table(weights)
+    return sched.maglev_table([(addr_bytes(r.address), r.weight) for r in svc.reals], svc.mh_table_size)
 
 
 class SlotAllocator:
@@ -112,10 +110,6 @@ class IdPool:
     def drop(self, ident):
         self.free.append(self.ids.pop(ident))
 
-    def would_fit(self, idents):
-        new = sum(1 for i in set(idents) if i not in self.ids)
-        gone = sum(1 for i in self.ids if i not in set(idents))
-        return self.next - 1 + new - len(self.free) - gone < self.limit
 
 
 @dataclass
@@ -164,7 +158,10 @@ class DataPlane:
 
     # -- applying a config ---------------------------------------------------------------------------------
     def check(self, config):
-        """Raise ConfigError if config cannot be applied to this data plane; changes nothing."""
+        """Raise ConfigError if config cannot be applied to this data plane; changes nothing.
+
+        Returns what apply() writes: the mark-rule trie entries and each service's table (positions in its
+        reals), so the tables are computed once."""
         src = config.source
         if (config.tables.conns, config.tables.templates) != (self.tables.conns, self.tables.templates):
             raise ConfigError(src, "tables", "table sizes changed; they take effect only when xlb restarts "
@@ -181,18 +178,15 @@ class DataPlane:
         if len(config.marks) > self.max_mark_rules - 1:
             raise ConfigError(src, "mark", f"{len(config.marks)} mark rules; at most {self.max_mark_rules - 1}")
         # Old and new tables coexist while a reload swaps them: each may use at most half the slots.
-        need = sum(len(self._table_len_estimate(s)) for s in config.services)
+        tables = {svc.key: table_indexes(svc) for svc in config.services}
+        need = sum(map(len, tables.values()))
         if need > self.max_slots // 2:
             raise ConfigError(src, "service", f"scheduling tables need {need} slots; at most {self.max_slots // 2}")
-        return entries
-
-    @staticmethod
-    def _table_len_estimate(svc):
-        return sched_table(svc, list(range(len(svc.reals))))
+        return entries, tables
 
     def apply(self, config):
         """Make the maps say what config says, touching only what differs."""
-        entries = self.check(config)
+        entries, tables = self.check(config)
         old = self.services
         new_keys = {s.key for s in config.services}
 
@@ -236,8 +230,8 @@ class DataPlane:
         for key, st in svc_states.items():
             svc = st.svc
             ids = [self.real_ids.get((svc.key, r.address)) for r in svc.reals]
-            table = sched_table(svc, ids)
-            if table != st.table or st.region == (0, 0) and table:
+            table = [ids[i] for i in tables[key]]
+            if table != st.table:
                 region = self._write_table(table, config)
                 if st.region[1]:
                     self._to_release.append(st.region)
@@ -330,9 +324,7 @@ class DataPlane:
 
     @staticmethod
     def _zero(table, idx):
-        key = ct.c_uint32(idx)
-        table[key] = table.Leaf()
-        return key
+        table[ct.c_uint32(idx)] = table.Leaf()
 
     # -- timers ----------------------------------------------------------------------------------------------
     def sweep(self, now=None):

@@ -175,7 +175,7 @@ def xdp_prog_id(ns, ifname):
     return attached_prog_id(ifname, ns)
 
 
-def main(keep_going=False):
+def main():
     print("xlb demo: building namespaces (client, load balancer, 3 DR real servers on one bridge)...", flush=True)
     with DrLab() as lab:
         print(f"config:\n{DEMO_CONFIG}", flush=True)

@@ -1,4 +1,5 @@
 """Counters read from the maps, summed over CPUs, for listings and the demo."""
+from .marks import rule_identity
 
 
 def snapshot(dp):
@@ -18,7 +19,6 @@ def snapshot(dp):
     verdicts = {k: {"packets": v.packets, "bytes": v.bytes} for k, v in dp.verdict_counts().items() if v.packets}
     marks = []
     if dp.config:
-        from .marks import rule_identity
         for rule in dp.config.marks:
             rid = dp.rule_ids.get(rule_identity(rule))
             marks.append({"rule": rule.where, "mark": rule.mark, "hits": dp.counters("mark_stats", rid).packets})
