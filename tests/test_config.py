@@ -79,9 +79,20 @@ def test_empty_config_gets_defaults():
 
 def test_vip_service_defaults():
     (s,) = config.parse(V4 + '[[service.real]]\naddress = "198.18.1.2"\n').services
-    assert (s.scheduler, s.method, s.persistence_timeout, s.persistence_mode) == ("wrr", "dr", None, "lvs")
+    assert (s.scheduler, s.method, s.persistence_timeout, s.persistence_mode) == ("wlc", "dr", None, "lvs")
     assert s.persistence_netmask == b"\xff" * 4 + bytes(12)
     assert s.reals[0].weight == 1 and s.family == 4 and s.fwmark is None
+
+
+def test_connection_schedulers_flags_and_thresholds():
+    text = (V4 + 'scheduler = "sh"\nsched_flags = ["sh-port", "sh-fallback", "sh-port"]\n'
+            '[[service.real]]\naddress = "198.18.1.2"\nuthreshold = 100\nlthreshold = 50\n')
+    (s,) = config.parse(text).services
+    assert s.sched_flags == ("sh-fallback", "sh-port")
+    assert (s.reals[0].uthreshold, s.reals[0].lthreshold) == (100, 50)
+    for name in ("lc", "wlc", "sed", "nq", "fo", "ovf"):
+        (s,) = config.parse(V4 + f'scheduler = "{name}"\n').services
+        assert s.scheduler == name and s.sched_flags == ()
 
 
 def test_tables_and_syn_timeout():
@@ -214,11 +225,21 @@ REJECTS = [
     ("port zero without persistence", V4.replace("port = 80", "port = 0"), "service[0].port",
      "port 0 (all ports) requires persistence_timeout"),
     ("port out of range", V4.replace("port = 80", "port = 65536"), "service[0].port", "0..65535"),
-    ("scheduler not yet", V4 + 'scheduler = "wlc"\n', "service[0].scheduler",
-     "scheduler 'wlc' is not supported yet (supported: rr, wrr, sh, dh, mh)"),
+    ("scheduler not yet", V4 + 'scheduler = "lblc"\n', "service[0].scheduler",
+     "scheduler 'lblc' is not supported yet (supported: rr, wrr, lc, wlc, sed, nq, fo, ovf, sh, dh, mh)"),
     ("scheduler lblcr not yet", V4 + 'scheduler = "lblcr"\n', "service[0].scheduler", "not supported yet"),
     ("scheduler unknown", V4 + 'scheduler = "fast"\n', "service[0].scheduler",
-     'unknown scheduler "fast" (supported: rr, wrr, sh, dh, mh)'),
+     "unknown scheduler \"fast\""),
+    ("flags on rr", V4 + 'scheduler = "rr"\nsched_flags = ["sh-port"]\n', "service[0].sched_flags",
+     'scheduler "rr" takes no flags'),
+    ("mh flag on sh", V4 + 'scheduler = "sh"\nsched_flags = ["mh-port"]\n', "service[0].sched_flags[0]",
+     'unknown flag "mh-port" for scheduler "sh"'),
+    ("flags not a list", V4 + 'scheduler = "sh"\nsched_flags = "sh-port"\n', "service[0].sched_flags",
+     "must be a list"),
+    ("lthreshold alone", V4 + '[[service.real]]\naddress = "198.18.1.2"\nlthreshold = 5\n',
+     "service[0].real[0].lthreshold", "without uthreshold"),
+    ("lthreshold above", V4 + '[[service.real]]\naddress = "198.18.1.2"\nuthreshold = 5\nlthreshold = 5\n',
+     "service[0].real[0].lthreshold", "must be below uthreshold 5"),
     ("method nat", V4 + 'method = "nat"\n', "service[0].method", "not supported yet"),
     ("method tun", V4 + 'method = "tun"\n', "service[0].method", "not supported yet"),
     ("method unknown", V4 + 'method = "gre"\n', "service[0].method", "unknown method"),

@@ -200,3 +200,23 @@ def test_cli_check(tmp_path):
     assert r.returncode == 1
     assert r.stdout == ""
     assert r.stderr == f"xlb: error: {bad}: service[0].real[0].weight: weight must be an integer 0..65535, got -1\n"
+
+
+
+@needs_root
+def test_control_socket_status_and_stats():
+    """The daemon answers on its control socket; clients get its state, and a clear error without a daemon."""
+    from xlb import control
+    with DrLab(prefix="xit7") as lab:
+        lab.start_xlb(DEMO_CONFIG)
+        st = control.call("status", path=lab.socket_path)
+        assert st["iface"] == "eth0" and st["summary"] == "1 services, 3 reals, 1 mark rules"
+        lab.ask(CLIENTS4[0], VIP4, 80)
+        snap = control.call("stats", path=lab.socket_path)
+        assert snap["services"][0]["service"] == "fwm/1" and snap["services"][0]["conns"] == 1
+        with pytest.raises(control.ControlError, match="unknown command 'nope'"):
+            control.call("nope", path=lab.socket_path)
+        sock = lab.socket_path
+        lab.stop_xlb()
+        with pytest.raises(control.ControlError, match="is `xlb run` running"):
+            control.call("status", path=sock)

@@ -26,9 +26,21 @@ def _cmd_check(args):
 def _cmd_run(args):
     from .daemon import Daemon
     d = Daemon(args.iface, args.config, xdp_mode=args.xdp_mode, force=args.force,
-               log=lambda msg: print(msg, flush=True))
+               log=lambda msg: print(msg, flush=True), socket_path=args.socket)
     d.start()
     d.run()
+    return 0
+
+
+def _cmd_status(args):
+    import json
+    from . import control
+    res = control.call("status", path=args.socket)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"xlb pid {res['pid']} on {res['iface']} ({res['xdp_mode']}), config {res['config']}: "
+              f"{res['summary']}")
     return 0
 
 
@@ -50,11 +62,17 @@ def build_parser():
     run.add_argument("--xdp-mode", choices=("native", "generic"), default="native",
                      help="native (driver) XDP, or generic (skb) mode for drivers without it")
     run.add_argument("--force", action="store_true", help="replace an XDP program already on the interface")
+    run.add_argument("--socket", help="control socket (default /run/xlb/IFACE.sock)")
     run.set_defaults(func=_cmd_run)
 
     chk = sub.add_parser("check", help="validate a config without root; non-zero exit names the bad field")
     chk.add_argument("file")
     chk.set_defaults(func=_cmd_check)
+
+    st = sub.add_parser("status", help="ask the running daemon what it runs")
+    st.add_argument("--socket", help="control socket of the daemon (default: the only one under /run/xlb/)")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(func=_cmd_status)
 
     demo = sub.add_parser("demo", help="build a demo topology in namespaces, balance traffic, tear it down")
     demo.set_defaults(func=_cmd_demo)

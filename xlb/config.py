@@ -29,8 +29,13 @@ from xlb.errors import ConfigError
 from xlb.sched import is_prime
 
 # Schedulers the data plane implements, and the IPVS ones an operator may reasonably ask for but we do not have.
-SCHEDULERS = ("rr", "wrr", "sh", "dh", "mh")
-IPVS_SCHEDULERS_NOT_YET = ("lc", "wlc", "sed", "nq", "fo", "ovf", "lblc", "lblcr")
+SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sed", "nq", "fo", "ovf", "sh", "dh", "mh")
+IPVS_SCHEDULERS_NOT_YET = ("lblc", "lblcr")
+DEFAULT_SCHEDULER = "wlc"  # as IPVS
+# Connection-count schedulers: the data plane chooses among candidates by their live connection counts.
+CONN_SCHEDULERS = ("lc", "wlc", "sed", "nq", "fo", "ovf")
+# ipvsadm -b / keepalived's sh-port, sh-fallback, mh-port, mh-fallback: which flags each scheduler takes.
+SCHED_FLAGS = {"sh": ("sh-port", "sh-fallback"), "mh": ("mh-port", "mh-fallback")}
 METHODS = ("dr",)
 METHODS_NOT_YET = ("nat", "tun")
 PERSISTENCE_MODES = ("lvs", "timeout")
@@ -78,6 +83,8 @@ class Real:
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
     weight: int = 1  # 0..65535; 0 = quiescent (keeps its connections, gets no new ones)
     where: str = ""
+    uthreshold: int = 0  # connections (active + inactive) at which the real is overloaded; 0 = no limit
+    lthreshold: int = 0  # an overloaded real takes new connections again below this; 0 = 3/4 of uthreshold
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ class Service:
     mh_table_size: int
     reals: tuple  # tuple[Real]
     where: str  # "service[0]"
+    sched_flags: tuple = ()  # ("sh-port", "sh-fallback") / ("mh-port", "mh-fallback"), sorted
 
     @property
     def key(self) -> tuple:
@@ -424,7 +432,8 @@ def _check_mark_conflicts(v, marks):
 # --- [[service]] ------------------------------------------------------------------------------------------------
 
 _SERVICE_KEYS = ("fwmark", "family", "vip", "port", "proto", "scheduler", "method", "persistence_timeout",
-                 "persistence_netmask", "persistence_mode", "expire_quiescent_template", "mh_table_size", "real")
+                 "persistence_netmask", "persistence_mode", "expire_quiescent_template", "mh_table_size",
+                 "sched_flags", "real")
 
 
 def _service(v, item, where) -> Service:
@@ -484,13 +493,33 @@ def _service(v, item, where) -> Service:
         v.fail(_join(where, "mh_table_size"), f"mh_table_size {mh_size} is smaller than the number of reals "
                                               f"({len(reals)}); use a prime well above it")
 
+    flags = _sched_flags(v, tbl, where, scheduler)
     return Service(fwmark=fwmark, vip=vip, port=port, proto=proto, family=family, scheduler=scheduler,
                    method=method, persistence_timeout=ptimeout, persistence_netmask=pmask, persistence_mode=pmode,
-                   expire_quiescent_template=eqt, mh_table_size=mh_size, reals=reals, where=where)
+                   expire_quiescent_template=eqt, mh_table_size=mh_size, reals=reals, where=where,
+                   sched_flags=flags)
+
+
+def _sched_flags(v, tbl, where, scheduler) -> tuple:
+    if "sched_flags" not in tbl:
+        return ()
+    fwhere = _join(where, "sched_flags")
+    value = tbl["sched_flags"]
+    allowed = SCHED_FLAGS.get(scheduler, ())
+    if not allowed:
+        v.fail(fwhere, f"scheduler {_show(scheduler)} takes no flags (sh takes {', '.join(SCHED_FLAGS['sh'])}; "
+                       f"mh takes {', '.join(SCHED_FLAGS['mh'])})")
+    if not isinstance(value, list):
+        v.fail(fwhere, f"sched_flags must be a list like [\"{allowed[0]}\"], got {_show(value)}")
+    for i, f in enumerate(value):
+        if f not in allowed:
+            v.fail(f"{fwhere}[{i}]", f"unknown flag {_show(f)} for scheduler {_show(scheduler)} "
+                                     f"(allowed: {', '.join(allowed)})")
+    return tuple(sorted(set(value)))
 
 
 def _scheduler(v, tbl, where) -> str:
-    s = tbl.get("scheduler", "wrr")
+    s = tbl.get("scheduler", DEFAULT_SCHEDULER)
     supported = ", ".join(SCHEDULERS)
     if s in SCHEDULERS:
         return s
@@ -513,7 +542,7 @@ def _reals(v, tbl, where, family) -> tuple:
     reals = []
     seen = {}
     for rwhere, item in v.array_of_tables(tbl, where, "real"):
-        rt = v.table(item, rwhere, ("address", "weight"))
+        rt = v.table(item, rwhere, ("address", "weight", "uthreshold", "lthreshold"))
         if "address" not in rt:
             v.fail(_join(rwhere, "address"), "address is required")
         addr = _address(v, rt["address"], _join(rwhere, "address"), "address")
@@ -523,7 +552,13 @@ def _reals(v, tbl, where, family) -> tuple:
             v.fail(_join(rwhere, "address"), f"duplicate real {addr}: already given as {seen[addr]}")
         seen[addr] = rwhere
         weight = v.integer(rt, rwhere, "weight", 0, 65535, 1)
-        reals.append(Real(address=addr, weight=weight, where=rwhere))
+        upper = v.integer(rt, rwhere, "uthreshold", 0, U32_MAX, 0)
+        lower = v.integer(rt, rwhere, "lthreshold", 0, U32_MAX, 0)
+        if lower and not upper:
+            v.fail(_join(rwhere, "lthreshold"), "lthreshold has no effect without uthreshold")
+        if upper and lower >= upper:
+            v.fail(_join(rwhere, "lthreshold"), f"lthreshold {lower} must be below uthreshold {upper}")
+        reals.append(Real(address=addr, weight=weight, where=rwhere, uthreshold=upper, lthreshold=lower))
     return tuple(reals)
 
 

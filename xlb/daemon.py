@@ -1,8 +1,10 @@
 """`xlb run`: load the program, apply the config, attach, then keep the timers until told to stop.
 
 SIGHUP re-reads the config and applies only the difference (a rejected config changes nothing and says why);
-SIGUSR1 prints the counters; SIGINT/SIGTERM detach and exit.
+SIGUSR1 prints the counters; SIGINT/SIGTERM detach and exit. The control socket (xlb/control.py) serves the
+other `xlb` commands; they, the timers and reloads take turns under one lock.
 """
+import os
 import signal
 import threading
 import time
@@ -11,6 +13,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from . import config as xconfig
+from . import control
 from . import stats
 from .bpfprog import Program, cflags_for
 from .dataplane import DataPlane
@@ -44,8 +47,11 @@ def ifindex_of(ifname):
 
 
 class Daemon:
-    def __init__(self, iface, config_path, xdp_mode="native", force=False, log=print):
+    def __init__(self, iface, config_path, xdp_mode="native", force=False, log=print, socket_path=None):
         self.iface = iface
+        self.socket_path = socket_path or control.default_socket(iface)
+        self.lock = threading.RLock()
+        self.control = None
         self.config_path = config_path
         self.xdp_mode = xdp_mode
         self.force = force
@@ -77,9 +83,11 @@ class Daemon:
             self.dp.apply(cfg)
             enable_forwarding(self.iface, self.log)
             self._neighbours()
+            self.control = control.Server(self.socket_path, self.dispatch, log=self.log)
+            self.control.start()
             self.prog.attach(self.iface, self.xdp_mode, self.force)
         except BaseException:
-            self.prog.close()
+            self.close()
             raise
         self.log(f"xlb: attached to {self.iface} ({self.xdp_mode}); {self._summary(cfg)}")
 
@@ -92,8 +100,17 @@ class Daemon:
         reals = {r.address for s in self.dp.config.services for r in s.reals}
         ensure_neighbours(reals, log=self.log)
 
+    def dispatch(self, cmd, args):
+        """Run one control command (xlb/control.py) with the daemon to itself."""
+        with self.lock:
+            return control.COMMANDS[cmd](self, **args)
+
     def reload(self):
         """Re-read the config; apply it, or keep the running one and say why."""
+        with self.lock:
+            return self._reload_locked()
+
+    def _reload_locked(self):
         try:
             cfg = xconfig.load(self.config_path)
             self.dp.apply(cfg)
@@ -110,6 +127,10 @@ class Daemon:
 
     def tick(self):
         """One timer round: sweep the tables; if packets met an unresolved neighbour, resolve again."""
+        with self.lock:
+            return self._tick_locked()
+
+    def _tick_locked(self):
         res = self.dp.sweep()
         no_neigh = self.dp.counters("verdicts", REASON["drop_no_neigh"]).packets
         if no_neigh > self._no_neigh:
@@ -141,7 +162,8 @@ class Daemon:
                     self.reload()
                 if self._dump:
                     self._dump = False
-                    self.log(stats.render(self.dp))
+                    with self.lock:
+                        self.log(stats.render(self.dp))
                 if time.monotonic() >= next_sweep:
                     self.tick()
                     interval = self.dp.config.tables.sweep_interval
@@ -150,7 +172,24 @@ class Daemon:
             self.close()
 
     def close(self):
+        if self.control:
+            self.control.close()
+            self.control = None
         if self.prog:
             prog, self.prog = self.prog, None
             prog.close()
             self.log(f"xlb: detached from {self.iface}")
+
+
+@control.command("status")
+def _status(daemon):
+    """Who is running where: the interface, mode, config file and what it holds."""
+    cfg = daemon.dp.config
+    return {"iface": daemon.iface, "xdp_mode": daemon.xdp_mode, "config": str(daemon.config_path),
+            "summary": daemon._summary(cfg), "pid": os.getpid()}
+
+
+@control.command("stats")
+def _stats(daemon):
+    """Counters summed over CPUs (xlb/stats.py snapshot)."""
+    return stats.snapshot(daemon.dp)

@@ -16,7 +16,10 @@ from .errors import ConfigError
 NS = 1_000_000_000
 PROTO_NUM = markmod.PROTO_NUM
 _SCHED_KIND = {"rr": S.SCHED["rr"], "wrr": S.SCHED["rr"], "sh": S.SCHED["sh"], "dh": S.SCHED["dh"],
-               "mh": S.SCHED["mh"]}
+               "mh": S.SCHED["mh"],
+               # Interim, until the data plane counts connections: weighted round-robin.
+               "lc": S.SCHED["rr"], "wlc": S.SCHED["rr"], "sed": S.SCHED["rr"], "nq": S.SCHED["rr"],
+               "fo": S.SCHED["rr"], "ovf": S.SCHED["rr"]}
 
 
 
@@ -48,7 +51,7 @@ def table_indexes(svc):
     weights = [r.weight for r in svc.reals]
     if svc.scheduler == "rr":
         return sched.rr_table(weights)
-    if svc.scheduler == "wrr":
+    if svc.scheduler in ("wrr", "lc", "wlc", "sed", "nq", "fo", "ovf"):
         return sched.wrr_table(weights)
     if svc.scheduler == "sh":
         return sched.sh_table(weights)

@@ -8,6 +8,7 @@ Clients reach the VIPs through the load balancer; real servers answer the client
 each with its own name, so the client sees which real served it.
 """
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -124,7 +125,10 @@ class DrLab:
         fd, self.config_path = tempfile.mkstemp(prefix="xlb-lab-", suffix=".toml")
         with os.fdopen(fd, "w") as f:
             f.write(config_text)
-        argv = ["run", "--iface", "eth0", "--config", self.config_path, "--xdp-mode", xdp_mode]
+        # A socket of its own: labs run in parallel and must not meet at /run/xlb/eth0.sock.
+        self.socket_path = os.path.join(tempfile.mkdtemp(prefix="xlb-lab-"), "xlb.sock")
+        argv = ["run", "--iface", "eth0", "--config", self.config_path, "--xdp-mode", xdp_mode,
+                "--socket", self.socket_path]
         if log_path:
             self.daemon = self.topo.spawn(self.lb, run_xlb_logged, log_path, argv)
         else:
@@ -152,6 +156,9 @@ class DrLab:
         if self.daemon:
             self.daemon.stop()
         self.daemon = None
+        if getattr(self, "socket_path", None):
+            shutil.rmtree(os.path.dirname(self.socket_path), ignore_errors=True)
+            self.socket_path = None
 
     def ask(self, src, dst, port):
         return run_in_netns(self.cl, tcp_ask, src, dst, port)
