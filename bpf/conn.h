@@ -50,7 +50,33 @@ static __always_inline int conn_reused(struct conn *c, struct pkt *p)
 	return c->state == XLB_CS_FIN && (p->tcp_flags & (XLB_TCP_SYN | XLB_TCP_ACK)) == XLB_TCP_SYN;
 }
 
-/* Advance the TCP state and the last-seen time of a live entry. Writes only what changed. */
+/* Count a connection of real_id in state into (delta +1) or out of (-1) its real's active/inactive counts.
+ * Crossing the real's uthreshold marks it overloaded; the control plane's reconcile clears that. */
+static __always_inline void conn_count(__u32 real_id, __u8 state, __s64 delta, struct real *r)
+{
+	struct real_conns *rc = real_conns.lookup(&real_id);
+	if (!rc)
+		return;
+	if (state == XLB_CS_EST)
+		__sync_fetch_and_add(&rc->active, delta);
+	else
+		__sync_fetch_and_add(&rc->inactive, delta);
+	/* A plain store: racing CPUs all store the same flag. */
+	if (delta > 0 && r && r->uthreshold && rc->active + rc->inactive >= (__s64)r->uthreshold)
+		rc->flags = XLB_RC_F_OVERLOAD;
+}
+
+/* An entry about to be replaced (expired, reused, or its real gone) leaves its real's counts. */
+static __always_inline void conn_forget(struct conn *c)
+{
+	__u32 real_id = c->real_id;
+	struct real *r = reals.lookup(&real_id);
+	if (r && r->gen == c->real_gen)
+		conn_count(real_id, c->state, -1, 0);
+}
+
+/* Advance the TCP state and the last-seen time of a live entry. Writes only what changed; a move between
+ * established and any other state moves the connection between its real's active and inactive counts. */
 static __always_inline void conn_touch(struct conn *c, struct pkt *p, __u64 now)
 {
 	if (p->proto == IPPROTO_TCP) {
@@ -60,6 +86,10 @@ static __always_inline void conn_touch(struct conn *c, struct pkt *p, __u64 now)
 		else if (st == XLB_CS_SYN && (p->tcp_flags & XLB_TCP_ACK))
 			st = XLB_CS_EST;
 		if (st != c->state) {
+			if ((st == XLB_CS_EST) != (c->state == XLB_CS_EST)) {
+				conn_count(c->real_id, c->state, -1, 0);
+				conn_count(c->real_id, st, 1, 0);
+			}
 			c->state = st;
 			c->seen_ns = now;
 			return;

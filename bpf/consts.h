@@ -32,6 +32,19 @@
 #ifndef XLB_TOUCH_NS
 #define XLB_TOUCH_NS 100000000ULL
 #endif
+/* Connection-count schedulers weigh at most this many candidate reals per new connection (the control plane
+ * keeps the best candidates in the service's table when it has more reals). */
+#ifndef XLB_CAND_MAX
+#define XLB_CAND_MAX 16
+#endif
+/* rr/wrr: how many slots past an overloaded or quiescent real are tried. */
+#ifndef XLB_RR_TRIES
+#define XLB_RR_TRIES 8
+#endif
+/* sh-fallback / mh-fallback: how many re-hashes look for an available real before giving up. */
+#ifndef XLB_FALLBACK_TRIES
+#define XLB_FALLBACK_TRIES 16
+#endif
 /* How long a per-CPU next-hop (bpf_fib_lookup result) is trusted before it is looked up again (ns). */
 #ifndef XLB_NH_TTL_NS
 #define XLB_NH_TTL_NS 1000000000ULL
@@ -64,12 +77,19 @@ enum xlb_reason {
 	XLB_REASON_MAX
 };
 
-/* Schedulers: how a service's slot table is indexed. Connection-count schedulers get their own kinds. */
+/* Schedulers: how a service's slot table is used. Table kinds index it once; connection-count kinds weigh every
+ * candidate in it by its live connection counts (real_conns), as IPVS defines each. */
 enum xlb_sched {
 	XLB_SCHED_RR = 0,   /* per-CPU counter over the table (rr and wrr differ only in the table) */
-	XLB_SCHED_SH = 1,   /* hash of the client address */
+	XLB_SCHED_SH = 1,   /* hash of the client address (and port with XLB_SVC_F_HASH_PORT) */
 	XLB_SCHED_DH = 2,   /* hash of the destination address */
-	XLB_SCHED_MH = 3,   /* hash of the client address into a Maglev table */
+	XLB_SCHED_MH = 3,   /* hash of the client address (and port) into a Maglev table */
+	XLB_SCHED_LC = 4,   /* least connections: active * 256 + inactive */
+	XLB_SCHED_WLC = 5,  /* weighted least connections: (active * 256 + inactive) / weight */
+	XLB_SCHED_SED = 6,  /* shortest expected delay: (active + 1) / weight */
+	XLB_SCHED_NQ = 7,   /* never queue: the first idle real, else sed */
+	XLB_SCHED_FO = 8,   /* weighted failover: the highest weight */
+	XLB_SCHED_OVF = 9,  /* overflow: the highest weight whose active connections are below its weight */
 };
 
 /* Forwarding methods. NAT and tunnels get their own kinds. */
@@ -90,9 +110,18 @@ enum xlb_conn_state {
 #define XLB_SVC_F_PERSIST 0x1          /* persistence_timeout set */
 #define XLB_SVC_F_PERSIST_TIMEOUT 0x2  /* persistence_mode = "timeout": live connections do not hold templates */
 #define XLB_SVC_F_EXPIRE_QUIESCENT 0x4 /* expire_quiescent_template */
+#define XLB_SVC_F_HASH_PORT 0x8        /* sh-port / mh-port: hash the client port too */
+#define XLB_SVC_F_FALLBACK 0x10        /* rr/wrr: how many slots past an overloaded or quiescent real are tried. */
+#ifndef XLB_RR_TRIES
+#define XLB_RR_TRIES 8
+#endif
+/* sh-fallback / mh-fallback: re-hash past an unavailable real */
 
 /* real.flags */
 #define XLB_REAL_F_LIVE 0x1            /* the slot holds a real of a configured service */
+
+/* real_conns.flags */
+#define XLB_RC_F_OVERLOAD 0x1          /* connections reached uthreshold; cleared below lthreshold */
 
 /* settings.flags */
 #define XLB_SET_F_MARKS 0x1            /* at least one mark rule: classify before service lookup */

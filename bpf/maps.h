@@ -4,11 +4,15 @@
 #define XLB_MAPS_H
 
 #include "structs.h"
+#include "parse.h"
 
 /* Virtual services by key; written by the control plane. */
 BPF_HASH(services, struct svc_key, struct svc_meta, XLB_MAX_SERVICES);
 /* Real servers by real id; written by the control plane. */
 BPF_ARRAY(reals, struct real, XLB_MAX_REALS);
+/* Live connection counts per real id (connection-count schedulers, thresholds); the data plane adds, the
+ * control plane reconciles. */
+BPF_ARRAY(real_conns, struct real_conns, XLB_MAX_REALS);
 /* Scheduling tables: real ids, one region per service (svc_meta.table_off/len); written by the control plane. */
 BPF_ARRAY(sched_slots, __u32, XLB_SCHED_SLOTS);
 /* Round-robin position per service, per CPU; written by the data plane. */
@@ -31,5 +35,22 @@ BPF_PERCPU_ARRAY(svc_stats, struct counters, XLB_MAX_SERVICES);
 BPF_PERCPU_ARRAY(real_stats, struct counters, XLB_MAX_REALS);
 BPF_PERCPU_ARRAY(mark_stats, struct counters, XLB_MAX_MARK_RULES);
 BPF_PERCPU_ARRAY(verdicts, struct counters, XLB_REASON_MAX);
+
+/* Private to the data plane (not mirrored in Python). New connections are placed by a second program, reached by
+ * a tail call, so the verifier checks scheduling from one entry state instead of every state the packet path
+ * can reach; the handoff carries what the first program already knows. */
+#define XLB_PROG_NEW_CONN 0
+BPF_PROG_ARRAY(progs, 1);
+struct handoff {
+	struct pkt p;
+	struct svc_key sk;
+	struct svc_meta svc;       /* a copy of the matched service */
+	struct conn old;           /* the entry being replaced (expired, reused, or its real gone), if any */
+	__u64 now;                 /* coarse clock, read once */
+	__u64 bytes;
+	__u32 has_old;
+	__u32 pad;
+};
+BPF_PERCPU_ARRAY(handoffs, struct handoff, 1);
 
 #endif

@@ -1,14 +1,14 @@
-/* sched.h — choosing a real for a new connection: one lookup into the service's precomputed slot table
- * (built by xlb/sched.py). Connection-count schedulers will add their own kinds here. */
+/* sched.h — choosing a real for a new connection. Table kinds (rr, wrr, sh, dh, mh) do one lookup into the
+ * service's precomputed slot table (built by xlb/sched.py); connection-count kinds (lc, wlc, sed, nq, fo, ovf)
+ * weigh the candidates in it by their live counts in real_conns, as IPVS defines each. */
 #ifndef XLB_SCHED_H
 #define XLB_SCHED_H
 
 #include "maps.h"
 
-/* A 32-bit mix of a 16-byte address (murmur3 finalizer over the folded words): cheap and well spread. */
-static __always_inline __u32 hash_addr(const __be32 *a)
+/* murmur3's 32-bit finalizer. */
+static __always_inline __u32 mix32(__u32 h)
 {
-	__u32 h = a[0] ^ (a[1] * 0x9e3779b1) ^ (a[2] * 0x85ebca77) ^ (a[3] * 0xc2b2ae3d);
 	h ^= h >> 16;
 	h *= 0x85ebca6b;
 	h ^= h >> 13;
@@ -17,35 +17,144 @@ static __always_inline __u32 hash_addr(const __be32 *a)
 	return h;
 }
 
-/* Returns a real id from the service's table, or 0 when the table is empty. */
-static __always_inline __u32 pick_real(struct svc_meta *svc, struct pkt *p)
+/* A 32-bit mix of a 16-byte address: cheap and well spread. */
+static __always_inline __u32 hash_addr(const __be32 *a)
 {
+	return mix32(a[0] ^ (a[1] * 0x9e3779b1) ^ (a[2] * 0x85ebca77) ^ (a[3] * 0xc2b2ae3d));
+}
+
+/* The hash sh and mh index by: the client address, and its port with sh-port / mh-port. */
+static __always_inline __u32 hash_client(struct svc_meta *svc, struct pkt *p)
+{
+	__u32 h = hash_addr(p->src);
+	if (svc->flags & XLB_SVC_F_HASH_PORT)
+		h = mix32(h ^ ((__u32)p->sport * 0x9e3779b1));
+	return h;
+}
+
+static __always_inline __u32 slot_real(struct svc_meta *svc, __u32 idx)
+{
+	__u32 slot = svc->table_off + idx;
+	__u32 *id = sched_slots.lookup(&slot);
+	return id ? *id : 0;
+}
+
+/* Can real `id` take a new connection? Configured, weight > 0, not overloaded. */
+static __always_inline int real_takes(__u32 id)
+{
+	struct real *r = reals.lookup(&id);
+	struct real_conns *rc = real_conns.lookup(&id);
+	return r && rc && (r->flags & XLB_REAL_F_LIVE) && r->weight && !(rc->flags & XLB_RC_F_OVERLOAD);
+}
+
+static __always_inline __u64 count_of(__s64 n)
+{
+	return n > 0 ? (__u64)n : 0;  /* a count the reconcile has not caught up with can dip below zero */
+}
+
+/* IPVS's choice among the candidates: the lowest cost num/den (cross-multiplied: exact, no division), the first
+ * in table order on ties. nq takes the first idle real; ovf skips reals whose active count reached their weight.
+ * The loop keeps only scalars across iterations (no map pointers) so the verifier's states converge. */
+static __always_inline __u32 pick_by_conns(struct svc_meta *svc)
+{
+	__u32 best = 0;
+	__u64 best_num = 0, best_den = 1;
 	__u32 len = svc->table_len;
-	if (!len)
+	for (__u32 i = 0; i < XLB_CAND_MAX; i++) {
+		if (i >= len)
+			break;
+		__u32 id = slot_real(svc, i);
+		struct real *r = reals.lookup(&id);
+		struct real_conns *rc = real_conns.lookup(&id);
+		if (!r || !rc || !(r->flags & XLB_REAL_F_LIVE) || !r->weight || (rc->flags & XLB_RC_F_OVERLOAD))
+			continue;
+		__u64 act = count_of(rc->active), inact = count_of(rc->inactive), w = r->weight;
+		__u64 num = 1, den = w;  /* fo, ovf: the highest weight */
+		switch (svc->sched) {
+		case XLB_SCHED_LC:
+			num = (act << 8) + inact;
+			den = 1;
+			break;
+		case XLB_SCHED_WLC:
+			num = (act << 8) + inact;
+			break;
+		case XLB_SCHED_NQ:
+			if (!act)
+				return id;
+			/* fall through */
+		case XLB_SCHED_SED:
+			num = act + 1;
+			break;
+		case XLB_SCHED_OVF:
+			if (act >= w)
+				continue;
+			break;
+		}
+		if (!best || num * best_den < best_num * den) {
+			best = id;
+			best_num = num;
+			best_den = den;
+		}
+	}
+	return best;
+}
+
+/* Round robin over the table from this CPU's position, skipping overloaded or quiescent reals. */
+static __always_inline __u32 pick_rr(struct svc_meta *svc)
+{
+	__u32 id = svc->id;
+	__u32 *pos = rr_pos.lookup(&id);
+	if (!pos)
 		return 0;
-	__u32 idx;
-	switch (svc->sched) {
-	case XLB_SCHED_SH:
-	case XLB_SCHED_MH:
-		idx = hash_addr(p->src) % len;
-		break;
-	case XLB_SCHED_DH:
-		idx = hash_addr(p->dst) % len;
-		break;
-	default: {
-		__u32 id = svc->id;
-		__u32 *pos = rr_pos.lookup(&id);
-		if (!pos)
-			return 0;
-		idx = *pos;
+	__u32 len = svc->table_len;
+	__u32 idx = *pos;
+	for (__u32 i = 0; i < XLB_RR_TRIES; i++) {
 		if (idx >= len)
 			idx = 0;
-		*pos = idx + 1;
+		__u32 real_id = slot_real(svc, idx);
+		idx++;
+		if (real_takes(real_id)) {
+			*pos = idx;
+			return real_id;
+		}
 	}
+	return 0;
+}
+
+/* Hash kinds: the slot the hash names; when its real is unavailable, nothing (IPVS's default) unless the service
+ * has sh-fallback / mh-fallback, which re-hashes up to XLB_FALLBACK_TRIES times. */
+static __always_inline __u32 pick_hashed(struct svc_meta *svc, __u32 h)
+{
+	__u32 len = svc->table_len;
+	__u32 id = slot_real(svc, h % len);
+	if (real_takes(id))
+		return id;
+	if (!(svc->flags & XLB_SVC_F_FALLBACK))
+		return 0;
+	for (__u32 i = 1; i <= XLB_FALLBACK_TRIES; i++) {
+		id = slot_real(svc, mix32(h + i * 0x9e3779b9) % len);
+		if (real_takes(id))
+			return id;
 	}
-	__u32 slot = svc->table_off + idx;
-	__u32 *real_id = sched_slots.lookup(&slot);
-	return real_id ? *real_id : 0;
+	return 0;
+}
+
+/* Returns the id of a real that takes the new connection, or 0 when none does. */
+static __always_inline __u32 pick_real(struct svc_meta *svc, struct pkt *p)
+{
+	if (!svc->table_len)
+		return 0;
+	switch (svc->sched) {
+	case XLB_SCHED_RR:
+		return pick_rr(svc);
+	case XLB_SCHED_SH:
+	case XLB_SCHED_MH:
+		return pick_hashed(svc, hash_client(svc, p));
+	case XLB_SCHED_DH:
+		return pick_hashed(svc, hash_addr(p->dst));
+	default:
+		return pick_by_conns(svc);
+	}
 }
 
 #endif

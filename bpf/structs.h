@@ -37,6 +37,18 @@ struct real {
 	__u16 weight;              /* 0: quiescent, takes no new clients */
 	__u8 family;
 	__u8 flags;                /* XLB_REAL_F_* */
+	__u32 uthreshold;          /* connections (active + inactive) that overload the real; 0: no limit */
+	__u32 lthreshold;          /* an overloaded real takes connections again below this (0: 3/4 uthreshold) */
+	__u32 pad;
+};
+
+/* real_conns: live connection counts per real id. The data plane adds as connections open and change state
+ * (atomically: new connections only, never per packet); the control plane's sweep rewrites them from the
+ * connection table, so entries that expire or that the LRU evicts do not leak. */
+struct real_conns {
+	__s64 active;              /* TCP established (64-bit: bcc's BPF target has no 32-bit atomics) */
+	__s64 inactive;            /* every other live state (SYN, FIN, UDP) */
+	__u32 flags;               /* XLB_RC_F_* */
 	__u32 pad;
 };
 

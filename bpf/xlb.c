@@ -39,7 +39,7 @@ static __always_inline __u32 place(struct pkt *p, struct svc_key *sk, struct svc
 	}
 	real_id = pick_real(svc, p);
 	*r = reals.lookup(&real_id);
-	if (!real_id || !*r || !((*r)->flags & XLB_REAL_F_LIVE) || !(*r)->weight)
+	if (!real_id || !*r)
 		return 0;
 	if (svc->flags & XLB_SVC_F_PERSIST) {
 		struct persist nt = {
@@ -97,9 +97,35 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & XLB_TCP_RST))
 		return verdict(XLB_DROP_RST_NO_CONN, XDP_DROP, bytes);
 
+	/* A new connection: hand over to xlb_new_conn. */
+	struct handoff *h = handoffs.lookup(&zero);
+	if (!h)
+		return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);
+	h->p = *p;
+	h->sk = sk;
+	h->svc = *svc;
+	h->now = now;
+	h->bytes = bytes;
+	h->has_old = c != 0;
+	if (c)
+		h->old = *c;
+	progs.call(ctx, XLB_PROG_NEW_CONN);
+	return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);  /* the tail call failed: the loader did not fill progs */
+}
+
+/* Second program (tail call): place a new connection (template, else scheduler), record it, forward it. */
+int xlb_new_conn(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct handoff *h = handoffs.lookup(&zero);
+	struct settings *st = settings.lookup(&zero);
+	if (!h || !st)
+		return verdict(XLB_DROP_INTERNAL, XDP_PASS, 0);
+	struct pkt *p = &h->p;
+	__u64 now = h->now, bytes = h->bytes;
 	__u8 state = conn_first_state(p);
 	struct real *r = 0;
-	__u32 real_id = place(p, &sk, svc, now, st, state, &r);
+	__u32 real_id = place(p, &h->sk, &h->svc, now, st, state, &r);
 	if (!real_id || !r)
 		return verdict(XLB_DROP_NO_REAL, XDP_DROP, bytes);
 
@@ -107,12 +133,18 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 		.seen_ns = now,
 		.real_id = real_id,
 		.real_gen = r->gen,
-		.svc_id = svc->id,
+		.svc_id = h->svc.id,
 		.state = state,
 	};
-	conns.update(&ck, &nc);
-	count_flow(svc->id, real_id, bytes, 1);
-	reason = forward_dr(ctx, p, r, real_id, now, &action);
+	struct conn_key ck;
+	conn_key_of(p, &ck);
+	if (h->has_old)
+		conn_forget(&h->old);
+	if (!conns.update(&ck, &nc))
+		conn_count(real_id, state, 1, r);
+	count_flow(h->svc.id, real_id, bytes, 1);
+	int action = XDP_PASS;
+	int reason = forward_dr(ctx, p, r, real_id, now, &action);
 	return verdict(reason, action, bytes);
 }
 

@@ -163,6 +163,11 @@ def describe(data: bytes) -> str:
 
 def lookup_conn(dp, pkt):
     """The conns entry of pkt's flow, or None."""
+    return dp.m["conns"].get(conn_key(pkt))
+
+
+def conn_key(pkt):
+    """The conns key of pkt's flow."""
     key = S.ConnKey()
     ip = pkt[IP] if IP in pkt else pkt[IPv6]
     key.src = S.addr_words(addr_bytes(ip.src))
@@ -171,4 +176,4 @@ def lookup_conn(dp, pkt):
     key.sport, key.dport = htons(l4.sport), htons(l4.dport)
     key.proto = 6 if TCP in pkt else 17
     key.family = 4 if IP in pkt else 6
-    return dp.m["conns"].get(key)
+    return key

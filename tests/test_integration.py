@@ -220,3 +220,59 @@ def test_control_socket_status_and_stats():
         lab.stop_xlb()
         with pytest.raises(control.ControlError, match="is `xlb run` running"):
             control.call("status", path=sock)
+
+
+def _real_loads(lab):
+    """{real name: (active, inactive)} from the daemon's stats."""
+    from xlb import control
+    (svc,) = control.call("stats", path=lab.socket_path)["services"]
+    return {NAME_OF[r["address"]]: (r["active"], r["inactive"]) for r in svc["reals"]}
+
+
+LOAD_TIMERS = "[timeouts]\ntcpfin = 1\n[tables]\nsweep_interval = 0.2\n"
+
+
+@needs_root
+def test_wlc_splits_long_lived_connections_by_weight_and_counts_return_to_zero():
+    port = 8080
+    with DrLab(prefix="xs1", line_ports=(port,)) as lab:
+        lab.start_xlb(LOAD_TIMERS + service(VIP4, port, REALS4[:2], scheduler="wlc", weights=[1, 2]))
+        conns = [LineConnection(lab.cl, CLIENTS4[i % len(CLIENTS4)], VIP4, port) for i in range(6)]
+        try:
+            served = [c.ask() for c in conns]
+            # IPVS wlc, each connection established before the next: rs1, rs2, rs2, rs1, rs2, rs2.
+            assert sorted(served) == ["rs1", "rs1", "rs2", "rs2", "rs2", "rs2"], served
+            assert wait_for(lambda: _real_loads(lab) == {"rs1": (2, 0), "rs2": (4, 0)} or None,
+                            what="2 and 4 active connections")
+        finally:
+            for c in conns:
+                c.close()
+        wait_for(lambda: _real_loads(lab) == {"rs1": (0, 0), "rs2": (0, 0)}, timeout=15,
+                 what="counts back to zero once the closed connections expire")
+
+
+@needs_root
+def test_fo_threshold_takes_real_out_and_brings_it_back(log_path):
+    port = 8080
+    base = LOAD_TIMERS + service(VIP4, port, REALS4[:2], scheduler="fo", weights=[2, 1])
+    cfg = base.replace("weight = 2\n", "weight = 2\n  uthreshold = 2\n  lthreshold = 1\n")
+    with DrLab(prefix="xs2", line_ports=(port,)) as lab:
+        lab.start_xlb(cfg, log_path=log_path)
+        first = [LineConnection(lab.cl, CLIENTS4[i], VIP4, port) for i in range(2)]
+        try:
+            assert [c.ask() for c in first] == ["rs1", "rs1"]         # fo: the highest weight
+            with LineConnection(lab.cl, CLIENTS4[2], VIP4, port) as spill:
+                assert spill.ask() == "rs2"                          # rs1 reached uthreshold 2: overloaded
+        finally:
+            for c in first:
+                c.close()
+        # Below lthreshold (0 < 1) once rs1's closed connections expire: it takes connections again.
+        wait_for(lambda: _real_loads(lab)["rs1"] == (0, 0), timeout=15, what="rs1's connections to expire")
+        with LineConnection(lab.cl, CLIENTS4[3], VIP4, port) as back:
+            assert back.ask() == "rs1"
+        # Weight 0 on rs1: fo moves to the next highest weight.
+        lab.rewrite_config(cfg.replace("weight = 2\n", "weight = 0\n"))
+        lab.signal_xlb(signal.SIGHUP)
+        wait_for(lambda: log_has(log_path, "reloaded"), what="reload")
+        with LineConnection(lab.cl, CLIENTS4[4], VIP4, port) as moved:
+            assert moved.ask() == "rs2"

@@ -3,6 +3,7 @@
 bcc rewrites map calls (`services.lookup(...)`) only in the main source file, so our quoted headers are inlined
 into one text here, with #line markers that keep compiler messages pointing at the real file and line.
 """
+import ctypes as ct
 import re
 import sys
 from pathlib import Path
@@ -69,6 +70,8 @@ class Program:
     """bpf/xlb.c compiled and loaded. `prog[name]` is a bcc table; `fd` the XDP program's fd."""
 
     FUNC = "xlb_xdp"
+    # Programs reached by tail call, by their index in the `progs` map (bpf/maps.h).
+    TAIL_CALLS = {0: "xlb_new_conn"}
 
     def __init__(self, cflags=(), log=print):
         kheaders.ensure_kernel_headers(log=log)
@@ -79,6 +82,9 @@ class Program:
         try:
             self.bpf = bcc.BPF(text=src.encode(), cflags=flags)
             self.func = self.bpf.load_func(self.FUNC.encode(), bcc.BPF.XDP)
+            progs = self.bpf[b"progs"]
+            for idx, name in self.TAIL_CALLS.items():
+                progs[ct.c_int(idx)] = ct.c_int(self.bpf.load_func(name.encode(), bcc.BPF.XDP).fd)
         except Exception as exc:  # bcc raises bare Exception; its compiler output went to stderr
             raise KernelError(f"could not load bpf/xlb.c: {exc} (compiler/verifier output above)") from exc
         self.fd = self.func.fd

@@ -15,11 +15,7 @@ from .errors import ConfigError
 
 NS = 1_000_000_000
 PROTO_NUM = markmod.PROTO_NUM
-_SCHED_KIND = {"rr": S.SCHED["rr"], "wrr": S.SCHED["rr"], "sh": S.SCHED["sh"], "dh": S.SCHED["dh"],
-               "mh": S.SCHED["mh"],
-               # Interim, until the data plane counts connections: weighted round-robin.
-               "lc": S.SCHED["rr"], "wlc": S.SCHED["rr"], "sed": S.SCHED["rr"], "nq": S.SCHED["rr"],
-               "fo": S.SCHED["rr"], "ovf": S.SCHED["rr"]}
+_SCHED_KIND = {**S.SCHED, "wrr": S.SCHED["rr"]}  # rr and wrr differ only in their tables
 
 
 
@@ -46,12 +42,18 @@ def htons(port):
     return int.from_bytes(port.to_bytes(2, "big"), "little")
 
 
-def table_indexes(svc):
-    """The slot table of a service as positions in svc.reals, in the order the data plane indexes them."""
+def table_indexes(svc, loads=None):
+    """The slot table of a service as positions in svc.reals, in the order the data plane indexes them.
+
+    Connection-count services get their candidates, chosen by `loads` ((active, inactive, overloaded) per real,
+    default idle) when there are more than the data plane weighs."""
     weights = [r.weight for r in svc.reals]
+    if svc.scheduler in sched.CONN_SCHEDULERS:
+        loads = loads or [(0, 0, False)] * len(weights)
+        return sched.conn_candidates(svc.scheduler, [(w, *ld) for w, ld in zip(weights, loads)], S.CAND_MAX)
     if svc.scheduler == "rr":
         return sched.rr_table(weights)
-    if svc.scheduler in ("wrr", "lc", "wlc", "sed", "nq", "fo", "ovf"):
+    if svc.scheduler == "wrr":
         return sched.wrr_table(weights)
     if svc.scheduler == "sh":
         return sched.sh_table(weights)
@@ -181,7 +183,7 @@ class DataPlane:
         if len(config.marks) > self.max_mark_rules - 1:
             raise ConfigError(src, "mark", f"{len(config.marks)} mark rules; at most {self.max_mark_rules - 1}")
         # Old and new tables coexist while a reload swaps them: each may use at most half the slots.
-        tables = {svc.key: table_indexes(svc) for svc in config.services}
+        tables = {svc.key: table_indexes(svc, self._loads(svc)) for svc in config.services}
         need = sum(map(len, tables.values()))
         if need > self.max_slots // 2:
             raise ConfigError(src, "service", f"scheduling tables need {need} slots; at most {self.max_slots // 2}")
@@ -201,6 +203,7 @@ class DataPlane:
                 if fresh:
                     self.gens[rid] = self.gens.get(rid, 0) + 1
                     self._zero(self.m["real_stats"], rid)
+                    self._zero(self.m["real_conns"], rid)
                 real_rows[rid] = (svc, r)
         svc_states = {}
         for svc in config.services:
@@ -214,7 +217,8 @@ class DataPlane:
         for rid, (svc, r) in real_rows.items():
             self.m["reals"][ct.c_uint32(rid)] = S.Real(
                 addr=S.addr_words(addr_bytes(r.address)), gen=self.gens[rid], svc_id=svc_states[svc.key].id,
-                weight=r.weight, family=svc.family, flags=S.REAL_F_LIVE)
+                weight=r.weight, family=svc.family, flags=S.REAL_F_LIVE, uthreshold=r.uthreshold,
+                lthreshold=r.lthreshold)
 
         # Mark rules: add before the settings flag turns classification on, remove after.
         rule_id_of = {}
@@ -299,6 +303,9 @@ class DataPlane:
                 flags |= S.SVC_F_PERSIST_TIMEOUT
             if svc.expire_quiescent_template:
                 flags |= S.SVC_F_EXPIRE_QUIESCENT
+        if svc.sched_flags:
+            names = {f.split("-", 1)[1] for f in svc.sched_flags}
+            flags |= (S.SVC_F_HASH_PORT if "port" in names else 0) | (S.SVC_F_FALLBACK if "fallback" in names else 0)
         return S.SvcMeta(id=st.id, flags=flags, sched=_SCHED_KIND[svc.scheduler], method=S.METHOD[svc.method],
                          table_off=st.region[0], table_len=st.region[1],
                          persist_timeout_ns=(svc.persistence_timeout or 0) * NS,
@@ -345,6 +352,9 @@ class DataPlane:
                 holders[sid] = (st.key_bytes, svc.persistence_netmask)
         held = {}
         expired = []
+        live = {rid: self.gens[rid] for rid in self.real_ids.ids.values()}
+        counts = {rid: [0, 0] for rid in live}   # real id -> [active, inactive], from the table itself
+        est = S.CONN_STATE["est"]
         conns = self.m["conns"]
         for k, v in conns.items_lookup_batch():
             res.conns_seen += 1
@@ -352,6 +362,8 @@ class DataPlane:
             if until - now < 0:
                 expired.append(k)
                 continue
+            if live.get(v.real_id) == v.real_gen:
+                counts[v.real_id][v.state != est] += 1
             h = holders.get(v.svc_id)
             if h:
                 tkey = h[0] + mask_address(bytes(k.src), h[1])
@@ -360,6 +372,7 @@ class DataPlane:
         if expired:
             self._delete_batch(conns, expired)
         res.conns_expired = len(expired)
+        self._reconcile(counts)
 
         persist = self.m["persist"]
         reals = self.m["reals"]
@@ -393,6 +406,67 @@ class DataPlane:
         self.release_old_tables()
         res.seconds = time.perf_counter() - t0
         return res
+
+    def _reconcile(self, counts):
+        """Rewrite every real's connection counts from the table (the data plane's running counts miss entries
+        that expire or that the LRU evicts), apply the thresholds' hysteresis, and refresh the candidates of
+        connection-count services with more reals than the data plane weighs."""
+        table = self.m["real_conns"]
+        limits = {}
+        for st in self.by_id.values():
+            for r in st.svc.reals:
+                if r.uthreshold:
+                    limits[self.real_ids.get((st.svc.key, r.address))] = (r.uthreshold, r.lthreshold)
+        rows = []
+        for rid, (act, inact) in counts.items():
+            flags = 0
+            if rid in limits:
+                upper, lower = limits[rid]
+                total = act + inact
+                was = bool(table[ct.c_uint32(rid)].flags & S.RC_F_OVERLOAD)
+                if total >= upper or (was and not (total < lower if lower else total * 4 < upper * 3)):
+                    flags = S.RC_F_OVERLOAD
+            rows.append((rid, S.RealConns(active=act, inactive=inact, flags=flags)))
+        if rows:
+            keys = (ct.c_uint32 * len(rows))(*(r for r, _ in rows))
+            vals = (S.RealConns * len(rows))(*(v for _, v in rows))
+            table.items_update_batch(keys, vals)
+        for st in self.by_id.values():
+            svc = st.svc
+            if svc.scheduler not in sched.CONN_SCHEDULERS or len(st.table) < S.CAND_MAX:
+                continue
+            ids = [self.real_ids.get((svc.key, r.address)) for r in svc.reals]
+            table_now = [ids[i] for i in table_indexes(svc, self._loads(svc))]
+            if table_now != st.table and len(table_now) == st.region[1]:
+                # Same length, every entry a real id at every moment: rewrite in place.
+                off, n = st.region
+                self.m["sched_slots"].items_update_batch((ct.c_uint32 * n)(*range(off, off + n)),
+                                                         (ct.c_uint32 * n)(*table_now))
+                st.table = table_now
+
+    def _loads(self, svc):
+        """(active, inactive, overloaded) of each of svc's reals now (idle for reals not yet in the maps)."""
+        if svc.scheduler not in sched.CONN_SCHEDULERS:
+            return None
+        table = self.m["real_conns"]
+        loads = []
+        for r in svc.reals:
+            rid = self.real_ids.get((svc.key, r.address))
+            if rid is None:
+                loads.append((0, 0, False))
+                continue
+            rc = table[ct.c_uint32(rid)]
+            loads.append((max(rc.active, 0), max(rc.inactive, 0), bool(rc.flags & S.RC_F_OVERLOAD)))
+        return loads
+
+    def real_conn_counts(self):
+        """{real id: (active, inactive)} for every configured real, as the data plane schedules on them."""
+        table = self.m["real_conns"]
+        out = {}
+        for rid in self.real_ids.ids.values():
+            rc = table[ct.c_uint32(rid)]
+            out[rid] = (max(rc.active, 0), max(rc.inactive, 0))
+        return out
 
     @staticmethod
     def _delete_batch(table, keys):

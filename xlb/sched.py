@@ -12,6 +12,7 @@ import bisect
 import hashlib
 import heapq
 import math
+from fractions import Fraction
 from functools import reduce
 
 
@@ -171,3 +172,44 @@ def maglev_table(reals, size=4093) -> list[int]:
         w = live[k][2]
         heapq.heappush(heap, (-(-(claims[k] + 1) * wmax // w) - 1, k))  # ceil((m+1) * wmax / w) - 1
     return table
+
+
+# --- connection-count schedulers ---------------------------------------------------------------------------------
+
+CONN_SCHEDULERS = ("lc", "wlc", "sed", "nq", "fo", "ovf")
+
+
+def conn_cost(scheduler, weight, active, inactive):
+    """IPVS's cost of giving a real one more connection (lower is better), as a sortable key.
+
+    lc: active * 256 + inactive; wlc: that / weight; sed: (active + 1) / weight; nq: an idle real first, else sed;
+    fo: the highest weight; ovf: the highest weight among reals whose active count is below their weight."""
+    if scheduler == "lc":
+        return Fraction(active * 256 + inactive)
+    if scheduler == "wlc":
+        return Fraction(active * 256 + inactive, weight)
+    if scheduler == "sed":
+        return Fraction(active + 1, weight)
+    if scheduler == "nq":
+        return (active > 0, Fraction(active + 1, weight))
+    if scheduler == "fo":
+        return -weight
+    if scheduler == "ovf":
+        return (active >= weight, -weight)
+    raise ValueError(f"not a connection-count scheduler: {scheduler!r}")
+
+
+def conn_candidates(scheduler, reals, limit) -> list[int]:
+    """The reals (indexes, in list order) the data plane weighs for new connections of a connection-count service.
+
+    ``reals`` is a list of ``(weight, active, inactive, overloaded)``. Weight-0 reals never take new connections and
+    are left out. With at most ``limit`` others, all of them; otherwise the ``limit`` cheapest by ``conn_cost`` now
+    (overloaded reals last), which the control plane refreshes from fresh counts at every sweep. List order is kept
+    so that ties go to the earlier real, as in IPVS."""
+    usable = [i for i, (w, *_rest) in enumerate(reals) if w > 0]
+    if len(usable) <= limit:
+        return usable
+    def key(i):
+        w, act, inact, over = reals[i]
+        return (over, conn_cost(scheduler, w, act, inact), i)
+    return sorted(sorted(usable, key=key)[:limit])

@@ -5,6 +5,7 @@ from .marks import rule_identity
 def snapshot(dp):
     """{"services": [...], "verdicts": {...}, "marks": [...]} with packets/bytes/conns summed over CPUs."""
     services = []
+    live = dp.real_conn_counts()
     for key, st in dp.services.items():
         svc = st.svc
         c = dp.counters("svc_stats", st.id)
@@ -12,8 +13,9 @@ def snapshot(dp):
         for r in svc.reals:
             rid = dp.real_ids.get((svc.key, r.address))
             rc = dp.counters("real_stats", rid)
+            active, inactive = live.get(rid, (0, 0))
             reals.append({"address": str(r.address), "weight": r.weight, "packets": rc.packets,
-                          "bytes": rc.bytes, "conns": rc.conns})
+                          "bytes": rc.bytes, "conns": rc.conns, "active": active, "inactive": inactive})
         services.append({"service": svc.name, "scheduler": svc.scheduler, "packets": c.packets,
                          "bytes": c.bytes, "conns": c.conns, "reals": reals})
     verdicts = {k: {"packets": v.packets, "bytes": v.bytes} for k, v in dp.verdict_counts().items() if v.packets}

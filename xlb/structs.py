@@ -45,7 +45,11 @@ AF_INET, AF_INET6 = DEFINES["XLB_AF_INET"], DEFINES["XLB_AF_INET6"]
 SVC_F_PERSIST = DEFINES["XLB_SVC_F_PERSIST"]
 SVC_F_PERSIST_TIMEOUT = DEFINES["XLB_SVC_F_PERSIST_TIMEOUT"]
 SVC_F_EXPIRE_QUIESCENT = DEFINES["XLB_SVC_F_EXPIRE_QUIESCENT"]
+SVC_F_HASH_PORT = DEFINES["XLB_SVC_F_HASH_PORT"]
+SVC_F_FALLBACK = DEFINES["XLB_SVC_F_FALLBACK"]
 REAL_F_LIVE = DEFINES["XLB_REAL_F_LIVE"]
+RC_F_OVERLOAD = DEFINES["XLB_RC_F_OVERLOAD"]
+CAND_MAX = DEFINES["XLB_CAND_MAX"]
 SET_F_MARKS = DEFINES["XLB_SET_F_MARKS"]
 
 
@@ -61,7 +65,11 @@ class SvcMeta(ct.Structure):
 
 class Real(ct.Structure):
     _fields_ = [("addr", _addr), ("gen", _u32), ("svc_id", _u32), ("weight", _u16), ("family", _u8),
-                ("flags", _u8), ("pad", _u32)]
+                ("flags", _u8), ("uthreshold", _u32), ("lthreshold", _u32), ("pad", _u32)]
+
+
+class RealConns(ct.Structure):
+    _fields_ = [("active", ct.c_int64), ("inactive", ct.c_int64), ("flags", _u32), ("pad", _u32)]
 
 
 class ConnKey(ct.Structure):
@@ -111,6 +119,7 @@ class Nexthop(ct.Structure):
 MAP_TYPES = {
     "services": (SvcKey, SvcMeta),
     "reals": (None, Real),
+    "real_conns": (None, RealConns),
     "sched_slots": (None, None),
     "rr_pos": (None, None),
     "conns": (ConnKey, Conn),
@@ -124,6 +133,9 @@ MAP_TYPES = {
     "mark_stats": (None, Counters),
     "verdicts": (None, Counters),
 }
+
+# Maps private to the data plane (bpf/maps.h, end): no mirror, the control plane never reads them.
+PRIVATE_MAPS = {"progs", "handoffs"}
 
 
 def addr_words(b16: bytes):
