@@ -20,7 +20,7 @@ import glob
 import os
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 MAX_INCLUDE_DEPTH = 16
 MAX_EXPANSION = 5_000_000  # lines produced by ~SEQ and multi-line parameters, against runaway definitions
@@ -60,6 +60,8 @@ class ReadProblem:
 
 def split_words(text: str) -> tuple:
     """keepalived's alloc_strvec: whitespace-separated words, a double-quoted string is one word without quotes."""
+    if '"' not in text:
+        return tuple(text.split())
     words = []
     i, n = 0, len(text)
     while i < n:
@@ -89,6 +91,8 @@ def decomment(raw: str) -> tuple[str, bool, bool]:
     As keepalived: a trailing ``\\`` continues the line even after a comment has started.
     """
     s = raw.lstrip(" \t")
+    if not any(c in s for c in '"\\#!'):
+        return s.rstrip(" \t"), False, False
     out = []
     quote = False
     comment = False
@@ -202,6 +206,9 @@ class Reader:
         A multi-line parameter is expanded line by line, so a definition among its lines applies to the lines
         after it (``$RS_NUM=2`` then ``$RS``), as in keepalived.
         """
+        if "$" not in text and text[0] not in "@~":  # the common case: nothing to expand
+            self._emit(text, path, lineno, depth)
+            return
         text = self._conditional(text)
         if text is None:
             return
@@ -338,6 +345,8 @@ class Reader:
 
 def split_braces(text: str) -> list[str]:
     """Split ``a { b }`` into ``a``, ``{``, ``b``, ``}`` as keepalived's read_line does (quotes protect braces)."""
+    if "{" not in text and "}" not in text:
+        return [text]
     out = []
     rest = text.strip()
     while rest:

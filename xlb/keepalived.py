@@ -17,11 +17,11 @@ Health-check blocks and the checker settings (delay_loop, quorum, sorry_server, 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import config as xconfig
 from .errors import ConfigError
-from .kaparse import Node, Reader, build_tree
+from .kaparse import Reader, build_tree
 
 # keepalived 2.2.7's list of valid lvs_sched values (check_parser.c).
 KEEPALIVED_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "sh", "mh", "dh", "fo", "ovf", "lblcr", "sed", "nq")
