@@ -206,6 +206,15 @@ def parse(text: str, source: str = "<config>") -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise _syntax_error(source, text, e) from None
+    return from_tree(doc, source)
+
+
+def from_tree(doc: dict, source: str = "<config>") -> Config:
+    """Validate an already-parsed TOML-shaped tree (dicts, lists, str, int) as :func:`parse` does after TOML.
+
+    Importers of other formats (xlb/keepalived.py) build this tree so every rule lives here; errors name
+    the field path in the tree (``service[1].real[0].weight``).
+    """
     v = _V(source)
     top = v.table(doc, "", ("timeouts", "tables", "mark", "service"))
     timeouts = _timeouts(v, top)

@@ -47,8 +47,11 @@ def ifindex_of(ifname):
 
 
 class Daemon:
-    def __init__(self, iface, config_path, xdp_mode="native", force=False, log=print, socket_path=None):
+    def __init__(self, iface, config_path, xdp_mode="native", force=False, log=print, socket_path=None,
+                 load=None):
         self.iface = iface
+        # Where the config comes from (start and SIGHUP): the TOML file, or e.g. a keepalived import (cli.py).
+        self.load = load or (lambda: xconfig.load(config_path))
         self.socket_path = socket_path or control.default_socket(iface)
         self.lock = threading.RLock()
         self.control = None
@@ -75,7 +78,7 @@ class Daemon:
         (run() then sees the stop flag at once), not kill the process with the program left attached.
         """
         self._install_signals()
-        cfg = xconfig.load(self.config_path)
+        cfg = self.load()
         ifindex_of(self.iface)
         self.prog = Program(cflags=cflags_for(cfg.tables), log=self.log)
         try:
@@ -112,7 +115,7 @@ class Daemon:
 
     def _reload_locked(self):
         try:
-            cfg = xconfig.load(self.config_path)
+            cfg = self.load()
             self.dp.apply(cfg)
         except ConfigError as exc:
             self.log(f"xlb: reload rejected, running config unchanged: {exc}")

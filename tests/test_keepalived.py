@@ -1,0 +1,223 @@
+"""keepalived.conf import: the same Config and the same forwarding as the native config; errors name file and line."""
+import dataclasses
+import os
+import textwrap
+
+import pytest
+
+from xlb import cli
+from xlb import config as xconfig
+from xlb import keepalived
+from xlb.errors import ConfigError
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+KA = os.path.join(DATA, "rhel-fwmark.conf")
+MARKS = os.path.join(DATA, "rhel-fwmark.marks")
+NATIVE = os.path.join(DATA, "rhel-fwmark.toml")
+
+
+def strip_where(cfg):
+    """A Config without the fields that only say where things came from."""
+    def s(obj):
+        if dataclasses.is_dataclass(obj):
+            kw = {f.name: s(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                  if f.name not in ("where", "source")}
+            return (type(obj).__name__, tuple(sorted(kw.items())))
+        if isinstance(obj, tuple):
+            return tuple(s(x) for x in obj)
+        return obj
+    return s(cfg)
+
+
+def write(tmp_path, text, name="keepalived.conf"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return str(p)
+
+
+def vs(body, head="virtual_server 198.51.100.10 80"):
+    return f"{head} {{\n" + textwrap.indent(textwrap.dedent(body), "    ") + "}\n"
+
+
+DR = "protocol TCP\nlb_algo rr\nlb_kind DR\n"
+
+
+def problems(path, marks=None):
+    with pytest.raises(keepalived.KeepalivedError) as ei:
+        keepalived.load(path, marks)
+    return ei.value
+
+
+def test_documented_fwmark_config_equals_native():
+    imp = keepalived.load(KA, MARKS)
+    assert strip_where(imp.config) == strip_where(xconfig.load(NATIVE))
+
+
+def test_skipped_sections_warn_once_with_file_and_line():
+    imp = keepalived.load(KA, MARKS)
+    vrrp = [w for w in imp.warnings if "vrrp_instance" in w]
+    assert vrrp == [f"{KA}: line 11: skipped vrrp_instance: VRRP is not part of xlb "
+                    "(run keepalived for VRRP, or another VRRP daemon)"]
+    assert any(w.startswith(f"{KA}: line 3: skipped global_defs settings other than lvs_timeouts "
+                            "(notification_email, router_id)") for w in imp.warnings)
+
+
+def test_health_checks_are_kept():
+    imp = keepalived.load(KA, MARKS)
+    assert [(h.kind, h.service, h.real, h.line) for h in imp.health_checks] == [
+        ("TCP_CHECK", "fwm/80", "198.18.0.11", 30), ("TCP_CHECK", "fwm/80", "198.18.0.12", 37)]
+    assert [(n.keyword, n.args) for n in imp.health_checks[0].body] == [("connect_port", ("80",)),
+                                                                        ("connect_timeout", ("3",))]
+    settings = {(c.service, c.real): c.settings for c in imp.check_settings}
+    assert settings[("fwm/80", None)] == (("delay_loop", ("6",), KA, 22),)
+
+
+def test_include_parameters_conditionals_and_comments():
+    imp = keepalived.load(os.path.join(DATA, "ka-include", "main.conf"))
+    (svc,) = imp.config.services
+    assert (str(svc.vip), svc.port, svc.proto, svc.scheduler) == ("198.51.100.30", 443, "tcp", "wrr")
+    assert [(str(r.address), r.weight) for r in svc.reals] == [("198.18.0.11", 3), ("198.18.0.12", 1)]
+    assert imp.files[-1].endswith("services/web.conf")
+
+
+def test_fwmark_ipv6_with_prefix_granularity(tmp_path):
+    p = write(tmp_path, vs("lb_algo mh\nmh-fallback\nlb_kind DR\npersistence_granularity 64\n"
+                           "real_server 2001:db8::11 { }\nreal_server 2001:db8::12 { weight 2 }\n",
+                           head="virtual_server fwmark 6"))
+    (svc,) = keepalived.load(p).config.services
+    assert (svc.fwmark, svc.family, svc.scheduler, svc.sched_flags) == (6, 6, "mh", ("mh-fallback",))
+    assert svc.persistence_timeout == 360  # keepalived: granularity alone makes the service persistent
+    assert svc.persistence_netmask == b"\xff" * 8 + b"\0" * 8
+
+
+def test_group_expands_to_one_service_per_address_and_mark(tmp_path):
+    p = write(tmp_path, """\
+        virtual_server_group web {
+            198.51.100.1-3 80
+            198.51.100.8/31 443
+            fwmark 7
+        }
+        virtual_server group web {
+            protocol TCP
+            lb_algo rr
+            lb_kind DR
+            persistence_timeout 60
+            real_server 198.18.0.11 { }
+            real_server 198.18.0.12 { weight 0 }
+        }
+        """)
+    svcs = keepalived.load(p).config.services
+    assert [s.name for s in svcs] == ["tcp/198.51.100.1:80", "tcp/198.51.100.2:80", "tcp/198.51.100.3:80",
+                                      "tcp/198.51.100.8:443", "tcp/198.51.100.9:443", "fwm/7"]
+    assert {tuple((str(r.address), r.weight) for r in s.reals) for s in svcs} == {
+        (("198.18.0.11", 1), ("198.18.0.12", 0))}
+    assert {s.persistence_timeout for s in svcs} == {60}
+
+
+def test_group_fwmark_with_real_port_is_reported(tmp_path):
+    p = write(tmp_path, "virtual_server_group g {\n  fwmark 7\n}\n" + vs(
+        "lb_algo rr\nlb_kind DR\nreal_server 198.18.0.11 80 { }\n", head="virtual_server group g"))
+    (x,) = problems(p).problems
+    assert (x.line, x.keyword) == (7, "real_server") and "remove the port" in x.message
+
+
+def test_errors_list_every_problem_with_file_line_and_keyword(tmp_path):
+    p = write(tmp_path, vs("protocol TCP\nlb_algo fastest\nlb_kind DR\npersistence_timeout 0\n"
+                           "real_server 198.18.0.11 80 {\n    weight 70000\n}\n"))
+    e = problems(p)
+    assert [(x.line, x.keyword) for x in e.problems] == [(3, "lb_algo"), (5, "persistence_timeout"),
+                                                         (7, "weight")]
+    assert str(e).startswith(f"{p}: line 3: lb_algo: invalid lvs_scheduler 'fastest' (and 2 more problems)")
+    assert not e.only_unsupported
+
+
+def test_keepalived_corrections_are_errors(tmp_path):
+    # keepalived -t reports each of these and then guesses; xlb asks instead.
+    p = write(tmp_path, vs("lb_algo rr\nreal_server 198.18.0.11 8080 { }\n"))
+    msgs = [(x.line, x.message) for x in problems(p).problems]
+    assert msgs == [
+        (1, "no forwarding method set (keepalived defaults to NAT, which xlb does not do): add 'lb_kind DR'"),
+        (1, "no protocol set (keepalived defaults to UDP): add 'protocol TCP' or 'protocol UDP'")]
+    p = write(tmp_path, vs(DR + "real_server 198.18.0.11 8080 { }\n"))
+    (x,) = problems(p).problems
+    assert (x.line, x.keyword) == (5, "real_server") and "don't match" in x.message
+
+
+def test_unsupported_features_are_named_apart(tmp_path):
+    p = write(tmp_path, vs("protocol TCP\nlb_algo lblc\nlb_kind NAT\nreal_server 198.18.0.11 80 { }\n"))
+    e = problems(p)
+    assert e.only_unsupported
+    assert [(x.line, x.kind) for x in e.problems] == [(3, "unsupported"), (4, "unsupported")]
+    assert "not supported by xlb: lb_kind NAT" in str(e)
+
+
+def test_shared_validation_errors_name_the_keepalived_line(tmp_path):
+    # lthreshold >= uthreshold is a rule of xlb/config.py; the error still points into keepalived.conf.
+    p = write(tmp_path, vs(DR + "real_server 198.18.0.11 80 {\n    uthreshold 10\n    lthreshold 20\n}\n"))
+    with pytest.raises(ConfigError) as ei:
+        keepalived.load(p)
+    assert (ei.value.source, ei.value.where) == (p, "line 7")
+    assert ei.value.message.startswith("lthreshold: lthreshold 20 must be below uthreshold 10")
+
+
+def test_marks_file_errors_name_its_line(tmp_path):
+    p = write(tmp_path, vs(DR + "real_server 198.18.0.11 { }\n", head="virtual_server fwmark 1"))
+    m = write(tmp_path, "# marks\niptables -t mangle -A PREROUTING -s 192.0.2.0/24 -j MARK --set-mark 1\n",
+              "marks.sh")
+    with pytest.raises(ConfigError) as ei:
+        keepalived.load(p, m)
+    assert (ei.value.source, ei.value.where) == (m, "line 2")
+
+
+def test_stray_virtual_server_keyword_at_top_level(tmp_path):
+    p = write(tmp_path, "virtual_server 198.51.100.10 80\n    lb_algo rr\n")
+    assert [(x.line, x.keyword) for x in problems(p).problems] == [(1, "virtual_server"), (2, "lb_algo")]
+
+
+def test_cli_check_exit_codes(tmp_path, capsys):
+    assert cli.main(["check", "--keepalived", KA, "--marks", MARKS]) == 0
+    assert "OK (2 services, 4 reals, 1 mark rules, 2 health checks kept)" in capsys.readouterr().out
+    nat = write(tmp_path, vs("protocol TCP\nlb_algo rr\nlb_kind NAT\nreal_server 198.18.0.11 80 { }\n"))
+    assert cli.main(["check", "--keepalived", nat]) == 3
+    bad = write(tmp_path, vs("protocol TCP\nlb_algo rr\nlb_kind DR\n"), "bad.conf")
+    assert cli.main(["check", "--keepalived", bad]) == 1
+    assert "has no real servers" in capsys.readouterr().err
+    for argv in (["check", NATIVE, "--keepalived", KA], ["check", NATIVE, "--marks", MARKS]):
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+
+
+def test_daemon_takes_its_config_from_the_load_callable():
+    from xlb.daemon import Daemon
+    cfg = keepalived.load(KA, MARKS).config
+    d = Daemon("lo", KA, load=lambda: cfg)
+    assert d.load() is cfg
+
+
+# --- the same forwarding through the packet bench -------------------------------------------------------------
+
+
+def test_same_forwarding_as_native_config(bench):
+    from harness import TEST_TABLES, real_of, tcp4, udp4
+
+    def decisions(cfg):
+        bench.reset("")
+        bench.dp.apply(dataclasses.replace(cfg, tables=TEST_TABLES))
+        pkts = [tcp4(src="203.0.113.7", dport=80), tcp4(src="203.0.113.7", sport=40001, dport=443),
+                tcp4(src="203.0.113.99", dport=443), tcp4(src="203.0.113.7", dport=8080),
+                udp4(src="203.0.113.5", dst="198.51.100.20", dport=53),
+                udp4(src="203.0.113.6", dst="198.51.100.20", sport=999, dport=53)]
+        out = []
+        for p in pkts:
+            act, data = bench.run(p)
+            out.append((act, real_of(data) if act == "XDP_TX" else None, data))
+        return out, bench.verdicts()
+
+    native = decisions(xconfig.load(NATIVE))
+    imported = decisions(keepalived.load(KA, MARKS).config)
+    assert imported == native
+    acts = [(a, r) for a, r, _ in native[0]]
+    assert acts[0][0] == "XDP_TX" and acts[1] == acts[0]  # 443 follows 80: one mark, one template
+    assert acts[2][0] == "XDP_TX" and acts[2] == acts[0]  # same /24: same template
+    assert acts[3] == ("XDP_PASS", None)  # port 8080 is not marked
+    assert {r for _, r in acts[4:]} <= {"198.18.0.12", "198.18.0.13"}

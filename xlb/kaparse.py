@@ -1,0 +1,396 @@
+"""Read keepalived.conf into a tree of keyword nodes, the way keepalived's own reader (lib/parser.c) sees it.
+
+Pure: no bcc, no root. What it does, in keepalived's order, for each physical line:
+- comments: ``#`` or ``!`` outside double quotes start a comment (``\\#`` and ``\\!`` escape them);
+- ``@ID line`` is kept only when ID is the instance id (xlb has none, so such lines are dropped) and
+  ``@^ID line`` only when it is not (so they are kept);
+- ``$NAME=value`` defines a parameter (a trailing ``\\`` continues the value on the next line: a multi-line
+  definition); ``$NAME`` and ``${NAME}`` are replaced, also ``${_RANDOM lo hi}`` (seeded, so one file always
+  reads the same) and ``$_INSTANCE``/``$_PWD``;
+- ``~SEQ(VAR, start, step, end) text`` (and ``~SEQx``, hexadecimal) repeats text with VAR set to each value;
+- ``include PATTERN`` reads every file the glob matches, relative to the including file's directory;
+- ``{`` and ``}`` are split off their line (``real_server 1.2.3.4 80 { weight 2 }`` is four lines).
+
+Then :func:`build_tree` nests lines into :class:`Node` s: a ``{`` opens a block for the line just before it.
+Problems found here are returned, never raised, with the file and line they belong to.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import random
+import re
+from dataclasses import dataclass
+
+MAX_INCLUDE_DEPTH = 16
+MAX_EXPANSION = 5_000_000  # lines produced by ~SEQ and multi-line parameters, against runaway definitions
+
+
+@dataclass(frozen=True)
+class Line:
+    file: str
+    line: int
+    words: tuple
+
+
+@dataclass
+class Node:
+    """One keyword line and, if a ``{ }`` followed it, the nodes inside (``children`` is None without a block)."""
+
+    keyword: str
+    args: tuple
+    file: str
+    line: int
+    children: list | None = None
+    closed: bool = True  # False if the file ended inside this node's block
+
+    def where(self) -> str:
+        return f"{self.file}: line {self.line}"
+
+    def text(self) -> str:
+        return " ".join((self.keyword,) + tuple(self.args))
+
+
+@dataclass
+class ReadProblem:
+    file: str
+    line: int
+    message: str
+
+
+def split_words(text: str) -> tuple:
+    """keepalived's alloc_strvec: whitespace-separated words, a double-quoted string is one word without quotes."""
+    if '"' not in text:
+        return tuple(text.split())
+    words = []
+    i, n = 0, len(text)
+    while i < n:
+        while i < n and text[i] in " \t\f\v\r\n":
+            i += 1
+        if i >= n:
+            break
+        if text[i] == '"':
+            j = text.find('"', i + 1)
+            if j < 0:
+                words.append(text[i + 1:])
+                break
+            words.append(text[i + 1:j])
+            i = j + 1
+        else:
+            j = i
+            while j < n and text[j] not in ' \t\f\v\r\n"':
+                j += 1
+            words.append(text[i:j])
+            i = j
+    return tuple(words)
+
+
+def decomment(raw: str) -> tuple[str, bool, bool]:
+    """Strip comments and surrounding blanks. Returns (text, continued, unterminated_quote).
+
+    As keepalived: a trailing ``\\`` continues the line even after a comment has started.
+    """
+    s = raw.lstrip(" \t")
+    if not any(c in s for c in '"\\#!'):
+        return s.rstrip(" \t"), False, False
+    out = []
+    quote = False
+    comment = False
+    cont = False
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\":
+            if i + 1 == len(s):
+                cont = True
+                break
+            if not comment:
+                if not quote and s[i + 1] in "#!":
+                    out.append(s[i + 1])
+                else:
+                    out.append(s[i:i + 2])
+            i += 2
+            continue
+        if not comment:
+            if c == '"':
+                quote = not quote
+            elif not quote and c in "#!":
+                comment = True
+                i += 1
+                continue
+            out.append(c)
+        i += 1
+    text = "".join(out).rstrip(" \t")
+    return text, cont, quote
+
+
+_DEF_RE = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$", re.S)
+_REF_RE = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)((?: +\d+){0,2})\}|([A-Za-z_][A-Za-z0-9_]*))")
+_SEQ_RE = re.compile(r"^~SEQ(x?)\s*\(\s*([^\s,)]+)\s*,([^)]*)\)\s*(.*)$", re.S)
+
+
+class Reader:
+    """Turns a keepalived.conf (and what it includes) into a list of :class:`Line` s, recording problems."""
+
+    def __init__(self, instance_id: str | None = None, seed: int = 0):
+        self.instance_id = instance_id
+        self.defs: dict[str, str] = {}
+        self.multiline: set[str] = set()
+        self.random = random.Random(seed)
+        self.lines: list[Line] = []
+        self.problems: list[ReadProblem] = []
+        self.files: list[str] = []
+        self._expanded = 0
+
+    # --- files -------------------------------------------------------------------------------------------------
+
+    def read(self, path: str, depth: int = 0, where: tuple | None = None) -> None:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            file, line = where or (path, 0)
+            self.problems.append(ReadProblem(file, line, f"cannot read {path}: {e.strerror or e}"))
+            return
+        self.files.append(path)
+        text = raw.decode("utf-8", errors="replace")
+        pending_def = None  # name of a multi-line definition being continued
+        for lineno, phys in enumerate(text.splitlines(), 1):
+            body, cont, bad_quote = decomment(phys.rstrip("\r\n"))
+            if bad_quote:
+                self.problems.append(ReadProblem(path, lineno, f"unterminated quote: {body}"))
+            if pending_def is not None:
+                if body:
+                    sep = "\n" if self.defs[pending_def] else ""
+                    self.defs[pending_def] += sep + body
+                if not cont:
+                    if not self.defs[pending_def]:
+                        self.multiline.discard(pending_def)
+                    pending_def = None
+                continue
+            if not body:
+                continue
+            pending_def = self._logical(body, cont, path, lineno, depth)
+
+    def _logical(self, text, cont, path, lineno, depth):
+        """Process one decommented line; returns the name of a multi-line definition it starts, if any."""
+        text = self._conditional(text)
+        if text is None:
+            return None
+        m = _DEF_RE.match(text)
+        if m:
+            name, value = m.group(1), m.group(2)
+            self.defs[name] = value
+            if cont:
+                self.multiline.add(name)
+                return name
+            self.multiline.discard(name)
+            return None
+        self._expand(text, path, lineno, depth, 0)
+        return None
+
+    def _conditional(self, text):
+        """``@ID rest`` / ``@^ID rest``: the rest of the line if it applies to this instance, else None."""
+        if not text.startswith("@"):
+            return text
+        neg = text.startswith("@^")
+        m = re.match(r"@\^?(\S+)[ \t]+(.*)$", text, re.S)
+        if not m:
+            return None
+        matches = self.instance_id is not None and m.group(1) == self.instance_id
+        return m.group(2) if matches != neg else None
+
+    def _expand(self, text, path, lineno, depth, level):
+        """One line, as keepalived takes it: ``@``, a definition, ~SEQ/~LST, else substitute and hand on.
+
+        A multi-line parameter is expanded line by line, so a definition among its lines applies to the lines
+        after it (``$RS_NUM=2`` then ``$RS``), as in keepalived.
+        """
+        if "$" not in text and text[0] not in "@~":  # the common case: nothing to expand
+            self._emit(text, path, lineno, depth)
+            return
+        text = self._conditional(text)
+        if text is None:
+            return
+        self._expanded += 1
+        if level > 200 or self._expanded > MAX_EXPANSION:
+            self.problems.append(ReadProblem(path, lineno, "parameter expansion does not terminate"))
+            return
+        m = _DEF_RE.match(text)
+        if m:
+            self.defs[m.group(1)] = m.group(2)
+            self.multiline.discard(m.group(1))
+            return
+        if text.startswith("~LST"):
+            self._lst(text, path, lineno, depth, level)
+            return
+        m = _SEQ_RE.match(text)
+        if m:
+            self._seq(m, text, path, lineno, depth, level)
+            return
+        if text.startswith("~SEQ"):
+            self.problems.append(ReadProblem(path, lineno, f"invalid ~SEQ specification '{text}'"))
+            return
+        for m in _REF_RE.finditer(text):
+            name = m.group(1) or m.group(3)
+            if name not in self.multiline or name not in self.defs:
+                continue
+            lines = self.defs[name].split("\n")
+            self._expand_all([self._substitute(text[:m.start()]) + lines[0] + text[m.end():]] + lines[1:],
+                             path, lineno, depth, level)
+            return
+        new = self._substitute(text)
+        if new != text:
+            self._expand_all([new], path, lineno, depth, level)
+            return
+        self._emit(text, path, lineno, depth)
+
+    def _expand_all(self, texts, path, lineno, depth, level):
+        for part in texts:
+            part, _, _ = decomment(part)
+            if part:
+                self._expand(part, path, lineno, depth, level + 1)
+
+    def _seq(self, m, text, path, lineno, depth, level):
+        hexa, var, params, body = m.group(1) == "x", m.group(2), m.group(3), m.group(4)
+        params = self._substitute(params)
+        try:
+            nums = [int(p.strip(), 0) for p in params.split(",")]
+        except ValueError:
+            self.problems.append(ReadProblem(path, lineno, f"invalid ~SEQ definition '{text}'"))
+            return
+        if len(nums) == 1:
+            end = nums[0]
+            start, step = (-1 if end < 0 else 1), (-1 if end < 1 else 1)
+        elif len(nums) == 2:
+            start, end = nums
+            step = 1 if start <= end else -1
+        elif len(nums) == 3:
+            start, step, end = nums
+            if not step or (start < end and step < 0) or (start > end and step > 0):
+                self.problems.append(ReadProblem(path, lineno, f"invalid ~SEQ values '{text}'"))
+                return
+        else:
+            self.problems.append(ReadProblem(path, lineno, f"invalid ~SEQ definition '{text}'"))
+            return
+        v = start
+        while (step > 0 and v <= end) or (step < 0 and v >= end):
+            self.defs[var] = format(v, "x") if hexa else str(v)
+            self._expand(body, path, lineno, depth, level + 1)
+            v += step
+
+    def _lst(self, text, path, lineno, depth, level):
+        """``~LST({A,B},{a1,b1},{a2,b2}) text``: text once per value list, with A, B set from it."""
+        m = re.match(r"~LST\s*\((.*)\)\s*(.*)$", text, re.S)
+        groups = re.findall(r"\{([^}]*)\}", m.group(1)) if m else []
+        if len(groups) < 2:
+            self.problems.append(ReadProblem(path, lineno, f"invalid ~LST specification '{text}'"))
+            return
+        names = [n.strip() for n in groups[0].split(",")]
+        for values in groups[1:]:
+            vals = [x.strip() for x in values.split(",")]
+            for name, val in zip(names, vals + [""] * len(names)):
+                self.defs[name] = val
+            self._expand(m.group(2), path, lineno, depth, level + 1)
+
+    def _substitute(self, text):
+        def repl(m):
+            name = m.group(1) or m.group(3)
+            if name == "_RANDOM":
+                lo, hi = 0, 32767
+                nums = [int(x) for x in (m.group(2) or "").split()]
+                if len(nums) == 1:
+                    hi = nums[0]
+                elif len(nums) == 2:
+                    lo, hi = nums
+                return str(self.random.randint(min(lo, hi), max(lo, hi)))
+            if name in ("_HASH", "_BANG") and name not in self.defs:
+                return "#" if name == "_HASH" else "!"
+            if name == "_INSTANCE" and name not in self.defs:
+                return self.instance_id or ""
+            if name == "_PWD" and name not in self.defs:
+                return os.getcwd()
+            if name in self.defs and name not in self.multiline:
+                return self.defs[name]
+            return m.group(0)
+        return _REF_RE.sub(repl, text)
+
+    def _emit(self, text, path, lineno, depth):
+        words = split_words(text)
+        if not words:
+            return
+        if words[0] == "include" and len(words) == 2:
+            self._include(words[1], path, lineno, depth)
+            return
+        for piece in split_braces(text):
+            w = split_words(piece)
+            if w:
+                self.lines.append(Line(path, lineno, w))
+
+    def _include(self, pattern, path, lineno, depth):
+        if depth >= MAX_INCLUDE_DEPTH:
+            self.problems.append(ReadProblem(path, lineno, f"include nested deeper than {MAX_INCLUDE_DEPTH} "
+                                                           f"files (an include loop?): {pattern}"))
+            return
+        base = os.path.dirname(path)
+        full = pattern if os.path.isabs(pattern) else os.path.join(base, pattern)
+        matches = sorted(p for p in glob.glob(full) if not os.path.isdir(p))
+        if not matches:
+            self.problems.append(ReadProblem(path, lineno, f"include {pattern}: no file matches "
+                                                           f"(looked for {full})"))
+            return
+        for p in matches:
+            self.read(p, depth + 1, (path, lineno))
+
+
+def split_braces(text: str) -> list[str]:
+    """Split ``a { b }`` into ``a``, ``{``, ``b``, ``}`` as keepalived's read_line does (quotes protect braces)."""
+    if "{" not in text and "}" not in text:
+        return [text]
+    out = []
+    rest = text.strip()
+    while rest:
+        if rest[0] in "{}":
+            out.append(rest[0])
+            rest = rest[1:].strip()
+            continue
+        i, quote = 0, False
+        while i < len(rest):
+            c = rest[i]
+            if c == '"':
+                quote = not quote
+            elif not quote and c in "{}":
+                break
+            i += 1
+        out.append(rest[:i].rstrip())
+        rest = rest[i:].strip()
+    return out
+
+
+def build_tree(lines: list[Line]) -> tuple[list[Node], list[ReadProblem]]:
+    """Nest lines into nodes: ``{`` opens a block for the node on the line just before it, ``}`` closes it."""
+    root: list[Node] = []
+    stack: list[Node] = []
+    problems = []
+    last = None  # the node that a following "{" would open
+    for ln in lines:
+        if ln.words == ("{",):
+            if last is not None and last.children is None:
+                last.children = []
+                last.closed = False
+                stack.append(last)
+            else:
+                problems.append(ReadProblem(ln.file, ln.line, "unexpected '{'"))
+            last = None
+            continue
+        if ln.words == ("}",):
+            if stack:
+                stack.pop().closed = True
+            else:
+                problems.append(ReadProblem(ln.file, ln.line, "extra '}'"))
+            last = None
+            continue
+        node = Node(ln.words[0], tuple(ln.words[1:]), ln.file, ln.line)
+        (stack[-1].children if stack else root).append(node)
+        last = node
+    return root, problems
