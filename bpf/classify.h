@@ -6,6 +6,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "stats.h"
+#include "trace.h"
 
 /* The most specific mark rule for the packet: one LPM lookup for rules naming its port, one for every-port
  * rules. Returns the rule or NULL. */
@@ -34,6 +35,7 @@ static __always_inline struct svc_meta *lookup_service(struct pkt *p, struct set
 	if (st->flags & XLB_SET_F_MARKS) {
 		struct mark_val *mv = match_mark(p);
 		if (mv) {
+			trace_mark(mv);
 			__u32 rule = mv->rule_id;
 			count(mark_stats.lookup(&rule), bytes, 0);
 			key->mark = mv->mark;

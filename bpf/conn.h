@@ -5,6 +5,7 @@
 
 #include "maps.h"
 #include "parse.h"
+#include "trace.h"
 
 static __always_inline void conn_key_of(struct pkt *p, struct conn_key *ck)
 {
@@ -54,6 +55,8 @@ static __always_inline int conn_reused(struct conn *c, struct pkt *p)
  * Crossing the real's uthreshold marks it overloaded; the control plane's reconcile clears that. */
 static __always_inline void conn_count(__u32 real_id, __u8 state, __s64 delta, struct real *r)
 {
+	if (XLB_TRACING)
+		return;
 	struct real_conns *rc = real_conns.lookup(&real_id);
 	if (!rc)
 		return;
@@ -79,6 +82,8 @@ static __always_inline void conn_forget(struct conn *c)
  * established and any other state moves the connection between its real's active and inactive counts. */
 static __always_inline void conn_touch(struct conn *c, struct pkt *p, __u64 now)
 {
+	if (XLB_TRACING)
+		return;
 	if (p->proto == IPPROTO_TCP) {
 		__u8 st = c->state;
 		if (p->tcp_flags & (XLB_TCP_FIN | XLB_TCP_RST))

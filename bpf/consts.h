@@ -126,4 +126,13 @@ enum xlb_conn_state {
 /* settings.flags */
 #define XLB_SET_F_MARKS 0x1            /* at least one mark rule: classify before service lookup */
 
+/* trace_rec.flags (bpf/trace.h) */
+#define XLB_TRACE_F_CONN_FOUND 0x1     /* an entry for the tuple exists */
+#define XLB_TRACE_F_CONN_HIT 0x2       /* the packet followed it (live, its real still configured) */
+#define XLB_TRACE_F_MARK 0x4           /* a mark rule matched */
+#define XLB_TRACE_F_SVC 0x8            /* a service matched */
+#define XLB_TRACE_F_TMPL_FOUND 0x10    /* a persistence template exists under the packet's key */
+#define XLB_TRACE_F_TMPL_HIT 0x20      /* it was in force and placed the connection */
+#define XLB_TRACE_F_SCHED 0x40         /* the scheduler picked the real (sched_idx) */
+
 #endif

@@ -6,6 +6,7 @@
 
 #include "maps.h"
 #include "parse.h"
+#include "trace.h"
 
 #ifndef AF_INET
 #define AF_INET 2
@@ -50,6 +51,7 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct pkt *p, str
 	/* bpf_fib_lookup replaces the destination with the gateway when there is one: DR needs the real on-link. */
 	if (r->family == XLB_AF_INET ? fib.ipv4_dst != r->addr[0] : !addr_eq(fib.ipv6_dst, r->addr))
 		return XLB_DROP_NOT_ONLINK;
+	XLB_TRACE_SCRATCH_NH(nh);
 	__builtin_memcpy(nh->dmac, fib.dmac, 6);
 	__builtin_memcpy(nh->smac, fib.smac, 6);
 	nh->ifindex = fib.ifindex;
@@ -63,6 +65,7 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct pkt *p, str
 static __always_inline int forward_dr(struct xdp_md *ctx, struct pkt *p, struct real *r, __u32 real_id,
 				      __u64 now, int *action)
 {
+	XLB_TRACE_NOTE(real_id, real_id);
 	struct nexthop *nh = 0;
 	int reason = nexthop_lookup(ctx, p, r, real_id, now, &nh);
 	if (reason) {

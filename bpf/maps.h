@@ -35,6 +35,8 @@ BPF_PERCPU_ARRAY(svc_stats, struct counters, XLB_MAX_SERVICES);
 BPF_PERCPU_ARRAY(real_stats, struct counters, XLB_MAX_REALS);
 BPF_PERCPU_ARRAY(mark_stats, struct counters, XLB_MAX_MARK_RULES);
 BPF_PERCPU_ARRAY(verdicts, struct counters, XLB_REASON_MAX);
+/* What the trace build decided for one packet (bpf/trace.h); one entry, never written by the live program. */
+BPF_ARRAY(trace_out, struct trace_rec, 1);
 
 /* Private to the data plane (not mirrored in Python). New connections are placed by a second program, reached by
  * a tail call, so the verifier checks scheduling from one entry state instead of every state the packet path

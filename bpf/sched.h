@@ -5,6 +5,7 @@
 #define XLB_SCHED_H
 
 #include "maps.h"
+#include "trace.h"
 
 /* murmur3's 32-bit finalizer. */
 static __always_inline __u32 mix32(__u32 h)
@@ -112,9 +113,11 @@ static __always_inline __u32 pick_rr(struct svc_meta *svc)
 		if (idx >= len)
 			idx = 0;
 		__u32 real_id = slot_real(svc, idx);
+		XLB_TRACE_NOTE(sched_idx, idx);
 		idx++;
 		if (real_takes(real_id)) {
-			*pos = idx;
+			if (!XLB_TRACING)
+				*pos = idx;
 			return real_id;
 		}
 	}
@@ -144,6 +147,7 @@ static __always_inline __u32 pick_real(struct svc_meta *svc, struct pkt *p)
 {
 	if (!svc->table_len)
 		return 0;
+	XLB_TRACE_FLAG(XLB_TRACE_F_SCHED);
 	switch (svc->sched) {
 	case XLB_SCHED_RR:
 		return pick_rr(svc);

@@ -3,10 +3,11 @@
 #define XLB_STATS_H
 
 #include "maps.h"
+#include "trace.h"
 
 static __always_inline void count(struct counters *c, __u64 bytes, __u64 new_conn)
 {
-	if (!c)
+	if (!c || XLB_TRACING)
 		return;
 	c->packets++;
 	c->bytes += bytes;
@@ -16,6 +17,7 @@ static __always_inline void count(struct counters *c, __u64 bytes, __u64 new_con
 /* Count the packet under its reason and return the XDP action. */
 static __always_inline int verdict(__u32 reason, int action, __u64 bytes)
 {
+	trace_verdict(reason, action);
 	count(verdicts.lookup(&reason), bytes, 0);
 	return action;
 }

@@ -130,4 +130,27 @@ struct nexthop {
 	__u32 pad;
 };
 
+/* trace_out: what the program decided for one traced packet. Written only by the trace build (-DXLB_TRACE,
+ * bpf/trace.h) run by `xlb trace` through BPF_PROG_TEST_RUN; the live program never writes it. */
+struct trace_rec {
+	__u64 now_ns;              /* the program's clock when it ran (coarse clock) */
+	__u64 conn_seen_ns;        /* connection entry found: last-seen time */
+	__u64 tmpl_last_new_ns;    /* template found: last new connection */
+	__u64 tmpl_held_until_ns;  /* template found: hold */
+	struct svc_key svc;        /* matched service's key */
+	__u32 flags;               /* XLB_TRACE_F_* */
+	__u32 reason;              /* enum xlb_reason of the verdict */
+	__u32 action;              /* XDP action */
+	__u32 mark;                /* firewall mark from the matching mark rule */
+	__u32 rule_id;             /* that rule's id (mark_stats index) */
+	__u32 svc_id;              /* matched service; a followed connection's service when no lookup ran */
+	__u32 conn_real_id;        /* connection entry found: its real */
+	__u32 tmpl_real_id;        /* template found: its real */
+	__u32 sched_idx;           /* scheduler's pick: index into the service's slot table */
+	__u32 real_id;             /* the real the packet is sent to; 0: none */
+	__u8 conn_state;           /* connection entry found: enum xlb_conn_state */
+	__u8 pad[7];
+	struct nexthop nh_scratch; /* where a next-hop lookup writes instead of the live nh_cache */
+};
+
 #endif

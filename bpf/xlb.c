@@ -12,6 +12,7 @@
 #include "persist.h"
 #include "sched.h"
 #include "fwd.h"
+#include "trace.h"
 
 /* Place a new connection of service svc: its persistence template when one is in force, else the scheduler.
  * Returns the real id (0: none available) and fills *r. */
@@ -24,10 +25,14 @@ static __always_inline __u32 place(struct pkt *p, struct svc_key *sk, struct svc
 	if (svc->flags & XLB_SVC_F_PERSIST) {
 		persist_key_of(sk, svc, p, &pk);
 		t = persist.lookup(&pk);
+		trace_tmpl(t);
 		if (t && persist_valid(t, svc, now)) {
 			real_id = t->real_id;
 			*r = reals.lookup(&real_id);
 			if (persist_real_ok(t, *r, svc)) {
+				XLB_TRACE_FLAG(XLB_TRACE_F_TMPL_HIT);
+				if (XLB_TRACING)
+					return real_id;
 				/* A new connection restarts the template's timer. */
 				t->last_new_ns = now;
 				__u64 until = now + conn_timeout(st, state);
@@ -41,6 +46,8 @@ static __always_inline __u32 place(struct pkt *p, struct svc_key *sk, struct svc
 	*r = reals.lookup(&real_id);
 	if (!real_id || !*r)
 		return 0;
+	if (XLB_TRACING)
+		return real_id;
 	if (svc->flags & XLB_SVC_F_PERSIST) {
 		struct persist nt = {
 			.last_new_ns = now,
@@ -78,10 +85,12 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 
 	/* Established flow: keep its real while it lives and the real is still configured. */
 	struct conn *c = conns.lookup(&ck);
+	trace_conn(c);
 	if (c && !conn_expired(c, st, now) && !conn_reused(c, p)) {
 		__u32 real_id = c->real_id;
 		struct real *r = reals.lookup(&real_id);
 		if (r && (r->flags & XLB_REAL_F_LIVE) && r->gen == c->real_gen) {
+			XLB_TRACE_FLAG(XLB_TRACE_F_CONN_HIT);
 			conn_touch(c, p, now);
 			count_flow(c->svc_id, real_id, bytes, 0);
 			reason = forward_dr(ctx, p, r, real_id, now, &action);
@@ -92,6 +101,7 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 
 	struct svc_key sk;
 	struct svc_meta *svc = lookup_service(p, st, &sk, bytes);
+	trace_svc(&sk, svc);
 	if (!svc)
 		return verdict(XLB_PASS_NO_SERVICE, XDP_PASS, bytes);
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & XLB_TCP_RST))
@@ -140,7 +150,7 @@ int xlb_new_conn(struct xdp_md *ctx)
 	conn_key_of(p, &ck);
 	if (h->has_old)
 		conn_forget(&h->old);
-	if (!conns.update(&ck, &nc))
+	if (!XLB_TRACING && !conns.update(&ck, &nc))
 		conn_count(real_id, state, 1, r);
 	count_flow(h->svc.id, real_id, bytes, 1);
 	int action = XDP_PASS;

@@ -136,3 +136,23 @@ class Program:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def relinked_build(live, cflags, map_names, log=None):
+    """bpf/xlb.c compiled with cflags (e.g. the trace build), returned as the instruction bytes of its entry
+    function with every map reference pointing at `live`'s same-named map: a variant that reads and writes the
+    live maps. Its own maps are freed before this returns (pass small table sizes: they are never used)."""
+    from .bpfsys import relink_maps
+    kheaders.ensure_kernel_headers(log=log)
+    bcc = _import_bcc()
+    src = inline_source(BPF_DIR / "xlb.c")
+    flags = [f"-I{BPF_DIR}", "-Wno-unused-function", *cflags]
+    try:
+        b = bcc.BPF(text=src.encode(), cflags=flags)
+    except Exception as exc:  # bcc raises bare Exception; its compiler output went to stderr
+        raise KernelError(f"could not compile bpf/xlb.c with {' '.join(cflags)}: {exc}") from exc
+    try:
+        fd_map = {b[name].map_fd: live[name].map_fd for name in map_names}
+        return relink_maps(b.dump_func(Program.FUNC.encode()), fd_map)
+    finally:
+        b.cleanup()

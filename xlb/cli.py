@@ -5,6 +5,8 @@ import sys
 from . import __version__
 from .errors import XlbError
 
+DEFAULT_METRICS_PORT = 9842  # = xlb/metrics.py DEFAULT_PORT (tests/test_metrics.py checks); the CLI imports lazily
+
 EXAMPLES = """examples:
   xlb check /etc/xlb/xlb.toml
   xlb check --keepalived /etc/keepalived/keepalived.conf --marks /etc/sysconfig/iptables
@@ -13,6 +15,9 @@ EXAMPLES = """examples:
   xlb run --iface eth0 --config xlb.toml --xdp-mode generic --force
   kill -HUP $(pidof xlb)      # re-read the config, apply only the difference
   kill -USR1 $(pidof xlb)     # print the counters
+  xlb run -i eth0 -c xlb.toml --metrics 127.0.0.1:9842   # Prometheus /metrics (see tools/prometheus.yml)
+  xlb top                     # live rates per service and real; q quits
+  xlb trace 203.0.113.7 198.51.100.10:80       # which real would a new connection get, and why
   xlb demo                    # a built-in topology in throwaway namespaces
 """
 
@@ -66,7 +71,7 @@ def _cmd_run(args):
                 log(f"xlb: warning: {w}")
         return getattr(res, "config", res)
     d = Daemon(args.iface, path, xdp_mode=args.xdp_mode, force=args.force, log=log, socket_path=args.socket,
-               load=load_config)
+               load=load_config, metrics=args.metrics)
     d.start()
     d.run()
     return 0
@@ -82,6 +87,25 @@ def _cmd_status(args):
         print(f"xlb pid {res['pid']} on {res['iface']} ({res['xdp_mode']}), config {res['config']}: "
               f"{res['summary']}")
     return 0
+
+
+def _cmd_trace(args):
+    import json
+    from . import control
+    from .trace import render
+    res = control.call("trace", path=args.socket, src=args.src, dst=args.dst, proto=args.proto)
+    print(json.dumps(res, indent=2) if args.json else render(res))
+    return 0
+
+
+def _cmd_top(args):
+    from . import control
+    from .top import run
+    if args.interval <= 0 or (args.iterations is not None and args.iterations < 1):
+        print("xlb: error: --interval must be positive and --iterations at least 1", file=sys.stderr)
+        return 2
+    iterations = 1 if args.once else args.iterations
+    return run(lambda: control.call("stats", path=args.socket), interval=args.interval, iterations=iterations)
 
 
 def _cmd_demo(args):
@@ -111,6 +135,9 @@ def build_parser():
                      help="native (driver) XDP, or generic (skb) mode for drivers without it")
     run.add_argument("--force", action="store_true", help="replace an XDP program already on the interface")
     run.add_argument("--socket", help="control socket (default /run/xlb/IFACE.sock)")
+    run.add_argument("--metrics", nargs="?", const=f"127.0.0.1:{DEFAULT_METRICS_PORT}", metavar="[ADDR:]PORT",
+                     help="serve Prometheus /metrics (default off; a bare port or no value binds 127.0.0.1, "
+                          f"default port {DEFAULT_METRICS_PORT})")
     run.set_defaults(func=_cmd_run, parser=run)
 
     chk = sub.add_parser("check", help="validate a config without root; non-zero exit names the bad field")
@@ -122,6 +149,25 @@ def build_parser():
     st.add_argument("--socket", help="control socket of the daemon (default: the only one under /run/xlb/)")
     st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(func=_cmd_status)
+
+    tr = sub.add_parser("trace", help="ask the loaded program what it would do with a new connection; "
+                        "changes nothing", epilog="examples:\n  xlb trace 203.0.113.7 198.51.100.10:80\n"
+                        "  xlb trace 203.0.113.7:40000 198.51.100.10:53 --proto udp\n"
+                        "  xlb trace [2001:db8::7] [2001:db8:100::10]:443 --json",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("src", metavar="SRC[:PORT]", help="client address; without a port, a port with no connection")
+    tr.add_argument("dst", metavar="DST:PORT", help="destination (VIP) and port")
+    tr.add_argument("--proto", choices=("tcp", "udp"), default="tcp", help="default tcp (a SYN)")
+    tr.add_argument("--socket", help="control socket of the daemon (default: the only one under /run/xlb/)")
+    tr.add_argument("--json", action="store_true", help="print JSON")
+    tr.set_defaults(func=_cmd_trace)
+
+    top = sub.add_parser("top", help="live rates per service and real, refreshed like top (q quits)")
+    top.add_argument("--interval", "-d", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    top.add_argument("--once", action="store_true", help="print one frame (rates over one interval) and exit")
+    top.add_argument("--iterations", "-n", type=int, help="print N frames one after another and exit")
+    top.add_argument("--socket", help="control socket of the daemon (default: the only one under /run/xlb/)")
+    top.set_defaults(func=_cmd_top)
 
     demo = sub.add_parser("demo", help="build a demo topology in namespaces, balance traffic, tear it down")
     demo.set_defaults(func=_cmd_demo)

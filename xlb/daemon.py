@@ -14,7 +14,9 @@ from pyroute2 import IPRoute
 
 from . import config as xconfig
 from . import control
+from . import metrics
 from . import stats
+from . import trace  # noqa: F401  registers the `trace` control command
 from .bpfprog import Program, cflags_for
 from .dataplane import DataPlane
 from .errors import ConfigError, KernelError, XlbError
@@ -48,7 +50,7 @@ def ifindex_of(ifname):
 
 class Daemon:
     def __init__(self, iface, config_path, xdp_mode="native", force=False, log=print, socket_path=None,
-                 load=None):
+                 load=None, metrics=None):
         self.iface = iface
         # Where the config comes from (start and SIGHUP): the TOML file, or e.g. a keepalived import (cli.py).
         self.load = load or (lambda: xconfig.load(config_path))
@@ -66,6 +68,11 @@ class Daemon:
         self._dump = False
         self._stop = False
         self._no_neigh = 0
+        self.metrics = metrics               # --metrics ADDR:PORT, or None
+        self.metrics_endpoint = None
+        self.reloads = dict.fromkeys(("success", "rejected", "failed"), 0)   # exported by xlb/metrics.py
+        self.last_reload_success = None      # Unix time the running config was applied
+        self.tracer = None                   # xlb/trace.py, built on the first `trace` command
 
     def _install_signals(self):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
@@ -84,10 +91,14 @@ class Daemon:
         try:
             self.dp = DataPlane(self.prog, cfg.tables)
             self.dp.apply(cfg)
+            self.last_reload_success = time.time()
             enable_forwarding(self.iface, self.log)
             self._neighbours()
             self.control = control.Server(self.socket_path, self.dispatch, log=self.log)
             self.control.start()
+            if self.metrics:
+                self.metrics_endpoint = metrics.serve_daemon(self, self.metrics)
+                self.log(f"xlb: serving Prometheus metrics on http://{self.metrics_endpoint.where}/metrics")
             self.prog.attach(self.iface, self.xdp_mode, self.force)
         except BaseException:
             self.close()
@@ -119,11 +130,15 @@ class Daemon:
             self.dp.apply(cfg)
         except ConfigError as exc:
             self.log(f"xlb: reload rejected, running config unchanged: {exc}")
+            self.reloads["rejected"] += 1
             return False
         except XlbError as exc:
             # Checked configs fail here only if the kernel refuses a map write: keep serving, say so.
             self.log(f"xlb: reload failed while applying, some changes may be in force: {exc}")
+            self.reloads["failed"] += 1
             return False
+        self.reloads["success"] += 1
+        self.last_reload_success = time.time()
         self._neighbours()
         self.log(f"xlb: reloaded {self.config_path}: {self._summary(cfg)}")
         return True
@@ -175,6 +190,12 @@ class Daemon:
             self.close()
 
     def close(self):
+        if self.metrics_endpoint:
+            self.metrics_endpoint.close()
+            self.metrics_endpoint = None
+        if self.tracer:
+            self.tracer.close()
+            self.tracer = None
         if self.control:
             self.control.close()
             self.control = None

@@ -51,6 +51,8 @@ REAL_F_LIVE = DEFINES["XLB_REAL_F_LIVE"]
 RC_F_OVERLOAD = DEFINES["XLB_RC_F_OVERLOAD"]
 CAND_MAX = DEFINES["XLB_CAND_MAX"]
 SET_F_MARKS = DEFINES["XLB_SET_F_MARKS"]
+# trace_rec.flags, by name: {"conn_found": 0x1, ...}
+TRACE_F = {k[len("XLB_TRACE_F_"):].lower(): v for k, v in DEFINES.items() if k.startswith("XLB_TRACE_F_")}
 
 
 class SvcKey(ct.Structure):
@@ -115,6 +117,14 @@ class Nexthop(ct.Structure):
                 ("smac", _u8 * 6), ("pad", _u32)]
 
 
+class TraceRec(ct.Structure):
+    _fields_ = [("now_ns", _u64), ("conn_seen_ns", _u64), ("tmpl_last_new_ns", _u64), ("tmpl_held_until_ns", _u64),
+                ("svc", SvcKey), ("flags", _u32), ("reason", _u32), ("action", _u32), ("mark", _u32),
+                ("rule_id", _u32), ("svc_id", _u32), ("conn_real_id", _u32), ("tmpl_real_id", _u32),
+                ("sched_idx", _u32), ("real_id", _u32), ("conn_state", _u8), ("pad", _u8 * 7),
+                ("nh_scratch", Nexthop)]
+
+
 # Which mirror stands for which map's key and value (None: a plain integer type).
 MAP_TYPES = {
     "services": (SvcKey, SvcMeta),
@@ -132,6 +142,7 @@ MAP_TYPES = {
     "real_stats": (None, Counters),
     "mark_stats": (None, Counters),
     "verdicts": (None, Counters),
+    "trace_out": (None, TraceRec),
 }
 
 # Maps private to the data plane (bpf/maps.h, end): no mirror, the control plane never reads them.

@@ -1,0 +1,125 @@
+"""Raw bpf(2) commands that bcc does not offer in the shape we need (no bcc import here):
+
+- ``lookup_batch``: read a whole map (or the first n entries of an array) into two flat byte buffers, for
+  scrapes of thousands of per-CPU counters and for counting entries without a Python object per entry;
+- ``prog_load_xdp``: load an XDP program from instruction bytes (the trace build, relinked to the live maps).
+"""
+import ctypes as ct
+import errno
+import os
+
+from .errors import KernelError
+
+_SYS_BPF = 321  # x86_64
+_BPF_PROG_LOAD = 5
+_BPF_MAP_LOOKUP_BATCH = 24
+BPF_PROG_TYPE_XDP = 6
+BPF_PSEUDO_MAP_FD = 1
+BPF_LD_IMM64 = 0x18
+
+_libc = ct.CDLL(None, use_errno=True)
+_libc.syscall.restype = ct.c_long
+
+
+def _bpf(cmd, attr):
+    if _libc.syscall(_SYS_BPF, cmd, ct.byref(attr), ct.sizeof(attr)) < 0:
+        return -ct.get_errno()
+    return 0
+
+
+class _BatchAttr(ct.Structure):
+    # union bpf_attr, the BPF_MAP_*_BATCH member
+    _fields_ = [("in_batch", ct.c_uint64), ("out_batch", ct.c_uint64), ("keys", ct.c_uint64),
+                ("values", ct.c_uint64), ("count", ct.c_uint32), ("map_fd", ct.c_uint32),
+                ("elem_flags", ct.c_uint64), ("flags", ct.c_uint64)]
+
+
+def iter_batches(map_fd, key_size, value_size, limit, chunk=4096):
+    """Read up to `limit` entries of a map in chunks: yields (keys, values, n), flat buffers of n keys and n
+    values in map order, reused between chunks (copy what you keep).
+
+    value_size is what the kernel copies per entry: for per-CPU maps, round_up(size, 8) * possible CPUs.
+    For an array, the first `limit` indexes; for a hash, every entry (limit = max_entries)."""
+    chunk = max(1, min(chunk, limit))
+    keys = ct.create_string_buffer(key_size * chunk)
+    values = ct.create_string_buffer(value_size * chunk)
+    token = ct.create_string_buffer(max(key_size, 8))  # batch position, opaque (a key or a bucket index)
+    total = 0
+    first = True
+    while total < limit:
+        want = min(chunk, limit - total)
+        if want * key_size > len(keys):  # a bucket larger than chunk (see below)
+            keys = ct.create_string_buffer(want * key_size)
+            values = ct.create_string_buffer(want * value_size)
+        attr = _BatchAttr(in_batch=0 if first else ct.addressof(token), out_batch=ct.addressof(token),
+                          keys=ct.addressof(keys), values=ct.addressof(values), count=want, map_fd=map_fd)
+        rc = _bpf(_BPF_MAP_LOOKUP_BATCH, attr)
+        if rc == -errno.ENOSPC and attr.count == 0 and chunk < limit - total:
+            # A hash bucket holds more entries than `chunk`: retry from the same place with room for them all.
+            chunk = limit - total
+            continue
+        if rc < 0 and rc != -errno.ENOENT:
+            raise KernelError(f"reading map fd {map_fd} in batches failed: {os.strerror(-rc)}")
+        first = False
+        total += attr.count
+        if attr.count:
+            yield keys, values, attr.count
+        if rc == -errno.ENOENT:
+            return  # the end of the map
+
+
+def lookup_batch(map_fd, key_size, value_size, limit, chunk=4096):
+    """Up to `limit` entries as (keys bytes, values bytes, n), all in one pair of buffers."""
+    ks, vs, total = [], [], 0
+    for keys, values, n in iter_batches(map_fd, key_size, value_size, limit, chunk):
+        ks.append(keys.raw[:key_size * n])
+        vs.append(values.raw[:value_size * n])
+        total += n
+    return b"".join(ks), b"".join(vs), total
+
+
+class _ProgLoadAttr(ct.Structure):
+    # union bpf_attr, the BPF_PROG_LOAD member, up to expected_attach_type; the rest stays zero
+    _fields_ = [("prog_type", ct.c_uint32), ("insn_cnt", ct.c_uint32), ("insns", ct.c_uint64),
+                ("license", ct.c_uint64), ("log_level", ct.c_uint32), ("log_size", ct.c_uint32),
+                ("log_buf", ct.c_uint64), ("kern_version", ct.c_uint32), ("prog_flags", ct.c_uint32),
+                ("prog_name", ct.c_char * 16), ("prog_ifindex", ct.c_uint32), ("expected_attach_type", ct.c_uint32),
+                ("_rest", ct.c_uint8 * 96)]
+
+
+def prog_load_xdp(insns: bytes, name="xlb", license=b"GPL"):
+    """Load XDP instructions; return the program fd (the caller closes it). On a verifier refusal the error
+    carries the end of the verifier's log."""
+    buf = ct.create_string_buffer(bytes(insns), len(insns))
+    lic = ct.create_string_buffer(license)
+    for log_size in (0, 1 << 24):
+        log = ct.create_string_buffer(log_size) if log_size else None
+        attr = _ProgLoadAttr(prog_type=BPF_PROG_TYPE_XDP, insn_cnt=len(insns) // 8, insns=ct.addressof(buf),
+                             license=ct.addressof(lic), log_level=1 if log_size else 0, log_size=log_size,
+                             log_buf=ct.addressof(log) if log else 0, prog_name=name.encode()[:15])
+        fd = _libc.syscall(_SYS_BPF, _BPF_PROG_LOAD, ct.byref(attr), ct.sizeof(attr))
+        if fd >= 0:
+            return fd
+        err = ct.get_errno()
+        if log is not None:
+            tail = log.value.decode(errors="replace").strip().splitlines()[-20:]
+            raise KernelError(f"the kernel refused program {name!r}: {os.strerror(err)}\n" + "\n".join(tail))
+    raise AssertionError("unreachable")
+
+
+def relink_maps(insns: bytes, fd_map: dict) -> bytes:
+    """The instructions with every map reference (BPF_LD_IMM64 with src_reg BPF_PSEUDO_MAP_FD) to a map fd in
+    fd_map replaced by fd_map[fd]. A reference to an fd not in fd_map is an error (it would dangle)."""
+    out = bytearray(insns)
+    i = 0
+    while i + 16 <= len(out):
+        if out[i] == BPF_LD_IMM64:
+            if out[i + 1] >> 4 == BPF_PSEUDO_MAP_FD:
+                fd = int.from_bytes(out[i + 4:i + 8], "little", signed=True)
+                if fd not in fd_map:
+                    raise KernelError(f"instruction {i // 8} references map fd {fd}, which has no live twin")
+                out[i + 4:i + 8] = fd_map[fd].to_bytes(4, "little", signed=True)
+            i += 16  # a wide instruction: two slots
+        else:
+            i += 8
+    return bytes(out)
