@@ -115,12 +115,13 @@ class DrLab:
                 t.spawn(ns, tcp_line_name_server, f"rs{i + 1}", listen)
 
     # -- xlb --------------------------------------------------------------------------------------------------
-    def start_xlb(self, config_text, timeout=60.0, xdp_mode="generic", log_path=None):
+    def start_xlb(self, config_text, timeout=60.0, xdp_mode="generic", log_path=None, extra_args=()):
         """Run `xlb run` in the LB namespace with this config; return once the program is attached.
 
         The lab runs generic XDP: native XDP_TX from a veth into a bridge port loses the frames here (known,
         under investigation); native mode's packet path is covered by the BPF_PROG_TEST_RUN fixtures.
-        With `log_path`, the daemon's stdout and stderr are appended to that file instead of the caller's.
+        With `log_path`, the daemon's stdout and stderr are appended to that file instead of the caller's;
+        `extra_args` go to `xlb run` as they are (e.g. ("--metrics", "127.0.0.1:9842")).
         """
         fd, self.config_path = tempfile.mkstemp(prefix="xlb-lab-", suffix=".toml")
         with os.fdopen(fd, "w") as f:
@@ -128,7 +129,7 @@ class DrLab:
         # A socket of its own: labs run in parallel and must not meet at /run/xlb/eth0.sock.
         self.socket_path = os.path.join(tempfile.mkdtemp(prefix="xlb-lab-"), "xlb.sock")
         argv = ["run", "--iface", "eth0", "--config", self.config_path, "--xdp-mode", xdp_mode,
-                "--socket", self.socket_path]
+                "--socket", self.socket_path, *extra_args]
         if log_path:
             self.daemon = self.topo.spawn(self.lb, run_xlb_logged, log_path, argv)
         else:

@@ -1,0 +1,418 @@
+"""Prometheus metrics (xlb/metrics.py): exact counter values after known traffic, through BPF_PROG_TEST_RUN and through
+a live `xlb run --metrics` in a DR lab; every metric the Grafana dashboard queries exists in a live scrape."""
+import json
+import re
+import signal
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import needs_root
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+
+from xlb import metrics
+from xlb.demo import CLIENTS4, REALS4, VIP4, DrLab
+from xlb.errors import XlbError
+from xlb.netns import run_in_netns
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def samples(text):
+    """{(sample name, frozenset(labels)): value} of an exposition text."""
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(scrape, name, **labels):
+    return scrape[(name, frozenset(labels.items()))]
+
+
+def scrape_dp(dp, daemon_state=None):
+    reg = CollectorRegistry()
+    reg.register(metrics.XlbCollector(dp, daemon_state))
+    return samples(generate_latest(reg).decode())
+
+
+# -- pure ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text,want", [
+    ("9842", ("127.0.0.1", 9842)),
+    ("0.0.0.0:9100", ("0.0.0.0", 9100)),
+    ("[::1]:9100", ("::1", 9100)),
+    ("198.18.0.2:80", ("198.18.0.2", 80)),
+])
+def test_parse_listen(text, want):
+    assert metrics.parse_listen(text) == want
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("0", "port must be 1..65535"), ("localhost:9100", "is not an IP address"), ("[::1]9100", "[IPv6]:PORT"),
+    ("1.2.3.4:99999", "port must be 1..65535"),
+])
+def test_parse_listen_rejects(text, msg):
+    with pytest.raises(XlbError, match=re.escape(msg)):
+        metrics.parse_listen(text)
+
+
+def test_cli_default_port_is_the_modules():
+    from xlb import cli
+    assert cli.DEFAULT_METRICS_PORT == metrics.DEFAULT_PORT
+    args = cli.build_parser().parse_args(["run", "-i", "eth0", "-c", "x.toml", "--metrics"])
+    assert args.metrics == f"127.0.0.1:{metrics.DEFAULT_PORT}"
+    args = cli.build_parser().parse_args(["run", "-i", "eth0", "-c", "x.toml"])
+    assert args.metrics is None
+
+
+def test_register_does_not_read_maps():
+    """describe() names the families, so registering needs no data plane at all."""
+    collector = metrics.XlbCollector(dp=None)   # any map read would fail on None
+    CollectorRegistry().register(collector)
+    suffix = {"counter": "_total", "info": "_info"}
+    names = {fam.name + suffix.get(fam.type, "") for fam in collector.describe()}
+    assert {"xlb_service_packets_total", "xlb_real_active_connections", "xlb_verdict_packets_total",
+            "xlb_config_reloads_total", "xlb_build_info"} <= names
+
+
+# -- through BPF_PROG_TEST_RUN ---------------------------------------------------------------------------------------
+BENCH_CONFIG = """
+[[mark]]
+mark = 5
+proto = "tcp"
+dst = "198.51.100.20/32"
+ports = [80, 443]
+
+[[service]]
+fwmark = 5
+scheduler = "rr"
+persistence_timeout = 300
+persistence_netmask = "255.255.255.0"
+  [[service.real]]
+  address = "198.18.0.13"
+
+[[service]]
+vip = "198.51.100.10"
+port = 80
+proto = "tcp"
+scheduler = "rr"
+  [[service.real]]
+  address = "198.18.0.11"
+  [[service.real]]
+  address = "198.18.0.12"
+  [[service.real]]
+  address = "198.18.0.13"
+  weight = 0
+"""
+
+
+def _tcp(dst, sport, dport=80, flags="S", payload=b"", src="203.0.113.7"):
+    from harness import tcp4
+    return tcp4(src=src, dst=dst, sport=sport, dport=dport, flags=flags, payload=payload)
+
+
+@needs_root
+def test_exact_counters_after_known_packets(bench):
+    dp = bench.reset(BENCH_CONFIG)
+    svc80 = "tcp/198.51.100.10:80"
+    # 4 connections to :80 (rr over two reals with weight): SYN (54 B) then an ACK with 10 bytes (64 B) each.
+    for i in range(4):
+        assert bench.run(_tcp("198.51.100.10", 41000 + i))[0] == "XDP_TX"
+        assert bench.run(_tcp("198.51.100.10", 41000 + i, flags="A", payload=b"0123456789"))[0] == "XDP_TX"
+    # 3 connections through mark 5 (80 and 443 of .20), two clients of one /24 and one of another.
+    for src, port in (("203.0.113.7", 80), ("203.0.113.8", 443), ("192.0.2.9", 443)):
+        assert bench.run(_tcp("198.51.100.20", 42000, dport=port, src=src))[0] == "XDP_TX"
+    # One malformed packet: TCP data offset 4.
+    bad = Ether(bytes(_tcp("198.51.100.10", 43000)))
+    bad[TCP].dataofs = 4
+    assert bench.run(bad)[0] == "XDP_DROP"
+
+    m = scrape_dp(dp)
+    assert value(m, "xlb_service_connections_total", service=svc80) == 4
+    assert value(m, "xlb_service_packets_total", service=svc80) == 8
+    assert value(m, "xlb_service_bytes_total", service=svc80) == 4 * 54 + 4 * 64
+    by_real = {r: value(m, "xlb_real_connections_total", service=svc80, real=r)
+               for r in ("198.18.0.11", "198.18.0.12", "198.18.0.13")}
+    assert by_real == {"198.18.0.11": 2, "198.18.0.12": 2, "198.18.0.13": 0}
+    assert value(m, "xlb_real_packets_total", service=svc80, real="198.18.0.11") == 4
+    assert value(m, "xlb_real_bytes_total", service=svc80, real="198.18.0.12") == 2 * 54 + 2 * 64
+    assert value(m, "xlb_service_connections_total", service="fwm/5") == 3
+    assert value(m, "xlb_mark_rule_hits_total", mark="5", proto="tcp", dst="198.51.100.20/32", ports="80,443") == 3
+    assert value(m, "xlb_service_persistence_templates", service="fwm/5") == 2   # 203.0.113.0/24, 192.0.2.0/24
+    assert value(m, "xlb_service_persistence_templates", service=svc80) == 0
+    # The ACKs made the :80 connections established; the fwm ones are still at SYN.
+    assert value(m, "xlb_real_active_connections", service=svc80, real="198.18.0.11") == 2
+    assert value(m, "xlb_real_inactive_connections", service=svc80, real="198.18.0.11") == 0
+    assert value(m, "xlb_real_inactive_connections", service="fwm/5", real="198.18.0.13") == 3
+    assert value(m, "xlb_table_entries", table="connections") == 7
+    assert value(m, "xlb_table_entries", table="templates") == 2
+    assert value(m, "xlb_table_capacity", table="connections") == dp.m["conns"].max_entries
+    assert value(m, "xlb_verdict_packets_total", verdict="fwd", reason="fwd_tx") == 11
+    assert value(m, "xlb_verdict_packets_total", verdict="drop", reason="drop_bad_tcp") == 1
+    assert value(m, "xlb_verdict_bytes_total", verdict="drop", reason="drop_bad_tcp") == len(bytes(bad))
+    assert value(m, "xlb_verdict_packets_total", verdict="pass", reason="pass_no_service") == 0
+    assert value(m, "xlb_real_weight", service=svc80, real="198.18.0.13") == 0
+    assert value(m, "xlb_real_state", service=svc80, real="198.18.0.13", state="quiescent") == 1
+    assert value(m, "xlb_real_state", service=svc80, real="198.18.0.13", state="available") == 0
+    assert value(m, "xlb_real_state", service=svc80, real="198.18.0.11", state="available") == 1
+    # Every reason is exported, counted or not.
+    reasons = {dict(labels)["reason"] for name, labels in m if name == "xlb_verdict_packets_total"}
+    from xlb.structs import REASONS
+    assert reasons == set(REASONS.values())
+
+
+@needs_root
+def test_scrape_reads_the_maps_each_time(bench):
+    """No copy in Python: a packet between two scrapes shows in the second."""
+    dp = bench.reset(BENCH_CONFIG)
+    reg = CollectorRegistry()
+    reg.register(metrics.XlbCollector(dp))
+    key = ("xlb_service_packets_total", frozenset({"service": "tcp/198.51.100.10:80"}.items()))
+    assert samples(generate_latest(reg).decode())[key] == 0
+    bench.run(_tcp("198.51.100.10", 44000))
+    assert samples(generate_latest(reg).decode())[key] == 1
+
+
+@needs_root
+def test_collector_takes_the_daemon_lock(bench):
+    """A scrape waits while the daemon holds its lock (a reload or sweep in progress)."""
+    import threading
+
+    class State:
+        lock = threading.RLock()
+        reloads = {"success": 2, "rejected": 1}
+        last_reload_success = 1700000000.0
+
+    dp = bench.reset(BENCH_CONFIG)
+    reg = CollectorRegistry()
+    reg.register(metrics.XlbCollector(dp, State))
+    done = threading.Event()
+    result = {}
+
+    def scrape():
+        result["m"] = samples(generate_latest(reg).decode())
+        done.set()
+
+    with State.lock:
+        t = threading.Thread(target=scrape)
+        t.start()
+        assert not done.wait(0.3), "the scrape read the maps while the daemon held its lock"
+    t.join(10)
+    m = result["m"]
+    assert value(m, "xlb_config_reloads_total", result="success") == 2
+    assert value(m, "xlb_config_reloads_total", result="rejected") == 1
+    assert value(m, "xlb_config_reloads_total", result="failed") == 0
+    assert value(m, "xlb_config_last_reload_success_timestamp_seconds") == 1700000000.0
+
+
+# -- a live daemon -------------------------------------------------------------------------------------------------
+METRICS_PORT = 9842
+LAB_CONFIG = f"""
+[[mark]]
+mark = 7
+proto = "tcp"
+dst = "{VIP4}/32"
+ports = [443]
+
+[[service]]
+fwmark = 7
+scheduler = "rr"
+persistence_timeout = 300
+{''.join(f'''
+  [[service.real]]
+  address = "{r}"
+''' for r in REALS4)}
+[[service]]
+vip = "{VIP4}"
+port = 80
+proto = "tcp"
+scheduler = "rr"
+{''.join(f'''
+  [[service.real]]
+  address = "{r}"
+''' for r in REALS4)}
+[[service]]
+vip = "{VIP4}"
+port = 53
+proto = "udp"
+scheduler = "rr"
+{''.join(f'''
+  [[service.real]]
+  address = "{r}"
+''' for r in REALS4)}"""
+
+UDP_PAYLOAD = b"x" * 100
+UDP_FRAME = 14 + 20 + 8 + len(UDP_PAYLOAD)
+
+
+def fetch(url):
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.read().decode()
+
+
+def send_udp(src, dst, port, payload, count):
+    """count datagrams, each from its own source port (each a new connection)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(s)
+            s.bind((src, 0))
+            s.sendto(payload, (dst, port))
+    finally:
+        for s in socks:
+            s.close()
+
+
+def send_frame(ifname, frame):
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((ifname, 0))
+        s.send(frame)
+
+
+def wait_for(pred, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def lab():
+    import os
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with DrLab(prefix="xom") as lab:
+        lab.start_xlb(LAB_CONFIG, extra_args=("--metrics", str(METRICS_PORT)))
+        lab.scrape = lambda: samples(run_in_netns(lab.lb, fetch, f"http://127.0.0.1:{METRICS_PORT}/metrics"))
+        yield lab
+
+
+TCP80, UDP53 = f"tcp/{VIP4}:80", f"udp/{VIP4}:53"
+
+
+@needs_root
+def test_live_scrape_exact_counts(lab):
+    for c in CLIENTS4:                                   # 6 TCP connections to :80
+        assert lab.ask(c, VIP4, 80) in {"rs1", "rs2", "rs3"}
+    first = lab.ask(CLIENTS4[0], VIP4, 443)              # 2 through mark 7, one client: one template
+    assert lab.ask(CLIENTS4[0], VIP4, 443) == first
+    run_in_netns(lab.cl, send_udp, CLIENTS4[1], VIP4, 53, UDP_PAYLOAD, 5)
+    bad = Ether(dst="ff:ff:ff:ff:ff:ff") / IP(src=CLIENTS4[2], dst=VIP4) / TCP(sport=1234, dport=80, dataofs=4)
+    run_in_netns(lab.cl, send_frame, "eth0", bytes(bad))
+
+    m = wait_for(lambda: (lambda m: m if value(m, "xlb_verdict_packets_total", verdict="drop",
+                                               reason="drop_bad_tcp") == 1
+                          and sum(value(m, "xlb_real_inactive_connections", service=s, real=r)
+                                  for s in (TCP80, UDP53, "fwm/7") for r in REALS4) == 13 else None)(lab.scrape()),
+                 what="the traffic in the counters")
+    assert value(m, "xlb_service_connections_total", service=TCP80) == 6
+    assert sum(value(m, "xlb_real_connections_total", service=TCP80, real=r) for r in REALS4) == 6
+    assert value(m, "xlb_service_connections_total", service="fwm/7") == 2
+    assert value(m, "xlb_mark_rule_hits_total", mark="7", proto="tcp", dst=f"{VIP4}/32", ports="443") == 2
+    assert value(m, "xlb_service_persistence_templates", service="fwm/7") == 1
+    assert value(m, "xlb_service_packets_total", service=UDP53) == 5
+    assert value(m, "xlb_service_bytes_total", service=UDP53) == 5 * UDP_FRAME
+    assert value(m, "xlb_service_connections_total", service=UDP53) == 5
+    assert sum(value(m, "xlb_real_bytes_total", service=UDP53, real=r) for r in REALS4) == 5 * UDP_FRAME
+    # Every TCP connection is closed (FIN seen) and UDP is never "active": 6 + 2 + 5 inactive, none active.
+    assert sum(value(m, "xlb_real_active_connections", service=s, real=r)
+               for s in (TCP80, UDP53, "fwm/7") for r in REALS4) == 0
+    assert value(m, "xlb_table_entries", table="connections") == 13
+    forwarded = sum(value(m, "xlb_service_packets_total", service=s) for s in (TCP80, UDP53, "fwm/7"))
+    assert value(m, "xlb_verdict_packets_total", verdict="fwd", reason="fwd_tx") == forwarded
+    assert value(m, "xlb_verdict_bytes_total", verdict="drop", reason="drop_bad_tcp") == len(bytes(bad))
+    assert value(m, "xlb_build_info", version=__import__("xlb").__version__,
+                 kernel=__import__("os").uname().release) == 1
+
+
+@needs_root
+def test_live_reload_counters(lab):
+    before = lab.scrape()
+    t0 = value(before, "xlb_config_last_reload_success_timestamp_seconds")
+    ok0 = value(before, "xlb_config_reloads_total", result="success")
+    rej0 = value(before, "xlb_config_reloads_total", result="rejected")
+    lab.signal_xlb(signal.SIGHUP)
+    m = wait_for(lambda: (lambda m: m if value(m, "xlb_config_reloads_total", result="success") == ok0 + 1
+                          else None)(lab.scrape()), what="a successful reload counted")
+    assert value(m, "xlb_config_last_reload_success_timestamp_seconds") > t0
+    t1 = value(m, "xlb_config_last_reload_success_timestamp_seconds")
+    lab.rewrite_config(LAB_CONFIG.replace("scheduler = \"rr\"", "scheduler = \"nope\"", 1))
+    try:
+        lab.signal_xlb(signal.SIGHUP)
+        m = wait_for(lambda: (lambda m: m if value(m, "xlb_config_reloads_total", result="rejected") == rej0 + 1
+                              else None)(lab.scrape()), what="a rejected reload counted")
+        assert value(m, "xlb_config_last_reload_success_timestamp_seconds") == t1
+        assert value(m, "xlb_config_reloads_total", result="success") == ok0 + 1
+    finally:
+        lab.rewrite_config(LAB_CONFIG)
+
+
+def dashboard_metrics():
+    """Every xlb_* series name the Grafana dashboard's queries use."""
+    dash = json.loads((REPO / "tools" / "grafana-xlb.json").read_text())
+    exprs = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("expr", "query") and isinstance(v, str):
+                    exprs.append(v)
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(dash)
+    return {name for e in exprs for name in re.findall(r"\b(xlb_[a-z0-9_]+)", e)}
+
+
+def test_dashboard_has_the_expected_panels():
+    names = dashboard_metrics()
+    assert len(names) >= 10, names
+    dash = json.loads((REPO / "tools" / "grafana-xlb.json").read_text())
+    titles = " ".join(p.get("title", "") for p in dash["panels"]).lower()
+    for word in ("connections per second", "packets", "bytes", "active", "drops", "table", "reloads"):
+        assert word in titles, word
+
+
+@needs_root
+def test_every_dashboard_metric_is_in_a_live_scrape(lab):
+    names = {name for name, _ in lab.scrape()}
+    missing = dashboard_metrics() - names
+    assert not missing, f"the dashboard queries metrics a live xlb does not export: {sorted(missing)}"
+
+
+def test_prometheus_example_scrapes_the_default_port():
+    text = (REPO / "tools" / "prometheus.yml").read_text()
+    assert f":{metrics.DEFAULT_PORT}" in text
+    assert "job_name" in text and "xlb" in text
+
+
+@needs_root
+def test_top_once_against_the_daemon(lab):
+    out = run_in_netns(lab.lb, _cli_output, ["top", "--once", "--interval", "0.5", "--socket", lab.socket_path])
+    assert out.startswith("xlb top - every 0.")
+    for name in (TCP80, UDP53, "fwm/7") + tuple(REALS4):
+        assert name in out, name
+
+
+def _cli_output(argv):
+    import contextlib
+    import io
+    from xlb.cli import main
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(argv)
+    assert rc == 0, buf.getvalue()
+    return buf.getvalue()
+
