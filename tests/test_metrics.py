@@ -4,12 +4,12 @@ import json
 import re
 import signal
 import socket
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import needs_root
+from test_integration import wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import IP, TCP
@@ -213,39 +213,16 @@ def test_collector_takes_the_daemon_lock(bench):
 
 # -- a live daemon -------------------------------------------------------------------------------------------------
 METRICS_PORT = 9842
+REALS_TOML = "".join(f'\n  [[service.real]]\n  address = "{r}"\n' for r in REALS4)
 LAB_CONFIG = f"""
 [[mark]]
 mark = 7
 proto = "tcp"
 dst = "{VIP4}/32"
 ports = [443]
-
-[[service]]
-fwmark = 7
-scheduler = "rr"
-persistence_timeout = 300
-{''.join(f'''
-  [[service.real]]
-  address = "{r}"
-''' for r in REALS4)}
-[[service]]
-vip = "{VIP4}"
-port = 80
-proto = "tcp"
-scheduler = "rr"
-{''.join(f'''
-  [[service.real]]
-  address = "{r}"
-''' for r in REALS4)}
-[[service]]
-vip = "{VIP4}"
-port = 53
-proto = "udp"
-scheduler = "rr"
-{''.join(f'''
-  [[service.real]]
-  address = "{r}"
-''' for r in REALS4)}"""
+""" + "".join(f"\n[[service]]\n{ident}\nscheduler = \"rr\"\n{REALS_TOML}" for ident in (
+    "fwmark = 7\npersistence_timeout = 300", f'vip = "{VIP4}"\nport = 80\nproto = "tcp"',
+    f'vip = "{VIP4}"\nport = 53\nproto = "udp"'))
 
 UDP_PAYLOAD = b"x" * 100
 UDP_FRAME = 14 + 20 + 8 + len(UDP_PAYLOAD)
@@ -274,17 +251,6 @@ def send_frame(ifname, frame):
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
         s.bind((ifname, 0))
         s.send(frame)
-
-
-def wait_for(pred, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

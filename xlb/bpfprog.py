@@ -152,7 +152,7 @@ def relinked_build(live, cflags, map_names, log=None):
     except Exception as exc:  # bcc raises bare Exception; its compiler output went to stderr
         raise KernelError(f"could not compile bpf/xlb.c with {' '.join(cflags)}: {exc}") from exc
     try:
-        fd_map = {b[name].map_fd: live[name].map_fd for name in map_names}
+        fd_map = {b[name.encode()].map_fd: live[name].map_fd for name in map_names}
         return relink_maps(b.dump_func(Program.FUNC.encode()), fd_map)
     finally:
         b.cleanup()
