@@ -1,9 +1,11 @@
 """Prometheus metrics (xlb/metrics.py): exact counter values after known traffic, through BPF_PROG_TEST_RUN and through
 a live `xlb run --metrics` in a DR lab; every metric the Grafana dashboard queries exists in a live scrape."""
+import gzip
 import json
 import re
 import signal
 import socket
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -37,9 +39,16 @@ def value(scrape, name, **labels):
 
 
 def scrape_dp(dp, daemon_state=None):
+    """One scrape two ways, the served exposition and prometheus_client's generate_latest: the same samples."""
+    collector = metrics.XlbCollector(dp, daemon_state)
     reg = CollectorRegistry()
-    reg.register(metrics.XlbCollector(dp, daemon_state))
-    return samples(generate_latest(reg).decode())
+    reg.register(collector)
+    fast = samples(collector.exposition().decode())
+    slow = samples(generate_latest(reg).decode())
+    for m in (fast, slow):
+        del m[("xlb_scrape_duration_seconds", frozenset())]
+    assert fast == slow
+    return fast
 
 
 # -- pure ----------------------------------------------------------------------------------------------------------
@@ -228,9 +237,16 @@ UDP_PAYLOAD = b"x" * 100
 UDP_FRAME = 14 + 20 + 8 + len(UDP_PAYLOAD)
 
 
-def fetch(url):
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return resp.read().decode()
+def fetch(url, headers=None):
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = resp.read()
+            if resp.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            return resp.status, resp.headers.get("Content-Type"), body.decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, None, ""
 
 
 def send_udp(src, dst, port, payload, count):
@@ -260,7 +276,7 @@ def lab():
         pytest.skip("needs root")
     with DrLab(prefix="xom") as lab:
         lab.start_xlb(LAB_CONFIG, extra_args=("--metrics", str(METRICS_PORT)))
-        lab.scrape = lambda: samples(run_in_netns(lab.lb, fetch, f"http://127.0.0.1:{METRICS_PORT}/metrics"))
+        lab.scrape = lambda: samples(run_in_netns(lab.lb, fetch, f"http://127.0.0.1:{METRICS_PORT}/metrics")[2])
         yield lab
 
 
@@ -322,6 +338,18 @@ def test_live_reload_counters(lab):
         assert value(m, "xlb_config_reloads_total", result="success") == ok0 + 1
     finally:
         lab.rewrite_config(LAB_CONFIG)
+
+
+@needs_root
+def test_endpoint_http(lab):
+    url = f"http://127.0.0.1:{METRICS_PORT}"
+    status, ctype, body = run_in_netns(lab.lb, fetch, url + "/metrics", {"Accept-Encoding": "gzip"})
+    assert (status, ctype) == (200, "text/plain; version=0.0.4; charset=utf-8")
+    assert ("xlb_table_capacity", frozenset({("table", "connections")})) in samples(body)
+    assert run_in_netns(lab.lb, fetch, url + "/nothing-here")[0] == 404
+    # Bound to 127.0.0.1 only: the lab address does not answer.
+    with pytest.raises(urllib.error.URLError, match="Connection refused"):
+        run_in_netns(lab.lb, fetch, f"http://198.18.0.2:{METRICS_PORT}/metrics")
 
 
 def dashboard_metrics():

@@ -4,14 +4,17 @@ API (the daemon uses it; bench/ times a scrape with it):
 
     from prometheus_client import CollectorRegistry, generate_latest
     from xlb.metrics import XlbCollector
+    collector = XlbCollector(dp, daemon_state)          # dp: xlb.dataplane.DataPlane
+    text = collector.exposition()                       # one scrape, as /metrics serves it (the fast path)
     registry = CollectorRegistry()
-    registry.register(XlbCollector(dp, daemon_state))   # dp: xlb.dataplane.DataPlane
-    text = generate_latest(registry)                    # one scrape: reads the maps now
+    registry.register(collector)
+    text = generate_latest(registry)                    # the same samples through prometheus_client
 
 ``daemon_state`` is the running Daemon (or None outside one): the collector takes its ``lock`` while it reads the
 maps (commands, sweeps and reloads run under it) and exports its reload counters (``reloads``: {result: count},
-``last_reload_success``: Unix time). ``serve("127.0.0.1:9842", registry)`` serves ``/metrics`` on a thread and
-returns a handle whose ``close()`` stops it.
+``last_reload_success``: Unix time). ``serve("127.0.0.1:9842", collector)`` serves ``/metrics`` on a thread and
+returns a handle whose ``close()`` stops it. ``exposition()`` exists because prometheus_client's generate_latest
+spends ~12 us formatting each sample: at 1000 services x 10 reals (~84,000 samples) that alone is about a second.
 
 Cost: per-CPU counters are read with one BPF_MAP_LOOKUP_BATCH per map over the ids in use; the conns and persist
 tables are walked in batches (table fill, templates per service, and, until the data plane counts them,
@@ -32,10 +35,14 @@ Families (labels: ``service`` as operators name it — ``tcp/198.51.100.10:80``,
 """
 import contextlib
 import ctypes as ct
+import gzip
 import ipaddress
 import os
+import socket
+import threading
 import time
 from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
@@ -46,6 +53,7 @@ from .bpfsys import iter_batches, lookup_batch
 from .errors import XlbError
 
 DEFAULT_PORT = 9842
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RELOAD_RESULTS = ("success", "rejected", "failed")
 
 
@@ -93,112 +101,145 @@ def _ports_label(rule):
     return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in rule.ports)
 
 
+SV, RL = ("service",), ("service", "real")
+# (name, type, help, label names): every family, in exposition order. Counters are named without "_total" and
+# info families without "_info", as prometheus_client's families are.
+FAMILIES = (
+    ("xlb_service_packets", "counter", "Packets of a virtual service", SV),
+    ("xlb_service_bytes", "counter", "Bytes (Ethernet frames) of a virtual service", SV),
+    ("xlb_service_connections", "counter", "New connections of a virtual service", SV),
+    ("xlb_real_packets", "counter", "Packets sent to a real server", RL),
+    ("xlb_real_bytes", "counter", "Bytes (Ethernet frames) sent to a real server", RL),
+    ("xlb_real_connections", "counter", "New connections placed on a real server", RL),
+    ("xlb_real_active_connections", "gauge", "Live established TCP connections of a real", RL),
+    ("xlb_real_inactive_connections", "gauge", "Live connections of a real in any other state (SYN, closing, UDP)",
+     RL),
+    ("xlb_real_weight", "gauge", "Configured weight of a real (0: quiescent)", RL),
+    ("xlb_real_state", "gauge", "1 for the real's current state, 0 for the others", RL + ("state",)),
+    ("xlb_service_persistence_templates", "gauge", "Persistence templates in the table", SV),
+    ("xlb_table_entries", "gauge", "Entries in a connection-tracking table", ("table",)),
+    ("xlb_table_capacity", "gauge", "Capacity of a connection-tracking table", ("table",)),
+    ("xlb_mark_rule_hits", "counter", "Packets classified by a mark rule", ("mark", "proto", "dst", "ports")),
+    ("xlb_verdict_packets", "counter", "Packets by verdict and reason", ("verdict", "reason")),
+    ("xlb_verdict_bytes", "counter", "Bytes by verdict and reason", ("verdict", "reason")),
+    ("xlb_config_reloads", "counter", "Config reloads by result", ("result",)),
+    ("xlb_config_last_reload_success_timestamp_seconds", "gauge",
+     "When the running config was last applied (Unix time)", ()),
+    ("xlb_build", "info", "xlb version and the kernel it runs on", ("kernel", "version")),
+    ("xlb_scrape_duration_seconds", "gauge", "Time this scrape spent reading the BPF maps", ()),
+)
+_CLASS = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily, "info": InfoMetricFamily}
+_SUFFIX = {"counter": "_total", "info": "_info", "gauge": ""}
+
+
 class XlbCollector(Collector):
-    """Reads the maps of a DataPlane on each collect(); see the module docstring."""
+    """Reads the maps of a DataPlane on each collect(); see the module docstring.
+
+    ``read()`` is the one reader: {family name: [(label values, value)]}. ``collect()`` turns it into
+    prometheus_client families (for any registry and generate_latest); ``exposition()`` writes the same samples
+    as Prometheus text directly, about ten times faster at 1000 services x 10 reals, and serves /metrics."""
 
     def __init__(self, dp, daemon_state=None):
         self.dp = dp
         self.daemon = daemon_state
         self.lock = getattr(daemon_state, "lock", None) or contextlib.nullcontext()
+        self._labels = {}  # label names -> {label values: rendered label text}, kept across scrapes
+        self._layout_of = None
+        self._layout = []
 
     def describe(self):
         """The families without samples, so registering does not read the maps."""
-        return [*self._families().values(), self._duration(0.0)]
+        return [self._family(name, kind, doc, labels) for name, kind, doc, labels in FAMILIES]
+
+    @staticmethod
+    def _family(name, kind, doc, labels):
+        return _CLASS[kind](name, doc, labels=() if kind == "info" else labels)
 
     def collect(self):
+        rows = self.read()
+        for name, kind, doc, labels in FAMILIES:
+            fam = self._family(name, kind, doc, labels)
+            for values, value in rows[name]:
+                if kind == "info":
+                    fam.add_metric([], dict(zip(labels, values)))
+                else:
+                    fam.add_metric(values, value)
+            yield fam
+
+    def read(self):
+        """{family name: [(label values, value)]}, read from the maps now under the daemon's lock."""
         t0 = time.perf_counter()
+        rows = {name: [] for name, *_ in FAMILIES}
         with self.lock:
-            fams = self._families()
-            self._fill(fams)
-        yield from fams.values()
-        yield self._duration(time.perf_counter() - t0)
+            self._fill(rows)
+        rows["xlb_scrape_duration_seconds"].append(((), time.perf_counter() - t0))
+        return rows
 
-    @staticmethod
-    def _duration(seconds):
-        fam = GaugeMetricFamily("xlb_scrape_duration_seconds", "Time this scrape spent reading the BPF maps")
-        fam.add_metric([], seconds)
-        return fam
-
-    @staticmethod
-    def _families():
-        sv, rl = ["service"], ["service", "real"]
-        fams = [
-            CounterMetricFamily("xlb_service_packets", "Packets of a virtual service", labels=sv),
-            CounterMetricFamily("xlb_service_bytes", "Bytes (Ethernet frames) of a virtual service", labels=sv),
-            CounterMetricFamily("xlb_service_connections", "New connections of a virtual service", labels=sv),
-            CounterMetricFamily("xlb_real_packets", "Packets sent to a real server", labels=rl),
-            CounterMetricFamily("xlb_real_bytes", "Bytes (Ethernet frames) sent to a real server", labels=rl),
-            CounterMetricFamily("xlb_real_connections", "New connections placed on a real server", labels=rl),
-            GaugeMetricFamily("xlb_real_active_connections", "Live established TCP connections of a real",
-                              labels=rl),
-            GaugeMetricFamily("xlb_real_inactive_connections",
-                              "Live connections of a real in any other state (SYN, closing, UDP)", labels=rl),
-            GaugeMetricFamily("xlb_real_weight", "Configured weight of a real (0: quiescent)", labels=rl),
-            GaugeMetricFamily("xlb_real_state", "1 for the real's current state, 0 for the others",
-                              labels=rl + ["state"]),
-            GaugeMetricFamily("xlb_service_persistence_templates", "Persistence templates in the table",
-                              labels=sv),
-            GaugeMetricFamily("xlb_table_entries", "Entries in a connection-tracking table", labels=["table"]),
-            GaugeMetricFamily("xlb_table_capacity", "Capacity of a connection-tracking table", labels=["table"]),
-            CounterMetricFamily("xlb_mark_rule_hits", "Packets classified by a mark rule",
-                                labels=["mark", "proto", "dst", "ports"]),
-            CounterMetricFamily("xlb_verdict_packets", "Packets by verdict and reason",
-                                labels=["verdict", "reason"]),
-            CounterMetricFamily("xlb_verdict_bytes", "Bytes by verdict and reason", labels=["verdict", "reason"]),
-            CounterMetricFamily("xlb_config_reloads", "Config reloads by result", labels=["result"]),
-            GaugeMetricFamily("xlb_config_last_reload_success_timestamp_seconds",
-                              "When the running config was last applied (Unix time)"),
-            InfoMetricFamily("xlb_build", "xlb version and the kernel it runs on"),
-        ]
-        return {f.name: f for f in fams}
+    def _services(self):
+        """[(svc id, (service,), key bytes, [(real id, (service, real), weight)])], built once per applied config:
+        names, addresses and ids change only when a config is applied."""
+        dp = self.dp
+        if self._layout_of is not dp.config:
+            layout = []
+            for st in sorted(dp.services.values(), key=lambda st: st.id):
+                svc = st.svc
+                reals = [(dp.real_ids.get((svc.key, r.address)), (svc.name, str(r.address)), r.weight)
+                         for r in svc.reals]
+                layout.append((st.id, (svc.name,), st.key_bytes, reals))
+            self._layout, self._layout_of = layout, dp.config
+        return self._layout
 
     def _fill(self, f):
         dp = self.dp
-        services = sorted(dp.services.values(), key=lambda st: st.id)
         svc_rows = percpu_counters(dp.m["svc_stats"], dp.svc_ids.next)
         real_rows = percpu_counters(dp.m["real_stats"], dp.real_ids.next)
         conn_counts = dp.real_conn_counts()
         templates = templates_by_service(dp.m["persist"])
-        for st in services:
-            svc = st.svc
-            name = svc.name
-            p, b, c = svc_rows[st.id] if st.id < len(svc_rows) else (0, 0, 0)
-            f["xlb_service_packets"].add_metric([name], p)
-            f["xlb_service_bytes"].add_metric([name], b)
-            f["xlb_service_connections"].add_metric([name], c)
-            f["xlb_service_persistence_templates"].add_metric([name], templates.get(st.key_bytes, 0))
-            for r in svc.reals:
-                rid = dp.real_ids.get((svc.key, r.address))
-                labels = [name, str(r.address)]
-                p, b, c = real_rows[rid] if rid is not None and rid < len(real_rows) else (0, 0, 0)
-                f["xlb_real_packets"].add_metric(labels, p)
-                f["xlb_real_bytes"].add_metric(labels, b)
-                f["xlb_real_connections"].add_metric(labels, c)
+        svc_p, svc_b, svc_c = f["xlb_service_packets"], f["xlb_service_bytes"], f["xlb_service_connections"]
+        svc_t = f["xlb_service_persistence_templates"]
+        r_p, r_b, r_c = f["xlb_real_packets"], f["xlb_real_bytes"], f["xlb_real_connections"]
+        r_a, r_i, r_w = (f["xlb_real_active_connections"], f["xlb_real_inactive_connections"],
+                         f["xlb_real_weight"])
+        r_s = f["xlb_real_state"]
+        zero = (0, 0, 0)
+        nreal = len(real_rows)
+        for sid, lv, key_bytes, reals in self._services():
+            p, b, c = svc_rows[sid] if sid < len(svc_rows) else zero
+            svc_p.append((lv, p))
+            svc_b.append((lv, b))
+            svc_c.append((lv, c))
+            svc_t.append((lv, templates.get(key_bytes, 0)))
+            for rid, rl, weight in reals:
+                p, b, c = real_rows[rid] if rid is not None and rid < nreal else zero
+                r_p.append((rl, p))
+                r_b.append((rl, b))
+                r_c.append((rl, c))
                 active, inactive = conn_counts.get(rid, (0, 0))
-                f["xlb_real_active_connections"].add_metric(labels, active)
-                f["xlb_real_inactive_connections"].add_metric(labels, inactive)
-                f["xlb_real_weight"].add_metric(labels, r.weight)
-                for state in ("available", "quiescent"):
-                    f["xlb_real_state"].add_metric(labels + [state], float((r.weight == 0) == (state == "quiescent")))
+                r_a.append((rl, active))
+                r_i.append((rl, inactive))
+                r_w.append((rl, weight))
+                quiescent = weight == 0
+                r_s.append((rl + ("available",), 0 if quiescent else 1))
+                r_s.append((rl + ("quiescent",), 1 if quiescent else 0))
         for table, label in (("conns", "connections"), ("persist", "templates")):
-            f["xlb_table_entries"].add_metric([label], table_entries(dp.m[table]))
-            f["xlb_table_capacity"].add_metric([label], dp.m[table].max_entries)
-        self._marks(f)
+            f["xlb_table_entries"].append(((label,), table_entries(dp.m[table])))
+            f["xlb_table_capacity"].append(((label,), dp.m[table].max_entries))
+        self._marks(f["xlb_mark_rule_hits"])
         rows = percpu_counters(dp.m["verdicts"], len(S.REASONS))
         for num, reason in sorted(S.REASONS.items()):
-            p, b, _ = rows[num] if num < len(rows) else (0, 0, 0)
-            labels = [reason.split("_", 1)[0], reason]
-            f["xlb_verdict_packets"].add_metric(labels, p)
-            f["xlb_verdict_bytes"].add_metric(labels, b)
+            p, b, _ = rows[num] if num < len(rows) else zero
+            lv = (reason.split("_", 1)[0], reason)
+            f["xlb_verdict_packets"].append((lv, p))
+            f["xlb_verdict_bytes"].append((lv, b))
         d = self.daemon
         if d is not None:
             for result in RELOAD_RESULTS:
-                f["xlb_config_reloads"].add_metric([result], d.reloads.get(result, 0))
+                f["xlb_config_reloads"].append(((result,), d.reloads.get(result, 0)))
             if d.last_reload_success is not None:
-                f["xlb_config_last_reload_success_timestamp_seconds"].add_metric([], d.last_reload_success)
-        f["xlb_build"].add_metric([], {"version": __version__, "kernel": os.uname().release})
+                f["xlb_config_last_reload_success_timestamp_seconds"].append(((), d.last_reload_success))
+        f["xlb_build"].append(((os.uname().release, __version__), 1))
 
-    def _marks(self, f):
+    def _marks(self, out):
         from .marks import rule_identity
         dp = self.dp
         if not dp.config or not dp.config.marks:
@@ -211,7 +252,36 @@ class XlbCollector(Collector):
                 continue
             seen.add(rid)
             hits = rows[rid][0] if rid < len(rows) else 0
-            f["xlb_mark_rule_hits"].add_metric([str(rule.mark), rule.proto, str(rule.dst), _ports_label(rule)], hits)
+            out.append(((str(rule.mark), rule.proto, str(rule.dst), _ports_label(rule)), hits))
+
+    def exposition(self) -> bytes:
+        """One scrape as Prometheus text format 0.0.4 (what generate_latest writes for this collector)."""
+        rows = self.read()
+        out = []
+        append = out.append
+        if sum(map(len, self._labels.values())) > 500_000:
+            self._labels.clear()  # label sets of services long gone
+        for name, kind, doc, labels in FAMILIES:
+            full = name + _SUFFIX[kind]
+            append(f"# HELP {full} {doc}\n# TYPE {full} {'gauge' if kind == 'info' else kind}\n")
+            texts = self._labels.setdefault(labels, {})
+            for values, value in rows[name]:
+                text = texts.get(values)
+                if text is None:
+                    text = texts[values] = _label_text(labels, values)
+                append(f"{full}{text} {value if type(value) is int else repr(float(value))}\n")
+        return "".join(out).encode()
+
+
+def _label_text(names, values):
+    if not names:
+        return ""
+    pairs = sorted(zip(names, values))
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs) + "}"
+
+
+def _escape(v):
+    return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 # -- the endpoint -------------------------------------------------------------------------------------------------
@@ -236,10 +306,12 @@ def parse_listen(text):
 
 
 class Endpoint:
-    """A running /metrics server; close() stops it and frees the port."""
+    """A running /metrics server (a thread); close() stops it and frees the port."""
 
-    def __init__(self, server, thread, where):
-        self.server, self.thread, self.where = server, thread, where
+    def __init__(self, server, where):
+        self.server, self.where = server, where
+        self.thread = threading.Thread(target=server.serve_forever, name="xlb-metrics", daemon=True)
+        self.thread.start()
 
     def close(self):
         if self.server:
@@ -249,21 +321,50 @@ class Endpoint:
             self.server = None
 
 
-def serve(listen, registry):
-    """Serve /metrics of registry on listen ('PORT', 'ADDR:PORT', '[ADDR]:PORT') on a thread."""
-    from prometheus_client import start_http_server
+def _handler(collector):
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+                self.send_error(404, "xlb serves /metrics")
+                return
+            try:
+                body = collector.exposition()
+            except Exception as exc:  # the client gets a 500 and the reason; the daemon keeps serving
+                self.send_error(500, f"reading the maps failed: {exc!r}")
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            if "gzip" in self.headers.get("Accept-Encoding", ""):
+                body = gzip.compress(body, compresslevel=1)
+                self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass  # a scrape every few seconds is not news
+
+    return Handler
+
+
+def serve(listen, collector):
+    """Serve collector.exposition() as /metrics on listen ('PORT', 'ADDR:PORT', '[ADDR]:PORT'), on a thread.
+
+    prometheus_client's own server would render through generate_latest, about ten times slower at scale."""
     host, port = parse_listen(listen)
+
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        daemon_threads = True
+
     try:
-        server, thread = start_http_server(port, addr=host, registry=registry)
+        server = Server((host, port), _handler(collector))
     except OSError as exc:
         raise MetricsError(f"cannot serve metrics on {listen}: {exc.strerror or exc}") from exc
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return Endpoint(server, thread, where)
+    return Endpoint(server, where)
 
 
 def serve_daemon(daemon, listen):
-    """The daemon's endpoint: a registry of its own holding one XlbCollector."""
-    from prometheus_client import CollectorRegistry
-    registry = CollectorRegistry()
-    registry.register(XlbCollector(daemon.dp, daemon))
-    return serve(listen, registry)
+    """The daemon's endpoint."""
+    return serve(listen, XlbCollector(daemon.dp, daemon))
