@@ -74,8 +74,11 @@ def _row(label, cps, pps, bps, active, inactive):
             f"{human(inactive):>8}")
 
 
-def run(fetch, interval=1.0, iterations=None, out=sys.stdout, inp=sys.stdin):
-    """Show frames until q / Ctrl-C, or `iterations` frames (each after `interval` seconds) without a terminal."""
+def run(fetch, interval=1.0, iterations=None, out=None, inp=None):
+    """Show frames until q / Ctrl-C, or `iterations` frames (each after `interval` seconds) without a terminal.
+    out and inp default to sys.stdout and sys.stdin as they are at the call."""
+    out = out or sys.stdout
+    inp = inp or sys.stdin
     interactive = iterations is None
     if interactive and not (inp.isatty() and out.isatty()):
         raise SystemExit("xlb top: not a terminal; use --once or --iterations N")

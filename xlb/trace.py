@@ -26,7 +26,7 @@ from .errors import XlbError
 
 NS = 1_000_000_000
 # The trace build's own maps are never used (every reference is relinked to the live maps): keep them tiny.
-TRACE_CFLAGS = ["-DXLB_TRACE", "-DXLB_CONNS=64", "-DXLB_TEMPLATES=64", "-DXLB_MAX_SERVICES=64",
+TRACE_CFLAGS = ["-DXLB_TRACE", "-DXLB_CONNS=1024", "-DXLB_TEMPLATES=1024", "-DXLB_MAX_SERVICES=64",
                 "-DXLB_MAX_REALS=64", "-DXLB_SCHED_SLOTS=64", "-DXLB_MARK_ENTRIES=64", "-DXLB_MAX_MARK_RULES=64",
                 "-DXLB_VIP_PREFIXES=64"]
 FIRST_SPORT = 49152  # a source port left out: the first free one from here (no connection entry)
