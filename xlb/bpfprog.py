@@ -138,10 +138,22 @@ class Program:
         self.close()
 
 
-def relinked_build(live, cflags, map_names, log=None):
-    """bpf/xlb.c compiled with cflags (e.g. the trace build), returned as the instruction bytes of its entry
-    function with every map reference pointing at `live`'s same-named map: a variant that reads and writes the
-    live maps. Its own maps are freed before this returns (pass small table sizes: they are never used)."""
+def _table_names(bcc, b):
+    """Every map of a bcc module (bcc's Python side declares no signatures for these libbcc calls)."""
+    lib = bcc.lib
+    lib.bpf_num_tables.restype, lib.bpf_num_tables.argtypes = ct.c_size_t, [ct.c_void_p]
+    lib.bpf_table_name.restype, lib.bpf_table_name.argtypes = ct.c_char_p, [ct.c_void_p, ct.c_size_t]
+    return [lib.bpf_table_name(b.module, i).decode() for i in range(lib.bpf_num_tables(b.module))]
+
+
+def relinked_build(live, cflags, map_names, funcs, log=None):
+    """bpf/xlb.c compiled with cflags (e.g. the trace build): {function: instruction bytes} for funcs, in which every
+    reference to a map named in map_names points at `live`'s same-named map (the variant reads and writes the live
+    maps), and every other map of the build (private: the tail-call array, the handoff) stays the build's own.
+    Returns (insns, own) where own is {name: fd} of those private maps, duplicated so they outlive the build (the
+    caller closes them; a prog array loses its entries when its last fd closes). Pass small table sizes: the build's
+    copies of the live maps are freed before this returns."""
+    import os
     from .bpfsys import relink_maps
     kheaders.ensure_kernel_headers(log=log)
     bcc = _import_bcc()
@@ -151,8 +163,22 @@ def relinked_build(live, cflags, map_names, log=None):
         b = bcc.BPF(text=src.encode(), cflags=flags)
     except Exception as exc:  # bcc raises bare Exception; its compiler output went to stderr
         raise KernelError(f"could not compile bpf/xlb.c with {' '.join(cflags)}: {exc}") from exc
+    own = {}
     try:
-        fd_map = {b[name.encode()].map_fd: live[name].map_fd for name in map_names}
-        return relink_maps(b.dump_func(Program.FUNC.encode()), fd_map)
+        names = _table_names(bcc, b)
+        fd_map = {}
+        for name in names:
+            fd = b[name.encode()].map_fd
+            if name in map_names:
+                fd_map[fd] = live[name].map_fd
+            else:
+                own[name] = os.dup(fd)
+                fd_map[fd] = own[name]
+        insns = {f: relink_maps(b.dump_func(f.encode()), fd_map) for f in funcs}
+    except BaseException:
+        for fd in own.values():
+            os.close(fd)
+        raise
     finally:
         b.cleanup()
+    return insns, own

@@ -11,6 +11,7 @@ import os
 from .errors import KernelError
 
 _SYS_BPF = 321  # x86_64
+_BPF_MAP_UPDATE_ELEM = 2
 _BPF_PROG_LOAD = 5
 _BPF_MAP_LOOKUP_BATCH = 24
 BPF_PROG_TYPE_XDP = 6
@@ -76,6 +77,20 @@ def lookup_batch(map_fd, key_size, value_size, limit, chunk=4096):
         vs.append(values.raw[:value_size * n])
         total += n
     return b"".join(ks), b"".join(vs), total
+
+
+class _ElemAttr(ct.Structure):
+    # union bpf_attr, the BPF_MAP_*_ELEM member
+    _fields_ = [("map_fd", ct.c_uint32), ("_pad", ct.c_uint32), ("key", ct.c_uint64), ("value", ct.c_uint64),
+                ("flags", ct.c_uint64)]
+
+
+def map_update_u32(map_fd, key, value):
+    """map[key] = value for a map of u32 keys and values (a prog array: value = a program fd)."""
+    k, v = ct.c_uint32(key), ct.c_uint32(value)
+    rc = _bpf(_BPF_MAP_UPDATE_ELEM, _ElemAttr(map_fd=map_fd, key=ct.addressof(k), value=ct.addressof(v)))
+    if rc < 0:
+        raise KernelError(f"updating map fd {map_fd}[{key}] failed: {os.strerror(-rc)}")
 
 
 class _ProgLoadAttr(ct.Structure):

@@ -121,19 +121,34 @@ class Tracer:
         self.ifindex = ifindex
         self.log = log
         self.fd = None
+        self._fds = []  # the trace build's tail-call programs and private maps (progs, handoffs)
 
     def load(self):
+        """Compile, relink and load the trace build once: its entry and its tail-call programs, reached through the
+        build's own prog array (the live one holds the live programs, which write)."""
         if self.fd is None:
-            from .bpfprog import relinked_build
-            from .bpfsys import prog_load_xdp
-            insns = relinked_build(self.prog, TRACE_CFLAGS, S.MAP_TYPES, log=self.log)
-            self.fd = prog_load_xdp(insns, name="xlb_trace")
+            from .bpfprog import Program, relinked_build
+            from .bpfsys import map_update_u32, prog_load_xdp
+            tails = Program.TAIL_CALLS
+            insns, own = relinked_build(self.prog, TRACE_CFLAGS, S.MAP_TYPES, [Program.FUNC, *tails.values()],
+                                        log=self.log)
+            self._fds = list(own.values())
+            try:
+                for idx, func in tails.items():
+                    fd = prog_load_xdp(insns[func], name="xlb_trace_" + str(idx))
+                    self._fds.append(fd)
+                    map_update_u32(own["progs"], idx, fd)
+                self.fd = prog_load_xdp(insns[Program.FUNC], name="xlb_trace")
+            except BaseException:
+                self.close()
+                raise
         return self.fd
 
     def close(self):
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        for fd in self._fds + ([self.fd] if self.fd is not None else []):
+            os.close(fd)
+        self._fds = []
+        self.fd = None
 
     def run(self, frame: bytes):
         """Run the trace build on one frame: (TraceRec, testrun.RunResult)."""
