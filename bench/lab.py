@@ -195,7 +195,7 @@ class GenCfg(ct.Structure):
     """struct gen_cfg of bench/bpf/traffic.c."""
     _fields_ = [("ifindex", ct.c_uint32), ("nflows", ct.c_uint32), ("nclients", ct.c_uint32),
                 ("ip_csum", ct.c_uint16), ("l4_csum", ct.c_uint16), ("sport", ct.c_uint16),
-                ("family", ct.c_uint8), ("proto", ct.c_uint8)]
+                ("family", ct.c_uint8), ("proto", ct.c_uint8), ("frame", ct.c_uint8 * 80)]
 
 
 class Traffic:
@@ -216,6 +216,7 @@ class Traffic:
         cfg = GenCfg(ifindex=ifindex, nflows=nflows, nclients=nclients, ip_csum=ip_csum, l4_csum=l4_csum,
                      sport=struct.unpack_from("!H", template, l4)[0], family=6 if v6 else 4,
                      proto=template[20] if v6 else template[23])
+        cfg.frame[:len(template[:80])] = template[:80]
         assert cfg.proto in (TCP, UDP)
         self.bpf["gen_cfg"][ct.c_uint32(0)] = cfg
         if pos is not None:

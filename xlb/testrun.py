@@ -50,12 +50,14 @@ class PreparedRun:
 
     def __init__(self, prog_fd, data: bytes, *, ifindex=0, repeat=1, flags=0, batch_size=0):
         self._in = ct.create_string_buffer(bytes(data), len(data))
-        out_size = len(data) + 256
-        self._out = ct.create_string_buffer(out_size)
+        # Live frames go out through the redirect; the kernel refuses an output buffer for them.
+        out_size = 0 if flags & BPF_F_TEST_XDP_LIVE_FRAMES else len(data) + 256
+        self._out = ct.create_string_buffer(max(out_size, 1))
         self._ctx = _XdpMd(data=0, data_end=len(data), ingress_ifindex=ifindex)
         self._out_size = out_size
         self.attr = _TestAttr(prog_fd=prog_fd, data_size_in=len(data), data_size_out=out_size,
-                              data_in=ct.addressof(self._in), data_out=ct.addressof(self._out), repeat=repeat,
+                              data_in=ct.addressof(self._in), data_out=ct.addressof(self._out) if out_size else 0,
+                              repeat=repeat,
                               ctx_size_in=ct.sizeof(self._ctx) if ifindex else 0,
                               ctx_in=ct.addressof(self._ctx) if ifindex else 0, flags=flags, batch_size=batch_size)
         self._attr_ref = ct.byref(self.attr)

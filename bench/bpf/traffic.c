@@ -1,7 +1,8 @@
 /* traffic.c — flows for the benchmarks. Not part of the product.
  *
- * Every run of xb_gen or xb_drive turns the template frame into the next flow of a set (client address and
- * source port, from a per-CPU counter) and fixes the checksums incrementally from the template's.
+ * Every run of xb_gen or xb_drive writes the template's headers over the frame (live frames keep what the stack
+ * or the program under test wrote into a page: MACs, TTL, DNAT addresses), turns it into the next flow of a set
+ * (client address and source port, from a per-CPU counter) and fixes the checksums from the template's.
  * - xb_gen (bench/forward.py) runs under BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES and redirects the
  *   frame out of gen_cfg.ifindex: the load generator.
  * - xb_drive (bench/micro.py) tail-calls the program under test (drive_target[0]): with repeat=N, N runs over
@@ -19,6 +20,7 @@ struct gen_cfg {
 	__u16 sport;       /* the template's source port, host order */
 	__u8 family;       /* 4 or 6 */
 	__u8 proto;        /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 frame[80];    /* the template frame (client 0, first port); at least 60 bytes are used */
 };
 
 BPF_ARRAY(gen_cfg, struct gen_cfg, 1);
@@ -56,6 +58,11 @@ static __always_inline int next_flow(struct xdp_md *ctx, struct gen_cfg *c)
 	__u16 l4_csum = csum_update(c->l4_csum, client, sport0, sport);
 	if (c->proto == IPPROTO_UDP && !l4_csum)
 		l4_csum = 0xffff;
+	if ((void *)(d + 60) > data_end)
+		return -1;
+	__builtin_memcpy(d, c->frame, 60);
+	if ((void *)(d + 74) <= data_end)
+		__builtin_memcpy(d + 60, c->frame + 60, 14);
 	/* Fixed offsets per layout: Ethernet 14, IPv4 20 / IPv6 40, then TCP (checksum at +16) or UDP (+6). */
 	if (c->family == 4) {
 		if ((void *)(d + 54) > data_end)
