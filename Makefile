@@ -48,8 +48,10 @@ test: setup
 demo: setup
 	$(VENV)/bin/xlb demo
 
+# Full benchmark (a few minutes): JSON, plots and summary under build/bench/ (see docs/performance.md).
+BENCH_ARGS ?=
 bench: setup
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info xlb.egg-info .pytest_cache

@@ -63,7 +63,7 @@ def nft(ns, script):
 class _Forward:
     def __init__(self, lab, traffic, quick, log):
         self.lab, self.traffic, self.log = lab, traffic, log
-        self.seconds = 0.25 if quick else 2.0
+        self.seconds = 0.1 if quick else 2.0
         self.rounds = 1 if quick else 3
         self.g0 = lab.ifindex["g0"]
 
@@ -81,8 +81,8 @@ class _Forward:
             return time.perf_counter() - t0
 
     def measure(self, system, mix):
-        self._gen(mix, NFLOWS * 2)  # warm-up: every flow seen (connection entries, conntrack, caches)
-        rate = NFLOWS * 2 / self._gen(mix, NFLOWS * 2)
+        self._gen(mix, NFLOWS)  # warm-up: every flow seen (connection entries, conntrack, caches)
+        rate = NFLOWS / self._gen(mix, NFLOWS)
         packets = max(10000, int(rate * self.seconds))
         rounds = []
         for _ in range(self.rounds):
@@ -109,8 +109,7 @@ class _Forward:
 
 def run(lab, quick=False, log=print):
     """Measure every system on every mix; returns the JSON "forward" section."""
-    traffic = L.Traffic()
-    base = L.load_c("baselines.c")
+    base, traffic = lab.baselines, lab.traffic
     f = _Forward(lab, traffic, quick, log)
     t = lab.topo
     log(f"bench: forward ({f.rounds} x {f.seconds}s per system and mix)")
@@ -151,8 +150,6 @@ def run(lab, quick=False, log=print):
             log(f"bench: forward {system}: {out[system]['mpps']} Mpps delivered")
     finally:
         L.unpin(old_cpus)
-        traffic.close()
-        base.cleanup()
     notes = {"frames": "IPv4 60 bytes + FCS = 64 on the wire; IPv6 the minimum its headers allow (UDP 62, TCP 74)",
              "flows": f"{NFLOWS} flows from {NCLIENTS} clients per mix, TCP ACKs (mid-stream) or UDP",
              "cpu": "generator, system under test and sink share one CPU",

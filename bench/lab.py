@@ -69,6 +69,19 @@ def pin_cpu(cpu):
     return old
 
 
+def is_empty(table):
+    try:
+        table.next(None)  # bcc: the first key; StopIteration when there is none
+    except StopIteration:
+        return True
+    return False
+
+
+def count(table):
+    """Entries in a hash map (one batched read)."""
+    return 0 if is_empty(table) else sum(1 for _ in table.items_lookup_batch())
+
+
 def unpin(cpus):
     os.sched_setaffinity(0, cpus)
 
@@ -93,6 +106,21 @@ class Lab:
             raise
         self.dp = None
         self._attached = []  # (ns, ifname, mode flags)
+        self._base = self._traffic = None
+
+    @property
+    def baselines(self):
+        """bench/bpf/baselines.c, compiled on first use."""
+        if self._base is None:
+            self._base = load_c("baselines.c")
+        return self._base
+
+    @property
+    def traffic(self):
+        """bench/bpf/traffic.c (Traffic), compiled on first use."""
+        if self._traffic is None:
+            self._traffic = Traffic()
+        return self._traffic
 
     def _build(self):
         t = self.topo
@@ -126,6 +154,9 @@ class Lab:
             for ns, ifname, flags in reversed(self._attached):
                 self._detach(ns, ifname, flags)
             self._attached = []
+            for obj in (self._base, self._traffic):
+                if obj is not None:
+                    obj.cleanup()
             self.prog.close()
         finally:
             self.topo.close()
@@ -141,7 +172,8 @@ class Lab:
         """A fresh DataPlane over the loaded program with `toml_text` applied; earlier state is wiped first."""
         p = self.prog
         for name in ("conns", "persist"):
-            p[name].items_delete_batch()
+            if not is_empty(p[name]):
+                p[name].items_delete_batch()
         for name in ("services", "mark_rules", "vip_prefixes"):
             p[name].clear()
         nh = p["nh_cache"]
@@ -233,5 +265,5 @@ class Traffic:
     def sink_count(self):
         return sum(self.bpf["sink_count"][ct.c_uint32(0)])
 
-    def close(self):
+    def cleanup(self):
         self.bpf.cleanup()

@@ -1,0 +1,160 @@
+"""Part 3: control-plane scale. Wall seconds unless a figure says CPU seconds (user + system of this process)."""
+import importlib.util
+import ipaddress
+import os
+import time
+from array import array
+
+from xlb import config as xconfig
+from xlb import sched
+from xlb.bpfprog import Program, cflags_for
+from xlb.config import addr_bytes
+from xlb.dataplane import now_ns
+
+from . import lab as L
+
+
+def _real_addr(i):
+    return str(ipaddress.IPv4Address("198.18.16.0") + i)
+
+
+def _service(vip, port, nreals, first_real=0, extra=""):
+    reals = "".join(f'\n  [[service.real]]\n  address = "{_real_addr(first_real + j)}"\n' for j in range(nreals))
+    return f'[[service]]\nvip = "{vip}"\nport = {port}\nproto = "tcp"\n{extra}{reals}\n'
+
+
+def _many_services(n, reals_each):
+    """n services (VIPs of 203.0.113.0/24 x ports), each with its own reals."""
+    out = []
+    for i in range(n):
+        vip = f"203.0.113.{1 + i // 8}"
+        out.append(_service(vip, 8000 + i % 8, reals_each, i * reals_each, 'scheduler = "wrr"\n'))
+    return "".join(out)
+
+
+def _timed(fn):
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = fn()
+    return res, time.perf_counter() - t0, time.process_time() - c0
+
+
+def maglev(lab, out):
+    for n in (10, 100, 1000):
+        reals = [(addr_bytes(_real_addr(i)), 1) for i in range(n)]
+        _, compute, _ = _timed(lambda: sched.maglev_table(reals, 65537))
+        toml = _service("198.51.100.40", 80, n, extra='scheduler = "mh"\nmh_table_size = 65537\n')
+        lab.dataplane("")
+        _, secs, _ = _timed(lambda: lab.apply(toml))
+        out[f"maglev_{n}_reals"] = {"seconds": round(secs, 4), "compute_seconds": round(compute, 4),
+                                    "table_size": 65537, "what": "DataPlane.apply of one mh service: compute "
+                                    "and write its Maglev table"}
+
+
+def apply_services(lab, out):
+    text = _many_services(1000, 2)
+    _, parse_s, _ = _timed(lambda: xconfig.parse(text, "<bench>"))
+    lab.dataplane("")
+    _, secs, _ = _timed(lambda: lab.apply(text))
+    _, again, _ = _timed(lambda: lab.apply(text))
+    out["apply_1000_services"] = {"seconds": round(secs, 3), "parse_seconds": round(parse_s, 3),
+                                  "reapply_unchanged_seconds": round(again, 3), "reals": 2000}
+
+
+def metrics_scrape(lab, out):
+    if importlib.util.find_spec("xlb.metrics") is None:
+        out["metrics_scrape_1000x10"] = {"seconds": None, "skipped": "xlb.metrics is not there yet"}
+        return
+    import prometheus_client
+    from xlb import metrics
+    lab.dataplane(_many_services(1000, 10))
+    collector_cls = getattr(metrics, "Collector", None) or getattr(metrics, "XlbCollector", None)
+    if collector_cls is None:
+        out["metrics_scrape_1000x10"] = {"seconds": None, "skipped": "xlb.metrics has no Collector class"}
+        return
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(collector_cls(lab.dp))
+    body, secs, cpu = _timed(lambda: prometheus_client.generate_latest(registry))
+    out["metrics_scrape_1000x10"] = {"seconds": round(secs, 3), "cpu_seconds": round(cpu, 3),
+                                     "bytes": len(body)}
+
+
+def _le32(addr):
+    return int.from_bytes(ipaddress.ip_address(addr).packed, "little")
+
+
+def sweep(lab, out, n):
+    dp = lab.dataplane(_service("198.51.100.30", 80, 3, extra='persistence_timeout = 300\n'))
+    st = next(iter(dp.services.values()))
+    rid = st.table[0]
+    now = now_ns()
+    timeout = 900 * 10**9
+    keys, vals = array("I", bytes(40 * n)), array("I", bytes(24 * n))
+    base = int(ipaddress.IPv4Address("198.19.0.0"))
+    keys[0::10] = array("I", (int.from_bytes((base + (i & 0xFFFF)).to_bytes(4, "big"), "little")
+                              for i in range(n)))
+    keys[4::10] = array("I", [_le32("198.51.100.30")]) * n
+    keys[8::10] = array("I", ((int.from_bytes((1024 + (i >> 16)).to_bytes(2, "big"), "little")
+                               | (80 << 8) << 16) for i in range(n)))
+    keys[9::10] = array("I", [6 | 4 << 8]) * n
+    # A quarter expired, the rest established and live; all placed by the persistent service (holds computed).
+    seen = [(now - 2 * timeout if i % 4 == 0 else now) for i in range(n)]
+    vals[0::6] = array("I", (s & 0xFFFFFFFF for s in seen))
+    vals[1::6] = array("I", (s >> 32 for s in seen))
+    vals[2::6] = array("I", [rid]) * n
+    vals[3::6] = array("I", [dp.gens[rid]]) * n
+    vals[4::6] = array("I", [st.id]) * n
+    vals[5::6] = array("I", [1]) * n  # XLB_CS_EST
+    conns = lab.prog["conns"]
+    # The table keeps one LRU list per CPU (BPF_F_NO_COMMON_LRU): fill each CPU's share from that CPU.
+    cpus = sorted(os.sched_getaffinity(0))
+    old = L.pin_cpu(cpus[0])
+    try:
+        share = -(-n // len(cpus))
+        for i, cpu in enumerate(cpus):
+            L.pin_cpu(cpu)
+            lo, hi = i * share, min(n, (i + 1) * share)
+            if lo < hi:
+                conns.items_update_batch((conns.Key * (hi - lo)).from_buffer(keys, lo * 40),
+                                         (conns.Leaf * (hi - lo)).from_buffer(vals, lo * 24))
+    finally:
+        L.unpin(old)
+    res, secs, cpu = _timed(dp.sweep)
+    name = f"sweep_{n // 1000}k_conns" if n < 10**6 else f"sweep_{n // 10**6}m_conns"
+    out[name] = {"seconds": round(secs, 3), "cpu_seconds": round(cpu, 3), "conns_seen": res.conns_seen,
+                 "conns_expired": res.conns_expired, "templates_held": res.templates_held}
+    conns.items_delete_batch()
+
+
+def _memlock(table):
+    with open(f"/proc/self/fdinfo/{table.map_fd}") as f:
+        for line in f:
+            if line.startswith("memlock:"):
+                return int(line.split()[1])
+    return 0
+
+
+def memory(lab):
+    small_t = xconfig.Tables(conns=65536, templates=16384)
+    small = Program(cflags=cflags_for(small_t), log=None)
+    try:
+        big = lab.tables
+        conn = (_memlock(lab.prog["conns"]) - _memlock(small["conns"])) / (big.conns - small_t.conns)
+        tmpl = (_memlock(lab.prog["persist"]) - _memlock(small["persist"])) / (big.templates - small_t.templates)
+    finally:
+        small.close()
+    return {"conn_bytes": round(conn, 1), "template_bytes": round(tmpl, 1),
+            "how": f"fdinfo memlock of conns/persist at {big.conns}/{big.templates} and "
+                   f"{small_t.conns}/{small_t.templates} entries: the difference per entry"}
+
+
+def run(lab, quick=False, log=print):
+    """Returns the JSON "control" section and the "memory" one."""
+    log("bench: control plane")
+    out = {}
+    maglev(lab, out)
+    apply_services(lab, out)
+    metrics_scrape(lab, out)
+    sweep(lab, out, 100_000 if quick else 1_000_000)
+    mem = {"skipped": "--quick: loading a second program takes seconds"} if quick else memory(lab)
+    lab.dataplane("")
+    return out, mem

@@ -1,0 +1,143 @@
+"""Writing a bench run down: the JSON other tools read, PNG plots, and a short markdown summary."""
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+GOALS = ("established flow <= 1.5x the minimal forwarder; xlb >= 0.9x the floor and >= 3x nftables DNAT; "
+         "Maglev 1000 reals < 100 ms; 1M-entry sweep < 1 s CPU")
+
+
+def machine(quick):
+    def first(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip()
+        except OSError:
+            return ""
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+    return {"kernel": platform.release(), "cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(),
+            "commit": first(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"]),
+            "quick": quick}
+
+
+def write_json(result, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, sort_keys=False) + "\n")
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def _fmt(x, nd=2):
+    return "n/a" if x is None else f"{x:.{nd}f}"
+
+
+def summary(result):
+    """The markdown summary: headline figures against the goals, then every figure."""
+    micro, fwd, ctl = result.get("micro", {}), result.get("forward", {}), result.get("control", {})
+    lines = ["# xlb bench summary", ""]
+    m = result.get("machine", {})
+    lines.append(f"Kernel {m.get('kernel')}, {m.get('cpu')} ({m.get('cpus')} CPUs), commit {m.get('commit')}"
+                 f"{', --quick' if m.get('quick') else ''}.")
+    lines += ["", "## Goals", ""]
+    est = micro.get("established_tcp_v4", {})
+    if est:
+        mf = micro["min_fwd"]
+        lines.append(f"- established TCP v4 (driven, distinct flows): {_fmt(est.get('ratio_to_min_fwd'))}x the "
+                     f"minimal forwarder ({_fmt(est.get('ns_raw'), 1)} vs {_fmt(mf.get('ns_raw'), 1)} ns with the "
+                     f"harness's cost; {_fmt(est.get('ns_per_pkt'), 1)} vs {_fmt(mf.get('ns_per_pkt'), 1)} ns "
+                     f"without); same packet repeated: {_fmt(est.get('ratio_to_min_fwd_repeat'))}x; goal <= 1.5x")
+    if fwd.get("xlb"):
+        x = fwd["xlb"]["mpps"]
+        lines.append(f"- forwarding: xlb {x:.2f} Mpps = {_fmt(_ratio(x, fwd.get('floor', {}).get('mpps')))}x the "
+                     f"floor (goal >= 0.9), {_fmt(_ratio(x, fwd.get('nft_dnat', {}).get('mpps')))}x nftables DNAT "
+                     f"(goal >= 3)")
+    if "maglev_1000_reals" in ctl:
+        lines.append(f"- Maglev, 1000 reals: {ctl['maglev_1000_reals']['seconds'] * 1000:.0f} ms (goal < 100 ms)")
+    for name, v in ctl.items():
+        if name.startswith("sweep_"):
+            lines.append(f"- {name}: {v['cpu_seconds']:.2f} s CPU (goal for 1M: < 1 s)")
+    if micro:
+        lines += ["", "## Per-packet cost", "",
+                  "ns minus XDP_PASS's; ratio: raw figures (harness cost included) over the minimal forwarder's.", "",
+                  "| case | driven, distinct flows | ratio | repeat=1 (cold) | ratio | same packet, repeat=N | ratio |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, c in micro.items():
+            lines.append(f"| {name} | {_fmt(c.get('ns_per_pkt'), 1)} | {_fmt(c.get('ratio_to_min_fwd'))} | "
+                         f"{_fmt(c.get('ns_per_pkt_cold'), 1)} | {_fmt(c.get('ratio_to_min_fwd_cold'))} | "
+                         f"{_fmt(c.get('ns_per_pkt_repeat'), 1)} | {_fmt(c.get('ratio_to_min_fwd_repeat'))} |")
+    if fwd:
+        lines += ["", "## Forwarding (Mpps delivered; 64-byte frames, one CPU for everything)", "",
+                  "| system | all | tcp4 | udp4 | tcp6 | udp6 | lost |", "|---|---|---|---|---|---|---|"]
+        for name, s in fwd.items():
+            mixes = s.get("mixes", {})
+            lost = sum(v.get("lost", 0) for v in mixes.values())
+            lines.append(f"| {name} | {s['mpps']:.3f} | " + " | ".join(
+                _fmt(mixes.get(k, {}).get("mpps"), 3) for k in ("tcp4", "udp4", "tcp6", "udp6")) + f" | {lost} |")
+    if ctl:
+        lines += ["", "## Control plane", "", "| what | seconds | CPU seconds | note |", "|---|---|---|---|"]
+        for name, v in ctl.items():
+            lines.append(f"| {name} | {_fmt(v.get('seconds'), 3)} | {_fmt(v.get('cpu_seconds'), 3)} | "
+                         f"{v.get('skipped', '')} |")
+    mem = result.get("memory")
+    if mem and "conn_bytes" in mem:
+        lines.append(f"\nMemory: {mem['conn_bytes']:.0f} bytes per connection, {mem['template_bytes']:.0f} bytes "
+                     f"per persistence template ({mem['how']}).")
+    return "\n".join(lines) + "\n"
+
+
+def plots(result, outdir):
+    """bench-micro.png, bench-forward.png; returns the paths written."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    written = []
+    micro = {k: v for k, v in result.get("micro", {}).items() if k != "xdp_pass"}
+    if micro:
+        names = list(micro)
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        y = range(len(names))
+        ax.barh([i + 0.2 for i in y], [micro[n].get("ns_per_pkt") or 0 for n in names], 0.4,
+                label="driven, distinct flows (warm)")
+        ax.barh([i - 0.2 for i in y], [micro[n].get("ns_per_pkt_cold") or 0 for n in names], 0.4,
+                label="repeat=1 (cold)", alpha=0.6)
+        ax.set_yticks(list(y), names)
+        ax.invert_yaxis()
+        ax.set_xlabel("ns per packet (minus XDP_PASS)")
+        ax.set_title("xlb per-packet cost (BPF_PROG_TEST_RUN)")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        path = outdir / "bench-micro.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    fwd = result.get("forward", {})
+    if fwd:
+        mixes = ("tcp4", "udp4", "tcp6", "udp6")
+        fig, ax = plt.subplots(figsize=(8, 4))
+        width = 0.8 / len(fwd)
+        for i, (name, s) in enumerate(fwd.items()):
+            ax.bar([j + i * width for j in range(len(mixes))],
+                   [s.get("mixes", {}).get(m, {}).get("mpps", 0) for m in mixes], width, label=name)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(mixes))], mixes)
+        ax.set_ylabel("Mpps delivered")
+        ax.set_title("Forwarding through veth, 64-byte frames, one CPU")
+        ax.legend()
+        fig.tight_layout()
+        path = outdir / "bench-forward.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
