@@ -2,6 +2,7 @@
 
 Runs as root (namespaces, XDP). Writes the JSON results, PNG plots and summary.md (also printed)."""
 import argparse
+import signal
 import sys
 import time
 
@@ -23,6 +24,8 @@ def main(argv=None):
     unknown = set(parts) - set(PARTS)
     if unknown:
         ap.error(f"unknown part(s): {', '.join(sorted(unknown))}")
+    # SIGTERM unwinds like an exception, so the namespaces and XDP attachments are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t0 = time.perf_counter()
 
     def log(msg):
