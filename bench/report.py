@@ -117,7 +117,7 @@ def plots(result, outdir):
         ax.invert_yaxis()
         ax.set_xlabel("ns per packet (minus XDP_PASS)")
         ax.set_title("xlb per-packet cost (BPF_PROG_TEST_RUN)")
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper right")
         fig.tight_layout()
         path = outdir / "bench-micro.png"
         fig.savefig(path, dpi=90)
