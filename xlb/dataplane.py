@@ -5,12 +5,15 @@ Everything is planned and checked before the first map write, so a rejected conf
 """
 import ctypes as ct
 import time
+
+import numpy as np
 from dataclasses import dataclass, field
 
 from . import marks as markmod
 from . import sched
 from . import structs as S
-from .config import addr_bytes, mask_address
+from .bpfsys import iter_batches
+from .config import addr_bytes
 from .errors import ConfigError
 
 NS = 1_000_000_000
@@ -350,27 +353,10 @@ class DataPlane:
             svc = st.svc
             if svc.persistence_timeout and svc.persistence_mode == "lvs":
                 holders[sid] = (st.key_bytes, svc.persistence_netmask)
-        held = {}
-        expired = []
-        live = {rid: self.gens[rid] for rid in self.real_ids.ids.values()}
-        counts = {rid: [0, 0] for rid in live}   # real id -> [active, inactive], from the table itself
-        est = S.CONN_STATE["est"]
-        conns = self.m["conns"]
-        for k, v in conns.items_lookup_batch():
-            res.conns_seen += 1
-            until = v.seen_ns + (timeouts[v.state] if v.state < S.CONN_STATES else 0)
-            if until - now < 0:
-                expired.append(k)
-                continue
-            if live.get(v.real_id) == v.real_gen:
-                counts[v.real_id][v.state != est] += 1
-            h = holders.get(v.svc_id)
-            if h:
-                tkey = h[0] + mask_address(bytes(k.src), h[1])
-                if held.get(tkey, 0) < until:
-                    held[tkey] = until
-        if expired:
-            self._delete_batch(conns, expired)
+        held, counts, expired, res.conns_seen = self._scan_conns(now, timeouts, holders)
+        if len(expired):
+            conns = self.m["conns"]
+            self._delete_batch(conns, (conns.Key * len(expired)).from_buffer_copy(expired.tobytes()))
         res.conns_expired = len(expired)
         self._reconcile(counts)
 
@@ -406,6 +392,52 @@ class DataPlane:
         self.release_old_tables()
         res.seconds = time.perf_counter() - t0
         return res
+
+    def _scan_conns(self, now, timeouts, holders):
+        """One batched read of the connection table, decided with numpy (about 0.1 us an entry, not 4 in a
+        Python loop). Returns, for lvs-mode persistent services, the latest expiry of the live connections
+        under each template key; each live real's [active, inactive] counts; the expired keys; entries seen."""
+        conns = self.m["conns"]
+        kdt, vdt = np.dtype(S.ConnKey), np.dtype(S.Conn)
+        kparts, vparts = [], []
+        for kbuf, vbuf, n in iter_batches(conns.map_fd, kdt.itemsize, vdt.itemsize, conns.max_entries,
+                                          chunk=65536):
+            kparts.append(np.frombuffer(kbuf, kdt, count=n).copy())
+            vparts.append(np.frombuffer(vbuf, vdt, count=n).copy())
+        keys = np.concatenate(kparts) if kparts else np.zeros(0, kdt)
+        vals = np.concatenate(vparts) if vparts else np.zeros(0, vdt)
+        state = vals["state"].astype(np.int64)
+        tmo = np.array(list(timeouts) + [0], np.int64)[np.minimum(state, S.CONN_STATES)]
+        until = vals["seen_ns"].astype(np.int64) + tmo
+        gone = until - np.int64(now) < 0
+        alive = ~gone
+
+        size = self.max_reals
+        gen_of = np.zeros(size, np.int64)
+        live = np.zeros(size, bool)
+        for rid in self.real_ids.ids.values():
+            gen_of[rid], live[rid] = self.gens[rid], True
+        rid = np.minimum(vals["real_id"].astype(np.int64), size - 1)
+        ok = alive & live[rid] & (gen_of[rid] == vals["real_gen"])
+        est = state == S.CONN_STATE["est"]
+        active = np.bincount(rid[ok & est], minlength=size)
+        inactive = np.bincount(rid[ok & ~est], minlength=size)
+        counts = {int(r): [int(active[r]), int(inactive[r])] for r in np.flatnonzero(live)}
+
+        held = {}
+        for sid, (key_bytes, mask) in holders.items():
+            sel = alive & (vals["svc_id"] == sid)
+            if not sel.any():
+                continue
+            clients = np.ascontiguousarray(keys["src"][sel] & np.frombuffer(mask, np.uint32))
+            halves = clients.view(np.uint64).reshape(-1, 2)        # 16 bytes as two words: sort, then group
+            order = np.lexsort((halves[:, 1], halves[:, 0]))
+            halves, ends = halves[order], until[sel][order]
+            starts = np.flatnonzero(np.r_[True, (halves[1:] != halves[:-1]).any(axis=1)])
+            latest = np.maximum.reduceat(ends, starts)
+            for client, t in zip(clients[order][starts], latest.tolist()):
+                held[key_bytes + client.tobytes()] = t
+        return held, counts, keys[gone], len(keys)
 
     def _reconcile(self, counts):
         """Rewrite every real's connection counts from the table (the data plane's running counts miss entries
@@ -470,7 +502,8 @@ class DataPlane:
 
     @staticmethod
     def _delete_batch(table, keys):
-        arr = (table.Key * len(keys))(*keys)
+        """Delete keys (a sequence of table.Key, or a ctypes array of them) in one call."""
+        arr = keys if isinstance(keys, ct.Array) else (table.Key * len(keys))(*keys)
         try:
             table.items_delete_batch(arr)
         except Exception:
