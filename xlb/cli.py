@@ -19,6 +19,9 @@ EXAMPLES = """examples:
   xlb top                     # live rates per service and real; q quits
   xlb trace 203.0.113.7 198.51.100.10:80       # which real would a new connection get, and why
   xlb demo                    # a built-in topology in throwaway namespaces
+  xlb list -n                 # what the running daemon balances (ipvsadm -L -n format)
+  xlb ipvsadm -a -t 198.51.100.10:80 -r 198.18.0.11 -w 2   # ipvsadm's syntax, runtime edit
+  xlb save > xlb.toml         # the running state as a config
 """
 
 
@@ -169,12 +172,33 @@ def build_parser():
     top.add_argument("--socket", help="control socket of the daemon (default: the only one under /run/xlb/)")
     top.set_defaults(func=_cmd_top)
 
+    from .admincli import add_parsers as add_admin_parsers
+    add_admin_parsers(sub)
+
     demo = sub.add_parser("demo", help="build a demo topology in namespaces, balance traffic, tear it down")
     demo.set_defaults(func=_cmd_demo)
     return p
 
 
+def _ipvsadm_main(argv):
+    """`xlb ipvsadm [--socket PATH] ARGS`: ipvsadm's options are not argparse's, so they pass through untouched."""
+    from .admincli import run_ipvsadm
+    sock = None
+    if argv[:1] == ["--socket"] and len(argv) > 1:
+        sock, argv = argv[1], argv[2:]
+    elif argv and argv[0].startswith("--socket="):
+        sock, argv = argv[0].split("=", 1)[1], argv[1:]
+    return run_ipvsadm(argv, socket=sock)
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["ipvsadm"]:
+            return _ipvsadm_main(argv[1:])
+    except XlbError as exc:
+        print(f"xlb: error: {exc}", file=sys.stderr)
+        return 1
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -15,6 +15,7 @@ from pyroute2 import IPRoute
 from . import config as xconfig
 from . import control
 from . import metrics
+from . import runtime
 from . import stats
 from . import trace  # noqa: F401  registers the `trace` control command
 from .bpfprog import Program, cflags_for
@@ -73,6 +74,8 @@ class Daemon:
         self.reloads = dict.fromkeys(("success", "rejected", "failed"), 0)   # exported by xlb/metrics.py
         self.last_reload_success = None      # Unix time the running config was applied
         self.tracer = None                   # xlb/trace.py, built on the first `trace` command
+        self.runtime_edits = 0  # edits over the control socket since the config file was last applied
+        self.rates = runtime.RateEstimator()
 
     def _install_signals(self):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
@@ -139,6 +142,10 @@ class Daemon:
             return False
         self.reloads["success"] += 1
         self.last_reload_success = time.time()
+        if self.runtime_edits:
+            self.log(f"xlb: reload: the config file replaces {self.runtime_edits} runtime edits "
+                     "(`xlb save` before a reload keeps them)")
+            self.runtime_edits = 0
         self._neighbours()
         self.log(f"xlb: reloaded {self.config_path}: {self._summary(cfg)}")
         return True
@@ -150,6 +157,7 @@ class Daemon:
 
     def _tick_locked(self):
         res = self.dp.sweep()
+        self.rates.sample(self.dp)
         no_neigh = self.dp.counters("verdicts", REASON["drop_no_neigh"]).packets
         if no_neigh > self._no_neigh:
             self.log(f"xlb: {no_neigh - self._no_neigh} packets met an unresolved neighbour; resolving")
@@ -210,7 +218,7 @@ def _status(daemon):
     """Who is running where: the interface, mode, config file and what it holds."""
     cfg = daemon.dp.config
     return {"iface": daemon.iface, "xdp_mode": daemon.xdp_mode, "config": str(daemon.config_path),
-            "summary": daemon._summary(cfg), "pid": os.getpid()}
+            "summary": daemon._summary(cfg), "pid": os.getpid(), "runtime_edits": daemon.runtime_edits}
 
 
 @control.command("stats")
