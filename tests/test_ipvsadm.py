@@ -241,3 +241,112 @@ def test_conns_listing_with_template():
         "pro expire state       source             virtual            destination\n"
         "TCP 14:59  ESTABLISHED 198.19.1.10:40000  198.51.100.10:80   198.18.0.11:80\n"
         "IP  04:59  NONE        198.19.1.0:0       0.0.0.1:0          198.18.0.11:0\n")
+
+
+# --- against a running daemon ----------------------------------------------------------------------------------
+
+import io  # noqa: E402
+import re  # noqa: E402
+
+from conftest import needs_root  # noqa: E402
+
+from xlb import control  # noqa: E402
+from xlb.admincli import run_ipvsadm  # noqa: E402
+from xlb.demo import CLIENTS4, DEMO_CONFIG, REALS4, VIP4, DrLab  # noqa: E402
+from xlb.netns import LineConnection  # noqa: E402
+
+NAME_OF = {r: f"rs{i + 1}" for i, r in enumerate(REALS4)}
+ADDR_OF = {v: k for k, v in NAME_OF.items()}
+LINE = 8080
+
+
+def ipvsadm_out(lab, line, stdin=None):
+    out = io.StringIO()
+    assert run_ipvsadm(line.split(), socket=lab.socket_path, stdin=stdin, out=out) == 0
+    return out.getvalue()
+
+
+LAB_CONFIG = DEMO_CONFIG + f"""
+[[service]]
+vip = "{VIP4}"
+port = {LINE}
+proto = "tcp"
+scheduler = "rr"
+""" + "".join(f'\n  [[service.real]]\n  address = "{r}"\n' for r in REALS4)
+
+
+def test_without_a_daemon_commands_fail_clearly(tmp_path, capsys):
+    from xlb.cli import main
+    assert main(["ipvsadm", "--socket", str(tmp_path / "none.sock"), "-L", "-n"]) == 1
+    assert main(["list", "--socket", str(tmp_path / "none.sock")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("no xlb daemon answers at") == 2 and "is `xlb run` running?" in err
+
+
+@needs_root
+def test_ipvsadm_script_on_a_live_daemon_keeps_connections_and_templates():
+    with DrLab(prefix="xa1", ports=(80, 443, 8443), line_ports=(LINE,)) as lab:
+        lab.start_xlb(LAB_CONFIG)
+        client = CLIENTS4[0]
+        sticky = lab.ask(client, VIP4, 80)  # makes a template for 198.19.1.0/24 under mark 1
+        with LineConnection(lab.cl, CLIENTS4[3], VIP4, LINE) as live:
+            serving = live.ask()
+            others = [r for r in REALS4 if NAME_OF[r] != serving]
+            script = (f"-A -t {VIP4}:8443 -s rr\n"
+                      f"-a -t {VIP4}:8443 -r {REALS4[0]}:8443 -g -w 1\n"
+                      f"-e -t {VIP4}:{LINE} -r {others[0]} -g -w 0\n"
+                      f"-d -t {VIP4}:{LINE} -r {others[1]}\n")
+            assert ipvsadm_out(lab, "-R", stdin=io.StringIO(script)) == ""
+
+            # Edited service: its established connection keeps its real. Untouched service: the template holds.
+            assert live.ask() == serving
+            assert lab.ask(client, VIP4, 443) == sticky
+            assert lab.ask(CLIENTS4[4], VIP4, 8443) == "rs1"
+            listing = ipvsadm_out(lab, "-L -n")
+            fwm_reals = sorted(REALS4)
+            lines = ["IP Virtual Server version 1.2.1 (size=1048576)",
+                     "Prot LocalAddress:Port Scheduler Flags",
+                     "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn",
+                     f"TCP  {VIP4}:{LINE} rr"]
+            line_reals = sorted([ADDR_OF[serving], others[0]])
+            for r in line_reals:
+                weight = 0 if r == others[0] else 1
+                active = 1 if NAME_OF[r] == serving else 0
+                lines.append(f"  -> {r + ':' + str(LINE):<28} Route   {weight:<6} {active:<10} {0:<10}")
+            lines.append(f"TCP  {VIP4}:8443 rr")
+            lines.append(f"  -> {REALS4[0] + ':8443':<28} Route   {1:<6} {0:<10} {1:<10}")
+            lines.append("FWM  1 rr persistent 300 mask 255.255.255.0")
+            for r in fwm_reals:
+                inactive = 2 if NAME_OF[r] == sticky else 0  # the two closed connections of the sticky client
+                lines.append(f"  -> {r + ':0':<28} Route   {1:<6} {0:<10} {inactive:<10}")
+            assert listing == "\n".join(lines) + "\n"
+
+            conns = ipvsadm_out(lab, "-L -n -c").splitlines()
+            assert conns[:2] == ["IPVS connection entries",
+                                 "pro expire state       source             virtual            destination"]
+            template = [c for c in conns if c.startswith("IP ")]
+            assert len(template) == 1
+            assert re.fullmatch(rf"IP  0[45]:\d\d  NONE        {'198.19.1.0:0':<18} {'0.0.0.1:0':<18} "
+                                rf"{re.escape(ADDR_OF[sticky])}:0", template[0]), template[0]
+            est = [c for c in conns if "ESTABLISHED" in c]
+            assert len(est) == 1 and f"{ADDR_OF[serving]}:{LINE}" in est[0] and CLIENTS4[3] in est[0]
+
+            # A refused edit changes nothing and says why.
+            with pytest.raises(control.ControlError, match=r"ipvsadm: -r: real 198.18.0.11 already exists"):
+                ipvsadm_out(lab, f"-a -t {VIP4}:8443 -r {REALS4[0]}")
+            assert ipvsadm_out(lab, "-L -n") == listing
+            saved = ipvsadm_out(lab, "-S -n")
+            assert f"-A -t {VIP4}:8443 -s rr\n-a -t {VIP4}:8443 -r {REALS4[0]}:8443 -g -w 1\n" in saved
+
+            # Counters, then zero.
+            stats = ipvsadm_out(lab, "-L -n --stats --exact").splitlines()
+            fwm = next(line for line in stats if line.startswith("FWM  1"))
+            assert fwm.split()[2] == "2"  # conns of the sticky client (80 and 443)
+            ipvsadm_out(lab, "-Z")
+            zeroed = ipvsadm_out(lab, "-L -n --stats").splitlines()
+            assert all(line.split()[-5:] == ["0"] * 5 for line in zeroed[3:]), zeroed
+            assert live.ask() == serving
+            # New connections of the edited service go only to the real left with a weight.
+            for c in CLIENTS4[:3]:
+                with LineConnection(lab.cl, c, VIP4, LINE) as conn:
+                    assert conn.ask() == serving
