@@ -74,7 +74,8 @@ def _cmd_run(args):
                 log(f"xlb: warning: {w}")
         return getattr(res, "config", res)
     d = Daemon(args.iface, path, xdp_mode=args.xdp_mode, force=args.force, log=log, socket_path=args.socket,
-               load=load_config, metrics=args.metrics)
+               load=load_config, metrics=args.metrics,
+               pin_dir=args.pin_dir, fresh=args.fresh)
     d.start()
     d.run()
     return 0
@@ -141,6 +142,10 @@ def build_parser():
     run.add_argument("--metrics", nargs="?", const=f"127.0.0.1:{DEFAULT_METRICS_PORT}", metavar="[ADDR:]PORT",
                      help="serve Prometheus /metrics (default off; a bare port or no value binds 127.0.0.1, "
                           f"default port {DEFAULT_METRICS_PORT})")
+    run.add_argument("--pin-dir", help="where the maps are pinned (default /sys/fs/bpf/xlb/IFACE; in a named "
+                                       "network namespace /sys/fs/bpf/xlb/netns-NAME/IFACE)")
+    run.add_argument("--fresh", action="store_true",
+                     help="discard the pinned maps (connections, templates, counters) instead of adopting them")
     run.set_defaults(func=_cmd_run, parser=run)
 
     chk = sub.add_parser("check", help="validate a config without root; non-zero exit names the bad field")
