@@ -288,3 +288,66 @@ def test_parse_ports():
     assert admin.parse_ports("80,443,1000-2000") == [80, 443, "1000-2000"]
     with pytest.raises(ConfigError):
         admin.parse_ports("80,http")
+
+
+# --- the native commands against a running daemon ---------------------------------------------------------------
+
+import json  # noqa: E402
+
+from conftest import needs_root  # noqa: E402
+
+from xlb.cli import main as cli_main  # noqa: E402
+from xlb.demo import CLIENTS4, REALS4, VIP4, DrLab  # noqa: E402
+
+
+def xlb(capsys, lab, *argv):
+    """`xlb ARGV --socket LAB`; returns stdout, asserts exit 0."""
+    rc = cli_main([*argv, "--socket", lab.socket_path])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    return out
+
+
+@needs_root
+def test_native_commands_and_save_round_trip(capsys, tmp_path):
+    with DrLab(prefix="xa4") as lab:
+        lab.start_xlb("")
+        xlb(capsys, lab, "mark", "add", "--mark", "5", "--proto", "tcp", "--dst", f"{VIP4}/32", "--ports", "80,443")
+        xlb(capsys, lab, "service", "add", "-f", "5", "-s", "rr", "-p", "120", "-M", "255.255.255.0")
+        for r in REALS4[:2]:
+            xlb(capsys, lab, "real", "add", "-f", "5", "-r", r, "-w", "2")
+        xlb(capsys, lab, "real", "edit", "-f", "5", "-r", REALS4[1], "-w", "0")
+        xlb(capsys, lab, "set-timeouts", "0", "60", "0")
+        # The only real with weight serves; its template groups the /24.
+        assert lab.ask(CLIENTS4[0], VIP4, 80) == "rs1"
+        assert lab.ask(CLIENTS4[1], VIP4, 443) == "rs1"
+        listing = xlb(capsys, lab, "list", "-n")
+        assert listing.splitlines()[3:] == [
+            "FWM  5 rr persistent 120 mask 255.255.255.0",
+            f"  -> {REALS4[0] + ':0':<28} Route   2      0          2         ",
+            f"  -> {REALS4[1] + ':0':<28} Route   0      0          0         "]
+        persist = xlb(capsys, lab, "list", "--persist")
+        assert persist.splitlines()[4] == f"  -> {REALS4[0] + ':0':<28} 2         1           0          2         "
+
+        # A bad edit names its option and changes nothing.
+        assert cli_main(["service", "edit", "-f", "5", "-M", "255.0.255.0.1", "--socket", lab.socket_path]) == 1
+        assert "xlb service edit: -M: persistence_netmask: an IPv4 netmask must be a dotted mask" \
+            in capsys.readouterr().err
+        assert xlb(capsys, lab, "list", "-n") == listing
+
+        # save -> run --config reproduces the running state.
+        saved = xlb(capsys, lab, "save")
+        before = json.loads(xlb(capsys, lab, "list", "--json"))
+        lab.stop_xlb()
+        lab.start_xlb(saved)
+        after = json.loads(xlb(capsys, lab, "list", "--json"))
+        for snap in (before, after):
+            for s in snap["services"]:
+                s.pop("stats"), s.pop("rate")
+                for r in s["reals"]:
+                    for k in ("stats", "rate", "active", "inactive", "persist"):
+                        r.pop(k)
+        assert after == before
+        assert after["timeouts"] == {"tcp": 900, "tcpfin": 60, "udp": 300, "syn": 60}
+        status = json.loads(xlb(capsys, lab, "status", "--json"))
+        assert status["runtime_edits"] == 0 and status["pin_dir"].endswith("/eth0")

@@ -254,7 +254,8 @@ def _status(daemon):
     """Who is running where: the interface, mode, config file and what it holds."""
     cfg = daemon.dp.config
     return {"iface": daemon.iface, "xdp_mode": daemon.xdp_mode, "config": str(daemon.config_path),
-            "summary": daemon._summary(cfg), "pid": os.getpid(), "runtime_edits": daemon.runtime_edits}
+            "summary": daemon._summary(cfg), "pid": os.getpid(), "runtime_edits": daemon.runtime_edits,
+            "pin_dir": str(daemon.pin_dir)}
 
 
 @control.command("stats")
