@@ -540,20 +540,6 @@ class DataPlane:
     def verdict_counts(self):
         return {name: self.counters("verdicts", num) for num, name in S.REASONS.items()}
 
-    # interim: the lead replaces this
-    def real_conn_counts(self):
-        """{real id: (active, inactive)}: live connections per real, established ones active (IPVS's split)."""
-        now = now_ns()
-        timeouts = self.m["settings"][ct.c_uint32(0)].timeout_ns
-        est = S.CONN_STATE["est"]
-        out = {}
-        for _k, v in self.m["conns"].items_lookup_batch():
-            if v.state >= S.CONN_STATES or v.seen_ns + timeouts[v.state] - now <= 0:
-                continue
-            a, i = out.get(v.real_id, (0, 0))
-            out[v.real_id] = (a + 1, i) if v.state == est else (a, i + 1)
-        return out
-
     # -- adopting pinned maps (a restarted daemon) ------------------------------------------------------------
     def adopt(self):
         """Rebuild the control plane's state from maps a previous daemon left pinned: service, real and mark-rule
