@@ -60,6 +60,7 @@ class Daemon:
         self.pin_dir = pin_dir  # None: pin.default_pin_dir(iface)
         self.fresh = fresh
         self._pin_lock = None
+        self._tail_calls = None  # our program's pinned tail-call array
         self._keep_attached = False
         self.socket_path = socket_path or control.default_socket(iface)
         self.lock = threading.RLock()
@@ -116,7 +117,9 @@ class Daemon:
             if self.metrics:
                 self.metrics_endpoint = metrics.serve_daemon(self, self.metrics)
                 self.log(f"xlb: serving Prometheus metrics on http://{self.metrics_endpoint.where}/metrics")
+            self._tail_calls = pin.pin_tail_calls(self.prog, self.pin_dir)
             self.prog.attach(self.iface, self.xdp_mode, self.force, own_ids | pin.pinned_ids(self.pin_dir))
+            pin.drop_tail_calls(self.pin_dir, keep=self._tail_calls)  # the replaced program's
         except BaseException:
             self.close()
             raise
@@ -244,6 +247,8 @@ class Daemon:
             else:
                 prog.close()
                 self.log(f"xlb: detached from {self.iface}")
+                if self._tail_calls:
+                    self._tail_calls.unlink(missing_ok=True)
         if self._pin_lock:
             self._pin_lock.release()
             self._pin_lock = None

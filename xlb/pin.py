@@ -201,12 +201,42 @@ def layout_digest():
     return hashlib.sha256(json.dumps(layout_description(), sort_keys=True).encode()).digest()
 
 
+TAIL_CALLS_PREFIX = "progs-"
+
+
 def pinned_maps(pin_dir):
-    """Names of the maps pinned in pin_dir (the layout record aside)."""
+    """Names of the state maps pinned in pin_dir (the layout record and programs' tail-call arrays aside)."""
     d = Path(pin_dir)
     if not d.is_dir():
         return []
-    return sorted(p.name for p in d.iterdir() if p.name != LAYOUT_MAP)
+    return sorted(p.name for p in d.iterdir() if p.name != LAYOUT_MAP and not p.name.startswith(TAIL_CALLS_PREFIX))
+
+
+def obj_pin(fd, path):
+    _check(_libbpf().bpf_obj_pin(fd, str(path).encode()), f"pinning {path}")
+
+
+def prog_id(fd):
+    info = _ProgInfo()
+    n = ct.c_uint32(ct.sizeof(info))
+    _check(_libbpf().bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(n)), "bpf_obj_get_info_by_fd (prog)")
+    return info.id
+
+
+def pin_tail_calls(prog, pin_dir):
+    """Pin the program's tail-call array as progs-ID. The kernel empties a prog array when its last user
+    reference goes: without this pin, a program left attached by a daemon that died would lose its tail calls
+    (new connections). Each program keeps its own array; :func:`drop_tail_calls` removes the others'."""
+    path = Path(pin_dir) / f"{TAIL_CALLS_PREFIX}{prog_id(prog.fd)}"
+    obj_pin(prog["progs"].map_fd, path)
+    return path
+
+
+def drop_tail_calls(pin_dir, keep=None):
+    """Unpin the tail-call arrays of programs that are no longer attached (all but ``keep``)."""
+    for p in Path(pin_dir).glob(f"{TAIL_CALLS_PREFIX}*"):
+        if p != keep:
+            p.unlink()
 
 
 def read_layout(pin_dir):
@@ -279,7 +309,9 @@ def check_sizes(prog, pin_dir, names):
 def pinned_ids(pin_dir):
     """Kernel ids of the maps pinned in pin_dir: a program using one of them is xlb's own."""
     ids = set()
-    for name in pinned_maps(pin_dir):
+    d = Path(pin_dir)
+    names = [p.name for p in d.iterdir() if p.name != LAYOUT_MAP] if d.is_dir() else []
+    for name in names:
         try:
             ids.add(pinned_map_info(Path(pin_dir) / name).id)
         except KernelError:
@@ -288,9 +320,11 @@ def pinned_ids(pin_dir):
 
 
 def clear(pin_dir):
-    """Unpin every map in pin_dir (--fresh); the directory stays (it carries the daemon's lock)."""
+    """Unpin the state maps in pin_dir (--fresh); the directory stays (it carries the daemon's lock), and so do
+    the tail-call arrays, which the attached program needs until it is replaced."""
     for p in Path(pin_dir).iterdir():
-        p.unlink()
+        if not p.name.startswith(TAIL_CALLS_PREFIX):
+            p.unlink()
 
 
 def remove(pin_dir):
