@@ -6,41 +6,54 @@
 #include "structs.h"
 #include "parse.h"
 
+/* XLB_MAP: a map pinned under XLB_PIN_DIR (the loader's -D flag; `xlb run` gives one per interface) so that a
+ * restarted daemon adopts its state and the data plane keeps it while no daemon runs. Without XLB_PIN_DIR (the
+ * packet tests) maps are private to the loaded program. bcc reuses a pinned map whatever its layout: the loader
+ * checks the layout before it loads (xlb/pin.py). */
+#ifdef XLB_PIN_DIR
+#define XLB_MAP(_type, _key, _leaf, _name, _max, _flags) \
+	BPF_TABLE_PINNED(_type, _key, _leaf, _name, _max, XLB_PIN_DIR "/" #_name, _flags)
+#else
+#define XLB_MAP(_type, _key, _leaf, _name, _max, _flags) BPF_F_TABLE(_type, _key, _leaf, _name, _max, _flags)
+#endif
+
 /* Virtual services by key; written by the control plane. */
-BPF_HASH(services, struct svc_key, struct svc_meta, XLB_MAX_SERVICES);
+XLB_MAP("hash", struct svc_key, struct svc_meta, services, XLB_MAX_SERVICES, 0);
 /* Real servers by real id; written by the control plane. */
-BPF_ARRAY(reals, struct real, XLB_MAX_REALS);
+XLB_MAP("array", int, struct real, reals, XLB_MAX_REALS, 0);
 /* Live connection counts per real id (connection-count schedulers, thresholds); the data plane adds, the
  * control plane reconciles. */
-BPF_ARRAY(real_conns, struct real_conns, XLB_MAX_REALS);
+XLB_MAP("array", int, struct real_conns, real_conns, XLB_MAX_REALS, 0);
 /* Scheduling tables: real ids, one region per service (svc_meta.table_off/len); written by the control plane. */
-BPF_ARRAY(sched_slots, __u32, XLB_SCHED_SLOTS);
+XLB_MAP("array", int, __u32, sched_slots, XLB_SCHED_SLOTS, 0);
 /* Round-robin position per service, per CPU; written by the data plane. */
-BPF_PERCPU_ARRAY(rr_pos, __u32, XLB_MAX_SERVICES);
+XLB_MAP("percpu_array", int, __u32, rr_pos, XLB_MAX_SERVICES, 0);
 /* Connection table; the data plane inserts, the control plane sweeps expired entries. Per-CPU LRU lists
  * make inserts cheap. */
-BPF_F_TABLE("lru_hash", struct conn_key, struct conn, conns, XLB_CONNS, BPF_F_NO_COMMON_LRU);
+XLB_MAP("lru_hash", struct conn_key, struct conn, conns, XLB_CONNS, BPF_F_NO_COMMON_LRU);
 /* Persistence templates; the data plane inserts and refreshes, the control plane sets holds and sweeps. */
-BPF_TABLE("lru_hash", struct persist_key, struct persist, persist, XLB_TEMPLATES);
+XLB_MAP("lru_hash", struct persist_key, struct persist, persist, XLB_TEMPLATES, 0);
 /* Firewall-mark classification; written by the control plane. */
-BPF_F_TABLE("lpm_trie", struct mark_key, struct mark_val, mark_rules, XLB_MARK_ENTRIES, BPF_F_NO_PREALLOC);
+XLB_MAP("lpm_trie", struct mark_key, struct mark_val, mark_rules, XLB_MARK_ENTRIES, BPF_F_NO_PREALLOC);
 /* Every VIP and mark destination, to tell fragments for us from others; written by the control plane. */
-BPF_F_TABLE("lpm_trie", struct vip_key, __u32, vip_prefixes, XLB_VIP_PREFIXES, BPF_F_NO_PREALLOC);
+XLB_MAP("lpm_trie", struct vip_key, __u32, vip_prefixes, XLB_VIP_PREFIXES, BPF_F_NO_PREALLOC);
 /* Timeouts and global flags; one entry written by the control plane. */
-BPF_ARRAY(settings, struct settings, 1);
-/* Next hop per real, per CPU; written by the data plane from bpf_fib_lookup. */
+XLB_MAP("array", int, struct settings, settings, 1, 0);
+/* Next hop per real, per CPU; written by the data plane from bpf_fib_lookup. Derived state: not pinned. */
 BPF_PERCPU_ARRAY(nh_cache, struct nexthop, XLB_MAX_REALS);
 /* Counters: per service id, per real id, per mark rule id, per verdict reason. */
-BPF_PERCPU_ARRAY(svc_stats, struct counters, XLB_MAX_SERVICES);
-BPF_PERCPU_ARRAY(real_stats, struct counters, XLB_MAX_REALS);
-BPF_PERCPU_ARRAY(mark_stats, struct counters, XLB_MAX_MARK_RULES);
-BPF_PERCPU_ARRAY(verdicts, struct counters, XLB_REASON_MAX);
-/* What the trace build decided for one packet (bpf/trace.h); one entry, never written by the live program. */
+XLB_MAP("percpu_array", int, struct counters, svc_stats, XLB_MAX_SERVICES, 0);
+XLB_MAP("percpu_array", int, struct counters, real_stats, XLB_MAX_REALS, 0);
+XLB_MAP("percpu_array", int, struct counters, mark_stats, XLB_MAX_MARK_RULES, 0);
+XLB_MAP("percpu_array", int, struct counters, verdicts, XLB_REASON_MAX, 0);
+/* What the trace build decided for one packet (bpf/trace.h); one entry, never written by the live program;
+ * not pinned. */
 BPF_ARRAY(trace_out, struct trace_rec, 1);
 
 /* Private to the data plane (not mirrored in Python). New connections are placed by a second program, reached by
  * a tail call, so the verifier checks scheduling from one entry state instead of every state the packet path
- * can reach; the handoff carries what the first program already knows. */
+ * can reach; the handoff carries what the first program already knows. Not pinned: each loaded program has
+ * its own. */
 #define XLB_PROG_NEW_CONN 0
 BPF_PROG_ARRAY(progs, 1);
 struct handoff {

@@ -157,7 +157,10 @@ def test_run_refuses_busy_interface_unless_force(log_path):
         lab.start_xlb(DEMO_CONFIG)
         first_id = xdp_prog_id(lab.lb, "eth0")
         assert first_id is not None
-        argv = ["run", "--iface", "eth0", "--config", lab.config_path, "--xdp-mode", "generic"]
+        # Maps and socket of its own: a second daemon on the same pinned maps is refused outright
+        # (tests/test_restart.py), and /run/xlb/eth0.sock may serve another test's lab.
+        argv = ["run", "--iface", "eth0", "--config", lab.config_path, "--xdp-mode", "generic",
+                "--pin-dir", str(lab.pin_root / "second"), "--socket", lab.socket_path + ".second"]
         rc = run_in_netns(lab.lb, _cli_captured, log_path, argv)
         out = Path(log_path).read_text()
         assert rc == 1

@@ -50,9 +50,13 @@ def inline_source(path: Path, _seen=None) -> str:
     return "\n".join(out)
 
 
-def cflags_for(tables) -> list:
-    """-D flags for the table sizes a config asks for (bpf/consts.h holds the defaults)."""
-    return [f"-DXLB_CONNS={tables.conns}", f"-DXLB_TEMPLATES={tables.templates}"]
+def cflags_for(tables, pin_dir=None) -> list:
+    """-D flags for the table sizes a config asks for (bpf/consts.h holds the defaults), and the directory to pin
+    the maps in (bpf/maps.h XLB_MAP; none: unpinned)."""
+    flags = [f"-DXLB_CONNS={tables.conns}", f"-DXLB_TEMPLATES={tables.templates}"]
+    if pin_dir is not None:
+        flags.append(f'-DXLB_PIN_DIR="{pin_dir}"')
+    return flags
 
 
 def attached_prog_id(ifname, ns=None):
@@ -94,8 +98,20 @@ class Program:
     def __getitem__(self, name):
         return self.bpf[name.encode() if isinstance(name, str) else name]
 
-    def attach(self, ifname, mode="native", force=False):
-        """Attach to ifname; refuse one that already has another XDP program unless force."""
+    def attach(self, ifname, mode="native", force=False, own_map_ids=()):
+        """Attach to ifname; refuse one that already has another XDP program unless force.
+
+        A program that uses one of own_map_ids (our pinned maps: a previous xlb on this interface, alive or not)
+        is replaced in one step, without force and without a moment with no program attached."""
+        current = attached_prog_id(ifname)
+        if current is not None:
+            from . import pin
+            try:
+                _name, ids = pin.prog_map_ids(current)
+            except KernelError:
+                ids = set()
+            if force or ids & set(own_map_ids):
+                return self._replace(ifname, mode, current)
         flags = XDP_MODES[mode]
         if not force:
             flags |= XDP_FLAGS_UPDATE_IF_NOEXIST
@@ -111,6 +127,21 @@ class Program:
             raise AttachError(f"could not attach XDP to {ifname}: {msg}") from exc
         self.attached = (ifname, XDP_MODES[mode])
         self.attached_id = attached_prog_id(ifname)
+
+    def _replace(self, ifname, mode, old_id):
+        import socket
+        from . import pin
+        try:
+            pin.xdp_replace(socket.if_nametoindex(ifname), self.fd, old_id, XDP_MODES[mode])
+        except KernelError as exc:
+            raise AttachError(f"could not replace the XDP program on {ifname}: {exc}") from exc
+        self.attached = (ifname, XDP_MODES[mode])
+        self.attached_id = attached_prog_id(ifname)
+
+    def release(self):
+        """Let go of the program but leave it attached (its maps pinned): the next `xlb run` adopts both."""
+        self.attached = None
+        self.bpf.cleanup()
 
     def detach(self):
         """Detach if attached and still ours (another xlb may have replaced it with --force); safe twice."""

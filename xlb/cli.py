@@ -19,6 +19,9 @@ EXAMPLES = """examples:
   xlb top                     # live rates per service and real; q quits
   xlb trace 203.0.113.7 198.51.100.10:80       # which real would a new connection get, and why
   xlb demo                    # a built-in topology in throwaway namespaces
+  xlb list -n                 # what the running daemon balances (ipvsadm -L -n format)
+  xlb ipvsadm -a -t 198.51.100.10:80 -r 198.18.0.11 -w 2   # ipvsadm's syntax, runtime edit
+  xlb save > xlb.toml         # the running state as a config
 """
 
 
@@ -71,7 +74,8 @@ def _cmd_run(args):
                 log(f"xlb: warning: {w}")
         return getattr(res, "config", res)
     d = Daemon(args.iface, path, xdp_mode=args.xdp_mode, force=args.force, log=log, socket_path=args.socket,
-               load=load_config, metrics=args.metrics)
+               load=load_config, metrics=args.metrics,
+               pin_dir=args.pin_dir, fresh=args.fresh)
     d.start()
     d.run()
     return 0
@@ -138,6 +142,10 @@ def build_parser():
     run.add_argument("--metrics", nargs="?", const=f"127.0.0.1:{DEFAULT_METRICS_PORT}", metavar="[ADDR:]PORT",
                      help="serve Prometheus /metrics (default off; a bare port or no value binds 127.0.0.1, "
                           f"default port {DEFAULT_METRICS_PORT})")
+    run.add_argument("--pin-dir", help="where the maps are pinned (default /sys/fs/bpf/xlb/IFACE; in a named "
+                                       "network namespace /sys/fs/bpf/xlb/netns-NAME/IFACE)")
+    run.add_argument("--fresh", action="store_true",
+                     help="discard the pinned maps (connections, templates, counters) instead of adopting them")
     run.set_defaults(func=_cmd_run, parser=run)
 
     chk = sub.add_parser("check", help="validate a config without root; non-zero exit names the bad field")
@@ -169,12 +177,33 @@ def build_parser():
     top.add_argument("--socket", help="control socket of the daemon (default: the only one under /run/xlb/)")
     top.set_defaults(func=_cmd_top)
 
+    from .admincli import add_parsers as add_admin_parsers
+    add_admin_parsers(sub)
+
     demo = sub.add_parser("demo", help="build a demo topology in namespaces, balance traffic, tear it down")
     demo.set_defaults(func=_cmd_demo)
     return p
 
 
+def _ipvsadm_main(argv):
+    """`xlb ipvsadm [--socket PATH] ARGS`: ipvsadm's options are not argparse's, so they pass through untouched."""
+    from .admincli import run_ipvsadm
+    sock = None
+    if argv[:1] == ["--socket"] and len(argv) > 1:
+        sock, argv = argv[1], argv[2:]
+    elif argv and argv[0].startswith("--socket="):
+        sock, argv = argv[0].split("=", 1)[1], argv[1:]
+    return run_ipvsadm(argv, socket=sock)
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["ipvsadm"]:
+            return _ipvsadm_main(argv[1:])
+    except XlbError as exc:
+        print(f"xlb: error: {exc}", file=sys.stderr)
+        return 1
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

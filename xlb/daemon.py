@@ -1,7 +1,8 @@
 """`xlb run`: load the program, apply the config, attach, then keep the timers until told to stop.
 
 SIGHUP re-reads the config and applies only the difference (a rejected config changes nothing and says why);
-SIGUSR1 prints the counters; SIGINT/SIGTERM detach and exit. The control socket (xlb/control.py) serves the
+SIGUSR1 prints the counters; SIGINT/SIGTERM detach and exit; SIGQUIT exits leaving the program attached (an
+upgrade: the next `xlb run` adopts the pinned maps and replaces the program in one step). The control socket (xlb/control.py) serves the
 other `xlb` commands; they, the timers and reloads take turns under one lock.
 """
 import os
@@ -15,6 +16,8 @@ from pyroute2 import IPRoute
 from . import config as xconfig
 from . import control
 from . import metrics
+from . import pin
+from . import runtime
 from . import stats
 from . import trace  # noqa: F401  registers the `trace` control command
 from .bpfprog import Program, cflags_for
@@ -50,10 +53,15 @@ def ifindex_of(ifname):
 
 class Daemon:
     def __init__(self, iface, config_path, xdp_mode="native", force=False, log=print, socket_path=None,
-                 load=None, metrics=None):
+                 load=None, metrics=None, pin_dir=None, fresh=False):
         self.iface = iface
         # Where the config comes from (start and SIGHUP): the TOML file, or e.g. a keepalived import (cli.py).
         self.load = load or (lambda: xconfig.load(config_path))
+        self.pin_dir = pin_dir  # None: pin.default_pin_dir(iface)
+        self.fresh = fresh
+        self._pin_lock = None
+        self._tail_calls = None  # our program's pinned tail-call array
+        self._keep_attached = False
         self.socket_path = socket_path or control.default_socket(iface)
         self.lock = threading.RLock()
         self.control = None
@@ -73,9 +81,11 @@ class Daemon:
         self.reloads = dict.fromkeys(("success", "rejected", "failed"), 0)   # exported by xlb/metrics.py
         self.last_reload_success = None      # Unix time the running config was applied
         self.tracer = None                   # xlb/trace.py, built on the first `trace` command
+        self.runtime_edits = 0  # edits over the control socket since the config file was last applied
+        self.rates = runtime.RateEstimator()
 
     def _install_signals(self):
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGQUIT):
             signal.signal(sig, self._signal)
 
     def start(self):
@@ -87,9 +97,17 @@ class Daemon:
         self._install_signals()
         cfg = self.load()
         ifindex_of(self.iface)
-        self.prog = Program(cflags=cflags_for(cfg.tables), log=self.log)
         try:
+            adopted, own_ids = self._pins()
+            self.prog = Program(cflags=cflags_for(cfg.tables, self.pin_dir), log=self.log)
+            pin.check_sizes(self.prog, self.pin_dir, adopted)
+            if not adopted:
+                pin.write_layout(self.pin_dir)
             self.dp = DataPlane(self.prog, cfg.tables)
+            if adopted:
+                found = self.dp.adopt()
+                self.log(f"xlb: adopted the maps pinned in {self.pin_dir} ({found['services']} services, "
+                         f"{found['reals']} reals, their connections, templates and counters)")
             self.dp.apply(cfg)
             self.last_reload_success = time.time()
             enable_forwarding(self.iface, self.log)
@@ -99,11 +117,26 @@ class Daemon:
             if self.metrics:
                 self.metrics_endpoint = metrics.serve_daemon(self, self.metrics)
                 self.log(f"xlb: serving Prometheus metrics on http://{self.metrics_endpoint.where}/metrics")
-            self.prog.attach(self.iface, self.xdp_mode, self.force)
+            self._tail_calls = pin.pin_tail_calls(self.prog, self.pin_dir)
+            self.prog.attach(self.iface, self.xdp_mode, self.force, own_ids | pin.pinned_ids(self.pin_dir))
+            pin.drop_tail_calls(self.pin_dir, keep=self._tail_calls)  # the replaced program's
         except BaseException:
             self.close()
             raise
         self.log(f"xlb: attached to {self.iface} ({self.xdp_mode}); {self._summary(cfg)}")
+
+    def _pins(self):
+        """Lock the pin directory, discard its maps with --fresh, and check what is left can be adopted.
+
+        Returns (names of the maps to adopt, ids of the maps pinned before: a program using them is ours)."""
+        pin.ensure_bpffs()
+        self.pin_dir = Path(self.pin_dir or pin.default_pin_dir(self.iface))
+        self._pin_lock = pin.DirLock(self.pin_dir).acquire()
+        own_ids = pin.pinned_ids(self.pin_dir)
+        if self.fresh:
+            pin.clear(self.pin_dir)
+            self.log(f"xlb: --fresh: discarded the maps pinned in {self.pin_dir}")
+        return pin.check_layout(self.pin_dir), own_ids
 
     @staticmethod
     def _summary(cfg):
@@ -139,6 +172,10 @@ class Daemon:
             return False
         self.reloads["success"] += 1
         self.last_reload_success = time.time()
+        if self.runtime_edits:
+            self.log(f"xlb: reload: the config file replaces {self.runtime_edits} runtime edits "
+                     "(`xlb save` before a reload keeps them)")
+            self.runtime_edits = 0
         self._neighbours()
         self.log(f"xlb: reloaded {self.config_path}: {self._summary(cfg)}")
         return True
@@ -150,6 +187,7 @@ class Daemon:
 
     def _tick_locked(self):
         res = self.dp.sweep()
+        self.rates.sample(self.dp)
         no_neigh = self.dp.counters("verdicts", REASON["drop_no_neigh"]).packets
         if no_neigh > self._no_neigh:
             self.log(f"xlb: {no_neigh - self._no_neigh} packets met an unresolved neighbour; resolving")
@@ -163,6 +201,7 @@ class Daemon:
         elif signum == signal.SIGUSR1:
             self._dump = True
         else:
+            self._keep_attached = signum == signal.SIGQUIT
             self._stop = True
         self._wake.set()
 
@@ -201,8 +240,18 @@ class Daemon:
             self.control = None
         if self.prog:
             prog, self.prog = self.prog, None
-            prog.close()
-            self.log(f"xlb: detached from {self.iface}")
+            if self._keep_attached and prog.attached:
+                prog.release()
+                self.log(f"xlb: exiting with the program attached to {self.iface} and its maps pinned in "
+                         f"{self.pin_dir}; the next `xlb run` adopts them")
+            else:
+                prog.close()
+                self.log(f"xlb: detached from {self.iface}")
+                if self._tail_calls:
+                    self._tail_calls.unlink(missing_ok=True)
+        if self._pin_lock:
+            self._pin_lock.release()
+            self._pin_lock = None
 
 
 @control.command("status")
@@ -210,7 +259,8 @@ def _status(daemon):
     """Who is running where: the interface, mode, config file and what it holds."""
     cfg = daemon.dp.config
     return {"iface": daemon.iface, "xdp_mode": daemon.xdp_mode, "config": str(daemon.config_path),
-            "summary": daemon._summary(cfg), "pid": os.getpid()}
+            "summary": daemon._summary(cfg), "pid": os.getpid(), "runtime_edits": daemon.runtime_edits,
+            "pin_dir": str(daemon.pin_dir)}
 
 
 @control.command("stats")

@@ -4,6 +4,7 @@ and runs the timers (sweeps expired connections and templates, keeps templates h
 Everything is planned and checked before the first map write, so a rejected config changes nothing.
 """
 import ctypes as ct
+import ipaddress
 import time
 
 import numpy as np
@@ -91,6 +92,20 @@ class SlotAllocator:
 
     def available(self):
         return sum(ln for _, ln in self.free)
+
+    def reserve(self, off, length):
+        """Mark [off, off + length) as used (a region adopted from pinned maps)."""
+        out = []
+        for o, ln in self.free:
+            end = o + ln
+            if end <= off or o >= off + length:
+                out.append((o, ln))
+                continue
+            if o < off:
+                out.append((o, off - o))
+            if end > off + length:
+                out.append((off + length, end - off - length))
+        self.free = out
 
 
 class IdPool:
@@ -259,7 +274,8 @@ class DataPlane:
                 self.svc_ids.drop(key)
         for ident, rid in list(self.real_ids.ids.items()):
             if rid not in real_rows:
-                self.m["reals"][ct.c_uint32(rid)] = S.Real()  # not LIVE: templates and conns let go of it
+                # Not LIVE: templates and conns let go of it. The generation stays, for a restarted daemon.
+                self.m["reals"][ct.c_uint32(rid)] = S.Real(gen=self.gens[rid])
                 self.real_ids.drop(ident)
         for k in list(self.mark_entries):
             if k not in want:
@@ -523,3 +539,67 @@ class DataPlane:
 
     def verdict_counts(self):
         return {name: self.counters("verdicts", num) for num, name in S.REASONS.items()}
+
+    # -- adopting pinned maps (a restarted daemon) ------------------------------------------------------------
+    def adopt(self):
+        """Rebuild the control plane's state from maps a previous daemon left pinned: service, real and mark-rule
+        ids, real generations, scheduling-table regions, trie entries and VIP prefixes. The next apply() then
+        keeps every id whose identity it keeps, so connections, templates and counters stay valid, and it writes
+        only the difference. Returns what was found."""
+        proto_name = {v: k for k, v in PROTO_NUM.items()}
+
+        def addr(family, words):
+            b = S.words_bytes(words)
+            return ipaddress.ip_address(b[:4] if family == 4 else b)
+
+        svc_of_id = {}
+        for k, meta in self.m["services"].items():
+            ident = (("fwm", k.family, k.mark) if k.mark else
+                     (proto_name.get(k.proto), addr(k.family, k.addr), htons(k.port)))
+            st = _SvcState(None, meta.id, bytes(k))
+            if meta.table_len:
+                n, off = meta.table_len, meta.table_off
+                st.region = (off, n)
+                st.table = [self.m["sched_slots"][ct.c_uint32(i)].value for i in range(off, off + n)]
+                self.slots.reserve(off, n)
+            self.services[ident] = st
+            self.svc_ids.ids[ident] = meta.id
+            svc_of_id[meta.id] = ident
+        for rid, r in self.m["reals"].items_lookup_batch():
+            rid = getattr(rid, "value", rid)
+            if r.gen:
+                self.gens[rid] = r.gen
+            if r.flags & S.REAL_F_LIVE and r.svc_id in svc_of_id:
+                self.real_ids.ids[(svc_of_id[r.svc_id], addr(r.family, r.addr))] = rid
+        rules = {}
+        for k, v in self.m["mark_rules"].items():
+            entry = (k.family, k.proto, htons(k.port), S.words_bytes(k.addr), k.prefixlen - 32)
+            self.mark_entries[entry] = (v.mark, v.rule_id)
+            rules.setdefault(v.rule_id, []).append((v.mark, entry))
+        for rule_id, entries in rules.items():
+            self.rule_ids.ids[_rule_identity(entries)] = rule_id
+        for k in self.m["vip_prefixes"].keys():
+            self.vips.add((k.family, S.words_bytes(k.addr), k.prefixlen - 32))
+        for pool in (self.svc_ids, self.real_ids, self.rule_ids):
+            used = set(pool.ids.values())
+            pool.next = max(used, default=0) + 1
+            pool.free = sorted(set(range(1, pool.next)) - used, reverse=True)
+        return {"services": len(self.services), "reals": len(self.real_ids.ids), "mark_rules": len(rules)}
+
+
+def _rule_identity(entries):
+    """markmod.rule_identity of the rule whose trie entries these are ([(mark, (family, proto, port, prefix,
+    plen))]): "any" when it holds both protocols, its ports merged into ranges, () for every port."""
+    mark = entries[0][0]
+    family, _, _, prefix, plen = entries[0][1]
+    protos = {e[1] for _, e in entries}
+    ports = sorted({e[2] for _, e in entries} - {0})
+    ranges = []
+    for p in ports:
+        if ranges and ranges[-1][1] == p - 1:
+            ranges[-1] = (ranges[-1][0], p)
+        else:
+            ranges.append((p, p))
+    proto = "any" if len(protos) > 1 else {v: k for k, v in PROTO_NUM.items()}[protos.pop()]
+    dst = ipaddress.ip_network((prefix[:4] if family == 4 else prefix, plen))
+    return (mark, proto, str(dst), tuple(ranges))

@@ -16,6 +16,7 @@ import time
 
 
 from .bpfprog import attached_prog_id
+from .pin import netns_pin_root, remove as remove_pins
 from .netns import Topology, run_in_netns, tcp_ask, tcp_echo_name_server, tcp_line_name_server
 
 VIP4 = "198.51.100.10"
@@ -56,6 +57,7 @@ class DrLab:
         self.line_ports = line_ports  # ports of tcp_line_name_server (long-lived connections) on each real
         self.daemon = None
         self.config_path = None
+        self.pin_root = None  # /sys/fs/bpf/xlb/netns-INODE of the LB namespace, removed on exit
 
     def __enter__(self):
         try:
@@ -69,9 +71,13 @@ class DrLab:
         try:
             self.stop_xlb()
         finally:
-            if self.config_path:
-                os.unlink(self.config_path)
-            self.topo.close()
+            try:
+                if self.config_path:
+                    os.unlink(self.config_path)
+                # Maps pinned by `xlb run` in the LB namespace (bpffs is machine-wide): the lab's own directory.
+                self.topo.close()
+            finally:
+                remove_pins(self.pin_root)
 
     def _build(self):
         t = self.topo
@@ -79,6 +85,7 @@ class DrLab:
         self.cl = t.netns("cl")
         self.lb = t.netns("lb")
         self.rs = [t.netns(f"rs{i + 1}") for i in range(self.nreals)]
+        self.pin_root = netns_pin_root(self.lb)
         ports = []
         for ns, port in [(self.cl, "c0"), (self.lb, "l0")] + [(ns, f"r{i}") for i, ns in enumerate(self.rs)]:
             t.veth(ns, "eth0", sw, port)
@@ -128,20 +135,43 @@ class DrLab:
             f.write(config_text)
         # A socket of its own: labs run in parallel and must not meet at /run/xlb/eth0.sock.
         self.socket_path = os.path.join(tempfile.mkdtemp(prefix="xlb-lab-"), "xlb.sock")
-        argv = ["run", "--iface", "eth0", "--config", self.config_path, "--xdp-mode", xdp_mode,
-                "--socket", self.socket_path, *extra_args]
+        self._argv = ["run", "--iface", "eth0", "--config", self.config_path, "--xdp-mode", xdp_mode,
+                      "--socket", self.socket_path, *extra_args]
+        self._spawn_xlb(self._argv, log_path)
+        self._wait(lambda: xdp_prog_id(self.lb, "eth0") is not None, timeout, "attach")
+
+    def _spawn_xlb(self, argv, log_path):
         if log_path:
             self.daemon = self.topo.spawn(self.lb, run_xlb_logged, log_path, argv)
         else:
             from .cli import main as cli_main
             self.daemon = self.topo.spawn(self.lb, cli_main, argv)
+
+    def _wait(self, ready, timeout, what):
         deadline = time.monotonic() + timeout
-        while xdp_prog_id(self.lb, "eth0") is None:
+        while not ready():
             if not self.daemon.is_alive():
-                raise RuntimeError("xlb run exited before attaching (see its output above)")
+                raise RuntimeError(f"xlb run exited before it could {what} (see its output above)")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"xlb run did not attach within {timeout}s")
+                raise RuntimeError(f"xlb run did not {what} within {timeout}s")
             time.sleep(0.1)
+
+    def kill_xlb(self, sig=signal.SIGKILL):
+        """Kill the daemon (default `kill -9`): the program stays attached, its maps pinned."""
+        self.signal_xlb(sig)
+        self.daemon.proc.join(10)
+
+    def restart_xlb(self, extra_args=(), timeout=60.0, log_path=None):
+        """Start `xlb run` again with the same config and socket; return once it answers on the socket."""
+        from . import control
+        self._spawn_xlb(self._argv + list(extra_args), log_path)
+
+        def answers():
+            try:
+                return control.call("status", path=self.socket_path, timeout=2)["pid"] == self.daemon.pid
+            except control.ControlError:
+                return False
+        self._wait(answers, timeout, "answer on its control socket")
 
     def rewrite_config(self, config_text):
         with open(self.config_path, "w") as f:

@@ -1,0 +1,352 @@
+"""xlb.ipvsadm: ipvsadm's command line into operations, and listings in ipvsadm's exact formats (pure).
+
+The expected listings are written column by column from ipvsadm.c's printf formats (print_title,
+print_service_entry, print_conn, print_largenum), trailing spaces included.
+"""
+import pytest
+
+from xlb import admin
+from xlb import config as xconfig
+from xlb import ipvsadm
+from xlb.errors import ConfigError
+
+TCP80 = {"proto": "tcp", "vip": "198.51.100.10", "port": 80}
+FWM1 = {"fwmark": 1, "family": 4}
+
+
+def ops(line):
+    return ipvsadm.parse(line.split()).ops
+
+
+# --- parsing -------------------------------------------------------------------------------------------------------
+
+
+def test_add_service_defaults_and_persistence_without_value_is_360():
+    assert ops("-A -t 198.51.100.10:80") == [{"op": "service-add", "service": TCP80, "replace": True,
+                                              "scheduler": None, "method": None}]
+    op = ops("-A -f 1 -s rr -p -M 255.255.255.0")[0]
+    assert (op["service"], op["scheduler"], op["persistence"], op["netmask"]) == (FWM1, "rr", 360, "255.255.255.0")
+    # -p followed by an option takes no value; -p followed by digits takes them, as popt's optional argument.
+    assert ops("-A -t 198.51.100.10:80 -p -s sh")[0]["persistence"] == 360
+    assert ops("-A -t 198.51.100.10:80 -p 120")[0]["persistence"] == 120
+    assert ops("-A -t 198.51.100.10:80 -p120")[0]["persistence"] == 120
+    assert ops("--add-service --tcp-service 198.51.100.10:80 --persistent=30")[0]["persistence"] == 30
+
+
+def test_bundled_short_options_and_long_forms():
+    req = ipvsadm.parse(["-Ln", "--stats", "--exact"])
+    assert (req.command, req.fmt) == ("list", {"stats", "exact"})
+    assert ipvsadm.parse(["-Lnc"]).fmt == {"connection"}
+    assert ipvsadm.parse(["-lnc"]).command == "list"
+    assert ipvsadm.parse(["-L", "--timeout"]).fmt == {"timeout"}
+    op = ops("-a -t 198.51.100.10:80 -r 198.18.0.11:80 -g -w3")[0]
+    assert (op["op"], op["address"], op["port"], op["weight"]) == ("real-add", "198.18.0.11", 80, 3)
+
+
+def test_server_edit_and_delete_and_thresholds():
+    op = ops("-e -f 1 -r 198.18.0.11 -w 0 -x 100 -y 50")[0]
+    assert (op["op"], op["replace"], op["weight"], op["uthreshold"], op["lthreshold"]) == \
+        ("real-edit", True, 0, 100, 50)
+    assert ops("-d -u [2001:db8::1]:53 -r [2001:db8::11]:53")[0] == {
+        "op": "real-del", "service": {"proto": "udp", "vip": "2001:db8::1", "port": 53},
+        "address": "2001:db8::11", "port": 53}
+
+
+def test_clear_set_zero_delete_ipv6_fwmark():
+    assert ops("-C") == [{"op": "clear"}]
+    assert ops("--set 900 0 300") == [{"op": "timeouts", "tcp": 900, "tcpfin": 0, "udp": 300}]
+    req = ipvsadm.parse(["-Z", "-f", "2", "-6"])
+    assert (req.command, req.service, req.ops) == ("zero", {"fwmark": 2, "family": 6}, [])
+    assert ops("-D -f 2 -6") == [{"op": "service-del", "service": {"fwmark": 2, "family": 6}}]
+
+
+@pytest.mark.parametrize("argv, where, fragment", [
+    ("-A", "-t", "needs a service"),
+    ("-a -t 198.51.100.10:80", "-r", "give the real server"),
+    ("-a -t 198.51.100.10:80 -r 198.18.0.11 -m", "-m", "not supported yet"),
+    ("-A -t 198.51.100.10:80 -i", "-i", "not supported yet"),
+    ("-A -D -t 198.51.100.10:80", "-D", "two commands"),
+    ("-A -t 198.51.100.10:80 -f 1", "-f", "one of -t, -u, -f"),
+    ("-a -t 198.51.100.10:80 -r 198.18.0.11 -w heavy", "-w", "integer"),
+    ("-L --bogus", "--bogus", "unknown option"),
+    ("--start-daemon master", "--start-daemon", "not supported"),
+    ("-A -t 198.51.100.10:80 -s", "-s", "needs a value"),
+])
+def test_parse_errors_name_the_option(argv, where, fragment):
+    with pytest.raises(ConfigError) as info:
+        ipvsadm.parse(argv.split())
+    assert info.value.where == where and fragment in info.value.message, str(info.value)
+
+
+def test_a_real_world_script_gives_the_expected_config():
+    """fwmark with persistence, weights, a deletion and an edit: keepalived-less LVS set-ups look like this."""
+    script = """
+-A -f 80 -s wlc -p 600 -M 255.255.255.0
+-a -f 80 -r 198.18.0.11:0 -g -w 100
+-a -f 80 -r 198.18.0.12:0 -g -w 100
+-a -f 80 -r 198.18.0.13:0 -g -w 50
+-A -t 198.51.100.20:443 -s rr
+-a -t 198.51.100.20:443 -r 198.18.0.11:443 -g -w 1
+-a -t 198.51.100.20:443 -r 198.18.0.12 -g -w 1
+-d -f 80 -r 198.18.0.13
+-e -f 80 -r 198.18.0.12:0 -g -w 0
+-E -t 198.51.100.20:443 -s sh -p
+"""
+    empty = xconfig.parse("", "x")
+    cfg = admin.apply_ops(empty, ipvsadm.parse_restore(script), "ipvsadm -R")
+    fwm, https = cfg.services
+    assert (fwm.fwmark, fwm.scheduler, fwm.persistence_timeout, fwm.persistence_netmask[:4]) == \
+        (80, "wlc", 600, b"\xff\xff\xff\0")
+    assert [(str(r.address), r.weight) for r in fwm.reals] == [("198.18.0.11", 100), ("198.18.0.12", 0)]
+    assert (https.name, https.scheduler, https.persistence_timeout) == ("tcp/198.51.100.20:443", "sh", 360)
+    assert [str(r.address) for r in https.reals] == ["198.18.0.11", "198.18.0.12"]
+
+
+def test_restore_names_the_line():
+    with pytest.raises(ConfigError) as info:
+        ipvsadm.parse_restore("-A -t 198.51.100.10:80\n\n-a -t 198.51.100.10:80 -r nowhere\n")
+    assert info.value.source == "ipvsadm -R line 3" and info.value.where == "-r"
+
+
+# --- listings ------------------------------------------------------------------------------------------------------
+
+
+def real(address, port, weight=1, active=0, inactive=0, persist=0, stats=None, rate=None, u=0, lo=0):
+    return {"address": address, "port": port, "weight": weight, "uthreshold": u, "lthreshold": lo,
+            "active": active, "inactive": inactive, "persist": persist,
+            "stats": stats or dict.fromkeys(("conns", "inpkts", "outpkts", "inbytes", "outbytes"), 0),
+            "rate": rate or dict.fromkeys(("cps", "inpps", "outpps", "inbps", "outbps"), 0)}
+
+
+def service(**kw):
+    s = {"fwmark": None, "family": 4, "proto": None, "vip": None, "port": None, "scheduler": "wlc",
+         "sched_flags": [], "method": "dr", "persistence": None, "netmask": "255.255.255.255",
+         "stats": dict.fromkeys(("conns", "inpkts", "outpkts", "inbytes", "outbytes"), 0),
+         "rate": dict.fromkeys(("cps", "inpps", "outpps", "inbps", "outbps"), 0), "reals": []}
+    s.update(kw)
+    return s
+
+
+SNAP = {"size": 4096, "timeouts": {"tcp": 900, "tcpfin": 120, "udp": 300, "syn": 60}, "services": [
+    service(fwmark=1, scheduler="rr", persistence=300, netmask="255.255.255.0",
+            reals=[real("198.18.0.12", 0, weight=2, active=3, inactive=1, persist=2),
+                   real("198.18.0.11", 0, active=10)]),
+    service(proto="udp", vip="198.51.100.10", port=53, scheduler="sh", sched_flags=["sh-port"]),
+    service(proto="tcp", vip="198.51.100.10", port=80, reals=[real("198.18.0.11", 80, weight=0)]),
+    service(proto="tcp", vip="2001:db8:100::10", port=443, family=6, persistence=60, netmask="64",
+            reals=[real("2001:db8::11", 443)]),
+    service(fwmark=2, family=6, scheduler="mh"),
+]}
+
+
+def test_list_numeric_matches_ipvsadm():
+    assert ipvsadm.render_list(SNAP) == (
+        "IP Virtual Server version 1.2.1 (size=4096)\n"
+        "Prot LocalAddress:Port Scheduler Flags\n"
+        "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+        "TCP  198.51.100.10:80 wlc\n"
+        "  -> 198.18.0.11:80               Route   0      0          0         \n"
+        "UDP  198.51.100.10:53 sh (sh-port)\n"
+        "TCP  [2001:db8:100::10]:443 wlc persistent 60 mask 64\n"
+        "  -> [2001:db8::11]:443           Route   1      0          0         \n"
+        "FWM  1 rr persistent 300 mask 255.255.255.0\n"
+        "  -> 198.18.0.11:0                Route   1      10         0         \n"
+        "  -> 198.18.0.12:0                Route   2      3          1         \n"
+        "FWM  2 IPv6 mh\n")
+
+
+def test_list_one_service_has_no_version_line():
+    assert ipvsadm.render_list(SNAP, service=TCP80) == (
+        "Prot LocalAddress:Port Scheduler Flags\n"
+        "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
+        "TCP  198.51.100.10:80 wlc\n"
+        "  -> 198.18.0.11:80               Route   0      0          0         \n")
+    with pytest.raises(ConfigError):
+        ipvsadm.render_list(SNAP, service={"proto": "tcp", "vip": "198.51.100.99", "port": 80})
+
+
+def test_stats_and_largenum():
+    snap = {"size": 4096, "timeouts": SNAP["timeouts"], "services": [service(
+        proto="tcp", vip="198.51.100.10", port=80,
+        stats={"conns": 12, "inpkts": 345, "outpkts": 0, "inbytes": 123456789012, "outbytes": 0},
+        reals=[real("198.18.0.11", 80, stats={"conns": 12, "inpkts": 345, "outpkts": 0, "inbytes": 987654321,
+                                             "outbytes": 0})])]}
+    assert ipvsadm.render_list(snap, {"stats"}) == (
+        "IP Virtual Server version 1.2.1 (size=4096)\n"
+        "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n"
+        "  -> RemoteAddress:Port\n"
+        "TCP  198.51.100.10:80                   12      345        0     123G        0\n"
+        "  -> 198.18.0.11:80                     12      345        0  987654K        0\n")
+    assert ipvsadm.render_list(snap, {"stats", "exact"}).splitlines()[3] == \
+        "TCP  198.51.100.10:80                   12      345        0 123456789012        0"
+
+
+@pytest.mark.parametrize("i, text", [(0, "        0"), (99999999, " 99999999"), (100000000, "  100000K"),
+                                     (999999999, "  999999K"), (10**9, "    1000M"), (10**11 - 1, "   99999M"),
+                                     (10**11, "     100G"), (10**14, "     100T"), (10**17, "  100000T")])
+def test_largenum(i, text):
+    assert ipvsadm.largenum(i) == text
+
+
+def test_rate_thresholds_persistent_conn_and_timeout():
+    snap = {"size": 4096, "timeouts": SNAP["timeouts"], "services": [service(
+        fwmark=1, rate={"cps": 5, "inpps": 50, "outpps": 0, "inbps": 5000, "outbps": 0},
+        reals=[real("198.18.0.11", 0, weight=3, active=4, inactive=2, persist=7, u=100, lo=75,
+                    rate={"cps": 5, "inpps": 50, "outpps": 0, "inbps": 5000, "outbps": 0})])]}
+    assert ipvsadm.render_list(snap, {"rate"}).splitlines()[1:] == [
+        "Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS",
+        "  -> RemoteAddress:Port",
+        "FWM  1                                   5       50        0     5000        0",
+        "  -> 198.18.0.11:0                       5       50        0     5000        0"]
+    assert ipvsadm.render_list(snap, {"thresholds"}).splitlines()[1:] == [
+        "Prot LocalAddress:Port            Uthreshold Lthreshold ActiveConn InActConn ",
+        "  -> RemoteAddress:Port",
+        "FWM  1 wlc",
+        "  -> 198.18.0.11:0                100        75         4          2         "]
+    assert ipvsadm.render_list(snap, {"persistent-conn"}).splitlines()[1:] == [
+        "Prot LocalAddress:Port            Weight    PersistConn ActiveConn InActConn ",
+        "  -> RemoteAddress:Port",
+        "FWM  1 wlc",
+        "  -> 198.18.0.11:0                3         7           4          2         "]
+    assert ipvsadm.render_list(snap, {"timeout"}) == "Timeout (tcp tcpfin udp): 900 120 300\n"
+
+
+def test_save_format_and_restore_round_trip():
+    text = ipvsadm.render_save(SNAP)
+    assert text == (
+        "-A -t 198.51.100.10:80 -s wlc\n"
+        "-a -t 198.51.100.10:80 -r 198.18.0.11:80 -g -w 0\n"
+        "-A -u 198.51.100.10:53 -s sh -b sh-port\n"
+        "-A -t [2001:db8:100::10]:443 -s wlc -p 60 -M 64\n"
+        "-a -t [2001:db8:100::10]:443 -r [2001:db8::11]:443 -g -w 1\n"
+        "-A -f 1 -s rr -p 300 -M 255.255.255.0\n"
+        "-a -f 1 -r 198.18.0.11:0 -g -w 1\n"
+        "-a -f 1 -r 198.18.0.12:0 -g -w 2\n"
+        "-A -f 2 -6 -s mh\n")
+    cfg = admin.apply_ops(xconfig.parse("", "x"), ipvsadm.parse_restore(text), "ipvsadm -R")
+    assert [s.name for s in cfg.services] == ["tcp/198.51.100.10:80", "udp/198.51.100.10:53",
+                                              "tcp/[2001:db8:100::10]:443", "fwm/1", "fwm6/2"]
+    assert cfg.services[2].persistence_netmask == bytes([255] * 8 + [0] * 8)
+
+
+def test_conns_listing_with_template():
+    entries = [
+        {"proto": "TCP", "family": 4, "state": "ESTABLISHED", "expire": 899, "caddr": "198.19.1.10",
+         "cport": 40000, "vaddr": "198.51.100.10", "vport": 80, "daddr": "198.18.0.11", "dport": 80},
+        {"proto": "IP", "family": 4, "state": "NONE", "expire": 299, "caddr": "198.19.1.0", "cport": 0,
+         "vaddr": "0.0.0.1", "vport": 0, "daddr": "198.18.0.11", "dport": 0},
+    ]
+    assert ipvsadm.render_conns(entries) == (
+        "IPVS connection entries\n"
+        "pro expire state       source             virtual            destination\n"
+        "TCP 14:59  ESTABLISHED 198.19.1.10:40000  198.51.100.10:80   198.18.0.11:80\n"
+        "IP  04:59  NONE        198.19.1.0:0       0.0.0.1:0          198.18.0.11:0\n")
+
+
+# --- against a running daemon ----------------------------------------------------------------------------------
+
+import io  # noqa: E402
+import re  # noqa: E402
+
+from conftest import needs_root  # noqa: E402
+
+from xlb import control  # noqa: E402
+from xlb.admincli import run_ipvsadm  # noqa: E402
+from xlb.demo import CLIENTS4, DEMO_CONFIG, REALS4, VIP4, DrLab  # noqa: E402
+from xlb.netns import LineConnection  # noqa: E402
+
+NAME_OF = {r: f"rs{i + 1}" for i, r in enumerate(REALS4)}
+ADDR_OF = {v: k for k, v in NAME_OF.items()}
+LINE = 8080
+
+
+def ipvsadm_out(lab, line, stdin=None):
+    out = io.StringIO()
+    assert run_ipvsadm(line.split(), socket=lab.socket_path, stdin=stdin, out=out) == 0
+    return out.getvalue()
+
+
+LAB_CONFIG = DEMO_CONFIG + f"""
+[[service]]
+vip = "{VIP4}"
+port = {LINE}
+proto = "tcp"
+scheduler = "rr"
+""" + "".join(f'\n  [[service.real]]\n  address = "{r}"\n' for r in REALS4)
+
+
+def test_without_a_daemon_commands_fail_clearly(tmp_path, capsys):
+    from xlb.cli import main
+    assert main(["ipvsadm", "--socket", str(tmp_path / "none.sock"), "-L", "-n"]) == 1
+    assert main(["list", "--socket", str(tmp_path / "none.sock")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("no xlb daemon answers at") == 2 and "is `xlb run` running?" in err
+
+
+@needs_root
+def test_ipvsadm_script_on_a_live_daemon_keeps_connections_and_templates():
+    with DrLab(prefix="xa1", ports=(80, 443, 8443), line_ports=(LINE,)) as lab:
+        lab.start_xlb(LAB_CONFIG)
+        client = CLIENTS4[0]
+        sticky = lab.ask(client, VIP4, 80)  # makes a template for 198.19.1.0/24 under mark 1
+        with LineConnection(lab.cl, CLIENTS4[3], VIP4, LINE) as live:
+            serving = live.ask()
+            others = [r for r in REALS4 if NAME_OF[r] != serving]
+            script = (f"-A -t {VIP4}:8443 -s rr\n"
+                      f"-a -t {VIP4}:8443 -r {REALS4[0]}:8443 -g -w 1\n"
+                      f"-e -t {VIP4}:{LINE} -r {others[0]} -g -w 0\n"
+                      f"-d -t {VIP4}:{LINE} -r {others[1]}\n")
+            assert ipvsadm_out(lab, "-R", stdin=io.StringIO(script)) == ""
+
+            # Edited service: its established connection keeps its real. Untouched service: the template holds.
+            assert live.ask() == serving
+            assert lab.ask(client, VIP4, 443) == sticky
+            assert lab.ask(CLIENTS4[4], VIP4, 8443) == "rs1"
+            listing = ipvsadm_out(lab, "-L -n")
+            fwm_reals = sorted(REALS4)
+            lines = ["IP Virtual Server version 1.2.1 (size=1048576)",
+                     "Prot LocalAddress:Port Scheduler Flags",
+                     "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn",
+                     f"TCP  {VIP4}:{LINE} rr"]
+            line_reals = sorted([ADDR_OF[serving], others[0]])
+            for r in line_reals:
+                weight = 0 if r == others[0] else 1
+                active = 1 if NAME_OF[r] == serving else 0
+                lines.append(f"  -> {r + ':' + str(LINE):<28} Route   {weight:<6} {active:<10} {0:<10}")
+            lines.append(f"TCP  {VIP4}:8443 rr")
+            lines.append(f"  -> {REALS4[0] + ':8443':<28} Route   {1:<6} {0:<10} {1:<10}")
+            lines.append("FWM  1 rr persistent 300 mask 255.255.255.0")
+            for r in fwm_reals:
+                inactive = 2 if NAME_OF[r] == sticky else 0  # the two closed connections of the sticky client
+                lines.append(f"  -> {r + ':0':<28} Route   {1:<6} {0:<10} {inactive:<10}")
+            assert listing == "\n".join(lines) + "\n"
+
+            conns = ipvsadm_out(lab, "-L -n -c").splitlines()
+            assert conns[:2] == ["IPVS connection entries",
+                                 "pro expire state       source             virtual            destination"]
+            template = [c for c in conns if c.startswith("IP ")]
+            assert len(template) == 1
+            assert re.fullmatch(rf"IP  0[45]:\d\d  NONE        {'198.19.1.0:0':<18} {'0.0.0.1:0':<18} "
+                                rf"{re.escape(ADDR_OF[sticky])}:0", template[0]), template[0]
+            est = [c for c in conns if "ESTABLISHED" in c]
+            assert len(est) == 1 and f"{ADDR_OF[serving]}:{LINE}" in est[0] and CLIENTS4[3] in est[0]
+
+            # A refused edit changes nothing and says why.
+            with pytest.raises(control.ControlError, match=r"ipvsadm: -r: real 198.18.0.11 already exists"):
+                ipvsadm_out(lab, f"-a -t {VIP4}:8443 -r {REALS4[0]}")
+            assert ipvsadm_out(lab, "-L -n") == listing
+            saved = ipvsadm_out(lab, "-S -n")
+            assert f"-A -t {VIP4}:8443 -s rr\n-a -t {VIP4}:8443 -r {REALS4[0]}:8443 -g -w 1\n" in saved
+
+            # Counters, then zero.
+            stats = ipvsadm_out(lab, "-L -n --stats --exact").splitlines()
+            fwm = next(line for line in stats if line.startswith("FWM  1"))
+            assert fwm.split()[2] == "2"  # conns of the sticky client (80 and 443)
+            ipvsadm_out(lab, "-Z")
+            zeroed = ipvsadm_out(lab, "-L -n --stats").splitlines()
+            assert all(line.split()[-5:] == ["0"] * 5 for line in zeroed[3:]), zeroed
+            assert live.ask() == serving
+            # New connections of the edited service go only to the real left with a weight.
+            for c in CLIENTS4[:3]:
+                with LineConnection(lab.cl, c, VIP4, LINE) as conn:
+                    assert conn.ask() == serving

@@ -1,0 +1,357 @@
+"""Runtime edits as pure functions: a running Config and a list of operations give the next Config.
+
+Pure: no bcc, no root (tests/test_admin.py). `xlb service|real|mark|set-timeouts` and `xlb ipvsadm` turn their
+arguments into operations (plain dicts, so they travel over the control socket); the daemon calls
+:func:`apply_ops` and hands the result to ``DataPlane.apply``, which writes only the difference.
+
+Every edit goes through the file's validator: the config is rendered to its TOML-shaped tree, edited there, and
+re-read with ``config.from_tree``, so a runtime edit can never make a state the file could not describe. A
+rejected edit raises ConfigError whose ``where`` is the command-line option at fault (``-M``, ``-w``, ``-t``) and
+changes nothing; a batch (``ipvsadm -R``) is applied whole or not at all.
+
+Operations (``op`` key):
+  service-add / service-edit / service-del   {"service": IDENT, "scheduler", "persistence", "netmask", "method",
+                                              "sched_flags", "replace"}
+  real-add / real-edit / real-del            {"service": IDENT, "address", "port", "weight", "uthreshold",
+                                              "lthreshold", "replace"}
+  mark-add / mark-del                        {"mark", "proto", "dst", "ports"}
+  clear                                      {}  (ipvsadm -C: every service; mark rules stay)
+  timeouts                                   {"tcp", "tcpfin", "udp"}  (0 or absent: unchanged, as ipvsadm --set)
+IDENT is {"proto": "tcp"|"udp", "vip": ADDR, "port": N} or {"fwmark": N, "family": 4|6}.
+
+``replace`` gives ipvsadm's -E/-e meaning: options not given return to their defaults (scheduler wlc, no
+persistence, weight 1). Without it (the native commands) only the options given change.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+
+from . import config as xconfig
+from .errors import ConfigError
+from .marks import rule_identity
+
+DEFAULT_PERSISTENCE = 360  # ipvsadm's -p without a value (its code; the man page says 300)
+METHOD_OPTION = {"dr": "-g", "nat": "-m", "tun": "-i"}
+
+# Config field -> the option an operator typed, for error messages.
+_SERVICE_FIELDS = {"scheduler": "-s", "sched_flags": "-b", "mh_table_size": "-s", "method": "-g",
+                   "persistence_timeout": "-p", "persistence_netmask": "-M", "persistence_mode": "-p",
+                   "expire_quiescent_template": "-p", "address": "-r", "weight": "-w", "uthreshold": "-x",
+                   "lthreshold": "-y"}
+_MARK_FIELDS = {"mark": "--mark", "proto": "--proto", "dst": "--dst", "ports": "--ports"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parsing what operators type (shared by the native commands and the ipvsadm front end)
+
+
+def parse_service(kind: str, text: str, ipv6: bool = False, where: str | None = None, source="xlb") -> dict:
+    """IDENT from ``-t VIP:PORT`` / ``-u VIP:PORT`` / ``-f MARK`` (``-6`` makes a mark service IPv6).
+
+    Accepts ``198.51.100.10:80``, ``[2001:db8::1]:80``, a service name (``:http``) and no port (port 0, which
+    the validator then requires to be persistent, as IPVS does).
+    """
+    opt = where or f"-{kind[0]}"
+    if kind == "fwmark":
+        try:
+            mark = int(text, 0)
+        except ValueError:
+            raise ConfigError(source, opt, f"a firewall mark is a number 1..{xconfig.U32_MAX}, got {text!r}") from None
+        return {"fwmark": mark, "family": 6 if ipv6 else 4}
+    proto = kind
+    addr, port = split_addr_port(text, proto, opt, source)
+    return {"proto": proto, "vip": str(addr), "port": 0 if port is None else port}
+
+
+def split_addr_port(text: str, proto: str, opt: str, source="xlb"):
+    """(ip_address, port or None) from ``ADDR``, ``ADDR:PORT``, ``[V6]``, ``[V6]:PORT``; names of ports allowed."""
+    m = re.fullmatch(r"\[([^\]]+)\](?::(\w[\w-]*))?", text)
+    if m:
+        host, port = m.group(1), m.group(2)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, None  # an IPv4 address, or a bare IPv6 address (no port)
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(source, opt, f"{text!r}: give a numeric address (198.51.100.10:80 or "
+                                       "[2001:db8::1]:80); xlb does not resolve host names") from None
+    if port is None or port == "":
+        return addr, None
+    if port.isdigit():
+        num = int(port)
+    else:
+        try:
+            num = socket.getservbyname(port, proto if proto in ("tcp", "udp") else "tcp")
+        except OSError:
+            raise ConfigError(source, opt, f"{text!r}: unknown port name {port!r}") from None
+    if not 0 <= num <= 65535:
+        raise ConfigError(source, opt, f"{text!r}: port must be 0..65535")
+    return addr, num
+
+
+def parse_ports(text: str, source="xlb") -> list:
+    """``80,443,1000-2000`` as the config's ``ports`` list."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if re.fullmatch(r"\d+", part):
+            out.append(int(part))
+        elif re.fullmatch(r"\d+-\d+", part):
+            out.append(part)
+        else:
+            raise ConfigError(source, "--ports", f"ports are a comma list of ports and ranges like "
+                                                 f"80,443,1000-2000; got {part!r}")
+    return out
+
+
+def ident_name(ident: dict) -> str:
+    """The operator's label of a service identity (as Service.name)."""
+    if "fwmark" in ident:
+        return f"fwm{'6' if ident.get('family') == 6 else ''}/{ident['fwmark']}"
+    addr = ipaddress.ip_address(ident["vip"])
+    host = f"[{addr}]" if addr.version == 6 else str(addr)
+    return f"{ident['proto']}/{host}:{ident['port']}"
+
+
+def ident_option(ident: dict) -> str:
+    if "fwmark" in ident:
+        return "-f"
+    return "-t" if ident["proto"] == "tcp" else "-u"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Applying operations
+
+
+def apply_ops(cfg: xconfig.Config, ops: list, source: str = "xlb") -> xconfig.Config:
+    """The Config after ``ops`` (all or nothing); ConfigError names the option at fault."""
+    tree = xconfig.to_tree(cfg)
+    touched = None
+    for op in ops:
+        kind = op.get("op")
+        fn = _OPS.get(kind)
+        if fn is None:
+            raise ConfigError(source, "", f"unknown operation {kind!r}")
+        touched = fn(tree, op, source) or touched
+    try:
+        new = xconfig.from_tree(tree, cfg.source)
+    except ConfigError as exc:
+        raise ConfigError(source, _option_of(exc.where, touched), exc.message) from None
+    return new
+
+
+def _option_of(where: str, touched) -> str:
+    """The option behind a validator field path (``service[2].real[0].weight`` -> ``-w``)."""
+    if not where:
+        return ""
+    field = re.sub(r"\[\d+\]", "", where.rsplit(".", 1)[-1])
+    if where.startswith("mark"):
+        return _MARK_FIELDS.get(field, "--mark")
+    if where.startswith("timeouts"):
+        return "--set"
+    if field in _SERVICE_FIELDS:
+        return _SERVICE_FIELDS[field]
+    return touched or where  # vip, port, proto, fwmark, family: the service option itself
+
+
+def _find_service(tree, ident):
+    for i, svc in enumerate(tree["service"]):
+        if "fwmark" in ident:
+            if svc.get("fwmark") == ident["fwmark"] and svc.get("family", "ipv4") == f"ipv{ident['family']}":
+                return i
+        elif ("vip" in svc and svc.get("proto") == ident["proto"] and svc.get("port") == ident["port"]
+              and ipaddress.ip_address(svc["vip"]) == ipaddress.ip_address(ident["vip"])):
+            return i
+    return None
+
+
+def _need_service(tree, op, source):
+    ident = op["service"]
+    i = _find_service(tree, ident)
+    if i is None:
+        raise ConfigError(source, ident_option(ident), f"no service {ident_name(ident)}")
+    return tree["service"][i]
+
+
+def _set_settings(svc, op, replace):
+    """Write the service settings an op gives; with replace, those it does not give return to defaults."""
+    if replace:
+        for key in ("scheduler", "sched_flags", "mh_table_size", "persistence_timeout", "persistence_netmask",
+                    "persistence_mode", "expire_quiescent_template"):
+            svc.pop(key, None)
+        svc["scheduler"] = xconfig.DEFAULT_SCHEDULER
+        svc["method"] = "dr"
+    if op.get("scheduler") is not None and op["scheduler"] != svc.get("scheduler"):
+        svc["scheduler"] = op["scheduler"]
+        if op["scheduler"] != "mh":
+            svc.pop("mh_table_size", None)
+        if op.get("sched_flags") is None:
+            svc.pop("sched_flags", None)
+    if op.get("sched_flags") is not None:
+        svc["sched_flags"] = list(op["sched_flags"])
+        if not svc["sched_flags"]:
+            del svc["sched_flags"]
+    if op.get("method") is not None:
+        svc["method"] = op["method"]
+    if op.get("persistence") is False:
+        for key in ("persistence_timeout", "persistence_netmask", "persistence_mode", "expire_quiescent_template"):
+            svc.pop(key, None)
+    elif op.get("persistence") is not None:
+        svc["persistence_timeout"] = op["persistence"]
+    if op.get("netmask") is not None:
+        svc["persistence_netmask"] = op["netmask"]
+
+
+def _service_add(tree, op, source):
+    ident = op["service"]
+    if _find_service(tree, ident) is not None:
+        raise ConfigError(source, ident_option(ident), f"service {ident_name(ident)} already exists "
+                                                       "(edit it with -E / `xlb service edit`)")
+    svc = dict(ident)
+    if "fwmark" in svc:
+        svc["family"] = f"ipv{svc['family']}"
+    _set_settings(svc, op, replace=True)
+    svc["real"] = []
+    tree["service"].append(svc)
+    return ident_option(ident)
+
+
+def _service_edit(tree, op, source):
+    svc = _need_service(tree, op, source)
+    _set_settings(svc, op, replace=bool(op.get("replace")))
+    return ident_option(op["service"])
+
+
+def _service_del(tree, op, source):
+    _need_service(tree, op, source)
+    del tree["service"][_find_service(tree, op["service"])]
+
+
+def _real_address(svc, op, source):
+    """The real's address; its port must agree with direct routing (which keeps the destination port)."""
+    addr = ipaddress.ip_address(op["address"])
+    port = op.get("port")
+    if port is not None and "vip" in svc and svc["port"] != 0 and port not in (0, svc["port"]):
+        raise ConfigError(source, "-r", f"{addr}:{port}: direct routing keeps the destination port, so a real "
+                                        f"of a service on port {svc['port']} takes {addr} or {addr}:{svc['port']}")
+    return addr
+
+
+def _find_real(svc, addr):
+    for j, r in enumerate(svc["real"]):
+        if ipaddress.ip_address(r["address"]) == addr:
+            return j
+    return None
+
+
+def _set_real(real, op, replace):
+    if replace:
+        for key in ("uthreshold", "lthreshold"):
+            real.pop(key, None)
+        real["weight"] = 1
+    for key in ("weight", "uthreshold", "lthreshold"):
+        if op.get(key) is not None:
+            real[key] = op[key]
+            if key != "weight" and not op[key]:
+                del real[key]
+
+
+def _real_add(tree, op, source):
+    svc = _need_service(tree, op, source)
+    addr = _real_address(svc, op, source)
+    if _find_real(svc, addr) is not None:
+        raise ConfigError(source, "-r", f"real {addr} already exists in {ident_name(op['service'])} "
+                                        "(edit it with -e / `xlb real edit`)")
+    real = {"address": str(addr)}
+    _set_real(real, op, replace=True)
+    svc.setdefault("real", []).append(real)
+    return ident_option(op["service"])
+
+
+def _need_real(tree, op, source):
+    """(the service's tree, the real's index in it); the real must exist."""
+    svc = _need_service(tree, op, source)
+    addr = _real_address(svc, op, source)
+    j = _find_real(svc, addr)
+    if j is None:
+        raise ConfigError(source, "-r", f"no real {addr} in {ident_name(op['service'])}")
+    return svc, j
+
+
+def _real_edit(tree, op, source):
+    svc, j = _need_real(tree, op, source)
+    _set_real(svc["real"][j], op, replace=bool(op.get("replace")))
+    return ident_option(op["service"])
+
+
+def _real_del(tree, op, source):
+    svc, j = _need_real(tree, op, source)
+    del svc["real"][j]
+
+
+def _mark_tree(op):
+    out = {"mark": op["mark"], "proto": op.get("proto") or "any", "dst": op["dst"]}
+    if op.get("ports"):
+        out["ports"] = list(op["ports"])
+    return out
+
+
+def _mark_add(tree, op, source):
+    new = _mark_tree(op)
+    probe = _rule(new, source)  # normalised (ports merged) to compare with what is there
+    if any(_rule(m, source) == probe for m in tree["mark"]):
+        raise ConfigError(source, "--mark", "that mark rule already exists")
+    tree["mark"].append(new)
+
+
+def _rule(mark_tree, source):
+    """A mark rule's identity (mark, proto, dst, merged ports), validated on its own."""
+    try:
+        r = xconfig.from_tree({"mark": [mark_tree]}, source).marks[0]
+    except ConfigError as exc:
+        raise ConfigError(source, _option_of(exc.where, None), exc.message) from None
+    return rule_identity(r)
+
+
+def _mark_del(tree, op, source):
+    """Delete the rules that match every field given (--mark, and --proto/--dst/--ports when given)."""
+    want = {k: op[k] for k in ("proto", "dst") if op.get(k) is not None}
+    if "dst" in want:
+        want["dst"] = _rule({"mark": 1, "dst": want["dst"]}, source)[2]
+    if op.get("ports"):
+        want["ports"] = _rule({"mark": 1, "dst": "0.0.0.0/0", "ports": op["ports"]}, source)[3]
+    fields = ("mark", "proto", "dst", "ports")
+    keep = []
+    for m in tree["mark"]:
+        rule = dict(zip(fields, _rule(m, source)))
+        if rule["mark"] != op["mark"] or any(rule[k] != v for k, v in want.items()):
+            keep.append(m)
+    if len(keep) == len(tree["mark"]):
+        given = "".join(f" --{k} {op[k]}" for k in ("proto", "dst", "ports") if op.get(k))
+        raise ConfigError(source, "--mark", f"no mark rule matches --mark {op['mark']}{given}")
+    tree["mark"] = keep
+
+
+def _clear(tree, op, source):
+    tree["service"] = []
+
+
+def _timeouts(tree, op, source):
+    for key in ("tcp", "tcpfin", "udp"):
+        if op.get(key):
+            tree["timeouts"][key] = op[key]
+
+
+_OPS = {"service-add": _service_add, "service-edit": _service_edit, "service-del": _service_del,
+        "real-add": _real_add, "real-edit": _real_edit, "real-del": _real_del,
+        "mark-add": _mark_add, "mark-del": _mark_del, "clear": _clear, "timeouts": _timeouts}
+
+
+def save_text(cfg: xconfig.Config, header: str = "") -> str:
+    """`xlb save`: TOML that `xlb run --config` accepts and that reproduces cfg."""
+    return xconfig.dumps(xconfig.to_tree(cfg), header)
+

@@ -1,0 +1,260 @@
+"""The daemon's runtime-administration commands on the control socket, and the listings they read.
+
+`edit` applies operations (xlb/admin.py) to the running config through DataPlane.apply, which writes only the
+difference: connections and templates of services an edit does not touch stay as they are. `list` and `conns`
+read the maps for the ipvsadm-format listings (xlb/ipvsadm.py renders them on the client side); `zero` clears
+counters; `save` prints the running config as TOML that `xlb run --config` takes back.
+
+Runtime edits live in the running daemon: SIGHUP re-reads the config file, which is the truth (keepalived's
+model), and so does a restart. `xlb save > FILE` keeps them.
+"""
+import ctypes as ct
+import ipaddress
+import time
+
+from . import admin
+from . import config as xconfig
+from . import control
+from . import structs as S
+from .dataplane import NS, now_ns
+from .errors import ConfigError
+
+STATE_NAMES = {S.CONN_STATE["syn"]: "SYN_RECV", S.CONN_STATE["est"]: "ESTABLISHED",
+               S.CONN_STATE["fin"]: "FIN_WAIT", S.CONN_STATE["udp"]: "UDP"}
+PROTO_NAMES = {6: "TCP", 17: "UDP"}
+RATE_PERIOD = 2.0  # seconds, as IPVS's estimator
+
+
+class RateEstimator:
+    """IPVS's estimator: every 2 s the rate over the last period, smoothed avg += (rate - avg) / 4."""
+
+    def __init__(self):
+        self.last = {}   # identity -> (t, conns, packets, bytes)
+        self.rates = {}  # identity -> (cps, pps, bps)
+        self.t = None
+
+    def sample(self, dp, t=None):
+        t = time.monotonic() if t is None else t
+        if self.t is not None and t - self.t < RATE_PERIOD * 0.95:
+            return
+        self.t = t
+        seen = set()
+        for ident, name, idx in _counter_slots(dp):
+            c = dp.counters(name, idx)
+            seen.add(ident)
+            prev = self.last.get(ident)
+            self.last[ident] = (t, c.conns, c.packets, c.bytes)
+            if prev is None or t <= prev[0]:
+                continue
+            dt = t - prev[0]
+            now = [max(0, (c.conns - prev[1])) / dt, max(0, c.packets - prev[2]) / dt, max(0, c.bytes - prev[3]) / dt]
+            old = self.rates.get(ident, (0.0, 0.0, 0.0))
+            self.rates[ident] = tuple(o + (n - o) / 4 for o, n in zip(old, now))
+        for ident in set(self.last) - seen:
+            self.last.pop(ident, None)
+            self.rates.pop(ident, None)
+
+    def rate(self, ident):
+        cps, pps, bps = self.rates.get(ident, (0.0, 0.0, 0.0))
+        return {"cps": round(cps), "inpps": round(pps), "outpps": 0, "inbps": round(bps), "outbps": 0}
+
+    def forget(self, idents):
+        for ident in idents:
+            self.last.pop(ident, None)
+            self.rates.pop(ident, None)
+
+
+def _counter_slots(dp):
+    """(identity, counters map, id) of every service and real the data plane holds."""
+    for key, st in dp.services.items():
+        yield key, "svc_stats", st.id
+        for r in st.svc.reals:
+            rid = dp.real_ids.get((key, r.address))
+            if rid is not None:
+                yield (key, r.address), "real_stats", rid
+
+
+def _real_port(svc):
+    return svc.port if svc.fwmark is None else 0
+
+
+def listing(dp, rates=None):
+    """The running services with settings, counters, rates and connection counts: JSON for `list`."""
+    rates = rates or RateEstimator()
+    counts = dp.real_conn_counts()
+    persist = _templates_per_real(dp)
+    services = []
+    for key, st in dp.services.items():
+        svc = st.svc
+        c = dp.counters("svc_stats", st.id)
+        reals = []
+        for r in svc.reals:
+            rid = dp.real_ids.get((key, r.address))
+            rc = dp.counters("real_stats", rid)
+            active, inactive = counts.get(rid, (0, 0))
+            reals.append({"address": str(r.address), "port": _real_port(svc), "weight": r.weight,
+                          "uthreshold": r.uthreshold, "lthreshold": r.lthreshold, "active": active,
+                          "inactive": inactive, "persist": persist.get(rid, 0),
+                          "stats": _stats(rc), "rate": rates.rate((key, r.address))})
+        services.append({
+            "name": svc.name, "fwmark": svc.fwmark, "family": svc.family, "proto": svc.proto,
+            "vip": None if svc.vip is None else str(svc.vip), "port": svc.port, "scheduler": svc.scheduler,
+            "sched_flags": list(svc.sched_flags), "method": svc.method, "persistence": svc.persistence_timeout,
+            "netmask": xconfig.netmask_spec(svc.family, svc.persistence_netmask),
+            "persistence_mode": svc.persistence_mode, "stats": _stats(c), "rate": rates.rate(key), "reals": reals})
+    t = dp.config.timeouts
+    return {"size": dp.tables.conns, "timeouts": {"tcp": t.tcp, "tcpfin": t.tcpfin, "udp": t.udp, "syn": t.syn},
+            "services": services}
+
+
+def _stats(c):
+    return {"conns": c.conns, "inpkts": c.packets, "outpkts": 0, "inbytes": c.bytes, "outbytes": 0}
+
+
+def _live_reals(dp):
+    """{real id: (Real map entry)} for live real slots."""
+    out = {}
+    for ident, rid in dp.real_ids.ids.items():
+        out[rid] = dp.m["reals"][ct.c_uint32(rid)]
+    return out
+
+
+def _templates(dp, now):
+    """(persist key, value, service state, expiry ns) of each valid template."""
+    by_key = {st.key_bytes: st for st in dp.services.values()}
+    reals = _live_reals(dp)
+    for k, v in dp.m["persist"].items_lookup_batch():
+        st = by_key.get(bytes(k)[:ct.sizeof(S.SvcKey)])
+        r = reals.get(v.real_id)
+        if st is None or not st.svc.persistence_timeout or r is None or r.gen != v.real_gen:
+            continue
+        until = v.last_new_ns + st.svc.persistence_timeout * NS
+        if st.svc.persistence_mode == "lvs":
+            until = max(until, v.held_until_ns)
+        if until - now > 0:
+            yield k, v, st, until
+
+
+def _templates_per_real(dp):
+    out = {}
+    for _k, v, _st, _until in _templates(dp, now_ns()):
+        out[v.real_id] = out.get(v.real_id, 0) + 1
+    return out
+
+
+def _addr(family, words):
+    b = S.words_bytes(words)
+    return str(ipaddress.ip_address(b[:4] if family == 4 else b))
+
+
+def _port(be16):
+    return int.from_bytes(be16.to_bytes(2, "little"), "big")
+
+
+def conn_entries(dp):
+    """Connections and persistence templates as ipvsadm -c lists them."""
+    now = now_ns()
+    timeouts = dp.m["settings"][ct.c_uint32(0)].timeout_ns
+    reals = _live_reals(dp)
+    by_id = {st.id: st for st in dp.services.values()}
+    out = []
+    for k, v in dp.m["conns"].items_lookup_batch():
+        r = reals.get(v.real_id)
+        st = by_id.get(v.svc_id)
+        if r is None or r.gen != v.real_gen or st is None or v.state >= S.CONN_STATES:
+            continue
+        left = v.seen_ns + timeouts[v.state] - now
+        if left <= 0:
+            continue
+        fam = k.family
+        out.append({"proto": PROTO_NAMES.get(k.proto, str(k.proto)), "family": fam, "state": STATE_NAMES[v.state],
+                    "expire": left // NS, "caddr": _addr(fam, k.src), "cport": _port(k.sport),
+                    "vaddr": _addr(fam, k.dst), "vport": _port(k.dport), "daddr": _addr(fam, r.addr),
+                    "dport": _port(k.dport)})
+    for k, v, st, until in _templates(dp, now):
+        svc = st.svc
+        fam = svc.family
+        if svc.fwmark is not None:  # IPVS keys a mark's template by the mark, written as an address
+            vaddr = str(ipaddress.ip_address(svc.fwmark.to_bytes(4, "big") + (b"" if fam == 4 else bytes(12))))
+            proto, vport = "IP", 0
+        else:
+            vaddr, proto, vport = str(svc.vip), svc.proto.upper(), svc.port
+        out.append({"proto": proto, "family": fam, "state": "NONE", "expire": (until - now) // NS,
+                    "caddr": _addr(fam, k.client), "cport": 0, "vaddr": vaddr, "vport": vport,
+                    "daddr": _addr(fam, reals[v.real_id].addr), "dport": _real_port(svc)})
+    return out
+
+
+def zero(dp, rates, ident=None):
+    """Zero the counters of one service (and its reals) or of all; returns how many services."""
+    n = 0
+    for key, st in dp.services.items():
+        if ident is not None and not _is(st.svc, ident):
+            continue
+        n += 1
+        dp._zero(dp.m["svc_stats"], st.id)
+        idents = [key]
+        for r in st.svc.reals:
+            rid = dp.real_ids.get((key, r.address))
+            dp._zero(dp.m["real_stats"], rid)
+            idents.append((key, r.address))
+        rates.forget(idents)
+    if ident is not None and not n:
+        raise ConfigError("xlb", admin.ident_option(ident), f"no service {admin.ident_name(ident)}")
+    return n
+
+
+def _is(svc, ident):
+    if "fwmark" in ident:
+        return svc.fwmark == ident["fwmark"] and svc.family == ident["family"]
+    return (svc.proto == ident["proto"] and svc.port == ident["port"] and svc.vip is not None
+            and svc.vip == ipaddress.ip_address(ident["vip"]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Control commands (run under the daemon's lock)
+
+
+@control.command("edit")
+def _edit(daemon, ops, source="xlb"):
+    """Apply operations to the running config; all or nothing."""
+    new = admin.apply_ops(daemon.dp.config, ops, source)
+    daemon.dp.apply(new)
+    daemon._neighbours()
+    daemon.runtime_edits += 1
+    what = ", ".join(_describe(op) for op in ops) or "nothing"
+    daemon.log(f"xlb: runtime edit ({source}): {what}; {daemon._summary(new)}")
+    return {"summary": daemon._summary(new)}
+
+
+def _describe(op):
+    kind = op.get("op", "?")
+    if "service" in op:
+        kind += f" {admin.ident_name(op['service'])}"
+    if "address" in op:
+        kind += f" {op['address']}"
+    if "mark" in op and kind.startswith("mark"):
+        kind += f" {op['mark']}"
+    return kind
+
+
+@control.command("list")
+def _list(daemon):
+    return listing(daemon.dp, daemon.rates)
+
+
+@control.command("conns")
+def _conns(daemon):
+    return conn_entries(daemon.dp)
+
+
+@control.command("zero")
+def _zero(daemon, service=None):
+    return {"zeroed": zero(daemon.dp, daemon.rates, service)}
+
+
+@control.command("save")
+def _save(daemon):
+    header = (f"xlb running state on {daemon.iface}, saved {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+              f"(loaded from {daemon.config_path}; {daemon.runtime_edits} runtime edits since)")
+    return admin.save_text(daemon.dp.config, header)
