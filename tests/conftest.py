@@ -20,3 +20,18 @@ def bench():
     finally:
         b.close()
         os.sched_setaffinity(0, cpus)
+
+
+def pytest_configure(config):
+    """A SIGTERM (CI timeout, `timeout`, kill) unwinds like Ctrl-C, so fixtures and `with` blocks still remove
+    their namespaces, links and XDP programs."""
+    import signal
+    main = os.getpid()
+
+    def _interrupt(signum, frame):
+        if os.getpid() != main:  # a forked helper (pyroute2, a lab server): die as it would have
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, _interrupt)
