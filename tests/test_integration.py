@@ -279,3 +279,46 @@ def test_fo_threshold_takes_real_out_and_brings_it_back(log_path):
         wait_for(lambda: log_has(log_path, "reloaded"), what="reload")
         with LineConnection(lab.cl, CLIENTS4[4], VIP4, port) as moved:
             assert moved.ask() == "rs2"
+
+
+@needs_root
+def test_lc_sends_new_connections_away_from_a_loaded_real(log_path):
+    port = 8080
+    one = LOAD_TIMERS + service(VIP4, port, REALS4[:1], scheduler="lc")
+    two = LOAD_TIMERS + service(VIP4, port, REALS4[:2], scheduler="lc")
+    with DrLab(prefix="xs3", line_ports=(port,)) as lab:
+        lab.start_xlb(one, log_path=log_path)
+        held = [LineConnection(lab.cl, CLIENTS4[i], VIP4, port) for i in range(3)]
+        try:
+            assert [c.ask() for c in held] == ["rs1"] * 3
+            lab.rewrite_config(two)
+            lab.signal_xlb(signal.SIGHUP)
+            wait_for(lambda: log_has(log_path, "reloaded"), what="reload")
+            fresh = [LineConnection(lab.cl, CLIENTS4[3 + i], VIP4, port) for i in range(3)]
+            try:
+                # rs1 holds 3 established (cost 768): rs2 takes the next three (0, 256, 512).
+                assert [c.ask() for c in fresh] == ["rs2"] * 3
+                assert _real_loads(lab) == {"rs1": (3, 0), "rs2": (3, 0)}
+            finally:
+                for c in fresh:
+                    c.close()
+        finally:
+            for c in held:
+                c.close()
+
+
+@needs_root
+def test_ovf_fills_to_weight_then_spills_then_refuses():
+    port = 8080
+    with DrLab(prefix="xs4", line_ports=(port,)) as lab:
+        lab.start_xlb(LOAD_TIMERS + service(VIP4, port, REALS4[:2], scheduler="ovf", weights=[2, 1]))
+        conns = []
+        try:
+            for i in range(3):
+                conns.append(LineConnection(lab.cl, CLIENTS4[i], VIP4, port))
+            assert [c.ask() for c in conns] == ["rs1", "rs1", "rs2"]   # rs1 up to its weight, then rs2
+            with pytest.raises(Exception):
+                LineConnection(lab.cl, CLIENTS4[3], VIP4, port, timeout=2.0).ask()   # every real is full
+        finally:
+            for c in conns:
+                c.close()
