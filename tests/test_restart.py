@@ -173,11 +173,14 @@ class AttachWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self):
+        pid = xdp_prog_id(self.lab.lb, "eth0")
+        if not self.seen or self.seen[-1] != pid:
+            self.seen.append(pid)
+
     def _run(self):
         while not self._stop.is_set():
-            pid = xdp_prog_id(self.lab.lb, "eth0")
-            if not self.seen or self.seen[-1] != pid:
-                self.seen.append(pid)
+            self._sample()
             self._stop.wait(0.02)
 
     def __enter__(self):
@@ -187,6 +190,7 @@ class AttachWatch:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        self._sample()  # the state at exit, even if the poller's last look came just before the replace
 
 
 def fwm_conns(lab):
