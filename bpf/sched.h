@@ -40,12 +40,15 @@ static __always_inline __u32 slot_real(struct svc_meta *svc, __u32 idx)
 	return id ? *id : 0;
 }
 
-/* Can real `id` take a new connection? Configured, weight > 0, not overloaded. */
+/* Can this real take a new connection? Configured, weight > 0, not overloaded. */
+static __always_inline int real_available(struct real *r, struct real_conns *rc)
+{
+	return r && rc && (r->flags & XLB_REAL_F_LIVE) && r->weight && !(rc->flags & XLB_RC_F_OVERLOAD);
+}
+
 static __always_inline int real_takes(__u32 id)
 {
-	struct real *r = reals.lookup(&id);
-	struct real_conns *rc = real_conns.lookup(&id);
-	return r && rc && (r->flags & XLB_REAL_F_LIVE) && r->weight && !(rc->flags & XLB_RC_F_OVERLOAD);
+	return real_available(reals.lookup(&id), real_conns.lookup(&id));
 }
 
 static __always_inline __u64 count_of(__s64 n)
@@ -67,7 +70,7 @@ static __always_inline __u32 pick_by_conns(struct svc_meta *svc)
 		__u32 id = slot_real(svc, i);
 		struct real *r = reals.lookup(&id);
 		struct real_conns *rc = real_conns.lookup(&id);
-		if (!r || !rc || !(r->flags & XLB_REAL_F_LIVE) || !r->weight || (rc->flags & XLB_RC_F_OVERLOAD))
+		if (!real_available(r, rc))
 			continue;
 		__u64 act = count_of(rc->active), inact = count_of(rc->inactive), w = r->weight;
 		__u64 num = 1, den = w;  /* fo, ovf: the highest weight */
