@@ -32,8 +32,6 @@ from xlb.sched import is_prime
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sed", "nq", "fo", "ovf", "sh", "dh", "mh")
 IPVS_SCHEDULERS_NOT_YET = ("lblc", "lblcr")
 DEFAULT_SCHEDULER = "wlc"  # as IPVS
-# Connection-count schedulers: the data plane chooses among candidates by their live connection counts.
-CONN_SCHEDULERS = ("lc", "wlc", "sed", "nq", "fo", "ovf")
 # ipvsadm -b / keepalived's sh-port, sh-fallback, mh-port, mh-fallback: which flags each scheduler takes.
 SCHED_FLAGS = {"sh": ("sh-port", "sh-fallback"), "mh": ("mh-port", "mh-fallback")}
 METHODS = ("dr",)
