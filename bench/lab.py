@@ -6,7 +6,6 @@ gen runs the load generator (bench/bpf/traffic.c); lb holds the program under te
 addresses and MAC and counts in XDP what reaches it. The micro benchmark's reals sit behind l0 itself (XDP_TX),
 the forwarding benchmark's in sink (redirect out of l1).
 """
-import contextlib
 import ctypes as ct
 import dataclasses
 import os
@@ -14,14 +13,13 @@ import struct
 from pathlib import Path
 
 from pyroute2 import IPRoute
-from pyroute2 import netns as pnetns
 
 from xlb import config as xconfig
 from xlb import kheaders
 from xlb.bpfprog import XDP_MODES, Program, cflags_for
 from xlb.dataplane import DataPlane
 from xlb.errors import KernelError
-from xlb.netns import Topology
+from xlb.netns import Topology, in_netns
 
 from .packets import TCP, UDP, stored_csums
 
@@ -35,16 +33,6 @@ MICRO_REALS_V6 = ["2001:db8::11", "2001:db8::12", "2001:db8::13"]
 # Forwarding-benchmark reals: addresses of the sink namespace.
 SINK_REALS_V4 = ["198.18.1.11", "198.18.1.12", "198.18.1.13"]
 SINK_REALS_V6 = ["2001:db8:1::11", "2001:db8:1::12", "2001:db8:1::13"]
-
-
-@contextlib.contextmanager
-def in_netns(ns):
-    """Run the calling process in namespace ns for the block (test runs resolve ingress_ifindex there)."""
-    pnetns.pushns(ns)
-    try:
-        yield
-    finally:
-        pnetns.popns()
 
 
 def load_c(name, cflags=()):

@@ -4,6 +4,8 @@ Checksums are correct: the kernel paths of bench/forward.py (routing, conntrack)
 import ipaddress
 import struct
 
+from xlb.testrun import inet_checksum
+
 TCP, UDP = 6, 17
 TCP_SYN, TCP_ACK = 0x02, 0x10
 MIN_FRAME = 60  # a 64-byte Ethernet frame without its FCS
@@ -11,15 +13,6 @@ MIN_FRAME = 60  # a 64-byte Ethernet frame without its FCS
 
 def mac_bytes(mac):
     return bytes.fromhex(mac.replace(":", ""))
-
-
-def _csum(data):
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def frame(src, dst, sport, dport, proto=TCP, flags=TCP_ACK, *, src_mac, dst_mac, size=MIN_FRAME):
@@ -37,18 +30,18 @@ def frame(src, dst, sport, dport, proto=TCP, flags=TCP_ACK, *, src_mac, dst_mac,
         pseudo = s.packed + d.packed + struct.pack("!xBH", proto, seg_len)
     if proto == TCP:
         l4 = struct.pack("!HHIIBBHHH", sport, dport, 1000, 1, 5 << 4, flags, 8192, 0, 0)
-        csum = _csum(pseudo + l4 + payload)
+        csum = inet_checksum(pseudo + l4 + payload)
         l4 = l4[:16] + struct.pack("!H", csum) + l4[18:]
     else:
         l4 = struct.pack("!HHHH", sport, dport, seg_len, 0)
-        csum = _csum(pseudo + l4 + payload) or 0xFFFF
+        csum = inet_checksum(pseudo + l4 + payload) or 0xFFFF
         l4 = l4[:6] + struct.pack("!H", csum)
     if v6:
         ip = struct.pack("!IHBB", 6 << 28, seg_len, proto, 64) + s.packed + d.packed
         ethertype = 0x86DD
     else:
         ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + seg_len, 0, 0x4000, 64, proto, 0) + s.packed + d.packed
-        ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+        ip = ip[:10] + struct.pack("!H", inet_checksum(ip)) + ip[12:]
         ethertype = 0x0800
     return mac_bytes(dst_mac) + mac_bytes(src_mac) + struct.pack("!H", ethertype) + ip + l4 + payload
 
@@ -71,9 +64,9 @@ def verify(data):
         seg = seg[:struct.unpack_from("!H", data, 18)[0]]
         pseudo = data[22:54] + struct.pack("!IxxxB", len(seg), proto)
     else:
-        if _csum(data[14:34]) != 0:
+        if inet_checksum(data[14:34]) != 0:
             return False
         proto = data[23]
         seg = data[34:14 + struct.unpack_from("!H", data, 16)[0]]
         pseudo = data[26:34] + struct.pack("!xBH", proto, len(seg))
-    return _csum(pseudo + seg) == 0
+    return inet_checksum(pseudo + seg) == 0

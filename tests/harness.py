@@ -7,11 +7,9 @@ Topology (namespace "lb"):
     lb1  02:00:00:00:01:02  198.18.1.2/24  2001:db8:1::2/64 real 198.18.1.11 / 2001:db8:1::11 (another port)
     198.18.9.0/24 and 2001:db8:9::/64 are routed via 198.18.0.1 / 2001:db8::1 (not on-link: DR refuses)
 """
-import contextlib
 import dataclasses
 import ctypes as ct
 
-from pyroute2 import netns as pnetns
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
@@ -21,7 +19,7 @@ from xlb import structs as S
 from xlb.bpfprog import Program, cflags_for
 from xlb.config import addr_bytes
 from xlb.dataplane import DataPlane, htons
-from xlb.netns import Topology
+from xlb.netns import Topology, in_netns
 from xlb.testrun import test_run as _test_run
 
 LB_MAC = "02:00:00:00:00:02"
@@ -110,16 +108,6 @@ class Bench:
     def verdicts(self):
         """{reason name: packets} for every reason seen."""
         return {k: v.packets for k, v in self.dp.verdict_counts().items() if v.packets}
-
-
-@contextlib.contextmanager
-def in_netns(ns):
-    """Run the calling thread in namespace ns (bpf_fib_lookup looks up in the caller's namespace)."""
-    pnetns.pushns(ns)
-    try:
-        yield
-    finally:
-        pnetns.popns()
 
 
 def tcp4(src="203.0.113.7", dst="198.51.100.10", sport=40000, dport=80, flags="S", payload=b""):

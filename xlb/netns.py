@@ -13,6 +13,7 @@ process spawned and removes every namespace and root-namespace link created, eve
 Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN).
 """
 
+import contextlib
 import ipaddress
 import multiprocessing
 import os
@@ -80,6 +81,17 @@ def _call_child(conn, ns, fn, args, kwargs):
         conn.send(("err",) + _pack_exception(e))
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def in_netns(ns):
+    """Run the calling thread in namespace ns for the block (BPF_PROG_TEST_RUN resolves ingress_ifindex and
+    bpf_fib_lookup looks up routes in the caller's namespace)."""
+    _pnetns.pushns(ns)
+    try:
+        yield
+    finally:
+        _pnetns.popns()
 
 
 def run_in_netns(ns, fn, *args, **kwargs):

@@ -4,9 +4,20 @@ Used by the packet fixtures, `xlb trace` and bench/. Needs only the program's fd
 """
 import ctypes as ct
 import os
+import struct
 from dataclasses import dataclass
 
 from .errors import KernelError
+
+def inet_checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of data, for frames synthesized for test runs (xlb trace, bench/)."""
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
 
 _SYS_BPF = 321  # x86_64
 _BPF_PROG_TEST_RUN = 10

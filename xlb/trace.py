@@ -23,6 +23,7 @@ import struct
 from . import control
 from . import structs as S
 from .errors import XlbError
+from .testrun import inet_checksum
 
 NS = 1_000_000_000
 # The trace build's own maps are never used (every reference is relinked to the live maps): keep them tiny.
@@ -67,15 +68,6 @@ def parse_endpoint(text, what, need_port):
     return addr, port
 
 
-def _csum(data):
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def build_packet(src, sport, dst, dport, proto="tcp"):
     """An Ethernet frame carrying a TCP SYN (a new connection) or a one-byte UDP datagram from src to dst."""
     src, dst = ipaddress.ip_address(src), ipaddress.ip_address(dst)
@@ -89,14 +81,14 @@ def build_packet(src, sport, dst, dport, proto="tcp"):
     if src.version == 4:
         pseudo = src.packed + dst.packed + struct.pack("!BBH", 0, num, len(l4))
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0, 64, num, 0, src.packed, dst.packed)
-        ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+        ip = ip[:10] + struct.pack("!H", inet_checksum(ip)) + ip[12:]
         ethertype = 0x0800
     else:
         pseudo = src.packed + dst.packed + struct.pack("!IxxxB", len(l4), num)
         ip = struct.pack("!IHBB16s16s", 6 << 28, len(l4), num, 64, src.packed, dst.packed)
         ethertype = 0x86DD
     off = 16 if proto == "tcp" else 6
-    l4 = l4[:off] + struct.pack("!H", _csum(pseudo + l4)) + l4[off + 2:]
+    l4 = l4[:off] + struct.pack("!H", inet_checksum(pseudo + l4)) + l4[off + 2:]
     return _DST_MAC + _SRC_MAC + struct.pack("!H", ethertype) + ip + l4
 
 
