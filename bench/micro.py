@@ -162,9 +162,14 @@ class _Bench:
             repeat = min(repeat, 60000 // (self.rounds + 1))  # fresh clients run out at 65535
         t.flows(case.template(), case.nflows, case.nclients, pos=0)
         if case.establish:
+            # A SYN (TCP) or a first datagram per flow, then (TCP) an ACK per flow: every flow is established,
+            # as on a busy queue, before anything is measured.
             self.traffic.target(fd)
             first = case.template(TCP_SYN if case.proto == TCP else None)
             PreparedRun(t.drive.fd, first, ifindex=self.ifindex, repeat=case.nflows)()
+            if case.proto == TCP:
+                t.set_pos(0)
+                PreparedRun(t.drive.fd, case.template(), ifindex=self.ifindex, repeat=case.nflows)()
             t.set_pos(0)
         before = self._counts() if case.target == "xlb" else None
         res = {}

@@ -45,6 +45,14 @@
 #ifndef XLB_FALLBACK_TRIES
 #define XLB_FALLBACK_TRIES 16
 #endif
+/* Flow cache entries per CPU (a power of two; the loader passes the config's [tables] flow_cache, 0 = off). */
+#ifndef XLB_FLOW_CACHE
+#define XLB_FLOW_CACHE 65536
+#endif
+/* Possible CPUs (the loader passes the machine's): the flow cache has a region per CPU. */
+#ifndef XLB_NR_CPUS
+#define XLB_NR_CPUS 1
+#endif
 /* How long a per-CPU next-hop (bpf_fib_lookup result) is trusted before it is looked up again (ns). */
 #ifndef XLB_NH_TTL_NS
 #define XLB_NH_TTL_NS 1000000000ULL
@@ -111,11 +119,7 @@ enum xlb_conn_state {
 #define XLB_SVC_F_PERSIST_TIMEOUT 0x2  /* persistence_mode = "timeout": live connections do not hold templates */
 #define XLB_SVC_F_EXPIRE_QUIESCENT 0x4 /* expire_quiescent_template */
 #define XLB_SVC_F_HASH_PORT 0x8        /* sh-port / mh-port: hash the client port too */
-#define XLB_SVC_F_FALLBACK 0x10        /* rr/wrr: how many slots past an overloaded or quiescent real are tried. */
-#ifndef XLB_RR_TRIES
-#define XLB_RR_TRIES 8
-#endif
-/* sh-fallback / mh-fallback: re-hash past an unavailable real */
+#define XLB_SVC_F_FALLBACK 0x10        /* sh-fallback / mh-fallback: re-hash past an unavailable real */
 
 /* real.flags */
 #define XLB_REAL_F_LIVE 0x1            /* the slot holds a real of a configured service */

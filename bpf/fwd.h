@@ -21,6 +21,12 @@ static __always_inline int addr_eq(const __be32 *a, const __be32 *b)
 	return ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])) == 0;
 }
 
+/* Is this per-CPU next-hop entry filled, for this generation of the real? */
+static __always_inline int nexthop_for(struct nexthop *nh, __u32 real_gen)
+{
+	return nh->stamp_ns && nh->real_gen == real_gen;
+}
+
 /* Resolve the real's next hop. Returns 0 with *nh filled, or a drop reason. */
 static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct pkt *p, struct real *r, __u32 real_id,
 					  __u64 now, struct nexthop **out)
@@ -28,7 +34,7 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct pkt *p, str
 	struct nexthop *nh = nh_cache.lookup(&real_id);
 	if (!nh)
 		return XLB_DROP_INTERNAL;
-	if (nh->stamp_ns && nh->real_gen == r->gen && now - nh->stamp_ns < XLB_NH_TTL_NS) {
+	if (nexthop_for(nh, r->gen) && now - nh->stamp_ns < XLB_NH_TTL_NS) {
 		*out = nh;
 		return 0;
 	}
@@ -61,17 +67,10 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct pkt *p, str
 	return 0;
 }
 
-/* Send the packet to real r. Returns the verdict reason; *action gets the XDP action. */
-static __always_inline int forward_dr(struct xdp_md *ctx, struct pkt *p, struct real *r, __u32 real_id,
-				      __u64 now, int *action)
+/* Direct routing: address the frame to next hop nh and send it. Returns the verdict reason; *action gets the
+ * XDP action. */
+static __always_inline int send_dr(struct xdp_md *ctx, struct nexthop *nh, int *action)
 {
-	XLB_TRACE_NOTE(real_id, real_id);
-	struct nexthop *nh = 0;
-	int reason = nexthop_lookup(ctx, p, r, real_id, now, &nh);
-	if (reason) {
-		*action = XDP_DROP;
-		return reason;
-	}
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
@@ -87,6 +86,20 @@ static __always_inline int forward_dr(struct xdp_md *ctx, struct pkt *p, struct 
 	}
 	*action = bpf_redirect(nh->ifindex, 0);
 	return XLB_FWD_REDIRECT;
+}
+
+/* Send the packet to real r. Returns the verdict reason; *action gets the XDP action. */
+static __always_inline int forward_dr(struct xdp_md *ctx, struct pkt *p, struct real *r, __u32 real_id,
+				      __u64 now, int *action)
+{
+	XLB_TRACE_NOTE(real_id, real_id);
+	struct nexthop *nh = 0;
+	int reason = nexthop_lookup(ctx, p, r, real_id, now, &nh);
+	if (reason) {
+		*action = XDP_DROP;
+		return reason;
+	}
+	return send_dr(ctx, nh, action);
 }
 
 #endif

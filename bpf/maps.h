@@ -41,6 +41,10 @@ XLB_MAP("lpm_trie", struct vip_key, __u32, vip_prefixes, XLB_VIP_PREFIXES, BPF_F
 XLB_MAP("array", int, struct settings, settings, 1, 0);
 /* Next hop per real, per CPU; written by the data plane from bpf_fib_lookup. Derived state: not pinned. */
 BPF_PERCPU_ARRAY(nh_cache, struct nexthop, XLB_MAX_REALS);
+/* Established flows by tuple hash: one region of XLB_FLOW_CACHE entries per CPU (a plain array, not a per-CPU
+ * one: that costs a second, dependent load per lookup); written by the data plane from conns. Derived state: not
+ * pinned. */
+BPF_ARRAY(flow_cache, struct flow_entry, XLB_FLOW_CACHE * XLB_NR_CPUS);
 /* Counters: per service id, per real id, per mark rule id, per verdict reason. */
 XLB_MAP("percpu_array", int, struct counters, svc_stats, XLB_MAX_SERVICES, 0);
 XLB_MAP("percpu_array", int, struct counters, real_stats, XLB_MAX_REALS, 0);
@@ -62,6 +66,8 @@ struct handoff {
 	struct svc_meta svc;       /* a copy of the matched service */
 	struct conn old;           /* the entry being replaced (expired, reused, or its real gone), if any */
 	__u64 now;                 /* coarse clock, read once */
+	__u32 gen;                 /* settings.gen, read before anything else */
+	__u32 flow_idx;            /* the tuple's flow-cache slot */
 	__u64 bytes;
 	__u32 has_old;
 	__u32 pad;

@@ -5,24 +5,8 @@
 #define XLB_SCHED_H
 
 #include "maps.h"
+#include "hash.h"
 #include "trace.h"
-
-/* murmur3's 32-bit finalizer. */
-static __always_inline __u32 mix32(__u32 h)
-{
-	h ^= h >> 16;
-	h *= 0x85ebca6b;
-	h ^= h >> 13;
-	h *= 0xc2b2ae35;
-	h ^= h >> 16;
-	return h;
-}
-
-/* A 32-bit mix of a 16-byte address: cheap and well spread. */
-static __always_inline __u32 hash_addr(const __be32 *a)
-{
-	return mix32(a[0] ^ (a[1] * 0x9e3779b1) ^ (a[2] * 0x85ebca77) ^ (a[3] * 0xc2b2ae3d));
-}
 
 /* The hash sh and mh index by: the client address, and its port with sh-port / mh-port. */
 static __always_inline __u32 hash_client(struct svc_meta *svc, struct pkt *p)

@@ -110,6 +110,8 @@ struct vip_key {
 struct settings {
 	__u64 timeout_ns[XLB_CS_MAX];   /* by enum xlb_conn_state */
 	__u32 flags;                    /* XLB_SET_F_* */
+	__u32 gen;                      /* bumped by every control-plane change: flow-cache entries of another are void */
+	__u32 flow_ttl;                 /* how long a flow-cache entry is trusted, in jiffies; 0: no flow cache */
 	__u32 pad;
 };
 
@@ -127,6 +129,17 @@ struct nexthop {
 	__u32 real_gen;            /* the real this was looked up for */
 	__u8 dmac[6];
 	__u8 smac[6];
+	__u32 pad;
+};
+
+/* flow_cache: per CPU, direct-mapped by a hash of the tuple; derived from conns (bpf/flowcache.h). */
+struct flow_entry {
+	struct conn_key key;
+	__u32 real_id;
+	__u32 real_gen;            /* the real's generation, to trust its next-hop cache entry */
+	__u32 svc_id;
+	__u32 gen;                 /* settings.gen when filled */
+	__u32 stamp;               /* bpf_jiffies64() (low 32 bits) when filled from the connection entry */
 	__u32 pad;
 };
 

@@ -12,6 +12,7 @@
 #include "persist.h"
 #include "sched.h"
 #include "fwd.h"
+#include "flowcache.h"
 #include "trace.h"
 
 /* Place a new connection of service svc: its persistence template when one is in force, else the scheduler.
@@ -77,24 +78,44 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 		return verdict(XLB_PASS_FRAGMENT, XDP_PASS, bytes);
 	}
 
-	__u64 now = bpf_ktime_get_coarse_ns();
 	int action = XDP_PASS;
 	int reason;
+	__u32 gen = st->gen;  /* before the connection entry is checked: see flowcache.h */
+	__u32 slot = flow_slot(p);
+
+	/* An established flow seen within the flow cache's TTL: its real, without the connection table. */
+	struct flow_entry *fe = flow_cached(p, st, slot);
+	if (fe) {
+		__u32 real_id = fe->real_id;
+		struct nexthop *nh = nh_cache.lookup(&real_id);
+		if (nh && nexthop_for(nh, fe->real_gen)) {
+			count_flow(fe->svc_id, real_id, bytes, 0);
+			reason = send_dr(ctx, nh, &action);
+			return verdict(reason, action, bytes);
+		}
+	}
+
 	struct conn_key ck;
 	conn_key_of(p, &ck);
 
 	/* Established flow: keep its real while it lives and the real is still configured. */
+	__u64 now = 0;
 	struct conn *c = conns.lookup(&ck);
 	trace_conn(c);
-	if (c && !conn_expired(c, st, now) && !conn_reused(c, p)) {
-		__u32 real_id = c->real_id;
-		struct real *r = reals.lookup(&real_id);
-		if (r && (r->flags & XLB_REAL_F_LIVE) && r->gen == c->real_gen) {
-			XLB_TRACE_FLAG(XLB_TRACE_F_CONN_HIT);
-			conn_touch(c, p, now);
-			count_flow(c->svc_id, real_id, bytes, 0);
-			reason = forward_dr(ctx, p, r, real_id, now, &action);
-			return verdict(reason, action, bytes);
+	if (c) {
+		now = bpf_ktime_get_coarse_ns();
+		if (!conn_expired(c, st, now) && !conn_reused(c, p)) {
+			__u32 real_id = c->real_id;
+			struct real *r = reals.lookup(&real_id);
+			if (r && (r->flags & XLB_REAL_F_LIVE) && r->gen == c->real_gen) {
+				XLB_TRACE_FLAG(XLB_TRACE_F_CONN_HIT);
+				conn_touch(c, p, now);
+				count_flow(c->svc_id, real_id, bytes, 0);
+				reason = forward_dr(ctx, p, r, real_id, now, &action);
+				if (action != XDP_DROP)
+					flow_fill(p, slot, gen, st, c, r);
+				return verdict(reason, action, bytes);
+			}
 		}
 		/* Its real was removed: reschedule below rather than black-hole the flow. */
 	}
@@ -114,7 +135,9 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	h->p = *p;
 	h->sk = sk;
 	h->svc = *svc;
-	h->now = now;
+	h->now = c ? now : bpf_ktime_get_coarse_ns();
+	h->gen = gen;
+	h->flow_idx = slot;
 	h->bytes = bytes;
 	h->has_old = c != 0;
 	if (c)
@@ -150,11 +173,14 @@ int xlb_new_conn(struct xdp_md *ctx)
 	conn_key_of(p, &ck);
 	if (h->has_old)
 		conn_forget(&h->old);
-	if (!XLB_TRACING && !conns.update(&ck, &nc))
+	int recorded = !XLB_TRACING && !conns.update(&ck, &nc);
+	if (recorded)
 		conn_count(real_id, state, 1, r);
 	count_flow(h->svc.id, real_id, bytes, 1);
 	int action = XDP_PASS;
 	int reason = forward_dr(ctx, p, r, real_id, now, &action);
+	if (recorded && action != XDP_DROP)
+		flow_fill(p, h->flow_idx, h->gen, st, &nc, r);
 	return verdict(reason, action, bytes);
 }
 
@@ -170,4 +196,19 @@ int xlb_xdp(struct xdp_md *ctx)
 	/* Not ours, or malformed: counted, and never touched. */
 	int action = (reason == XLB_PASS_NOT_IP || reason == XLB_PASS_OTHER_PROTO) ? XDP_PASS : XDP_DROP;
 	return verdict(reason, action, bytes);
+}
+
+/* Not on the packet path: the control plane runs it (BPF_PROG_TEST_RUN, xlb/clock.py) to learn the kernel's tick
+ * rate, the unit of settings.flow_ttl. Writes bpf_jiffies64() and bpf_ktime_get_ns() over the frame's first 16
+ * bytes. */
+int xlb_clock(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 *out = data;
+	if ((void *)(out + 2) > data_end)
+		return XDP_ABORTED;
+	out[0] = bpf_jiffies64();
+	out[1] = bpf_ktime_get_ns();
+	return XDP_PASS;
 }

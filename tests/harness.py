@@ -165,3 +165,13 @@ def conn_key(pkt):
     key.proto = 6 if TCP in pkt else 17
     key.family = 4 if IP in pkt else 6
     return key
+
+
+def flow_cached(dp, pkt):
+    """The live flow-cache entry (bpf/flowcache.h) of pkt's flow: its key and the current settings.gen; or None."""
+    key = bytes(conn_key(pkt))
+    gen = dp.m["settings"][ct.c_uint32(0)].gen
+    found = [v for _k, v in dp.m["flow_cache"].items_lookup_batch() if v.gen == gen and bytes(v.key) == key]
+    assert len(found) <= 1, found
+    return found[0] if found else None
+

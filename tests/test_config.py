@@ -96,9 +96,10 @@ def test_connection_schedulers_flags_and_thresholds():
 
 
 def test_tables_and_syn_timeout():
-    cfg = config.parse("[timeouts]\nsyn = 30\n[tables]\nconns = 2048\ntemplates = 1024\nsweep_interval = 2\n")
+    cfg = config.parse("[timeouts]\nsyn = 30\n[tables]\nconns = 2048\ntemplates = 1024\nsweep_interval = 2\n"
+                       "flow_cache = 0\n")
     assert cfg.timeouts == Timeouts(syn=30)
-    assert cfg.tables == Tables(conns=2048, templates=1024, sweep_interval=2.0)
+    assert cfg.tables == Tables(conns=2048, templates=1024, sweep_interval=2.0, flow_cache=0)
     assert isinstance(cfg.tables.sweep_interval, float)
 
 
@@ -193,6 +194,8 @@ REJECTS = [
     ("templates too small", "[tables]\ntemplates = 1023\n", "tables.templates", "1024.."),
     ("sweep too small", "[tables]\nsweep_interval = 0.01\n", "tables.sweep_interval", "0.05..60, got 0.01"),
     ("sweep string", '[tables]\nsweep_interval = "1s"\n', "tables.sweep_interval", 'got "1s"'),
+    ("flow cache not a power of two", "[tables]\nflow_cache = 1000\n", "tables.flow_cache", "power of two"),
+    ("flow cache too big", "[tables]\nflow_cache = 33554432\n", "tables.flow_cache", "0..16777216"),
     ("mark zero", '[[mark]]\nmark = 0\ndst = "10.0.0.0/8"\n', "mark[0].mark", "1..4294967295, got 0"),
     ("mark missing dst", "[[mark]]\nmark = 3\n", "mark[0].dst", "dst is required"),
     ("mark host bits", '[[mark]]\nmark = 3\ndst = "10.0.0.1/8"\n', "mark[0].dst", 'did you mean "10.0.0.0/8"'),

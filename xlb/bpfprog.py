@@ -4,6 +4,7 @@ bcc rewrites map calls (`services.lookup(...)`) only in the main source file, so
 into one text here, with #line markers that keep compiler messages pointing at the real file and line.
 """
 import ctypes as ct
+import os
 import re
 import sys
 from pathlib import Path
@@ -53,10 +54,23 @@ def inline_source(path: Path, _seen=None) -> str:
 def cflags_for(tables, pin_dir=None) -> list:
     """-D flags for the table sizes a config asks for (bpf/consts.h holds the defaults), and the directory to pin
     the maps in (bpf/maps.h XLB_MAP; none: unpinned)."""
-    flags = [f"-DXLB_CONNS={tables.conns}", f"-DXLB_TEMPLATES={tables.templates}"]
+    flags = [f"-DXLB_CONNS={tables.conns}", f"-DXLB_TEMPLATES={tables.templates}",
+             f"-DXLB_FLOW_CACHE={max(tables.flow_cache, 1)}", f"-DXLB_NR_CPUS={possible_cpus()}"]
     if pin_dir is not None:
         flags.append(f'-DXLB_PIN_DIR="{pin_dir}"')
     return flags
+
+
+def possible_cpus():
+    """How many CPUs the kernel may ever bring up (per-CPU regions are sized for them): /sys's possible mask."""
+    try:
+        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    except OSError:
+        return os.cpu_count() or 1
+    last = 0
+    for part in text.split(","):
+        last = max(last, int(part.split("-")[-1]))
+    return last + 1
 
 
 def attached_prog_id(ifname, ns=None):
@@ -92,11 +106,18 @@ class Program:
         except Exception as exc:  # bcc raises bare Exception; its compiler output went to stderr
             raise KernelError(f"could not load bpf/xlb.c: {exc} (compiler/verifier output above)") from exc
         self.fd = self.func.fd
+        self._clock = None
         self.attached = None  # (ifname, flags)
         self.attached_id = None
 
     def __getitem__(self, name):
         return self.bpf[name.encode() if isinstance(name, str) else name]
+
+    def clock_fd(self):
+        """fd of the xlb_clock program (xlb/clock.py), loaded on first use."""
+        if self._clock is None:
+            self._clock = self.bpf.load_func(b"xlb_clock", self._bcc.BPF.XDP)
+        return self._clock.fd
 
     def attach(self, ifname, mode="native", force=False, own_map_ids=()):
         """Attach to ifname; refuse one that already has another XDP program unless force.
@@ -184,7 +205,6 @@ def relinked_build(live, cflags, map_names, funcs, log=None):
     Returns (insns, own) where own is {name: fd} of those private maps, duplicated so they outlive the build (the
     caller closes them; a prog array loses its entries when its last fd closes). Pass small table sizes: the build's
     copies of the live maps are freed before this returns."""
-    import os
     from .bpfsys import relink_maps
     kheaders.ensure_kernel_headers(log=log)
     bcc = _import_bcc()

@@ -41,6 +41,7 @@ PERSISTENCE_MODES = ("lvs", "timeout")
 U32_MAX = 2**32 - 1
 TIMEOUT_MAX = 2**31 - 1  # seconds; far beyond any sane value, keeps ns arithmetic in u64
 CONNS_MIN, CONNS_MAX = 1024, 64 * 2**20
+FLOW_CACHE_MAX = 2**24  # entries per CPU (64 bytes each)
 MH_SIZE_MIN, MH_SIZE_MAX = 2, 1000003
 
 
@@ -61,6 +62,7 @@ class Tables:
     conns: int = 1048576  # connection table entries
     templates: int = 262144  # persistence templates
     sweep_interval: float = 1.0  # seconds between timer sweeps
+    flow_cache: int = 65536  # established-flow cache entries per CPU (a power of two; 0 = off)
 
 
 @dataclass(frozen=True)
@@ -333,7 +335,7 @@ def _timeouts(v, top) -> Timeouts:
 
 def _tables(v, top) -> Tables:
     where = "tables"
-    tbl = v.table(top.get(where, {}), where, ("conns", "templates", "sweep_interval"))
+    tbl = v.table(top.get(where, {}), where, ("conns", "templates", "sweep_interval", "flow_cache"))
     d = Tables()
     conns = v.integer(tbl, where, "conns", CONNS_MIN, CONNS_MAX, d.conns)
     templates = v.integer(tbl, where, "templates", CONNS_MIN, CONNS_MAX, d.templates)
@@ -341,7 +343,11 @@ def _tables(v, top) -> Tables:
     if not isinstance(sweep, (int, float)) or isinstance(sweep, bool) or not 0.05 <= sweep <= 60:
         v.fail(_join(where, "sweep_interval"),
                f"sweep_interval must be a number of seconds 0.05..60, got {_show(sweep)}")
-    return Tables(conns=conns, templates=templates, sweep_interval=float(sweep))
+    flow_cache = v.integer(tbl, where, "flow_cache", 0, FLOW_CACHE_MAX, d.flow_cache)
+    if flow_cache & (flow_cache - 1):
+        v.fail(_join(where, "flow_cache"), f"flow_cache must be a power of two (entries per CPU) or 0 for none, "
+               f"got {flow_cache}")
+    return Tables(conns=conns, templates=templates, sweep_interval=float(sweep), flow_cache=flow_cache)
 
 
 # --- [[mark]] ---------------------------------------------------------------------------------------------------

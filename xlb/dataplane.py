@@ -10,6 +10,7 @@ import time
 import numpy as np
 from dataclasses import dataclass, field
 
+from . import clock
 from . import marks as markmod
 from . import sched
 from . import structs as S
@@ -20,8 +21,7 @@ from .errors import ConfigError
 NS = 1_000_000_000
 PROTO_NUM = markmod.PROTO_NUM
 _SCHED_KIND = {**S.SCHED, "wrr": S.SCHED["rr"]}  # rr and wrr differ only in their tables
-
-
+FLOW_TTL = 1.0  # seconds a flow-cache entry is trusted at most (bpf/flowcache.h)
 
 CLOCK_MONOTONIC_COARSE = 6  # linux/time.h; Python's time module does not name it
 
@@ -186,9 +186,11 @@ class DataPlane:
         Returns what apply() writes: the mark-rule trie entries and each service's table (positions in its
         reals), so the tables are computed once."""
         src = config.source
-        if (config.tables.conns, config.tables.templates) != (self.tables.conns, self.tables.templates):
-            raise ConfigError(src, "tables", "table sizes changed; they take effect only when xlb restarts "
-                              f"(running: conns={self.tables.conns}, templates={self.tables.templates})")
+        sizes = ("conns", "templates", "flow_cache")
+        if any(getattr(config.tables, k) != getattr(self.tables, k) for k in sizes):
+            running = ", ".join(f"{k}={getattr(self.tables, k)}" for k in sizes)
+            raise ConfigError(src, "tables", f"table sizes changed; they take effect only when xlb restarts "
+                              f"(running: {running})")
         if len(config.services) > self.max_services - 1:
             raise ConfigError(src, "service", f"{len(config.services)} services; at most {self.max_services - 1}")
         nreals = sum(len(s.reals) for s in config.services)
@@ -290,6 +292,16 @@ class DataPlane:
         self.services = svc_states
         self.by_id = {st.id: st for st in svc_states.values()}
         self.config = config
+        self.invalidate_flow_cache()
+
+    def invalidate_flow_cache(self):
+        """Void every flow-cache entry (bpf/flowcache.h): the next packet of each flow reads the connection table
+        again. apply() calls it last, after every write it made; so must anything else that changes what an
+        established flow's packets should do."""
+        settings = self.m["settings"]
+        st = settings[ct.c_uint32(0)]
+        st.gen = (st.gen + 1) & 0xFFFFFFFF or 1
+        settings[ct.c_uint32(0)] = st
 
     def release_old_tables(self):
         """Give back table regions replaced at least one apply or sweep ago."""
@@ -332,10 +344,19 @@ class DataPlane:
 
     def _write_settings(self, config, has_marks):
         t = config.timeouts
-        st = S.Settings(flags=S.SET_F_MARKS if has_marks else 0)
+        old = self.m["settings"][ct.c_uint32(0)]
+        st = S.Settings(flags=S.SET_F_MARKS if has_marks else 0, gen=old.gen,
+                        flow_ttl=self._flow_ttl(min(t.syn, t.tcp, t.tcpfin, t.udp)))
         for name, secs in (("syn", t.syn), ("est", t.tcp), ("fin", t.tcpfin), ("udp", t.udp)):
             st.timeout_ns[S.CONN_STATE[name]] = secs * NS
         self.m["settings"][ct.c_uint32(0)] = st
+
+    def _flow_ttl(self, shortest_timeout):
+        """The flow cache's TTL in jiffies: a second, or a quarter of the shortest timeout if that is less (a cached
+        flow's last-seen time lags by up to the TTL); 0 turns the cache off."""
+        if not self.tables.flow_cache:
+            return 0
+        return max(1, int(clock.kernel_hz(self.prog) * min(FLOW_TTL, shortest_timeout / 4)))
 
     @staticmethod
     def _mark_key(k):

@@ -105,7 +105,7 @@ class VipKey(ct.Structure):
 
 
 class Settings(ct.Structure):
-    _fields_ = [("timeout_ns", _u64 * CONN_STATES), ("flags", _u32), ("pad", _u32)]
+    _fields_ = [("timeout_ns", _u64 * CONN_STATES), ("flags", _u32), ("gen", _u32), ("flow_ttl", _u32), ("pad", _u32)]
 
 
 class Counters(ct.Structure):
@@ -115,6 +115,11 @@ class Counters(ct.Structure):
 class Nexthop(ct.Structure):
     _fields_ = [("stamp_ns", _u64), ("ifindex", _u32), ("real_gen", _u32), ("dmac", _u8 * 6),
                 ("smac", _u8 * 6), ("pad", _u32)]
+
+
+class FlowEntry(ct.Structure):
+    _fields_ = [("key", ConnKey), ("real_id", _u32), ("real_gen", _u32), ("svc_id", _u32), ("gen", _u32),
+                ("stamp", _u32), ("pad", _u32)]
 
 
 class TraceRec(ct.Structure):
@@ -138,6 +143,7 @@ MAP_TYPES = {
     "vip_prefixes": (VipKey, None),
     "settings": (None, Settings),
     "nh_cache": (None, Nexthop),
+    "flow_cache": (None, FlowEntry),
     "svc_stats": (None, Counters),
     "real_stats": (None, Counters),
     "mark_stats": (None, Counters),
