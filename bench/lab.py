@@ -170,6 +170,14 @@ class Lab:
         self.dp = DataPlane(p, self.tables)
         return self.apply(toml_text)
 
+    def flow_ttl(self, ttl):
+        """Set the flow cache's TTL (jiffies; 0: off) behind the control plane's back; returns the previous one."""
+        settings = self.prog["settings"]
+        st = settings[ct.c_uint32(0)]
+        old, st.flow_ttl = st.flow_ttl, ttl
+        settings[ct.c_uint32(0)] = st
+        return old
+
     def apply(self, toml_text):
         """Apply a config to the current DataPlane (only the difference is written)."""
         self.dp.apply(dataclasses.replace(xconfig.parse(toml_text, "<bench>"), tables=self.tables))

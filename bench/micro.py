@@ -50,7 +50,7 @@ MARK_TOML = (BASE_TOML + f'[[mark]]\nmark = 1\nproto = "tcp"\ndst = "{VIP_MARK}/
 @dataclasses.dataclass
 class Case:
     name: str
-    target: str                 # "xlb", or a baseline: "pass", "drop", "min_fwd"
+    target: str                 # "xlb", or a baseline of bench/bpf/baselines.c: "pass", "drop", "min_fwd", ...
     dst: str
     dport: int = 80
     proto: int = TCP
@@ -61,6 +61,7 @@ class Case:
     same_packet: bool = False   # rerunning on its own output takes the same path: report repeat=N too
     establish: bool = False     # run a SYN (TCP) or one datagram per flow first
     cold_src: str = ""          # repeat=1 frames from this range instead of the driver's (fresh clients)
+    flow_cache: bool = True     # False: the same case with the flow cache off (settings.flow_ttl = 0)
 
     def src_base(self):
         return CLIENTS_V6 if ":" in self.dst else CLIENTS_V4
@@ -90,8 +91,12 @@ def _cases():
         Case("xdp_pass", "pass", VIP4, same_packet=True),
         Case("xdp_drop", "drop", VIP4, same_packet=True),
         Case("min_fwd", "min_fwd", VIP4, same_packet=True),
+        # Floors for any stateful forwarder: one read of dense per-flow state; one insert per new flow.
+        Case("floor_flow_read", "flow_read", VIP4, same_packet=True),
+        Case("floor_conn_insert", "conn_insert", VIP4, sport=20000, **new),
         Case("non_vip_pass", "xlb", NON_VIP, same_packet=True),
         Case("established_tcp_v4", "xlb", VIP4, **est),
+        Case("established_tcp_v4_no_flow_cache", "xlb", VIP4, flow_cache=False, **est),
         Case("established_tcp_v6", "xlb", VIP6, **est),
         Case("udp_v4", "xlb", VIP4, dport=53, proto=UDP, **est),
         Case("new_conn_v4", "xlb", VIP4, sport=20000, **new),
@@ -149,6 +154,15 @@ class _Bench:
         return statistics.median(run() for _ in range(self.rounds))
 
     def measure(self, case):
+        if case.flow_cache:
+            return self._measure(case)
+        ttl = self.lab.flow_ttl(0)
+        try:
+            return self._measure(case)
+        finally:
+            self.lab.flow_ttl(ttl)
+
+    def _measure(self, case):
         fd = self.fds[case.target]
         t = self.traffic
         repeat = self.repeat
@@ -156,8 +170,9 @@ class _Bench:
             # New connections into a table with room: an LRU table at capacity adds an eviction to every insert
             # (the conns table holds XLB_CONNS / CPUs entries per CPU).
             repeat = min(repeat, 50000)
-            if not L.is_empty(self.lab.prog["conns"]):
-                self.lab.prog["conns"].items_delete_batch()
+            table = self.lab.baselines[b"xb_conns"] if case.target == "conn_insert" else self.lab.prog["conns"]
+            if not L.is_empty(table):
+                table.items_delete_batch()
         if case.nflows < FRESH and case.cold_src:
             repeat = min(repeat, 60000 // (self.rounds + 1))  # fresh clients run out at 65535
         t.flows(case.template(), case.nflows, case.nclients, pos=0)
@@ -198,7 +213,8 @@ class _Bench:
 def run(lab, quick=False, log=print):
     """Measure every case; returns the JSON "micro" section and notes on the method."""
     base, traffic = lab.baselines, lab.traffic
-    fds = {name: L.xdp_fd(base, f"xb_{name}").fd for name in ("drop", "pass", "min_fwd")}
+    fds = {name: L.xdp_fd(base, f"xb_{name}").fd
+           for name in ("drop", "pass", "min_fwd", "flow_read", "conn_insert")}
     fds["xlb"] = lab.prog.fd
     b = _Bench(lab, traffic, fds, quick)
     log(f"bench: micro ({b.rounds} rounds of {b.repeat} driven runs and {b.cold_n} single runs per case)")

@@ -57,6 +57,15 @@ def summary(result):
                      f"minimal forwarder ({_fmt(est.get('ns_raw'), 1)} vs {_fmt(mf.get('ns_raw'), 1)} ns with the "
                      f"harness's cost; {_fmt(est.get('ns_per_pkt'), 1)} vs {_fmt(mf.get('ns_per_pkt'), 1)} ns "
                      f"without); same packet repeated: {_fmt(est.get('ratio_to_min_fwd_repeat'))}x; goal <= 1.5x")
+        off = micro.get("established_tcp_v4_no_flow_cache", {})
+        if off:
+            lines.append(f"- the flow cache's share: the same case with the cache off costs {_fmt(off.get('ns_raw'), 1)} "
+                         f"ns driven ({_fmt(off.get('ratio_to_min_fwd'))}x), {_fmt(off.get('ns_raw_repeat'), 1)} ns "
+                         f"same packet ({_fmt(off.get('ratio_to_min_fwd_repeat'))}x)")
+    hit = micro.get("new_conn_persist_hit_v4", {})
+    if hit:
+        lines.append(f"- new connection with persistence (template hit, driven): {_fmt(hit.get('ratio_to_min_fwd'))}x "
+                     f"the minimal forwarder; goal <= 2.5x")
     if fwd.get("xlb"):
         x = fwd["xlb"]["mpps"]
         lines.append(f"- forwarding: xlb {x:.2f} Mpps = {_fmt(_ratio(x, fwd.get('floor', {}).get('mpps')))}x the "

@@ -3,6 +3,7 @@
 #ifndef XLB_CLASSIFY_H
 #define XLB_CLASSIFY_H
 
+#include "hash.h"
 #include "maps.h"
 #include "parse.h"
 #include "stats.h"
@@ -24,6 +25,30 @@ static __always_inline struct mark_val *match_mark(struct pkt *p)
 		return mv;
 	mk.port = 0;
 	return mark_rules.lookup(&mk);
+}
+
+static __always_inline int vip_filter_bit(__u32 h)
+{
+	__u32 w = (h >> 6) & (XLB_VIP_FILTER_WORDS - 1);
+	__u64 *bits = vip_filter.lookup(&w);
+	return bits && ((*bits >> (h & 63)) & 1);
+}
+
+/* Could the packet be for a service? The VIP filter (xlb/vipfilter.py) has a bit for every VIP and every address
+ * of a small mark prefix, hashed, and one for every /24 (IPv4) or /64 (IPv6) network of a larger one. A clear
+ * bit for both the destination and its network means no VIP and no mark rule: the packet passes after a few
+ * nanoseconds instead of a connection-table miss and the service lookups. A set bit may be a collision: the
+ * full lookups decide. */
+static __always_inline int may_be_vip(struct pkt *p)
+{
+	if (vip_filter_bit(hash_addr(p->dst)))
+		return 1;
+	__be32 net[4] = {p->dst[0], 0, 0, 0};
+	if (p->family == XLB_AF_INET)
+		net[0] &= bpf_htonl(0xffffff00);
+	else
+		net[1] = p->dst[1];
+	return vip_filter_bit(mix32(hash_addr(net) + 1));
 }
 
 /* Find the service for a TCP/UDP packet. *key receives the matched service's key (the persistence identity). */

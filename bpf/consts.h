@@ -49,6 +49,10 @@
 #ifndef XLB_FLOW_CACHE
 #define XLB_FLOW_CACHE 65536
 #endif
+/* VIP filter: 64-bit words of the bitmap (bpf/classify.h may_be_vip; a power of two). */
+#ifndef XLB_VIP_FILTER_WORDS
+#define XLB_VIP_FILTER_WORDS 1024
+#endif
 /* Possible CPUs (the loader passes the machine's): the flow cache has a region per CPU. */
 #ifndef XLB_NR_CPUS
 #define XLB_NR_CPUS 1
@@ -129,6 +133,7 @@ enum xlb_conn_state {
 
 /* settings.flags */
 #define XLB_SET_F_MARKS 0x1            /* at least one mark rule: classify before service lookup */
+#define XLB_SET_F_VIP_FILTER 0x2       /* vip_filter holds every VIP and mark prefix: a miss is no service */
 
 /* trace_rec.flags (bpf/trace.h) */
 #define XLB_TRACE_F_CONN_FOUND 0x1     /* an entry for the tuple exists */

@@ -1,9 +1,11 @@
-/* flowcache.h — the established fast path. A per-CPU, direct-mapped cache from a flow's tuple to its real,
+/* flowcache.h — the established fast path. A per-CPU, 2-way set-associative cache from a flow's tuple to its real,
  * filled from the connection table while the entry is established (TCP) or UDP. A hit forwards the packet
  * without the connection table's hash lookup (a random bucket and element in a table of a million: two cache
  * misses) and without the clock (bpf_jiffies64 is inlined by the verifier; the coarse clock is a helper call).
  *
  * bpf_get_smp_processor_id is inlined too; each CPU owns its region, so no entry is written by two CPUs.
+ *
+ * Sets of two entries (one 128-byte pair): two flows hashed alike both stay.
  *
  * The cache only ever repeats what the connection table said, and for a bounded time:
  * - an entry is trusted for settings.flow_ttl jiffies; the next packet after that takes the full path, which
@@ -23,6 +25,8 @@
 #include "parse.h"
 #include "trace.h"
 
+/* The first entry of the flow's set: two adjacent entries (the cache is 2-way set associative), in this CPU's
+ * region. */
 static __always_inline __u32 flow_slot(struct pkt *p)
 {
 	__u32 h = hash_addr(p->src) ^ ((p->dst[0] ^ p->dst[1] ^ p->dst[2] ^ p->dst[3]) * 0x9e3779b1);
@@ -30,7 +34,7 @@ static __always_inline __u32 flow_slot(struct pkt *p)
 	__u32 cpu = bpf_get_smp_processor_id();
 	if (cpu >= XLB_NR_CPUS)
 		cpu = 0;  /* cannot happen (the loader counts the possible CPUs); keeps the index in bounds */
-	return cpu * XLB_FLOW_CACHE + (mix32(h ^ p->proto) & (XLB_FLOW_CACHE - 1));
+	return cpu * XLB_FLOW_CACHE + (mix32(h ^ p->proto) & (XLB_FLOW_CACHE - 2));
 }
 
 static __always_inline int flow_key_eq(struct conn_key *k, struct pkt *p)
@@ -40,35 +44,55 @@ static __always_inline int flow_key_eq(struct conn_key *k, struct pkt *p)
 		(k->sport ^ p->sport) | (k->dport ^ p->dport) | (k->proto ^ p->proto) | (k->family ^ p->family)) == 0;
 }
 
-/* The cached entry for this packet's flow, or 0 (no entry, another flow's, void, stale, or a state change). */
+/* Is entry e in force: written under the current settings.gen, within the TTL? */
+static __always_inline int flow_live(struct flow_entry *e, struct settings *st, __u32 now)
+{
+	return e->gen == st->gen && now - e->stamp < st->flow_ttl;
+}
+
+/* The cached entry for this packet's flow, or 0 (none in its set, void, stale, or a state change). */
 static __always_inline struct flow_entry *flow_cached(struct pkt *p, struct settings *st, __u32 slot)
 {
 	if (XLB_TRACING || !st->flow_ttl)
 		return 0;
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (XLB_TCP_SYN | XLB_TCP_FIN | XLB_TCP_RST)))
 		return 0;
-	struct flow_entry *e = flow_cache.lookup(&slot);
-	if (!e || e->gen != st->gen || (__u32)bpf_jiffies64() - e->stamp >= st->flow_ttl || !flow_key_eq(&e->key, p))
-		return 0;
-	return e;
+	__u32 now = (__u32)bpf_jiffies64();
+	for (__u32 way = 0; way < 2; way++) {
+		__u32 i = slot + way;
+		struct flow_entry *e = flow_cache.lookup(&i);
+		if (e && flow_key_eq(&e->key, p))
+			return flow_live(e, st, now) ? e : 0;
+	}
+	return 0;
 }
 
 /* Remember a live connection entry c (its real r) for the flow's next packets, if its state lets them skip
- * the connection table. gen: settings.gen as read before c was looked up. */
+ * the connection table. gen: settings.gen as read before c was looked up. The flow's own entry is rewritten;
+ * else a void or stale one of its set; else the one filled longer ago. */
 static __always_inline void flow_fill(struct pkt *p, __u32 slot, __u32 gen, struct settings *st, struct conn *c,
 				      struct real *r)
 {
 	if (XLB_TRACING || !st->flow_ttl || (c->state != XLB_CS_EST && c->state != XLB_CS_UDP))
 		return;
-	struct flow_entry *e = flow_cache.lookup(&slot);
-	if (!e)
+	__u32 i0 = slot, i1 = slot + 1;
+	struct flow_entry *e0 = flow_cache.lookup(&i0);
+	struct flow_entry *e1 = flow_cache.lookup(&i1);
+	if (!e0 || !e1)
 		return;
+	__u32 now = (__u32)bpf_jiffies64();
+	struct flow_entry *e = e0;
+	if (flow_key_eq(&e1->key, p))
+		e = e1;
+	else if (!flow_key_eq(&e0->key, p) && flow_live(e0, st, now) &&
+		 (!flow_live(e1, st, now) || (__s32)(e1->stamp - e0->stamp) < 0))
+		e = e1;
 	conn_key_of(p, &e->key);
 	e->real_id = c->real_id;
 	e->real_gen = r->gen;
 	e->svc_id = c->svc_id;
 	e->gen = gen;
-	e->stamp = (__u32)bpf_jiffies64();
+	e->stamp = now;
 }
 
 #endif

@@ -37,11 +37,13 @@ XLB_MAP("lru_hash", struct persist_key, struct persist, persist, XLB_TEMPLATES, 
 XLB_MAP("lpm_trie", struct mark_key, struct mark_val, mark_rules, XLB_MARK_ENTRIES, BPF_F_NO_PREALLOC);
 /* Every VIP and mark destination, to tell fragments for us from others; written by the control plane. */
 XLB_MAP("lpm_trie", struct vip_key, __u32, vip_prefixes, XLB_VIP_PREFIXES, BPF_F_NO_PREALLOC);
+/* A bitmap of hashed VIPs and mark-rule networks (bpf/classify.h may_be_vip); written by the control plane. */
+XLB_MAP("array", int, __u64, vip_filter, XLB_VIP_FILTER_WORDS, 0);
 /* Timeouts and global flags; one entry written by the control plane. */
 XLB_MAP("array", int, struct settings, settings, 1, 0);
 /* Next hop per real, per CPU; written by the data plane from bpf_fib_lookup. Derived state: not pinned. */
 BPF_PERCPU_ARRAY(nh_cache, struct nexthop, XLB_MAX_REALS);
-/* Established flows by tuple hash: one region of XLB_FLOW_CACHE entries per CPU (a plain array, not a per-CPU
+/* Established flows by tuple hash (sets of two entries): one region of XLB_FLOW_CACHE entries per CPU (a plain array, not a per-CPU
  * one: that costs a second, dependent load per lookup); written by the data plane from conns. Derived state: not
  * pinned. */
 BPF_ARRAY(flow_cache, struct flow_entry, XLB_FLOW_CACHE * XLB_NR_CPUS);

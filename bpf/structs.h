@@ -132,7 +132,7 @@ struct nexthop {
 	__u32 pad;
 };
 
-/* flow_cache: per CPU, direct-mapped by a hash of the tuple; derived from conns (bpf/flowcache.h). */
+/* flow_cache: per CPU, 2-way set associative by a hash of the tuple; derived from conns (bpf/flowcache.h). */
 struct flow_entry {
 	struct conn_key key;
 	__u32 real_id;

@@ -78,6 +78,9 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 		return verdict(XLB_PASS_FRAGMENT, XDP_PASS, bytes);
 	}
 
+	if ((st->flags & XLB_SET_F_VIP_FILTER) && !may_be_vip(p))
+		return verdict(XLB_PASS_NO_SERVICE, XDP_PASS, bytes);
+
 	int action = XDP_PASS;
 	int reason;
 	__u32 gen = st->gen;  /* before the connection entry is checked: see flowcache.h */

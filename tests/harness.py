@@ -35,7 +35,7 @@ GW_MAC = "02:00:00:00:00:01"
 # Small maps keep per-test resets cheap; the code paths are the same as at full size.
 TEST_CFLAGS = ["-DXLB_MAX_REALS=256", "-DXLB_MAX_SERVICES=256", "-DXLB_SCHED_SLOTS=131072",
                "-DXLB_MARK_ENTRIES=16384", "-DXLB_MAX_MARK_RULES=256", "-DXLB_VIP_PREFIXES=1024"]
-TEST_TABLES = xconfig.Tables(conns=4096, templates=4096)
+TEST_TABLES = xconfig.Tables(conns=4096, templates=4096, flow_cache=1024)
 
 
 class Bench:

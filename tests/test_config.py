@@ -196,6 +196,7 @@ REJECTS = [
     ("sweep string", '[tables]\nsweep_interval = "1s"\n', "tables.sweep_interval", 'got "1s"'),
     ("flow cache not a power of two", "[tables]\nflow_cache = 1000\n", "tables.flow_cache", "power of two"),
     ("flow cache too big", "[tables]\nflow_cache = 33554432\n", "tables.flow_cache", "0..16777216"),
+    ("flow cache too small", "[tables]\nflow_cache = 512\n", "tables.flow_cache", "power of two from 1024"),
     ("mark zero", '[[mark]]\nmark = 0\ndst = "10.0.0.0/8"\n', "mark[0].mark", "1..4294967295, got 0"),
     ("mark missing dst", "[[mark]]\nmark = 3\n", "mark[0].dst", "dst is required"),
     ("mark host bits", '[[mark]]\nmark = 3\ndst = "10.0.0.1/8"\n', "mark[0].dst", 'did you mean "10.0.0.0/8"'),

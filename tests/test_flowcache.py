@@ -150,6 +150,34 @@ def test_another_flow_in_the_slot_is_not_taken(bench):
         assert lookup_conn(bench.dp, tcp4(**kw)).state == CS["est"]  # SYN -> EST: the full path ran
 
 
+def _slots(bench):
+    """{flow key bytes: cache index} of the live entries."""
+    gen = settings(bench).gen
+    return {bytes(v.key): k for k, v in bench.dp.m["flow_cache"].items_lookup_batch() if v.gen == gen}
+
+
+def test_two_way_sets_keep_two_flows_and_evict_the_older(bench):
+    """Flows go into their set's two entries (index // 2): a third flow of a set replaces the one filled first."""
+    bench.reset(svc())
+    seen = {}                                          # set -> flows filled into it, in order
+    for sport in range(50000, 52000):
+        flow = tcp4(sport=sport)
+        establish(bench, lambda flags, s=sport: tcp4(sport=s, flags=flags))
+        idx = _slots(bench)[bytes(conn_key(flow))]
+        seen.setdefault(idx // 2, []).append(sport)
+        if len(seen[idx // 2]) == 3:
+            break
+    a, b, c = seen[idx // 2]
+    slots = _slots(bench)
+    assert bytes(conn_key(tcp4(sport=a))) not in slots
+    assert {slots[bytes(conn_key(tcp4(sport=x)))] // 2 for x in (b, c)} == {idx // 2}
+    for x in (b, c):
+        real = real_of(bench.run(tcp4(sport=x, flags="A"))[1])
+        del bench.dp.m["conns"][conn_key(tcp4(sport=x))]
+        ack = tcp4(sport=x, flags="A")
+        assert bench.run(ack) == (TX, to_real(ack, real))       # both served from the cache
+
+
 def test_ttl_zero_turns_the_cache_off(bench):
     bench.reset(svc())
     tables = dataclasses.replace(bench.dp.tables, flow_cache=0)

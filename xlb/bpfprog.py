@@ -55,7 +55,7 @@ def cflags_for(tables, pin_dir=None) -> list:
     """-D flags for the table sizes a config asks for (bpf/consts.h holds the defaults), and the directory to pin
     the maps in (bpf/maps.h XLB_MAP; none: unpinned)."""
     flags = [f"-DXLB_CONNS={tables.conns}", f"-DXLB_TEMPLATES={tables.templates}",
-             f"-DXLB_FLOW_CACHE={max(tables.flow_cache, 1)}", f"-DXLB_NR_CPUS={possible_cpus()}"]
+             f"-DXLB_FLOW_CACHE={max(tables.flow_cache, 2)}", f"-DXLB_NR_CPUS={possible_cpus()}"]
     if pin_dir is not None:
         flags.append(f'-DXLB_PIN_DIR="{pin_dir}"')
     return flags

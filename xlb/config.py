@@ -41,7 +41,7 @@ PERSISTENCE_MODES = ("lvs", "timeout")
 U32_MAX = 2**32 - 1
 TIMEOUT_MAX = 2**31 - 1  # seconds; far beyond any sane value, keeps ns arithmetic in u64
 CONNS_MIN, CONNS_MAX = 1024, 64 * 2**20
-FLOW_CACHE_MAX = 2**24  # entries per CPU (64 bytes each)
+FLOW_CACHE_MIN, FLOW_CACHE_MAX = 1024, 2**24  # entries per CPU (64 bytes each)
 MH_SIZE_MIN, MH_SIZE_MAX = 2, 1000003
 
 
@@ -344,9 +344,9 @@ def _tables(v, top) -> Tables:
         v.fail(_join(where, "sweep_interval"),
                f"sweep_interval must be a number of seconds 0.05..60, got {_show(sweep)}")
     flow_cache = v.integer(tbl, where, "flow_cache", 0, FLOW_CACHE_MAX, d.flow_cache)
-    if flow_cache & (flow_cache - 1):
-        v.fail(_join(where, "flow_cache"), f"flow_cache must be a power of two (entries per CPU) or 0 for none, "
-               f"got {flow_cache}")
+    if flow_cache & (flow_cache - 1) or 0 < flow_cache < FLOW_CACHE_MIN:
+        v.fail(_join(where, "flow_cache"), f"flow_cache must be a power of two from {FLOW_CACHE_MIN} (entries per "
+               f"CPU), or 0 for none; got {flow_cache}")
     return Tables(conns=conns, templates=templates, sweep_interval=float(sweep), flow_cache=flow_cache)
 
 

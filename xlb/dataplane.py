@@ -14,6 +14,7 @@ from . import clock
 from . import marks as markmod
 from . import sched
 from . import structs as S
+from . import vipfilter
 from .bpfsys import iter_batches
 from .config import addr_bytes
 from .errors import ConfigError
@@ -177,6 +178,8 @@ class DataPlane:
         self.by_id = {}                # svc id -> _SvcState
         self.mark_entries = {}         # lpm tuple -> (mark, rule_id)
         self.vips = set()
+        vf = self.m["vip_filter"]
+        self.vip_words = [vf[ct.c_uint32(i)].value for i in range(vf.max_entries)]  # as found (pinned: adopted)
         self._to_release = []          # regions freed at the next apply (in-flight packets may read old ones)
 
     # -- applying a config ---------------------------------------------------------------------------------
@@ -214,6 +217,13 @@ class DataPlane:
         entries, tables = self.check(config)
         old = self.services
         new_keys = {s.key for s in config.services}
+        # VIP filter: old and new bits while services change, only the new ones once the old are gone.
+        fbits = vipfilter.bits(config)
+        if fbits is None:
+            self._set_flag(S.SET_F_VIP_FILTER, False)
+        else:
+            want_words = vipfilter.words(fbits)
+            self._write_vip_words([a | b for a, b in zip(self.vip_words, want_words)])
 
         # Reals: ids stable per (service, address); a new id bumps the slot's generation.
         real_rows = {}
@@ -265,7 +275,7 @@ class DataPlane:
                 st.region, st.table = region, table
             self.m["services"][svc_key(svc)] = self._svc_meta(st)
 
-        self._write_settings(config, bool(want))
+        self._write_settings(config, bool(want), fbits is not None)
 
         # Now remove what the config no longer has.
         for key, st in old.items():
@@ -288,6 +298,8 @@ class DataPlane:
                 self.rule_ids.drop(ident)
         self.mark_entries = want
         self._apply_vips(markmod.vip_prefixes(config))
+        if fbits is not None:
+            self._write_vip_words(want_words)
 
         self.services = svc_states
         self.by_id = {st.id: st for st in svc_states.values()}
@@ -342,14 +354,30 @@ class DataPlane:
                          persist_timeout_ns=(svc.persistence_timeout or 0) * NS,
                          persist_mask=S.addr_words(svc.persistence_netmask))
 
-    def _write_settings(self, config, has_marks):
+    def _write_settings(self, config, has_marks, vip_filter):
         t = config.timeouts
         old = self.m["settings"][ct.c_uint32(0)]
-        st = S.Settings(flags=S.SET_F_MARKS if has_marks else 0, gen=old.gen,
+        flags = (S.SET_F_MARKS if has_marks else 0) | (S.SET_F_VIP_FILTER if vip_filter else 0)
+        st = S.Settings(flags=flags, gen=old.gen,
                         flow_ttl=self._flow_ttl(min(t.syn, t.tcp, t.tcpfin, t.udp)))
         for name, secs in (("syn", t.syn), ("est", t.tcp), ("fin", t.tcpfin), ("udp", t.udp)):
             st.timeout_ns[S.CONN_STATE[name]] = secs * NS
         self.m["settings"][ct.c_uint32(0)] = st
+
+    def _set_flag(self, flag, on):
+        settings = self.m["settings"]
+        st = settings[ct.c_uint32(0)]
+        if bool(st.flags & flag) != on:
+            st.flags ^= flag
+            settings[ct.c_uint32(0)] = st
+
+    def _write_vip_words(self, want):
+        changed = [i for i, (a, b) in enumerate(zip(self.vip_words, want)) if a != b]
+        if changed:
+            keys = (ct.c_uint32 * len(changed))(*changed)
+            vals = (ct.c_uint64 * len(changed))(*(want[i] for i in changed))
+            self.m["vip_filter"].items_update_batch(keys, vals)
+            self.vip_words = list(want)
 
     def _flow_ttl(self, shortest_timeout):
         """The flow cache's TTL in jiffies: a second, or a quarter of the shortest timeout if that is less (a cached

@@ -51,6 +51,7 @@ REAL_F_LIVE = DEFINES["XLB_REAL_F_LIVE"]
 RC_F_OVERLOAD = DEFINES["XLB_RC_F_OVERLOAD"]
 CAND_MAX = DEFINES["XLB_CAND_MAX"]
 SET_F_MARKS = DEFINES["XLB_SET_F_MARKS"]
+SET_F_VIP_FILTER = DEFINES["XLB_SET_F_VIP_FILTER"]
 # trace_rec.flags, by name: {"conn_found": 0x1, ...}
 TRACE_F = {k[len("XLB_TRACE_F_"):].lower(): v for k, v in DEFINES.items() if k.startswith("XLB_TRACE_F_")}
 
@@ -141,6 +142,7 @@ MAP_TYPES = {
     "persist": (PersistKey, Persist),
     "mark_rules": (MarkKey, MarkVal),
     "vip_prefixes": (VipKey, None),
+    "vip_filter": (None, None),
     "settings": (None, Settings),
     "nh_cache": (None, Nexthop),
     "flow_cache": (None, FlowEntry),
