@@ -1,5 +1,6 @@
 """xlb.sched: scheduling tables against IPVS semantics and Maglev properties (no root, no bcc)."""
 
+import hashlib
 import math
 import random
 from collections import Counter
@@ -180,6 +181,40 @@ def test_maglev_empty():
 def test_maglev_pinned_output():
     """Pinned values: a change here means every deployed mh service remaps; it must be deliberate."""
     assert maglev_table([(b"a", 1), (b"b", 1), (b"c", 2)], 13) == [2, 0, 0, 1, 2, 2, 1, 1, 2, 2, 2, 0, 2]
+
+
+def ident6(i):
+    return bytes.fromhex("20010db8") + bytes(10) + i.to_bytes(2, "big")
+
+
+_pin_rng = random.Random(7)
+# sha256 (first 32 hex digits) of ",".join(table), computed with the sequential heap fill that maglev_table used
+# until the vectorised build replaced it: any faster build must reproduce these tables exactly.
+MAGLEV_PINS = [
+    ("10 equal", [(ident(i), 1) for i in range(10)], 65537, "fb3504ed44cf439111e41ac53412897d"),
+    ("1000 equal", [(ident(i), 1) for i in range(1000)], 65537, "a2e4aaaf659771f646fec78bf5c9bf62"),
+    ("50 with zeros", [(ident(i), (i * 7) % 11) for i in range(50)], 4093, "09a3a094033d9a08c0fe7019be8723ed"),
+    ("skewed with a zero", [(ident(i), w) for i, w in enumerate([1, 1000, 3, 0, 250])], 65537,
+     "77486a7d424ac73873d76afaeea4cfa8"),
+    ("more reals than slots", [(ident(i), 1) for i in range(20)], 7, "1156fe95af9a0919a9e03bfe1939ed38"),
+    ("300 random 0..20", [(ident(i), _pin_rng.randint(0, 20)) for i in range(300)], 65537,
+     "48c842b70270cc7ceae256917c50bda5"),
+    ("ipv6 primes", [(ident6(i), w) for i, w in enumerate([2, 3, 5, 7, 11])], 1009,
+     "8ae7b7cc6cc49c6c7e940f95798f5eec"),
+    ("one slot for the light one", [(ident(0), 65536), (ident(1), 1)], 65537, "9cd2b8d116d3c7bbb4d0b3f077fbac8f"),
+    ("one real", [(b"x", 3)], 13, "17f649cb0e6e20132f9919f3195ad16c"),
+    ("100 mixed, largest size", [(ident(i), 1 + i % 4) for i in range(100)], 1000003,
+     "4d4d708d67b71d374757f9894dad6595"),
+]
+
+
+@pytest.mark.parametrize("name, reals, size, digest", MAGLEV_PINS, ids=[p[0] for p in MAGLEV_PINS])
+def test_maglev_pinned_digests(name, reals, size, digest):
+    """Whole tables pinned: equal, skewed and zero weights, more reals than slots, IPv6 identities, 13 to 1000003
+    slots."""
+    table = maglev_table(reals, size)
+    assert len(table) == size
+    assert hashlib.sha256(",".join(map(str, table)).encode()).hexdigest()[:32] == digest
 
 
 def test_maglev_deterministic():
