@@ -251,7 +251,7 @@ def test_maglev_balance_weighted(weights):
 
 
 def naive_weighted_maglev(reals, size):
-    """The credit rule spelled out round by round; the heap in maglev_table must reproduce it exactly."""
+    """The credit rule spelled out round by round; maglev_table must reproduce it exactly."""
     from xlb.sched import _h64
     live = [(i, w) for i, (_, w) in enumerate(reals) if w > 0]
     wmax = max(w for _, w in live)
@@ -276,7 +276,8 @@ def naive_weighted_maglev(reals, size):
                     return table
 
 
-@pytest.mark.parametrize("weights", [[1], [1, 1, 1], [3, 1, 2], [5, 0, 2, 7], [1, 100], [4, 6, 9]])
+@pytest.mark.parametrize("weights", [[1], [1, 1, 1], [3, 1, 2], [5, 0, 2, 7], [1, 100], [4, 6, 9],
+                                     [2**70, 3 * 2**68, 1, 0]])  # beyond int64: Python integers
 def test_maglev_matches_round_by_round_rule(weights):
     reals = [(ident(i), w) for i, w in enumerate(weights)]
     assert maglev_table(reals, 1009) == naive_weighted_maglev(reals, 1009)
