@@ -178,9 +178,13 @@ class Lab:
         settings[ct.c_uint32(0)] = st
         return old
 
+    def config(self, toml_text):
+        """A bench config, parsed, with the loaded program's table sizes."""
+        return dataclasses.replace(xconfig.parse(toml_text, "<bench>"), tables=self.tables)
+
     def apply(self, toml_text):
         """Apply a config to the current DataPlane (only the difference is written)."""
-        self.dp.apply(dataclasses.replace(xconfig.parse(toml_text, "<bench>"), tables=self.tables))
+        self.dp.apply(self.config(toml_text))
         return self.dp
 
     # XDP attachments -------------------------------------------------------------------------------------------

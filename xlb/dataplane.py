@@ -330,11 +330,17 @@ class DataPlane:
             off = self.slots.alloc(len(table))
         if off is None:
             raise ConfigError(config.source, "service", "scheduling table space exhausted")
+        self._write_slots(off, table)
+        return (off, len(table))
+
+    def _write_slots(self, off, table):
+        """sched_slots[off + i] = table[i], one BPF_MAP_UPDATE_BATCH (a 65537-slot Maglev table: one syscall, the
+        arrays built by numpy rather than 65537 ctypes conversions)."""
         n = len(table)
-        keys = (ct.c_uint32 * n)(*range(off, off + n))
-        vals = (ct.c_uint32 * n)(*table)
-        self.m["sched_slots"].items_update_batch(keys, vals)
-        return (off, n)
+        keys = np.arange(off, off + n, dtype=np.uint32)
+        vals = np.asarray(table, dtype=np.uint32)
+        self.m["sched_slots"].items_update_batch((ct.c_uint32 * n).from_buffer(keys),
+                                                 (ct.c_uint32 * n).from_buffer(vals))
 
     @staticmethod
     def _svc_meta(st):
@@ -536,9 +542,7 @@ class DataPlane:
             table_now = [ids[i] for i in table_indexes(svc, self._loads(svc))]
             if table_now != st.table and len(table_now) == st.region[1]:
                 # Same length, every entry a real id at every moment: rewrite in place.
-                off, n = st.region
-                self.m["sched_slots"].items_update_batch((ct.c_uint32 * n)(*range(off, off + n)),
-                                                         (ct.c_uint32 * n)(*table_now))
+                self._write_slots(st.region[0], table_now)
                 st.table = table_now
 
     def _loads(self, svc):
