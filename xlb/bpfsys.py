@@ -2,6 +2,8 @@
 
 - ``lookup_batch``: read a whole map (or the first n entries of an array) into two flat byte buffers, for
   scrapes of thousands of per-CPU counters and for counting entries without a Python object per entry;
+  ``lookup_batch_into`` reads into the caller's buffers (numpy arrays) instead, for the sweep's 1M entries;
+- ``rewrite_u64``: read-modify-write one field of many entries (the sweep's template holds);
 - ``prog_load_xdp``: load an XDP program from instruction bytes (the trace build, relinked to the live maps).
 """
 import ctypes as ct
@@ -11,6 +13,7 @@ import os
 from .errors import KernelError
 
 _SYS_BPF = 321  # x86_64
+_BPF_MAP_LOOKUP_ELEM = 1
 _BPF_MAP_UPDATE_ELEM = 2
 _BPF_PROG_LOAD = 5
 _BPF_MAP_LOOKUP_BATCH = 24
@@ -35,25 +38,18 @@ class _BatchAttr(ct.Structure):
                 ("elem_flags", ct.c_uint64), ("flags", ct.c_uint64)]
 
 
-def iter_batches(map_fd, key_size, value_size, limit, chunk=4096):
-    """Read up to `limit` entries of a map in chunks: yields (keys, values, n), flat buffers of n keys and n
-    values in map order, reused between chunks (copy what you keep).
-
-    value_size is what the kernel copies per entry: for per-CPU maps, round_up(size, 8) * possible CPUs.
-    For an array, the first `limit` indexes; for a hash, every entry (limit = max_entries)."""
+def _batch_calls(map_fd, key_size, limit, chunk, place):
+    """The BPF_MAP_LOOKUP_BATCH loop over up to `limit` entries, `chunk` per call: place(total, want) returns the
+    addresses (keys, values) where the next call may write `want` entries; yields each call's count."""
     chunk = max(1, min(chunk, limit))
-    keys = ct.create_string_buffer(key_size * chunk)
-    values = ct.create_string_buffer(value_size * chunk)
     token = ct.create_string_buffer(max(key_size, 8))  # batch position, opaque (a key or a bucket index)
     total = 0
     first = True
     while total < limit:
         want = min(chunk, limit - total)
-        if want * key_size > len(keys):  # a bucket larger than chunk (see below)
-            keys = ct.create_string_buffer(want * key_size)
-            values = ct.create_string_buffer(want * value_size)
+        kaddr, vaddr = place(total, want)
         attr = _BatchAttr(in_batch=0 if first else ct.addressof(token), out_batch=ct.addressof(token),
-                          keys=ct.addressof(keys), values=ct.addressof(values), count=want, map_fd=map_fd)
+                          keys=kaddr, values=vaddr, count=want, map_fd=map_fd)
         rc = _bpf(_BPF_MAP_LOOKUP_BATCH, attr)
         if rc == -errno.ENOSPC and attr.count == 0 and chunk < limit - total:
             # A hash bucket holds more entries than `chunk`: retry from the same place with room for them all.
@@ -64,9 +60,41 @@ def iter_batches(map_fd, key_size, value_size, limit, chunk=4096):
         first = False
         total += attr.count
         if attr.count:
-            yield keys, values, attr.count
+            yield attr.count
         if rc == -errno.ENOENT:
             return  # the end of the map
+
+
+def iter_batches(map_fd, key_size, value_size, limit, chunk=4096):
+    """Read up to `limit` entries of a map in chunks: yields (keys, values, n), flat buffers of n keys and n
+    values in map order, reused between chunks (copy what you keep).
+
+    value_size is what the kernel copies per entry: for per-CPU maps, round_up(size, 8) * possible CPUs.
+    For an array, the first `limit` indexes; for a hash, every entry (limit = max_entries)."""
+    bufs = [None, None]
+
+    def place(_total, want):
+        if bufs[0] is None or want * key_size > len(bufs[0]):  # first call, or a bucket larger than chunk
+            bufs[:] = ct.create_string_buffer(want * key_size), ct.create_string_buffer(want * value_size)
+        return ct.addressof(bufs[0]), ct.addressof(bufs[1])
+
+    for n in _batch_calls(map_fd, key_size, limit, chunk, place):
+        yield bufs[0], bufs[1], n
+
+
+def lookup_batch_into(map_fd, keys, values, chunk=65536):
+    """Read up to len(keys) entries into `keys` and `values`, contiguous numpy arrays of the map's key and value
+    dtypes and of one length, packed from the start; returns how many were read.
+
+    One copy, the kernel's: a sweep of a 1M-entry table reads straight into its arrays."""
+    if len(keys) != len(values) or not (keys.flags.c_contiguous and values.flags.c_contiguous):
+        raise ValueError("keys and values must be contiguous arrays of one length")
+    if not len(keys):
+        return 0
+    ks, vs = keys.itemsize, values.itemsize
+    kbase, vbase = keys.ctypes.data, values.ctypes.data
+    return sum(_batch_calls(map_fd, ks, len(keys), chunk, lambda total, _want: (kbase + total * ks,
+                                                                                  vbase + total * vs)))
 
 
 def lookup_batch(map_fd, key_size, value_size, limit, chunk=4096):
@@ -91,6 +119,31 @@ def map_update_u32(map_fd, key, value):
     rc = _bpf(_BPF_MAP_UPDATE_ELEM, _ElemAttr(map_fd=map_fd, key=ct.addressof(k), value=ct.addressof(v)))
     if rc < 0:
         raise KernelError(f"updating map fd {map_fd}[{key}] failed: {os.strerror(-rc)}")
+
+
+def rewrite_u64(map_fd, keys, value_size, offset, values):
+    """For each key of `keys` (a contiguous numpy array of the map's keys): read its value, set the u64 at byte
+    `offset` to values[i] and write the value back, one entry at a time, so that fields the data plane changed
+    since an earlier batch read are kept (bcc's get and set, without a Python object per entry). Entries gone
+    in between are skipped. Returns how many were written."""
+    val = ct.create_string_buffer(value_size)
+    field = ct.c_uint64.from_buffer(val, offset)
+    attr = _ElemAttr(map_fd=map_fd, value=ct.addressof(val))
+    base, ks = keys.ctypes.data, keys.itemsize
+    written = 0
+    for i, v in enumerate(values.tolist()):
+        attr.key = base + i * ks
+        attr.flags = 0
+        rc = _bpf(_BPF_MAP_LOOKUP_ELEM, attr)
+        if rc == -errno.ENOENT:
+            continue
+        if rc == 0:
+            field.value = v
+            rc = _bpf(_BPF_MAP_UPDATE_ELEM, attr)
+        if rc < 0:
+            raise KernelError(f"rewriting an entry of map fd {map_fd} failed: {os.strerror(-rc)}")
+        written += 1
+    return written
 
 
 class _ProgLoadAttr(ct.Structure):

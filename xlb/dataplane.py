@@ -15,7 +15,7 @@ from . import marks as markmod
 from . import sched
 from . import structs as S
 from . import vipfilter
-from .bpfsys import iter_batches
+from .bpfsys import lookup_batch_into, rewrite_u64
 from .config import addr_bytes
 from .errors import ConfigError
 
@@ -144,6 +144,66 @@ class SweepResult:
     templates_expired: int = 0
     templates_held: int = 0
     seconds: float = 0.0
+
+
+@dataclass
+class _ConnScan:
+    keys: np.ndarray       # ConnKey records
+    vals: np.ndarray       # Conn records
+    until: np.ndarray      # int64 ns: when each entry expires
+    alive: np.ndarray      # bool: until >= now
+    counts: dict           # live real id -> [active, inactive]
+
+
+def _exact_keys(rows, table):
+    """One int64 key per row for equality matching of multi-column rows: ``rows`` and ``table`` are lists of
+    uint64 columns (n and m long). Returns (row keys, row valid, table keys): a valid row's key equals a table
+    row's key exactly when every column does; an invalid row has a value no table row has in some column.
+    Columns are rank-compressed against the table's values only as far as int64 needs, so the usual cases (one
+    column that varies, the others constant) cost one pass per column."""
+    rk = rows[0].view(np.int64)
+    tk = table[0].view(np.int64)
+    valid = np.ones(len(rk), bool)
+    bound = 2**64  # distinct values the key may take so far
+    for rc, tc in zip(rows[1:], table[1:]):
+        u = np.unique(tc)
+        if len(u) == 1:
+            valid &= rc == u[0]
+            continue
+        if bound * len(u) >= 2**62:  # make the key so far a dense rank among the table's keys
+            tu, tk = np.unique(tk, return_inverse=True)
+            rk, ok = _rank(tu, rk)
+            valid &= ok
+            bound = len(tu)
+        r, ok = _rank(u, rc)
+        valid &= ok
+        rk = rk * len(u) + r
+        tk = tk * len(u) + np.searchsorted(u, tc)
+        bound *= len(u)
+    return rk, valid, tk
+
+
+def _rank(sorted_values, x):
+    """(index of each x in sorted_values, whether it is there)."""
+    if not len(sorted_values):
+        return np.zeros(len(x), np.int64), np.zeros(len(x), bool)
+    i = np.minimum(np.searchsorted(sorted_values, x), len(sorted_values) - 1)
+    return i, sorted_values[i] == x
+
+
+def _lookup(keys, values, x, default=0):
+    """values[i] where keys[i] == x (keys sorted and distinct), default elsewhere."""
+    i, found = _rank(keys, x)
+    return np.where(found, values[i] if len(values) else default, default)
+
+
+def _row_index(rows, table, missing=-1):
+    """For each row (columns as in _exact_keys) the index of the equal table row (table rows distinct), or
+    ``missing``."""
+    rk, valid, tk = _exact_keys(rows, table)
+    order = np.argsort(tk, kind="stable")
+    i, found = _rank(tk[order], rk)
+    return np.where(valid & found, order[i] if len(order) else missing, missing)
 
 
 @dataclass
@@ -413,102 +473,118 @@ class DataPlane:
     # -- timers ----------------------------------------------------------------------------------------------
     def sweep(self, now=None):
         """Delete expired connections and templates; hold templates (lvs mode) while a connection they placed
-        lives. Cost: one batched read of each table."""
+        lives. Cost: one batched read of each table into numpy arrays, decided there (no Python per entry but
+        for templates whose hold changes)."""
         t0 = time.perf_counter()
         now = now_ns() if now is None else now
         res = SweepResult()
         timeouts = self.m["settings"][ct.c_uint32(0)].timeout_ns
         timeouts = [timeouts[i] for i in range(S.CONN_STATES)]
-        holders = {}    # svc id -> (svc key bytes, mask) for lvs-mode persistent services
-        for sid, st in self.by_id.items():
-            svc = st.svc
-            if svc.persistence_timeout and svc.persistence_mode == "lvs":
-                holders[sid] = (st.key_bytes, svc.persistence_netmask)
-        held, counts, expired, res.conns_seen = self._scan_conns(now, timeouts, holders)
+        scan = self._scan_conns(now, timeouts)
+        res.conns_seen = len(scan.keys)
+        expired = scan.keys[~scan.alive]
         if len(expired):
             conns = self.m["conns"]
-            self._delete_batch(conns, (conns.Key * len(expired)).from_buffer_copy(expired.tobytes()))
+            self._delete_batch(conns, (conns.Key * len(expired)).from_buffer(expired))
         res.conns_expired = len(expired)
-        self._reconcile(counts)
-
-        persist = self.m["persist"]
-        reals = self.m["reals"]
-        by_key = {st.key_bytes: st.svc for st in self.by_id.values()}
-        dead = []
-        for k, v in persist.items_lookup_batch():
-            res.templates_seen += 1
-            kb = bytes(k)
-            svc = by_key.get(kb[:ct.sizeof(S.SvcKey)])
-            if not svc or not svc.persistence_timeout:
-                dead.append(k)
-                continue
-            r = reals[ct.c_uint32(v.real_id)]
-            if not (r.flags & S.REAL_F_LIVE) or r.gen != v.real_gen:
-                dead.append(k)
-                continue
-            hold = held.get(kb, 0) if svc.persistence_mode == "lvs" else 0
-            if max(v.last_new_ns + svc.persistence_timeout * NS, hold) - now <= 0:
-                dead.append(k)
-                continue
-            if hold:
-                res.templates_held += 1
-            if hold != v.held_until_ns and svc.persistence_mode == "lvs":
-                cur = persist.get(k)
-                if cur is not None:
-                    cur.held_until_ns = hold
-                    persist[k] = cur
-        if dead:
-            self._delete_batch(persist, dead)
-        res.templates_expired = len(dead)
+        self._reconcile(scan.counts)
+        self._sweep_templates(now, scan, res)
         self.release_old_tables()
         res.seconds = time.perf_counter() - t0
         return res
 
-    def _scan_conns(self, now, timeouts, holders):
-        """One batched read of the connection table, decided with numpy (about 0.1 us an entry, not 4 in a
-        Python loop). Returns, for lvs-mode persistent services, the latest expiry of the live connections
-        under each template key; each live real's [active, inactive] counts; the expired keys; entries seen."""
+    def _scan_conns(self, now, timeouts):
+        """One batched read of the connection table into numpy arrays, decided there (a few array passes, not a
+        Python object per entry). Returns a _ConnScan: the keys and values, each entry's expiry (`until`) and
+        whether it is still alive, and each live real's [active, inactive] counts."""
         conns = self.m["conns"]
-        kdt, vdt = np.dtype(S.ConnKey), np.dtype(S.Conn)
-        kparts, vparts = [], []
-        for kbuf, vbuf, n in iter_batches(conns.map_fd, kdt.itemsize, vdt.itemsize, conns.max_entries,
-                                          chunk=65536):
-            kparts.append(np.frombuffer(kbuf, kdt, count=n).copy())
-            vparts.append(np.frombuffer(vbuf, vdt, count=n).copy())
-        keys = np.concatenate(kparts) if kparts else np.zeros(0, kdt)
-        vals = np.concatenate(vparts) if vparts else np.zeros(0, vdt)
-        state = vals["state"].astype(np.int64)
+        keys = np.empty(conns.max_entries, np.dtype(S.ConnKey))
+        vals = np.empty(conns.max_entries, np.dtype(S.Conn))
+        n = lookup_batch_into(conns.map_fd, keys, vals)
+        keys, vals = keys[:n], vals[:n]
+        state = vals["state"]
         tmo = np.array(list(timeouts) + [0], np.int64)[np.minimum(state, S.CONN_STATES)]
         until = vals["seen_ns"].astype(np.int64) + tmo
-        gone = until - np.int64(now) < 0
-        alive = ~gone
+        alive = until >= now
 
         size = self.max_reals
-        gen_of = np.zeros(size, np.int64)
-        live = np.zeros(size, bool)
-        for rid in self.real_ids.ids.values():
-            gen_of[rid], live[rid] = self.gens[rid], True
-        rid = np.minimum(vals["real_id"].astype(np.int64), size - 1)
-        ok = alive & live[rid] & (gen_of[rid] == vals["real_gen"])
-        est = state == S.CONN_STATE["est"]
-        active = np.bincount(rid[ok & est], minlength=size)
-        inactive = np.bincount(rid[ok & ~est], minlength=size)
-        counts = {int(r): [int(active[r]), int(inactive[r])] for r in np.flatnonzero(live)}
+        ids = np.fromiter(self.real_ids.ids.values(), np.int64, len(self.real_ids.ids))
+        gen_of = np.full(size, -1, np.int64)     # -1: no live real has this id (generations are u32)
+        gen_of[ids] = [self.gens[r] for r in ids.tolist()]
+        rid = np.minimum(vals["real_id"], size - 1).astype(np.int64)
+        ok = alive & (gen_of[rid] == vals["real_gen"])
+        # one count per (real, established?): index 2 * real + 1 counts the established ones
+        both = np.bincount((2 * rid + (state == S.CONN_STATE["est"]))[ok], minlength=2 * size).reshape(size, 2)
+        counts = {r: [act, inact] for r, inact, act in zip(ids.tolist(), *both[ids].T.tolist())}
+        return _ConnScan(keys, vals, until, alive, counts)
 
-        held = {}
-        for sid, (key_bytes, mask) in holders.items():
-            sel = alive & (vals["svc_id"] == sid)
-            if not sel.any():
-                continue
-            clients = np.ascontiguousarray(keys["src"][sel] & np.frombuffer(mask, np.uint32))
-            halves = clients.view(np.uint64).reshape(-1, 2)        # 16 bytes as two words: sort, then group
-            order = np.lexsort((halves[:, 1], halves[:, 0]))
-            halves, ends = halves[order], until[sel][order]
-            starts = np.flatnonzero(np.r_[True, (halves[1:] != halves[:-1]).any(axis=1)])
-            latest = np.maximum.reduceat(ends, starts)
-            for client, t in zip(clients[order][starts], latest.tolist()):
-                held[key_bytes + client.tobytes()] = t
-        return held, counts, keys[gone], len(keys)
+    def _sweep_templates(self, now, scan, res):
+        """Expire templates (their service or real gone, or their timer run out and, in lvs mode, no live
+        connection of theirs left) and write each lvs-mode template's hold: the latest expiry among the live
+        connections it placed. Decided with numpy over one batched read."""
+        persist = self.m["persist"]
+        tk = np.empty(persist.max_entries, np.dtype(S.PersistKey))
+        tv = np.empty(persist.max_entries, np.dtype(S.Persist))
+        n = lookup_batch_into(persist.map_fd, tk, tv)
+        tk, tv = tk[:n], tv[:n]
+        res.templates_seen = n
+        if not n:
+            return
+        # Each template's service, by its key: index into `states`, len(states) for none.
+        states = list(self.by_id.values())
+        words = ct.sizeof(S.SvcKey) // 8
+        svc_words = np.frombuffer(b"".join(st.key_bytes for st in states), np.uint64).reshape(len(states), words)
+        tmpl_words = np.ascontiguousarray(tk["svc"]).view(np.uint64).reshape(n, words)
+        j = _row_index(list(tmpl_words.T), list(svc_words.T), missing=len(states))
+        tmo = np.array([(st.svc.persistence_timeout or 0) * NS for st in states] + [0], np.int64)[j]
+        lvs = np.array([st.svc.persistence_mode == "lvs" for st in states] + [False])[j]
+        sid = np.array([st.id for st in states] + [0], np.int64)[j]
+        # Its real: live, and the generation it was placed with.
+        rid = tv["real_id"].astype(np.int64)
+        reals = self.m["reals"]
+        limit = min(int(rid.max()) + 1, reals.max_entries)
+        rkeys, rvals = np.empty(limit, np.uint32), np.empty(limit, np.dtype(S.Real))
+        got = lookup_batch_into(reals.map_fd, rkeys, rvals)
+        live_gen = np.where(rvals["flags"][:got] & S.REAL_F_LIVE, rvals["gen"][:got].astype(np.int64), -1)
+        ok = (tmo > 0) & (rid < got)
+        ok[ok] &= live_gen[rid[ok]] == tv["real_gen"][ok]
+        hold = np.zeros(n, np.int64)
+        want = ok & lvs
+        if want.any():
+            hold[want] = self._holds(scan, sid[want], tk["client"][want])
+        dead = ~ok | (np.maximum(tv["last_new_ns"].astype(np.int64) + tmo, hold) <= now)
+        res.templates_held = int(np.count_nonzero(~dead & (hold != 0)))
+        change = np.flatnonzero(~dead & lvs & (hold != tv["held_until_ns"].astype(np.int64)))
+        if len(change):
+            rewrite_u64(persist.map_fd, tk[change], ct.sizeof(S.Persist), S.Persist.held_until_ns.offset,
+                        hold[change])
+        gone = tk[dead]
+        if len(gone):
+            self._delete_batch(persist, (persist.Key * len(gone)).from_buffer(gone))
+        res.templates_expired = len(gone)
+
+    def _holds(self, scan, sids, clients):
+        """For lvs-mode templates (service id, client): the latest expiry among the live connections of that
+        service whose source, under the service's persistence netmask, is the client; 0 where there is none."""
+        masks = np.zeros((self.max_services, 4), np.uint32)
+        holder = np.zeros(self.max_services, bool)
+        for st in self.by_id.values():
+            if st.svc.persistence_timeout and st.svc.persistence_mode == "lvs":
+                masks[st.id] = np.frombuffer(st.svc.persistence_netmask, np.uint32)
+                holder[st.id] = True
+        csid = np.minimum(scan.vals["svc_id"], self.max_services - 1).astype(np.int64)
+        sel = np.flatnonzero(scan.alive & holder[csid])
+        csid = csid[sel]
+        src = (scan.keys["src"][sel] & masks[csid]).astype(np.uint64)
+        clients = clients.astype(np.uint64)
+        # (service id, 16 client bytes) as three words, the same way for connections and templates
+        cols = [csid.astype(np.uint64) << 32 | src[:, 0], src[:, 1] << 32 | src[:, 2], src[:, 3]]
+        tcols = [sids.astype(np.uint64) << 32 | clients[:, 0], clients[:, 1] << 32 | clients[:, 2], clients[:, 3]]
+        ckey, valid, tkey = _exact_keys(cols, tcols)
+        keys, inverse = np.unique(ckey[valid], return_inverse=True)
+        latest = np.zeros(len(keys), np.int64)
+        np.maximum.at(latest, inverse, scan.until[sel][valid])
+        return _lookup(keys, latest, tkey)
 
     def _reconcile(self, counts):
         """Rewrite every real's connection counts from the table (the data plane's running counts miss entries

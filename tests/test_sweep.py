@@ -1,0 +1,174 @@
+"""The timer sweep (DataPlane.sweep) decides with numpy over batched reads; these tests hold it to the per-entry
+rules it replaced, spelled out here in plain Python (`expected`), on tables filled with random entries of every
+kind: live, expired and invalid connections (unknown states, removed reals, stale generations, unknown
+services) and templates of lvs-mode, timeout-mode, non-persistent and unknown services, IPv4 and IPv6, under
+/32, /24 and /64 netmasks. The pure helpers behind the matching are checked against brute force without root."""
+import ctypes as ct
+import ipaddress
+import random
+
+import numpy as np
+import pytest
+
+from conftest import needs_root
+from xlb import structs as S
+from xlb.config import addr_bytes, mask_address
+from xlb.dataplane import NS, _exact_keys, _row_index, now_ns, svc_key
+
+TIMEOUTS = "[timeouts]\ntcp = 30\nsyn = 20\ntcpfin = 10\nudp = 30\n"
+R = ("198.18.0.11", "198.18.0.12", "198.18.0.13")
+R6 = ("2001:db8::11", "2001:db8::12")
+
+
+def reals(addrs):
+    return "".join(f'  [[service.real]]\n  address = "{a}"\n' for a in addrs)
+
+
+def config(with_spare_real):
+    return (TIMEOUTS + '[[mark]]\nmark = 5\ndst = "198.51.100.20/32"\nproto = "tcp"\nports = [80, 443]\n'
+            '[[service]]\nvip = "198.51.100.10"\nport = 80\nproto = "tcp"\nscheduler = "rr"\n'
+            'persistence_timeout = 60\npersistence_netmask = "255.255.255.0"\n' + reals(R)
+            + '[[service]]\nfwmark = 5\nscheduler = "rr"\npersistence_timeout = 120\n' + reals(R[:2])
+            + '[[service]]\nvip = "2001:db8::100"\nport = 443\nproto = "tcp"\nscheduler = "rr"\n'
+            'persistence_timeout = 60\npersistence_netmask = 64\n' + reals(R6)
+            + '[[service]]\nvip = "198.51.100.11"\nport = 80\nproto = "tcp"\nscheduler = "rr"\n'
+            'persistence_timeout = 60\npersistence_mode = "timeout"\n' + reals(R[1:])
+            + '[[service]]\nvip = "198.51.100.12"\nport = 80\nproto = "udp"\nscheduler = "rr"\n'
+            + reals(R + (("198.18.0.14",) if with_spare_real else ())))
+
+
+def client(rng, family):
+    if family == 6:
+        return ipaddress.ip_address(f"2001:db8:ff:{rng.randrange(3)}::{rng.randrange(1, 40):x}")
+    return ipaddress.ip_address(rng.choice(("203.0.113.", "192.0.2.", "198.51.100.")) + str(rng.randrange(1, 30)))
+
+
+def fill(dp, rng, now):
+    """Random connections and templates straight into the maps; returns (conns, templates) as {key bytes:
+    value} of what was written."""
+    states = list(dp.by_id.values())
+    spare, = set(dp.gens) - set(dp.real_ids.ids.values())  # removed by the second apply: generation kept, not live
+    conns, tmpls = {}, {}
+    for _ in range(1500):
+        st = rng.choice(states)
+        svc = st.svc
+        fam = svc.family
+        ids = [dp.real_ids.get((svc.key, r.address)) for r in svc.reals] + [spare, 250]
+        rid = rng.choice(ids)
+        gen = dp.gens.get(rid, 0) + (rng.random() < 0.1)
+        dst = svc.vip or ipaddress.ip_address("198.51.100.20")
+        key = S.ConnKey(src=S.addr_words(addr_bytes(client(rng, fam))), dst=S.addr_words(addr_bytes(dst)),
+                        sport=rng.randrange(1024, 65535), dport=svc.port or 443,
+                        proto=6 if svc.proto != "udp" else 17, family=fam)
+        val = S.Conn(seen_ns=now - rng.randrange(0, 70 * NS), real_id=rid, real_gen=gen,
+                     svc_id=st.id if rng.random() < 0.95 else 200, state=rng.randrange(S.CONN_STATES + 1))
+        conns[bytes(key)] = val
+    for _ in range(400):
+        st = rng.choice(states)
+        svc = st.svc
+        k = svc_key(svc) if rng.random() < 0.95 else S.SvcKey(family=4, mark=99)
+        masked = mask_address(addr_bytes(client(rng, svc.family)), svc.persistence_netmask)
+        ids = [dp.real_ids.get((svc.key, r.address)) for r in svc.reals] + [spare]
+        rid = rng.choice(ids)
+        key = S.PersistKey(svc=k, client=S.addr_words(masked))
+        val = S.Persist(last_new_ns=now - rng.randrange(0, 130 * NS), held_until_ns=rng.choice((0, now)),
+                        real_id=rid, real_gen=dp.gens.get(rid, 0) + (rng.random() < 0.1))
+        tmpls[bytes(key)] = val
+    for name, entries, K in (("conns", conns, S.ConnKey), ("persist", tmpls, S.PersistKey)):
+        m = dp.m[name]
+        for kb, v in entries.items():
+            m[K.from_buffer_copy(kb)] = v
+    return conns, tmpls
+
+
+def expected(dp, now, conns, tmpls):
+    """The sweep's rules, one entry at a time: (live conn keys, {real id: (active, inactive)}, {template key:
+    held_until_ns after}, templates held)."""
+    tmo = dp.m["settings"][ct.c_uint32(0)].timeout_ns
+    live_gen = {rid: dp.gens[rid] for rid in dp.real_ids.ids.values()}
+    by_key = {st.key_bytes: st.svc for st in dp.by_id.values()}
+    sid_key = {st.id: st.key_bytes for st in dp.by_id.values()}
+    alive, counts, held = set(), {rid: [0, 0] for rid in live_gen}, {}
+    for kb, v in conns.items():
+        until = v.seen_ns + (tmo[v.state] if v.state < S.CONN_STATES else 0)
+        if until - now < 0:
+            continue
+        alive.add(kb)
+        if live_gen.get(v.real_id) == v.real_gen:
+            counts[v.real_id][0 if v.state == S.CONN_STATE["est"] else 1] += 1
+        svc = by_key.get(sid_key.get(v.svc_id))
+        if svc and svc.persistence_timeout and svc.persistence_mode == "lvs":
+            src = mask_address(bytes(S.ConnKey.from_buffer_copy(kb).src), svc.persistence_netmask)
+            tkey = sid_key[v.svc_id] + src
+            held[tkey] = max(held.get(tkey, 0), until)
+    kept, nheld = {}, 0
+    for kb, v in tmpls.items():
+        svc = by_key.get(kb[:ct.sizeof(S.SvcKey)])
+        if not svc or not svc.persistence_timeout:
+            continue
+        r = dp.m["reals"][ct.c_uint32(v.real_id)]
+        if not (r.flags & S.REAL_F_LIVE) or r.gen != v.real_gen:
+            continue
+        hold = held.get(kb, 0) if svc.persistence_mode == "lvs" else 0
+        if max(v.last_new_ns + svc.persistence_timeout * NS, hold) - now <= 0:
+            continue
+        nheld += bool(hold)
+        kept[kb] = hold if svc.persistence_mode == "lvs" else v.held_until_ns
+    return alive, {r: tuple(c) for r, c in counts.items()}, kept, nheld
+
+
+@needs_root
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sweep_matches_the_per_entry_rules(bench, seed):
+    assert now_ns() > 200 * NS, "the monotonic clock is younger than the ages this test writes"
+    bench.reset(config(with_spare_real=True))
+    bench.dp.apply(bench.config(config(with_spare_real=False)))
+    dp = bench.dp
+    now = now_ns()
+    conns, tmpls = fill(dp, random.Random(seed), now)
+    want_alive, want_counts, want_kept, want_held = expected(dp, now, conns, tmpls)
+    assert 0 < len(want_alive) < len(conns) and 0 < len(want_kept) < len(tmpls)   # the draw covers both outcomes
+    assert 0 < want_held < len(want_kept)
+
+    res = dp.sweep(now)
+
+    assert (res.conns_seen, res.conns_expired) == (len(conns), len(conns) - len(want_alive))
+    assert (res.templates_seen, res.templates_expired) == (len(tmpls), len(tmpls) - len(want_kept))
+    assert res.templates_held == want_held
+    assert {bytes(k) for k in dp.m["conns"].keys()} == want_alive
+    assert {bytes(k): v.held_until_ns for k, v in dp.m["persist"].items()} == want_kept
+    assert dp.real_conn_counts() == want_counts
+
+
+# -- the matching helpers, without root ------------------------------------------------------------------------
+
+def brute_row_index(rows, table, missing):
+    where = {tuple(r): i for i, r in enumerate(zip(*table))}
+    return [where.get(tuple(r), missing) for r in zip(*rows)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_row_index_is_exact(seed):
+    """Rows of three uint64 columns (full 64-bit values, small ranges, constant columns) find their equal table
+    row, and only it, whatever the column values share."""
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(1, 300))
+    big = rng.integers(0, 2**64 - 1, 5, dtype=np.uint64, endpoint=True)
+    table = [rng.choice(big, m), rng.integers(0, 4, m, dtype=np.uint64), np.full(m, 7, np.uint64)]
+    if seed % 2:
+        table[2] = rng.integers(0, 2**64 - 1, m, dtype=np.uint64, endpoint=True)
+    uniq = np.unique(np.stack(table, 1), axis=0)
+    table = [np.ascontiguousarray(c) for c in uniq.T]
+    pick = rng.integers(0, len(table[0]), 500)
+    rows = [c[pick].copy() for c in table]
+    rows[1][::7] += np.uint64(1)           # some rows become absent, some another table row
+    rows[2][::11] ^= np.uint64(1 << 63)
+    got = _row_index(rows, table, missing=-1)
+    assert got.tolist() == brute_row_index(rows, table, -1)
+
+
+def test_exact_keys_without_table_rows():
+    rows = [np.arange(5, dtype=np.uint64), np.zeros(5, np.uint64)]
+    _, valid, tk = _exact_keys(rows, [np.zeros(0, np.uint64), np.zeros(0, np.uint64)])
+    assert not valid.any() and len(tk) == 0
+    assert _row_index(rows, [np.zeros(0, np.uint64)] * 2, missing=9).tolist() == [9] * 5
