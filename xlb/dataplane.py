@@ -146,6 +146,11 @@ class SweepResult:
     seconds: float = 0.0
 
 
+# A ConnKey record seen as its source address's two 8-byte words (for a view of the connection keys).
+_SRC_WORDS = np.dtype({"names": ["w0", "w1"], "formats": [np.uint64, np.uint64],
+                       "offsets": [S.ConnKey.src.offset, S.ConnKey.src.offset + 8], "itemsize": ct.sizeof(S.ConnKey)})
+
+
 @dataclass
 class _ConnScan:
     keys: np.ndarray       # ConnKey records
@@ -566,24 +571,26 @@ class DataPlane:
     def _holds(self, scan, sids, clients):
         """For lvs-mode templates (service id, client): the latest expiry among the live connections of that
         service whose source, under the service's persistence netmask, is the client; 0 where there is none."""
-        masks = np.zeros((self.max_services, 4), np.uint32)
+        masks = np.zeros((self.max_services, 2), np.uint64)   # a 16-byte netmask as two words
         holder = np.zeros(self.max_services, bool)
         for st in self.by_id.values():
             if st.svc.persistence_timeout and st.svc.persistence_mode == "lvs":
-                masks[st.id] = np.frombuffer(st.svc.persistence_netmask, np.uint32)
+                masks[st.id] = np.frombuffer(st.svc.persistence_netmask, np.uint64)
                 holder[st.id] = True
-        csid = np.minimum(scan.vals["svc_id"], self.max_services - 1).astype(np.int64)
+        csid = np.minimum(scan.vals["svc_id"], self.max_services - 1)
         sel = np.flatnonzero(scan.alive & holder[csid])
         csid = csid[sel]
-        src = (scan.keys["src"][sel] & masks[csid]).astype(np.uint64)
-        clients = clients.astype(np.uint64)
-        # (service id, 16 client bytes) as three words, the same way for connections and templates
-        cols = [csid.astype(np.uint64) << 32 | src[:, 0], src[:, 1] << 32 | src[:, 2], src[:, 3]]
-        tcols = [sids.astype(np.uint64) << 32 | clients[:, 0], clients[:, 1] << 32 | clients[:, 2], clients[:, 3]]
-        ckey, valid, tkey = _exact_keys(cols, tcols)
-        keys, inverse = np.unique(ckey[valid], return_inverse=True)
+        src = scan.keys.view(_SRC_WORDS)                        # the source address as two words, no copy
+        # (client word 0, client word 1, service id): the same columns for connections and templates
+        cols = [src["w0"][sel] & masks[csid, 0], src["w1"][sel] & masks[csid, 1], csid.astype(np.uint64)]
+        cw = np.ascontiguousarray(clients).view(np.uint64)
+        ckey, valid, tkey = _exact_keys(cols, [cw[:, 0], cw[:, 1], sids.astype(np.uint64)])
+        until = scan.until[sel]
+        if not valid.all():
+            ckey, until = ckey[valid], until[valid]
+        keys, inverse = np.unique(ckey, return_inverse=True)
         latest = np.zeros(len(keys), np.int64)
-        np.maximum.at(latest, inverse, scan.until[sel][valid])
+        np.maximum.at(latest, inverse, until)
         return _lookup(keys, latest, tkey)
 
     def _reconcile(self, counts):
