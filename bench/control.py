@@ -7,7 +7,7 @@ import time
 from array import array
 
 from xlb import config as xconfig
-from xlb import sched
+from xlb import sched, stats
 from xlb.bpfprog import Program, cflags_for
 from xlb.config import addr_bytes
 from xlb.dataplane import now_ns
@@ -78,6 +78,10 @@ def metrics_scrape(lab, out):
     body, secs, cpu = _timed(collector.exposition)
     out["metrics_scrape_1000x10"] = {"seconds": round(secs, 3), "cpu_seconds": round(cpu, 3), "bytes": len(body),
                                      "what": "XlbCollector.exposition(), 1000 services x 10 reals"}
+    snap, secs, cpu = _timed(lambda: stats.snapshot(dp))
+    out["top_snapshot_1000x10"] = {"seconds": round(secs, 3), "cpu_seconds": round(cpu, 3),
+                                   "reals": sum(len(s["reals"]) for s in snap["services"]),
+                                   "what": "the daemon's `stats` snapshot that `xlb top` fetches every refresh"}
 
 
 def _le32(addr):

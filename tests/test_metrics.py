@@ -1,5 +1,6 @@
 """Prometheus metrics (xlb/metrics.py): exact counter values after known traffic, through BPF_PROG_TEST_RUN and through
 a live `xlb run --metrics` in a DR lab; every metric the Grafana dashboard queries exists in a live scrape."""
+import ctypes as ct
 import gzip
 import json
 import re
@@ -174,6 +175,42 @@ def test_exact_counters_after_known_packets(bench):
     reasons = {dict(labels)["reason"] for name, labels in m if name == "xlb_verdict_packets_total"}
     from xlb.structs import REASONS
     assert reasons == set(REASONS.values())
+
+
+THRESHOLD_CONFIG = ('[timeouts]\nsyn = 5\n[[service]]\nvip = "198.51.100.10"\nport = 80\nproto = "tcp"\nscheduler = "rr"\n'
+                    '[[service.real]]\naddress = "198.18.0.11"\nuthreshold = 2\nlthreshold = 1\n'
+                    '[[service.real]]\naddress = "198.18.0.12"\nweight = 0\n')
+
+
+@needs_root
+def test_real_state_overloaded(bench):
+    """xlb_real_state says "overloaded" for a real flagged RC_F_OVERLOAD in real_conns: set by the data plane when
+    the real's connections reach uthreshold, cleared by the sweep's reconcile once they fall below lthreshold."""
+    from xlb.dataplane import NS, now_ns
+    from xlb.structs import RC_F_OVERLOAD
+    dp = bench.reset(THRESHOLD_CONFIG)
+    svc = "tcp/198.51.100.10:80"
+
+    def states(m, real):
+        return {s: value(m, "xlb_real_state", service=svc, real=real, state=s) for s in metrics.REAL_STATES}
+
+    assert states(scrape_dp(dp), "198.18.0.11") == {"available": 1, "quiescent": 0, "overloaded": 0}
+    for i in range(2):                                  # two SYNs: the second reaches uthreshold 2
+        assert bench.run(_tcp("198.51.100.10", 45000 + i))[0] == "XDP_TX"
+    (rid,) = [r for (key, addr), r in dp.real_ids.ids.items() if str(addr) == "198.18.0.11"]
+    assert dp.m["real_conns"][ct.c_uint32(rid)].flags & RC_F_OVERLOAD
+    m = scrape_dp(dp)
+    assert states(m, "198.18.0.11") == {"available": 0, "quiescent": 0, "overloaded": 1}
+    assert states(m, "198.18.0.12") == {"available": 0, "quiescent": 1, "overloaded": 0}
+    dp.sweep()                                          # 2 connections: still at uthreshold
+    assert states(scrape_dp(dp), "198.18.0.11")["overloaded"] == 1
+    assert now_ns() > 10 * NS
+    conns = dp.m["conns"]
+    for k, v in list(conns.items()):                    # 10 s pass: the SYN-state entries (5 s) expire
+        v.seen_ns -= 10 * NS
+        conns[k] = v
+    dp.sweep()
+    assert states(scrape_dp(dp), "198.18.0.11") == {"available": 1, "quiescent": 0, "overloaded": 0}
 
 
 @needs_root

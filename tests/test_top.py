@@ -1,5 +1,7 @@
 """`xlb top` (xlb/top.py): the rendering is a pure function of two snapshots and an interval; the loop prints N frames
-for scripts, and interactively quits cleanly on q and on Ctrl-C with the terminal restored."""
+for scripts, and interactively quits cleanly on q and on Ctrl-C with the terminal restored. The snapshot it fetches
+(xlb/stats.py) is exact against a real data plane and read in batches."""
+import ctypes as ct
 import io
 import os
 import pty
@@ -9,8 +11,9 @@ import termios
 import time
 
 import pytest
+from conftest import needs_root
 
-from xlb import top
+from xlb import stats, top
 
 
 def snap(conns=0, packets=0, bytes_=0, real_conns=(0, 0), active=(0, 0), drops=0, extra_real=False):
@@ -131,3 +134,57 @@ def test_interactive_quits_cleanly(key):
     assert top.ALT_ON.encode() in out
     assert out.rstrip(b"\r\n").endswith(top.ALT_OFF.encode()), out[-100:]
     assert b"tcp/198.51.100.10:80" in out
+
+
+# -- the snapshot top shows (xlb/stats.py), from a real data plane -----------------------------------------------
+
+@needs_root
+def test_snapshot_reads_counters_in_batches(bench, monkeypatch):
+    """After known packets the `stats` snapshot has exact figures, the same as a slot-by-slot read, and it gets
+    them without one (DataPlane.counters is what reads a slot at a time)."""
+    from test_metrics import BENCH_CONFIG, _tcp
+    dp = bench.reset(BENCH_CONFIG)
+    for i in range(4):
+        assert bench.run(_tcp("198.51.100.10", 46000 + i))[0] == "XDP_TX"
+        assert bench.run(_tcp("198.51.100.10", 46000 + i, flags="A", payload=b"0123456789"))[0] == "XDP_TX"
+    for src, port in (("203.0.113.7", 80), ("192.0.2.9", 443)):
+        assert bench.run(_tcp("198.51.100.20", 47000, dport=port, src=src))[0] == "XDP_TX"
+    slot = {}
+    for st in dp.services.values():
+        slot[st.svc.name] = dp.counters("svc_stats", st.id)
+        for r in st.svc.reals:
+            slot[(st.svc.name, str(r.address))] = dp.counters("real_stats", dp.real_ids.get((st.svc.key, r.address)))
+    verdicts = {k: {"packets": v.packets, "bytes": v.bytes} for k, v in dp.verdict_counts().items() if v.packets}
+    monkeypatch.setattr(dp, "counters", lambda *a: pytest.fail("snapshot read a counters slot by slot"))
+
+    snap = stats.snapshot(dp)
+
+    by_name = {s["service"]: s for s in snap["services"]}
+    svc80 = by_name["tcp/198.51.100.10:80"]
+    assert (svc80["conns"], svc80["packets"], svc80["bytes"]) == (4, 8, 4 * 54 + 4 * 64)
+    assert [(r["address"], r["conns"], r["active"]) for r in svc80["reals"]] == [
+        ("198.18.0.11", 2, 2), ("198.18.0.12", 2, 2), ("198.18.0.13", 0, 0)]
+    assert by_name["fwm/5"]["conns"] == 2 and by_name["fwm/5"]["reals"][0]["inactive"] == 2
+    for name, s in by_name.items():
+        assert (s["packets"], s["bytes"], s["conns"]) == (slot[name].packets, slot[name].bytes, slot[name].conns)
+        for r in s["reals"]:
+            c = slot[(name, r["address"])]
+            assert (r["packets"], r["bytes"], r["conns"]) == (c.packets, c.bytes, c.conns)
+    assert snap["verdicts"] == verdicts and verdicts["fwd_tx"]["packets"] == 10
+    assert snap["marks"] == [{"rule": dp.config.marks[0].where, "mark": 5, "hits": 2}]
+
+
+@needs_root
+def test_percpu_sums_past_64_bits_stay_exact(bench):
+    """Counters are u64 per CPU; their sum over CPUs is exact even where it passes 2**64."""
+    dp = bench.reset('[[service]]\nvip = "198.51.100.10"\nport = 80\nproto = "tcp"\n'
+                     '  [[service.real]]\n  address = "198.18.0.11"\n')
+    table = dp.m["svc_stats"]
+    (st,) = dp.services.values()
+    leaf = table.Leaf()
+    for i in range(len(leaf)):
+        leaf[i].packets, leaf[i].bytes, leaf[i].conns = 2**64 - 1, 10 + i, 1
+    table[ct.c_uint32(st.id)] = leaf
+    ncpu = len(leaf)
+    assert stats.percpu_counters(table, st.id + 1)[st.id] == (ncpu * (2**64 - 1), 10 * ncpu + ncpu * (ncpu - 1) // 2,
+                                                             ncpu)

@@ -597,26 +597,25 @@ class DataPlane:
         """Rewrite every real's connection counts from the table (the data plane's running counts miss entries
         that expire or that the LRU evicts), apply the thresholds' hysteresis, and refresh the candidates of
         connection-count services with more reals than the data plane weighs."""
-        table = self.m["real_conns"]
         limits = {}
         for st in self.by_id.values():
             for r in st.svc.reals:
                 if r.uthreshold:
                     limits[self.real_ids.get((st.svc.key, r.address))] = (r.uthreshold, r.lthreshold)
-        rows = []
-        for rid, (act, inact) in counts.items():
-            flags = 0
-            if rid in limits:
-                upper, lower = limits[rid]
-                total = act + inact
-                was = bool(table[ct.c_uint32(rid)].flags & S.RC_F_OVERLOAD)
-                if total >= upper or (was and not (total < lower if lower else total * 4 < upper * 3)):
-                    flags = S.RC_F_OVERLOAD
-            rows.append((rid, S.RealConns(active=act, inactive=inact, flags=flags)))
-        if rows:
-            keys = (ct.c_uint32 * len(rows))(*(r for r, _ in rows))
-            vals = (S.RealConns * len(rows))(*(v for _, v in rows))
-            table.items_update_batch(keys, vals)
+        if counts:
+            flags_now = self._real_conns_rows()["flags"]     # the data plane sets RC_F_OVERLOAD too
+            rids = np.fromiter(counts, np.uint32, len(counts))
+            rows = np.zeros(len(rids), np.dtype(S.RealConns))
+            rows["active"], rows["inactive"] = np.array(list(counts.values()), np.int64).reshape(-1, 2).T
+            for i, rid in enumerate(rids.tolist()):
+                if rid in limits:
+                    upper, lower = limits[rid]
+                    total = int(rows["active"][i] + rows["inactive"][i])
+                    was = rid < len(flags_now) and bool(flags_now[rid] & S.RC_F_OVERLOAD)
+                    if total >= upper or (was and not (total < lower if lower else total * 4 < upper * 3)):
+                        rows["flags"][i] = S.RC_F_OVERLOAD
+            self.m["real_conns"].items_update_batch((ct.c_uint32 * len(rids)).from_buffer(rids),
+                                                    (S.RealConns * len(rids)).from_buffer(rows))
         for st in self.by_id.values():
             svc = st.svc
             if svc.scheduler not in sched.CONN_SCHEDULERS or len(st.table) < S.CAND_MAX:
@@ -643,14 +642,25 @@ class DataPlane:
             loads.append((max(rc.active, 0), max(rc.inactive, 0), bool(rc.flags & S.RC_F_OVERLOAD)))
         return loads
 
+    def _real_conns_rows(self):
+        """real_conns[0 .. the highest real id] as RealConns records: one batched read."""
+        table = self.m["real_conns"]
+        n = min(self.real_ids.next, table.max_entries)
+        keys, rows = np.empty(n, np.uint32), np.zeros(n, np.dtype(S.RealConns))
+        lookup_batch_into(table.map_fd, keys, rows)
+        return rows
+
+    def real_loads(self):
+        """{real id: (active, inactive, overloaded)} for every configured real, as the data plane schedules on
+        them (overloaded: RC_F_OVERLOAD, set at uthreshold, cleared below lthreshold): one batched read."""
+        ids = list(self.real_ids.ids.values())
+        rows = self._real_conns_rows()[ids]
+        return dict(zip(ids, zip(np.maximum(rows["active"], 0).tolist(), np.maximum(rows["inactive"], 0).tolist(),
+                                 (rows["flags"] & S.RC_F_OVERLOAD != 0).tolist())))
+
     def real_conn_counts(self):
         """{real id: (active, inactive)} for every configured real, as the data plane schedules on them."""
-        table = self.m["real_conns"]
-        out = {}
-        for rid in self.real_ids.ids.values():
-            rc = table[ct.c_uint32(rid)]
-            out[rid] = (max(rc.active, 0), max(rc.inactive, 0))
-        return out
+        return {rid: (act, inact) for rid, (act, inact, _) in self.real_loads().items()}
 
     @staticmethod
     def _delete_batch(table, keys):

@@ -16,16 +16,17 @@ maps (commands, sweeps and reloads run under it) and exports its reload counters
 returns a handle whose ``close()`` stops it. ``exposition()`` exists because prometheus_client's generate_latest
 spends ~10 us formatting each sample: at 1000 services x 10 reals (~84,000 samples) that alone is about a second.
 
-Cost: per-CPU counters are read with one BPF_MAP_LOOKUP_BATCH per map over the ids in use; the conns and persist
-tables are walked in batches (table fill, templates per service); active/inactive connections per real come from
-DataPlane.real_conn_counts(). A scrape costs O(services + reals + connections + templates).
+Cost: per-CPU counters are read with one BPF_MAP_LOOKUP_BATCH per map over the ids in use (xlb.stats's reader, which
+`xlb top` shares); the conns and persist tables are walked in batches (table fill, templates per service); active,
+inactive and overloaded per real come from DataPlane.real_loads(), one batched read. A scrape costs O(services +
+reals + connections + templates).
 
 Families (labels: ``service`` as operators name it — ``tcp/198.51.100.10:80``, ``fwm/80``; ``real`` its address):
 
     xlb_service_packets_total, xlb_service_bytes_total, xlb_service_connections_total       {service}
     xlb_real_packets_total, xlb_real_bytes_total, xlb_real_connections_total                {service, real}
     xlb_real_active_connections, xlb_real_inactive_connections, xlb_real_weight             {service, real}
-    xlb_real_state                                          {service, real, state="available"|"quiescent"} 0/1
+    xlb_real_state                             {service, real, state="available"|"quiescent"|"overloaded"} 0/1
     xlb_service_persistence_templates                                                       {service}
     xlb_table_entries, xlb_table_capacity                   {table="connections"|"templates"}
     xlb_mark_rule_hits_total                                {mark, proto, dst, ports}
@@ -49,33 +50,20 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from . import structs as S
-from .bpfsys import iter_batches, lookup_batch
+from .bpfsys import iter_batches
 from .errors import XlbError
+from .stats import percpu_counters
 
 DEFAULT_PORT = 9842
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RELOAD_RESULTS = ("success", "rejected", "failed")
+# xlb_real_state: quiescent (weight 0), else overloaded (RC_F_OVERLOAD: its connections reached uthreshold and
+# have not yet fallen below lthreshold), else available (takes new connections).
+REAL_STATES = ("available", "quiescent", "overloaded")
 
 
 class MetricsError(XlbError):
     """The metrics endpoint could not be set up."""
-
-
-def percpu_counters(table, n):
-    """[(packets, bytes, conns)] for indexes 0..n-1 of a per-CPU counters array, summed over CPUs: one batch read."""
-    if n <= 0:
-        return []
-    vsz = ct.sizeof(table.Leaf)            # Counters * possible CPUs
-    ncpu = vsz // ct.sizeof(S.Counters)
-    _, values, got = lookup_batch(table.map_fd, 4, vsz, min(n, table.max_entries))
-    words = memoryview(values).cast("Q")
-    step = 3 * ncpu
-    out = []
-    for i in range(got):
-        base = i * step
-        out.append((sum(words[base:base + step:3]), sum(words[base + 1:base + step:3]),
-                    sum(words[base + 2:base + step:3])))
-    return out
 
 
 def table_entries(table):
@@ -193,7 +181,7 @@ class XlbCollector(Collector):
         dp = self.dp
         svc_rows = percpu_counters(dp.m["svc_stats"], dp.svc_ids.next)
         real_rows = percpu_counters(dp.m["real_stats"], dp.real_ids.next)
-        conn_counts = dp.real_conn_counts()
+        loads = dp.real_loads()
         templates = templates_by_service(dp.m["persist"])
         svc_p, svc_b, svc_c = f["xlb_service_packets"], f["xlb_service_bytes"], f["xlb_service_connections"]
         svc_t = f["xlb_service_persistence_templates"]
@@ -202,6 +190,7 @@ class XlbCollector(Collector):
                          f["xlb_real_weight"])
         r_s = f["xlb_real_state"]
         zero = (0, 0, 0)
+        idle = (0, 0, False)
         nreal = len(real_rows)
         for sid, lv, key_bytes, reals in self._services():
             p, b, c = svc_rows[sid] if sid < len(svc_rows) else zero
@@ -214,13 +203,13 @@ class XlbCollector(Collector):
                 r_p.append((rl, p))
                 r_b.append((rl, b))
                 r_c.append((rl, c))
-                active, inactive = conn_counts.get(rid, (0, 0))
+                active, inactive, overloaded = loads.get(rid, idle)
                 r_a.append((rl, active))
                 r_i.append((rl, inactive))
                 r_w.append((rl, weight))
-                quiescent = weight == 0
-                r_s.append((rl + ("available",), 0 if quiescent else 1))
-                r_s.append((rl + ("quiescent",), 1 if quiescent else 0))
+                state = "quiescent" if weight == 0 else "overloaded" if overloaded else "available"
+                for name in REAL_STATES:
+                    r_s.append((rl + (name,), 1 if name == state else 0))
         for table, label in (("conns", "connections"), ("persist", "templates")):
             f["xlb_table_entries"].append(((label,), table_entries(dp.m[table])))
             f["xlb_table_capacity"].append(((label,), dp.m[table].max_entries))
