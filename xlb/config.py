@@ -138,7 +138,8 @@ class Config:
 
 def addr_bytes(addr) -> bytes:
     """16 bytes for an address: IPv4 in the first 4 bytes, zero-padded; IPv6 as is. Accepts str or ip_address."""
-    a = ipaddress.ip_address(addr)
+    # An address object is taken as is, not parsed again (DataPlane.apply calls this twice per real).
+    a = addr if isinstance(addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)) else ipaddress.ip_address(addr)
     return a.packed.ljust(16, b"\0")
 
 
