@@ -172,6 +172,10 @@ def test_snapshot_reads_counters_in_batches(bench, monkeypatch):
             assert (r["packets"], r["bytes"], r["conns"]) == (c.packets, c.bytes, c.conns)
     assert snap["verdicts"] == verdicts and verdicts["fwd_tx"]["packets"] == 10
     assert snap["marks"] == [{"rule": dp.config.marks[0].where, "mark": 5, "hits": 2}]
+    # A config applied since: the next snapshot follows it (the per-config layout is rebuilt).
+    dp.apply(bench.config(BENCH_CONFIG.replace('  [[service.real]]\n  address = "198.18.0.12"\n', "")))
+    svc80 = {s["service"]: s for s in stats.snapshot(dp)["services"]}["tcp/198.51.100.10:80"]
+    assert [r["address"] for r in svc80["reals"]] == ["198.18.0.11", "198.18.0.13"]
 
 
 @needs_root

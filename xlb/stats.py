@@ -3,6 +3,7 @@
 Per-CPU counter arrays are read with one BPF_MAP_LOOKUP_BATCH per map (``percpu_counters``), not a lookup per
 slot: a `stats` snapshot of 1000 services x 10 reals is a handful of syscalls."""
 import ctypes as ct
+import weakref
 
 import numpy as np
 
@@ -24,25 +25,39 @@ def percpu_counters(table, n):
     return list(map(tuple, words.sum(axis=1).tolist()))
 
 
+_layouts = weakref.WeakKeyDictionary()   # DataPlane -> (the config it was built for, layout)
+
+
+def _layout(dp):
+    """[(svc id, name, scheduler, [(real id, address text, weight)])] of the applied config: ids, names and
+    addresses change only when a config is applied, so this is built once per config."""
+    got = _layouts.get(dp)
+    if got is None or got[0] is not dp.config:
+        layout = [(st.id, st.svc.name, st.svc.scheduler,
+                   [(dp.real_ids.get((st.svc.key, r.address)), str(r.address), r.weight) for r in st.svc.reals])
+                  for st in dp.services.values()]
+        got = _layouts[dp] = (dp.config, layout)
+    return got[1]
+
+
 def snapshot(dp):
     """{"services": [...], "verdicts": {...}, "marks": [...]} with packets/bytes/conns summed over CPUs."""
     zero = (0, 0, 0)
     svc_rows = percpu_counters(dp.m["svc_stats"], dp.svc_ids.next)
     real_rows = percpu_counters(dp.m["real_stats"], dp.real_ids.next)
+    nsvc, nreal = len(svc_rows), len(real_rows)
     live = dp.real_conn_counts()
     services = []
-    for key, st in dp.services.items():
-        svc = st.svc
-        packets, bytes_, conns = svc_rows[st.id] if st.id < len(svc_rows) else zero
-        reals = []
-        for r in svc.reals:
-            rid = dp.real_ids.get((svc.key, r.address))
-            rp, rb, rc = real_rows[rid] if rid is not None and rid < len(real_rows) else zero
+    for sid, name, scheduler, reals in _layout(dp):
+        packets, bytes_, conns = svc_rows[sid] if sid < nsvc else zero
+        out = []
+        for rid, address, weight in reals:
+            rp, rb, rc = real_rows[rid] if rid is not None and rid < nreal else zero
             active, inactive = live.get(rid, (0, 0))
-            reals.append({"address": str(r.address), "weight": r.weight, "packets": rp,
-                          "bytes": rb, "conns": rc, "active": active, "inactive": inactive})
-        services.append({"service": svc.name, "scheduler": svc.scheduler, "packets": packets,
-                         "bytes": bytes_, "conns": conns, "reals": reals})
+            out.append({"address": address, "weight": weight, "packets": rp, "bytes": rb, "conns": rc,
+                        "active": active, "inactive": inactive})
+        services.append({"service": name, "scheduler": scheduler, "packets": packets, "bytes": bytes_,
+                         "conns": conns, "reals": out})
     verdict_rows = percpu_counters(dp.m["verdicts"], len(S.REASONS))
     verdicts = {}
     for num, name in S.REASONS.items():
