@@ -20,6 +20,7 @@
 #define XLB_FLOWCACHE_H
 
 #include "conn.h"
+#include "fwd.h"
 #include "hash.h"
 #include "maps.h"
 #include "parse.h"
@@ -39,9 +40,8 @@ static __always_inline __u32 flow_slot(struct pkt *p)
 
 static __always_inline int flow_key_eq(struct conn_key *k, struct pkt *p)
 {
-	return ((k->src[0] ^ p->src[0]) | (k->src[1] ^ p->src[1]) | (k->src[2] ^ p->src[2]) | (k->src[3] ^ p->src[3]) |
-		(k->dst[0] ^ p->dst[0]) | (k->dst[1] ^ p->dst[1]) | (k->dst[2] ^ p->dst[2]) | (k->dst[3] ^ p->dst[3]) |
-		(k->sport ^ p->sport) | (k->dport ^ p->dport) | (k->proto ^ p->proto) | (k->family ^ p->family)) == 0;
+	return addr_eq(k->src, p->src) & addr_eq(k->dst, p->dst) &
+	       (((k->sport ^ p->sport) | (k->dport ^ p->dport) | (k->proto ^ p->proto) | (k->family ^ p->family)) == 0);
 }
 
 /* Is entry e in force: written under the current settings.gen, within the TTL? */

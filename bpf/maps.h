@@ -43,9 +43,9 @@ XLB_MAP("array", int, __u64, vip_filter, XLB_VIP_FILTER_WORDS, 0);
 XLB_MAP("array", int, struct settings, settings, 1, 0);
 /* Next hop per real, per CPU; written by the data plane from bpf_fib_lookup. Derived state: not pinned. */
 BPF_PERCPU_ARRAY(nh_cache, struct nexthop, XLB_MAX_REALS);
-/* Established flows by tuple hash (sets of two entries): one region of XLB_FLOW_CACHE entries per CPU (a plain array, not a per-CPU
- * one: that costs a second, dependent load per lookup); written by the data plane from conns. Derived state: not
- * pinned. */
+/* Established flows by tuple hash (sets of two entries): one region of XLB_FLOW_CACHE entries per CPU (a plain
+ * array, not a per-CPU one: that costs a second, dependent load per lookup); written by the data plane from conns.
+ * Derived state: not pinned. */
 BPF_ARRAY(flow_cache, struct flow_entry, XLB_FLOW_CACHE * XLB_NR_CPUS);
 /* Counters: per service id, per real id, per mark rule id, per verdict reason. */
 XLB_MAP("percpu_array", int, struct counters, svc_stats, XLB_MAX_SERVICES, 0);

@@ -9,6 +9,7 @@ import pytest
 from scapy.layers.inet6 import IPv6
 
 from harness import conn_key, real_of, tcp4, tcp6, to_real
+from xlb import marks as markmod
 from xlb import structs as S
 from xlb import vipfilter as vf
 from xlb.config import addr_bytes
@@ -54,7 +55,7 @@ def syn(dst):
 def test_map_holds_exactly_the_configs_bits(bench):
     bench.reset(CONFIG)
     assert flags(bench) & S.SET_F_VIP_FILTER
-    want = vf.bits(bench.dp.config)
+    want = vf.bits(markmod.vip_prefixes(bench.dp.config))
     assert map_words(bench) == vf.words(want)
     # 2 VIPs + 16 addresses (/28) + 16 networks (/20) + 128 addresses (/25) + 1 (/64) + 256 (/56) + 256 (/120)
     assert len(want) <= 2 + 16 + 16 + 128 + 1 + 256 + 256
@@ -84,7 +85,7 @@ def _stale_conn(bench, ack):
 @pytest.mark.parametrize("dst", OUTSIDE)
 def test_others_pass_before_the_connection_table(bench, dst):
     bench.reset(CONFIG)
-    b, a = vf.bits(bench.dp.config), ipaddress.ip_address(dst)
+    b, a = vf.bits(markmod.vip_prefixes(bench.dp.config)), ipaddress.ip_address(dst)
     assert not {vf.full_bit(addr_bytes(a)), vf.net_bit(addr_bytes(a), a.version)} & b  # no collision in the data
     ack = tcp6(dst=dst, src="2001:db8:77::7", flags="A") if a.version == 6 else tcp4(dst=dst, flags="A")
     _stale_conn(bench, ack)

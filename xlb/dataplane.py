@@ -244,7 +244,9 @@ class DataPlane:
         self.mark_entries = {}         # lpm tuple -> (mark, rule_id)
         self.vips = set()
         vf = self.m["vip_filter"]
-        self.vip_words = [vf[ct.c_uint32(i)].value for i in range(vf.max_entries)]  # as found (pinned: adopted)
+        words = np.zeros(vf.max_entries, np.uint64)
+        lookup_batch_into(vf.map_fd, np.empty(vf.max_entries, np.uint32), words)
+        self.vip_words = words.tolist()  # as found (pinned: adopted)
         self._to_release = []          # regions freed at the next apply (in-flight packets may read old ones)
 
     # -- applying a config ---------------------------------------------------------------------------------
@@ -283,7 +285,8 @@ class DataPlane:
         old = self.services
         new_keys = {s.key for s in config.services}
         # VIP filter: old and new bits while services change, only the new ones once the old are gone.
-        fbits = vipfilter.bits(config)
+        vips = markmod.vip_prefixes(config)
+        fbits = vipfilter.bits(vips)
         if fbits is None:
             self._set_flag(S.SET_F_VIP_FILTER, False)
         else:
@@ -362,7 +365,7 @@ class DataPlane:
             if ident not in live_rules:
                 self.rule_ids.drop(ident)
         self.mark_entries = want
-        self._apply_vips(markmod.vip_prefixes(config))
+        self._apply_vips(vips)
         if fbits is not None:
             self._write_vip_words(want_words)
 

@@ -6,6 +6,7 @@ A bit is set, by a hash, for every VIP and every address of a mark prefix of at 
 network is set; a collision only costs the full lookup. A prefix that would need more than COARSE_MAX networks
 (shorter than /12 or /52) turns the filter off. The hashes are bpf/hash.h's, which tests/test_vipfilter.py checks
 against the data plane itself."""
+import ipaddress
 import struct
 
 from .config import addr_bytes
@@ -64,14 +65,12 @@ def prefix_bits(net):
     return {net_bit(addr_bytes(cls(base + i * step)), family) for i in range(count)}
 
 
-def bits(config):
-    """Every bit config needs, or None when a mark prefix is too large for the filter."""
+def bits(prefixes):
+    """Every bit for marks.vip_prefixes' set of (family, 16 address bytes, prefix length) (each VIP and mark
+    destination), or None when a prefix is too large for the filter."""
     out = set()
-    for svc in config.services:
-        if svc.vip is not None:
-            out.add(full_bit(addr_bytes(svc.vip)))
-    for rule in config.marks:
-        got = prefix_bits(rule.dst)
+    for family, b16, plen in prefixes:
+        got = prefix_bits(ipaddress.ip_network((ipaddress.ip_address(b16[:4] if family == 4 else b16), plen)))
         if got is None:
             return None
         out |= got
