@@ -7,7 +7,7 @@ import time
 from array import array
 
 from xlb import config as xconfig
-from xlb import sched, stats
+from xlb import runtime, sched, stats
 from xlb.bpfprog import Program, cflags_for
 from xlb.config import addr_bytes
 from xlb.dataplane import now_ns
@@ -83,6 +83,14 @@ def metrics_scrape(lab, out):
     out["top_snapshot_1000x10"] = {"seconds": round(secs, 3), "cpu_seconds": round(cpu, 3),
                                    "reals": sum(len(s["reals"]) for s in snap["services"]),
                                    "what": "the daemon's `stats` snapshot that `xlb top` fetches every refresh"}
+    rates = runtime.RateEstimator()
+    rates.sample(dp, t=0.0)
+    _, secs, cpu = _timed(lambda: rates.sample(dp, t=2.0))
+    out["rate_sample_1000x10"] = {"seconds": round(secs, 3), "cpu_seconds": round(cpu, 3),
+                                  "what": "the daemon's rate estimator, every 2 s (ipvsadm --rate)"}
+    _, secs, cpu = _timed(lambda: runtime.listing(dp, rates))
+    out["list_1000x10"] = {"seconds": round(secs, 3), "cpu_seconds": round(cpu, 3),
+                           "what": "the daemon's side of `xlb list` / `xlb ipvsadm -L`"}
 
 
 def _le32(addr):

@@ -52,7 +52,8 @@ from . import __version__
 from . import structs as S
 from .bpfsys import iter_batches
 from .errors import XlbError
-from .stats import percpu_counters
+from .stats import FlowCounters, percpu_counters
+from .stats import layout as stats_layout
 
 DEFAULT_PORT = 9842
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -168,19 +169,15 @@ class XlbCollector(Collector):
         names, addresses and ids change only when a config is applied."""
         dp = self.dp
         if self._layout_of is not dp.config:
-            layout = []
-            for st in sorted(dp.services.values(), key=lambda st: st.id):
-                svc = st.svc
-                reals = [(dp.real_ids.get((svc.key, r.address)), (svc.name, str(r.address)), r.weight)
-                         for r in svc.reals]
-                layout.append((st.id, (svc.name,), st.key_bytes, reals))
+            layout = [(st.id, (st.svc.name,), st.key_bytes,
+                       [(rid, (st.svc.name, address), r.weight) for r, rid, address in reals])
+                      for st, reals in sorted(stats_layout(dp), key=lambda slot: slot[0].id)]
             self._layout, self._layout_of = layout, dp.config
         return self._layout
 
     def _fill(self, f):
         dp = self.dp
-        svc_rows = percpu_counters(dp.m["svc_stats"], dp.svc_ids.next)
-        real_rows = percpu_counters(dp.m["real_stats"], dp.real_ids.next)
+        counts = FlowCounters(dp)
         loads = dp.real_loads()
         templates = templates_by_service(dp.m["persist"])
         svc_p, svc_b, svc_c = f["xlb_service_packets"], f["xlb_service_bytes"], f["xlb_service_connections"]
@@ -189,17 +186,15 @@ class XlbCollector(Collector):
         r_a, r_i, r_w = (f["xlb_real_active_connections"], f["xlb_real_inactive_connections"],
                          f["xlb_real_weight"])
         r_s = f["xlb_real_state"]
-        zero = (0, 0, 0)
         idle = (0, 0, False)
-        nreal = len(real_rows)
         for sid, lv, key_bytes, reals in self._services():
-            p, b, c = svc_rows[sid] if sid < len(svc_rows) else zero
+            p, b, c = counts.service(sid)
             svc_p.append((lv, p))
             svc_b.append((lv, b))
             svc_c.append((lv, c))
             svc_t.append((lv, templates.get(key_bytes, 0)))
             for rid, rl, weight in reals:
-                p, b, c = real_rows[rid] if rid is not None and rid < nreal else zero
+                p, b, c = counts.real(rid)
                 r_p.append((rl, p))
                 r_b.append((rl, b))
                 r_c.append((rl, c))

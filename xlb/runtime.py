@@ -16,8 +16,10 @@ from . import admin
 from . import config as xconfig
 from . import control
 from . import structs as S
+from .bpfsys import lookup_batch
 from .dataplane import NS, now_ns
 from .errors import ConfigError
+from .stats import FlowCounters, layout
 
 STATE_NAMES = {S.CONN_STATE["syn"]: "SYN_RECV", S.CONN_STATE["est"]: "ESTABLISHED",
                S.CONN_STATE["fin"]: "FIN_WAIT", S.CONN_STATE["udp"]: "UDP"}
@@ -26,11 +28,16 @@ RATE_PERIOD = 2.0  # seconds, as IPVS's estimator
 
 
 class RateEstimator:
-    """IPVS's estimator: every 2 s the rate over the last period, smoothed avg += (rate - avg) / 4."""
+    """IPVS's estimator: every 2 s the rate over the last period, smoothed avg += (rate - avg) / 4.
+
+    Keyed by slot, ("svc", service id) or ("real", real id), which hash fast; `owners` records the service or real
+    each slot held when last sampled, so a slot an apply gives to another starts afresh."""
 
     def __init__(self):
-        self.last = {}   # identity -> (t, conns, packets, bytes)
-        self.rates = {}  # identity -> (cps, pps, bps)
+        self.last = {}    # slot -> (t, conns, packets, bytes)
+        self.rates = {}   # slot -> (cps, pps, bps)
+        self.owners = {}  # slot -> service key, or (service key, real address)
+        self.config = None
         self.t = None
 
     def sample(self, dp, t=None):
@@ -38,40 +45,46 @@ class RateEstimator:
         if self.t is not None and t - self.t < RATE_PERIOD * 0.95:
             return
         self.t = t
-        seen = set()
-        for ident, name, idx in _counter_slots(dp):
-            c = dp.counters(name, idx)
-            seen.add(ident)
-            prev = self.last.get(ident)
-            self.last[ident] = (t, c.conns, c.packets, c.bytes)
+        if self.config is not dp.config:
+            owners = dict(_owners(dp))
+            self.forget([slot for slot in self.last if self.owners.get(slot) != owners.get(slot)])
+            self.owners, self.config = owners, dp.config
+        for slot, (packets, bytes_, conns) in _counter_slots(dp):
+            prev = self.last.get(slot)
+            self.last[slot] = (t, conns, packets, bytes_)
             if prev is None or t <= prev[0]:
                 continue
             dt = t - prev[0]
-            now = [max(0, (c.conns - prev[1])) / dt, max(0, c.packets - prev[2]) / dt, max(0, c.bytes - prev[3]) / dt]
-            old = self.rates.get(ident, (0.0, 0.0, 0.0))
-            self.rates[ident] = tuple(o + (n - o) / 4 for o, n in zip(old, now))
-        for ident in set(self.last) - seen:
-            self.last.pop(ident, None)
-            self.rates.pop(ident, None)
+            now = [max(0, conns - prev[1]) / dt, max(0, packets - prev[2]) / dt, max(0, bytes_ - prev[3]) / dt]
+            old = self.rates.get(slot, (0.0, 0.0, 0.0))
+            self.rates[slot] = tuple(o + (n - o) / 4 for o, n in zip(old, now))
 
-    def rate(self, ident):
-        cps, pps, bps = self.rates.get(ident, (0.0, 0.0, 0.0))
+    def rate(self, slot):
+        cps, pps, bps = self.rates.get(slot, (0.0, 0.0, 0.0))
         return {"cps": round(cps), "inpps": round(pps), "outpps": 0, "inbps": round(bps), "outbps": 0}
 
-    def forget(self, idents):
-        for ident in idents:
-            self.last.pop(ident, None)
-            self.rates.pop(ident, None)
+    def forget(self, slots):
+        for slot in slots:
+            self.last.pop(slot, None)
+            self.rates.pop(slot, None)
+
+
+def _owners(dp):
+    """(slot, what holds it) of every service and real of the applied config."""
+    for st, reals in layout(dp):
+        yield ("svc", st.id), st.svc.key
+        for r, rid, _ in reals:
+            yield ("real", rid), (st.svc.key, r.address)
 
 
 def _counter_slots(dp):
-    """(identity, counters map, id) of every service and real the data plane holds."""
-    for key, st in dp.services.items():
-        yield key, "svc_stats", st.id
-        for r in st.svc.reals:
-            rid = dp.real_ids.get((key, r.address))
+    """(slot, (packets, bytes, conns)) of every service and real the data plane holds: two batch reads."""
+    counts = FlowCounters(dp)
+    for st, reals in layout(dp):
+        yield ("svc", st.id), counts.service(st.id)
+        for _, rid, _ in reals:
             if rid is not None:
-                yield (key, r.address), "real_stats", rid
+                yield ("real", rid), counts.real(rid)
 
 
 def _real_port(svc):
@@ -83,40 +96,41 @@ def listing(dp, rates=None):
     rates = rates or RateEstimator()
     counts = dp.real_conn_counts()
     persist = _templates_per_real(dp)
+    flows = FlowCounters(dp)
     services = []
-    for key, st in dp.services.items():
+    for st, slots in layout(dp):
         svc = st.svc
-        c = dp.counters("svc_stats", st.id)
+        c = flows.service(st.id)
         reals = []
-        for r in svc.reals:
-            rid = dp.real_ids.get((key, r.address))
-            rc = dp.counters("real_stats", rid)
+        for r, rid, address in slots:
             active, inactive = counts.get(rid, (0, 0))
-            reals.append({"address": str(r.address), "port": _real_port(svc), "weight": r.weight,
+            reals.append({"address": address, "port": _real_port(svc), "weight": r.weight,
                           "uthreshold": r.uthreshold, "lthreshold": r.lthreshold, "active": active,
                           "inactive": inactive, "persist": persist.get(rid, 0),
-                          "stats": _stats(rc), "rate": rates.rate((key, r.address))})
+                          "stats": _stats(flows.real(rid)), "rate": rates.rate(("real", rid))})
         services.append({
             "name": svc.name, "fwmark": svc.fwmark, "family": svc.family, "proto": svc.proto,
             "vip": None if svc.vip is None else str(svc.vip), "port": svc.port, "scheduler": svc.scheduler,
             "sched_flags": list(svc.sched_flags), "method": svc.method, "persistence": svc.persistence_timeout,
             "netmask": xconfig.netmask_spec(svc.family, svc.persistence_netmask),
-            "persistence_mode": svc.persistence_mode, "stats": _stats(c), "rate": rates.rate(key), "reals": reals})
+            "persistence_mode": svc.persistence_mode, "stats": _stats(c), "rate": rates.rate(("svc", st.id)), "reals": reals})
     t = dp.config.timeouts
     return {"size": dp.tables.conns, "timeouts": {"tcp": t.tcp, "tcpfin": t.tcpfin, "udp": t.udp, "syn": t.syn},
             "services": services}
 
 
 def _stats(c):
-    return {"conns": c.conns, "inpkts": c.packets, "outpkts": 0, "inbytes": c.bytes, "outbytes": 0}
+    packets, bytes_, conns = c
+    return {"conns": conns, "inpkts": packets, "outpkts": 0, "inbytes": bytes_, "outbytes": 0}
 
 
 def _live_reals(dp):
-    """{real id: (Real map entry)} for live real slots."""
-    out = {}
-    for ident, rid in dp.real_ids.ids.items():
-        out[rid] = dp.m["reals"][ct.c_uint32(rid)]
-    return out
+    """{real id: Real map entry} for the configured reals: one batch read of the reals map."""
+    table = dp.m["reals"]
+    n = min(dp.real_ids.next, table.max_entries)
+    _, values, got = lookup_batch(table.map_fd, 4, ct.sizeof(S.Real), n)
+    rows = (S.Real * got).from_buffer_copy(values) if got else []
+    return {rid: rows[rid] for rid in dp.real_ids.ids.values() if rid < got}
 
 
 def _templates(dp, now):
@@ -188,17 +202,16 @@ def conn_entries(dp):
 def zero(dp, rates, ident=None):
     """Zero the counters of one service (and its reals) or of all; returns how many services."""
     n = 0
-    for key, st in dp.services.items():
+    for st, reals in layout(dp):
         if ident is not None and not _is(st.svc, ident):
             continue
         n += 1
         dp._zero(dp.m["svc_stats"], st.id)
-        idents = [key]
-        for r in st.svc.reals:
-            rid = dp.real_ids.get((key, r.address))
+        slots = [("svc", st.id)]
+        for _, rid, _ in reals:
             dp._zero(dp.m["real_stats"], rid)
-            idents.append((key, r.address))
-        rates.forget(idents)
+            slots.append(("real", rid))
+        rates.forget(slots)
     if ident is not None and not n:
         raise ConfigError("xlb", admin.ident_option(ident), f"no service {admin.ident_name(ident)}")
     return n

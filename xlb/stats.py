@@ -25,43 +25,61 @@ def percpu_counters(table, n):
     return list(map(tuple, words.sum(axis=1).tolist()))
 
 
+ZERO = (0, 0, 0)
+
+
+class FlowCounters:
+    """Every service's and real's (packets, bytes, conns), summed over CPUs: two batch reads, then lookups by id."""
+
+    def __init__(self, dp):
+        self._svc = percpu_counters(dp.m["svc_stats"], dp.svc_ids.next)
+        self._real = percpu_counters(dp.m["real_stats"], dp.real_ids.next)
+
+    @staticmethod
+    def _row(rows, idx):
+        return rows[idx] if idx is not None and idx < len(rows) else ZERO
+
+    def service(self, svc_id):
+        return self._row(self._svc, svc_id)
+
+    def real(self, real_id):
+        return self._row(self._real, real_id)
+
+
 _layouts = weakref.WeakKeyDictionary()   # DataPlane -> (the config it was built for, layout)
 
 
-def _layout(dp):
-    """[(svc id, name, scheduler, [(real id, address text, weight)])] of the applied config: ids, names and
-    addresses change only when a config is applied, so this is built once per config."""
+def layout(dp):
+    """[(service state, [(real config, real id, address text)])] of the applied config, in dp.services' order.
+    Ids and addresses change only when a config is applied, so this is built once per config: finding a real's id
+    hashes its address object, which costs ~10 us a real."""
     got = _layouts.get(dp)
     if got is None or got[0] is not dp.config:
-        layout = [(st.id, st.svc.name, st.svc.scheduler,
-                   [(dp.real_ids.get((st.svc.key, r.address)), str(r.address), r.weight) for r in st.svc.reals])
-                  for st in dp.services.values()]
-        got = _layouts[dp] = (dp.config, layout)
+        slots = [(st, [(r, dp.real_ids.get((st.svc.key, r.address)), str(r.address)) for r in st.svc.reals])
+                 for st in dp.services.values()]
+        got = _layouts[dp] = (dp.config, slots)
     return got[1]
 
 
 def snapshot(dp):
     """{"services": [...], "verdicts": {...}, "marks": [...]} with packets/bytes/conns summed over CPUs."""
-    zero = (0, 0, 0)
-    svc_rows = percpu_counters(dp.m["svc_stats"], dp.svc_ids.next)
-    real_rows = percpu_counters(dp.m["real_stats"], dp.real_ids.next)
-    nsvc, nreal = len(svc_rows), len(real_rows)
+    counts = FlowCounters(dp)
     live = dp.real_conn_counts()
     services = []
-    for sid, name, scheduler, reals in _layout(dp):
-        packets, bytes_, conns = svc_rows[sid] if sid < nsvc else zero
+    for st, reals in layout(dp):
+        packets, bytes_, conns = counts.service(st.id)
         out = []
-        for rid, address, weight in reals:
-            rp, rb, rc = real_rows[rid] if rid is not None and rid < nreal else zero
+        for r, rid, address in reals:
+            rp, rb, rc = counts.real(rid)
             active, inactive = live.get(rid, (0, 0))
-            out.append({"address": address, "weight": weight, "packets": rp, "bytes": rb, "conns": rc,
+            out.append({"address": address, "weight": r.weight, "packets": rp, "bytes": rb, "conns": rc,
                         "active": active, "inactive": inactive})
-        services.append({"service": name, "scheduler": scheduler, "packets": packets, "bytes": bytes_,
-                         "conns": conns, "reals": out})
+        services.append({"service": st.svc.name, "scheduler": st.svc.scheduler, "packets": packets,
+                         "bytes": bytes_, "conns": conns, "reals": out})
     verdict_rows = percpu_counters(dp.m["verdicts"], len(S.REASONS))
     verdicts = {}
     for num, name in S.REASONS.items():
-        packets, bytes_, _ = verdict_rows[num] if num < len(verdict_rows) else zero
+        packets, bytes_, _ = verdict_rows[num] if num < len(verdict_rows) else ZERO
         if packets:
             verdicts[name] = {"packets": packets, "bytes": bytes_}
     marks = []
