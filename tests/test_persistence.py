@@ -4,7 +4,7 @@ Time passes by rewriting timestamps backwards (templates' last_new_ns, conns' se
 CLOCK_MONOTONIC_COARSE (xlb.dataplane.now_ns), so an entry stamped 61 s ago is, to it, 61 s old."""
 import ipaddress
 
-from harness import lookup_conn, real_of, tcp4, tcp6, to_real
+from harness import conn_key, lookup_conn, real_of, tcp4, tcp6, to_real
 from xlb import structs as S
 from xlb.config import addr_bytes, mask_address
 from xlb.dataplane import NS, now_ns, svc_key
@@ -167,7 +167,14 @@ def test_lvs_mode_connection_holds_template(bench):
     t, _ = template_of(bench, svc, "203.0.113.7")
     conn = lookup_conn(bench.dp, tcp4(src="203.0.113.7"))
     assert conn.state == S.CONN_STATE["est"]
-    assert t.held_until_ns == conn.seen_ns + bench.dp.config.timeouts.tcp * NS
+    # The SYN's hold (the data plane's: syn timeout) still has over half of the ACK's lead (tcp timeout): kept.
+    hold = conn.seen_ns + bench.dp.config.timeouts.tcp * NS
+    assert t.held_until_ns == t.last_new_ns + bench.dp.config.timeouts.syn * NS < hold
+    # A sweep once it has used up half of that lead (and before the connection expires) writes the hold.
+    later = 2 * t.held_until_ns - hold + NS
+    assert bench.dp.sweep(later).templates_held == 1
+    t, _ = template_of(bench, svc, "203.0.113.7")
+    assert t.held_until_ns == hold
     age_templates(bench, 61)                                          # the timer ran out
     assert go(bench, tcp4(src="203.0.113.8")) == R2                   # rr moved on
     assert go(bench, tcp4(src="203.0.113.7", sport=40001)) == R1      # still honoured: a connection lives
@@ -180,6 +187,28 @@ def test_lvs_mode_connection_holds_template(bench):
     assert go(bench, tcp4(src="203.0.113.7", sport=40002)) == R3      # scheduled afresh
     t, _ = template_of(bench, svc, "203.0.113.7")
     assert t.real_id == rid(bench, svc, R3)
+
+
+def test_lvs_mode_hold_is_written_about_twice_per_timeout_and_never_lapses(bench):
+    """Two minutes of a busy connection, swept every second: the stored hold is always at least half the
+    connection's lead (tcp = 30 s) ahead, yet written only when it has used up half of it, not on every sweep."""
+    bench.reset(svc_cfg())
+    svc = bench.dp.config.services[0]
+    assert go(bench, tcp4(src="203.0.113.7", flags="S")) == R1
+    assert go(bench, tcp4(src="203.0.113.7", flags="A")) == R1
+    conns, key = bench.dp.m["conns"], conn_key(tcp4(src="203.0.113.7"))
+    start, stored, writes = now_ns(), [], 0
+    for step in range(120):
+        now = start + step * NS
+        c = conns[key]
+        c.seen_ns = now                                               # the connection's packets, as the data plane
+        conns[key] = c
+        assert bench.dp.sweep(now).templates_held == 1
+        t, _ = template_of(bench, svc, "203.0.113.7")
+        assert t.held_until_ns - now >= 15 * NS
+        writes += bool(stored) and t.held_until_ns != stored[-1]
+        stored.append(t.held_until_ns)
+    assert 6 <= writes <= 8                                           # every 16 s: the lead falls below 15 s
 
 
 def test_lvs_mode_deleted_connection_releases_template(bench):
