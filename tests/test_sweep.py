@@ -13,7 +13,7 @@ import pytest
 from conftest import needs_root
 from xlb import structs as S
 from xlb.config import addr_bytes, mask_address
-from xlb.dataplane import NS, _exact_keys, _row_index, now_ns, svc_key
+from xlb.dataplane import NS, _exact_keys, _row_index, hold_due, now_ns, svc_key
 
 TIMEOUTS = "[timeouts]\ntcp = 30\nsyn = 20\ntcpfin = 10\nudp = 30\n"
 R = ("198.18.0.11", "198.18.0.12", "198.18.0.13")
@@ -116,8 +116,9 @@ def expected(dp, now, conns, tmpls):
         stored = v.held_until_ns
         if svc.persistence_mode != "lvs":
             kept[kb] = stored
-        elif hold < stored or (hold > stored and stored - now < (hold - now) // 2):
-            kept[kb] = hold   # lower: at once; higher: once the stored one has used up half of its lead
+        elif hold < stored or (hold > stored and stored - now < max((hold - now) // 2, 2 * NS)):
+            kept[kb] = hold   # lower: at once; higher: once the stored one has used up half of its lead or is
+            #                   within two sweep intervals (1 s) of now
         else:
             kept[kb] = stored
             lazy += hold != stored
@@ -179,3 +180,21 @@ def test_exact_keys_without_table_rows():
     _, valid, tk = _exact_keys(rows, [np.zeros(0, np.uint64), np.zeros(0, np.uint64)])
     assert not valid.any() and len(tk) == 0
     assert _row_index(rows, [np.zeros(0, np.uint64)] * 2, missing=9).tolist() == [9] * 5
+
+
+def test_hold_due():
+    """A hold is written when it drops; when it grows, once the stored one is less than half the new lead ahead of
+    now or within the margin (two sweep intervals) of it; never when unchanged."""
+    now, margin = 1000 * NS, 2 * NS
+    cases = [  # (hold, stored, due)
+        (now + 30 * NS, now + 20 * NS, False),    # 20 s left of a 30 s lead: more than half
+        (now + 30 * NS, now + 14 * NS, True),     # less than half
+        (now + 30 * NS, 0, True),                 # never written
+        (now + 3 * NS, now + 2 * NS, False),      # a short lead: more than half left, and at the margin ...
+        (now + 3 * NS, now + NS + NS // 2, True),  # ... inside it: the next sweep might come too late
+        (now + 10 * NS, now + 30 * NS, True),     # dropped (connections closed)
+        (0, now + 30 * NS, True),                 # no live connection left
+        (now + 30 * NS, now + 30 * NS, False),
+    ]
+    hold, stored, due = (np.array(col, np.int64) if i < 2 else list(col) for i, col in enumerate(zip(*cases)))
+    assert hold_due(hold, stored, now, margin).tolist() == due

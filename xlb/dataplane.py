@@ -109,13 +109,14 @@ class SlotAllocator:
         self.free = out
 
 
-def hold_due(hold, stored, now):
+def hold_due(hold, stored, now, margin):
     """Which lvs-mode templates get their hold written: a lower one at once (its connections closed or left
     established), so listings show it; a higher one only once the stored hold has used up half of its lead
-    (stored - now < (hold - now) / 2). Holds move forward with every packet's last-seen time, so rewriting each
-    on every sweep cost two syscalls a template; this way a template is written about twice per timeout, and
-    its stored hold stays at least half its lead ahead of now between sweeps (the data plane trusts it)."""
-    return (hold < stored) | ((hold > stored) & (stored - now < (hold - now) // 2))
+    (stored - now < (hold - now) / 2) or is within `margin` ns of now (two sweep intervals: it must outlast the
+    next sweep). Holds move forward with every packet's last-seen time, so rewriting each on every sweep cost two
+    syscalls a template; this way a busy template is written about twice per timeout, and its stored hold, which
+    the data plane trusts, stays ahead of the clock until the next sweep."""
+    return (hold < stored) | ((hold > stored) & (stored - now < np.maximum((hold - now) // 2, margin)))
 
 
 class IdPool:
@@ -571,7 +572,8 @@ class DataPlane:
             hold[want] = self._holds(scan, sid[want], tk["client"][want])
         dead = ~ok | (np.maximum(tv["last_new_ns"].astype(np.int64) + tmo, hold) <= now)
         res.templates_held = int(np.count_nonzero(~dead & (hold != 0)))
-        change = np.flatnonzero(~dead & lvs & hold_due(hold, tv["held_until_ns"].astype(np.int64), now))
+        margin = int(2 * self.tables.sweep_interval * NS)
+        change = np.flatnonzero(~dead & lvs & hold_due(hold, tv["held_until_ns"].astype(np.int64), now, margin))
         if len(change):
             rewrite_u64(persist.map_fd, tk[change], ct.sizeof(S.Persist), S.Persist.held_until_ns.offset,
                         hold[change])
