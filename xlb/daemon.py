@@ -5,6 +5,7 @@ SIGUSR1 prints the counters; SIGINT/SIGTERM detach and exit; SIGQUIT exits leavi
 upgrade: the next `xlb run` adopts the pinned maps and replaces the program in one step). The control socket (xlb/control.py) serves the
 other `xlb` commands; they, the timers and reloads take turns under one lock.
 """
+import contextlib
 import os
 import signal
 import threading
@@ -62,6 +63,8 @@ class Daemon:
         self._pin_lock = None
         self._tail_calls = None  # our program's pinned tail-call array
         self._keep_attached = False
+        self._made_pins = False  # this start pinned fresh maps and has not attached yet (close() unpins them)
+        self._made_pin_dir = False
         self.socket_path = socket_path or control.default_socket(iface)
         self.lock = threading.RLock()
         self.control = None
@@ -99,6 +102,8 @@ class Daemon:
         ifindex_of(self.iface)
         try:
             adopted, own_ids = self._pins()
+            # Nothing to adopt: what gets pinned from here on is this start's, and goes again if it fails.
+            self._made_pins = not adopted
             self.prog = Program(cflags=cflags_for(cfg.tables, self.pin_dir), log=self.log)
             pin.check_sizes(self.prog, self.pin_dir, adopted)
             if not adopted:
@@ -120,6 +125,7 @@ class Daemon:
             self._tail_calls = pin.pin_tail_calls(self.prog, self.pin_dir)
             self.prog.attach(self.iface, self.xdp_mode, self.force, own_ids | pin.pinned_ids(self.pin_dir))
             pin.drop_tail_calls(self.pin_dir, keep=self._tail_calls)  # the replaced program's
+            self._made_pins = False
         except BaseException:
             self.close()
             raise
@@ -131,12 +137,23 @@ class Daemon:
         Returns (names of the maps to adopt, ids of the maps pinned before: a program using them is ours)."""
         pin.ensure_bpffs()
         self.pin_dir = Path(self.pin_dir or pin.default_pin_dir(self.iface))
+        self._made_pin_dir = not self.pin_dir.exists()
         self._pin_lock = pin.DirLock(self.pin_dir).acquire()
         own_ids = pin.pinned_ids(self.pin_dir)
         if self.fresh:
             pin.clear(self.pin_dir)
             self.log(f"xlb: --fresh: discarded the maps pinned in {self.pin_dir}")
         return pin.check_layout(self.pin_dir), own_ids
+
+    def _unpin_failed_start(self):
+        """Take back what a start that failed pinned (its maps, the layout record; the directory if it made it), so
+        that the next start is a first start rather than an adoption of empty maps of maybe other sizes. Tail-call
+        arrays stay: one may be an attached program's (a --fresh start over a program still running)."""
+        self._made_pins = False
+        pin.clear(self.pin_dir)
+        if self._made_pin_dir:
+            with contextlib.suppress(OSError):  # not empty: a tail-call array stays, and the directory with it
+                self.pin_dir.rmdir()
 
     @staticmethod
     def _summary(cfg):
@@ -245,10 +262,14 @@ class Daemon:
                 self.log(f"xlb: exiting with the program attached to {self.iface} and its maps pinned in "
                          f"{self.pin_dir}; the next `xlb run` adopts them")
             else:
+                attached = prog.attached
                 prog.close()
-                self.log(f"xlb: detached from {self.iface}")
+                if attached:
+                    self.log(f"xlb: detached from {self.iface}")
                 if self._tail_calls:
                     self._tail_calls.unlink(missing_ok=True)
+        if self._made_pins:
+            self._unpin_failed_start()
         if self._pin_lock:
             self._pin_lock.release()
             self._pin_lock = None
