@@ -6,9 +6,12 @@ XDP program with bcc where it needs one, runs the real CLI in the LB namespace a
 attached and what bpffs holds. Every `xlb run` compiles the program (a few seconds).
 """
 import contextlib
+import os
+import signal
 import time
 from pathlib import Path
 
+import pytest
 from conftest import needs_root
 
 from xlb import pin
@@ -127,3 +130,48 @@ def test_a_refused_start_leaves_nothing_pinned_and_claims_no_detach(tmp_path):
         daemon.stop()
         assert host.xdp() == (None, None)
         assert "xlb: detached from eth0" in log.read_text()
+
+
+@needs_root
+@pytest.mark.parametrize("theirs, ours", [("native", "generic"), ("generic", "native")])
+def test_force_replaces_a_program_attached_in_the_other_mode(tmp_path, theirs, ours):
+    with lb_host(tmp_path) as host:
+        foreign = run_in_netns(host.lb, attach_foreign, "eth0", theirs)
+        log = tmp_path / "xlb.log"
+        daemon = host.spawn(log, host.argv(ours, "--force"), old_id=foreign)
+        prog_id, mode = host.xdp()
+        assert (prog_name(prog_id), mode) == ("xlb_xdp", ours)
+        text = log.read_text()
+        assert (f"xlb: took XDP program {foreign} off eth0 ({theirs} mode) to attach in {ours} mode: the interface "
+                "had no program for a moment") in text
+        assert f"xlb: attached to eth0 ({ours})" in text
+        daemon.stop()
+        assert host.xdp() == (None, None)
+
+
+@needs_root
+def test_restart_in_the_other_mode_needs_force_and_adopts(tmp_path):
+    """The previous daemon left its program attached (SIGQUIT) in generic mode. `xlb run --xdp-mode native` on the
+    same maps cannot replace it in one step: it refuses, saying how, and the program keeps running; with --force
+    it adopts the maps and moves the program to native mode."""
+    with lb_host(tmp_path) as host:
+        log = tmp_path / "xlb.log"
+        first = host.spawn(log, host.argv("generic"))
+        old_id, _ = host.xdp()
+        os.kill(first.pid, signal.SIGQUIT)
+        first.proc.join(10)
+        assert host.xdp() == (old_id, "generic")
+
+        out = tmp_path / "refused.log"
+        assert host.run_once(out, host.argv("native")) == 1
+        assert ("xlb: error: eth0 runs xlb's program in generic mode: start with --xdp-mode generic, or add --force "
+                "to move it to native mode (the interface is without a program for a moment)") in out.read_text()
+        assert host.xdp() == (old_id, "generic")
+        assert pin.pinned_maps(host.pin_dir)  # the maps it runs on stay pinned
+
+        daemon = host.spawn(log, host.argv("native", "--force"), old_id=old_id)
+        prog_id, mode = host.xdp()
+        assert (prog_name(prog_id), mode) == ("xlb_xdp", "native")
+        assert log.read_text().count("xlb: adopted the maps pinned in") == 1
+        daemon.stop()
+        assert host.xdp() == (None, None)

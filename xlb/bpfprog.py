@@ -75,13 +75,25 @@ def possible_cpus():
 
 def attached_prog_id(ifname, ns=None):
     """Id of the XDP program on ifname (in namespace ns, default this one), or None."""
+    return attached_prog(ifname, ns)[0]
+
+
+# IFLA_XDP_ATTACHED as pyroute2 names it -> our mode names (offloaded and several-at-once programs: None)
+_ATTACHED_MODES = {"xdp": "native", "xdpgeneric": "generic"}
+
+
+def attached_prog(ifname, ns=None):
+    """(id, mode) of the XDP program on ifname (in namespace ns, default this one): mode "native", "generic" or
+    None (offloaded); (None, None) when it has none."""
     from pyroute2 import IPRoute
     with IPRoute(netns=ns) if ns else IPRoute() as ipr:
         idx = ipr.link_lookup(ifname=ifname)
         if not idx:
-            return None
+            return None, None
         xdp = ipr.get_links(idx[0])[0].get_attr("IFLA_XDP")
-    return xdp.get_attr("IFLA_XDP_PROG_ID") if xdp else None
+    if not xdp or not xdp.get_attr("IFLA_XDP_PROG_ID"):
+        return None, None
+    return xdp.get_attr("IFLA_XDP_PROG_ID"), _ATTACHED_MODES.get(xdp.get_attr("IFLA_XDP_ATTACHED"))
 
 
 class Program:
@@ -107,6 +119,7 @@ class Program:
             raise KernelError(f"could not load bpf/xlb.c: {exc} (compiler/verifier output above)") from exc
         self.fd = self.func.fd
         self._clock = None
+        self.log = log
         self.attached = None  # (ifname, flags)
         self.attached_id = None
 
@@ -123,8 +136,11 @@ class Program:
         """Attach to ifname; refuse one that already has another XDP program unless force.
 
         A program that uses one of own_map_ids (our pinned maps: a previous xlb on this interface, alive or not)
-        is replaced in one step, without force and without a moment with no program attached."""
-        current = attached_prog_id(ifname)
+        is replaced in one step, without force and without a moment with no program attached. Not across modes: the
+        kernel keeps one program per mode, refuses two modes at once and replaces only within a mode, so with force
+        a program in the other mode is taken off first (without force, ours there is refused: a mode change leaves
+        the interface without a program for a moment, and an attach that then fails, without one at all)."""
+        current, current_mode = attached_prog(ifname)
         if current is not None:
             from . import pin
             try:
@@ -132,7 +148,16 @@ class Program:
             except KernelError:
                 ids = set()
             if force or ids & set(own_map_ids):
-                return self._replace(ifname, mode, current)
+                if current_mode in (None, mode):
+                    return self._replace(ifname, mode, current)
+                if not force:
+                    raise AttachError(f"{ifname} runs xlb's program in {current_mode} mode: start with --xdp-mode "
+                                      f"{current_mode}, or add --force to move it to {mode} mode (the interface is "
+                                      "without a program for a moment)")
+                self._remove(ifname, XDP_MODES[current_mode])
+                if self.log:
+                    self.log(f"xlb: took XDP program {current} off {ifname} ({current_mode} mode) to attach in "
+                             f"{mode} mode: the interface had no program for a moment")
         flags = XDP_MODES[mode]
         if not force:
             flags |= XDP_FLAGS_UPDATE_IF_NOEXIST
@@ -172,6 +197,9 @@ class Program:
         self.attached = None
         if attached_prog_id(ifname) != self.attached_id:
             return
+        self._remove(ifname, flags)
+
+    def _remove(self, ifname, flags):
         try:
             self._bcc.BPF.remove_xdp(ifname, flags)
         except Exception as exc:
