@@ -294,6 +294,13 @@ REJECTS = [
      "duplicate service tcp/198.51.100.10:80: already defined as service[0]"),
     ("duplicate fwmark service", '[[service]]\nfwmark = 5\n[[service]]\nfwmark = 5\nfamily = "ipv4"\n',
      "service[1]", "duplicate service fwm/5: already defined as service[0]"),
+    # A zone index names no other address (the maps hold 16 bytes): "%a" and "%b" would be two services on one key.
+    ("vip with a zone index", V6.replace('"2001:db8::1"', '"2001:db8::1%a"') + V6.replace('"2001:db8::1"',
+     '"2001:db8::1%b"'), "service[0].vip", 'a zone index ("%a") has no meaning here; write "2001:db8::1"'),
+    ("real with a zone index", V6 + '[[service.real]]\naddress = "2001:db8::2%eth0"\n[[service.real]]\n'
+     'address = "2001:db8::2"\n', "service[0].real[0].address", 'a zone index ("%eth0") has no meaning here'),
+    ("mark dst with a zone index", '[[mark]]\nmark = 1\ndst = "2001:db8::%eth0/64"\n[[mark]]\nmark = 2\n'
+     'dst = "2001:db8::/64"\n', "mark[0].dst", 'a zone index ("%eth0") has no meaning here; write "2001:db8::/64"'),
 ]
 
 

@@ -372,6 +372,7 @@ def _mark(v, item, where) -> MarkRule:
         except ValueError:
             pass
         v.fail(_join(where, "dst"), f"dst must be a network prefix with no host bits set: {e}{hint}")
+    _no_zone(v, dst.network_address, _join(where, "dst"), f"/{dst.prefixlen}")
     ports = _ports(v, tbl, where)
     return MarkRule(mark=mark, proto=proto, dst=dst, ports=ports, where=where)
 
@@ -546,10 +547,22 @@ def _address(v, value, where, what):
     """A single IP address (no prefix)."""
     if isinstance(value, str):
         try:
-            return ipaddress.ip_address(value)
+            addr = ipaddress.ip_address(value)
         except ValueError:
             pass
+        else:
+            return _no_zone(v, addr, where)
     v.fail(where, f"{what} must be an IPv4 or IPv6 address like \"198.51.100.10\", got {_show(value)}")
+
+
+def _no_zone(v, addr, where, suffix=""):
+    """Refuse an IPv6 zone index ("fe80::1%eth0"): the maps hold 16 bytes, so it would be silently dropped there,
+    and two spellings of one address would pass as two (duplicate services, reals, conflicting mark rules)."""
+    zone = getattr(addr, "scope_id", None)
+    if zone:
+        plain = ipaddress.IPv6Address(addr.packed)
+        v.fail(where, f"a zone index (\"%{zone}\") has no meaning here; write \"{plain}{suffix}\"")
+    return addr
 
 
 def _reals(v, tbl, where, family) -> tuple:
