@@ -45,6 +45,8 @@ def _cmd_check(args):
     _, load = _config_source(args.parser, args, "file")
     try:
         res = load()
+        from .dataplane import Capacity, fit
+        fit(getattr(res, "config", res), Capacity.compiled())  # what `xlb run` would refuse to load
     except XlbError as exc:
         unsupported = getattr(exc, "only_unsupported", False)
         print(f"xlb: {'unsupported' if unsupported else 'error'}: {exc}", file=sys.stderr)

@@ -67,6 +67,48 @@ def table_indexes(svc, loads=None):
     return sched.maglev_table([(addr_bytes(r.address), r.weight) for r in svc.reals], svc.mh_table_size)
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """What the maps of a compiled program hold (bpf/consts.h, or the loader's -D flags)."""
+
+    max_services: int
+    max_reals: int
+    max_mark_entries: int
+    max_mark_rules: int
+    max_slots: int
+
+    @classmethod
+    def compiled(cls):
+        """The sizes `xlb run` compiles: bpf/consts.h's defaults (it sets only the [tables] sizes)."""
+        d = S.DEFINES
+        return cls(d["XLB_MAX_SERVICES"], d["XLB_MAX_REALS"], d["XLB_MARK_ENTRIES"], d["XLB_MAX_MARK_RULES"],
+                   d["XLB_SCHED_SLOTS"])
+
+
+def fit(config, cap, loads=lambda svc: None):
+    """Raise ConfigError if config does not fit maps of capacity `cap`; else return what apply() writes: the
+    mark-rule trie entries and each service's table (positions in its reals). Pure: `xlb check` runs it against
+    Capacity.compiled(); `loads(svc)` (DataPlane._loads) picks connection-count candidates, not their number."""
+    src = config.source
+    if len(config.services) > cap.max_services - 1:
+        raise ConfigError(src, "service", f"{len(config.services)} services; at most {cap.max_services - 1}")
+    nreals = sum(len(s.reals) for s in config.services)
+    if nreals > cap.max_reals - 1:
+        raise ConfigError(src, "service", f"{nreals} reals in all; at most {cap.max_reals - 1}")
+    entries = markmod.lpm_entries(config.marks)
+    if len(entries) > cap.max_mark_entries:
+        raise ConfigError(src, "mark", f"mark rules expand to {len(entries)} (family, proto, port, prefix) "
+                          f"entries; at most {cap.max_mark_entries}: name fewer ports")
+    if len(config.marks) > cap.max_mark_rules - 1:
+        raise ConfigError(src, "mark", f"{len(config.marks)} mark rules; at most {cap.max_mark_rules - 1}")
+    # Old and new tables coexist while a reload swaps them: each may use at most half the slots.
+    tables = {svc.key: table_indexes(svc, loads(svc)) for svc in config.services}
+    need = sum(map(len, tables.values()))
+    if need > cap.max_slots // 2:
+        raise ConfigError(src, "service", f"scheduling tables need {need} slots; at most {cap.max_slots // 2}")
+    return entries, tables
+
+
 class SlotAllocator:
     """First-fit allocator of regions in the sched_slots array."""
 
@@ -265,29 +307,13 @@ class DataPlane:
 
         Returns what apply() writes: the mark-rule trie entries and each service's table (positions in its
         reals), so the tables are computed once."""
-        src = config.source
         sizes = ("conns", "templates", "flow_cache")
         if any(getattr(config.tables, k) != getattr(self.tables, k) for k in sizes):
             running = ", ".join(f"{k}={getattr(self.tables, k)}" for k in sizes)
-            raise ConfigError(src, "tables", f"table sizes changed; they take effect only when xlb restarts "
-                              f"(running: {running})")
-        if len(config.services) > self.max_services - 1:
-            raise ConfigError(src, "service", f"{len(config.services)} services; at most {self.max_services - 1}")
-        nreals = sum(len(s.reals) for s in config.services)
-        if nreals > self.max_reals - 1:
-            raise ConfigError(src, "service", f"{nreals} reals in all; at most {self.max_reals - 1}")
-        entries = markmod.lpm_entries(config.marks)
-        if len(entries) > self.max_mark_entries:
-            raise ConfigError(src, "mark", f"mark rules expand to {len(entries)} (family, proto, port, prefix) "
-                              f"entries; at most {self.max_mark_entries}: name fewer ports")
-        if len(config.marks) > self.max_mark_rules - 1:
-            raise ConfigError(src, "mark", f"{len(config.marks)} mark rules; at most {self.max_mark_rules - 1}")
-        # Old and new tables coexist while a reload swaps them: each may use at most half the slots.
-        tables = {svc.key: table_indexes(svc, self._loads(svc)) for svc in config.services}
-        need = sum(map(len, tables.values()))
-        if need > self.max_slots // 2:
-            raise ConfigError(src, "service", f"scheduling tables need {need} slots; at most {self.max_slots // 2}")
-        return entries, tables
+            raise ConfigError(config.source, "tables", f"table sizes changed; they take effect only when xlb "
+                              f"restarts (running: {running})")
+        return fit(config, Capacity(self.max_services, self.max_reals, self.max_mark_entries, self.max_mark_rules,
+                                    self.max_slots), self._loads)
 
     def apply(self, config):
         """Make the maps say what config says, touching only what differs."""
