@@ -175,3 +175,24 @@ def test_restart_in_the_other_mode_needs_force_and_adopts(tmp_path):
         assert log.read_text().count("xlb: adopted the maps pinned in") == 1
         daemon.stop()
         assert host.xdp() == (None, None)
+
+
+def _lock_as_nobody(pin_dir):
+    """DirLock.acquire after dropping root (uid 65534): the error it gives, as text."""
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+    try:
+        pin.DirLock(pin_dir).acquire()
+    except Exception as exc:  # noqa: BLE001  anything but an XlbError reaches the operator as a traceback
+        return f"{type(exc).__name__}: {exc}"
+    return "acquired"
+
+
+@needs_root
+def test_xlb_run_without_root_gets_an_error_not_a_traceback(tmp_path):
+    """The pin directory is the first thing `xlb run` creates: without the right to, the operator (who forgot
+    sudo) reads why, as an xlb error the CLI prints, rather than a PermissionError traceback."""
+    d = tmp_path / "pins" / "eth0"
+    assert run_in_netns(None, _lock_as_nobody, d) == \
+        f"PinError: cannot create the pin directory {d}: Permission denied (xlb run needs root)"

@@ -353,7 +353,11 @@ class DirLock:
         self.fd = None
 
     def acquire(self):
-        self.pin_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.pin_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            hint = " (xlb run needs root)" if exc.errno in (errno.EACCES, errno.EPERM) else ""
+            raise PinError(f"cannot create the pin directory {self.pin_dir}: {exc.strerror}{hint}") from None
         fd = os.open(self.pin_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
