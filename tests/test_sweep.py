@@ -13,7 +13,7 @@ import pytest
 from conftest import needs_root
 from xlb import structs as S
 from xlb.config import addr_bytes, mask_address
-from xlb.dataplane import NS, _exact_keys, _row_index, hold_due, now_ns, svc_key
+from xlb.dataplane import NS, _exact_keys, _row_index, hold_due, now_ns, svc_key, sweep_interval
 
 TIMEOUTS = "[timeouts]\ntcp = 30\nsyn = 20\ntcpfin = 10\nudp = 30\n"
 R = ("198.18.0.11", "198.18.0.12", "198.18.0.13")
@@ -116,9 +116,9 @@ def expected(dp, now, conns, tmpls):
         stored = v.held_until_ns
         if svc.persistence_mode != "lvs":
             kept[kb] = stored
-        elif hold < stored or (hold > stored and stored - now < max((hold - now) // 2, 2 * NS)):
+        elif hold < stored or (hold > stored and stored - now < max((hold - now) // 2, 20 * NS)):
             kept[kb] = hold   # lower: at once; higher: once the stored one has used up half of its lead or is
-            #                   within two sweep intervals (1 s) of now
+            #                   within two of the longest sweep intervals (10 s) of now
         else:
             kept[kb] = stored
             lazy += hold != stored
@@ -198,3 +198,14 @@ def test_hold_due():
     ]
     hold, stored, due = (np.array(col, np.int64) if i < 2 else list(col) for i, col in enumerate(zip(*cases)))
     assert hold_due(hold, stored, now, margin).tolist() == due
+
+
+@pytest.mark.parametrize("configured, last, want", [
+    (1.0, 0.01, 1.0),      # a quick sweep: as configured
+    (1.0, 0.4, 4.0),       # 1M entries here: stretched to a tenth of a CPU
+    (1.0, 3.0, 10.0),      # never past 10 s ...
+    (30.0, 5.0, 30.0),     # ... unless configured longer
+    (0.05, 0.02, 0.2),
+])
+def test_sweep_interval_stretches_to_a_tenth_of_a_cpu(configured, last, want):
+    assert sweep_interval(configured, last) == pytest.approx(want)

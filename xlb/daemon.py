@@ -22,7 +22,7 @@ from . import runtime
 from . import stats
 from . import trace  # noqa: F401  registers the `trace` control command
 from .bpfprog import Program, cflags_for
-from .dataplane import DataPlane
+from .dataplane import DataPlane, sweep_interval
 from .errors import ConfigError, KernelError, XlbError
 from .neigh import ensure_neighbours
 from .structs import REASON
@@ -79,6 +79,7 @@ class Daemon:
         self._dump = False
         self._stop = False
         self._no_neigh = 0
+        self._stretched = False  # the sweep interval stretched past the configured one (a slow sweep)
         self.metrics = metrics               # --metrics ADDR:PORT, or None
         self.metrics_endpoint = None
         self.reloads = dict.fromkeys(("success", "rejected", "failed"), 0)   # exported by xlb/metrics.py
@@ -212,6 +213,18 @@ class Daemon:
         self._no_neigh = no_neigh
         return res
 
+    def _stretch(self, interval, res):
+        """Say when the sweep interval starts or stops being stretched beyond the configured one."""
+        stretched = interval > self.dp.config.tables.sweep_interval
+        if stretched != self._stretched:
+            self._stretched = stretched
+            if stretched:
+                self.log(f"xlb: a sweep of {res.conns_seen} connections and {res.templates_seen} templates took "
+                         f"{res.seconds:.2f} s: sweeping every {interval:.1f} s (at most a tenth of a CPU)")
+            else:
+                self.log(f"xlb: sweeping every {interval:g} s again")
+        return interval
+
     def _signal(self, signum, _frame):
         if signum == signal.SIGHUP:
             self._reload = True
@@ -239,8 +252,9 @@ class Daemon:
                     with self.lock:
                         self.log(stats.render(self.dp))
                 if time.monotonic() >= next_sweep:
-                    self.tick()
-                    interval = self.dp.config.tables.sweep_interval
+                    res = self.tick()
+                    interval = self._stretch(sweep_interval(self.dp.config.tables.sweep_interval, res.seconds),
+                                             res)
                     next_sweep = time.monotonic() + interval
         finally:
             self.close()

@@ -151,6 +151,18 @@ class SlotAllocator:
         self.free = out
 
 
+SWEEP_DUTY = 10          # a sweep that takes d seconds is followed by at least 10 d seconds without one ...
+SWEEP_STRETCH_MAX = 10.0  # ... up to 10 s (or the configured sweep_interval, if longer)
+
+
+def sweep_interval(configured, last_seconds):
+    """Seconds until the next sweep: the configured interval, stretched so the sweep takes at most a tenth of a
+    CPU (a 1M-entry table takes ~0.3-0.6 s to sweep here), but never past SWEEP_STRETCH_MAX unless configured so.
+    The data plane needs no sweep to be correct (it checks every entry's age itself): a longer interval only
+    leaves expired entries, and drift in the connection counts, in the tables a little longer."""
+    return max(configured, min(SWEEP_DUTY * last_seconds, SWEEP_STRETCH_MAX))
+
+
 def hold_due(hold, stored, now, margin):
     """Which lvs-mode templates get their hold written: a lower one at once (its connections closed or left
     established), so listings show it; a higher one only once the stored hold has used up half of its lead
@@ -598,7 +610,7 @@ class DataPlane:
             hold[want] = self._holds(scan, sid[want], tk["client"][want])
         dead = ~ok | (np.maximum(tv["last_new_ns"].astype(np.int64) + tmo, hold) <= now)
         res.templates_held = int(np.count_nonzero(~dead & (hold != 0)))
-        margin = int(2 * self.tables.sweep_interval * NS)
+        margin = int(2 * max(self.tables.sweep_interval, SWEEP_STRETCH_MAX) * NS)  # the longest interval ahead
         change = np.flatnonzero(~dead & lvs & hold_due(hold, tv["held_until_ns"].astype(np.int64), now, margin))
         if len(change):
             rewrite_u64(persist.map_fd, tk[change], ct.sizeof(S.Persist), S.Persist.held_until_ns.offset,
