@@ -13,7 +13,9 @@
  *   a fraction of the shortest timeout) and refills the slot;
  * - every control-plane change bumps settings.gen, voiding every entry: a removed real, a weight or a table
  *   change is seen by the next packet. An entry records the gen read before its connection was checked;
- * - SYN, FIN and RST take the full path (state changes, reuse of a closing tuple);
+ * - SYN, FIN and RST take the full path (state changes, reuse of a closing tuple), and a connection entry in
+ *   any state but established or UDP empties the flow's entry: a reused tuple's new connection is not sent
+ *   where the closed one went;
  * - the trace build never reads or writes it: a trace shows the connection table's decision, which the cache
  *   repeats. */
 #ifndef XLB_FLOWCACHE_H
@@ -68,18 +70,27 @@ static __always_inline struct flow_entry *flow_cached(struct pkt *p, struct sett
 }
 
 /* Remember a live connection entry c (its real r) for the flow's next packets, if its state lets them skip
- * the connection table. gen: settings.gen as read before c was looked up. The flow's own entry is rewritten;
- * else a void or stale one of its set; else the one filled longer ago. */
+ * the connection table; else forget the flow (its entry may speak for the connection a reused tuple replaced).
+ * gen: settings.gen as read before c was looked up. The flow's own entry is rewritten; else a void or stale one
+ * of its set; else the one filled longer ago. */
 static __always_inline void flow_fill(struct pkt *p, __u32 slot, __u32 gen, struct settings *st, struct conn *c,
 				      struct real *r)
 {
-	if (XLB_TRACING || !st->flow_ttl || (c->state != XLB_CS_EST && c->state != XLB_CS_UDP))
+	if (XLB_TRACING || !st->flow_ttl)
 		return;
 	__u32 i0 = slot, i1 = slot + 1;
 	struct flow_entry *e0 = flow_cache.lookup(&i0);
 	struct flow_entry *e1 = flow_cache.lookup(&i1);
 	if (!e0 || !e1)
 		return;
+	if (c->state != XLB_CS_EST && c->state != XLB_CS_UDP) {
+		/* A handshake or a closing flow: its own entry, if any, is emptied (as never filled). */
+		if (flow_key_eq(&e0->key, p))
+			__builtin_memset(e0, 0, sizeof(*e0));
+		if (flow_key_eq(&e1->key, p))
+			__builtin_memset(e1, 0, sizeof(*e1));
+		return;
+	}
 	__u32 now = (__u32)bpf_jiffies64();
 	struct flow_entry *e = e0;
 	if (flow_key_eq(&e1->key, p))

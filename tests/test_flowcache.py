@@ -216,3 +216,20 @@ def test_measure_hz_from_tick_boundaries(hz):
 def test_measure_hz_gives_up_on_a_stopped_clock():
     with pytest.raises(KernelError, match="jiffies did not advance"):
         clock.measure_hz(lambda: (5, 0), max_samples=100)
+
+
+def test_reused_tuple_leaves_the_old_entry(bench):
+    """A bare SYN reusing a closing tuple is placed afresh; the handshake's next packets follow the new connection
+    entry, not the cache entry the old connection left (same gen, within its TTL)."""
+    bench.reset(svc())
+    old = establish(bench, tcp4)
+    assert flow_cached(bench.dp, tcp4()).real_id == lookup_conn(bench.dp, tcp4()).real_id
+    assert real_of(bench.run(tcp4(flags="FA"))[1]) == old
+    new = real_of(bench.run(tcp4(flags="S"))[1])                    # rr: the next real
+    assert new != old
+    ack = tcp4(flags="A")
+    assert bench.run(ack) == (TX, to_real(ack, new))
+    c = lookup_conn(bench.dp, tcp4())
+    assert c.state == CS["est"]
+    assert flow_cached(bench.dp, tcp4()).real_id == c.real_id
+
