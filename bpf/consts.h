@@ -76,7 +76,7 @@ enum xlb_reason {
 	XLB_DROP_TRUNC_ETH = 6,     /* frame shorter than an Ethernet header */
 	XLB_DROP_TRUNC_IP = 7,      /* IP header or IP total length beyond the frame */
 	XLB_DROP_BAD_IP = 8,        /* IPv4 IHL < 5 or wrong IP version */
-	XLB_DROP_TRUNC_L4 = 9,      /* TCP/UDP header beyond the frame */
+	XLB_DROP_TRUNC_L4 = 9,      /* TCP/UDP header beyond the frame or the IP length */
 	XLB_DROP_BAD_TCP = 10,      /* TCP data offset < 5 */
 	XLB_DROP_FRAGMENT = 11,     /* a fragment for a VIP: xlb does not balance fragments */
 	XLB_DROP_NO_REAL = 12,      /* the service has no available real */

@@ -33,12 +33,13 @@ struct pkt {
 	__u16 ip_len;       /* IPv4 total length / IPv6 payload + 40, host order: for bpf_fib_lookup */
 };
 
-/* Parse the L4 header at l4. Returns 0 or a drop reason. */
-static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p)
+/* Parse the L4 header at l4. ip_end: where the IP packet ends (its length says; the frame may go on, with
+ * Ethernet padding). Returns 0 or a drop reason. */
+static __always_inline int parse_l4(void *l4, void *ip_end, void *data_end, struct pkt *p)
 {
 	if (p->proto == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
-		if ((void *)(th + 1) > data_end)
+		if ((void *)(th + 1) > data_end || (void *)(th + 1) > ip_end)
 			return XLB_DROP_TRUNC_L4;
 		if (th->doff < 5)
 			return XLB_DROP_BAD_TCP;
@@ -50,7 +51,7 @@ static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p)
 	}
 	if (p->proto == IPPROTO_UDP) {
 		struct udphdr *uh = l4;
-		if ((void *)(uh + 1) > data_end)
+		if ((void *)(uh + 1) > data_end || (void *)(uh + 1) > ip_end)
 			return XLB_DROP_TRUNC_L4;
 		p->sport = uh->source;
 		p->dport = uh->dest;
@@ -59,7 +60,7 @@ static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p)
 	return XLB_PASS_OTHER_PROTO;
 }
 
-static __always_inline int parse_ipv4(void *cur, void *data_end, struct pkt *p, void **l4)
+static __always_inline int parse_ipv4(void *cur, void *data_end, struct pkt *p, void **l4, void **ip_end)
 {
 	struct iphdr *iph = cur;
 	if ((void *)(iph + 1) > data_end)
@@ -79,10 +80,11 @@ static __always_inline int parse_ipv4(void *cur, void *data_end, struct pkt *p, 
 	if (iph->frag_off & bpf_htons(0x3fff))
 		p->fragment = 1;
 	*l4 = cur + hlen;
+	*ip_end = cur + tot;
 	return 0;
 }
 
-static __always_inline int parse_ipv6(void *cur, void *data_end, struct pkt *p, void **l4)
+static __always_inline int parse_ipv6(void *cur, void *data_end, struct pkt *p, void **l4, void **ip_end)
 {
 	struct ipv6hdr *ip6 = cur;
 	if ((void *)(ip6 + 1) > data_end)
@@ -96,6 +98,7 @@ static __always_inline int parse_ipv6(void *cur, void *data_end, struct pkt *p, 
 	__builtin_memcpy(p->src, &ip6->saddr, 16);
 	__builtin_memcpy(p->dst, &ip6->daddr, 16);
 	p->ip_len = plen + sizeof(*ip6);
+	*ip_end = (void *)(ip6 + 1) + plen;
 	__u8 next = ip6->nexthdr;
 	cur = ip6 + 1;
 	/* Walk a bounded number of extension headers; the verifier needs the constant bound. */
@@ -149,12 +152,12 @@ static __always_inline int parse_packet(void *data, void *data_end, struct pkt *
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return XLB_DROP_TRUNC_ETH;
-	void *l4 = 0;
+	void *l4 = 0, *ip_end = 0;
 	int ret;
 	if (eth->h_proto == bpf_htons(ETH_P_IP))
-		ret = parse_ipv4(eth + 1, data_end, p, &l4);
+		ret = parse_ipv4(eth + 1, data_end, p, &l4, &ip_end);
 	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))
-		ret = parse_ipv6(eth + 1, data_end, p, &l4);
+		ret = parse_ipv6(eth + 1, data_end, p, &l4, &ip_end);
 	else
 		return XLB_PASS_NOT_IP;
 	if (ret)
@@ -163,7 +166,7 @@ static __always_inline int parse_packet(void *data, void *data_end, struct pkt *
 		return XLB_PASS_OTHER_PROTO;
 	if (p->fragment)
 		return XLB_PARSE_OK;
-	ret = parse_l4(l4, data_end, p);
+	ret = parse_l4(l4, ip_end, data_end, p);
 	return ret ? ret : XLB_PARSE_OK;
 }
 

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP
+from scapy.layers.inet import ICMP, IP, TCP, IPOption_RR
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
@@ -240,6 +240,20 @@ CASES = [
     case("trunc-udp", "UDP header cut short", CFG_BASIC,
          same(Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="203.0.113.7", dst=V4, proto=17) / Raw(b"\x9c\x40\x00\x35"),
               DROP, "drop_trunc_l4")),
+    # The IP length, not the frame, ends the packet: bytes past it (Ethernet padding) are no header.
+    case("trunc-udp-padded", "UDP header cut short by the IPv4 total length, the frame padded to 60 bytes",
+         CFG_BASIC, same(bytes(Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="203.0.113.7", dst=V4, proto=17, len=24)
+                               / Raw(b"\x9c\x40\x00\x35")) + bytes(14), DROP, "drop_trunc_l4")),
+    case("trunc-tcp-iplen", "TCP header cut short by the IPv4 total length, the frame carrying the rest",
+         CFG_BASIC, same(Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="203.0.113.7", dst=V4, proto=6, len=32)
+                         / Raw(TCP80), DROP, "drop_trunc_l4")),
+    case("trunc-tcp6-plen", "IPv6 TCP header cut short by the payload length, the frame carrying the rest",
+         CFG_BASIC, same(Ether(dst=LB_MAC, src=CLIENT_MAC) / IPv6(src="2001:db8:77::7", dst=V6, nh=6, plen=8)
+                         / Raw(TCP80), DROP, "drop_trunc_l4")),
+    case("ip4-options", "IPv4 with options (IHL 6) to a VIP is balanced, options kept", CFG_BASIC,
+         fwd(Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="203.0.113.7", dst=V4, id=1,
+                                                    options=[IPOption_RR(routers=["0.0.0.0"])])
+             / TCP(sport=40000, dport=80, flags="S", seq=1000, window=8192), "198.18.0.11")),
     case("trunc-tcp6", "IPv6 TCP header cut short", CFG_BASIC,
          same(Ether(dst=LB_MAC, src=CLIENT_MAC) / IPv6(src="2001:db8:77::7", dst=V6, nh=6) / Raw(TCP80[:8]),
               DROP, "drop_trunc_l4")),
