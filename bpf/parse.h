@@ -123,6 +123,12 @@ static __always_inline int parse_ipv6(void *cur, void *data_end, struct pkt *p, 
 			if (cur + 8 > data_end)
 				return XLB_DROP_IPV6_EXT;
 			p->fragment = 1;
+			/* A later fragment (offset not 0) carries payload after this header, not headers. */
+			if (*(__be16 *)(cur + 2) & bpf_htons(0xfff8)) {
+				p->proto = eh->nexthdr;
+				*l4 = cur + 8;
+				return 0;
+			}
 			cur += 8;
 			break;
 		default:

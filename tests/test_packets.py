@@ -282,6 +282,13 @@ CASES = [
     case("frag6-vip", "IPv6 Fragment header to a VIP", CFG_BASIC, same(frag_v6(V6), DROP, "drop_fragment")),
     case("frag6-other", "IPv6 fragment to no VIP passes unchanged", CFG_BASIC,
          same(frag_v6("2001:db8:200::1", offset=3, m=0), PASS, "pass_fragment")),
+    case("frag6-vip-offset", "IPv6 later fragment to a VIP", CFG_BASIC,
+         same(frag_v6(V6, offset=3, m=0), DROP, "drop_fragment")),
+    # A later fragment's bytes after the Fragment header are payload, not headers: never walked as such.
+    case("frag6-later-ext", "IPv6 later fragment whose fragmentable part starts with an extension header",
+         CFG_BASIC, same(Ether(dst=LB_MAC, src=CLIENT_MAC) / IPv6(src="2001:db8:77::7", dst="2001:db8:200::1")
+                         / IPv6ExtHdrFragment(nh=60, offset=100, m=1, id=7) / Raw(bytes([60, 255]) + bytes(62)),
+                         PASS, "pass_other_proto")),
     case("ipv6-hbh", "IPv6 hop-by-hop header then TCP to a VIP is balanced", CFG_BASIC,
          fwd(Ether(dst=LB_MAC, src=CLIENT_MAC) / IPv6(src="2001:db8:77::7", dst=V6) / IPv6ExtHdrHopByHop()
              / TCP(sport=40000, dport=80, flags="S"), "2001:db8::11")),
