@@ -13,7 +13,7 @@ from xlb import marks as markmod
 from xlb import structs as S
 from xlb import vipfilter as vf
 from xlb.config import addr_bytes
-from xlb.dataplane import now_ns
+from xlb.dataplane import DataPlane, now_ns
 
 TX, PASS = "XDP_TX", "XDP_PASS"
 REALS = '  [[service.real]]\n  address = "198.18.0.11"\n'
@@ -123,3 +123,37 @@ def test_prefix_bits(prefix, count):
         assert got is None
     else:
         assert 0.96 * count <= len(got) <= count   # a few hash collisions
+
+
+FWM1 = f'[[service]]\nfwmark = 1\nscheduler = "rr"\n{REALS}'
+
+
+def fwm1_at(dst):
+    return f'[[mark]]\nmark = 1\nproto = "tcp"\ndst = "{dst}"\n{FWM1}'
+
+
+def test_a_moved_mark_prefix_keeps_its_established_flows(bench):
+    """A reload moves fwmark 1's rule to another prefix; the service stays, so its established flows to the old
+    prefix keep their real, as the full path (connection table first) decides: the filter must not pass them."""
+    bench.reset(fwm1_at("192.0.2.64/28"))
+    assert bench.run(tcp4(dst="192.0.2.70", flags="S"))[0] == TX
+    bench.dp.apply(bench.config(fwm1_at("198.51.100.128/25")))
+    assert flags(bench) & S.SET_F_VIP_FILTER
+    ack = tcp4(dst="192.0.2.70", flags="A")
+    assert bench.run(ack) == (TX, to_real(ack, "198.18.0.11"))
+    assert bench.run(tcp4(dst="192.0.2.70", sport=40001))[0] == PASS     # new flows: no rule marks them now
+    # The service goes: so do its flows, and the filter forgets the prefix.
+    bench.dp.apply(bench.config(vip_svc("198.51.100.10")))
+    assert map_words(bench) == vf.words({vf.full_bit(addr_bytes(ipaddress.ip_address("198.51.100.10")))})
+    assert bench.run(ack) == (PASS, bytes(ack))
+
+
+def test_a_restarted_daemon_keeps_the_prefixes_it_adopts(bench):
+    bench.reset(fwm1_at("192.0.2.64/28"))
+    assert bench.run(tcp4(dst="192.0.2.70", flags="S"))[0] == TX
+    again = DataPlane(bench.prog, bench.dp.tables)
+    again.adopt()
+    again.apply(bench.config(fwm1_at("198.51.100.128/25")))
+    bench.dp = again
+    ack = tcp4(dst="192.0.2.70", flags="A")
+    assert bench.run(ack) == (TX, to_real(ack, "198.18.0.11"))

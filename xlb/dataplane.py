@@ -307,6 +307,7 @@ class DataPlane:
         self.by_id = {}                # svc id -> _SvcState
         self.mark_entries = {}         # lpm tuple -> (mark, rule_id)
         self.vips = set()
+        self.fwm_prefixes = {}         # fwmark service key -> every mark destination it has had (the VIP filter's)
         vf = self.m["vip_filter"]
         words = np.zeros(vf.max_entries, np.uint64)
         lookup_batch_into(vf.map_fd, np.empty(vf.max_entries, np.uint32), words)
@@ -334,7 +335,12 @@ class DataPlane:
         new_keys = {s.key for s in config.services}
         # VIP filter: old and new bits while services change, only the new ones once the old are gone.
         vips = markmod.vip_prefixes(config)
-        fbits = vipfilter.bits(vips)
+        # A fwmark service's established flows outlive a reload that moves its rules' prefixes (the connection table
+        # comes first): the filter keeps every prefix the service has had while it stays.
+        fwm = markmod.fwmark_prefixes(config)
+        for key, prefixes in fwm.items():
+            prefixes |= self.fwm_prefixes.get(key, set())
+        fbits = vipfilter.bits(vips.union(*fwm.values()))
         if fbits is None:
             self._set_flag(S.SET_F_VIP_FILTER, False)
         else:
@@ -419,6 +425,7 @@ class DataPlane:
 
         self.services = svc_states
         self.by_id = {st.id: st for st in svc_states.values()}
+        self.fwm_prefixes = fwm
         self.config = config
         self.invalidate_flow_cache()
 
@@ -773,6 +780,7 @@ class DataPlane:
         for k, v in self.m["mark_rules"].items():
             entry = (k.family, k.proto, htons(k.port), S.words_bytes(k.addr), k.prefixlen - 32)
             self.mark_entries[entry] = (v.mark, v.rule_id)
+            self.fwm_prefixes.setdefault(("fwm", k.family, v.mark), set()).add((k.family, entry[3], entry[4]))
             rules.setdefault(v.rule_id, []).append((v.mark, entry))
         for rule_id, entries in rules.items():
             self.rule_ids.ids[_rule_identity(entries)] = rule_id

@@ -47,3 +47,14 @@ def vip_prefixes(config):
     for rule in config.marks:
         out.add((rule.dst.version, addr_bytes(rule.dst.network_address), rule.dst.prefixlen))
     return out
+
+
+def fwmark_prefixes(config):
+    """{fwmark service key: {(family, prefix_bytes16, prefixlen)}}: the destinations of the mark rules that feed each
+    fwmark service (the rules of its mark and family)."""
+    out = {(svc.family, svc.fwmark): (svc.key, set()) for svc in config.services if svc.fwmark is not None}
+    for rule in config.marks:
+        got = out.get((rule.dst.version, rule.mark))
+        if got:
+            got[1].add((rule.dst.version, addr_bytes(rule.dst.network_address), rule.dst.prefixlen))
+    return dict(out.values())
