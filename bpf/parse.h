@@ -100,6 +100,7 @@ static __always_inline int parse_ipv6(void *cur, void *data_end, struct pkt *p, 
 	p->ip_len = plen + sizeof(*ip6);
 	*ip_end = (void *)(ip6 + 1) + plen;
 	__u8 next = ip6->nexthdr;
+	__be16 frag;
 	cur = ip6 + 1;
 	/* Walk a bounded number of extension headers; the verifier needs the constant bound. */
 #pragma unroll
@@ -122,9 +123,12 @@ static __always_inline int parse_ipv6(void *cur, void *data_end, struct pkt *p, 
 			/* struct frag_hdr: nexthdr, reserved, frag_off (offset << 3 | M), id. */
 			if (cur + 8 > data_end)
 				return XLB_DROP_IPV6_EXT;
-			p->fragment = 1;
+			frag = *(__be16 *)(cur + 2);
+			/* Offset 0 and M clear: an atomic fragment, a whole packet (RFC 6946). */
+			if (frag & bpf_htons(0xfff9))
+				p->fragment = 1;
 			/* A later fragment (offset not 0) carries payload after this header, not headers. */
-			if (*(__be16 *)(cur + 2) & bpf_htons(0xfff8)) {
+			if (frag & bpf_htons(0xfff8)) {
 				p->proto = eh->nexthdr;
 				*l4 = cur + 8;
 				return 0;

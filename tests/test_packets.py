@@ -284,6 +284,8 @@ CASES = [
          same(frag_v6("2001:db8:200::1", offset=3, m=0), PASS, "pass_fragment")),
     case("frag6-vip-offset", "IPv6 later fragment to a VIP", CFG_BASIC,
          same(frag_v6(V6, offset=3, m=0), DROP, "drop_fragment")),
+    case("frag6-atomic", "IPv6 atomic fragment (offset 0, M 0) is a whole packet (RFC 6946): balanced", CFG_BASIC,
+         fwd(frag_v6(V6, offset=0, m=0), "2001:db8::11")),
     # A later fragment's bytes after the Fragment header are payload, not headers: never walked as such.
     case("frag6-later-ext", "IPv6 later fragment whose fragmentable part starts with an extension header",
          CFG_BASIC, same(Ether(dst=LB_MAC, src=CLIENT_MAC) / IPv6(src="2001:db8:77::7", dst="2001:db8:200::1")
