@@ -175,6 +175,10 @@ CASES = [
     case("order-port-zero-last", "port zero only when no exact service", CFG_ORDER,
          fwd(tcp4(dst="198.51.100.72", dport=80), "198.18.0.11"),
          fwd(tcp4(dst="198.51.100.72", dport=81), "198.18.0.13")),
+    case("order-mark-other-family", "a mark whose fwmark service is of the other family falls through to vip:port",
+         "\n".join([mark_rule(8, "198.51.100.0/24", "tcp"), fwm_svc(8, ["2001:db8::11"], family="ipv6"),
+                    vip_svc(V4, 80, "tcp", ["198.18.0.12"])]),
+         fwd(tcp4(), "198.18.0.12")),
     # mark-rule precedence
     case("mark-port-beats-every-port", "a rule naming the port beats an every-port rule, even a longer prefix",
          marks_cfg(mark_rule(1, "198.51.100.80/32", "tcp"), mark_rule(2, "198.51.100.0/24", "tcp", [80])),
