@@ -167,14 +167,8 @@ def test_lvs_mode_connection_holds_template(bench):
     t, _ = template_of(bench, svc, "203.0.113.7")
     conn = lookup_conn(bench.dp, tcp4(src="203.0.113.7"))
     assert conn.state == S.CONN_STATE["est"]
-    # The SYN's hold (the data plane's: syn timeout) still has over half of the ACK's lead (tcp timeout): kept.
-    hold = conn.seen_ns + bench.dp.config.timeouts.tcp * NS
-    assert t.held_until_ns == t.last_new_ns + bench.dp.config.timeouts.syn * NS < hold
-    # A sweep once it has used up half of that lead (and before the connection expires) writes the hold.
-    later = 2 * t.held_until_ns - hold + NS
-    assert bench.dp.sweep(later).templates_held == 1
-    t, _ = template_of(bench, svc, "203.0.113.7")
-    assert t.held_until_ns == hold
+    # The SYN's hold (syn = 20 s) was within the margin (two of the longest sweep intervals, 20 s): rewritten.
+    assert t.held_until_ns == conn.seen_ns + bench.dp.config.timeouts.tcp * NS
     age_templates(bench, 61)                                          # the timer ran out
     assert go(bench, tcp4(src="203.0.113.8")) == R2                   # rr moved on
     assert go(bench, tcp4(src="203.0.113.7", sport=40001)) == R1      # still honoured: a connection lives
@@ -187,6 +181,24 @@ def test_lvs_mode_connection_holds_template(bench):
     assert go(bench, tcp4(src="203.0.113.7", sport=40002)) == R3      # scheduled afresh
     t, _ = template_of(bench, svc, "203.0.113.7")
     assert t.real_id == rid(bench, svc, R3)
+
+
+def test_lvs_mode_hold_with_lead_to_spare_is_written_later(bench):
+    bench.reset(svc_cfg().replace("tcp = 30", "tcp = 120").replace("syn = 20", "syn = 70"))
+    svc = bench.dp.config.services[0]
+    assert go(bench, tcp4(src="203.0.113.7", flags="S")) == R1
+    assert go(bench, tcp4(src="203.0.113.7", flags="A")) == R1
+    assert bench.dp.sweep().templates_held == 1
+    t, _ = template_of(bench, svc, "203.0.113.7")
+    conn = lookup_conn(bench.dp, tcp4(src="203.0.113.7"))
+    # The SYN's hold (syn = 70 s) still has over half of the ACK's lead (tcp = 120 s): kept as it is.
+    hold = conn.seen_ns + bench.dp.config.timeouts.tcp * NS
+    assert t.held_until_ns == t.last_new_ns + bench.dp.config.timeouts.syn * NS < hold
+    # A sweep once it has used up half of that lead (and before the connection expires) writes the hold.
+    later = 2 * t.held_until_ns - hold + NS
+    assert bench.dp.sweep(later).templates_held == 1
+    t, _ = template_of(bench, svc, "203.0.113.7")
+    assert t.held_until_ns == hold
 
 
 def test_lvs_mode_hold_is_written_about_twice_per_timeout_and_never_lapses(bench):
