@@ -2,6 +2,7 @@
 
 Time passes by rewriting timestamps backwards (templates' last_new_ns, conns' seen_ns): the data plane's clock is
 CLOCK_MONOTONIC_COARSE (xlb.dataplane.now_ns), so an entry stamped 61 s ago is, to it, 61 s old."""
+import dataclasses
 import ipaddress
 
 from harness import conn_key, lookup_conn, real_of, tcp4, tcp6, to_real
@@ -157,17 +158,24 @@ def test_template_bypasses_scheduler_and_restarts_timer(bench):
 
 # -- (3) lvs mode: live connections hold an expired template; timeout mode does not ------------------------------
 
-def test_lvs_mode_connection_holds_template(bench):
-    bench.reset(svc_cfg())
+def established_and_swept(bench, now=None):
+    """203.0.113.7's SYN then ACK (to R1), then one sweep (at `now`): (sweep result, template, connection entry)."""
     svc = bench.dp.config.services[0]
     assert go(bench, tcp4(src="203.0.113.7", flags="S")) == R1
     assert go(bench, tcp4(src="203.0.113.7", flags="A")) == R1
-    res = bench.dp.sweep()
-    assert (res.templates_seen, res.templates_held, res.templates_expired) == (1, 1, 0)
+    res = bench.dp.sweep(now)
     t, _ = template_of(bench, svc, "203.0.113.7")
-    conn = lookup_conn(bench.dp, tcp4(src="203.0.113.7"))
+    return res, t, lookup_conn(bench.dp, tcp4(src="203.0.113.7"))
+
+
+def test_lvs_mode_connection_holds_template(bench):
+    bench.reset(svc_cfg())
+    svc = bench.dp.config.services[0]
+    # A sweep a second on (the coarse clock may not have ticked since the packets): the SYN's hold (syn = 20 s)
+    # then has 19 s left, within the margin (two of the longest sweep intervals, 20 s), so it is rewritten.
+    res, t, conn = established_and_swept(bench, now_ns() + NS)
+    assert (res.templates_seen, res.templates_held, res.templates_expired) == (1, 1, 0)
     assert conn.state == S.CONN_STATE["est"]
-    # The SYN's hold (syn = 20 s) was within the margin (two of the longest sweep intervals, 20 s): rewritten.
     assert t.held_until_ns == conn.seen_ns + bench.dp.config.timeouts.tcp * NS
     age_templates(bench, 61)                                          # the timer ran out
     assert go(bench, tcp4(src="203.0.113.8")) == R2                   # rr moved on
@@ -186,11 +194,8 @@ def test_lvs_mode_connection_holds_template(bench):
 def test_lvs_mode_hold_with_lead_to_spare_is_written_later(bench):
     bench.reset(svc_cfg().replace("tcp = 30", "tcp = 120").replace("syn = 20", "syn = 70"))
     svc = bench.dp.config.services[0]
-    assert go(bench, tcp4(src="203.0.113.7", flags="S")) == R1
-    assert go(bench, tcp4(src="203.0.113.7", flags="A")) == R1
-    assert bench.dp.sweep().templates_held == 1
-    t, _ = template_of(bench, svc, "203.0.113.7")
-    conn = lookup_conn(bench.dp, tcp4(src="203.0.113.7"))
+    res, t, conn = established_and_swept(bench)
+    assert res.templates_held == 1
     # The SYN's hold (syn = 70 s) still has over half of the ACK's lead (tcp = 120 s): kept as it is.
     hold = conn.seen_ns + bench.dp.config.timeouts.tcp * NS
     assert t.held_until_ns == t.last_new_ns + bench.dp.config.timeouts.syn * NS < hold
@@ -199,6 +204,19 @@ def test_lvs_mode_hold_with_lead_to_spare_is_written_later(bench):
     assert bench.dp.sweep(later).templates_held == 1
     t, _ = template_of(bench, svc, "203.0.113.7")
     assert t.held_until_ns == hold
+
+
+def test_lvs_mode_hold_margin_follows_a_reloaded_sweep_interval(bench):
+    """A reload to sweep_interval = 30 s: a stored hold with 40 s left (more than half of the connection's 50 s
+    lead) is within two such intervals of the clock, so the sweep writes it; with the 1 s interval the program
+    started with it would be left (the margin would be 20 s) and could lapse before the next sweep."""
+    text = svc_cfg().replace("tcp = 30", "tcp = 50").replace("syn = 20", "syn = 40")
+    bench.reset(text)
+    cfg = bench.config(text)
+    bench.dp.apply(dataclasses.replace(cfg, tables=dataclasses.replace(cfg.tables, sweep_interval=30.0)))
+    res, t, conn = established_and_swept(bench)
+    assert res.templates_held == 1
+    assert t.held_until_ns == conn.seen_ns + 50 * NS
 
 
 def test_lvs_mode_hold_is_written_about_twice_per_timeout_and_never_lapses(bench):

@@ -617,7 +617,9 @@ class DataPlane:
             hold[want] = self._holds(scan, sid[want], tk["client"][want])
         dead = ~ok | (np.maximum(tv["last_new_ns"].astype(np.int64) + tmo, hold) <= now)
         res.templates_held = int(np.count_nonzero(~dead & (hold != 0)))
-        margin = int(2 * max(self.tables.sweep_interval, SWEEP_STRETCH_MAX) * NS)  # the longest interval ahead
+        # The longest interval the daemon may wait (it reads the applied config's sweep_interval; a reload can
+        # change it, unlike the table sizes fixed at start).
+        margin = int(2 * max(self.config.tables.sweep_interval, SWEEP_STRETCH_MAX) * NS)
         change = np.flatnonzero(~dead & lvs & hold_due(hold, tv["held_until_ns"].astype(np.int64), now, margin))
         if len(change):
             rewrite_u64(persist.map_fd, tk[change], ct.sizeof(S.Persist), S.Persist.held_until_ns.offset,
