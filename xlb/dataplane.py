@@ -292,17 +292,16 @@ class DataPlane:
         self.tables = tables
         self.m = {name: prog[name] for name in S.MAP_TYPES}
         # Capacities as compiled (bpf/consts.h defaults, or the loader's -D flags).
-        self.max_services = self.m["services"].max_entries
-        self.max_reals = self.m["reals"].max_entries
-        self.max_slots = self.m["sched_slots"].max_entries
-        self.max_mark_entries = self.m["mark_rules"].max_entries
-        self.max_mark_rules = self.m["mark_stats"].max_entries
+        self.cap = Capacity(max_services=self.m["services"].max_entries, max_reals=self.m["reals"].max_entries,
+                            max_mark_entries=self.m["mark_rules"].max_entries,
+                            max_mark_rules=self.m["mark_stats"].max_entries,
+                            max_slots=self.m["sched_slots"].max_entries)
         self.config = None
-        self.svc_ids = IdPool(self.max_services)
-        self.real_ids = IdPool(self.max_reals)
-        self.rule_ids = IdPool(self.max_mark_rules)
+        self.svc_ids = IdPool(self.cap.max_services)
+        self.real_ids = IdPool(self.cap.max_reals)
+        self.rule_ids = IdPool(self.cap.max_mark_rules)
         self.gens = {}                 # real id -> generation last written
-        self.slots = SlotAllocator(self.max_slots)
+        self.slots = SlotAllocator(self.cap.max_slots)
         self.services = {}             # svc.key -> _SvcState
         self.by_id = {}                # svc id -> _SvcState
         self.mark_entries = {}         # lpm tuple -> (mark, rule_id)
@@ -325,8 +324,7 @@ class DataPlane:
             running = ", ".join(f"{k}={getattr(self.tables, k)}" for k in sizes)
             raise ConfigError(config.source, "tables", f"table sizes changed; they take effect only when xlb "
                               f"restarts (running: {running})")
-        return fit(config, Capacity(self.max_services, self.max_reals, self.max_mark_entries, self.max_mark_rules,
-                                    self.max_slots), self._loads)
+        return fit(config, self.cap, self._loads)
 
     def apply(self, config):
         """Make the maps say what config says, touching only what differs."""
@@ -570,7 +568,7 @@ class DataPlane:
         until = vals["seen_ns"].astype(np.int64) + tmo
         alive = until >= now
 
-        size = self.max_reals
+        size = self.cap.max_reals
         ids = np.fromiter(self.real_ids.ids.values(), np.int64, len(self.real_ids.ids))
         gen_of = np.full(size, -1, np.int64)     # -1: no live real has this id (generations are u32)
         gen_of[ids] = [self.gens[r] for r in ids.tolist()]
@@ -632,13 +630,13 @@ class DataPlane:
     def _holds(self, scan, sids, clients):
         """For lvs-mode templates (service id, client): the latest expiry among the live connections of that
         service whose source, under the service's persistence netmask, is the client; 0 where there is none."""
-        masks = np.zeros((self.max_services, 2), np.uint64)   # a 16-byte netmask as two words
-        holder = np.zeros(self.max_services, bool)
+        masks = np.zeros((self.cap.max_services, 2), np.uint64)   # a 16-byte netmask as two words
+        holder = np.zeros(self.cap.max_services, bool)
         for st in self.by_id.values():
             if st.svc.persistence_timeout and st.svc.persistence_mode == "lvs":
                 masks[st.id] = np.frombuffer(st.svc.persistence_netmask, np.uint64)
                 holder[st.id] = True
-        csid = np.minimum(scan.vals["svc_id"], self.max_services - 1)
+        csid = np.minimum(scan.vals["svc_id"], self.cap.max_services - 1)
         sel = np.flatnonzero(scan.alive & holder[csid])
         csid = csid[sel]
         src = scan.keys.view(_SRC_WORDS)                        # the source address as two words, no copy
