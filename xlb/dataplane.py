@@ -662,7 +662,8 @@ class DataPlane:
                 if r.uthreshold:
                     limits[self.real_ids.get((st.svc.key, r.address))] = (r.uthreshold, r.lthreshold)
         if counts:
-            flags_now = self._real_conns_rows()["flags"]     # the data plane sets RC_F_OVERLOAD too
+            # The data plane sets RC_F_OVERLOAD too.
+            flags_now = self.real_rows("real_conns", S.RealConns)["flags"]
             rids = np.fromiter(counts, np.uint32, len(counts))
             rows = np.zeros(len(rids), np.dtype(S.RealConns))
             rows["active"], rows["inactive"] = np.array(list(counts.values()), np.int64).reshape(-1, 2).T
@@ -701,11 +702,12 @@ class DataPlane:
             loads.append((max(rc.active, 0), max(rc.inactive, 0), bool(rc.flags & S.RC_F_OVERLOAD)))
         return loads
 
-    def _real_conns_rows(self):
-        """real_conns[0 .. the highest real id] as RealConns records: one batched read."""
-        table = self.m["real_conns"]
+    def real_rows(self, name, struct):
+        """Array map `name` (one entry per real id) from 0 to the highest real id handed out, as numpy records of
+        ctypes `struct`: one batched read."""
+        table = self.m[name]
         n = min(self.real_ids.next, table.max_entries)
-        keys, rows = np.empty(n, np.uint32), np.zeros(n, np.dtype(S.RealConns))
+        keys, rows = np.empty(n, np.uint32), np.zeros(n, np.dtype(struct))
         lookup_batch_into(table.map_fd, keys, rows)
         return rows
 
@@ -713,7 +715,7 @@ class DataPlane:
         """{real id: (active, inactive, overloaded)} for every configured real, as the data plane schedules on
         them (overloaded: RC_F_OVERLOAD, set at uthreshold, cleared below lthreshold): one batched read."""
         ids = list(self.real_ids.ids.values())
-        rows = self._real_conns_rows()[ids]
+        rows = self.real_rows("real_conns", S.RealConns)[ids]
         return dict(zip(ids, zip(np.maximum(rows["active"], 0).tolist(), np.maximum(rows["inactive"], 0).tolist(),
                                  (rows["flags"] & S.RC_F_OVERLOAD != 0).tolist())))
 

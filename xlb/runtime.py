@@ -16,7 +16,6 @@ from . import admin
 from . import config as xconfig
 from . import control
 from . import structs as S
-from .bpfsys import lookup_batch
 from .dataplane import NS, now_ns
 from .errors import ConfigError
 from .stats import FlowCounters, layout
@@ -113,7 +112,8 @@ def listing(dp, rates=None):
             "vip": None if svc.vip is None else str(svc.vip), "port": svc.port, "scheduler": svc.scheduler,
             "sched_flags": list(svc.sched_flags), "method": svc.method, "persistence": svc.persistence_timeout,
             "netmask": xconfig.netmask_spec(svc.family, svc.persistence_netmask),
-            "persistence_mode": svc.persistence_mode, "stats": _stats(c), "rate": rates.rate(("svc", st.id)), "reals": reals})
+            "persistence_mode": svc.persistence_mode, "stats": _stats(c), "rate": rates.rate(("svc", st.id)),
+            "reals": reals})
     t = dp.config.timeouts
     return {"size": dp.tables.conns, "timeouts": {"tcp": t.tcp, "tcpfin": t.tcpfin, "udp": t.udp, "syn": t.syn},
             "services": services}
@@ -126,11 +126,9 @@ def _stats(c):
 
 def _live_reals(dp):
     """{real id: Real map entry} for the configured reals: one batch read of the reals map."""
-    table = dp.m["reals"]
-    n = min(dp.real_ids.next, table.max_entries)
-    _, values, got = lookup_batch(table.map_fd, 4, ct.sizeof(S.Real), n)
-    rows = (S.Real * got).from_buffer_copy(values) if got else []
-    return {rid: rows[rid] for rid in dp.real_ids.ids.values() if rid < got}
+    rows = dp.real_rows("reals", S.Real)
+    entries = (S.Real * len(rows)).from_buffer(rows)
+    return {rid: entries[rid] for rid in dp.real_ids.ids.values()}
 
 
 def _templates(dp, now):
