@@ -87,6 +87,11 @@ class Real:
     lthreshold: int = 0  # an overloaded real takes new connections again below this; 0 = 3/4 of uthreshold
 
 
+def fwmark_key(family, mark) -> tuple:
+    """A firewall-mark service's identity (Service.key): its mark and address family."""
+    return ("fwm", family, mark)
+
+
 @dataclass(frozen=True)
 class Service:
     """A virtual service: either a firewall-mark service or a (proto, vip, port) service."""
@@ -111,7 +116,7 @@ class Service:
     def key(self) -> tuple:
         """Identity of the service, hashable and stable across reloads."""
         if self.fwmark is not None:
-            return ("fwm", self.family, self.fwmark)
+            return fwmark_key(self.family, self.fwmark)
         return (self.proto, self.vip, self.port)
 
     @property

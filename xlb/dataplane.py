@@ -16,7 +16,7 @@ from . import sched
 from . import structs as S
 from . import vipfilter
 from .bpfsys import lookup_batch_into, rewrite_u64
-from .config import addr_bytes
+from .config import addr_bytes, fwmark_key
 from .errors import ConfigError
 
 NS = 1_000_000_000
@@ -761,7 +761,7 @@ class DataPlane:
 
         svc_of_id = {}
         for k, meta in self.m["services"].items():
-            ident = (("fwm", k.family, k.mark) if k.mark else
+            ident = (fwmark_key(k.family, k.mark) if k.mark else
                      (proto_name.get(k.proto), addr(k.family, k.addr), htons(k.port)))
             st = _SvcState(None, meta.id, bytes(k))
             if meta.table_len:
@@ -782,7 +782,7 @@ class DataPlane:
         for k, v in self.m["mark_rules"].items():
             entry = (k.family, k.proto, htons(k.port), S.words_bytes(k.addr), k.prefixlen - 32)
             self.mark_entries[entry] = (v.mark, v.rule_id)
-            self.fwm_prefixes.setdefault(("fwm", k.family, v.mark), set()).add((k.family, entry[3], entry[4]))
+            self.fwm_prefixes.setdefault(fwmark_key(k.family, v.mark), set()).add((k.family, entry[3], entry[4]))
             rules.setdefault(v.rule_id, []).append((v.mark, entry))
         for rule_id, entries in rules.items():
             self.rule_ids.ids[_rule_identity(entries)] = rule_id

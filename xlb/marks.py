@@ -5,7 +5,7 @@ twice, once with the packet's port and once with 0, so a rule naming the port be
 each the longest prefix wins. A rule for proto "any" is written for tcp and udp, except where a rule naming that
 proto claims the same prefix and port: the specific protocol wins.
 """
-from .config import addr_bytes
+from .config import addr_bytes, fwmark_key
 
 PROTO_NUM = {"tcp": 6, "udp": 17}
 
@@ -44,17 +44,21 @@ def vip_prefixes(config):
     for svc in config.services:
         if svc.vip is not None:
             out.add((svc.family, addr_bytes(svc.vip), 128 if svc.family == 6 else 32))
-    for rule in config.marks:
-        out.add((rule.dst.version, addr_bytes(rule.dst.network_address), rule.dst.prefixlen))
+    out.update(dst_prefix(rule) for rule in config.marks)
     return out
+
+
+def dst_prefix(rule):
+    """A mark rule's destination as (family, prefix_bytes16, prefixlen)."""
+    return (rule.dst.version, addr_bytes(rule.dst.network_address), rule.dst.prefixlen)
 
 
 def fwmark_prefixes(config):
     """{fwmark service key: {(family, prefix_bytes16, prefixlen)}}: the destinations of the mark rules that feed each
     fwmark service (the rules of its mark and family)."""
-    out = {(svc.family, svc.fwmark): (svc.key, set()) for svc in config.services if svc.fwmark is not None}
+    out = {svc.key: set() for svc in config.services if svc.fwmark is not None}
     for rule in config.marks:
-        got = out.get((rule.dst.version, rule.mark))
-        if got:
-            got[1].add((rule.dst.version, addr_bytes(rule.dst.network_address), rule.dst.prefixlen))
-    return dict(out.values())
+        prefixes = out.get(fwmark_key(rule.dst.version, rule.mark))
+        if prefixes is not None:
+            prefixes.add(dst_prefix(rule))
+    return out
