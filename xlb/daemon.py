@@ -213,7 +213,7 @@ class Daemon:
         self._no_neigh = no_neigh
         return res
 
-    def _stretch(self, interval, res):
+    def _say_stretch(self, interval, res):
         """Say when the sweep interval starts or stops being stretched beyond the configured one."""
         stretched = interval > self.dp.config.tables.sweep_interval
         if stretched != self._stretched:
@@ -223,7 +223,6 @@ class Daemon:
                          f"{res.seconds:.2f} s: sweeping every {interval:.1f} s (at most a tenth of a CPU)")
             else:
                 self.log(f"xlb: sweeping every {interval:g} s again")
-        return interval
 
     def _signal(self, signum, _frame):
         if signum == signal.SIGHUP:
@@ -253,8 +252,8 @@ class Daemon:
                         self.log(stats.render(self.dp))
                 if time.monotonic() >= next_sweep:
                     res = self.tick()
-                    interval = self._stretch(sweep_interval(self.dp.config.tables.sweep_interval, res.seconds),
-                                             res)
+                    interval = sweep_interval(self.dp.config.tables.sweep_interval, res.seconds)
+                    self._say_stretch(interval, res)
                     next_sweep = time.monotonic() + interval
         finally:
             self.close()
