@@ -9,6 +9,7 @@ sink:s0 (which owns the reals' addresses and MAC) counts them in XDP. Systems:
 - kernel_fwd: no XDP on l0; plain kernel routing of the VIP to one real.
 Everything runs on one CPU (the generator's): the generator, l0's NAPI, the system under test and the sink share
 it, so a rate is the whole pipe's, and differences between systems are differences in their per-packet cost.
+Kernels that refuse live frames (EPERM on some machines) get the part recorded as {"skipped": why} instead.
 """
 import ctypes as ct
 import subprocess
@@ -16,7 +17,7 @@ import time
 
 from pyroute2 import netns as pnetns
 
-from xlb.testrun import BPF_F_TEST_XDP_LIVE_FRAMES, PreparedRun
+from xlb.testrun import BPF_F_TEST_XDP_LIVE_FRAMES, PreparedRun, live_frames_refusal
 
 from . import lab as L
 from .packets import TCP, TCP_ACK, UDP, frame
@@ -108,7 +109,13 @@ class _Forward:
 
 
 def run(lab, quick=False, log=print):
-    """Measure every system on every mix; returns the JSON "forward" section."""
+    """Measure every system on every mix; returns the JSON "forward" section and its notes. On a kernel that
+    refuses live frames (the generator) the section is {"skipped": why}."""
+    refusal = live_frames_refusal()
+    if refusal:
+        why = f"{refusal}: the traffic generator needs live frames"
+        log(f"bench: forward skipped: {why}")
+        return {"skipped": why}, {"skipped": why}
     base, traffic = lab.baselines, lab.traffic
     f = _Forward(lab, traffic, quick, log)
     t = lab.topo

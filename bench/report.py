@@ -66,7 +66,9 @@ def summary(result):
     if hit:
         lines.append(f"- new connection with persistence (template hit, driven): {_fmt(hit.get('ratio_to_min_fwd'))}x "
                      f"the minimal forwarder; goal <= 2.5x")
-    if fwd.get("xlb"):
+    if "skipped" in fwd:
+        lines.append(f"- forwarding: not measured ({fwd['skipped']})")
+    elif fwd.get("xlb"):
         x = fwd["xlb"]["mpps"]
         lines.append(f"- forwarding: xlb {x:.2f} Mpps = {_fmt(_ratio(x, fwd.get('floor', {}).get('mpps')))}x the "
                      f"floor (goal >= 0.9), {_fmt(_ratio(x, fwd.get('nft_dnat', {}).get('mpps')))}x nftables DNAT "
@@ -86,7 +88,7 @@ def summary(result):
             lines.append(f"| {name} | {_fmt(c.get('ns_per_pkt'), 1)} | {_fmt(c.get('ratio_to_min_fwd'))} | "
                          f"{_fmt(c.get('ns_per_pkt_cold'), 1)} | {_fmt(c.get('ratio_to_min_fwd_cold'))} | "
                          f"{_fmt(c.get('ns_per_pkt_repeat'), 1)} | {_fmt(c.get('ratio_to_min_fwd_repeat'))} |")
-    if fwd:
+    if fwd and "skipped" not in fwd:
         lines += ["", "## Forwarding (Mpps delivered; 64-byte frames, one CPU for everything)", "",
                   "| system | all | tcp4 | udp4 | tcp6 | udp6 | lost |", "|---|---|---|---|---|---|---|"]
         for name, s in fwd.items():
@@ -136,7 +138,7 @@ def plots(result, outdir):
         plt.close(fig)
         written.append(path)
     fwd = result.get("forward", {})
-    if fwd:
+    if fwd and "skipped" not in fwd:
         mixes = ("tcp4", "udp4", "tcp6", "udp6")
         fig, ax = plt.subplots(figsize=(8, 4))
         width = 0.8 / len(fwd)

@@ -7,6 +7,7 @@ import os
 import struct
 from dataclasses import dataclass
 
+from . import bpfsys
 from .errors import KernelError
 
 def inet_checksum(data: bytes) -> int:
@@ -91,3 +92,22 @@ def test_run(prog_fd, data: bytes, *, ifindex=0, repeat=1, flags=0, batch_size=0
     run = PreparedRun(prog_fd, data, ifindex=ifindex, repeat=repeat, flags=flags, batch_size=batch_size)
     run()
     return run.result()
+
+
+# r0 = XDP_DROP; exit
+_XDP_DROP_INSNS = bytes.fromhex("b700000001000000" "9500000000000000")
+
+
+def live_frames_refusal():
+    """None when this kernel runs BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES, else why it does not. Some
+    kernels refuse it (EPERM) whatever the program does; the probe is a two-instruction XDP_DROP program run once
+    on a zeroed frame in the current namespace, so nothing leaves the host either way."""
+    fd = bpfsys.prog_load_xdp(_XDP_DROP_INSNS, name="xlb_live_probe")
+    try:
+        PreparedRun(fd, bytes(60), flags=BPF_F_TEST_XDP_LIVE_FRAMES)()
+    except KernelError as exc:
+        return (f"this kernel refuses BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES ({exc}; probed with a "
+                f"program that only returns XDP_DROP)")
+    finally:
+        os.close(fd)
+    return None
