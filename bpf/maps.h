@@ -26,8 +26,9 @@ XLB_MAP("array", int, struct real, reals, XLB_MAX_REALS, 0);
 XLB_MAP("array", int, struct real_conns, real_conns, XLB_MAX_REALS, 0);
 /* Scheduling tables: real ids, one region per service (svc_meta.table_off/len); written by the control plane. */
 XLB_MAP("array", int, __u32, sched_slots, XLB_SCHED_SLOTS, 0);
-/* Round-robin position per service, per CPU; written by the data plane. */
-XLB_MAP("percpu_array", int, __u32, rr_pos, XLB_MAX_SERVICES, 0);
+/* Round-robin position per service, shared by every CPU (one rotation per service, as IPVS's rr); the data plane
+ * advances it under its lock, the control plane zeroes it for a new service. */
+XLB_MAP("array", int, struct rr_pos, rr_pos, XLB_MAX_SERVICES, 0);
 /* Connection table; the data plane inserts, the control plane sweeps expired entries. Per-CPU LRU lists
  * make inserts cheap. */
 XLB_MAP("lru_hash", struct conn_key, struct conn, conns, XLB_CONNS, BPF_F_NO_COMMON_LRU);

@@ -87,15 +87,29 @@ static __always_inline __u32 pick_by_conns(struct svc_meta *svc)
 	return best;
 }
 
-/* Round robin over the table from this CPU's position, skipping overloaded or quiescent reals. */
+/* Take n slots of the service's rotation; returns where they start (the trace build only reads it). */
+static __always_inline __u32 rr_take(struct rr_pos *pos, __u32 n)
+{
+	if (XLB_TRACING)
+		return pos->next;
+	bpf_spin_lock(&pos->lock);
+	__u32 at = pos->next;
+	pos->next = at + n;
+	bpf_spin_unlock(&pos->lock);
+	return at;
+}
+
+/* Round robin over the table, one rotation per service as IPVS's: every CPU takes the next slot from the service's
+ * shared position (a free-running count taken modulo the table's length), skipping overloaded or quiescent reals;
+ * the position then moves past the skipped ones too. */
 static __always_inline __u32 pick_rr(struct svc_meta *svc)
 {
 	__u32 id = svc->id;
-	__u32 *pos = rr_pos.lookup(&id);
+	struct rr_pos *pos = rr_pos.lookup(&id);
 	if (!pos)
 		return 0;
 	__u32 len = svc->table_len;
-	__u32 idx = *pos;
+	__u32 idx = rr_take(pos, 1) % len;
 	for (__u32 i = 0; i < XLB_RR_TRIES; i++) {
 		if (idx >= len)
 			idx = 0;
@@ -103,8 +117,8 @@ static __always_inline __u32 pick_rr(struct svc_meta *svc)
 		XLB_TRACE_NOTE(sched_idx, idx);
 		idx++;
 		if (real_takes(real_id)) {
-			if (!XLB_TRACING)
-				*pos = idx;
+			if (i)
+				rr_take(pos, i);
 			return real_id;
 		}
 	}

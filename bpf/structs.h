@@ -17,7 +17,7 @@ struct svc_key {
 };
 
 struct svc_meta {
-	__u32 id;                  /* index into svc_stats and rr_pos */
+	__u32 id;                  /* index into svc_stats and rr_pos (one position per service) */
 	__u32 flags;               /* XLB_SVC_F_* */
 	__u8 sched;                /* enum xlb_sched */
 	__u8 method;               /* enum xlb_method */
@@ -50,6 +50,13 @@ struct real_conns {
 	__s64 inactive;            /* every other live state (SYN, FIN, UDP) */
 	__u32 flags;               /* XLB_RC_F_* */
 	__u32 pad;
+};
+
+/* rr_pos: one round-robin position per service, shared by every CPU (IPVS's rr is one rotation per service).
+ * Under a spin lock: bcc's BPF target (no -mcpu=v3) cannot use the value an atomic add returns. */
+struct rr_pos {
+	struct bpf_spin_lock lock;
+	__u32 next;                /* free-running: new connections placed plus unavailable slots skipped */
 };
 
 /* conns: one entry per client flow. */

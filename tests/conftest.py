@@ -11,7 +11,7 @@ def bench():
     if os.geteuid() != 0:
         pytest.skip("needs root")
     from harness import Bench
-    # Per-CPU maps (rr_pos, nh_cache) make rr order depend on the CPU BPF_PROG_TEST_RUN runs on: stay on one.
+    # Per-CPU maps (nh_cache, the flow cache, counters) are read for the CPU BPF_PROG_TEST_RUN runs on: stay on one.
     cpus = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(cpus)})
     b = Bench()

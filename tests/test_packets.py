@@ -6,6 +6,7 @@ Further down: behaviour that needs several steps or map assertions (lookup order
 conns map, schedulers, counters)."""
 import ctypes as ct
 import ipaddress
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -530,6 +531,46 @@ def test_wrr_3_to_1(bench):
     got = [real_of(bench.run(tcp4(sport=44000 + i))[1]) for i in range(8)]
     assert got == [names[i] for i in table] * (8 // len(table))
     assert Counter(got) == {"198.18.0.11": 6, "198.18.0.12": 2}
+
+
+def on_each_cpu(bench, packets):
+    """Run each packet on the next of CPUs 0 and 1 in turn (a test run executes on the CPU that calls it); returns
+    the reals they went to. The bench's CPU is restored after."""
+    if os.cpu_count() < 2:
+        pytest.skip("needs two CPUs")
+    home = os.sched_getaffinity(0)
+    try:
+        got = []
+        for i, pkt in enumerate(packets):
+            os.sched_setaffinity(0, {i % 2})
+            got.append(real_of(bench.run(pkt)[1]))
+        return got
+    finally:
+        os.sched_setaffinity(0, home)
+
+
+def test_rr_rotation_is_shared_by_cpus(bench):
+    """IPVS's rr is one rotation per service: consecutive new connections take the next real whichever CPU
+    places them (a position per CPU gave .11, .11, .12, .12, ...)."""
+    bench.reset(RR3)
+    got = on_each_cpu(bench, [tcp4(sport=43100 + i) for i in range(6)])
+    assert got == ["198.18.0.11", "198.18.0.12", "198.18.0.13"] * 2
+
+
+def test_wrr_sequence_is_shared_by_cpus(bench):
+    bench.reset(vip_svc(V4, 80, "tcp", [("198.18.0.11", 3), ("198.18.0.12", 1)], sched="wrr"))
+    names = ["198.18.0.11", "198.18.0.12"]
+    got = on_each_cpu(bench, [tcp4(sport=44100 + i) for i in range(8)])
+    assert got == [names[i] for i in xsched.wrr_table([3, 1])] * 2
+
+
+def test_rr_skips_an_overloaded_real_and_moves_past_it(bench):
+    """The position moves past the skipped slot too: .11, .13, .11, .13 (not .11, .13, .13, .11)."""
+    bench.reset(RR3)
+    rid = real_id(bench, bench.dp.config.services[0].key, "198.18.0.12")
+    bench.dp.m["real_conns"][ct.c_uint32(rid)] = S.RealConns(flags=S.RC_F_OVERLOAD)
+    got = on_each_cpu(bench, [tcp4(sport=43200 + i) for i in range(4)])
+    assert got == ["198.18.0.11", "198.18.0.13"] * 2
 
 
 def test_sh_same_client_same_real(bench):

@@ -139,6 +139,51 @@ def test_layout_record_refuses_other_layouts():
         pin.remove(d)
 
 
+def _pin_map(d, name, map_type, value_size, entries=4):
+    lib = pin._libbpf()
+    fd = pin._check(lib.bpf_map_create(map_type, name.encode(), 4, value_size, entries, None), "create")
+    try:
+        pin._check(lib.bpf_obj_pin(fd, str(d / name).encode()), "pin")
+    finally:
+        os.close(fd)
+
+
+def _record(d, digest):
+    fd = pin.obj_get(d / pin.LAYOUT_MAP)
+    key, val = ct.c_uint32(0), (ct.c_uint8 * 32).from_buffer_copy(digest)
+    pin._check(pin._libbpf().bpf_map_update_elem(fd, ct.byref(key), ct.byref(val), 0), "update")
+    os.close(fd)
+
+
+@needs_root
+@pytest.mark.parametrize("rr_type,migrated", [(pin.BPF_MAP_TYPE_PERCPU_ARRAY, True),
+                                              (pin.BPF_MAP_TYPE_ARRAY, False)])
+def test_per_cpu_rr_positions_of_the_previous_layout_are_replaced(rr_type, migrated):
+    """Pins of the xlb that kept rr positions per CPU: its per-CPU rr_pos is unpinned (the loader makes the shared
+    one), the record updated, everything else adopted. The same record over anything else is refused."""
+    pin.ensure_bpffs()
+    d = Path(tempfile.mkdtemp(prefix="xa-rr-", dir=pin.BPF_ROOT))
+    logged = []
+    try:
+        pin.write_layout(d)
+        _record(d, pin._per_cpu_rr_digest())
+        _pin_map(d, "conns", pin.BPF_MAP_TYPE_ARRAY, 8)
+        _pin_map(d, "rr_pos", rr_type, 4)
+        if not migrated:
+            with pytest.raises(pin.PinError, match=r"data layout differs .* start with --fresh"):
+                pin.check_layout(d, logged.append)
+            assert sorted(p.name for p in d.iterdir()) == ["conns", "rr_pos", pin.LAYOUT_MAP]
+            assert pin.read_layout(d) == pin._per_cpu_rr_digest()
+            return
+        assert pin.check_layout(d, logged.append) == ["conns"]
+        assert not (d / "rr_pos").exists()
+        assert pin.read_layout(d) == pin.layout_digest()
+        assert len(logged) == 1 and "round-robin positions were per CPU; they are one per service" in logged[0]
+        assert pin.check_layout(d, logged.append) == ["conns"] and len(logged) == 1
+    finally:
+        pin.remove(d)
+
+
 def test_layout_digest_covers_struct_layouts(monkeypatch):
     from xlb import structs as S
     d = pin.layout_digest()

@@ -144,7 +144,7 @@ class Daemon:
         if self.fresh:
             pin.clear(self.pin_dir)
             self.log(f"xlb: --fresh: discarded the maps pinned in {self.pin_dir}")
-        return pin.check_layout(self.pin_dir), own_ids
+        return pin.check_layout(self.pin_dir, self.log), own_ids
 
     def _unpin_failed_start(self):
         """Take back what a start that failed pinned (its maps, the layout record; the directory if it made it), so

@@ -29,6 +29,7 @@ PIN_ROOT = BPF_ROOT / "xlb"
 LAYOUT_MAP = "xlb_layout"
 LAYOUT_VERSION = 1  # bump on a change of meaning that keeps every size (e.g. a field's units)
 BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
 XDP_FLAGS_REPLACE = 1 << 4
 
 
@@ -197,8 +198,38 @@ def _struct_layout(t):
     return out
 
 
+def _digest(description):
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).digest()
+
+
 def layout_digest():
-    return hashlib.sha256(json.dumps(layout_description(), sort_keys=True).encode()).digest()
+    return _digest(layout_description())
+
+
+def _per_cpu_rr_digest():
+    """The layout record of the xlb before this one, which kept rr positions per CPU (rr_pos a per-CPU array of
+    __u32, no mirror) and was otherwise the same."""
+    d = layout_description()
+    d["structs"] = {k: v for k, v in d["structs"].items() if not k.startswith("rr_pos.")}
+    return _digest(d)
+
+
+def _migrate(pin_dir, recorded, log):
+    """Bring pins of the previous layout up to this one where nothing that matters is lost; True if done. Per-CPU
+    rr positions become one per service: the old map is unpinned (the program still attached keeps its own
+    reference) and the loader makes the new one; rr and wrr start their rotations again."""
+    path = Path(pin_dir) / "rr_pos"
+    if recorded != _per_cpu_rr_digest():
+        return False
+    if path.exists():
+        if pinned_map_info(path).type != BPF_MAP_TYPE_PERCPU_ARRAY:
+            return False
+        path.unlink()
+    write_layout(pin_dir)
+    if log:
+        log(f"xlb: {pin_dir}: the pinned round-robin positions were per CPU; they are one per service now (rr and "
+            f"wrr start their rotations again; connections and templates are kept)")
+    return True
 
 
 TAIL_CALLS_PREFIX = "progs-"
@@ -271,8 +302,9 @@ FRESH_HINT = ("start with --fresh to discard them (established connections and t
               "or run the xlb that made them")
 
 
-def check_layout(pin_dir):
-    """Before loading: refuse pinned maps made with another data layout. Returns the names pinned there."""
+def check_layout(pin_dir, log=None):
+    """Before loading: refuse pinned maps made with another data layout, or bring the previous layout's up to
+    date where that loses nothing that matters (:func:`_migrate`). Returns the names pinned there."""
     names = pinned_maps(pin_dir)
     if not names:
         return []
@@ -281,8 +313,10 @@ def check_layout(pin_dir):
         raise PinError(f"{pin_dir} holds pinned maps without a layout record (an older or foreign xlb); "
                        f"{FRESH_HINT}")
     if recorded != layout_digest():
-        raise PinError(f"the maps pinned in {pin_dir} were made by an xlb whose data layout differs from this "
-                       f"one's (structs, enums or flags in bpf/); {FRESH_HINT}")
+        if not _migrate(pin_dir, recorded, log):
+            raise PinError(f"the maps pinned in {pin_dir} were made by an xlb whose data layout differs from this "
+                           f"one's (structs, enums or flags in bpf/); {FRESH_HINT}")
+        names = pinned_maps(pin_dir)
     return names
 
 

@@ -75,6 +75,14 @@ class RealConns(ct.Structure):
     _fields_ = [("active", ct.c_int64), ("inactive", ct.c_int64), ("flags", _u32), ("pad", _u32)]
 
 
+class SpinLock(ct.Structure):
+    _fields_ = [("val", _u32)]  # struct bpf_spin_lock: the kernel's; never written by us but as zero
+
+
+class RrPos(ct.Structure):
+    _fields_ = [("lock", SpinLock), ("next", _u32)]
+
+
 class ConnKey(ct.Structure):
     _fields_ = [("src", _addr), ("dst", _addr), ("sport", _u16), ("dport", _u16), ("proto", _u8),
                 ("family", _u8), ("pad", _u16)]
@@ -137,7 +145,7 @@ MAP_TYPES = {
     "reals": (None, Real),
     "real_conns": (None, RealConns),
     "sched_slots": (None, None),
-    "rr_pos": (None, None),
+    "rr_pos": (None, RrPos),
     "conns": (ConnKey, Conn),
     "persist": (PersistKey, Persist),
     "mark_rules": (MarkKey, MarkVal),
