@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import kheaders
+from . import kheaders, vethpeer
 from .errors import AttachError, KernelError
 from .structs import BPF_DIR
 
@@ -139,7 +139,10 @@ class Program:
         is replaced in one step, without force and without a moment with no program attached. Not across modes: the
         kernel keeps one program per mode, refuses two modes at once and replaces only within a mode, so with force
         a program in the other mode is taken off first (without force, ours there is refused: a mode change leaves
-        the interface without a program for a moment, and an attach that then fails, without one at all)."""
+        the interface without a program for a moment, and an attach that then fails, without one at all).
+        Native mode on a veth whose peer offloads checksums is warned about (xlb/vethpeer.py)."""
+        if mode == "native":
+            vethpeer.warn_native_veth(ifname, self.log)
         current, current_mode = attached_prog(ifname)
         if current is not None:
             from . import pin
