@@ -89,8 +89,10 @@ def summary(result):
                          f"{_fmt(c.get('ns_per_pkt_cold'), 1)} | {_fmt(c.get('ratio_to_min_fwd_cold'))} | "
                          f"{_fmt(c.get('ns_per_pkt_repeat'), 1)} | {_fmt(c.get('ratio_to_min_fwd_repeat'))} |")
     if fwd and "skipped" not in fwd:
-        lines += ["", "## Forwarding (Mpps delivered; 64-byte frames, one CPU for everything)", "",
-                  "| system | all | tcp4 | udp4 | tcp6 | udp6 | lost |", "|---|---|---|---|---|---|---|"]
+        gen = result.get("notes", {}).get("forward", {}).get("generator")
+        lines += ["", "## Forwarding (Mpps delivered; 64-byte frames, one CPU for everything)", ""]
+        lines += [f"Generator: {gen}.", ""] if gen else []
+        lines += ["| system | all | tcp4 | udp4 | tcp6 | udp6 | lost |", "|---|---|---|---|---|---|---|"]
         for name, s in fwd.items():
             mixes = s.get("mixes", {})
             lost = sum(v.get("lost", 0) for v in mixes.values())
