@@ -98,3 +98,10 @@ def test_reasons_cover_the_code():
                  "drop_not_onlink", "drop_ipv6_ext", "drop_internal"):
         assert name in names, name
     assert S.REASON["pass_not_ip"] == 0
+
+
+def test_rr_pos_is_one_position_per_service(bench):
+    """rr/wrr rotate per service across CPUs (IPVS): rr_pos is a plain array of struct rr_pos, not a per-CPU one."""
+    table = bench.prog["rr_pos"]
+    assert type(table).__name__ == "Array"
+    assert table.max_entries == bench.prog["svc_stats"].max_entries
