@@ -121,8 +121,8 @@ class _Forward:
 
 
 def run(lab, quick=False, log=print):
-    """Measure every system on every mix; returns the JSON "forward" section and its notes. On a kernel that
-    refuses live frames (the generator) the section is {"skipped": why}."""
+    """Measure every system on every mix; returns the JSON "forward" section and its notes. A kernel that refuses
+    live frames gets the AF_PACKET generator; the section is {"skipped": why} only if that cannot be set up."""
     refusal = live_frames_refusal()
     ring, generator = None, "xb_gen under BPF_PROG_TEST_RUN with live frames"
     if refusal:
