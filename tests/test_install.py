@@ -23,7 +23,7 @@ from test_daemon_start import lb_host
 
 REPO = Path(__file__).resolve().parent.parent
 DEBIAN_BCC = Path("/usr/lib/python3/dist-packages/bcc")  # the Makefile's BCC_SRC
-SAMPLE = REPO / "tests" / "data" / "rhel-fwmark.toml"
+SAMPLE = REPO / "tools" / "xlb.toml.example"  # the sample /etc/xlb/IFACE.toml
 SUBCOMMANDS = ("run", "check", "status", "trace", "top", "demo")
 
 
