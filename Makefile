@@ -54,7 +54,7 @@ bench: setup
 	$(PY) -m bench $(BENCH_ARGS)
 
 # The man page xlb(8) and bash/zsh completion, generated from the CLI's argparse parser (argparse-manpage, shtab:
-# both in the [test] extra). Install as the README's "Install" section says.
+# both in the [test] extra; xlb/completion.py marks the path arguments). Install as README's "Install" says.
 GEN_DIR ?= build
 man: $(STAMP)
 	@mkdir -p $(GEN_DIR)/man
@@ -65,8 +65,8 @@ man: $(STAMP)
 
 completion: $(STAMP)
 	@mkdir -p $(GEN_DIR)/completion
-	$(PY) -m shtab --shell=bash --prog=xlb --error-unimportable xlb.cli.build_parser -o $(GEN_DIR)/completion/xlb
-	$(PY) -m shtab --shell=zsh --prog=xlb --error-unimportable xlb.cli.build_parser -o $(GEN_DIR)/completion/_xlb
+	$(PY) -m shtab --shell=bash --prog=xlb --error-unimportable xlb.completion.parser -o $(GEN_DIR)/completion/xlb
+	$(PY) -m shtab --shell=zsh --prog=xlb --error-unimportable xlb.completion.parser -o $(GEN_DIR)/completion/_xlb
 
 clean:
 	rm -rf $(VENV) build *.egg-info xlb.egg-info .pytest_cache

@@ -6,6 +6,7 @@ checked by running `xlb run` with exactly that bounding set, and without each ca
 """
 import argparse
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -91,6 +92,18 @@ def test_make_man_and_completion_cover_every_subcommand(tmp_path):
     (listed,) = re.findall(r"^_shtab_xlb_subparsers=\((.*)\)$", bash, re.M)
     assert listed.split() == names
     assert [n for n in names if not re.search(rf"^\s+{re.escape(n)}:'", zsh, re.M)] == []
+
+    # The bash script completes as bash would run it: a subcommand, a file (xlb/completion.py marks paths), a choice.
+    def complete(*words):
+        script = (f"source {tmp_path / 'completion' / 'xlb'}; COMP_WORDS=({shlex.join(words)}); "
+                  f"COMP_CWORD={len(words) - 1}; _shtab_xlb; printf '%s\\n' \"${{COMPREPLY[@]}}\"")
+        r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split()
+    assert complete("xlb", "ch") == ["check"]
+    assert complete("xlb", "run", "--config", "tools/xlb.t") == ["tools/xlb.toml.example"]
+    assert complete("xlb", "check", "tools/xlb@") == ["tools/xlb@.service"]
+    assert complete("xlb", "run", "--xdp-mode", "") == ["native", "generic"]
 
 
 def _run_with_capabilities(host, tmp_path, caps):
