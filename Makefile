@@ -6,10 +6,10 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.xlb-installed
 BCC_SRC     := /usr/lib/python3/dist-packages/bcc
-APT_PKGS    := python3-venv python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 ethtool nftables
+APT_PKGS    := python3-venv python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 ethtool nftables systemd
 PYTEST_ARGS ?= tests
 
-.PHONY: setup apt venv bcc-link test demo bench clean
+.PHONY: setup apt venv bcc-link test demo bench man completion clean
 
 setup: apt $(STAMP) bcc-link
 
@@ -52,6 +52,21 @@ demo: setup
 BENCH_ARGS ?=
 bench: setup
 	$(PY) -m bench $(BENCH_ARGS)
+
+# The man page xlb(8) and bash/zsh completion, generated from the CLI's argparse parser (argparse-manpage, shtab:
+# both in the [test] extra; xlb/completion.py marks the path arguments). Install as README's "Install" says.
+GEN_DIR ?= build
+man: $(STAMP)
+	@mkdir -p $(GEN_DIR)/man
+	$(VENV)/bin/argparse-manpage --module xlb.cli --function build_parser --prog xlb --project-name xlb \
+	    --version "$$($(PY) -c 'import xlb; print(xlb.__version__)')" --manual-section 8 \
+	    --manual-title "System Administration" --description "XDP layer-4 load balancer with LVS semantics" \
+	    --include tools/xlb.8.include --output $(GEN_DIR)/man/xlb.8
+
+completion: $(STAMP)
+	@mkdir -p $(GEN_DIR)/completion
+	$(PY) -m shtab --shell=bash --prog=xlb --error-unimportable xlb.completion.parser -o $(GEN_DIR)/completion/xlb
+	$(PY) -m shtab --shell=zsh --prog=xlb --error-unimportable xlb.completion.parser -o $(GEN_DIR)/completion/_xlb
 
 clean:
 	rm -rf $(VENV) build *.egg-info xlb.egg-info .pytest_cache

@@ -5,9 +5,15 @@ tests/test_structs.py checks every mirror's size and field offsets against the t
 """
 import ctypes as ct
 import re
+from importlib import resources
 from pathlib import Path
 
-BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+# The C sources, through the package that ships them (bpf/__init__.py): xlb/bpf/ in an installed wheel, the
+# checkout's bpf/ in an editable install. Always a directory on disk (bcc compiles from files).
+try:
+    BPF_DIR = Path(resources.files("xlb.bpf"))
+except ModuleNotFoundError as exc:  # an editable install made before bpf/ became the package xlb.bpf
+    raise ImportError("xlb.bpf (the data plane's C sources) is not installed: reinstall xlb (`make setup`)") from exc
 
 _u8, _u16, _u32, _u64 = ct.c_uint8, ct.c_uint16, ct.c_uint32, ct.c_uint64
 _addr = _u32 * 4  # 16-byte address, network order, IPv4 in [0]
