@@ -26,6 +26,7 @@ import tomllib
 from dataclasses import dataclass
 
 from xlb.errors import ConfigError
+from xlb.tomlpos import located
 from xlb.sched import is_prime
 
 # Schedulers the data plane implements, and the IPVS ones an operator may reasonably ask for but we do not have.
@@ -207,12 +208,19 @@ def load(path) -> Config:
 
 
 def parse(text: str, source: str = "<config>") -> Config:
-    """Validate TOML ``text``; ``source`` names it in errors."""
+    """Validate TOML ``text``; ``source`` names it in errors (a UTF-8 byte order mark at the start is skipped)."""
+    text = text.removeprefix("\ufeff")
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise _syntax_error(source, text, e) from None
-    return from_tree(doc, source)
+    except RecursionError:
+        raise ConfigError(source, "", "TOML nested too deeply (arrays or inline tables inside each other "
+                                      "hundreds of levels deep) to be a config") from None
+    try:
+        return from_tree(doc, source)
+    except ConfigError as e:
+        raise located(e, text) from None
 
 
 def from_tree(doc: dict, source: str = "<config>") -> Config:
