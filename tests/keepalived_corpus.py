@@ -23,7 +23,8 @@ if not os.path.isdir(CORPUS):
 _LINE = re.compile(r"^\((?:(?P<file>[^:()]+): )?Line (?P<line>\d+)\) (?P<msg>.*)$")
 # keepalived's checks after parsing (validate_check_config): no line number, always about a virtual server.
 _VALIDATION = re.compile(r"^(Virtual server |VS \[|VS FWM|WARNING - (fwmark )?virtual server|Warning - quorum|"
-                         r"Warning: Virtual server|virtual server \[)")
+                         r"Warning: Virtual server|virtual server \[|"
+                         r"There are \d+ missing)")  # a file cut short: an error wherever it ends
 
 
 # keepalived checks the script's user exists on the machine it runs on: a fact about that machine, not the file.

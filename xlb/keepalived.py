@@ -39,6 +39,7 @@ IPVS_DEFAULT_PERSISTENCE = 360  # seconds, ipvsadm -p without a value, and keepa
 LVS_MAX_TIMEOUT = 86400 * 31
 WEIGHT_MAX = 65535
 GROUP_RANGE_MAX = 256  # addresses one virtual_server_group range may expand to
+MAX_LISTED = 50  # problems an error message lists (all are in KeepalivedError.problems)
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,10 @@ class KeepalivedError(ConfigError):
         tag = "not supported by xlb: " if first.kind == "unsupported" else ""
         message = f"{first.keyword}: {tag}{first.message}"
         if len(self.problems) > 1:
-            message += f" (and {len(self.problems) - 1} more problems)\n" + "\n".join(
-                f"  {p}" for p in self.problems[1:])
+            shown = self.problems[1:1 + MAX_LISTED]
+            message += f" (and {len(self.problems) - 1} more problems)\n" + "\n".join(f"  {p}" for p in shown)
+            if len(self.problems) > 1 + MAX_LISTED:
+                message += f"\n  ... {len(self.problems) - 1 - MAX_LISTED} more not listed"
         super().__init__(first.file, f"line {first.line}", message)
 
     @property
@@ -188,13 +191,14 @@ class _Importer:
         reader.read(self.path)
         for p in reader.problems:
             self.problems.append(Problem(p.file, p.line, "(file)", p.message))
+        self.warnings.extend(f"{p.file}: line {p.line}: {p.message}" for p in reader.notes)
         root, tree_problems = build_tree(reader.lines)
         for node in root:
             self.root_node(node)
         spans = [(vs.node.file, vs.node.line) for vs in self.vss]
         for p in tree_problems:
             # Brace trouble inside a virtual server changes what it means; elsewhere it only concerns skipped parts.
-            if any(p.file == f for f, _ in spans):
+            if p.everywhere or any(p.file == f for f, _ in spans):
                 self.problems.append(Problem(p.file, p.line, "(block)", p.message))
             else:
                 self.warnings.append(f"{p.file}: line {p.line}: {p.message} (outside virtual servers; ignored)")
