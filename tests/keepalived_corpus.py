@@ -101,7 +101,8 @@ def compare(name):
                 res.ka_other += 1
     try:
         imp = keepalived.load(path)
-        res.outcome = "ok"
+        res.outcome = "warning" if imp.reported else "ok"  # runs, as keepalived does, after its warnings
+        res.problems = imp.reported
         res.detail = f"{len(imp.config.services)} services"
     except keepalived.KeepalivedError as e:
         res.problems = e.problems
@@ -120,9 +121,10 @@ def compare(name):
 
 def missed_blocks(res):
     """Blocks in which keepalived reported a problem (parsing it) and xlb reported no error."""
-    reported = {_inside(res.blocks, os.path.basename(p.file), p.line) for p in res.problems if p.kind == "error"}
+    reported = {_inside(res.blocks, os.path.basename(p.file), p.line) for p in res.problems
+                if p.kind in ("error", "warning")}
     missed = {b: msgs for b, msgs in res.ka_vs.items() if b not in reported}
-    if res.ka_validation and res.outcome != "error":
+    if res.ka_validation and not any(p.kind in ("error", "warning") for p in res.problems):
         missed[("(after parsing)", 0)] = res.ka_validation
     return missed
 

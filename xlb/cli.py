@@ -61,8 +61,12 @@ def _cmd_check(args):
     extra = ""
     if hasattr(res, "health_checks"):
         extra = f", {len(res.health_checks)} health checks kept"
+    reported = len(getattr(res, "reported", ()))
+    if reported:  # as keepalived -t exits non-zero for what it reports, even what it corrects and runs
+        extra += (f"); keepalived -t reports {reported} problem{'s' if reported != 1 else ''} that keepalived and "
+                  "xlb correct (warnings above")
     print(f"{cfg.source}: OK ({len(cfg.services)} services, {nreals} reals, {len(cfg.marks)} mark rules{extra})")
-    return 0
+    return 4 if reported else 0
 
 
 def _cmd_run(args):
