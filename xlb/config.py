@@ -2,7 +2,8 @@
 
 Pure: imports no bcc and needs no root, so every rule here is unit-tested (tests/test_config.py).
 Every problem raises ``xlb.errors.ConfigError(source, where, message)`` where ``where`` is the field path an
-operator can find in the file (``service[1].real[0].weight``, ``mark[2].ports[1]``) or ``line N`` for TOML syntax.
+operator can find in the file (``service[1].real[0].weight``, ``mark[2].ports[1]``) or ``line N`` for TOML syntax;
+:func:`parse` adds the field's line (``line``, found by xlb/tomlpos.py).
 Unknown keys are errors everywhere, so a typo never silently falls back to a default.
 
 Decisions worth knowing:
