@@ -12,7 +12,8 @@ Pure: no bcc, no root. What it does, in keepalived's order, for each physical li
 - ``{`` and ``}`` are split off their line (``real_server 1.2.3.4 80 { weight 2 }`` is four lines).
 
 Then :func:`build_tree` nests lines into :class:`Node` s: a ``{`` opens a block for the line just before it.
-Problems found here are returned, never raised, with the file and line they belong to.
+Problems found here are returned, never raised, with the file and line they belong to. Whatever the input, a read
+takes bounded time and memory (the MAX_* limits below; past one, reading stops and says where).
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def _join(base, name):
 
 
 def _logical_lines(text: str):
-    """(line number, the text of a line at nesting depth 0 with strings blanked and comments cut)."""
+    """(line number, the text of each line that starts outside any multi-line value or string, comment cut)."""
     depth = 0  # inside [ ] or { } of a value spanning lines
     quote = None  # '"""', "'''" while inside a multi-line string
     for lineno, line in enumerate(text.split("\n"), 1):
