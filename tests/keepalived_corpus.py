@@ -23,7 +23,8 @@ if not os.path.isdir(CORPUS):
 _LINE = re.compile(r"^\((?:(?P<file>[^:()]+): )?Line (?P<line>\d+)\) (?P<msg>.*)$")
 # keepalived's checks after parsing (validate_check_config): no line number, always about a virtual server.
 _VALIDATION = re.compile(r"^(Virtual server |VS \[|VS FWM|WARNING - (fwmark )?virtual server|Warning - quorum|"
-                         r"Warning: Virtual server|virtual server \[)")
+                         r"Warning: Virtual server|virtual server \[|"
+                         r"There are \d+ missing)")  # a file cut short: an error wherever it ends
 
 
 # keepalived checks the script's user exists on the machine it runs on: a fact about that machine, not the file.
@@ -100,7 +101,8 @@ def compare(name):
                 res.ka_other += 1
     try:
         imp = keepalived.load(path)
-        res.outcome = "ok"
+        res.outcome = "warning" if imp.reported else "ok"  # runs, as keepalived does, after its warnings
+        res.problems = imp.reported
         res.detail = f"{len(imp.config.services)} services"
     except keepalived.KeepalivedError as e:
         res.problems = e.problems
@@ -119,9 +121,10 @@ def compare(name):
 
 def missed_blocks(res):
     """Blocks in which keepalived reported a problem (parsing it) and xlb reported no error."""
-    reported = {_inside(res.blocks, os.path.basename(p.file), p.line) for p in res.problems if p.kind == "error"}
+    reported = {_inside(res.blocks, os.path.basename(p.file), p.line) for p in res.problems
+                if p.kind in ("error", "warning")}
     missed = {b: msgs for b, msgs in res.ka_vs.items() if b not in reported}
-    if res.ka_validation and res.outcome != "error":
+    if res.ka_validation and not any(p.kind in ("error", "warning") for p in res.problems):
         missed[("(after parsing)", 0)] = res.ka_validation
     return missed
 

@@ -47,3 +47,22 @@ def test_check_refuses_what_run_cannot_load(tmp_path, case):
     r = subprocess.run([str(XLB), "check", str(path)], capture_output=True, text=True, timeout=120)
     assert (r.returncode, r.stdout) == (1, ""), r.stdout
     assert r.stderr == f"xlb: error: {path}: {where}: {message}\n"
+
+
+def test_check_of_a_file_nested_10000_deep_is_one_line(tmp_path):
+    path = tmp_path / "deep.toml"
+    path.write_text("a = " + "[" * 10000 + "]" * 10000 + "\n")
+    r = subprocess.run([str(XLB), "check", str(path)], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == (f"xlb: error: {path}: TOML nested too deeply (arrays or inline tables inside each other "
+                        "hundreds of levels deep) to be a config\n")
+
+
+def test_check_names_the_line_of_a_bad_field(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[[service]]\nvip = "198.51.100.10"\nport = 80\nproto = "tcp"\n'
+                    '[[service.real]]\naddress = "198.18.0.11"\nweight = -1\n')
+    r = subprocess.run([str(XLB), "check", str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr == (f"xlb: error: {path}: line 7: service[0].real[0].weight: weight must be an integer "
+                        "0..65535, got -1\n")

@@ -310,7 +310,8 @@ def test_rejects(desc, text, where, fragment):
     assert err.source == "test.toml"
     assert err.where == where
     assert fragment in err.message
-    assert str(err) == f"test.toml: {where}: {err.message}"
+    line = f"line {err.line}: " if err.line is not None else ""
+    assert str(err) == f"test.toml: {line}{where}: {err.message}"
 
 
 def test_fwmark_services_differ_by_family():
@@ -359,3 +360,76 @@ def test_addr_bytes_and_mask_address():
     assert masked == bytes([198, 51, 0, 7]) + bytes(12)
     v6 = config.mask_address(config.addr_bytes("2001:db8:1:2:3:4:5:6"), config.netmask_bytes(6, 64))
     assert v6 == config.addr_bytes("2001:db8:1:2::")
+
+
+# --- where a field is written: semantic errors name the line as well as the field ------------------------------
+
+LINED = """# comment [[service]]
+[tables]
+conns = 4096
+
+[[mark]]
+mark = 1
+dst = "198.51.100.0/24"
+ports = [
+  80,        # a comment with [[service]] and x = 1
+  "443",
+]
+
+[[mark]]
+mark = 2
+dst = "198.51.100.0/25"
+proto = "udp"
+
+[[service]]
+vip = "198.51.100.10"
+port = 80
+proto = "tcp"
+  [[service.real]]
+  address = "198.18.0.11"
+
+[[service]]
+fwmark = 1
+scheduler = "mh"
+  [[service.real]]
+  address = "198.18.0.11"
+  [[service.real]]
+  address = "198.18.0.12"
+  weight = 2
+  [[service.real]]
+  address = "198.18.0.13"
+"""
+
+
+@pytest.mark.parametrize("old, new, where, line", [
+    ('weight = 2', 'weight = 70000', "service[1].real[1].weight", 32),
+    ('address = "198.18.0.13"', 'address = "198.18.0.12"', "service[1].real[2].address", 34),
+    ('scheduler = "mh"', 'scheduler = "lblc"', "service[1].scheduler", 27),
+    ('port = 80', 'port = 0', "service[0].port", 20),
+    ('  "443",', '  "443-80",', "mark[0].ports[1]", 8),
+    ('proto = "udp"', 'proto = "sctp"', "mark[1].proto", 16),
+    ('conns = 4096', 'conns = 1', "tables.conns", 3),
+    ('fwmark = 1\n', 'fwmark = 1\nvip = "198.51.100.9"\n', "service[1]", 25),
+])
+def test_semantic_errors_name_the_line(old, new, where, line):
+    e = reject(LINED.replace(old, new))
+    assert (e.where, e.line) == (where, line)
+    assert str(e).startswith(f"test.toml: line {line}: {where}: ")
+
+
+def test_line_of_a_key_in_an_inline_table_is_its_array():
+    e = reject(V4 + 'real = [{ address = "198.18.0.11" },\n        { address = "198.18.0.11" }]\n')
+    assert (e.where, e.line) == ("service[0].real[1].address", 5)
+
+
+def test_utf8_bom_is_accepted(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + V4.encode())
+    assert config.load(path).services[0].port == 80
+    e = reject("\ufeff" + V4 + "port2 = 1\n")
+    assert e.line == 5
+
+
+def test_nesting_too_deep_is_a_config_error():
+    e = reject("a = " + "[" * 10000 + "]" * 10000 + "\n")
+    assert "nested too deeply" in e.message

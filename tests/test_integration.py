@@ -141,7 +141,7 @@ def test_sighup_reload_keeps_live_connection(log_path):
             lab.signal_xlb(signal.SIGHUP)
             wait_for(lambda: log_has(log_path, "reload rejected"), what="rejection logged")
             text = Path(log_path).read_text()
-            assert (f"xlb: reload rejected, running config unchanged: {lab.config_path}: "
+            assert (f"xlb: reload rejected, running config unchanged: {lab.config_path}: line 13: "
                     "service[0].real[1].wieght: unknown key 'wieght'; did you mean 'weight'? "
                     "allowed here: address, weight") in text
             assert lab.daemon.is_alive()
@@ -203,7 +203,8 @@ def test_cli_check(tmp_path):
     r = subprocess.run([str(XLB), "check", str(bad)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
     assert r.stdout == ""
-    assert r.stderr == f"xlb: error: {bad}: service[0].real[0].weight: weight must be an integer 0..65535, got -1\n"
+    assert r.stderr == (f"xlb: error: {bad}: line 17: service[0].real[0].weight: weight must be an integer "
+                        "0..65535, got -1\n")
 
 
 

@@ -108,6 +108,36 @@ def test_restore_names_the_line():
     assert info.value.source == "ipvsadm -R line 3" and info.value.where == "-r"
 
 
+def test_restore_takes_lines_that_begin_with_ipvsadm():
+    """ipvsadm(8): "Lines read from stdin can optionally begin with ipvsadm"."""
+    script = "ipvsadm -A -t 198.51.100.10:80 -s rr\n/sbin/ipvsadm -a -t 198.51.100.10:80 -r 198.18.0.11 -g\n"
+    cfg = admin.apply_ops(xconfig.parse("", "x"), ipvsadm.parse_restore(script), "ipvsadm -R")
+    assert [(s.name, s.scheduler, [str(r.address) for r in s.reals]) for s in cfg.services] == [
+        ("tcp/198.51.100.10:80", "rr", ["198.18.0.11"])]
+
+
+RESTORE = """-A -t 198.51.100.10:80 -s rr
+-a -t 198.51.100.10:80 -r 198.18.0.11
+# a comment
+-A -t 198.51.100.20:80 -s rr
+{bad}
+-a -t 198.51.100.20:80 -r 198.18.0.12
+"""
+
+
+@pytest.mark.parametrize("bad, where, message", [
+    ("-a -t 198.51.100.30:80 -r 198.18.0.12", "-t", "no service tcp/198.51.100.30:80"),
+    ("-a -t 198.51.100.10:80 -r [2001:db8::1]", "-r", "real 2001:db8::1 is IPv6 but the service is IPv4"),
+    ("-E -t 198.51.100.20:80 -s mh -b sh-port", "-b", "unknown flag"),
+], ids=["applying", "validating", "validating-flags"])
+def test_errors_applying_a_restore_name_the_line(bad, where, message):
+    running = xconfig.parse("", "x")
+    with pytest.raises(ConfigError) as info:
+        admin.apply_ops(running, ipvsadm.parse_restore(RESTORE.format(bad=bad)), "ipvsadm -R")
+    assert (info.value.source, info.value.where) == ("ipvsadm -R line 5", where)
+    assert message in info.value.message
+
+
 # --- listings ------------------------------------------------------------------------------------------------------
 
 

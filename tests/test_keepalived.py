@@ -117,8 +117,8 @@ def test_group_expands_to_one_service_per_address_and_mark(tmp_path):
 def test_group_fwmark_with_real_port_is_reported(tmp_path):
     p = write(tmp_path, "virtual_server_group g {\n  fwmark 7\n}\n" + vs(
         "lb_algo rr\nlb_kind DR\nreal_server 198.18.0.11 80 { }\n", head="virtual_server group g"))
-    (x,) = problems(p).problems
-    assert (x.line, x.keyword) == (7, "real_server") and "remove the port" in x.message
+    (x,) = keepalived.load(p).reported
+    assert (x.line, x.keyword, x.kind) == (7, "real_server", "warning") and "specified - clearing" in x.message
 
 
 def test_errors_list_every_problem_with_file_line_and_keyword(tmp_path):
@@ -138,9 +138,11 @@ def test_keepalived_corrections_are_errors(tmp_path):
     assert msgs == [
         (1, "no forwarding method set (keepalived defaults to NAT, which xlb does not do): add 'lb_kind DR'"),
         (1, "no protocol set (keepalived defaults to UDP): add 'protocol TCP' or 'protocol UDP'")]
-    p = write(tmp_path, vs(DR + "real_server 198.18.0.11 8080 { }\n"))
+    # keepalived resets a real's port to a plain virtual server's, but not within a group: there it is an error.
+    p = write(tmp_path, "virtual_server_group g {\n  198.51.100.10 80\n}\n"
+              + vs(DR + "real_server 198.18.0.11 8080 { }\n", head="virtual_server group g"))
     (x,) = problems(p).problems
-    assert (x.line, x.keyword) == (5, "real_server") and "don't match" in x.message
+    assert (x.line, x.keyword, x.kind) == (8, "real_server", "error") and "don't match" in x.message
 
 
 def test_unsupported_features_are_named_apart(tmp_path):
@@ -221,3 +223,60 @@ def test_same_forwarding_as_native_config(bench):
     assert acts[2][0] == "XDP_TX" and acts[2] == acts[0]  # same /24: same template
     assert acts[3] == ("XDP_PASS", None)  # port 8080 is not marked
     assert {r for _, r in acts[4:]} <= {"198.18.0.12", "198.18.0.13"}
+
+
+# --- keepalived's warnings: keepalived -t reports them (exit 5), corrects them and runs; so does xlb -------------
+
+TEXTBOOK = """virtual_server fwmark 1 {
+    delay_loop 6
+    lb_algo rr
+    lb_kind DR
+    protocol TCP
+    real_server 198.18.1.2 80 {
+        TCP_CHECK {
+            connect_timeout 3
+        }
+    }
+}
+"""
+
+
+def test_textbook_fwmark_block_runs_after_keepalived_warnings(tmp_path):
+    p = write(tmp_path, TEXTBOOK)
+    imp = keepalived.load(p)
+    assert [(x.line, x.keyword, x.kind) for x in imp.reported] == [(5, "protocol", "warning"),
+                                                                  (6, "real_server", "warning")]
+    assert imp.warnings[:2] == (
+        f"{p}: line 5: protocol: protocol specified for fwmark - protocol will be ignored (as keepalived does: "
+        "the mark rules choose protocols)",
+        f"{p}: line 6: real_server: fwmark virtual server, real server 198.18.1.2 has port 80 specified - "
+        "clearing (as keepalived does: direct routing keeps the packet's port)")
+    (svc,) = imp.config.services
+    assert (svc.name, [str(r.address) for r in svc.reals]) == ("fwm/1", ["198.18.1.2"])
+
+
+def test_port_mismatch_of_a_plain_virtual_server_is_reset_with_a_warning(tmp_path):
+    p = write(tmp_path, vs(DR + "real_server 198.18.0.11 8080 { }\n"))
+    (x,) = keepalived.load(p).reported
+    assert (x.line, x.kind) == (5, "warning") and "don't match - resetting" in x.message
+
+
+def test_check_exits_4_on_keepalived_warnings(tmp_path, capsys):
+    p = write(tmp_path, TEXTBOOK)
+    assert cli.main(["check", "--keepalived", p]) == 4
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"warning: {p}: line 5: protocol: protocol specified for fwmark")
+    assert out[-1] == (f"{p}: OK (1 services, 1 reals, 0 mark rules, 1 health checks kept); keepalived -t "
+                       "reports 2 problems that keepalived and xlb correct (warnings above)")
+
+
+@pytest.mark.parametrize("weight, kind, code", [(65536, "unsupported", 3), (2147483647, "unsupported", 3),
+                                                (2147483648, "error", 1)])
+def test_weights_above_65535(tmp_path, capsys, weight, kind, code):
+    p = write(tmp_path, vs(DR + f"real_server 198.18.0.11 80 {{\n    weight {weight}\n}}\n"))
+    (x,) = problems(p).problems
+    assert (x.line, x.keyword, x.kind) == (6, "weight", kind)
+    assert cli.main(["check", "--keepalived", p]) == code
+    err = capsys.readouterr().err
+    assert (f"not supported by xlb: weight {weight}: xlb's data plane holds weights up to 65535" if code == 3
+            else f"real server weight {weight} is outside range 0-2147483647") in err

@@ -12,8 +12,6 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(kc.CORPUS), reason="keepalived
 
 # keepalived -t printed nothing about virtual servers for these, yet xlb reports an error (docs/import.md).
 XLB_STRICTER = {
-    "634.conf": "TUN reals on another port: keepalived -t is silent about virtual servers in every corpus file that "
-                "sets net_namespace, but reports the same mismatch in 1495.conf and 1561.conf",
     "chk_http1.conf": "keepalived stopped at a missing parameter (line 33, exit 2) before checking quorum",
 }
 
@@ -35,7 +33,7 @@ def test_accepts_what_keepalived_accepts(results):
     clean = [r for r in results.values() if r.rc == 0]
     assert len(clean) == 24
     refused = {r.name for r in clean if r.outcome not in ("ok", "unsupported")}
-    assert refused == {"634.conf"}
+    assert refused == set()
 
 
 def test_reports_every_virtual_server_problem_keepalived_reports(results):

@@ -128,20 +128,54 @@ def ident_option(ident: dict) -> str:
 
 
 def apply_ops(cfg: xconfig.Config, ops: list, source: str = "xlb") -> xconfig.Config:
-    """The Config after ``ops`` (all or nothing); ConfigError names the option at fault."""
+    """The Config after ``ops`` (all or nothing); ConfigError names the option at fault, and the line of an op
+    that carries one (``ipvsadm -R``: ``source`` becomes "ipvsadm -R line N")."""
+    tree, touched = _edited(cfg, ops, source)
+    try:
+        return xconfig.from_tree(tree, cfg.source)
+    except ConfigError as exc:
+        if not any("line" in op for op in ops):
+            raise ConfigError(source, _option_of(exc.where, touched), exc.message) from None
+        raise _first_failing(cfg, ops, source) from None
+
+
+def _edited(cfg, ops, source):
+    """(the config tree after ops, the option of the last op that named one)."""
     tree = xconfig.to_tree(cfg)
     touched = None
     for op in ops:
         kind = op.get("op")
         fn = _OPS.get(kind)
+        at = f"{source} line {op['line']}" if "line" in op else source
         if fn is None:
-            raise ConfigError(source, "", f"unknown operation {kind!r}")
-        touched = fn(tree, op, source) or touched
+            raise ConfigError(at, "", f"unknown operation {kind!r}")
+        touched = fn(tree, op, at) or touched
+    return tree, touched
+
+
+def _first_failing(cfg, ops, source) -> ConfigError:
+    """The error of the first line after which the batch no longer validates, where ipvsadm -R (which applies
+    line by line) would stop. Bisection over prefixes: no op is the running config (valid), all ops are not."""
+    lo, hi = 0, len(ops)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _invalid(cfg, ops[:mid], source) is None:
+            lo = mid
+        else:
+            hi = mid
+    error, touched = _invalid(cfg, ops[:hi], source)
+    return ConfigError(f"{source} line {ops[hi - 1].get('line', '?')}", _option_of(error.where, touched),
+                       error.message)
+
+
+def _invalid(cfg, ops, source):
+    """(the validation error, the option last touched) of the config after ops, or None if it validates."""
+    tree, touched = _edited(cfg, ops, source)
     try:
-        new = xconfig.from_tree(tree, cfg.source)
+        xconfig.from_tree(tree, cfg.source)
     except ConfigError as exc:
-        raise ConfigError(source, _option_of(exc.where, touched), exc.message) from None
-    return new
+        return exc, touched
+    return None
 
 
 def _option_of(where: str, touched) -> str:

@@ -3,7 +3,7 @@ import argparse
 import sys
 
 from . import __version__
-from .errors import XlbError
+from .errors import XlbError, brief
 
 DEFAULT_METRICS_PORT = 9842  # = xlb/metrics.py DEFAULT_PORT (tests/test_metrics.py checks); the CLI imports lazily
 
@@ -42,7 +42,7 @@ def _config_source(parser, args, config_attr):
 
 
 def _cmd_check(args):
-    _, load = _config_source(args.parser, args, "file")
+    path, load = _config_source(args.parser, args, "file")
     try:
         res = load()
         from .dataplane import Capacity, fit
@@ -51,6 +51,9 @@ def _cmd_check(args):
         unsupported = getattr(exc, "only_unsupported", False)
         print(f"xlb: {'unsupported' if unsupported else 'error'}: {exc}", file=sys.stderr)
         return 3 if unsupported else 1
+    except Exception as exc:  # noqa: BLE001  a file that breaks a reader (RecursionError...): one line, no traceback
+        print(f"xlb: error: {path}: cannot be read as a config: {brief(exc)}", file=sys.stderr)
+        return 1
     cfg = getattr(res, "config", res)
     for w in getattr(res, "warnings", ()):
         print(f"warning: {w}")
@@ -58,8 +61,12 @@ def _cmd_check(args):
     extra = ""
     if hasattr(res, "health_checks"):
         extra = f", {len(res.health_checks)} health checks kept"
+    reported = len(getattr(res, "reported", ()))
+    if reported:  # as keepalived -t exits non-zero for what it reports, even what it corrects and runs
+        extra += (f"); keepalived -t reports {reported} problem{'s' if reported != 1 else ''} that keepalived and "
+                  "xlb correct (warnings above")
     print(f"{cfg.source}: OK ({len(cfg.services)} services, {nreals} reals, {len(cfg.marks)} mark rules{extra})")
-    return 0
+    return 4 if reported else 0
 
 
 def _cmd_run(args):

@@ -2,7 +2,8 @@
 
 Pure: imports no bcc and needs no root, so every rule here is unit-tested (tests/test_config.py).
 Every problem raises ``xlb.errors.ConfigError(source, where, message)`` where ``where`` is the field path an
-operator can find in the file (``service[1].real[0].weight``, ``mark[2].ports[1]``) or ``line N`` for TOML syntax.
+operator can find in the file (``service[1].real[0].weight``, ``mark[2].ports[1]``) or ``line N`` for TOML syntax;
+:func:`parse` adds the field's line (``line``, found by xlb/tomlpos.py).
 Unknown keys are errors everywhere, so a typo never silently falls back to a default.
 
 Decisions worth knowing:
@@ -26,6 +27,7 @@ import tomllib
 from dataclasses import dataclass
 
 from xlb.errors import ConfigError
+from xlb.tomlpos import located
 from xlb.sched import is_prime
 
 # Schedulers the data plane implements, and the IPVS ones an operator may reasonably ask for but we do not have.
@@ -207,12 +209,19 @@ def load(path) -> Config:
 
 
 def parse(text: str, source: str = "<config>") -> Config:
-    """Validate TOML ``text``; ``source`` names it in errors."""
+    """Validate TOML ``text``; ``source`` names it in errors (a UTF-8 byte order mark at the start is skipped)."""
+    text = text.removeprefix("\ufeff")
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise _syntax_error(source, text, e) from None
-    return from_tree(doc, source)
+    except RecursionError:
+        raise ConfigError(source, "", "TOML nested too deeply (arrays or inline tables inside each other "
+                                      "hundreds of levels deep) to be a config") from None
+    try:
+        return from_tree(doc, source)
+    except ConfigError as e:
+        raise located(e, text) from None
 
 
 def from_tree(doc: dict, source: str = "<config>") -> Config:

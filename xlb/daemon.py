@@ -23,7 +23,7 @@ from . import stats
 from . import trace  # noqa: F401  registers the `trace` control command
 from .bpfprog import Program, cflags_for
 from .dataplane import DataPlane, sweep_interval
-from .errors import ConfigError, KernelError, XlbError
+from .errors import ConfigError, KernelError, XlbError, brief
 from .neigh import ensure_neighbours
 from .structs import REASON
 
@@ -176,6 +176,7 @@ class Daemon:
             return self._reload_locked()
 
     def _reload_locked(self):
+        cfg = None
         try:
             cfg = self.load()
             self.dp.apply(cfg)
@@ -187,6 +188,12 @@ class Daemon:
             # Checked configs fail here only if the kernel refuses a map write: keep serving, say so.
             self.log(f"xlb: reload failed while applying, some changes may be in force: {exc}")
             self.reloads["failed"] += 1
+            return False
+        except Exception as exc:  # noqa: BLE001  RecursionError, MemoryError, a bug: no reload may end the daemon
+            outcome = "rejected" if cfg is None else "failed"
+            state = "running config unchanged" if cfg is None else "some changes may be in force"
+            self.log(f"xlb: reload {outcome}, {state}: {self.config_path}: {brief(exc)}")
+            self.reloads[outcome] += 1
             return False
         self.reloads["success"] += 1
         self.last_reload_success = time.time()

@@ -16,6 +16,7 @@ What differs from ipvsadm, and why:
 from __future__ import annotations
 
 import ipaddress
+import os
 import shlex
 from dataclasses import dataclass, field
 
@@ -238,12 +239,17 @@ def parse_restore(text: str) -> list:
         if not line or line.startswith("#"):
             continue
         try:
-            req = parse(shlex.split(line))
+            argv = shlex.split(line)
+            if argv and os.path.basename(argv[0]) == "ipvsadm":  # ipvsadm(8): lines may begin with 'ipvsadm'
+                argv = argv[1:]
+            req = parse(argv)
+        except ValueError as exc:  # shlex: an unclosed quote
+            raise ConfigError(f"{SOURCE} -R line {n}", "", f"cannot split {line!r}: {exc}") from None
         except ConfigError as exc:
             raise ConfigError(f"{SOURCE} -R line {n}", exc.where, exc.message) from None
         if not req.ops:
             raise ConfigError(f"{SOURCE} -R line {n}", "", f"{line!r} changes nothing; -R takes -A/-E/-D/-a/-e/-d/-C")
-        ops.extend(req.ops)
+        ops.extend(dict(op, line=n) for op in req.ops)  # apply_ops names the line of an op it refuses
     return ops
 
 

@@ -12,7 +12,8 @@ Pure: no bcc, no root. What it does, in keepalived's order, for each physical li
 - ``{`` and ``}`` are split off their line (``real_server 1.2.3.4 80 { weight 2 }`` is four lines).
 
 Then :func:`build_tree` nests lines into :class:`Node` s: a ``{`` opens a block for the line just before it.
-Problems found here are returned, never raised, with the file and line they belong to.
+Problems found here are returned, never raised, with the file and line they belong to. Whatever the input, a read
+takes bounded time and memory (the MAX_* limits below; past one, reading stops and says where).
 """
 from __future__ import annotations
 
@@ -20,10 +21,17 @@ import glob
 import os
 import random
 import re
+import stat
 from dataclasses import dataclass
 
 MAX_INCLUDE_DEPTH = 16
-MAX_EXPANSION = 5_000_000  # lines produced by ~SEQ and multi-line parameters, against runaway definitions
+# Bounds on what one read may cost, whatever the input (keepalived has none: ~SEQ(i,1,1,100000000) runs it out of
+# memory). Each is far above real configs (the largest in keepalived's test collection has some 2,000 lines).
+MAX_FILE_BYTES = 16 * 2**20  # one file
+MAX_FILES = 1024  # files read, includes included
+MAX_LINES = 500_000  # lines after expansion, each brace counted (keepalived's 1173.conf makes 333,600)
+MAX_EXPANSION = 1_000_000  # parameter substitutions, ~SEQ/~LST iterations (against self-referring definitions)
+MAX_LINE_CHARS = 65_536  # one line, as written and after parameter substitution
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class ReadProblem:
     file: str
     line: int
     message: str
+    everywhere: bool = False  # an error wherever it is (a file cut short), not only inside a virtual server
 
 
 def split_words(text: str) -> tuple:
@@ -139,23 +148,47 @@ class Reader:
         self.random = random.Random(seed)
         self.lines: list[Line] = []
         self.problems: list[ReadProblem] = []
+        self.notes: list[ReadProblem] = []  # what keepalived logs and reads on: a skipped include
         self.files: list[str] = []
         self._expanded = 0
+        self._over = False  # a bound was reached: read no further
 
     # --- files -------------------------------------------------------------------------------------------------
 
     def read(self, path: str, depth: int = 0, where: tuple | None = None) -> None:
+        """Read one file; an included one (``where`` = the include line) only if keepalived would read it."""
+        file, line = where or (path, 0)
+        if self._over:
+            return
+        if len(self.files) >= MAX_FILES:
+            self._stop(file, line, f"more than {MAX_FILES} files included")
+            return
         try:
+            st = os.stat(path)  # before open: opening a FIFO would block
+            if not stat.S_ISREG(st.st_mode) or (where and st.st_mode & 0o111):
+                if where is None:
+                    self.problems.append(ReadProblem(path, 0, f"{path} is not a regular file"))
+                else:  # keepalived: "... is not a regular non-executable file - skipping"
+                    self.notes.append(ReadProblem(file, line, f"include: {path} is not a regular non-executable "
+                                                              "file - skipping (as keepalived does)"))
+                return
             with open(path, "rb") as f:
-                raw = f.read()
+                raw = f.read(MAX_FILE_BYTES + 1)
         except OSError as e:
-            file, line = where or (path, 0)
             self.problems.append(ReadProblem(file, line, f"cannot read {path}: {e.strerror or e}"))
             return
+        if len(raw) > MAX_FILE_BYTES:
+            self.problems.append(ReadProblem(file, line, f"{path} is larger than {MAX_FILE_BYTES >> 20} MiB"))
+            return
         self.files.append(path)
-        text = raw.decode("utf-8", errors="replace")
+        text = raw.decode("utf-8", errors="replace").removeprefix("\ufeff")
         pending_def = None  # name of a multi-line definition being continued
         for lineno, phys in enumerate(text.splitlines(), 1):
+            if self._over:
+                return
+            if len(phys) > MAX_LINE_CHARS:
+                self._stop(path, lineno, f"a line longer than {MAX_LINE_CHARS} characters")
+                return
             body, cont, bad_quote = decomment(phys.rstrip("\r\n"))
             if bad_quote:
                 self.problems.append(ReadProblem(path, lineno, f"unterminated quote: {body}"))
@@ -210,11 +243,15 @@ class Reader:
             self._emit(text, path, lineno, depth)
             return
         text = self._conditional(text)
-        if text is None:
+        if text is None or self._over:
             return
         self._expanded += 1
         if level > 200 or self._expanded > MAX_EXPANSION:
-            self.problems.append(ReadProblem(path, lineno, "parameter expansion does not terminate"))
+            self._stop(path, lineno, f"parameter expansion does not terminate (more than {MAX_EXPANSION} "
+                                     "substitutions or ~SEQ/~LST steps, or definitions nested 200 deep)")
+            return
+        if len(text) > MAX_LINE_CHARS:
+            self._stop(path, lineno, f"parameter substitution makes a line longer than {MAX_LINE_CHARS} characters")
             return
         m = _DEF_RE.match(text)
         if m:
@@ -273,8 +310,12 @@ class Reader:
         else:
             self.problems.append(ReadProblem(path, lineno, f"invalid ~SEQ definition '{text}'"))
             return
+        count = max(0, (end - start) // step + 1)
+        if count > MAX_LINES:
+            self._stop(path, lineno, f"~SEQ of {count} values; xlb reads at most {MAX_LINES} lines")
+            return
         v = start
-        while (step > 0 and v <= end) or (step < 0 and v >= end):
+        while ((step > 0 and v <= end) or (step < 0 and v >= end)) and not self._over:
             self.defs[var] = format(v, "x") if hexa else str(v)
             self._expand(body, path, lineno, depth, level + 1)
             v += step
@@ -315,7 +356,18 @@ class Reader:
             return m.group(0)
         return _REF_RE.sub(repl, text)
 
+    def _stop(self, path, lineno, message):
+        """A bound was reached: say where, once, and read no further (what was read is not a config to run)."""
+        if not self._over:
+            self._over = True
+            self.problems.append(ReadProblem(path, lineno, message))
+
     def _emit(self, text, path, lineno, depth):
+        if self._over:
+            return
+        if len(self.lines) >= MAX_LINES:
+            self._stop(path, lineno, f"more than {MAX_LINES} lines (after include, ~SEQ and parameters)")
+            return
         words = split_words(text)
         if not words:
             return
@@ -393,4 +445,14 @@ def build_tree(lines: list[Line]) -> tuple[list[Node], list[ReadProblem]]:
         node = Node(ln.words[0], tuple(ln.words[1:]), ln.file, ln.line)
         (stack[-1].children if stack else root).append(node)
         last = node
-    return root, problems
+    return root, problems + unclosed(stack)
+
+
+def unclosed(stack: list[Node]) -> list[ReadProblem]:
+    """keepalived's verdict on a file that ends inside blocks (a file cut short): "There are N missing '}'s"."""
+    if not stack:
+        return []
+    first = stack[0]
+    return [ReadProblem(first.file, first.line, f"There are {len(stack)} missing '}}'s or extra '{{'s (the "
+                                                f"{first.keyword} block opened here is not closed: a file cut short?)",
+                        everywhere=True)]

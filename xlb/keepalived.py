@@ -7,9 +7,11 @@ validates (:func:`xlb.config.from_tree`), so the native config stays the one val
 field is re-raised naming the keepalived file, line and keyword that produced the field.
 
 What keepalived calls a configuration problem in a virtual server (``keepalived -t`` says it and exits 5) is an
-error here: xlb never guesses a correction (keepalived's "no protocol set - defaulting to UDP", "ports don't
-match - resetting"). What keepalived accepts but xlb cannot forward the same way (NAT, TUN, lblc, lblcr, SCTP,
-one-packet scheduling, persistence engines) is an error of kind "unsupported". Sections xlb does not use (VRRP,
+error here: xlb never guesses a correction (keepalived's "no protocol set - defaulting to UDP"), except where
+keepalived's own correction changes nothing under direct routing and keepalived runs the config: those
+(``protocol`` of a fwmark service, a real's port) are Problems of kind "warning", logged, and the config runs.
+What keepalived accepts but xlb cannot forward the same way (NAT, TUN, lblc, lblcr, SCTP, one-packet scheduling,
+persistence engines, weights above 65535) is an error of kind "unsupported". Sections xlb does not use (VRRP,
 BFD, global settings other than lvs_timeouts, ...) are skipped with one warning per kind of section.
 Health-check blocks and the checker settings (delay_loop, quorum, sorry_server, ...) are kept, unchecked, in
 :class:`Import` for the health-check work; until then xlb does not run them and says so once.
@@ -37,8 +39,10 @@ RS_CHECK_SETTINGS = ("inhibit_on_failure", "notify_up", "notify_down", "alpha", 
                      "track_file", "track_bfd")
 IPVS_DEFAULT_PERSISTENCE = 360  # seconds, ipvsadm -p without a value, and keepalived's persistence_timeout alone
 LVS_MAX_TIMEOUT = 86400 * 31
-WEIGHT_MAX = 65535
+WEIGHT_MAX = 65535  # bpf/structs.h real.weight is a __u16
+IPVS_WEIGHT_MAX = 2**31 - 1  # keepalived's IPVS_WEIGHT_LIMIT (INT_MAX)
 GROUP_RANGE_MAX = 256  # addresses one virtual_server_group range may expand to
+MAX_LISTED = 50  # problems an error message lists (all are in KeepalivedError.problems)
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,9 @@ class Problem:
     line: int
     keyword: str
     message: str
-    kind: str = "error"  # "error": keepalived -t reports it too; "unsupported": keepalived runs it, xlb cannot
+    # "error": keepalived -t reports it too; "unsupported": keepalived runs it, xlb cannot; "warning": keepalived -t
+    # reports it (and exits non-zero) but keepalived corrects it and runs, and so does xlb, the same way.
+    kind: str = "error"
 
     def __str__(self):
         tag = "not supported by xlb: " if self.kind == "unsupported" else ""
@@ -65,14 +71,16 @@ class KeepalivedError(ConfigError):
         tag = "not supported by xlb: " if first.kind == "unsupported" else ""
         message = f"{first.keyword}: {tag}{first.message}"
         if len(self.problems) > 1:
-            message += f" (and {len(self.problems) - 1} more problems)\n" + "\n".join(
-                f"  {p}" for p in self.problems[1:])
+            shown = self.problems[1:1 + MAX_LISTED]
+            message += f" (and {len(self.problems) - 1} more problems)\n" + "\n".join(f"  {p}" for p in shown)
+            if len(self.problems) > 1 + MAX_LISTED:
+                message += f"\n  ... {len(self.problems) - 1 - MAX_LISTED} more not listed"
         super().__init__(first.file, f"line {first.line}", message)
 
     @property
     def only_unsupported(self) -> bool:
-        """True when keepalived itself would accept the config: every problem is a feature xlb lacks."""
-        return all(p.kind == "unsupported" for p in self.problems)
+        """True when keepalived itself would run the config: every problem is a feature xlb lacks (or a warning)."""
+        return all(p.kind != "error" for p in self.problems)
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,7 @@ class Import:
     check_settings: tuple = ()
     warnings: tuple = ()
     files: tuple = ()
+    reported: tuple = ()  # Problems of kind "warning": keepalived -t reports them, corrects them and runs
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -181,6 +190,10 @@ class _Importer:
     def unsupported(self, node, message, keyword=None):
         self.err(node, message, keyword, kind="unsupported")
 
+    def warn(self, node, message, keyword=None):
+        """What keepalived -t reports and keepalived then corrects and runs: xlb runs it, corrected the same way."""
+        self.err(node, message, keyword, kind="warning")
+
     # --- top level ---------------------------------------------------------------------------------------------
 
     def run(self, marks_path):
@@ -188,13 +201,14 @@ class _Importer:
         reader.read(self.path)
         for p in reader.problems:
             self.problems.append(Problem(p.file, p.line, "(file)", p.message))
+        self.warnings.extend(f"{p.file}: line {p.line}: {p.message}" for p in reader.notes)
         root, tree_problems = build_tree(reader.lines)
         for node in root:
             self.root_node(node)
         spans = [(vs.node.file, vs.node.line) for vs in self.vss]
         for p in tree_problems:
             # Brace trouble inside a virtual server changes what it means; elsewhere it only concerns skipped parts.
-            if any(p.file == f for f, _ in spans):
+            if p.everywhere or any(p.file == f for f, _ in spans):
                 self.problems.append(Problem(p.file, p.line, "(block)", p.message))
             else:
                 self.warnings.append(f"{p.file}: line {p.line}: {p.message} (outside virtual servers; ignored)")
@@ -215,9 +229,11 @@ class _Importer:
             tree["mark"] = [r.tree for r in rules]
             for i, r in enumerate(rules):
                 self.where[f"mark[{i}]"] = (r.file, r.line, r.command)
-        if self.problems:
-            self.problems.sort(key=lambda p: (p.file != self.path, p.file, p.line))
+        self.problems.sort(key=lambda p: (p.kind == "warning", p.file != self.path, p.file, p.line))
+        if any(p.kind != "warning" for p in self.problems):
             raise KeepalivedError(self.problems)
+        reported = tuple(self.problems)
+        self.warnings[:0] = [str(p) for p in reported]
         cfg = self.validate(tree)
         if checks or settings:
             n = len(checks)
@@ -225,7 +241,7 @@ class _Importer:
                                  f"settings are kept but not run: xlb does not health-check reals yet, so every "
                                  f"real takes traffic as if its checks passed")
         return Import(config=cfg, health_checks=tuple(checks), check_settings=tuple(settings),
-                      warnings=tuple(self.warnings), files=tuple(reader.files))
+                      warnings=tuple(self.warnings), files=tuple(reader.files), reported=reported)
 
     def validate(self, tree):
         try:
@@ -582,8 +598,11 @@ class _Importer:
         rs.lines[kw] = n
         if kw == "weight":
             w = _uint(a[0]) if a else None
-            if w is None or w > WEIGHT_MAX:
-                self.err(n, f"real server weight {a[0] if a else ''} is outside range 0-{WEIGHT_MAX}")
+            if w is None or w > IPVS_WEIGHT_MAX:
+                self.err(n, f"real server weight {a[0] if a else ''} is outside range 0-{IPVS_WEIGHT_MAX}")
+            elif w > WEIGHT_MAX:
+                self.unsupported(n, f"weight {w}: xlb's data plane holds weights up to {WEIGHT_MAX} (IPVS and "
+                                    f"keepalived allow up to {IPVS_WEIGHT_MAX}); scale the weights down")
             else:
                 rs.weight, rs.weight_node = w, n
         elif kw == "lvs_method":
@@ -642,8 +661,8 @@ class _Importer:
         if address_based and vs.proto is None:
             self.err(node, "no protocol set (keepalived defaults to UDP): add 'protocol TCP' or 'protocol UDP'")
         if not address_based and vs.proto is not None:
-            self.err(vs.proto_node, "protocol specified for a fwmark virtual server has no effect "
-                                    "(the mark rules choose protocols); remove it")
+            self.warn(vs.proto_node, "protocol specified for fwmark - protocol will be ignored (as keepalived "
+                                     "does: the mark rules choose protocols)")
         seen = {}
         weight_sum = 0
         for rs in vs.reals:
@@ -656,11 +675,12 @@ class _Importer:
             if rs.port and (rs.method or vs.method or "nat") != "nat":  # only NAT may change the port
                 vports = {e[3] for e in entries if e[0] == "addr"}
                 if any(e[0] == "fwmark" for e in entries):
-                    self.err(rs.node, f"fwmark virtual server, real server {rs.addr} has port {rs.port} specified "
-                                      "(direct routing keeps the packet's port): remove the port")
+                    self.warn(rs.node, f"fwmark virtual server, real server {rs.addr} has port {rs.port} specified "
+                                       "- clearing (as keepalived does: direct routing keeps the packet's port)")
                 elif vports and vports != {rs.port}:
-                    self.err(rs.node, f"virtual server port {'/'.join(map(str, sorted(vports)))} and real server "
-                                      f"port {rs.port} don't match (direct routing cannot change the port)")
+                    report = self.err if vs.kind == "group" else self.warn  # keepalived resets only a plain VS's
+                    report(rs.node, f"virtual server port {'/'.join(map(str, sorted(vports)))} and real server "
+                                    f"port {rs.port} don't match - resetting (direct routing keeps the port)")
         self.sorry_server(vs, entries)
         if vs.quorum > weight_sum:
             self.err(vs.lines.get("quorum", node), f"quorum {vs.quorum} exceeds total weight of real servers "
