@@ -10,6 +10,7 @@ from xlb import config as xconfig
 from xlb import ipvsadm
 from xlb.errors import ConfigError
 
+SOURCE = ipvsadm.SOURCE
 TCP80 = {"proto": "tcp", "vip": "198.51.100.10", "port": 80}
 FWM1 = {"fwmark": 1, "family": 4}
 
@@ -100,6 +101,16 @@ def test_a_real_world_script_gives_the_expected_config():
     assert [(str(r.address), r.weight) for r in fwm.reals] == [("198.18.0.11", 100), ("198.18.0.12", 0)]
     assert (https.name, https.scheduler, https.persistence_timeout) == ("tcp/198.51.100.20:443", "sh", 360)
     assert [str(r.address) for r in https.reals] == ["198.18.0.11", "198.18.0.12"]
+
+
+@pytest.mark.parametrize("real, fragment", [("0.0.0.0", 'is in 0.0.0.0/8 ("this network")'),
+                                            ("198.51.100.20", "is the VIP of service[0] (tcp/198.51.100.20:443)"),
+                                            ("224.0.0.1:443", "is a multicast address")])
+def test_a_real_that_cannot_work_is_refused_naming_r(real, fragment):
+    cfg = admin.apply_ops(xconfig.parse("", "x"), ops("-A -t 198.51.100.20:443"), SOURCE)
+    with pytest.raises(ConfigError) as info:
+        admin.apply_ops(cfg, ops(f"-a -t 198.51.100.20:443 -r {real} -g -w 1"), SOURCE)
+    assert (info.value.source, info.value.where) == (SOURCE, "-r") and fragment in info.value.message
 
 
 def test_restore_names_the_line():

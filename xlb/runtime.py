@@ -229,7 +229,7 @@ def _is(svc, ident):
 @control.command("edit")
 def _edit(daemon, ops, source="xlb"):
     """Apply operations to the running config; all or nothing."""
-    new = admin.apply_ops(daemon.dp.config, ops, source)
+    new = daemon.check_reals(admin.apply_ops(daemon.dp.config, ops, source), daemon.dp.config, source)
     daemon.dp.apply(new)
     daemon._neighbours()
     daemon.runtime_edits += 1
