@@ -389,6 +389,11 @@ def test_a_real_on_the_balancer_itself_is_refused_at_start_reload_and_runtime(ca
             in capsys.readouterr().err
         assert cli_main(["ipvsadm", *sock, "-a", "-t", "198.51.100.10:80", "-r", "198.18.0.2"]) == 1
         assert "xlb: error: ipvsadm: -r: real 198.18.0.2 is the address of eth0" in capsys.readouterr().err
+        # Zeroing a service that does not exist names the command and the option (not "xlb: -t").
+        assert cli_main(["ipvsadm", *sock, "-Z", "-t", "198.51.100.99:80"]) == 1
+        assert capsys.readouterr().err == "xlb: error: ipvsadm: -t: no service tcp/198.51.100.99:80\n"
+        assert cli_main(["zero", "-u", "198.51.100.99:53", *sock]) == 1
+        assert capsys.readouterr().err == "xlb: error: xlb zero: -u: no service udp/198.51.100.99:53\n"
         # A real the config already has is not the edit's fault: other edits go through.
         assert cli_main(["real", "edit", "-t", "198.51.100.10:80", "-r", "198.18.0.11", "-w", "3", *sock]) == 0
         capsys.readouterr()
