@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from .errors import ConfigError
+from .errors import ConfigError, KernelError
 
 _ZERO_NET4 = ipaddress.ip_network("0.0.0.0/8")
 _BROADCAST4 = ipaddress.ip_address("255.255.255.255")
@@ -93,20 +93,23 @@ def check_local(cfg, local: dict, iface: str, before=None, source=None) -> None:
 def own_addresses() -> dict:
     """{address: "address of IF" | "broadcast address of IF"} of every interface in this network namespace."""
     from pyroute2 import IPRoute  # the daemon's side only: the pure checks above need no netlink
-    names = {}
+    from pyroute2.netlink.exceptions import NetlinkError
+    try:
+        with IPRoute() as ipr:
+            names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+            addrs = list(ipr.get_addr())
+    except (OSError, NetlinkError) as exc:
+        raise KernelError(f"cannot list this host's addresses (a real must not be one of them): {exc}") from exc
     out = {}
-    with IPRoute() as ipr:
-        for link in ipr.get_links():
-            names[link["index"]] = link.get_attr("IFLA_IFNAME")
-        for msg in ipr.get_addr():
-            ifname = names.get(msg["index"], f"interface {msg['index']}")
-            # IFA_LOCAL is ours; IFA_ADDRESS is too, except on a point-to-point link (the peer's) and it is the
-            # only one IPv6 gives.
-            local = ipaddress.ip_address((msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")).split("%")[0])
-            out.setdefault(local, f"address of {ifname}")
-            found = [msg.get_attr("IFA_BROADCAST")]
-            if local.version == 4 and msg["prefixlen"] < 31:  # the kernel makes it a broadcast route, brd or not
-                found.append(str(ipaddress.ip_network(f"{local}/{msg['prefixlen']}", strict=False).broadcast_address))
-            for value in filter(None, found):
-                out.setdefault(ipaddress.ip_address(value), f"broadcast address of {ifname}")
+    for msg in addrs:
+        ifname = names.get(msg["index"], f"interface {msg['index']}")
+        # IFA_LOCAL is ours; IFA_ADDRESS is too, except on a point-to-point link (the peer's) and it is the
+        # only one IPv6 gives.
+        local = ipaddress.ip_address((msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")).split("%")[0])
+        out.setdefault(local, f"address of {ifname}")
+        found = [msg.get_attr("IFA_BROADCAST")]
+        if local.version == 4 and msg["prefixlen"] < 31:  # the kernel makes it a broadcast route, brd or not
+            found.append(str(ipaddress.ip_network(f"{local}/{msg['prefixlen']}", strict=False).broadcast_address))
+        for value in filter(None, found):
+            out.setdefault(ipaddress.ip_address(value), f"broadcast address of {ifname}")
     return out
