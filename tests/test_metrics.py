@@ -458,8 +458,9 @@ def test_a_bad_metrics_address_is_refused_before_anything_else(tmp_path):
     config = tmp_path / "xlb.toml"
     config.write_text("")
     argv = ["run", "--iface", "xlb-no-such0", "--config", str(config), "--metrics", "127.0.0.1:99999"]
-    assert run_in_netns(None, _run_captured, argv) == (1, "xlb: error: --metrics '127.0.0.1:99999': the port must "
-                                                          f"be 1..65535 (e.g. --metrics 127.0.0.1:{metrics.DEFAULT_PORT})\n")
+    want = ("xlb: error: --metrics '127.0.0.1:99999': the port must be 1..65535 (e.g. --metrics "
+            f"127.0.0.1:{metrics.DEFAULT_PORT})\n")
+    assert run_in_netns(None, _run_captured, argv) == (1, want)
 
 
 def test_dashboard_has_the_expected_panels():
