@@ -195,6 +195,9 @@ def test_real_add_edit_del():
     ({"op": "real-add", "service": FWM1, "address": "198.18.0.13", "lthreshold": 5}, "-y", "without uthreshold"),
     ({"op": "real-edit", "service": FWM1, "address": "198.18.0.99", "weight": 1}, "-r", "no real 198.18.0.99"),
     ({"op": "real-add", "service": TCP80, "address": "198.18.0.13"}, "-t", "no service"),
+    ({"op": "real-add", "service": FWM1, "address": "127.0.0.1"}, "-r", "real 127.0.0.1 is a loopback address"),
+    ({"op": "real-add", "service": FWM1, "address": "255.255.255.255"}, "-r", "is the broadcast address"),
+    ({"op": "real-add", "service": FWM1, "address": "198.51.100.10"}, "-r", "is the dst of mark[0] (mark 1)"),
 ])
 def test_real_errors_name_the_option(op, where, fragment):
     err = rejected([op])
@@ -293,6 +296,7 @@ def test_parse_ports():
 # --- the native commands against a running daemon ---------------------------------------------------------------
 
 import json  # noqa: E402
+import os  # noqa: E402
 
 from conftest import needs_root  # noqa: E402
 
@@ -351,3 +355,57 @@ def test_native_commands_and_save_round_trip(capsys, tmp_path):
         assert after["timeouts"] == {"tcp": 900, "tcpfin": 60, "udp": 300, "syn": 60}
         status = json.loads(xlb(capsys, lab, "status", "--json"))
         assert status["runtime_edits"] == 0 and status["pin_dir"].endswith("/eth0")
+
+
+@needs_root
+def test_a_real_on_the_balancer_itself_is_refused_at_start_reload_and_runtime(capsys, tmp_path):
+    """Only the daemon knows its own addresses: a real equal to one (or to a subnet broadcast of its interfaces)
+    is refused when it starts, on SIGHUP and by runtime edits, naming the field or option; nothing changes."""
+    import signal
+    import time
+
+    from test_daemon_start import CONFIG, lb_host
+    from xlb.demo import run_xlb_logged
+    own = CONFIG + '\n  [[service.real]]\n  address = "198.18.0.2"\n'
+    with lb_host(tmp_path) as host:
+        for address, what in (("198.18.0.2", "address"), ("198.18.0.255", "broadcast address")):
+            host.config.write_text(own.replace("198.18.0.2", address))
+            out = tmp_path / f"refused-{address}.log"
+            refused = host.topo.spawn(host.lb, run_xlb_logged, str(out), host.argv("generic"))
+            refused.proc.join(120)  # a start that wrongly went through keeps running: the topology stops it
+            assert not refused.is_alive(), out.read_text()
+            assert (f"xlb: error: {host.config}: service[0].real[1].address: real {address} is the {what} of eth0 "
+                    "on this balancer (xlb runs on eth0): xlb forwards out of the interface and cannot deliver to "
+                    "the balancer itself (IPVS can); give a real server's address") in out.read_text()
+            assert host.xdp() == (None, None)
+
+        host.config.write_text(CONFIG)
+        log = tmp_path / "xlb.log"
+        daemon = host.spawn(log, host.argv("generic"))
+        sock = ["--socket", str(tmp_path / "xlb.sock")]
+        before = cli_main(["list", "-n", *sock]), capsys.readouterr().out
+        assert cli_main(["real", "add", "-t", "198.51.100.10:80", "-r", "198.18.0.2", *sock]) == 1
+        assert "xlb: error: xlb real add: -r: real 198.18.0.2 is the address of eth0 on this balancer" \
+            in capsys.readouterr().err
+        assert cli_main(["ipvsadm", *sock, "-a", "-t", "198.51.100.10:80", "-r", "198.18.0.2"]) == 1
+        assert "xlb: error: ipvsadm: -r: real 198.18.0.2 is the address of eth0" in capsys.readouterr().err
+        # Zeroing a service that does not exist names the command and the option (not "xlb: -t").
+        assert cli_main(["ipvsadm", *sock, "-Z", "-t", "198.51.100.99:80"]) == 1
+        assert capsys.readouterr().err == "xlb: error: ipvsadm: -t: no service tcp/198.51.100.99:80\n"
+        assert cli_main(["zero", "-u", "198.51.100.99:53", *sock]) == 1
+        assert capsys.readouterr().err == "xlb: error: xlb zero: -u: no service udp/198.51.100.99:53\n"
+        # A real the config already has is not the edit's fault: other edits go through.
+        assert cli_main(["real", "edit", "-t", "198.51.100.10:80", "-r", "198.18.0.11", "-w", "3", *sock]) == 0
+        capsys.readouterr()
+
+        host.config.write_text(own)
+        os.kill(daemon.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while "reload rejected" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert (f"xlb: reload rejected, running config unchanged: {host.config}: service[0].real[1].address: real "
+                "198.18.0.2 is the address of eth0 on this balancer") in log.read_text()
+        after = cli_main(["list", "-n", *sock]), capsys.readouterr().out
+        assert after == (before[0], before[1].replace("Route   1 ", "Route   3 "))
+        daemon.stop()

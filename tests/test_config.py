@@ -433,3 +433,67 @@ def test_utf8_bom_is_accepted(tmp_path):
 def test_nesting_too_deep_is_a_config_error():
     e = reject("a = " + "[" * 10000 + "]" * 10000 + "\n")
     assert "nested too deeply" in e.message
+
+
+# --- reals that cannot work (xlb/realcheck.py) ------------------------------------------------------------------
+
+def _with_real(address):
+    """A service of the address's family with a good real, then a real at ``address`` (service[0].real[1])."""
+    svc, good = (V4, "198.18.1.2") if ipaddress.ip_address(address).version == 4 else (V6, "2001:db8::2")
+    return svc + f'[[service.real]]\naddress = "{good}"\n[[service.real]]\naddress = "{address}"\n'
+
+
+@pytest.mark.parametrize("address, fragment", [
+    ("0.0.0.0", 'is in 0.0.0.0/8 ("this network")'),
+    ("0.1.2.3", 'is in 0.0.0.0/8 ("this network")'),
+    ("255.255.255.255", "is the broadcast address"),
+    ("127.0.0.1", "is a loopback address: xlb forwards out of the interface and cannot deliver to the balancer"),
+    ("127.1.2.3", "is a loopback address"),
+    ("224.0.0.5", "is a multicast address"),
+    ("239.255.255.250", "is a multicast address"),
+    ("::", "is the unspecified address"),
+    ("::1", "is a loopback address"),
+    ("ff02::1", "is a multicast address"),
+    ("fe80::1", "is link-local (IPVS refuses it too"),
+    ("::ffff:198.18.1.3", "is an IPv4-mapped address"),
+    ("198.51.100.10", "is the VIP of service[0] (tcp/198.51.100.10:80): a real must be another host"),
+])
+def test_reals_that_cannot_work_are_refused(address, fragment):
+    err = reject(_with_real(address))
+    assert err.where == "service[0].real[1].address"
+    assert err.message.startswith(f"real {ipaddress.ip_address(address)} ")
+    assert fragment in err.message
+
+
+def test_a_real_that_is_another_services_vip_or_a_single_address_mark_dst():
+    other = V6.replace('"udp"', '"tcp"') + '[[service.real]]\naddress = "2001:db8::1"\n'
+    err = reject(V6 + '[[service.real]]\naddress = "2001:db8::2"\n' + other)
+    assert err.where == "service[1].real[0].address"
+    assert err.message.startswith("real 2001:db8::1 is the VIP of service[0] (udp/[2001:db8::1]:53)")
+    err = reject(V4.replace("port = 80", "port = 443") + '[[service.real]]\naddress = "198.18.1.2"\n'
+                 + V4.replace("198.51.100.10", "198.51.100.11") + '[[service.real]]\naddress = "198.51.100.10"\n')
+    assert err.where == "service[1].real[0].address" and "is the VIP of service[0] (tcp/198.51.100.10:443)" \
+        in err.message
+    marked = '[[mark]]\nmark = 1\ndst = "198.51.100.20/32"\n[[service]]\nfwmark = 1\n'
+    err = reject(marked + '[[service.real]]\naddress = "198.51.100.20"\n')
+    assert (err.where, "is the dst of mark[0] (mark 1)" in err.message) == ("service[0].real[0].address", True)
+
+
+@pytest.mark.parametrize("address", ["169.254.1.2", "198.51.100.11", "240.0.0.1"])
+def test_reals_ipvs_takes_stay_allowed(address):
+    """IPv4 link-local and class E are unicast to IPVS; an address inside a wider mark prefix is not a VIP."""
+    text = ('[[mark]]\nmark = 1\ndst = "198.51.100.0/24"\n[[service]]\nfwmark = 1\n'
+            f'[[service.real]]\naddress = "{address}"\n')
+    assert str(config.parse(text).services[0].reals[0].address) == address
+
+
+def test_check_local_names_the_real_and_the_interface():
+    from xlb import realcheck
+    cfg = config.parse(SVC_REAL, "x.toml")
+    local = {ipaddress.ip_address("198.18.1.2"): "address of eth0"}
+    with pytest.raises(ConfigError) as info:
+        realcheck.check_local(cfg, local, "eth0")
+    assert str(info.value) == ("x.toml: service[0].real[0].address: real 198.18.1.2 is the address of eth0 on this "
+                               "balancer (xlb runs on eth0): xlb forwards out of the interface and cannot deliver "
+                               "to the balancer itself (IPVS can); give a real server's address")
+    realcheck.check_local(cfg, {ipaddress.ip_address("198.18.1.3"): "address of eth0"}, "eth0")

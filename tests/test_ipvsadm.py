@@ -10,6 +10,7 @@ from xlb import config as xconfig
 from xlb import ipvsadm
 from xlb.errors import ConfigError
 
+SOURCE = ipvsadm.SOURCE
 TCP80 = {"proto": "tcp", "vip": "198.51.100.10", "port": 80}
 FWM1 = {"fwmark": 1, "family": 4}
 
@@ -71,6 +72,10 @@ def test_clear_set_zero_delete_ipv6_fwmark():
     ("-L --bogus", "--bogus", "unknown option"),
     ("--start-daemon master", "--start-daemon", "not supported"),
     ("-A -t 198.51.100.10:80 -s", "-s", "needs a value"),
+    # ipvsadm prints the first of --stats --rate --thresholds --persistent-conn and silently drops the others.
+    ("-L -n --stats --rate", "--rate", "--stats and --rate each choose the columns of the listing: give one "
+                                       "(ipvsadm would silently print only --stats)"),
+    ("-L --persistent-conn --thresholds", "--persistent-conn", "--thresholds and --persistent-conn each choose"),
 ])
 def test_parse_errors_name_the_option(argv, where, fragment):
     with pytest.raises(ConfigError) as info:
@@ -100,6 +105,16 @@ def test_a_real_world_script_gives_the_expected_config():
     assert [(str(r.address), r.weight) for r in fwm.reals] == [("198.18.0.11", 100), ("198.18.0.12", 0)]
     assert (https.name, https.scheduler, https.persistence_timeout) == ("tcp/198.51.100.20:443", "sh", 360)
     assert [str(r.address) for r in https.reals] == ["198.18.0.11", "198.18.0.12"]
+
+
+@pytest.mark.parametrize("real, fragment", [("0.0.0.0", 'is in 0.0.0.0/8 ("this network")'),
+                                            ("198.51.100.20", "is the VIP of service[0] (tcp/198.51.100.20:443)"),
+                                            ("224.0.0.1:443", "is a multicast address")])
+def test_a_real_that_cannot_work_is_refused_naming_r(real, fragment):
+    cfg = admin.apply_ops(xconfig.parse("", "x"), ops("-A -t 198.51.100.20:443"), SOURCE)
+    with pytest.raises(ConfigError) as info:
+        admin.apply_ops(cfg, ops(f"-a -t 198.51.100.20:443 -r {real} -g -w 1"), SOURCE)
+    assert (info.value.source, info.value.where) == (SOURCE, "-r") and fragment in info.value.message
 
 
 def test_restore_names_the_line():
@@ -311,6 +326,51 @@ def test_without_a_daemon_commands_fail_clearly(tmp_path, capsys):
     assert main(["list", "--socket", str(tmp_path / "none.sock")]) == 1
     err = capsys.readouterr().err
     assert err.count("no xlb daemon answers at") == 2 and "is `xlb run` running?" in err
+
+
+def _commands_as_nobody(run_dir, argvs):
+    """Each `xlb ARGV` run as uid 65534 with control.RUN_DIR = run_dir: (exit code, stderr) per command."""
+    import contextlib
+    import os
+    import sys
+    from xlb.cli import main
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+    control.RUN_DIR = run_dir
+    out = []
+    for argv in argvs:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc = main(argv)
+        out.append((rc, err.getvalue()))
+    sys.stderr.flush()
+    return out
+
+
+@needs_root
+def test_without_root_commands_say_root_is_needed(tmp_path):
+    """/run/xlb is root's and 0700: a non-root `xlb list` cannot see the socket a running daemon serves there,
+    and must say that it needs root, not that no daemon runs."""
+    import os
+    import socket
+    from xlb.netns import run_in_netns
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listening.bind(str(run_dir / "eth0.sock"))
+        listening.listen(1)
+        results = run_in_netns(None, _commands_as_nobody, run_dir,
+                               [["list", "-n"], ["ipvsadm", "-L", "-n"], ["status"],
+                                ["list", "--socket", str(run_dir / "eth0.sock")]])
+    finally:
+        listening.close()
+    for rc, err in results[:3]:
+        assert (rc, err) == (1, f"xlb: error: cannot look for xlb's control socket in {run_dir}/: permission "
+                                "denied; the control socket is root-only, run this as root (e.g. with sudo)\n")
+    assert results[3] == (1, f"xlb: error: {run_dir}/eth0.sock: permission denied; the control socket is "
+                             "root-only, run this as root (e.g. with sudo)\n")
 
 
 @needs_root

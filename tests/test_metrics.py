@@ -407,6 +407,62 @@ def dashboard_metrics():
     return {name for e in exprs for name in re.findall(r"\b(xlb_[a-z0-9_]+)", e)}
 
 
+class _Fixed:
+    """A collector stand-in: the endpoint only calls exposition()."""
+
+    def exposition(self):
+        return b"xlb_up 1\n"
+
+
+def _head_and_get(port):
+    import http.client
+    endpoint = metrics.serve(f"127.0.0.1:{port}", _Fixed())
+    try:
+        out = []
+        for method in ("HEAD", "GET"):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request(method, "/metrics")
+            resp = conn.getresponse()
+            out.append((resp.status, resp.getheader("Content-Type"), resp.getheader("Content-Length"), resp.read()))
+            conn.close()
+        return out
+    finally:
+        endpoint.close()
+
+
+@needs_root
+def test_head_metrics_answers_headers_without_a_body():
+    """HEAD /metrics (uptime checkers, `curl -I`) gets GET's status and headers, and no body."""
+    from xlb.netns import Topology
+    with Topology(prefix="xmh") as topo:
+        head, get = run_in_netns(topo.netns("m"), _head_and_get, METRICS_PORT)
+    assert get == (200, metrics.CONTENT_TYPE, "9", b"xlb_up 1\n")
+    assert head == (200, metrics.CONTENT_TYPE, "9", b"")
+
+
+def _run_captured(argv):
+    """`xlb ARGV` in this (child) process: (exit code, stderr)."""
+    import contextlib
+    import io
+    from xlb.cli import main
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return rc, err.getvalue()
+
+
+def test_a_bad_metrics_address_is_refused_before_anything_else(tmp_path):
+    """`xlb run --metrics` with a bad ADDR:PORT says so at once: before the interface is even looked up (and so
+    before the program's compile), not after. (A child process: a daemon that got further would install its
+    signal handlers.)"""
+    config = tmp_path / "xlb.toml"
+    config.write_text("")
+    argv = ["run", "--iface", "xlb-no-such0", "--config", str(config), "--metrics", "127.0.0.1:99999"]
+    want = ("xlb: error: --metrics '127.0.0.1:99999': the port must be 1..65535 (e.g. --metrics "
+            f"127.0.0.1:{metrics.DEFAULT_PORT})\n")
+    assert run_in_netns(None, _run_captured, argv) == (1, want)
+
+
 def test_dashboard_has_the_expected_panels():
     names = dashboard_metrics()
     assert len(names) >= 10, names

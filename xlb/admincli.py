@@ -130,7 +130,7 @@ def run_ipvsadm(argv, socket=None, stdin=None, out=None):
         control.call("edit", path=socket, ops=req.ops, source="ipvsadm")
         return 0
     if req.command == "zero":
-        control.call("zero", path=socket, service=req.service)
+        control.call("zero", path=socket, service=req.service, source="ipvsadm")
         return 0
     if req.command == "save":
         out.write(ipvsadm.render_save(control.call("list", path=socket)))

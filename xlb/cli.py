@@ -73,6 +73,9 @@ def _cmd_run(args):
     from .daemon import Daemon
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     path, load = _config_source(args.parser, args, "config")
+    if args.metrics:
+        from .metrics import parse_listen
+        parse_listen(args.metrics)  # a bad ADDR:PORT is said now, not after the program's compile
     warned = []
 
     def load_config():

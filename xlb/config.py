@@ -26,6 +26,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 
+from xlb import realcheck
 from xlb.errors import ConfigError
 from xlb.tomlpos import located
 from xlb.sched import is_prime
@@ -238,6 +239,7 @@ def from_tree(doc: dict, source: str = "<config>") -> Config:
     _check_mark_conflicts(v, marks)
     services = tuple(_service(v, item, where) for where, item in v.array_of_tables(top, "", "service"))
     _check_duplicate_services(v, services)
+    realcheck.check(services, marks, source)  # reals that cannot work: VIPs, loopback, multicast...
     return Config(timeouts=timeouts, tables=tables, marks=marks, services=services, source=source)
 
 

@@ -45,7 +45,13 @@ def find_socket(path=None):
     """The socket to talk to: `path` when given, else the only one under /run/xlb/."""
     if path:
         return Path(path)
-    socks = sorted(RUN_DIR.glob("*.sock")) if RUN_DIR.is_dir() else []
+    try:
+        socks = sorted(RUN_DIR / name for name in os.listdir(RUN_DIR) if name.endswith(".sock"))
+    except (FileNotFoundError, NotADirectoryError):
+        socks = []
+    except PermissionError:  # the directory is root's and 0700: a daemon may well be running
+        raise ControlError(f"cannot look for xlb's control socket in {RUN_DIR}/: permission denied; the control "
+                           "socket is root-only, run this as root (e.g. with sudo)") from None
     if not socks:
         raise ControlError(f"no xlb daemon is running (no socket under {RUN_DIR}/); start one with `xlb run`")
     if len(socks) > 1:
@@ -66,7 +72,8 @@ def call(cmd, path=None, timeout=30.0, **args):
             raise ControlError(f"no xlb daemon answers at {sock_path} ({exc.strerror}); is `xlb run` running?") \
                 from exc
         except PermissionError as exc:
-            raise ControlError(f"{sock_path}: permission denied; the control socket is root-only") from exc
+            raise ControlError(f"{sock_path}: permission denied; the control socket is root-only, run this as root "
+                               "(e.g. with sudo)") from exc
         s.sendall(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
         s.shutdown(socket.SHUT_WR)
         data = _read_all(s)

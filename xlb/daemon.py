@@ -18,6 +18,7 @@ from . import config as xconfig
 from . import control
 from . import metrics
 from . import pin
+from . import realcheck
 from . import runtime
 from . import stats
 from . import trace  # noqa: F401  registers the `trace` control command
@@ -99,7 +100,7 @@ class Daemon:
         (run() then sees the stop flag at once), not kill the process with the program left attached.
         """
         self._install_signals()
-        cfg = self.load()
+        cfg = self.check_reals(self.load())
         ifindex_of(self.iface)
         try:
             adopted, own_ids = self._pins()
@@ -161,6 +162,12 @@ class Daemon:
         nreals = sum(len(s.reals) for s in cfg.services)
         return f"{len(cfg.services)} services, {nreals} reals, {len(cfg.marks)} mark rules"
 
+    def check_reals(self, cfg, before=None, source=None):
+        """cfg, unless a real is one of this balancer's own addresses, which only the daemon knows (a ConfigError;
+        xlb/realcheck.py). A runtime edit passes the running config and its source: only its new reals count."""
+        realcheck.check_local(cfg, realcheck.own_addresses(), self.iface, before, source)
+        return cfg
+
     def _neighbours(self):
         reals = {r.address for s in self.dp.config.services for r in s.reals}
         ensure_neighbours(reals, log=self.log)
@@ -178,7 +185,7 @@ class Daemon:
     def _reload_locked(self):
         cfg = None
         try:
-            cfg = self.load()
+            cfg = self.check_reals(self.load())
             self.dp.apply(cfg)
         except ConfigError as exc:
             self.log(f"xlb: reload rejected, running config unchanged: {exc}")

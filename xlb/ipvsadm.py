@@ -159,6 +159,7 @@ def parse(argv) -> Request:
             command = "list"
         else:
             _fail("", "no command given: one of -A -E -D -C -a -e -d -L -Z -S -R --set")
+    _one_listing(fmt)
     req = Request(command=command, fmt=fmt)
     svc_opts = [o for o in "tuf" if o in opts]
     if len(svc_opts) > 1:
@@ -169,6 +170,17 @@ def parse(argv) -> Request:
         req.service = admin.parse_service(kind, opts[o], ipv6="6" in opts, source=SOURCE)
     _build(req, opts)
     return req
+
+
+_LISTINGS = ("stats", "rate", "thresholds", "persistent-conn")  # each chooses the columns of -L
+
+
+def _one_listing(fmt):
+    """ipvsadm prints the first of these it is given, in this order, and drops the rest without a word: refuse."""
+    given = [f"--{f}" for f in _LISTINGS if f in fmt]
+    if len(given) > 1:
+        _fail(given[1], f"{' and '.join(given)} each choose the columns of the listing: give one "
+                        f"(ipvsadm would silently print only {given[0]})")
 
 
 def _needs_service(req, what):

@@ -22,6 +22,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from . import config as xconfig
+from . import realcheck
 from .errors import ConfigError
 from .kaparse import Reader, build_tree
 
@@ -728,6 +729,8 @@ class _Importer:
             for rs in vs.reals:
                 if rs.addr.version != family:
                     continue  # a group mixing families: each service takes the reals of its family
+                if rs.addr.is_loopback:  # IPVS delivers to a real on the director itself; XDP forwarding cannot
+                    self.unsupported(rs.node, f"real {rs.addr} is a loopback address: {realcheck.LOCAL}")
                 rw = f"{sw}.real[{len(reals)}]"
                 self._w(rw, rs.node)
                 real = {"address": str(rs.addr),

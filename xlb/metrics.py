@@ -308,6 +308,12 @@ class Endpoint:
 def _handler(collector):
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
+            self._scrape(send_body=True)
+
+        def do_HEAD(self):  # what GET would answer, headers only (uptime checkers, curl -I)
+            self._scrape(send_body=False)
+
+        def _scrape(self, send_body):
             if self.path.split("?", 1)[0] not in ("/metrics", "/"):
                 self.send_error(404, "xlb serves /metrics")
                 return
@@ -323,7 +329,8 @@ def _handler(collector):
                 self.send_header("Content-Encoding", "gzip")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if send_body:
+                self.wfile.write(body)
 
         def log_message(self, *args):
             pass  # a scrape every few seconds is not news

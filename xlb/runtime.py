@@ -197,8 +197,11 @@ def conn_entries(dp):
     return out
 
 
-def zero(dp, rates, ident=None):
-    """Zero the counters of one service (and its reals) or of all; returns how many services."""
+def zero(dp, rates, ident=None, source="xlb zero"):
+    """Zero the counters of one service (and its reals) or of all; returns how many services.
+
+    ``source`` names the command in the error for a service that does not exist (``ipvsadm: -t: no service
+    tcp/198.51.100.99:80``), as edits do."""
     n = 0
     for st, reals in layout(dp):
         if ident is not None and not _is(st.svc, ident):
@@ -211,7 +214,7 @@ def zero(dp, rates, ident=None):
             slots.append(("real", rid))
         rates.forget(slots)
     if ident is not None and not n:
-        raise ConfigError("xlb", admin.ident_option(ident), f"no service {admin.ident_name(ident)}")
+        raise ConfigError(source, admin.ident_option(ident), f"no service {admin.ident_name(ident)}")
     return n
 
 
@@ -229,7 +232,7 @@ def _is(svc, ident):
 @control.command("edit")
 def _edit(daemon, ops, source="xlb"):
     """Apply operations to the running config; all or nothing."""
-    new = admin.apply_ops(daemon.dp.config, ops, source)
+    new = daemon.check_reals(admin.apply_ops(daemon.dp.config, ops, source), daemon.dp.config, source)
     daemon.dp.apply(new)
     daemon._neighbours()
     daemon.runtime_edits += 1
@@ -260,8 +263,8 @@ def _conns(daemon):
 
 
 @control.command("zero")
-def _zero(daemon, service=None):
-    return {"zeroed": zero(daemon.dp, daemon.rates, service)}
+def _zero(daemon, service=None, source="xlb zero"):
+    return {"zeroed": zero(daemon.dp, daemon.rates, service, source)}
 
 
 @control.command("save")
