@@ -54,7 +54,7 @@ class PingChecker(Checker):
             return Result(False, f"ICMP connection to {self.label} failed (raw sockets need root).")
 
         async def steps():
-            await loop.sock_connect(sock, (self.spec.connect_ip, 0))   # only the target's packets reach us
+            sock.connect((self.spec.connect_ip, 0))   # no I/O on a raw socket: only the target's packets reach us
             await loop.sock_sendall(sock, echo_request(v6, ident, seq))
             while not is_reply(await loop.sock_recv(sock, 65536), v6, ident, seq):
                 pass
