@@ -38,7 +38,7 @@ class Watched:
         return self
 
     async def __aexit__(self, *exc):
-        await self.engine.stop()
+        await self.engine.stop(timeout=0.5)
 
     async def until(self, predicate, what, timeout=20.0):
         """Wait for predicate() to hold (the timeout only stops a broken test from hanging)."""

@@ -113,5 +113,10 @@ class Runner:
             self.log(f"{what}: {argv[0]} killed by signal {out.signal}")
 
     async def drain(self, timeout=None):
+        """Let running commands finish for up to ``timeout`` seconds, then kill what is left."""
         if self.pending:
             await asyncio.wait(set(self.pending), timeout=timeout)
+        left = set(self.pending)
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)

@@ -257,8 +257,8 @@ def _status_codes(r, v, where):
         w = f"{where}[{i}]" if isinstance(v, list) else where
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+))?\s*", str(item)) if not isinstance(item, bool) else None
         lo, hi = (int(m.group(1)), int(m.group(2) or m.group(1))) if m else (0, 0)
-        if not m or not 100 <= lo <= hi <= 999:
-            r.fail(w, f"must be an HTTP status (100..999) or a range like \"200-299\", got {item!r}")
+        if not m or not 100 <= lo <= hi <= 599:
+            r.fail(w, f"must be an HTTP status (100..599) or a range like \"200-299\", got {item!r}")
         out.append((lo, hi))
     return tuple(out)
 
