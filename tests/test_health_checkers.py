@@ -368,3 +368,13 @@ def test_file_check_value_and_weight(ns, tmp_path):
             await w.effect(REAL_UP)
         assert f"FILE_CHECK {path} value 1 - setting down" in w.lines
     run(scenario())
+
+
+def test_an_unreadable_ca_file_fails_the_check_not_the_engine(ns):
+    async def scenario():
+        check = {"kind": "SSL_GET", "retry": 0, "ca": "/nonexistent/ca.pem", "url": {"path": "/"}}
+        async with Watched([one_real(check, 443, **FAST)]) as w:
+            await w.effect(REAL_DOWN)
+            await w.results(3)                                   # and it keeps checking
+        assert any(line.startswith("SSL_GET to [127.0.0.1]:tcp:443 failed: [Errno 2]") for line in w.lines), w.lines
+    run(scenario())

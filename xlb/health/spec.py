@@ -319,8 +319,8 @@ def parse_check(tbl, where, source="config"):
                 kw[k] = True
                 kw["reply"], kw["reply_mask"] = r.hex_bytes(v, w, wildcards=True)
         elif k == "user":
-            parts = r.text(v, w).split() if isinstance(v, str) else v
-            if not isinstance(parts, list) and not isinstance(parts, tuple) or not 1 <= len(parts) <= 2:
+            parts = v.split() if isinstance(v, str) else v
+            if not isinstance(parts, list) or not 1 <= len(parts) <= 2 or not all(isinstance(p, str) for p in parts):
                 r.fail(w, f"must be \"USER\" or \"USER GROUP\", got {v!r}")
             kw[k] = (parts[0], parts[1] if len(parts) > 1 else None)
         else:
