@@ -140,3 +140,22 @@ def test_a_fwmark_real_without_a_port_needs_connect_port():
 ])
 def test_bad_service_health_keys_name_the_field(svc, field, words):
     rejects(field, words, svc=svc)
+
+
+def test_the_health_package_imports_only_the_standard_library_xlb_errors_and_itself():
+    """The contract in xlb/health/__init__.py: no bcc, no data plane, nothing the layout refactor moves."""
+    import ast
+    import pathlib
+    import sys
+    for path in pathlib.Path(hspec.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level == 1 or (node.level == 2 and node.module == "errors"):
+                    continue
+                mods = [node.module]
+            else:
+                continue
+            for mod in mods:
+                assert mod.split(".")[0] in sys.stdlib_module_names or mod == "xlb.errors", (path.name, mod)

@@ -1,7 +1,6 @@
 """HTTP_GET: fetch every url (``GET path``, ``User-Agent: KeepAliveClient``, one connection each) and require its
 status in status_code (default 200-299), the MD5 of its body equal to digest, and regex to match (or, with
 regex_no_match, not to). All urls are fetched in one run, so fast_recovery has nothing left to hurry."""
-import asyncio
 import hashlib
 import re
 
