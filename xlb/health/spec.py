@@ -17,7 +17,7 @@ from ..errors import ConfigError
 DEFAULT_DELAY_LOOP = 60.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 WEIGHT_MAX = 65535
-DNS_TYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "MX": 15, "TXT": 16, "AAAA": 28}
+DNS_TYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "MX": 15, "TXT": 16, "AAAA": 28, "RRSIG": 46, "DNSKEY": 48}
 HTTP_PROTOCOLS = ("1.0", "1.0C", "1.1")
 SMTP_DEFAULT_HELO = "smtpchecker.keepalived.org"
 
