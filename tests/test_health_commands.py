@@ -80,3 +80,26 @@ def test_notifies_run_once_per_change_without_holding_up_the_checks(tmp_path):
         server.close()
         await server.wait_closed()
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_checker_that_raises_fails_its_check_and_the_engine_goes_on():
+    class Broken:
+        spec, label = None, "[127.0.0.1]:tcp:9"
+
+        def deadline(self):
+            return 1.0
+
+        async def check(self):
+            raise EOFError("a bug in a checker")
+
+    async def scenario():
+        svc = one_real({"kind": "TCP_CHECK", "retry": 0}, 9, delay_loop=0.05)
+        w = Watched([svc])
+        (key,) = w.engine.checkers
+        Broken.spec = w.engine.checkers[key].spec
+        w.engine.checkers[key] = Broken()
+        async with w:
+            await w.effect(REAL_DOWN)
+            await w.results(3)                      # still checking
+        assert "TCP_CHECK to [127.0.0.1]:tcp:9 failed: EOFError: a bug in a checker" in w.lines
+    asyncio.run(asyncio.wait_for(scenario(), 30))

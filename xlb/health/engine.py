@@ -77,5 +77,5 @@ class Engine:
             return await asyncio.wait_for(chk.check(), chk.deadline())
         except asyncio.TimeoutError:
             return chk.timed_out()
-        except (OSError, ValueError, RuntimeError) as e:
-            return Result(False, f"{chk.spec.kind} to {chk.label} failed: {e}")
+        except Exception as e:  # noqa: BLE001 - whatever one checker raises is its failure, never the engine's
+            return Result(False, f"{chk.spec.kind} to {chk.label} failed: {type(e).__name__}: {e}")
