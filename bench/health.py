@@ -16,6 +16,8 @@ from xlb.health import spec as hspec
 from xlb.health.engine import Engine
 from xlb.netns import Topology, in_netns
 
+from . import unwind_on_sigterm
+
 RESPONSE = b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
 
 
@@ -75,6 +77,7 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--kind", choices=("TCP_CHECK", "HTTP_GET"), default="TCP_CHECK")
     args = ap.parse_args(argv)
+    unwind_on_sigterm()      # a timeout's SIGTERM still removes the namespace and the server
     with Topology(prefix="xbh") as topo:
         ns = topo.netns("health")
         topo.spawn(ns, _serve, args.kind == "HTTP_GET")
