@@ -74,8 +74,9 @@ class Engine:
     async def attempt(chk):
         """One bounded attempt; a checker's own exception is a failure, never the engine's."""
         try:
-            return await asyncio.wait_for(chk.check(), chk.deadline())
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(chk.deadline()):    # no extra task per attempt, unlike wait_for
+                return await chk.check()
+        except TimeoutError:
             return chk.timed_out()
         except Exception as e:  # noqa: BLE001 - whatever one checker raises is its failure, never the engine's
             return Result(False, f"{chk.spec.kind} to {chk.label} failed: {type(e).__name__}: {e}")
