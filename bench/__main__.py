@@ -2,12 +2,10 @@
 
 Runs as root (namespaces, XDP). Writes the JSON results, PNG plots and summary.md (also printed)."""
 import argparse
-import os
-import signal
 import sys
 import time
 
-from . import control, forward, lab as L, micro, report
+from . import control, forward, lab as L, micro, report, unwind_on_sigterm
 
 PARTS = ("micro", "forward", "control")
 
@@ -25,18 +23,7 @@ def main(argv=None):
     unknown = set(parts) - set(PARTS)
     if unknown:
         ap.error(f"unknown part(s): {', '.join(sorted(unknown))}")
-    # SIGTERM unwinds like an exception, so the namespaces and XDP attachments are removed. Forked helpers
-    # (pyroute2's, xlb.netns's) inherit the handler and must still die the ordinary way.
-    main_pid = os.getpid()
-
-    def on_term(signum, _frame):
-        if os.getpid() != main_pid:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        sys.exit(143)
-
-    signal.signal(signal.SIGTERM, on_term)
+    unwind_on_sigterm()
     t0 = time.perf_counter()
 
     def log(msg):

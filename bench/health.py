@@ -1,0 +1,102 @@
+"""python -m bench.health [--reals N] [--delay-loop S] [--seconds T] [--kind TCP_CHECK|HTTP_GET]
+
+CPU the health engine spends per 1,000 checks a second: N reals (127.0.x.y:80 on the loopback of a throwaway
+namespace, one server in a child process answers them all) checked every delay_loop seconds by one engine on one
+asyncio loop. CPU is this process's user + system time over the measured window (the server's is not counted).
+Root (a namespace). A figure, never asserted."""
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import socket
+import time
+
+from xlb.health import spec as hspec
+from xlb.health.engine import Engine
+from xlb.netns import Topology, in_netns
+
+from . import unwind_on_sigterm
+
+RESPONSE = b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+
+
+def _serve(http):
+    """The reals' server: accept, answer HTTP if asked, close (runs in a forked child of the namespace)."""
+    async def handle(reader, writer):
+        try:
+            if http:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(RESPONSE)
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass                      # the engine stopped mid-check
+        finally:
+            writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, "0.0.0.0", 80, backlog=4096, reuse_address=True)
+        async with server:
+            await server.serve_forever()
+    asyncio.run(main())
+
+
+def _service(n, kind, delay_loop):
+    check = {"kind": kind, "retry": 0, "connect_timeout": 2}
+    if kind == "HTTP_GET":
+        check["url"] = {"path": "/"}
+    reals = [(str(ipaddress.IPv4Address("127.0.1.0") + i), 80, 1, {}, f"real[{i}]") for i in range(n)]
+    return hspec.parse_service("[198.51.100.10]:tcp:80", "tcp", {"delay_loop": delay_loop, "check": check},
+                               reals, "service")
+
+
+async def _measure(svc, seconds):
+    ups = []
+    engine = Engine([svc], on_effect=lambda e: ups.append(e.kind), log=lambda line: None)
+    await engine.start()
+    await asyncio.sleep(svc.delay_loop * 1.5)          # past the warmup spread
+    before = (sum(c for c, _ in engine.durations.values()), os.times())
+    t0 = time.perf_counter()
+    await asyncio.sleep(seconds)
+    wall = time.perf_counter() - t0
+    checks = sum(c for c, _ in engine.durations.values()) - before[0]
+    after = os.times()
+    cpu = (after.user - before[1].user) + (after.system - before[1].system)
+    down = sum(1 for c in engine.core.checkers if not c.is_up)
+    await engine.stop(timeout=1)
+    return {"checks": checks, "wall_s": wall, "cpu_s": cpu, "checks_per_s": checks / wall,
+            "cpu_per_1000_checks_per_s": (cpu / wall) / (checks / wall / 1000) if checks else None,
+            "checkers_down": down}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bench.health", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reals", type=int, default=1000)
+    ap.add_argument("--delay-loop", type=float, default=1.0)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--kind", choices=("TCP_CHECK", "HTTP_GET"), default="TCP_CHECK")
+    args = ap.parse_args(argv)
+    unwind_on_sigterm()      # a timeout's SIGTERM still removes the namespace and the server
+    with Topology(prefix="xbh") as topo:
+        ns = topo.netns("health")
+        topo.spawn(ns, _serve, args.kind == "HTTP_GET")
+        with in_netns(ns):
+            _wait_listening()
+            out = asyncio.run(_measure(_service(args.reals, args.kind, args.delay_loop), args.seconds))
+    out.update(kind=args.kind, reals=args.reals, delay_loop=args.delay_loop)
+    print(json.dumps(out, indent=1))
+    return out
+
+
+def _wait_listening(tries=200):
+    for _ in range(tries):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", 80)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError("the bench's server never listened")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""The state machine, exactly keepalived 2.2's (check_*.c epilogs, ipwrapper.c): pure, driven by check results and
+the times they came in, so tests run it on a fake clock. It decides when each checker runs next, whether a real
+is alive, the quorum of each service and the sorry server, logs in keepalived's words once per change, and reports
+``Effect``s (with the pool IPVS would now hold) and the commands to run (notify_*, quorum_*)."""
+from dataclasses import dataclass, field
+
+from . import spec as hspec
+
+BOOTSTRAP_DELAY = 1.0   # keepalived starts the first checks one second after start, plus the warmup jitter
+
+# Effect kinds
+INIT = "init"                  # the pool at start
+REAL_UP = "real_up"
+REAL_DOWN = "real_down"        # removed; with inhibit_on_failure kept at weight 0
+WEIGHT = "weight"              # misc_dynamic / FILE_CHECK weight change
+QUORUM_GAINED = "quorum_gained"
+QUORUM_LOST = "quorum_lost"
+
+
+@dataclass(frozen=True)
+class Result:
+    ok: bool
+    reason: str = ""               # keepalived's words: logged when the state changes (or every failure if asked)
+    weight: int | None = None      # a new effective weight (misc_dynamic, FILE_CHECK)
+
+
+@dataclass(frozen=True)
+class Effect:
+    kind: str
+    service: str
+    real: tuple | None = None      # (address, port)
+    weight: int | None = None
+    pool: dict = field(default_factory=dict)   # (address, port) -> weight: what IPVS would hold now
+
+
+def real_weight(w):
+    return max(0, min(hspec.WEIGHT_MAX, w))
+
+
+class CheckerState:
+    """One checker of one real: keepalived's is_up / has_run / retry_it."""
+
+    def __init__(self, check, real, label):
+        self.check = check            # resolved spec.Check
+        self.real = real
+        self.label = label            # "[198.18.1.2]:tcp:80" (FMT_CHK)
+        self.is_up = not check.alpha
+        self.has_run = False
+        self.retry_it = check.retry   # one failure is enough at start (alpha: it only logs)
+        self.last = None              # (time, Result)
+        self.last_change = None
+
+
+class RealState:
+    def __init__(self, spec, service):
+        self.spec = spec
+        self.service = service
+        self.key = spec.key
+        self.weight = spec.weight     # effective weight (misc_dynamic moves it)
+        self.inhibit = hspec.inhibit(spec, service.spec)
+        self.checkers = []
+        self.failed = 0               # num_failed_checkers
+        self.alive = False
+        self.last_change = None
+        self.reason = ""
+
+    def name(self):
+        a, p = self.key
+        return f"[{a}]:{self.service.spec.protocol}:{p}" if p else f"[{a}]:0"
+
+
+class ServiceState:
+    def __init__(self, spec):
+        self.spec = spec
+        self.reals = [RealState(r, self) for r in spec.reals]
+        self.quorum_up = False
+        self.sorry_alive = False
+
+    def live_weight(self):
+        return sum(real_weight(r.weight) for r in self.reals if r.alive)
+
+    def pool(self):
+        """What IPVS would hold: alive reals at their weight, inhibited dead ones at 0, or the sorry server."""
+        s = self.spec
+        out = {}
+        if s.sorry_server and self.sorry_alive:
+            out.update({r.key: 0 for r in self.reals if r.inhibit})
+            out[self._sorry_key()] = 1
+            return out
+        for r in self.reals:
+            if r.alive or r.inhibit:
+                out[r.key] = real_weight(r.weight) if r.alive else 0
+        if s.sorry_server and s.sorry_server_inhibit:
+            out[self._sorry_key()] = 0
+        return out
+
+    def _sorry_key(self):
+        a, p = self.spec.sorry_server
+        return (a, p or _service_port(self.spec))
+
+
+def _service_port(svc):
+    tail = svc.name.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+class Core:
+    """Every service's state; ``start`` once, then ``report`` each result. Effects and commands go to the
+    callbacks given: ``on_effect(Effect)``, ``run_command(argv, what)``, ``log(line)``."""
+
+    def __init__(self, services, label, log=print, on_effect=None, run_command=None, rand=None,
+                 bootstrap=BOOTSTRAP_DELAY):
+        import random
+        self.services = [ServiceState(s) for s in services]
+        self.log = log
+        self.on_effect = on_effect or (lambda e: None)
+        self.run_command = run_command or (lambda argv, what: None)
+        self.rand = rand or random.random
+        self.bootstrap = bootstrap
+        self.checkers = []
+        for s in self.services:
+            for r in s.reals:
+                for c in r.spec.checks:
+                    rc = hspec.resolve(c, r.spec, s.spec)
+                    r.checkers.append(CheckerState(rc, r, label(rc, s.spec.protocol)))
+                self.checkers.extend(r.checkers)
+
+    # --- start / stop (init_services, set_quorum_states, clear_services) -----------------------------------------
+
+    def start(self, now):
+        """Initial states and pools; returns [(first due time, CheckerState)] with the warmup jitter."""
+        for s in self.services:
+            for r in s.reals:
+                r.failed = sum(1 for c in r.checkers if not c.is_up)
+                r.alive = r.failed == 0
+                r.last_change = now
+            s.quorum_up = s.live_weight() >= s.spec.quorum + s.spec.hysteresis
+            self._update_quorum(s, init=True)
+            self.on_effect(Effect(INIT, s.spec.name, pool=s.pool()))
+        return [(now + self.bootstrap + c.check.warmup * self.rand(), c) for c in self.checkers]
+
+    def stop(self):
+        """Shutting down: with omega, the down notifiers of alive reals and of the quorum run, as keepalived's do."""
+        for s in self.services:
+            for r in s.reals:
+                if r.alive:
+                    self.log(f"Shutting down service {r.name()} from VS {s.spec.name}")
+                    r.alive = False
+                    if s.spec.omega:
+                        self._notify(r.spec.notify_down, f"notify_down {r.name()}")
+            if s.spec.omega and s.quorum_up:
+                s.quorum_up = False
+                self._notify(s.spec.quorum_down, f"quorum_down {s.spec.name}")
+
+    # --- one result (the checkers' epilog) -----------------------------------------------------------------------
+
+    def report(self, c, result, now, started=None):
+        """Feed one check result; returns when the checker runs next."""
+        c.last = (now, result)
+        chk = c.check
+        if result.ok and result.weight is not None:
+            self._update_weight(c.real, result.weight, now)
+        if not result.ok and c.is_up and chk.log_all_failures and result.reason:
+            self.log(result.reason)
+        delay = chk.delay_loop
+        if result.ok or ((c.is_up or not c.has_run) and c.retry_it >= chk.retry):
+            if result.ok and (not c.is_up or not c.has_run):
+                if result.reason:
+                    self.log(result.reason)
+                self._checker_state(c, True, now, result.reason)
+            elif not result.ok and (c.is_up or not c.has_run):
+                if c.is_up and result.reason and not chk.log_all_failures:
+                    self.log(result.reason)
+                self._log_down(c)
+                self._checker_state(c, False, now, result.reason)
+            c.retry_it = 0
+        elif c.is_up:
+            delay = chk.delay_before_retry
+            c.retry_it += 1
+        c.has_run = True
+        base = started if (started is not None and chk.kind == "MISC_CHECK") else now
+        return max(now, base + delay)
+
+    def _log_down(self, c):
+        kind = {"HTTP_GET": "HTTP_CHECK", "SSL_GET": "SSL_CHECK", "MISC_CHECK": ""}.get(c.check.kind, c.check.kind)
+        if not kind:
+            return
+        if c.check.retry and c.has_run:
+            self.log(f"{kind} on service {c.label} failed after {c.check.retry} retries.")
+        else:
+            self.log(f"{kind} on service {c.label} failed.")
+
+    # --- ipwrapper.c ---------------------------------------------------------------------------------------------
+
+    def _checker_state(self, c, alive, now, reason):
+        """update_svr_checker_state: all checkers of a real must pass for it to be alive."""
+        r = c.real
+        if c.is_up == alive:
+            if not c.has_run:
+                if c.check.alpha or not alive:
+                    self._rs_notify(r)
+                c.has_run = True
+            return
+        c.has_run = True
+        c.last_change = now
+        if alive and r.failed <= 1:
+            self._perform(r, True, now, reason)
+        elif not alive and r.failed == 0:
+            self._perform(r, False, now, reason)
+        c.is_up = alive
+        r.failed += -1 if alive else 1
+
+    def _perform(self, r, alive, now, reason):
+        """perform_svr_state: the real joins or leaves the pool (or is enabled/disabled with inhibit_on_failure)."""
+        if r.alive == alive:
+            return
+        s = r.service
+        verb = ("Enabl" if r.inhibit else "Add") if alive else ("Disabl" if r.inhibit else "Remov")
+        prep = "of" if r.inhibit else ("to" if alive else "from")
+        self.log(f"{verb}ing service {r.name()} {prep} VS {s.spec.name}")
+        r.alive = alive
+        r.last_change, r.reason = now, reason
+        self.on_effect(Effect(REAL_UP if alive else REAL_DOWN, s.spec.name, r.key,
+                              real_weight(r.weight) if alive else (0 if r.inhibit else None), s.pool()))
+        self._rs_notify(r)
+        self._update_quorum(s, init=False)
+
+    def _rs_notify(self, r):
+        argv = r.spec.notify_up if r.alive else r.spec.notify_down
+        self._notify(argv, f"notify_{'up' if r.alive else 'down'} {r.name()}")
+
+    def _notify(self, argv, what):
+        if argv:
+            self.run_command(argv, what)
+
+    def _update_weight(self, r, weight, now):
+        """update_svr_wgt: misc_dynamic (exit status - 2) or FILE_CHECK set a new effective weight."""
+        old, new = real_weight(r.weight), real_weight(weight)
+        r.weight = weight
+        if old == new:
+            return
+        s = r.service
+        self.log(f"Changing weight from {old} to {new} for {'' if r.alive else 'in'}active service {r.name()} "
+                 f"of VS {s.spec.name}")
+        self.on_effect(Effect(WEIGHT, s.spec.name, r.key, new, s.pool()))
+        self._update_quorum(s, init=False)
+
+    def _update_quorum(self, s, init):
+        """update_quorum_state: quorum with hysteresis over the sum of live weights; the sorry server."""
+        q, h = s.spec.quorum, s.spec.hysteresis
+        total = s.live_weight()
+        threshold = q + (-h if s.quorum_up else h)
+        sorry = s.spec.sorry_server
+        if not s.quorum_up and total >= threshold:
+            s.quorum_up = True
+            self.log(f"Gained quorum {q}+{h}={threshold} <= {total} for VS {s.spec.name}")
+            if sorry and s.sorry_alive:
+                verb = "Disabling" if s.spec.sorry_server_inhibit else "Removing"
+                self.log(f"{verb} sorry server {self._sorry_name(s)} from VS {s.spec.name}")
+                s.sorry_alive = False
+                self.log(f"Adding alive servers to the pool for VS {s.spec.name}")
+            self.on_effect(Effect(QUORUM_GAINED, s.spec.name, pool=s.pool()))
+            self._notify(s.spec.quorum_up, f"quorum_up {s.spec.name}")
+        elif (s.quorum_up and (not total or total < threshold)) or \
+                (init and not s.quorum_up and sorry and not s.sorry_alive):
+            s.quorum_up = False
+            self.log(f"{'Starting with quorum down' if init else 'Lost quorum'} {q}-{h}={threshold} > {total} "
+                     f"for VS {s.spec.name}")
+            if sorry and not s.sorry_alive:
+                verb = "Enabling" if s.spec.sorry_server_inhibit else "Adding"
+                self.log(f"{verb} sorry server {self._sorry_name(s)} to VS {s.spec.name}")
+                self.log(f"Removing alive servers from the pool for VS {s.spec.name}")
+                s.sorry_alive = True
+            self.on_effect(Effect(QUORUM_LOST, s.spec.name, pool=s.pool()))
+            self._notify(s.spec.quorum_down, f"quorum_down {s.spec.name}")
+
+    @staticmethod
+    def _sorry_name(s):
+        a, p = s._sorry_key()
+        return f"[{a}]:{s.spec.protocol}:{p}"
+
+    # --- what `xlb list --health` will show ------------------------------------------------------------------------
+
+    def status(self):
+        out = []
+        for s in self.services:
+            reals = []
+            for r in s.reals:
+                reals.append({
+                    "address": r.key[0], "port": r.key[1], "alive": r.alive, "weight": real_weight(r.weight),
+                    "inhibited": r.inhibit and not r.alive, "last_change": r.last_change, "reason": r.reason,
+                    "checkers": [{"kind": c.check.kind, "target": c.label, "up": c.is_up, "has_run": c.has_run,
+                                  "retry_it": c.retry_it, "last_time": c.last[0] if c.last else None,
+                                  "last_ok": c.last[1].ok if c.last else None,
+                                  "last_reason": c.last[1].reason if c.last else "",
+                                  "last_change": c.last_change} for c in r.checkers]})
+            out.append({"service": s.spec.name, "quorum_up": s.quorum_up, "sorry_server_active": s.sorry_alive,
+                        "live_weight": s.live_weight(), "pool": s.pool(), "reals": reals})
+        return out
