@@ -86,6 +86,7 @@ def summary(result):
             lines.append(f"| {name} | {_fmt(c.get('ns_per_pkt'), 1)} | {_fmt(c.get('ratio_to_min_fwd'))} | "
                          f"{_fmt(c.get('ns_per_pkt_cold'), 1)} | {_fmt(c.get('ratio_to_min_fwd_cold'))} | "
                          f"{_fmt(c.get('ns_per_pkt_repeat'), 1)} | {_fmt(c.get('ratio_to_min_fwd_repeat'))} |")
+    lines += _katran(result.get("katran"))
     if fwd:
         lines += ["", "## Forwarding (Mpps delivered; 64-byte frames, one CPU for everything)", "",
                   "| system | all | tcp4 | udp4 | tcp6 | udp6 | lost |", "|---|---|---|---|---|---|---|"]
@@ -106,6 +107,32 @@ def summary(result):
         lines.append(f"\nMemory: {mem['conn_bytes']:.0f} bytes per connection, {mem['template_bytes']:.0f} bytes "
                      f"per persistence template ({mem['how']}).")
     return "\n".join(lines) + "\n"
+
+
+KATRAN_GOALS = {"established_16384_flows": 0.5, "new_conn_setup": 0.7, "new_conn_setup_persist_hit": 0.6}
+
+
+def _katran(k):
+    """The side-by-side table (bench/katran_peer.py): raw ns per packet (a set-up: per flow, SYN and ACK)."""
+    if not k:
+        return []
+    if not k.get("present"):
+        return ["", "## Side by side with Katran", "", f"Not run: {k.get('reason')}."]
+    n = k["notes"]
+    lines = ["", "## Side by side with Katran", "",
+             f"Same process, same CPU, alternating every round ({n['rounds']} rounds); tables "
+             f"{n['table_entries_per_cpu']} entries per CPU. Raw ns (harness included; XDP_PASS's in the last "
+             "columns); ratio: median of the per-round xlb / Katran.", "",
+             "| case | xlb driven | Katran driven | ratio | goal | xlb repeat=1 | Katran repeat=1 | ratio | "
+             "XDP_PASS driven / repeat=1 |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, c in k["cases"].items():
+        goal = KATRAN_GOALS.get(name)
+        lines.append(f"| {name} | {_fmt(c['xlb_ns'], 0)} | {_fmt(c['katran_ns'], 0)} | "
+                     f"{_fmt(c['ratio_to_katran'])} | {'<= ' + str(goal) if goal else ''} | "
+                     f"{_fmt(c['xlb_ns_cold'], 0)} | {_fmt(c['katran_ns_cold'], 0)} | "
+                     f"{_fmt(c['ratio_to_katran_cold'])} | {_fmt(c['pass_ns'], 0)} / {_fmt(c['pass_ns_cold'], 0)} |")
+    lines += ["", f"Persistence: {n['persist_hit']}."]
+    return lines
 
 
 def plots(result, outdir):
