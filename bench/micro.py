@@ -163,8 +163,7 @@ class _Bench:
         t = self.traffic
         repeat = self.repeat
         if case.nflows >= FRESH or case.cold_src:
-            # New connections into a table with room: an LRU table at capacity adds an eviction to every insert
-            # (the conns table holds XLB_CONNS / CPUs entries per CPU).
+            # New connections into a table with room: an LRU table at capacity adds an eviction to every insert.
             repeat = min(repeat, 50000)
             table = self.lab.baselines[b"xb_conns"] if case.target == "conn_insert" else self.lab.prog["conns"]
             if not L.is_empty(table):
