@@ -47,8 +47,10 @@ XLB_MAP("array", int, struct settings, settings, 1, 0);
 BPF_PERCPU_ARRAY(nh_cache, struct nexthop, XLB_MAX_REALS);
 /* Established flows by tuple hash (sets of two entries): one region of XLB_FLOW_CACHE entries per CPU (a plain
  * array, not a per-CPU one: that costs a second, dependent load per lookup); written by the data plane from conns.
- * Derived state: not pinned. */
-BPF_ARRAY(flow_cache, struct flow_entry, XLB_FLOW_CACHE * XLB_NR_CPUS);
+ * Derived state: not pinned. BPF_F_MMAPABLE only for where the kernel puts the values: page-aligned, so each
+ * 64-byte entry is one cache line (a plain array's values start 56 bytes into a line: every probe touched two,
+ * ~8% of an established packet over 16384 flows). */
+BPF_F_TABLE("array", int, struct flow_entry, flow_cache, XLB_FLOW_CACHE * XLB_NR_CPUS, BPF_F_MMAPABLE);
 /* Counters: per service id, per real id, per mark rule id, per verdict reason. */
 XLB_MAP("percpu_array", int, struct counters, svc_stats, XLB_MAX_SERVICES, 0);
 XLB_MAP("percpu_array", int, struct counters, real_stats, XLB_MAX_REALS, 0);
