@@ -6,7 +6,7 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.xlb-installed
 BCC_SRC     := /usr/lib/python3/dist-packages/bcc
-APT_PKGS    := python3-venv python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 ethtool nftables libbpf1
+APT_PKGS    := python3-venv python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 ethtool nftables
 PYTEST_ARGS ?= tests
 
 .PHONY: setup apt venv bcc-link test demo bench clean
@@ -47,6 +47,9 @@ test: setup
 
 demo: setup
 	$(VENV)/bin/xlb demo
+
+# The bench runs Katran side by side (bench/katran_peer.py); its loader needs libbpf.so.1.
+APT_PKGS    += libbpf1
 
 # Full benchmark (a few minutes): JSON, plots and summary under build/bench/ (see docs/performance.md).
 BENCH_ARGS ?=

@@ -77,6 +77,7 @@ def summary(result):
         if name.startswith("sweep_"):
             lines.append(f"- {name}: {v['cpu_seconds']:.2f} s CPU, the next sweep {_fmt(v.get('next_cpu_seconds'))} s "
                          f"(goal for 1M: < 1 s)")
+    lines += _katran(result.get("katran"))
     if micro:
         lines += ["", "## Per-packet cost", "",
                   "ns minus XDP_PASS's; ratio: raw figures (harness cost included) over the minimal forwarder's.", "",
@@ -86,7 +87,6 @@ def summary(result):
             lines.append(f"| {name} | {_fmt(c.get('ns_per_pkt'), 1)} | {_fmt(c.get('ratio_to_min_fwd'))} | "
                          f"{_fmt(c.get('ns_per_pkt_cold'), 1)} | {_fmt(c.get('ratio_to_min_fwd_cold'))} | "
                          f"{_fmt(c.get('ns_per_pkt_repeat'), 1)} | {_fmt(c.get('ratio_to_min_fwd_repeat'))} |")
-    lines += _katran(result.get("katran"))
     if fwd:
         lines += ["", "## Forwarding (Mpps delivered; 64-byte frames, one CPU for everything)", "",
                   "| system | all | tcp4 | udp4 | tcp6 | udp6 | lost |", "|---|---|---|---|---|---|---|"]

@@ -28,10 +28,9 @@ XLB_MAP("array", int, struct real_conns, real_conns, XLB_MAX_REALS, 0);
 XLB_MAP("array", int, __u32, sched_slots, XLB_SCHED_SLOTS, 0);
 /* Round-robin position per service, per CPU; written by the data plane. */
 XLB_MAP("percpu_array", int, __u32, rr_pos, XLB_MAX_SERVICES, 0);
-/* Connection table; the data plane inserts, the control plane sweeps expired entries. One LRU shared by the
- * CPUs (each takes free elements from it 128 at a time): an insert costs ~40% less than with per-CPU lists
- * (BPF_F_NO_COMMON_LRU), whose every insert rotates the CPU's list over cold elements, and any CPU may use the
- * whole table. */
+/* Connection table; the data plane inserts, the control plane sweeps expired entries. Per-CPU LRU lists
+ * (BPF_F_NO_COMMON_LRU) rotate a CPU's list over cold elements on every insert: one LRU shared by the CPUs, which
+ * hands each CPU free elements 128 at a time, inserts for ~40% less, and any CPU may use the whole table. */
 XLB_MAP("lru_hash", struct conn_key, struct conn, conns, XLB_CONNS, 0);
 /* Persistence templates; the data plane inserts and refreshes, the control plane sets holds and sweeps. */
 XLB_MAP("lru_hash", struct persist_key, struct persist, persist, XLB_TEMPLATES, 0);
