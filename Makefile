@@ -48,6 +48,9 @@ test: setup
 demo: setup
 	$(VENV)/bin/xlb demo
 
+# The bench runs Katran side by side (bench/katran_peer.py); its loader needs libbpf.so.1.
+APT_PKGS    += libbpf1
+
 # Full benchmark (a few minutes): JSON, plots and summary under build/bench/ (see docs/performance.md).
 BENCH_ARGS ?=
 bench: setup

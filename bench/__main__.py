@@ -32,7 +32,7 @@ def main(argv=None):
     result = {"machine": report.machine(args.quick), "micro": {}, "forward": {}, "control": {}, "notes": {}}
     with L.Lab(prefix=args.prefix, log=log) as lab:
         if "micro" in parts:
-            result["micro"], result["notes"]["micro"] = micro.run(lab, args.quick, log)
+            result["micro"], result["notes"]["micro"], result["katran"] = micro.run(lab, args.quick, log)
         if "forward" in parts:
             result["forward"], result["notes"]["forward"] = forward.run(lab, args.quick, log)
         if "control" in parts:

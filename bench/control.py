@@ -111,8 +111,8 @@ def _conn_values(seen, rid, gen, sid):
 
 
 def _fill_conns(conns, keys, vals, n):
-    """Write n connections (40-byte keys, 24-byte values in two arrays). The table keeps one LRU list per CPU
-    (BPF_F_NO_COMMON_LRU): each CPU's share is written from that CPU."""
+    """Write n connections (40-byte keys, 24-byte values in two arrays), each CPU's share from that CPU (as
+    connections arrive on every CPU)."""
     cpus = sorted(os.sched_getaffinity(0))
     old = L.pin_cpu(cpus[0])
     try:

@@ -6,6 +6,7 @@ gen runs the load generator (bench/bpf/traffic.c); lb holds the program under te
 addresses and MAC and counts in XDP what reaches it. The micro benchmark's reals sit behind l0 itself (XDP_TX),
 the forwarding benchmark's in sink (redirect out of l1).
 """
+import contextlib
 import ctypes as ct
 import dataclasses
 import os
@@ -170,6 +171,35 @@ class Lab:
         self.dp = DataPlane(p, self.tables)
         return self.apply(toml_text)
 
+    @contextlib.contextmanager
+    def tables_of(self, tables):
+        """xlb compiled again with other table sizes for the duration (the micro part's: a connection table as
+        large per CPU as Katran's); the lab's own program and DataPlane are back afterwards."""
+        if tables == self.tables:
+            yield self.prog
+            return
+        self.log(f"bench: compiling bpf/xlb.c with {tables.conns} connection entries")
+        prog = Program(cflags=cflags_for(tables), log=None)
+        saved = self.prog, self.tables, self.dp
+        self.prog, self.tables, self.dp = prog, tables, None
+        try:
+            yield prog
+        finally:
+            self.prog, self.tables, self.dp = saved
+            prog.close()
+
+    @contextlib.contextmanager
+    def flow_cache_as(self, on):
+        """The flow cache as configured (on) or off (TTL 0) for the duration."""
+        if on:
+            yield
+            return
+        ttl = self.flow_ttl(0)
+        try:
+            yield
+        finally:
+            self.flow_ttl(ttl)
+
     def flow_ttl(self, ttl):
         """Set the flow cache's TTL (jiffies; 0: off) behind the control plane's back; returns the previous one."""
         settings = self.prog["settings"]
@@ -227,7 +257,7 @@ class GenCfg(ct.Structure):
     """struct gen_cfg of bench/bpf/traffic.c."""
     _fields_ = [("ifindex", ct.c_uint32), ("nflows", ct.c_uint32), ("nclients", ct.c_uint32),
                 ("ip_csum", ct.c_uint16), ("l4_csum", ct.c_uint16), ("sport", ct.c_uint16),
-                ("family", ct.c_uint8), ("proto", ct.c_uint8), ("frame", ct.c_uint8 * 80)]
+                ("family", ct.c_uint8), ("proto", ct.c_uint8), ("frame", ct.c_uint8 * 80), ("len", ct.c_uint16)]
 
 
 class Traffic:
@@ -247,7 +277,7 @@ class Traffic:
         ip_csum, l4_csum = stored_csums(template)
         cfg = GenCfg(ifindex=ifindex, nflows=nflows, nclients=nclients, ip_csum=ip_csum, l4_csum=l4_csum,
                      sport=struct.unpack_from("!H", template, l4)[0], family=6 if v6 else 4,
-                     proto=template[20] if v6 else template[23])
+                     proto=template[20] if v6 else template[23], len=len(template))
         cfg.frame[:len(template[:80])] = template[:80]
         assert cfg.proto in (TCP, UDP)
         self.bpf["gen_cfg"][ct.c_uint32(0)] = cfg

@@ -15,6 +15,7 @@ import dataclasses
 import ipaddress
 import statistics
 
+from xlb.bpfprog import possible_cpus
 from xlb.testrun import XDP_ACTIONS, PreparedRun
 
 from . import lab as L
@@ -154,21 +155,15 @@ class _Bench:
         return statistics.median(run() for _ in range(self.rounds))
 
     def measure(self, case):
-        if case.flow_cache:
+        with self.lab.flow_cache_as(case.flow_cache):
             return self._measure(case)
-        ttl = self.lab.flow_ttl(0)
-        try:
-            return self._measure(case)
-        finally:
-            self.lab.flow_ttl(ttl)
 
     def _measure(self, case):
         fd = self.fds[case.target]
         t = self.traffic
         repeat = self.repeat
         if case.nflows >= FRESH or case.cold_src:
-            # New connections into a table with room: an LRU table at capacity adds an eviction to every insert
-            # (the conns table holds XLB_CONNS / CPUs entries per CPU).
+            # New connections into a table with room: an LRU table at capacity adds an eviction to every insert.
             repeat = min(repeat, 50000)
             table = self.lab.baselines[b"xb_conns"] if case.target == "conn_insert" else self.lab.prog["conns"]
             if not L.is_empty(table):
@@ -210,8 +205,22 @@ class _Bench:
         return verdicts, after[1] - before[1]
 
 
+def tables(lab, quick):
+    """The micro part's table sizes: a connection table of 1M entries per CPU, as large as Katran's LRU in the
+    side-by-side cases (bench/katran_peer.py); --quick keeps the lab's (no second compile)."""
+    if quick:
+        return lab.tables
+    return dataclasses.replace(lab.tables, conns=(1 << 20) * possible_cpus())
+
+
 def run(lab, quick=False, log=print):
-    """Measure every case; returns the JSON "micro" section and notes on the method."""
+    """Measure every case, then the same cases side by side with Katran; returns the JSON "micro" section, notes
+    on the method and the "katran" section."""
+    with lab.tables_of(tables(lab, quick)):
+        return _run(lab, quick, log)
+
+
+def _run(lab, quick, log):
     base, traffic = lab.baselines, lab.traffic
     fds = {name: L.xdp_fd(base, f"xb_{name}").fd
            for name in ("drop", "pass", "min_fwd", "flow_read", "conn_insert")}
@@ -236,9 +245,11 @@ def run(lab, quick=False, log=print):
                 again = b.measure(case)
                 for key in ("driven", "cold", "same"):
                     results[case.name][key] = min(results[case.name][key], again[key])
+            from . import katran_peer  # it builds on this module's cases
+            katran = katran_peer.run(b, quick, log)
     finally:
         L.unpin(old_cpus)
-    return _report(results, b)
+    return (*_report(results, b), katran)
 
 
 def _report(res, b):

@@ -79,6 +79,7 @@ def summary(result):
         if name.startswith("sweep_"):
             lines.append(f"- {name}: {v['cpu_seconds']:.2f} s CPU, the next sweep {_fmt(v.get('next_cpu_seconds'))} s "
                          f"(goal for 1M: < 1 s)")
+    lines += _katran(result.get("katran"))
     if micro:
         lines += ["", "## Per-packet cost", "",
                   "ns minus XDP_PASS's; ratio: raw figures (harness cost included) over the minimal forwarder's.", "",
@@ -110,6 +111,32 @@ def summary(result):
         lines.append(f"\nMemory: {mem['conn_bytes']:.0f} bytes per connection, {mem['template_bytes']:.0f} bytes "
                      f"per persistence template ({mem['how']}).")
     return "\n".join(lines) + "\n"
+
+
+KATRAN_GOALS = {"established_16384_flows": 0.5, "new_conn_setup": 0.7, "new_conn_setup_persist_hit": 0.6}
+
+
+def _katran(k):
+    """The side-by-side table (bench/katran_peer.py): raw ns per packet (a set-up: per flow, SYN and ACK)."""
+    if not k:
+        return []
+    if not k.get("present"):
+        return ["", "## Side by side with Katran", "", f"Not run: {k.get('reason')}."]
+    n = k["notes"]
+    lines = ["", "## Side by side with Katran", "",
+             f"Same process, same CPU, alternating every round ({n['rounds']} rounds); tables "
+             f"{n['table_entries_per_cpu']} entries per CPU. Raw ns (harness included; XDP_PASS's in the last "
+             "columns); ratio: median of the per-round xlb / Katran.", "",
+             "| case | xlb driven | Katran driven | ratio | goal | xlb repeat=1 | Katran repeat=1 | ratio | "
+             "XDP_PASS driven / repeat=1 |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, c in k["cases"].items():
+        goal = KATRAN_GOALS.get(name)
+        lines.append(f"| {name} | {_fmt(c['xlb_ns'], 0)} | {_fmt(c['katran_ns'], 0)} | "
+                     f"{_fmt(c['ratio_to_katran'])} | {'<= ' + str(goal) if goal else ''} | "
+                     f"{_fmt(c['xlb_ns_cold'], 0)} | {_fmt(c['katran_ns_cold'], 0)} | "
+                     f"{_fmt(c['ratio_to_katran_cold'])} | {_fmt(c['pass_ns'], 0)} / {_fmt(c['pass_ns_cold'], 0)} |")
+    lines += ["", f"Persistence: {n['persist_hit']}."]
+    return lines
 
 
 def plots(result, outdir):

@@ -80,3 +80,40 @@ def test_files_written(quick_run):
     assert (out / "bench-micro.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "bench-forward.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "summary.md").read_text() == stdout.rstrip("\n") + "\n"
+
+
+KATRAN_CASES = ("established_1_flow", "established_16384_flows", "new_conn_syn", "new_conn_setup",
+                "new_conn_syn_persist_hit", "new_conn_setup_persist_hit")
+
+
+def test_katran_side_by_side(quick_run):
+    """Katran ran next to xlb on every case, each recording what it should; or the run says why it did not."""
+    _, r, stdout = quick_run
+    k = r["katran"]
+    assert "## Side by side with Katran" in stdout
+    if not k["present"]:
+        assert k["reason"] and f"Not run: {k['reason']}" in stdout
+        return
+    for name in KATRAN_CASES:
+        c = k["cases"][name]
+        for key in ("ratio_to_katran", "ratio_to_katran_cold", "xlb_ns", "katran_ns", "pass_ns"):
+            assert isinstance(c[key], (int, float)) and c[key] > 0, (name, key)
+        # Every driven run took the forwarding path to its end: Katran's IPIP frame was undone before each rerun.
+        assert c["actions"] == {"xlb": "XDP_TX", "katran": "XDP_TX"}, name
+        assert set(c["cold_actions"]["xlb"]) == set(c["cold_actions"]["katran"]) == {"XDP_TX"}, name
+    for name in ("new_conn_syn", "new_conn_setup"):
+        c = k["cases"][name]
+        assert c["recorded"] == {"xlb": c["flows_sent"], "katran": c["flows_sent"]}, name
+    for name in ("new_conn_syn_persist_hit", "new_conn_setup_persist_hit"):
+        c = k["cases"][name]
+        assert c["recorded"]["xlb"] == c["flows_sent"], name
+        assert c["recorded"]["katran"] == 65535, name  # one entry per client, made beforehand: every SYN a hit
+    assert k["notes"]["table_entries_per_cpu"] > 0
+
+
+def test_katran_missing_is_reported(tmp_path, monkeypatch):
+    from bench import katran_peer, report
+    monkeypatch.setenv(katran_peer.ENV_DIR, str(tmp_path))
+    got, reason = katran_peer.open_peer(lambda msg: None)
+    assert got is None and str(tmp_path / "katran.py") in reason
+    assert f"Not run: {reason}." in "\n".join(report._katran({"present": False, "reason": reason}))

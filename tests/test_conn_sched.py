@@ -6,9 +6,10 @@ needs a particular starting load, by writing real_conns as the control plane's r
 """
 import ctypes as ct
 import ipaddress
+import os
 
 import pytest
-from harness import conn_key, lookup_conn, real_of, tcp4, udp4
+from harness import TEST_TABLES, conn_key, lookup_conn, real_of, tcp4, udp4
 
 from xlb import structs as S
 from xlb.dataplane import NS, now_ns
@@ -67,6 +68,22 @@ def test_counts_follow_tcp_states_and_expire(bench):
     assert counts(dp, R1) == (0, 1)
     res = dp.sweep(now=now_ns() + 6 * NS)               # past tcpfin = 5
     assert res.conns_expired == 1 and counts(dp, R1) == (0, 0)
+
+
+def test_one_cpu_can_fill_the_whole_connection_table(bench):
+    """The connection table is one LRU shared by the CPUs: connections arriving on one CPU may use all of it. (With
+    per-CPU lists each CPU held only its share and evicted live connections while the table had room.)"""
+    dp = bench.reset(svc("rr", [(R1, 1, "")]))
+    n = TEST_TABLES.conns * 3 // 4
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(old)})
+    try:
+        for i in range(n):
+            pkt = tcp4(src=f"203.0.{i // 250 % 250}.{i % 250 + 1}", sport=10000 + i)
+            assert bench.run(pkt)[0] == "XDP_TX", i
+    finally:
+        os.sched_setaffinity(0, old)
+    assert sum(1 for _ in dp.m["conns"].keys()) == n
 
 
 def test_udp_counts_inactive(bench):

@@ -15,6 +15,7 @@ from xlb.dataplane import NS, DataPlane
 from xlb.errors import KernelError
 
 TX = "XDP_TX"
+BPF_F_MMAPABLE = 1 << 10  # include/uapi/linux/bpf.h
 V4, V6 = "198.51.100.10", "2001:db8:100::10"
 REALS = ("198.18.0.11", "198.18.0.12", "198.18.0.13")
 CS = S.CONN_STATE
@@ -233,3 +234,11 @@ def test_reused_tuple_leaves_the_old_entry(bench):
     assert c.state == CS["est"]
     assert flow_cached(bench.dp, tcp4()).real_id == c.real_id
 
+
+def test_entries_are_cache_lines(bench):
+    """Each flow-cache entry is one 64-byte cache line: the map's values are page-aligned (BPF_F_MMAPABLE; a plain
+    array's start mid-line, so every probe touched two lines)."""
+    from xlb.pin import map_info
+    table = bench.prog["flow_cache"]
+    assert ct.sizeof(table.Leaf) == 64
+    assert map_info(table.map_fd).map_flags & BPF_F_MMAPABLE
