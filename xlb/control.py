@@ -34,7 +34,16 @@ def command(name):
 
 
 def default_socket(iface):
-    return RUN_DIR / f"{iface}.sock"
+    """/run/xlb/IFACE.sock, or /run/xlb/netns-NAME/IFACE.sock in a named network namespace (as the pin directory:
+    /run is shared by every network namespace, interface names are not)."""
+    from .pin import netns_dir
+    d = netns_dir(iface, RUN_DIR)
+    return d.with_name(d.name + ".sock")
+
+
+def socket_dir():
+    """Where this network namespace's daemons put their default sockets."""
+    return default_socket("-").parent
 
 
 class ControlError(XlbError):
@@ -42,12 +51,13 @@ class ControlError(XlbError):
 
 
 def find_socket(path=None):
-    """The socket to talk to: `path` when given, else the only one under /run/xlb/."""
+    """The socket to talk to: `path` when given, else the only one of this network namespace (socket_dir())."""
     if path:
         return Path(path)
-    socks = sorted(RUN_DIR.glob("*.sock")) if RUN_DIR.is_dir() else []
+    where = socket_dir()
+    socks = sorted(where.glob("*.sock")) if where.is_dir() else []
     if not socks:
-        raise ControlError(f"no xlb daemon is running (no socket under {RUN_DIR}/); start one with `xlb run`")
+        raise ControlError(f"no xlb daemon is running (no socket under {where}/); start one with `xlb run`")
     if len(socks) > 1:
         names = ", ".join(str(s) for s in socks)
         raise ControlError(f"several xlb daemons are running ({names}); choose one with --socket PATH")
