@@ -217,6 +217,9 @@ def test_program_taken_off_is_attached_again_and_replaced_ends_the_daemon(tmp_pa
                 "fight another tool for the interface: exiting") in text
         assert "detached from eth0" not in text
         assert xdp_prog_id(lab.lb, "eth0") == foreign and prog_name(foreign) == "other_xdp"
+        # The program that replaced it came while forwarding was on (maybe another xlb, --force): left on.
+        assert "xlb: put back" not in text
+        assert _sysctls(lab.lb)["net/ipv4/conf/eth0/forwarding"] == "1"
 
 
 def _sysctls(ns):

@@ -268,6 +268,7 @@ class Daemon:
                      "not fight another tool for the interface: exiting, that program left alone, the maps left "
                      f"pinned in {self.shown(self.pin_dir)} (`xlb run --force` takes the interface back and "
                      "adopts them)")
+            self.sysctls.changed = {}  # the program now attached came while forwarding was on: it may need it
         self.prog.attached = None  # nothing of ours to detach
         self.exit_code = 1
         self._stop = True

@@ -7,7 +7,8 @@ stops it accepting router advertisements while accept_ra is 1 (a host relying on
 route), so where accept_ra is 1 xlb sets it to 2 (accept them even when forwarding) first. It says so in one line,
 and on exit (SIGTERM, SIGINT, a failed start) puts back each value it changed, unless someone changed it again
 meanwhile. SIGQUIT leaves them: the program stays attached and still needs them (the next daemon finds them set,
-does not know they were xlb's, and leaves them set when it exits).
+does not know they were xlb's, and leaves them set when it exits). So does a daemon whose program another replaced
+(`xlb run --force`, another tool): that program came while they were set and may need them.
 """
 from pathlib import Path
 
