@@ -25,6 +25,7 @@ EXAMPLES = """examples:
   xlb list -n                 # what the running daemon balances (ipvsadm -L -n format)
   xlb ipvsadm -a -t 198.51.100.10:80 -r 198.18.0.11 -w 2   # ipvsadm's syntax, runtime edit
   xlb save > xlb.toml         # the running state as a config
+  xlb clean --iface eth0      # after SIGTERM: unpin the maps (connections, templates, counters)
 """
 
 
