@@ -148,6 +148,8 @@ class Daemon:
             if root.note:
                 self.log(root.note)
             self.pin_dir = pin.default_pin_dir(self.iface)
+        elif bpffs.outer_process() is None:  # --pin-dir: the operator's choice; /sys/fs/bpf mounted as before
+            bpffs.mount_bpffs()
         self.pin_dir = Path(self.pin_dir)
         self._pin_base = next((d for d in [self.pin_dir, *self.pin_dir.parents] if d.exists()), None)
         self._pin_lock = pin.DirLock(self.pin_dir).acquire()
