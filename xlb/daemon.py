@@ -357,7 +357,6 @@ class Daemon:
             self._pin_lock.release()
             self._pin_lock = None
 
-
     def _forget_neighbours(self):
         """The neighbour entries xlb made for its reals go with the program that needed them."""
         with contextlib.suppress(XlbError):
