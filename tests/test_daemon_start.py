@@ -120,6 +120,7 @@ def test_a_refused_start_leaves_nothing_pinned_and_claims_no_detach(tmp_path):
         assert host.xdp() == (foreign, "generic")
         assert "detached" not in text, text  # it never attached
         assert not host.pin_dir.exists(), sorted(p.name for p in host.pin_dir.iterdir())
+        assert not pin.netns_pin_root(host.lb).exists()  # nor the netns-NAME directory it made for it
 
         # So the next start is a first start: other table sizes are no reason to refuse, nothing is "adopted".
         host.config.write_text(CONFIG.replace("conns = 65536", "conns = 131072"))
@@ -130,6 +131,27 @@ def test_a_refused_start_leaves_nothing_pinned_and_claims_no_detach(tmp_path):
         daemon.stop()
         assert host.xdp() == (None, None)
         assert "xlb: detached from eth0" in log.read_text()
+
+
+@needs_root
+def test_a_down_interface_is_attached_with_a_warning(tmp_path):
+    with lb_host(tmp_path) as host:
+        run_in_netns(host.lb, _set_down, "eth0")
+        log = tmp_path / "xlb.log"
+        daemon = host.spawn(log, host.argv("generic"))
+        deadline = time.monotonic() + 30
+        while "xlb: attached to eth0" not in log.read_text():  # the warning follows that line
+            assert daemon.is_alive() and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        daemon.stop()
+        assert ("xlb: warning: eth0 is down: the program is attached but sees no traffic until "
+                "`ip link set eth0 up`") in log.read_text()
+
+
+def _set_down(ifname):
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="down")
 
 
 @needs_root

@@ -193,14 +193,16 @@ class Program:
         self.bpf.cleanup()
 
     def detach(self):
-        """Detach if attached and still ours (another xlb may have replaced it with --force); safe twice."""
+        """Detach if attached and still ours (another xlb may have replaced it with --force); safe twice.
+        Returns whether it took a program off."""
         if not self.attached:
-            return
+            return False
         ifname, flags = self.attached
         self.attached = None
         if attached_prog_id(ifname) != self.attached_id:
-            return
+            return False
         self._remove(ifname, flags)
+        return True
 
     def _remove(self, ifname, flags):
         try:
@@ -209,8 +211,9 @@ class Program:
             raise AttachError(f"could not detach XDP from {ifname}: {exc}") from exc
 
     def close(self):
+        """Detach (see detach(); returns whether it took the program off) and free the program."""
         try:
-            self.detach()
+            return self.detach()
         finally:
             self.bpf.cleanup()
 

@@ -1,6 +1,9 @@
 """The `xlb` command: run the balancer on an interface, check a config, run the demo."""
 import argparse
+import os
 import sys
+import time
+from pathlib import Path
 
 from . import __version__
 from .errors import XlbError, brief
@@ -22,6 +25,7 @@ EXAMPLES = """examples:
   xlb list -n                 # what the running daemon balances (ipvsadm -L -n format)
   xlb ipvsadm -a -t 198.51.100.10:80 -r 198.18.0.11 -w 2   # ipvsadm's syntax, runtime edit
   xlb save > xlb.toml         # the running state as a config
+  xlb clean --iface eth0      # after SIGTERM: unpin the maps (connections, templates, counters)
 """
 
 
@@ -69,9 +73,17 @@ def _cmd_check(args):
     return 4 if reported else 0
 
 
+def daemon_log(msg):
+    """A daemon log line: under journald (JOURNAL_STREAM set) as it is, journald stamps it; elsewhere with the UTC
+    time in front."""
+    if not os.environ.get("JOURNAL_STREAM"):
+        msg = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {msg}"
+    print(msg, flush=True)
+
+
 def _cmd_run(args):
     from .daemon import Daemon
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    log = daemon_log
     path, load = _config_source(args.parser, args, "config")
     if args.metrics:
         from .metrics import parse_listen
@@ -89,8 +101,7 @@ def _cmd_run(args):
                load=load_config, metrics=args.metrics,
                pin_dir=args.pin_dir, fresh=args.fresh)
     d.start()
-    d.run()
-    return 0
+    return d.run()  # 1: the program was replaced or could not be attached again (docs/operations.md)
 
 
 def _cmd_status(args):
@@ -102,6 +113,12 @@ def _cmd_status(args):
     else:
         print(f"xlb pid {res['pid']} on {res['iface']} ({res['xdp_mode']}), config {res['config']}: "
               f"{res['summary']}")
+        lost = ", ".join(f"{n} {cause}" for cause, n in res.get("program_lost", {}).items() if n)
+        if not res.get("attached", True):
+            print(f"NOT SERVING: its program {res['program_id']} is not on {res['iface']} (the next sweep attaches "
+                  "it again, or the daemon exits if another program replaced it)")
+        elif lost:
+            print(f"program {res['program_id']} attached; found taken off or replaced before: {lost}")
     return 0
 
 
@@ -122,6 +139,35 @@ def _cmd_top(args):
         return 2
     iterations = 1 if args.once else args.iterations
     return run(lambda: control.call("stats", path=args.socket), interval=args.interval, iterations=iterations)
+
+
+def _cmd_clean(args):
+    from . import bpffs
+    from . import pin
+    root = bpffs.root()
+    if args.pin_dir:
+        dirs = [args.pin_dir]
+    elif args.iface:
+        dirs = [pin.default_pin_dir(args.iface)]
+    else:  # every interface's of this network namespace (on the host: not the named namespaces' netns-NAME/)
+        top = pin.default_pin_dir("-").parent
+        dirs = sorted(p for p in top.iterdir() if p.is_dir() and not p.name.startswith("netns-")) \
+            if top.is_dir() else []
+        if not dirs:
+            print(f"xlb: nothing is pinned under {root.show(top)}")
+            return 0
+    failed = 0
+    for d in dirs:
+        if not Path(d).is_dir():
+            print(f"xlb: nothing is pinned in {root.show(d)}")
+            continue
+        try:
+            n = pin.clean(d)
+            print(f"xlb: unpinned {n} maps and removed {root.show(d)}")
+        except XlbError as exc:
+            print(f"xlb: error: {exc}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
 
 
 def _cmd_demo(args):
@@ -191,6 +237,13 @@ def build_parser():
 
     from .admincli import add_parsers as add_admin_parsers
     add_admin_parsers(sub)
+
+    cl = sub.add_parser("clean", help="unpin the maps (connections, templates, counters) a stopped daemon left",
+                        epilog="examples:\n  xlb clean --iface eth0\n  xlb clean        # every interface's in this "
+                        "network namespace", formatter_class=argparse.RawDescriptionHelpFormatter)
+    cl.add_argument("--iface", "-i", help="the interface whose maps to unpin (default: every interface's)")
+    cl.add_argument("--pin-dir", help="the directory `xlb run --pin-dir` used")
+    cl.set_defaults(func=_cmd_clean)
 
     demo = sub.add_parser("demo", help="build a demo topology in namespaces, balance traffic, tear it down")
     demo.set_defaults(func=_cmd_demo)

@@ -34,7 +34,16 @@ def command(name):
 
 
 def default_socket(iface):
-    return RUN_DIR / f"{iface}.sock"
+    """/run/xlb/IFACE.sock, or /run/xlb/netns-NAME/IFACE.sock in a named network namespace (as the pin directory:
+    /run is shared by every network namespace, interface names are not)."""
+    from .pin import netns_dir
+    d = netns_dir(iface, RUN_DIR)
+    return d.with_name(d.name + ".sock")
+
+
+def socket_dir():
+    """Where this network namespace's daemons put their default sockets."""
+    return default_socket("-").parent
 
 
 class ControlError(XlbError):
@@ -42,18 +51,19 @@ class ControlError(XlbError):
 
 
 def find_socket(path=None):
-    """The socket to talk to: `path` when given, else the only one under /run/xlb/."""
+    """The socket to talk to: `path` when given, else the only one of this network namespace (socket_dir())."""
     if path:
         return Path(path)
+    where = socket_dir()
     try:
-        socks = sorted(RUN_DIR / name for name in os.listdir(RUN_DIR) if name.endswith(".sock"))
+        socks = sorted(p for p in where.iterdir() if p.name.endswith(".sock"))
     except (FileNotFoundError, NotADirectoryError):
         socks = []
     except PermissionError:  # the directory is root's and 0700: a daemon may well be running
-        raise ControlError(f"cannot look for xlb's control socket in {RUN_DIR}/: permission denied; the control "
+        raise ControlError(f"cannot look for xlb's control socket in {where}/: permission denied; the control "
                            "socket is root-only, run this as root (e.g. with sudo)") from None
     if not socks:
-        raise ControlError(f"no xlb daemon is running (no socket under {RUN_DIR}/); start one with `xlb run`")
+        raise ControlError(f"no xlb daemon is running (no socket under {where}/); start one with `xlb run`")
     if len(socks) > 1:
         names = ", ".join(str(s) for s in socks)
         raise ControlError(f"several xlb daemons are running ({names}); choose one with --socket PATH")

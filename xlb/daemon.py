@@ -2,8 +2,12 @@
 
 SIGHUP re-reads the config and applies only the difference (a rejected config changes nothing and says why);
 SIGUSR1 prints the counters; SIGINT/SIGTERM detach and exit; SIGQUIT exits leaving the program attached (an
-upgrade: the next `xlb run` adopts the pinned maps and replaces the program in one step). The control socket (xlb/control.py) serves the
-other `xlb` commands; they, the timers and reloads take turns under one lock.
+upgrade: the next `xlb run` adopts the pinned maps and replaces the program in one step). The control socket
+(xlb/control.py) serves the other `xlb` commands; they, the timers and reloads take turns under one lock.
+
+Every sweep also checks that the interface still runs our program (docs/operations.md, "When the program is taken
+off"): taken off (the slot is empty), it is attached again and the daemon goes on; replaced by another program, the
+daemon says so and exits with status 1, leaving that program and its own pinned maps alone.
 """
 import contextlib
 import os
@@ -22,27 +26,15 @@ from . import realcheck
 from . import runtime
 from . import stats
 from . import trace  # noqa: F401  registers the `trace` control command
-from .bpfprog import Program, cflags_for
+from . import bpffs
+from .bpfprog import AttachError, Program, attached_prog, cflags_for
 from .dataplane import DataPlane, sweep_interval
 from .errors import ConfigError, KernelError, XlbError, brief
-from .neigh import ensure_neighbours
+from .forwarding import Sysctls
+from .neigh import ensure_neighbours, remove_managed
 from .structs import REASON
 
-
-def _sysctl(path):
-    return Path("/proc/sys") / path
-
-
-def enable_forwarding(ifname, log=print):
-    """bpf_fib_lookup answers only for interfaces that forward: turn it on for ifname and say so once."""
-    for fam in ("ipv4", "ipv6"):
-        p = _sysctl(f"net/{fam}/conf/{ifname}/forwarding")
-        try:
-            if p.read_text().strip() != "1":
-                p.write_text("1")
-                log(f"xlb: enabled net.{fam}.conf.{ifname}.forwarding (bpf_fib_lookup needs it)")
-        except OSError as exc:
-            raise KernelError(f"cannot enable {fam} forwarding on {ifname}: {exc}") from exc
+IFF_UP = 0x1
 
 
 def ifindex_of(ifname):
@@ -51,6 +43,15 @@ def ifindex_of(ifname):
     if not idx:
         raise KernelError(f"no interface named {ifname!r} in this network namespace")
     return idx[0]
+
+
+def warn_if_down(ifname, log):
+    """Attaching to a down interface works, but it passes no traffic: say so."""
+    with IPRoute() as ipr:
+        link = ipr.get_links(ifname=ifname)[0]
+    if not link["flags"] & IFF_UP:
+        log(f"xlb: warning: {ifname} is down: the program is attached but sees no traffic until "
+            f"`ip link set {ifname} up`")
 
 
 class Daemon:
@@ -65,7 +66,7 @@ class Daemon:
         self._tail_calls = None  # our program's pinned tail-call array
         self._keep_attached = False
         self._made_pins = False  # this start pinned fresh maps and has not attached yet (close() unpins them)
-        self._made_pin_dir = False
+        self._pin_base = None  # the deepest of the pin directory and its parents that existed before this start
         self.socket_path = socket_path or control.default_socket(iface)
         self.lock = threading.RLock()
         self.control = None
@@ -88,6 +89,10 @@ class Daemon:
         self.tracer = None                   # xlb/trace.py, built on the first `trace` command
         self.runtime_edits = 0  # edits over the control socket since the config file was last applied
         self.rates = runtime.RateEstimator()
+        self.sysctls = Sysctls(iface, log)
+        self.neighbours = set()  # the reals' addresses whose neighbour entries this daemon keeps
+        self.exit_code = 0
+        self.program_lost = dict.fromkeys(("removed", "replaced"), 0)  # exported by xlb/metrics.py
 
     def _install_signals(self):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGQUIT):
@@ -113,11 +118,12 @@ class Daemon:
             self.dp = DataPlane(self.prog, cfg.tables)
             if adopted:
                 found = self.dp.adopt()
-                self.log(f"xlb: adopted the maps pinned in {self.pin_dir} ({found['services']} services, "
+                self.log(f"xlb: adopted the maps pinned in {self.shown(self.pin_dir)} ({found['services']} services, "
                          f"{found['reals']} reals, their connections, templates and counters)")
             self.dp.apply(cfg)
             self.last_reload_success = time.time()
-            enable_forwarding(self.iface, self.log)
+            # Counted before this start (a previous daemon's life): not news.
+            self._no_neigh = self.dp.counters("verdicts", REASON["drop_no_neigh"]).packets
             self._neighbours()
             self.control = control.Server(self.socket_path, self.dispatch, log=self.log)
             self.control.start()
@@ -132,19 +138,26 @@ class Daemon:
             self.close()
             raise
         self.log(f"xlb: attached to {self.iface} ({self.xdp_mode}); {self._summary(cfg)}")
+        warn_if_down(self.iface, self.log)
 
     def _pins(self):
         """Lock the pin directory, discard its maps with --fresh, and check what is left can be adopted.
 
         Returns (names of the maps to adopt, ids of the maps pinned before: a program using them is ours)."""
-        pin.ensure_bpffs()
-        self.pin_dir = Path(self.pin_dir or pin.default_pin_dir(self.iface))
-        self._made_pin_dir = not self.pin_dir.exists()
+        if self.pin_dir is None:
+            root = bpffs.root()
+            if root.note:
+                self.log(root.note)
+            self.pin_dir = pin.default_pin_dir(self.iface)
+        elif bpffs.outer_process() is None:  # --pin-dir: the operator's choice; /sys/fs/bpf mounted as before
+            bpffs.mount_bpffs()
+        self.pin_dir = Path(self.pin_dir)
+        self._pin_base = next((d for d in [self.pin_dir, *self.pin_dir.parents] if d.exists()), None)
         self._pin_lock = pin.DirLock(self.pin_dir).acquire()
         own_ids = pin.pinned_ids(self.pin_dir)
         if self.fresh:
             pin.clear(self.pin_dir)
-            self.log(f"xlb: --fresh: discarded the maps pinned in {self.pin_dir}")
+            self.log(f"xlb: --fresh: discarded the maps pinned in {self.shown(self.pin_dir)}")
         return pin.check_layout(self.pin_dir, self.log), own_ids
 
     def _unpin_failed_start(self):
@@ -153,9 +166,18 @@ class Daemon:
         arrays stay: one may be an attached program's (a --fresh start over a program still running)."""
         self._made_pins = False
         pin.clear(self.pin_dir)
-        if self._made_pin_dir:
-            with contextlib.suppress(OSError):  # not empty: a tail-call array stays, and the directory with it
-                self.pin_dir.rmdir()
+        # The directories this start made (the pin directory, and netns-NAME/ or xlb/ above it), while empty.
+        for d in [self.pin_dir, *self.pin_dir.parents]:
+            if d == self._pin_base:
+                break
+            try:
+                d.rmdir()
+            except OSError:  # not empty: a tail-call array stays, and the directory with it
+                break
+
+    def shown(self, path):
+        """A path on the BPF filesystem as the operator knows it (not /proc/self/fd/N/...)."""
+        return bpffs.shown(path)
 
     @staticmethod
     def _summary(cfg):
@@ -169,7 +191,12 @@ class Daemon:
         return cfg
 
     def _neighbours(self):
+        """Neighbour entries for the reals (xlb/neigh.py), the address families they use forwarding on; the entries
+        xlb made for reals no longer configured go."""
         reals = {r.address for s in self.dp.config.services for r in s.reals}
+        self.sysctls.need({a.version for a in reals})
+        remove_managed(self.neighbours - reals)
+        self.neighbours = reals
         ensure_neighbours(reals, log=self.log)
 
     def dispatch(self, cmd, args):
@@ -218,6 +245,8 @@ class Daemon:
             return self._tick_locked()
 
     def _tick_locked(self):
+        if not self._watch_attachment():
+            return None
         res = self.dp.sweep()
         self.rates.sample(self.dp)
         no_neigh = self.dp.counters("verdicts", REASON["drop_no_neigh"]).packets
@@ -226,6 +255,40 @@ class Daemon:
             self._neighbours()
         self._no_neigh = no_neigh
         return res
+
+    def _watch_attachment(self):
+        """Is our program still on the interface? Taken off: attach it again. Replaced: say so and stop (exit 1).
+        Returns whether the daemon goes on."""
+        now, _mode = attached_prog(self.iface)
+        ours = self.prog.attached_id
+        if now == ours:
+            return True
+        if now is None:
+            self.program_lost["removed"] += 1
+            self.log(f"xlb: warning: xlb's XDP program {ours} was taken off {self.iface} (nothing attached there "
+                     "now): attaching it again")
+            try:
+                self.prog.attach(self.iface, self.xdp_mode)
+            except AttachError as exc:
+                self.log(f"xlb: error: cannot attach again, exiting: {exc}")
+            else:
+                self.log(f"xlb: attached to {self.iface} again ({self.xdp_mode})")
+                return True
+        else:
+            self.program_lost["replaced"] += 1
+            try:
+                name = f" ({pin.prog_map_ids(now)[0]})"
+            except KernelError:
+                name = ""
+            self.log(f"xlb: error: XDP program {now}{name} replaced xlb's program {ours} on {self.iface}; xlb does "
+                     "not fight another tool for the interface: exiting, that program left alone, the maps left "
+                     f"pinned in {self.shown(self.pin_dir)} (`xlb run --force` takes the interface back and "
+                     "adopts them)")
+            self.sysctls.changed = {}  # the program now attached came while forwarding was on: it may need it
+        self.prog.attached = None  # nothing of ours to detach
+        self.exit_code = 1
+        self._stop = True
+        return False
 
     def _say_stretch(self, interval, res):
         """Say when the sweep interval starts or stops being stretched beyond the configured one."""
@@ -266,11 +329,14 @@ class Daemon:
                         self.log(stats.render(self.dp))
                 if time.monotonic() >= next_sweep:
                     res = self.tick()
+                    if res is None:
+                        break
                     interval = sweep_interval(self.dp.config.tables.sweep_interval, res.seconds)
                     self._say_stretch(interval, res)
                     next_sweep = time.monotonic() + interval
         finally:
             self.close()
+        return self.exit_code
 
     def close(self):
         if self.metrics_endpoint:
@@ -282,24 +348,34 @@ class Daemon:
         if self.control:
             self.control.close()
             self.control = None
+        detached = False
         if self.prog:
             prog, self.prog = self.prog, None
             if self._keep_attached and prog.attached:
                 prog.release()
                 self.log(f"xlb: exiting with the program attached to {self.iface} and its maps pinned in "
-                         f"{self.pin_dir}; the next `xlb run` adopts them")
+                         f"{self.shown(self.pin_dir)}; the next `xlb run` adopts them")
             else:
-                attached = prog.attached
-                prog.close()
-                if attached:
+                detached = prog.close()
+                if detached:
                     self.log(f"xlb: detached from {self.iface}")
                 if self._tail_calls:
                     self._tail_calls.unlink(missing_ok=True)
+        if not self._keep_attached:
+            self.sysctls.restore()
+            if detached or self._made_pins:  # no program of ours left to need them (an adopted one may be)
+                self._forget_neighbours()
         if self._made_pins:
             self._unpin_failed_start()
         if self._pin_lock:
             self._pin_lock.release()
             self._pin_lock = None
+
+    def _forget_neighbours(self):
+        """The neighbour entries xlb made for its reals go with the program that needed them."""
+        with contextlib.suppress(XlbError):
+            remove_managed(self.neighbours)
+        self.neighbours = set()
 
 
 @control.command("status")
@@ -308,7 +384,9 @@ def _status(daemon):
     cfg = daemon.dp.config
     return {"iface": daemon.iface, "xdp_mode": daemon.xdp_mode, "config": str(daemon.config_path),
             "summary": daemon._summary(cfg), "pid": os.getpid(), "runtime_edits": daemon.runtime_edits,
-            "pin_dir": str(daemon.pin_dir)}
+            "pin_dir": daemon.shown(daemon.pin_dir), "program_id": daemon.prog.attached_id if daemon.prog else None,
+            "attached": attached_prog(daemon.iface)[0] == daemon.prog.attached_id,
+            "program_lost": dict(daemon.program_lost)}
 
 
 @control.command("stats")

@@ -32,6 +32,7 @@ Families (labels: ``service`` as operators name it — ``tcp/198.51.100.10:80``,
     xlb_mark_rule_hits_total                                {mark, proto, dst, ports}
     xlb_verdict_packets_total, xlb_verdict_bytes_total      {verdict="pass"|"fwd"|"drop", reason="drop_bad_tcp"...}
     xlb_config_reloads_total {result="success"|"rejected"|"failed"}, xlb_config_last_reload_success_timestamp_seconds
+    xlb_xdp_attached, xlb_xdp_program_lost_total {cause="removed"|"replaced"}
     xlb_build_info {version, kernel}, xlb_scrape_duration_seconds
 """
 import contextlib
@@ -114,6 +115,9 @@ FAMILIES = (
     ("xlb_config_reloads", "counter", "Config reloads by result", ("result",)),
     ("xlb_config_last_reload_success_timestamp_seconds", "gauge",
      "When the running config was last applied (Unix time)", ()),
+    ("xlb_xdp_attached", "gauge", "1 while xlb's program is on its interface (checked every sweep)", ()),
+    ("xlb_xdp_program_lost", "counter", "Times a sweep found xlb's program taken off its interface or replaced",
+     ("cause",)),
     ("xlb_build", "info", "xlb version and the kernel it runs on", ("kernel", "version")),
     ("xlb_scrape_duration_seconds", "gauge", "Time this scrape spent reading the BPF maps", ()),
 )
@@ -221,6 +225,10 @@ class XlbCollector(Collector):
                 f["xlb_config_reloads"].append(((result,), d.reloads.get(result, 0)))
             if d.last_reload_success is not None:
                 f["xlb_config_last_reload_success_timestamp_seconds"].append(((), d.last_reload_success))
+            if hasattr(d, "program_lost"):  # xlb/daemon.py _watch_attachment
+                for cause, n in d.program_lost.items():
+                    f["xlb_xdp_program_lost"].append(((cause,), n))
+                f["xlb_xdp_attached"].append(((), int(bool(getattr(d.prog, "attached", None)))))
         f["xlb_build"].append(((os.uname().release, __version__), 1))
 
     def _marks(self, out):

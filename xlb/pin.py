@@ -21,11 +21,13 @@ import json
 import os
 from pathlib import Path
 
+from . import bpffs
 from . import structs as S
+from .bpffs import BPF_ROOT
+from .bpffs import mount_bpffs as ensure_bpffs  # noqa: F401  (tests mount it in the init mount namespace)
 from .errors import KernelError
 
-BPF_ROOT = Path("/sys/fs/bpf")
-PIN_ROOT = BPF_ROOT / "xlb"
+PIN_ROOT = BPF_ROOT / "xlb"  # as seen from the mount namespace the machine booted with
 LAYOUT_MAP = "xlb_layout"
 LAYOUT_VERSION = 1  # bump on a change of meaning that keeps every size (e.g. a field's units)
 BPF_MAP_TYPE_ARRAY = 2
@@ -91,7 +93,7 @@ def _check(ret, what):
 
 
 def obj_get(path):
-    return _check(_libbpf().bpf_obj_get(str(path).encode()), f"cannot open pinned object {path}")
+    return _check(_libbpf().bpf_obj_get(str(path).encode()), f"cannot open pinned object {bpffs.shown(path)}")
 
 
 def map_info(fd):
@@ -160,23 +162,18 @@ def netns_name():
     return None
 
 
-def default_pin_dir(iface):
-    """/sys/fs/bpf/xlb/IFACE, or /sys/fs/bpf/xlb/netns-NAME/IFACE in a named network namespace: bpffs is shared by
-    every namespace of the machine, interface names are not."""
+def netns_dir(iface, root):
+    """root/IFACE, or root/netns-NAME/IFACE in a named network namespace: where the per-interface pins and control
+    sockets go (the BPF filesystem and /run are shared by every network namespace of the machine, interface names
+    are not)."""
     name = netns_name()
-    return PIN_ROOT / iface if name is None else netns_pin_root(name) / iface
+    return Path(root) / iface if name is None else Path(root) / f"netns-{name}" / iface
 
 
-def ensure_bpffs(root=BPF_ROOT):
-    """Mount the BPF filesystem at root when it is not (as systemd, iproute2 and Cilium do)."""
-    with open("/proc/self/mounts") as f:
-        if any(line.split()[1:3] == [str(root), "bpf"] for line in f):
-            return False
-    libc = ct.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.mount(b"bpf", str(root).encode(), b"bpf", 0, None) != 0:
-        raise PinError(f"cannot mount the BPF filesystem at {root}: {os.strerror(ct.get_errno())} "
-                       f"(mount it: mount -t bpf bpf {root})")
-    return True
+def default_pin_dir(iface):
+    """/sys/fs/bpf/xlb/IFACE, or /sys/fs/bpf/xlb/netns-NAME/IFACE in a named network namespace, on the BPF filesystem
+    that outlives the daemon (xlb/bpffs.py: the host's, also from a private mount namespace)."""
+    return netns_dir(iface, bpffs.root().path / "xlb")
 
 
 def layout_description():
@@ -244,7 +241,7 @@ def pinned_maps(pin_dir):
 
 
 def obj_pin(fd, path):
-    _check(_libbpf().bpf_obj_pin(fd, str(path).encode()), f"pinning {path}")
+    _check(_libbpf().bpf_obj_pin(fd, str(path).encode()), f"pinning {bpffs.shown(path)}")
 
 
 def prog_id(fd):
@@ -277,7 +274,7 @@ def read_layout(pin_dir):
     fd = obj_get(path)
     try:
         key, val = ct.c_uint32(0), (ct.c_uint8 * 32)()
-        _check(_libbpf().bpf_map_lookup_elem(fd, ct.byref(key), ct.byref(val)), f"reading {path}")
+        _check(_libbpf().bpf_map_lookup_elem(fd, ct.byref(key), ct.byref(val)), f"reading {bpffs.shown(path)}")
         return bytes(val)
     finally:
         os.close(fd)
@@ -293,7 +290,7 @@ def write_layout(pin_dir):
     try:
         key, val = ct.c_uint32(0), (ct.c_uint8 * 32).from_buffer_copy(layout_digest())
         _check(lib.bpf_map_update_elem(fd, ct.byref(key), ct.byref(val), 0), "writing xlb_layout")
-        _check(lib.bpf_obj_pin(fd, str(path).encode()), f"pinning {path}")
+        _check(lib.bpf_obj_pin(fd, str(path).encode()), f"pinning {bpffs.shown(path)}")
     finally:
         os.close(fd)
 
@@ -310,12 +307,12 @@ def check_layout(pin_dir, log=None):
         return []
     recorded = read_layout(pin_dir)
     if recorded is None:
-        raise PinError(f"{pin_dir} holds pinned maps without a layout record (an older or foreign xlb); "
-                       f"{FRESH_HINT}")
+        raise PinError(f"{bpffs.shown(pin_dir)} holds pinned maps without a layout record (an older or foreign "
+                       f"xlb); {FRESH_HINT}")
     if recorded != layout_digest():
         if not _migrate(pin_dir, recorded, log):
-            raise PinError(f"the maps pinned in {pin_dir} were made by an xlb whose data layout differs from this "
-                           f"one's (structs, enums or flags in bpf/); {FRESH_HINT}")
+            raise PinError(f"the maps pinned in {bpffs.shown(pin_dir)} were made by an xlb whose data layout "
+                           f"differs from this one's (structs, enums or flags in bpf/); {FRESH_HINT}")
         names = pinned_maps(pin_dir)
     return names
 
@@ -336,7 +333,7 @@ def check_sizes(prog, pin_dir, names):
             problems.append(f"{name} has key/value/entries {have[0]}/{have[1]}/{have[2]}, "
                             f"this program needs {want[0]}/{want[1]}/{want[2]}")
     if problems:
-        raise PinError(f"cannot adopt the maps pinned in {pin_dir}: {'; '.join(problems)} "
+        raise PinError(f"cannot adopt the maps pinned in {bpffs.shown(pin_dir)}: {'; '.join(problems)} "
                        f"(table sizes are fixed while the maps live); {FRESH_HINT}")
 
 
@@ -374,6 +371,28 @@ def remove(pin_dir):
     d.rmdir()
 
 
+def clean(pin_dir):
+    """`xlb clean`: unpin what a stopped daemon left in pin_dir and remove it. Refuses while a daemon holds the
+    directory, or while the program it left attached (SIGQUIT, kill -9) runs on those maps: that program would go
+    on, but no `xlb run` could adopt its state. Returns how many maps it unpinned."""
+    from .bpfprog import attached_prog
+    d, shown = Path(pin_dir), bpffs.shown(pin_dir)
+    if not d.is_dir():
+        raise PinError(f"nothing is pinned in {shown}")
+    lock = DirLock(d).acquire()
+    try:
+        prog, _mode = attached_prog(d.name)  # the directory is named after the interface
+        if prog is not None and prog_map_ids(prog)[1] & pinned_ids(d):
+            raise PinError(f"xlb's program on {d.name} still runs on the maps pinned in {shown} (a daemon left it "
+                           f"attached): start `xlb run --iface {d.name}` and stop it with SIGTERM, or take the "
+                           f"program off the interface (ip link set dev {d.name} xdp off), then clean")
+        n = len(pinned_maps(d))
+        remove(d)
+    finally:
+        lock.release()
+    return n
+
+
 def netns_pin_root(name):
     """/sys/fs/bpf/xlb/netns-NAME: where `xlb run` in the named network namespace pins by default."""
     return PIN_ROOT / f"netns-{name}"
@@ -391,16 +410,17 @@ class DirLock:
             self.pin_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             hint = " (xlb run needs root)" if exc.errno in (errno.EACCES, errno.EPERM) else ""
-            raise PinError(f"cannot create the pin directory {self.pin_dir}: {exc.strerror}{hint}") from None
+            raise PinError(f"cannot create the pin directory {bpffs.shown(self.pin_dir)}: "
+                           f"{exc.strerror}{hint}") from None
         fd = os.open(self.pin_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise PinError(f"another xlb daemon uses the maps pinned in {self.pin_dir}; stop it first "
-                               "(or give this one another --pin-dir)") from None
-            raise PinError(f"cannot lock {self.pin_dir}: {exc.strerror}") from None
+                raise PinError(f"another xlb daemon uses the maps pinned in {bpffs.shown(self.pin_dir)}; stop it "
+                               "first (or give this one another --pin-dir)") from None
+            raise PinError(f"cannot lock {bpffs.shown(self.pin_dir)}: {exc.strerror}") from None
         self.fd = fd
         return self
 
