@@ -8,9 +8,9 @@ from array import array
 
 from xlb import config as xconfig
 from xlb import runtime, sched, stats
-from xlb.bpfprog import Program, cflags_for
+from xlb.dataplane.program import Program, cflags_for
 from xlb.config import addr_bytes
-from xlb.dataplane import now_ns
+from xlb.dataplane.apply import now_ns
 
 from . import lab as L
 

@@ -18,7 +18,7 @@ import time
 
 from pyroute2 import netns as pnetns
 
-from xlb.testrun import BPF_F_TEST_XDP_LIVE_FRAMES, PreparedRun, live_frames_refusal
+from xlb.dataplane.testrun import BPF_F_TEST_XDP_LIVE_FRAMES, PreparedRun, live_frames_refusal
 
 from . import lab as L
 from .packets import TCP, TCP_ACK, UDP, frame

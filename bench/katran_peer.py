@@ -26,8 +26,8 @@ import statistics
 import struct
 from pathlib import Path
 
-from xlb.bpfprog import possible_cpus
-from xlb.testrun import XDP_ACTIONS, PreparedRun
+from xlb.dataplane.program import possible_cpus
+from xlb.dataplane.testrun import XDP_ACTIONS, PreparedRun
 
 from . import lab as L
 from .micro import FRESH, VIP4, VIP_PERSIST, Case

@@ -16,9 +16,9 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from xlb import config as xconfig
-from xlb import kheaders
-from xlb.bpfprog import XDP_MODES, Program, cflags_for
-from xlb.dataplane import DataPlane
+from xlb.dataplane import kheaders
+from xlb.dataplane.program import XDP_MODES, Program, cflags_for
+from xlb.dataplane.apply import DataPlane
 from xlb.errors import KernelError
 from xlb.netns import Topology, in_netns
 

@@ -5,7 +5,7 @@ Three figures per case, each minus the same figure for XDP_PASS (the harness's o
 - `ns_per_pkt` (the headline): a driver program (bench/bpf/traffic.c xb_drive) rewrites the frame into the next
   flow of a set and tail-calls the program under test; one BPF_PROG_TEST_RUN with repeat=N runs N distinct
   flows back to back, as a busy NIC queue would. New-connection cases get a flow never seen before on every run.
-- `ns_per_pkt_cold`: every frame built up front with its own preallocated bpf_attr (xlb.testrun.PreparedRun) and
+- `ns_per_pkt_cold`: every frame built up front with its own preallocated bpf_attr (xlb.dataplane.testrun.PreparedRun) and
   run once (repeat=1), cycling through the same kind of flows. Each run starts on caches the harness's Python
   loop has cooled: the cost of a packet arriving alone.
 - `ns_per_pkt_repeat`: only for cases whose packet takes the same path again when the program reruns on its own
@@ -15,8 +15,8 @@ import dataclasses
 import ipaddress
 import statistics
 
-from xlb.bpfprog import possible_cpus
-from xlb.testrun import XDP_ACTIONS, PreparedRun
+from xlb.dataplane.program import possible_cpus
+from xlb.dataplane.testrun import XDP_ACTIONS, PreparedRun
 
 from . import lab as L
 from .packets import TCP, TCP_ACK, TCP_SYN, UDP, frame

@@ -4,7 +4,7 @@ Checksums are correct: the kernel paths of bench/forward.py (routing, conntrack)
 import ipaddress
 import struct
 
-from xlb.testrun import inet_checksum
+from xlb.dataplane.testrun import inet_checksum
 
 TCP, UDP = 6, 17
 TCP_SYN, TCP_ACK = 0x02, 0x10

@@ -15,12 +15,12 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from xlb import config as xconfig
-from xlb import structs as S
-from xlb.bpfprog import Program, cflags_for
+from xlb.dataplane import structs as S
+from xlb.dataplane.program import Program, cflags_for
 from xlb.config import addr_bytes
-from xlb.dataplane import DataPlane, htons
+from xlb.dataplane.apply import DataPlane, htons
 from xlb.netns import Topology, in_netns
-from xlb.testrun import test_run as _test_run
+from xlb.dataplane.testrun import test_run as _test_run
 
 LB_MAC = "02:00:00:00:00:02"
 LB1_MAC = "02:00:00:00:01:02"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from xlb.testrun import live_frames_refusal
+from xlb.dataplane.testrun import live_frames_refusal
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from xlb import structs as S
+from xlb.dataplane import structs as S
 
 XLB = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "xlb"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from xlb import pin
+from xlb.dataplane import pin
 from xlb.demo import run_xlb_logged
 from xlb.netns import Topology, run_in_netns
 
@@ -49,7 +49,7 @@ def xdp_on(ifname):
 
 def attach_foreign(ifname, mode):
     """Attach a one-line XDP_PASS program that is not xlb's; return its id. It stays after this process exits."""
-    from xlb import kheaders
+    from xlb.dataplane import kheaders
     kheaders.ensure_kernel_headers(log=None)
     import bcc
     b = bcc.BPF(text=b"int other_xdp(struct xdp_md *ctx) { return XDP_PASS; }")

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from harness import conn_key, flow_cached, lookup_conn, real_of, tcp4, tcp6, to_real, udp4
-from xlb import clock
-from xlb import structs as S
-from xlb.dataplane import NS, DataPlane
+from xlb.dataplane import clock
+from xlb.dataplane import structs as S
+from xlb.dataplane.apply import NS, DataPlane
 from xlb.errors import KernelError
 
 TX = "XDP_TX"
@@ -238,7 +238,7 @@ def test_reused_tuple_leaves_the_old_entry(bench):
 def test_entries_are_cache_lines(bench):
     """Each flow-cache entry is one 64-byte cache line: the map's values are page-aligned (BPF_F_MMAPABLE; a plain
     array's start mid-line, so every probe touched two lines)."""
-    from xlb.pin import map_info
+    from xlb.dataplane.pin import map_info
     table = bench.prog["flow_cache"]
     assert ct.sizeof(table.Leaf) == 64
     assert map_info(table.map_fd).map_flags & BPF_F_MMAPABLE

@@ -82,7 +82,7 @@ def test_the_wheel_holds_the_c_sources_and_every_package(installed):
 
 
 def test_installed_xlb_finds_its_sources_in_the_installed_package(installed):
-    r = _run([installed.python, "-c", "import xlb, xlb.structs as s; print(xlb.__file__); print(s.BPF_DIR)"],
+    r = _run([installed.python, "-c", "import xlb, xlb.dataplane.structs as s; print(xlb.__file__); print(s.BPF_DIR)"],
              cwd=installed.tmp, env=installed.env)
     module, bpf_dir = map(Path, r.stdout.split())
     site = installed.venv / "lib"

@@ -1,10 +1,10 @@
-"""xlb.kheaders: the merged Debian header tree bcc compiles against when the running kernel has none."""
+"""xlb.dataplane.kheaders: the merged Debian header tree bcc compiles against when the running kernel has none."""
 
 import os
 
 import pytest
 
-from xlb import kheaders
+from xlb.dataplane import kheaders
 from xlb.errors import KernelError
 
 

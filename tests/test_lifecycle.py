@@ -17,7 +17,7 @@ import pytest
 from conftest import needs_root
 
 from xlb import control
-from xlb import pin
+from xlb.dataplane import pin
 from xlb.demo import CLIENTS4, REALS4, REALS6, VIP4, VIP6, DrLab, xdp_prog_id
 from xlb.netns import LineConnection, run_in_netns
 
@@ -73,8 +73,8 @@ def lab_and_runner(prefix, tmp_path):
 def add_no_neigh(pin_dir, packets):
     """Add packets to the pinned drop_no_neigh counter (CPU 0), as the data plane would."""
     import ctypes as ct
-    from xlb import structs as S
-    from xlb.bpfprog import possible_cpus
+    from xlb.dataplane import structs as S
+    from xlb.dataplane.program import possible_cpus
     fd = pin.obj_get(pin_dir / "verdicts")
     try:
         key, vals = ct.c_uint32(S.REASON["drop_no_neigh"]), (S.Counters * possible_cpus())()

@@ -173,7 +173,7 @@ def test_exact_counters_after_known_packets(bench):
     assert value(m, "xlb_real_state", service=svc80, real="198.18.0.11", state="available") == 1
     # Every reason is exported, counted or not.
     reasons = {dict(labels)["reason"] for name, labels in m if name == "xlb_verdict_packets_total"}
-    from xlb.structs import REASONS
+    from xlb.dataplane.structs import REASONS
     assert reasons == set(REASONS.values())
 
 
@@ -186,8 +186,8 @@ THRESHOLD_CONFIG = ('[timeouts]\nsyn = 5\n[[service]]\nvip = "198.51.100.10"\npo
 def test_real_state_overloaded(bench):
     """xlb_real_state says "overloaded" for a real flagged RC_F_OVERLOAD in real_conns: set by the data plane when
     the real's connections reach uthreshold, cleared by the sweep's reconcile once they fall below lthreshold."""
-    from xlb.dataplane import NS, now_ns
-    from xlb.structs import RC_F_OVERLOAD
+    from xlb.dataplane.apply import NS, now_ns
+    from xlb.dataplane.structs import RC_F_OVERLOAD
     dp = bench.reset(THRESHOLD_CONFIG)
     svc = "tcp/198.51.100.10:80"
 

@@ -20,8 +20,8 @@ from harness import (CLIENT_MAC, LB1_MAC, LB_MAC, describe, in_netns, lookup_con
                      udp4, udp6)
 from xlb import marks as markmod
 from xlb import sched as xsched
-from xlb import structs as S
-from xlb import testrun
+from xlb.dataplane import structs as S
+from xlb.dataplane import testrun
 from xlb.config import addr_bytes
 
 PASS, DROP, TX, REDIRECT = "XDP_PASS", "XDP_DROP", "XDP_TX", "XDP_REDIRECT"

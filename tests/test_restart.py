@@ -16,8 +16,8 @@ import pytest
 from conftest import needs_root
 
 from xlb import control
-from xlb import pin
-from xlb.dataplane import DataPlane
+from xlb.dataplane import pin
+from xlb.dataplane.apply import DataPlane
 from xlb.demo import CLIENTS4, DEMO_CONFIG, REALS4, VIP4, DrLab, xdp_prog_id
 from xlb.netns import LineConnection
 
@@ -185,7 +185,7 @@ def test_per_cpu_rr_positions_of_the_previous_layout_are_replaced(rr_type, migra
 
 
 def test_layout_digest_covers_struct_layouts(monkeypatch):
-    from xlb import structs as S
+    from xlb.dataplane import structs as S
     d = pin.layout_digest()
     monkeypatch.setitem(S.ENUMS["xlb_conn_state"], "XLB_CS_EST", 7)
     assert pin.layout_digest() != d

@@ -1,4 +1,4 @@
-"""The ctypes mirrors in xlb/structs.py against the types bcc builds for the maps (STYLE 7): same size, and every
+"""The ctypes mirrors in xlb/dataplane/structs.py against the types bcc builds for the maps (STYLE 7): same size, and every
 field at the same offset with the same size, recursively. Also the verdict reasons parsed from bpf/consts.h."""
 import ctypes as ct
 import re
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from xlb import structs as S
+from xlb.dataplane import structs as S
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 PERCPU = {"PerCpuArray", "PerCpuHash", "LruPerCpuHash"}

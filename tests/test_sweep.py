@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import needs_root
-from xlb import structs as S
+from xlb.dataplane import structs as S
 from xlb.config import addr_bytes, mask_address
-from xlb.dataplane import NS, _exact_keys, _row_index, hold_due, now_ns, svc_key, sweep_interval
+from xlb.dataplane.apply import NS, _exact_keys, _row_index, hold_due, now_ns, svc_key, sweep_interval
 
 TIMEOUTS = "[timeouts]\ntcp = 30\nsyn = 20\ntcpfin = 10\nudp = 30\n"
 R = ("198.18.0.11", "198.18.0.12", "198.18.0.13")

@@ -11,9 +11,9 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from xlb import structs as S
+from xlb.dataplane import structs as S
 from xlb import trace as T
-from xlb.bpfsys import lookup_batch
+from xlb.dataplane.bpfsys import lookup_batch
 from xlb.errors import KernelError, XlbError
 
 CONFIG = """

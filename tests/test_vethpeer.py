@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import needs_root
 
-from xlb import pin, vethpeer
+from xlb.dataplane import pin, vethpeer
 from xlb.demo import run_xlb_logged
 from xlb.netns import Topology, run_in_netns
 

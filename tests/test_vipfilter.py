@@ -10,10 +10,10 @@ from scapy.layers.inet6 import IPv6
 
 from harness import conn_key, real_of, tcp4, tcp6, to_real
 from xlb import marks as markmod
-from xlb import structs as S
+from xlb.dataplane import structs as S
 from xlb import vipfilter as vf
 from xlb.config import addr_bytes
-from xlb.dataplane import DataPlane, now_ns
+from xlb.dataplane.apply import DataPlane, now_ns
 
 TX, PASS = "XDP_TX", "XDP_PASS"
 REALS = '  [[service.real]]\n  address = "198.18.0.11"\n'

@@ -49,7 +49,7 @@ def _cmd_check(args):
     path, load = _config_source(args.parser, args, "file")
     try:
         res = load()
-        from .dataplane import Capacity, fit
+        from .dataplane.apply import Capacity, fit
         fit(getattr(res, "config", res), Capacity.compiled())  # what `xlb run` would refuse to load
     except XlbError as exc:
         unsupported = getattr(exc, "only_unsupported", False)
@@ -142,8 +142,8 @@ def _cmd_top(args):
 
 
 def _cmd_clean(args):
-    from . import bpffs
-    from . import pin
+    from .dataplane import bpffs
+    from .dataplane import pin
     root = bpffs.root()
     if args.pin_dir:
         dirs = [args.pin_dir]

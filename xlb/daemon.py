@@ -21,18 +21,18 @@ from pyroute2 import IPRoute
 from . import config as xconfig
 from . import control
 from . import metrics
-from . import pin
+from .dataplane import pin
 from . import realcheck
 from . import runtime
 from . import stats
 from . import trace  # noqa: F401  registers the `trace` control command
-from . import bpffs
-from .bpfprog import AttachError, Program, attached_prog, cflags_for
-from .dataplane import DataPlane, sweep_interval
+from .dataplane import bpffs
+from .dataplane.program import AttachError, Program, attached_prog, cflags_for
+from .dataplane.apply import DataPlane, sweep_interval
 from .errors import ConfigError, KernelError, XlbError, brief
-from .forwarding import Sysctls
-from .neigh import ensure_neighbours, remove_managed
-from .structs import REASON
+from .dataplane.forwarding import Sysctls
+from .dataplane.neigh import ensure_neighbours, remove_managed
+from .dataplane.structs import REASON
 
 IFF_UP = 0x1
 
@@ -191,7 +191,7 @@ class Daemon:
         return cfg
 
     def _neighbours(self):
-        """Neighbour entries for the reals (xlb/neigh.py), the address families they use forwarding on; the entries
+        """Neighbour entries for the reals (xlb/dataplane/neigh.py), the address families they use forwarding on; the entries
         xlb made for reals no longer configured go."""
         reals = {r.address for s in self.dp.config.services for r in s.reals}
         self.sysctls.need({a.version for a in reals})

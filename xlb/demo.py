@@ -15,8 +15,8 @@ import tempfile
 import time
 
 
-from .bpfprog import attached_prog_id
-from .pin import netns_pin_root, remove as remove_pins
+from .dataplane.program import attached_prog_id
+from .dataplane.pin import netns_pin_root, remove as remove_pins
 from .netns import Topology, run_in_netns, tcp_ask, tcp_echo_name_server, tcp_line_name_server
 
 VIP4 = "198.51.100.10"

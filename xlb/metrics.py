@@ -4,7 +4,7 @@ API (the daemon uses it; bench/ times a scrape with it):
 
     from prometheus_client import CollectorRegistry, generate_latest
     from xlb.metrics import XlbCollector
-    collector = XlbCollector(dp, daemon_state)          # dp: xlb.dataplane.DataPlane
+    collector = XlbCollector(dp, daemon_state)          # dp: xlb.dataplane.apply.DataPlane
     text = collector.exposition()                       # one scrape, as /metrics serves it (the fast path)
     registry = CollectorRegistry()
     registry.register(collector)
@@ -50,8 +50,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from . import __version__
-from . import structs as S
-from .bpfsys import iter_batches
+from .dataplane import structs as S
+from .dataplane.bpfsys import iter_batches
 from .errors import XlbError
 from .stats import FlowCounters, percpu_counters
 from .stats import layout as stats_layout

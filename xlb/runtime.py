@@ -15,8 +15,8 @@ import time
 from . import admin
 from . import config as xconfig
 from . import control
-from . import structs as S
-from .dataplane import NS, now_ns
+from .dataplane import structs as S
+from .dataplane.apply import NS, now_ns
 from .errors import ConfigError
 from .stats import FlowCounters, layout
 

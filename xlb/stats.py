@@ -7,8 +7,8 @@ import weakref
 
 import numpy as np
 
-from . import structs as S
-from .bpfsys import lookup_batch
+from .dataplane import structs as S
+from .dataplane.bpfsys import lookup_batch
 from .marks import rule_identity
 
 

@@ -21,9 +21,9 @@ import os
 import struct
 
 from . import control
-from . import structs as S
+from .dataplane import structs as S
 from .errors import XlbError
-from .testrun import inet_checksum
+from .dataplane.testrun import inet_checksum
 
 NS = 1_000_000_000
 # The trace build's own maps are never used (every reference is relinked to the live maps): keep them tiny.
@@ -93,7 +93,7 @@ def build_packet(src, sport, dst, dport, proto="tcp"):
 
 
 def conn_key(src, sport, dst, dport, proto):
-    from .dataplane import htons
+    from .dataplane.apply import htons
     src, dst = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     return S.ConnKey(src=S.addr_words(_addr16(src)), dst=S.addr_words(_addr16(dst)), sport=htons(sport),
                      dport=htons(dport), proto=_PROTO[proto], family=S.AF_INET if src.version == 4 else S.AF_INET6)
@@ -119,8 +119,8 @@ class Tracer:
         """Compile, relink and load the trace build once: its entry and its tail-call programs, reached through the
         build's own prog array (the live one holds the live programs, which write)."""
         if self.fd is None:
-            from .bpfprog import Program, relinked_build
-            from .bpfsys import map_update_u32, prog_load_xdp
+            from .dataplane.program import Program, relinked_build
+            from .dataplane.bpfsys import map_update_u32, prog_load_xdp
             tails = Program.TAIL_CALLS
             insns, own = relinked_build(self.prog, TRACE_CFLAGS, S.MAP_TYPES, [Program.FUNC, *tails.values()],
                                         log=self.log)
@@ -144,7 +144,7 @@ class Tracer:
 
     def run(self, frame: bytes):
         """Run the trace build on one frame: (TraceRec, testrun.RunResult)."""
-        from .testrun import test_run
+        from .dataplane.testrun import test_run
         fd = self.load()
         out = self.dp.m["trace_out"]
         out[ct.c_uint32(0)] = S.TraceRec()

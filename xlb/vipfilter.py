@@ -10,7 +10,7 @@ import ipaddress
 import struct
 
 from .config import addr_bytes
-from .structs import DEFINES
+from .dataplane.structs import DEFINES
 
 WORDS = DEFINES["XLB_VIP_FILTER_WORDS"]
 BITS = WORDS * 64

@@ -25,7 +25,7 @@ from . import bpffs
 from . import structs as S
 from .bpffs import BPF_ROOT
 from .bpffs import mount_bpffs as ensure_bpffs  # noqa: F401  (tests mount it in the init mount namespace)
-from .errors import KernelError
+from ..errors import KernelError
 
 PIN_ROOT = BPF_ROOT / "xlb"  # as seen from the mount namespace the machine booted with
 LAYOUT_MAP = "xlb_layout"
@@ -172,7 +172,7 @@ def netns_dir(iface, root):
 
 def default_pin_dir(iface):
     """/sys/fs/bpf/xlb/IFACE, or /sys/fs/bpf/xlb/netns-NAME/IFACE in a named network namespace, on the BPF filesystem
-    that outlives the daemon (xlb/bpffs.py: the host's, also from a private mount namespace)."""
+    that outlives the daemon (xlb/dataplane/bpffs.py: the host's, also from a private mount namespace)."""
     return netns_dir(iface, bpffs.root().path / "xlb")
 
 
@@ -375,7 +375,7 @@ def clean(pin_dir):
     """`xlb clean`: unpin what a stopped daemon left in pin_dir and remove it. Refuses while a daemon holds the
     directory, or while the program it left attached (SIGQUIT, kill -9) runs on those maps: that program would go
     on, but no `xlb run` could adopt its state. Returns how many maps it unpinned."""
-    from .bpfprog import attached_prog
+    from .program import attached_prog
     d, shown = Path(pin_dir), bpffs.shown(pin_dir)
     if not d.is_dir():
         raise PinError(f"nothing is pinned in {shown}")

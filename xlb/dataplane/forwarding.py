@@ -12,7 +12,7 @@ does not know they were xlb's, and leaves them set when it exits). So does a dae
 """
 from pathlib import Path
 
-from .errors import KernelError
+from ..errors import KernelError
 
 PROC_SYS = Path("/proc/sys")
 

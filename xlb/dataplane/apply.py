@@ -11,13 +11,13 @@ import numpy as np
 from dataclasses import dataclass, field
 
 from . import clock
-from . import marks as markmod
-from . import sched
+from .. import marks as markmod
+from .. import sched
 from . import structs as S
-from . import vipfilter
+from .. import vipfilter
 from .bpfsys import lookup_batch_into, rewrite_u64
-from .config import addr_bytes, fwmark_key
-from .errors import ConfigError
+from ..config import addr_bytes, fwmark_key
+from ..errors import ConfigError
 
 NS = 1_000_000_000
 PROTO_NUM = markmod.PROTO_NUM

@@ -10,7 +10,7 @@ import ctypes as ct
 import errno
 import os
 
-from .errors import KernelError
+from ..errors import KernelError
 
 _SYS_BPF = 321  # x86_64
 _BPF_MAP_LOOKUP_ELEM = 1

@@ -15,7 +15,7 @@ import ctypes.util
 import os
 from pathlib import Path
 
-from .errors import KernelError
+from ..errors import KernelError
 
 BPF_ROOT = Path("/sys/fs/bpf")
 BPF_FS_MAGIC = 0xCAFE4A11

@@ -8,7 +8,7 @@ import struct
 from dataclasses import dataclass
 
 from . import bpfsys
-from .errors import KernelError
+from ..errors import KernelError
 
 def inet_checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071) of data, for frames synthesized for test runs (xlb trace, bench/)."""

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import kheaders, vethpeer
-from .errors import AttachError, KernelError
+from ..errors import AttachError, KernelError
 from .structs import BPF_DIR
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
@@ -127,7 +127,7 @@ class Program:
         return self.bpf[name.encode() if isinstance(name, str) else name]
 
     def clock_fd(self):
-        """fd of the xlb_clock program (xlb/clock.py), loaded on first use."""
+        """fd of the xlb_clock program (xlb/dataplane/clock.py), loaded on first use."""
         if self._clock is None:
             self._clock = self.bpf.load_func(b"xlb_clock", self._bcc.BPF.XDP)
         return self._clock.fd
@@ -140,7 +140,7 @@ class Program:
         kernel keeps one program per mode, refuses two modes at once and replaces only within a mode, so with force
         a program in the other mode is taken off first (without force, ours there is refused: a mode change leaves
         the interface without a program for a moment, and an attach that then fails, without one at all).
-        Native mode on a veth whose peer offloads checksums is warned about (xlb/vethpeer.py)."""
+        Native mode on a veth whose peer offloads checksums is warned about (xlb/dataplane/vethpeer.py)."""
         if mode == "native":
             vethpeer.warn_native_veth(ifname, self.log)
         current, current_mode = attached_prog(ifname)

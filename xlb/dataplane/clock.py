@@ -4,7 +4,7 @@ sysconf's CLK_TCK, is always 100), so it is measured once per process: bpf/xlb.c
 (jiffies, monotonic ns) and two tick boundaries a few ticks apart give the period."""
 import struct
 
-from .errors import KernelError
+from ..errors import KernelError
 from .testrun import test_run
 
 KNOWN_HZ = (100, 250, 300, 1000)

@@ -15,7 +15,7 @@ import socket
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .errors import KernelError
+from ..errors import KernelError
 
 NTF_EXT_MANAGED = 0x1
 NUD_NONE = 0x00
