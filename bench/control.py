@@ -7,7 +7,8 @@ import time
 from array import array
 
 from xlb import config as xconfig
-from xlb import runtime, sched, stats
+from xlb import runtime, stats
+from xlb.tables import sched
 from xlb.dataplane.program import Program, cflags_for
 from xlb.config import addr_bytes
 from xlb.dataplane.apply import now_ns

@@ -18,8 +18,8 @@ from scapy.packet import Raw
 
 from harness import (CLIENT_MAC, LB1_MAC, LB_MAC, describe, in_netns, lookup_conn, real_of, tcp4, tcp6, to_real,
                      udp4, udp6)
-from xlb import marks as markmod
-from xlb import sched as xsched
+from xlb.tables import marks as markmod
+from xlb.tables import sched as xsched
 from xlb.dataplane import structs as S
 from xlb.dataplane import testrun
 from xlb.config import addr_bytes

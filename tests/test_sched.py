@@ -1,4 +1,4 @@
-"""xlb.sched: scheduling tables against IPVS semantics and Maglev properties (no root, no bcc)."""
+"""xlb.tables.sched: scheduling tables against IPVS semantics and Maglev properties (no root, no bcc)."""
 
 import hashlib
 import math
@@ -8,7 +8,7 @@ from functools import reduce
 
 import pytest
 
-from xlb.sched import dh_table, is_prime, maglev_table, rr_table, sh_table, wrr_table
+from xlb.tables.sched import dh_table, is_prime, maglev_table, rr_table, sh_table, wrr_table
 
 
 def ident(i):
@@ -252,7 +252,7 @@ def test_maglev_balance_weighted(weights):
 
 def naive_weighted_maglev(reals, size):
     """The credit rule spelled out round by round; maglev_table must reproduce it exactly."""
-    from xlb.sched import _h64
+    from xlb.tables.sched import _h64
     live = [(i, w) for i, (_, w) in enumerate(reals) if w > 0]
     wmax = max(w for _, w in live)
     perm = {i: (_h64(reals[i][0], b"xlb-maglev-off") % size, _h64(reals[i][0], b"xlb-maglev-skip") % (size - 1) + 1)

@@ -1,4 +1,4 @@
-"""The VIP filter (bpf/classify.h may_be_vip, xlb/vipfilter.py): the map holds exactly the bits the config needs,
+"""The VIP filter (bpf/classify.h may_be_vip, xlb/tables/vipfilter.py): the map holds exactly the bits the config needs,
 every VIP and mark prefix gets through it (so the Python hashes are the data plane's), and a packet for anything
 else passes before the connection table is read."""
 import ctypes as ct
@@ -9,9 +9,9 @@ import pytest
 from scapy.layers.inet6 import IPv6
 
 from harness import conn_key, real_of, tcp4, tcp6, to_real
-from xlb import marks as markmod
+from xlb.tables import marks as markmod
 from xlb.dataplane import structs as S
-from xlb import vipfilter as vf
+from xlb.tables import vipfilter as vf
 from xlb.config import addr_bytes
 from xlb.dataplane.apply import DataPlane, now_ns
 

@@ -30,7 +30,7 @@ import socket
 
 from . import config as xconfig
 from .errors import ConfigError
-from .marks import rule_identity
+from .tables.marks import rule_identity
 
 DEFAULT_PERSISTENCE = 360  # ipvsadm's -p without a value (its code; the man page says 300)
 METHOD_OPTION = {"dr": "-g", "nat": "-m", "tun": "-i"}

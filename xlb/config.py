@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from xlb import realcheck
 from xlb.errors import ConfigError
 from xlb.tomlpos import located
-from xlb.sched import is_prime
+from xlb.tables.sched import is_prime
 
 # Schedulers the data plane implements, and the IPVS ones an operator may reasonably ask for but we do not have.
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sed", "nq", "fo", "ovf", "sh", "dh", "mh")

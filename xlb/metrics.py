@@ -232,7 +232,7 @@ class XlbCollector(Collector):
         f["xlb_build"].append(((os.uname().release, __version__), 1))
 
     def _marks(self, out):
-        from .marks import rule_identity
+        from .tables.marks import rule_identity
         dp = self.dp
         if not dp.config or not dp.config.marks:
             return

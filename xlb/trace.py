@@ -238,7 +238,7 @@ def explain(rec, res, dp):
 
 
 def _rule_of(dp, rule_id):
-    from .marks import rule_identity
+    from .tables.marks import rule_identity
     for rule in (dp.config.marks if dp.config else ()):
         if dp.rule_ids.get(rule_identity(rule)) == rule_id:
             return rule

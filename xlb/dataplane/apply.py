@@ -11,10 +11,10 @@ import numpy as np
 from dataclasses import dataclass, field
 
 from . import clock
-from .. import marks as markmod
-from .. import sched
+from ..tables import marks as markmod
+from ..tables import sched
 from . import structs as S
-from .. import vipfilter
+from ..tables import vipfilter
 from .bpfsys import lookup_batch_into, rewrite_u64
 from ..config import addr_bytes, fwmark_key
 from ..errors import ConfigError

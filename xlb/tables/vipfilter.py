@@ -9,8 +9,8 @@ against the data plane itself."""
 import ipaddress
 import struct
 
-from .config import addr_bytes
-from .dataplane.structs import DEFINES
+from ..config import addr_bytes
+from ..dataplane.structs import DEFINES
 
 WORDS = DEFINES["XLB_VIP_FILTER_WORDS"]
 BITS = WORDS * 64
