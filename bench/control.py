@@ -6,11 +6,11 @@ import os
 import time
 from array import array
 
-from xlb import config as xconfig
+from xlb.config import model as xconfig
 from xlb import runtime, stats
 from xlb.tables import sched
 from xlb.dataplane.program import Program, cflags_for
-from xlb.config import addr_bytes
+from xlb.config.model import addr_bytes
 from xlb.dataplane.apply import now_ns
 
 from . import lab as L

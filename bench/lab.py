@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from xlb import config as xconfig
+from xlb.config import model as xconfig
 from xlb.dataplane import kheaders
 from xlb.dataplane.program import XDP_MODES, Program, cflags_for
 from xlb.dataplane.apply import DataPlane

@@ -14,10 +14,10 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from xlb import config as xconfig
+from xlb.config import model as xconfig
 from xlb.dataplane import structs as S
 from xlb.dataplane.program import Program, cflags_for
-from xlb.config import addr_bytes
+from xlb.config.model import addr_bytes
 from xlb.dataplane.apply import DataPlane, htons
 from xlb.netns import Topology, in_netns
 from xlb.dataplane.testrun import test_run as _test_run

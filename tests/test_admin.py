@@ -5,7 +5,7 @@ import ipaddress
 import pytest
 
 from xlb import admin
-from xlb import config as xconfig
+from xlb.config import model as xconfig
 from xlb.errors import ConfigError
 
 BASE = """\

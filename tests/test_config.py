@@ -1,11 +1,11 @@
-"""xlb.config: TOML loading and validation (no root, no bcc)."""
+"""xlb.config.model: TOML loading and validation (no root, no bcc)."""
 
 import ipaddress
 
 import pytest
 
-from xlb import config
-from xlb.config import Config, MarkRule, Real, Service, Tables, Timeouts
+from xlb.config import model as config
+from xlb.config.model import Config, MarkRule, Real, Service, Tables, Timeouts
 from xlb.errors import ConfigError
 
 EXAMPLE = """\
@@ -435,7 +435,7 @@ def test_nesting_too_deep_is_a_config_error():
     assert "nested too deeply" in e.message
 
 
-# --- reals that cannot work (xlb/realcheck.py) ------------------------------------------------------------------
+# --- reals that cannot work (xlb/config/realcheck.py) ------------------------------------------------------------------
 
 def _with_real(address):
     """A service of the address's family with a good real, then a real at ``address`` (service[0].real[1])."""
@@ -488,7 +488,7 @@ def test_reals_ipvs_takes_stay_allowed(address):
 
 
 def test_check_local_names_the_real_and_the_interface():
-    from xlb import realcheck
+    from xlb.config import realcheck
     cfg = config.parse(SVC_REAL, "x.toml")
     local = {ipaddress.ip_address("198.18.1.2"): "address of eth0"}
     with pytest.raises(ConfigError) as info:

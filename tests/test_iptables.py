@@ -3,7 +3,7 @@ import textwrap
 
 import pytest
 
-from xlb import config as xconfig
+from xlb.config import model as xconfig
 from xlb.errors import ConfigError
 from xlb.iptables import parse_rules
 

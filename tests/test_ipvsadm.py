@@ -6,7 +6,7 @@ print_service_entry, print_conn, print_largenum), trailing spaces included.
 import pytest
 
 from xlb import admin
-from xlb import config as xconfig
+from xlb.config import model as xconfig
 from xlb import ipvsadm
 from xlb.errors import ConfigError
 

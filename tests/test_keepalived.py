@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from xlb import cli
-from xlb import config as xconfig
+from xlb.config import model as xconfig
 from xlb import keepalived
 from xlb.errors import ConfigError
 
@@ -154,7 +154,7 @@ def test_unsupported_features_are_named_apart(tmp_path):
 
 
 def test_shared_validation_errors_name_the_keepalived_line(tmp_path):
-    # lthreshold >= uthreshold is a rule of xlb/config.py; the error still points into keepalived.conf.
+    # lthreshold >= uthreshold is a rule of xlb/config/model.py; the error still points into keepalived.conf.
     p = write(tmp_path, vs(DR + "real_server 198.18.0.11 80 {\n    uthreshold 10\n    lthreshold 20\n}\n"))
     with pytest.raises(ConfigError) as ei:
         keepalived.load(p)

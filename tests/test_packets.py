@@ -22,7 +22,7 @@ from xlb.tables import marks as markmod
 from xlb.tables import sched as xsched
 from xlb.dataplane import structs as S
 from xlb.dataplane import testrun
-from xlb.config import addr_bytes
+from xlb.config.model import addr_bytes
 
 PASS, DROP, TX, REDIRECT = "XDP_PASS", "XDP_DROP", "XDP_TX", "XDP_REDIRECT"
 SAME = object()  # expected output: the input, byte for byte

@@ -7,7 +7,7 @@ import ipaddress
 
 from harness import conn_key, lookup_conn, real_of, tcp4, tcp6, to_real
 from xlb.dataplane import structs as S
-from xlb.config import addr_bytes, mask_address
+from xlb.config.model import addr_bytes, mask_address
 from xlb.dataplane.apply import NS, now_ns, svc_key
 
 VIP = "198.51.100.10"

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import needs_root
 from xlb.dataplane import structs as S
-from xlb.config import addr_bytes, mask_address
+from xlb.config.model import addr_bytes, mask_address
 from xlb.dataplane.apply import NS, _exact_keys, _row_index, hold_due, now_ns, svc_key, sweep_interval
 
 TIMEOUTS = "[timeouts]\ntcp = 30\nsyn = 20\ntcpfin = 10\nudp = 30\n"

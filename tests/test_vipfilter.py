@@ -12,7 +12,7 @@ from harness import conn_key, real_of, tcp4, tcp6, to_real
 from xlb.tables import marks as markmod
 from xlb.dataplane import structs as S
 from xlb.tables import vipfilter as vf
-from xlb.config import addr_bytes
+from xlb.config.model import addr_bytes
 from xlb.dataplane.apply import DataPlane, now_ns
 
 TX, PASS = "XDP_TX", "XDP_PASS"

@@ -28,7 +28,7 @@ import ipaddress
 import re
 import socket
 
-from . import config as xconfig
+from .config import model as xconfig
 from .errors import ConfigError
 from .tables.marks import rule_identity
 

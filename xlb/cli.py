@@ -39,7 +39,7 @@ def _config_source(parser, args, config_attr):
     if not path and not args.keepalived:
         parser.error("a TOML config or --keepalived FILE is required")
     if path:
-        from . import config as xconfig
+        from .config import model as xconfig
         return path, lambda: xconfig.load(path)
     from . import keepalived
     return args.keepalived, lambda: keepalived.load(args.keepalived, args.marks)

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from . import config as xconfig
+from .config import model as xconfig
 from . import control
 from . import metrics
 from .dataplane import pin
-from . import realcheck
+from .config import realcheck
 from . import runtime
 from . import stats
 from . import trace  # noqa: F401  registers the `trace` control command
@@ -186,7 +186,7 @@ class Daemon:
 
     def check_reals(self, cfg, before=None, source=None):
         """cfg, unless a real is one of this balancer's own addresses, which only the daemon knows (a ConfigError;
-        xlb/realcheck.py). A runtime edit passes the running config and its source: only its new reals count."""
+        xlb/config/realcheck.py). A runtime edit passes the running config and its source: only its new reals count."""
         realcheck.check_local(cfg, realcheck.own_addresses(), self.iface, before, source)
         return cfg
 

@@ -16,7 +16,7 @@ class ConfigError(XlbError):
         self.source = source
         self.where = where
         self.message = message
-        self.line = line  # the line of the field `where` in the source, when known (xlb/tomlpos.py)
+        self.line = line  # the line of the field `where` in the source, when known (xlb/config/tomlpos.py)
         loc = ": ".join(str(p) for p in (source, line is not None and f"line {line}", where) if p)
         super().__init__(f"{loc}: {message}")
 

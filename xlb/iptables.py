@@ -34,7 +34,7 @@ IGNORED_MATCHES = ("tcp", "udp", "multiport", "comment")
 
 @dataclass(frozen=True)
 class MarkLine:
-    """One translated rule: the ``[[mark]]`` table for xlb/config.py, and where it came from."""
+    """One translated rule: the ``[[mark]]`` table for xlb/config/model.py, and where it came from."""
 
     tree: dict  # {"mark": N, "proto": "tcp"|"udp"|"any", "dst": "prefix", "ports": [...]} (no "ports" = every port)
     file: str

@@ -2,8 +2,8 @@
 
 Pure: no bcc, no root. :func:`load` reads the file with xlb/kaparse.py (keepalived's own reading rules:
 comments, ``@`` lines, ``$`` parameters, ``~SEQ``, ``include``), interprets the ``virtual_server``,
-``virtual_server_group`` and ``global_defs lvs_timeouts`` parts into the TOML-shaped tree xlb/config.py
-validates (:func:`xlb.config.from_tree`), so the native config stays the one validator. A config error about a
+``virtual_server_group`` and ``global_defs lvs_timeouts`` parts into the TOML-shaped tree xlb/config/model.py
+validates (:func:`xlb.config.model.from_tree`), so the native config stays the one validator. A config error about a
 field is re-raised naming the keepalived file, line and keyword that produced the field.
 
 What keepalived calls a configuration problem in a virtual server (``keepalived -t`` says it and exits 5) is an
@@ -21,8 +21,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from . import config as xconfig
-from . import realcheck
+from .config import model as xconfig
+from .config import realcheck
 from .errors import ConfigError
 from .kaparse import Reader, build_tree
 

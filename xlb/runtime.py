@@ -13,7 +13,7 @@ import ipaddress
 import time
 
 from . import admin
-from . import config as xconfig
+from .config import model as xconfig
 from . import control
 from .dataplane import structs as S
 from .dataplane.apply import NS, now_ns

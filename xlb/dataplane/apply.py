@@ -16,7 +16,7 @@ from ..tables import sched
 from . import structs as S
 from ..tables import vipfilter
 from .bpfsys import lookup_batch_into, rewrite_u64
-from ..config import addr_bytes, fwmark_key
+from ..config.model import addr_bytes, fwmark_key
 from ..errors import ConfigError
 
 NS = 1_000_000_000

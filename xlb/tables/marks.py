@@ -5,7 +5,7 @@ twice, once with the packet's port and once with 0, so a rule naming the port be
 each the longest prefix wins. A rule for proto "any" is written for tcp and udp, except where a rule naming that
 proto claims the same prefix and port: the specific protocol wins.
 """
-from ..config import addr_bytes, fwmark_key
+from ..config.model import addr_bytes, fwmark_key
 
 PROTO_NUM = {"tcp": 6, "udp": 17}
 

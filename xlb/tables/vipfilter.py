@@ -9,7 +9,7 @@ against the data plane itself."""
 import ipaddress
 import struct
 
-from ..config import addr_bytes
+from ..config.model import addr_bytes
 from ..dataplane.structs import DEFINES
 
 WORDS = DEFINES["XLB_VIP_FILTER_WORDS"]

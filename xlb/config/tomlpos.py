@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 _STEP = re.compile(r"([^.\[\]]+)(?:\[(\d+)\])?")

@@ -3,7 +3,7 @@
 Pure: imports no bcc and needs no root, so every rule here is unit-tested (tests/test_config.py).
 Every problem raises ``xlb.errors.ConfigError(source, where, message)`` where ``where`` is the field path an
 operator can find in the file (``service[1].real[0].weight``, ``mark[2].ports[1]``) or ``line N`` for TOML syntax;
-:func:`parse` adds the field's line (``line``, found by xlb/tomlpos.py).
+:func:`parse` adds the field's line (``line``, found by xlb/config/tomlpos.py).
 Unknown keys are errors everywhere, so a typo never silently falls back to a default.
 
 Decisions worth knowing:
@@ -26,9 +26,9 @@ import re
 import tomllib
 from dataclasses import dataclass
 
-from xlb import realcheck
+from . import realcheck
 from xlb.errors import ConfigError
-from xlb.tomlpos import located
+from xlb.config.tomlpos import located
 from xlb.tables.sched import is_prime
 
 # Schedulers the data plane implements, and the IPVS ones an operator may reasonably ask for but we do not have.

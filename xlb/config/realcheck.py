@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from .errors import ConfigError, KernelError
+from ..errors import ConfigError, KernelError
 
 _ZERO_NET4 = ipaddress.ip_network("0.0.0.0/8")
 _BROADCAST4 = ipaddress.ip_address("255.255.255.255")
