@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from xlb import keepalived  # noqa: E402
+from xlb.importers.keepalived import translate as keepalived  # noqa: E402
 from xlb.errors import ConfigError  # noqa: E402
-from xlb.kaparse import Reader, build_tree  # noqa: E402
+from xlb.importers.keepalived.reader import Reader, build_tree  # noqa: E402
 
 CORPUS = os.environ.get("XLB_KEEPALIVED_CORPUS",
                         os.path.join(os.path.dirname(HERE), "..", "shared", "keepalived-corpus"))

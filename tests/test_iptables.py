@@ -5,7 +5,7 @@ import pytest
 
 from xlb.config import model as xconfig
 from xlb.errors import ConfigError
-from xlb.iptables import parse_rules
+from xlb.importers.iptables import parse_rules
 
 
 def trees(text):

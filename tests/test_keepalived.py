@@ -7,7 +7,7 @@ import pytest
 
 from xlb import cli
 from xlb.config import model as xconfig
-from xlb import keepalived
+from xlb.importers.keepalived import translate as keepalived
 from xlb.errors import ConfigError
 
 DATA = os.path.join(os.path.dirname(__file__), "data")

@@ -2,13 +2,13 @@
 
 keepalived reports a file that ends inside blocks ("There are N missing '}'s or extra '{'s", keepalived -t exits
 5) and skips an include that is not a regular non-executable file. It has no bound on ~SEQ or on parameters that
-expand to themselves; xlb has (xlb/kaparse.py MAX_*), and says where one was reached.
+expand to themselves; xlb has (xlb/importers/keepalived/reader.py MAX_*), and says where one was reached.
 """
 import os
 
 import pytest
 
-from xlb import kaparse, keepalived
+from xlb.importers.keepalived import reader as kaparse, translate as keepalived
 
 from test_keepalived import DR, problems, vs, write
 

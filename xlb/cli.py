@@ -41,7 +41,7 @@ def _config_source(parser, args, config_attr):
     if path:
         from .config import model as xconfig
         return path, lambda: xconfig.load(path)
-    from . import keepalived
+    from .importers.keepalived import translate as keepalived
     return args.keepalived, lambda: keepalived.load(args.keepalived, args.marks)
 
 

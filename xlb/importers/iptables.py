@@ -24,7 +24,7 @@ import os
 import shlex
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 COMMANDS = {"iptables": 4, "iptables-legacy": 4, "iptables-nft": 4,
             "ip6tables": 6, "ip6tables-legacy": 6, "ip6tables-nft": 6}

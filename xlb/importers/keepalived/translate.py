@@ -1,6 +1,6 @@
 """Import keepalived.conf (and iptables MARK rules) into xlb's Config.
 
-Pure: no bcc, no root. :func:`load` reads the file with xlb/kaparse.py (keepalived's own reading rules:
+Pure: no bcc, no root. :func:`load` reads the file with xlb/importers/keepalived/reader.py (keepalived's own reading rules:
 comments, ``@`` lines, ``$`` parameters, ``~SEQ``, ``include``), interprets the ``virtual_server``,
 ``virtual_server_group`` and ``global_defs lvs_timeouts`` parts into the TOML-shaped tree xlb/config/model.py
 validates (:func:`xlb.config.model.from_tree`), so the native config stays the one validator. A config error about a
@@ -21,10 +21,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from .config import model as xconfig
-from .config import realcheck
-from .errors import ConfigError
-from .kaparse import Reader, build_tree
+from ...config import model as xconfig
+from ...config import realcheck
+from ...errors import ConfigError
+from .reader import Reader, build_tree
 
 # keepalived 2.2.7's list of valid lvs_sched values (check_parser.c).
 KEEPALIVED_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "sh", "mh", "dh", "fo", "ovf", "lblcr", "sed", "nq")
@@ -225,7 +225,7 @@ class _Importer:
         for vs in self.vss:
             self.finish_vs(vs, tree["service"], checks, settings)
         if marks_path is not None:
-            from .iptables import load_rules
+            from ..iptables import load_rules
             rules = load_rules(marks_path)
             tree["mark"] = [r.tree for r in rules]
             for i, r in enumerate(rules):
