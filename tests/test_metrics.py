@@ -1,4 +1,4 @@
-"""Prometheus metrics (xlb/metrics.py): exact counter values after known traffic, through BPF_PROG_TEST_RUN and through
+"""Prometheus metrics (xlb/observe/metrics.py): exact counter values after known traffic, through BPF_PROG_TEST_RUN and through
 a live `xlb run --metrics` in a DR lab; every metric the Grafana dashboard queries exists in a live scrape."""
 import ctypes as ct
 import gzip
@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from xlb import metrics
+from xlb.observe import metrics
 from xlb.demo import CLIENTS4, REALS4, VIP4, DrLab
 from xlb.errors import XlbError
 from xlb.netns import run_in_netns

@@ -1,6 +1,6 @@
-"""`xlb top` (xlb/top.py): the rendering is a pure function of two snapshots and an interval; the loop prints N frames
+"""`xlb top` (xlb/observe/top.py): the rendering is a pure function of two snapshots and an interval; the loop prints N frames
 for scripts, and interactively quits cleanly on q and on Ctrl-C with the terminal restored. The snapshot it fetches
-(xlb/stats.py) is exact against a real data plane and read in batches."""
+(xlb/observe/stats.py) is exact against a real data plane and read in batches."""
 import ctypes as ct
 import io
 import os
@@ -13,7 +13,7 @@ import time
 import pytest
 from conftest import needs_root
 
-from xlb import stats, top
+from xlb.observe import stats, top
 
 
 def snap(conns=0, packets=0, bytes_=0, real_conns=(0, 0), active=(0, 0), drops=0, extra_real=False):
@@ -136,7 +136,7 @@ def test_interactive_quits_cleanly(key):
     assert b"tcp/198.51.100.10:80" in out
 
 
-# -- the snapshot top shows (xlb/stats.py), from a real data plane -----------------------------------------------
+# -- the snapshot top shows (xlb/observe/stats.py), from a real data plane -----------------------------------------------
 
 @needs_root
 def test_snapshot_reads_counters_in_batches(bench, monkeypatch):

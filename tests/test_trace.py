@@ -1,4 +1,4 @@
-"""`xlb trace` (xlb/trace.py, bpf/trace.h): the trace build, relinked to the live maps, answers exactly what the real
+"""`xlb trace` (xlb/observe/trace.py, bpf/trace.h): the trace build, relinked to the live maps, answers exactly what the real
 program then does with the same packet — service, real, reason — and leaves every map byte-identical."""
 import ctypes as ct
 import ipaddress
@@ -12,7 +12,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from xlb.dataplane import structs as S
-from xlb import trace as T
+from xlb.observe import trace as T
 from xlb.dataplane.bpfsys import lookup_batch
 from xlb.errors import KernelError, XlbError
 

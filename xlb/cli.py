@@ -8,7 +8,7 @@ from pathlib import Path
 from . import __version__
 from .errors import XlbError, brief
 
-DEFAULT_METRICS_PORT = 9842  # = xlb/metrics.py DEFAULT_PORT (tests/test_metrics.py checks); the CLI imports lazily
+DEFAULT_METRICS_PORT = 9842  # = xlb/observe/metrics.py DEFAULT_PORT (tests/test_metrics.py checks); the CLI imports lazily
 
 EXAMPLES = """examples:
   xlb check /etc/xlb/xlb.toml
@@ -86,7 +86,7 @@ def _cmd_run(args):
     log = daemon_log
     path, load = _config_source(args.parser, args, "config")
     if args.metrics:
-        from .metrics import parse_listen
+        from .observe.metrics import parse_listen
         parse_listen(args.metrics)  # a bad ADDR:PORT is said now, not after the program's compile
     warned = []
 
@@ -125,7 +125,7 @@ def _cmd_status(args):
 def _cmd_trace(args):
     import json
     from . import control
-    from .trace import render
+    from .observe.trace import render
     res = control.call("trace", path=args.socket, src=args.src, dst=args.dst, proto=args.proto)
     print(json.dumps(res, indent=2) if args.json else render(res))
     return 0
@@ -133,7 +133,7 @@ def _cmd_trace(args):
 
 def _cmd_top(args):
     from . import control
-    from .top import run
+    from .observe.top import run
     if args.interval <= 0 or (args.iterations is not None and args.iterations < 1):
         print("xlb: error: --interval must be positive and --iterations at least 1", file=sys.stderr)
         return 2

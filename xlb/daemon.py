@@ -20,12 +20,12 @@ from pyroute2 import IPRoute
 
 from .config import model as xconfig
 from . import control
-from . import metrics
+from .observe import metrics
 from .dataplane import pin
 from .config import realcheck
 from . import runtime
-from . import stats
-from . import trace  # noqa: F401  registers the `trace` control command
+from .observe import stats
+from .observe import trace  # noqa: F401  registers the `trace` control command
 from .dataplane import bpffs
 from .dataplane.program import AttachError, Program, attached_prog, cflags_for
 from .dataplane.apply import DataPlane, sweep_interval
@@ -84,15 +84,15 @@ class Daemon:
         self._stretched = False  # the sweep interval stretched past the configured one (a slow sweep)
         self.metrics = metrics               # --metrics ADDR:PORT, or None
         self.metrics_endpoint = None
-        self.reloads = dict.fromkeys(("success", "rejected", "failed"), 0)   # exported by xlb/metrics.py
+        self.reloads = dict.fromkeys(("success", "rejected", "failed"), 0)   # exported by xlb/observe/metrics.py
         self.last_reload_success = None      # Unix time the running config was applied
-        self.tracer = None                   # xlb/trace.py, built on the first `trace` command
+        self.tracer = None                   # xlb/observe/trace.py, built on the first `trace` command
         self.runtime_edits = 0  # edits over the control socket since the config file was last applied
         self.rates = runtime.RateEstimator()
         self.sysctls = Sysctls(iface, log)
         self.neighbours = set()  # the reals' addresses whose neighbour entries this daemon keeps
         self.exit_code = 0
-        self.program_lost = dict.fromkeys(("removed", "replaced"), 0)  # exported by xlb/metrics.py
+        self.program_lost = dict.fromkeys(("removed", "replaced"), 0)  # exported by xlb/observe/metrics.py
 
     def _install_signals(self):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGQUIT):
@@ -391,5 +391,5 @@ def _status(daemon):
 
 @control.command("stats")
 def _stats(daemon):
-    """Counters summed over CPUs (xlb/stats.py snapshot)."""
+    """Counters summed over CPUs (xlb/observe/stats.py snapshot)."""
     return stats.snapshot(daemon.dp)

@@ -18,7 +18,7 @@ from . import control
 from .dataplane import structs as S
 from .dataplane.apply import NS, now_ns
 from .errors import ConfigError
-from .stats import FlowCounters, layout
+from .observe.stats import FlowCounters, layout
 
 STATE_NAMES = {S.CONN_STATE["syn"]: "SYN_RECV", S.CONN_STATE["est"]: "ESTABLISHED",
                S.CONN_STATE["fin"]: "FIN_WAIT", S.CONN_STATE["udp"]: "UDP"}

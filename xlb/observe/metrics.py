@@ -3,7 +3,7 @@
 API (the daemon uses it; bench/ times a scrape with it):
 
     from prometheus_client import CollectorRegistry, generate_latest
-    from xlb.metrics import XlbCollector
+    from xlb.observe.metrics import XlbCollector
     collector = XlbCollector(dp, daemon_state)          # dp: xlb.dataplane.apply.DataPlane
     text = collector.exposition()                       # one scrape, as /metrics serves it (the fast path)
     registry = CollectorRegistry()
@@ -16,7 +16,7 @@ maps (commands, sweeps and reloads run under it) and exports its reload counters
 returns a handle whose ``close()`` stops it. ``exposition()`` exists because prometheus_client's generate_latest
 spends ~10 us formatting each sample: at 1000 services x 10 reals (~84,000 samples) that alone is about a second.
 
-Cost: per-CPU counters are read with one BPF_MAP_LOOKUP_BATCH per map over the ids in use (xlb.stats's reader, which
+Cost: per-CPU counters are read with one BPF_MAP_LOOKUP_BATCH per map over the ids in use (xlb.observe.stats's reader, which
 `xlb top` shares); the conns and persist tables are walked in batches (table fill, templates per service); active,
 inactive and overloaded per real come from DataPlane.real_loads(), one batched read. A scrape costs O(services +
 reals + connections + templates).
@@ -49,10 +49,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from . import __version__
-from .dataplane import structs as S
-from .dataplane.bpfsys import iter_batches
-from .errors import XlbError
+from .. import __version__
+from ..dataplane import structs as S
+from ..dataplane.bpfsys import iter_batches
+from ..errors import XlbError
 from .stats import FlowCounters, percpu_counters
 from .stats import layout as stats_layout
 
@@ -232,7 +232,7 @@ class XlbCollector(Collector):
         f["xlb_build"].append(((os.uname().release, __version__), 1))
 
     def _marks(self, out):
-        from .tables.marks import rule_identity
+        from ..tables.marks import rule_identity
         dp = self.dp
         if not dp.config or not dp.config.marks:
             return

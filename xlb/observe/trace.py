@@ -20,10 +20,10 @@ import ipaddress
 import os
 import struct
 
-from . import control
-from .dataplane import structs as S
-from .errors import XlbError
-from .dataplane.testrun import inet_checksum
+from .. import control
+from ..dataplane import structs as S
+from ..errors import XlbError
+from ..dataplane.testrun import inet_checksum
 
 NS = 1_000_000_000
 # The trace build's own maps are never used (every reference is relinked to the live maps): keep them tiny.
@@ -93,7 +93,7 @@ def build_packet(src, sport, dst, dport, proto="tcp"):
 
 
 def conn_key(src, sport, dst, dport, proto):
-    from .dataplane.apply import htons
+    from ..dataplane.apply import htons
     src, dst = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     return S.ConnKey(src=S.addr_words(_addr16(src)), dst=S.addr_words(_addr16(dst)), sport=htons(sport),
                      dport=htons(dport), proto=_PROTO[proto], family=S.AF_INET if src.version == 4 else S.AF_INET6)
@@ -119,8 +119,8 @@ class Tracer:
         """Compile, relink and load the trace build once: its entry and its tail-call programs, reached through the
         build's own prog array (the live one holds the live programs, which write)."""
         if self.fd is None:
-            from .dataplane.program import Program, relinked_build
-            from .dataplane.bpfsys import map_update_u32, prog_load_xdp
+            from ..dataplane.program import Program, relinked_build
+            from ..dataplane.bpfsys import map_update_u32, prog_load_xdp
             tails = Program.TAIL_CALLS
             insns, own = relinked_build(self.prog, TRACE_CFLAGS, S.MAP_TYPES, [Program.FUNC, *tails.values()],
                                         log=self.log)
@@ -144,7 +144,7 @@ class Tracer:
 
     def run(self, frame: bytes):
         """Run the trace build on one frame: (TraceRec, testrun.RunResult)."""
-        from .dataplane.testrun import test_run
+        from ..dataplane.testrun import test_run
         fd = self.load()
         out = self.dp.m["trace_out"]
         out[ct.c_uint32(0)] = S.TraceRec()
@@ -238,7 +238,7 @@ def explain(rec, res, dp):
 
 
 def _rule_of(dp, rule_id):
-    from .tables.marks import rule_identity
+    from ..tables.marks import rule_identity
     for rule in (dp.config.marks if dp.config else ()):
         if dp.rule_ids.get(rule_identity(rule)) == rule_id:
             return rule
@@ -275,11 +275,11 @@ def render(a):
 # -- the daemon's side --------------------------------------------------------------------------------------------
 @control.command("trace")
 def _trace_command(daemon, src, dst, proto="tcp"):
-    """What the loaded program would do with a new connection src -> dst (see xlb/trace.py)."""
+    """What the loaded program would do with a new connection src -> dst (see xlb/observe/trace.py)."""
     saddr, sport = parse_endpoint(src, "source", need_port=False)
     daddr, dport = parse_endpoint(dst, "destination", need_port=True)
     tracer = getattr(daemon, "tracer", None)
     if tracer is None:
-        from .daemon import ifindex_of
+        from ..daemon import ifindex_of
         tracer = daemon.tracer = Tracer(daemon.prog, daemon.dp, ifindex_of(daemon.iface), log=daemon.log)
     return tracer.trace(saddr, daddr, dport, sport=sport, proto=proto)

@@ -7,9 +7,9 @@ import weakref
 
 import numpy as np
 
-from .dataplane import structs as S
-from .dataplane.bpfsys import lookup_batch
-from .tables.marks import rule_identity
+from ..dataplane import structs as S
+from ..dataplane.bpfsys import lookup_batch
+from ..tables.marks import rule_identity
 
 
 def percpu_counters(table, n):

@@ -1,6 +1,6 @@
 """`xlb top`: live rates per service and real (new connections/s, packets/s, bytes/s, active connections).
 
-It asks the daemon for its `stats` snapshot (xlb/stats.py) every interval and shows the difference. ``render`` is a
+It asks the daemon for its `stats` snapshot (xlb/observe/stats.py) every interval and shows the difference. ``render`` is a
 pure function of two snapshots and the time between them; ``run`` is the loop: interactive (the alternate screen,
 redrawn like top, quit with q or Ctrl-C) or, with ``iterations``, that many frames printed one after another for
 scripts and tests.
