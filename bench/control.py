@@ -7,7 +7,7 @@ import time
 from array import array
 
 from xlb.config import model as xconfig
-from xlb import runtime
+from xlb.ops import listings as runtime
 from xlb.observe import stats
 from xlb.tables import sched
 from xlb.dataplane.program import Program, cflags_for

@@ -1,10 +1,10 @@
-"""xlb.admin: runtime edits as pure Config -> Config functions, and `xlb save`'s round trip (no root, no bcc)."""
+"""xlb.ops.admin: runtime edits as pure Config -> Config functions, and `xlb save`'s round trip (no root, no bcc)."""
 import dataclasses
 import ipaddress
 
 import pytest
 
-from xlb import admin
+from xlb.ops import admin
 from xlb.config import model as xconfig
 from xlb.errors import ConfigError
 

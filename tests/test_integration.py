@@ -211,7 +211,7 @@ def test_cli_check(tmp_path):
 @needs_root
 def test_control_socket_status_and_stats():
     """The daemon answers on its control socket; clients get its state, and a clear error without a daemon."""
-    from xlb import control
+    from xlb.ops import control
     with DrLab(prefix="xit7") as lab:
         lab.start_xlb(DEMO_CONFIG)
         st = control.call("status", path=lab.socket_path)
@@ -229,7 +229,7 @@ def test_control_socket_status_and_stats():
 
 def _real_loads(lab):
     """{real name: (active, inactive)} from the daemon's stats."""
-    from xlb import control
+    from xlb.ops import control
     (svc,) = control.call("stats", path=lab.socket_path)["services"]
     return {NAME_OF[r["address"]]: (r["active"], r["inactive"]) for r in svc["reals"]}
 

@@ -1,13 +1,13 @@
-"""xlb.ipvsadm: ipvsadm's command line into operations, and listings in ipvsadm's exact formats (pure).
+"""xlb.ops.ipvsadm: ipvsadm's command line into operations, and listings in ipvsadm's exact formats (pure).
 
 The expected listings are written column by column from ipvsadm.c's printf formats (print_title,
 print_service_entry, print_conn, print_largenum), trailing spaces included.
 """
 import pytest
 
-from xlb import admin
+from xlb.ops import admin
 from xlb.config import model as xconfig
-from xlb import ipvsadm
+from xlb.ops import ipvsadm
 from xlb.errors import ConfigError
 
 SOURCE = ipvsadm.SOURCE
@@ -295,7 +295,7 @@ import re  # noqa: E402
 
 from conftest import needs_root  # noqa: E402
 
-from xlb import control  # noqa: E402
+from xlb.ops import control  # noqa: E402
 from xlb.admincli import run_ipvsadm  # noqa: E402
 from xlb.demo import CLIENTS4, DEMO_CONFIG, REALS4, VIP4, DrLab  # noqa: E402
 from xlb.netns import LineConnection  # noqa: E402

@@ -190,7 +190,7 @@ def test_cli_check_exit_codes(tmp_path, capsys):
 
 
 def test_daemon_takes_its_config_from_the_load_callable():
-    from xlb.daemon import Daemon
+    from xlb.ops.daemon import Daemon
     cfg = keepalived.load(KA, MARKS).config
     d = Daemon("lo", KA, load=lambda: cfg)
     assert d.load() is cfg

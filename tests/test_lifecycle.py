@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from xlb import control
+from xlb.ops import control
 from xlb.dataplane import pin
 from xlb.demo import CLIENTS4, REALS4, REALS6, VIP4, VIP6, DrLab, xdp_prog_id
 from xlb.netns import LineConnection, run_in_netns

@@ -1,4 +1,4 @@
-"""The `--rate` estimator (xlb/runtime.py RateEstimator) over a real data plane: IPVS's figures from the counters the
+"""The `--rate` estimator (xlb/ops/listings.py RateEstimator) over a real data plane: IPVS's figures from the counters the
 program keeps, smoothed by 1/4 every period, and a counter slot an apply hands to another service or real starts
 afresh instead of inheriting a stranger's rate."""
 import pytest
@@ -6,7 +6,7 @@ from conftest import needs_root
 from harness import tcp4
 from test_metrics import BENCH_CONFIG
 
-from xlb import runtime
+from xlb.ops import listings as runtime
 
 # test_metrics's: a fwmark service, and an rr service of 198.51.100.10:80 over .11 and .12 (.13 quiescent)
 CONFIG = BENCH_CONFIG

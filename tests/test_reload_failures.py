@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import needs_root
 
-from xlb.daemon import Daemon
+from xlb.ops.daemon import Daemon
 from xlb.demo import CLIENTS4, DEMO_CONFIG, VIP4, DrLab, xdp_prog_id
 
 from test_integration import NAMES, log_path, log_has, wait_for  # noqa: F401  (log_path is a fixture)
@@ -20,7 +20,7 @@ DEEP = "a = " + "[" * 10000 + "]" * 10000 + "\n"
 
 @needs_root
 def test_sighup_with_a_file_nested_10000_deep_keeps_serving(log_path):  # noqa: F811
-    from xlb import control
+    from xlb.ops import control
     with DrLab(prefix="xrf1") as lab:
         lab.start_xlb(DEMO_CONFIG, log_path=log_path)
         prog = xdp_prog_id(lab.lb, "eth0")

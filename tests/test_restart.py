@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from xlb import control
+from xlb.ops import control
 from xlb.dataplane import pin
 from xlb.dataplane.apply import DataPlane
 from xlb.demo import CLIENTS4, DEMO_CONFIG, REALS4, VIP4, DrLab, xdp_prog_id

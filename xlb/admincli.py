@@ -1,14 +1,14 @@
 """The runtime-administration subcommands of `xlb`: service, real, mark, list, zero, set-timeouts, save, ipvsadm.
 
-Each is a client of the running daemon's control socket (xlb/control.py); without a daemon it fails with a clear
+Each is a client of the running daemon's control socket (xlb/ops/control.py); without a daemon it fails with a clear
 message. Options are ipvsadm's names (-t/-u/-f, -s, -p, -M, -r, -w, -x, -y, -g).
 """
 import json
 import sys
 
-from . import admin
-from . import control
-from . import ipvsadm
+from .ops import admin
+from .ops import control
+from .ops import ipvsadm
 from .errors import ConfigError
 
 EXAMPLES = """examples:

@@ -82,7 +82,7 @@ def daemon_log(msg):
 
 
 def _cmd_run(args):
-    from .daemon import Daemon
+    from .ops.daemon import Daemon
     log = daemon_log
     path, load = _config_source(args.parser, args, "config")
     if args.metrics:
@@ -106,7 +106,7 @@ def _cmd_run(args):
 
 def _cmd_status(args):
     import json
-    from . import control
+    from .ops import control
     res = control.call("status", path=args.socket)
     if args.json:
         print(json.dumps(res, indent=2))
@@ -124,7 +124,7 @@ def _cmd_status(args):
 
 def _cmd_trace(args):
     import json
-    from . import control
+    from .ops import control
     from .observe.trace import render
     res = control.call("trace", path=args.socket, src=args.src, dst=args.dst, proto=args.proto)
     print(json.dumps(res, indent=2) if args.json else render(res))
@@ -132,7 +132,7 @@ def _cmd_trace(args):
 
 
 def _cmd_top(args):
-    from . import control
+    from .ops import control
     from .observe.top import run
     if args.interval <= 0 or (args.iterations is not None and args.iterations < 1):
         print("xlb: error: --interval must be positive and --iterations at least 1", file=sys.stderr)

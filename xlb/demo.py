@@ -163,7 +163,7 @@ class DrLab:
 
     def restart_xlb(self, extra_args=(), timeout=60.0, log_path=None):
         """Start `xlb run` again with the same config and socket; return once it answers on the socket."""
-        from . import control
+        from .ops import control
         self._spawn_xlb(self._argv + list(extra_args), log_path)
 
         def answers():

@@ -228,7 +228,7 @@ def parse(text: str, source: str = "<config>") -> Config:
 def from_tree(doc: dict, source: str = "<config>") -> Config:
     """Validate an already-parsed TOML-shaped tree (dicts, lists, str, int) as :func:`parse` does after TOML.
 
-    Importers of other formats (xlb/importers/keepalived/translate.py) and runtime edits (xlb/admin.py) build this tree so every rule lives here; errors name
+    Importers of other formats (xlb/importers/keepalived/translate.py) and runtime edits (xlb/ops/admin.py) build this tree so every rule lives here; errors name
     the field path in the tree (``service[1].real[0].weight``).
     """
     v = _V(source)

@@ -20,7 +20,7 @@ import ipaddress
 import os
 import struct
 
-from .. import control
+from ..ops import control
 from ..dataplane import structs as S
 from ..errors import XlbError
 from ..dataplane.testrun import inet_checksum
@@ -280,6 +280,6 @@ def _trace_command(daemon, src, dst, proto="tcp"):
     daddr, dport = parse_endpoint(dst, "destination", need_port=True)
     tracer = getattr(daemon, "tracer", None)
     if tracer is None:
-        from ..daemon import ifindex_of
+        from ..ops.daemon import ifindex_of
         tracer = daemon.tracer = Tracer(daemon.prog, daemon.dp, ifindex_of(daemon.iface), log=daemon.log)
     return tracer.trace(saddr, daddr, dport, sport=sport, proto=proto)

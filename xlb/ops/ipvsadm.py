@@ -1,6 +1,6 @@
 """`xlb ipvsadm ARGS...`: ipvsadm's own command line, and listings in ipvsadm's formats.
 
-Pure (tests/test_ipvsadm.py): :func:`parse` turns an argv into a :class:`Request` (operations for xlb/admin.py,
+Pure (tests/test_ipvsadm.py): :func:`parse` turns an argv into a :class:`Request` (operations for xlb/ops/admin.py,
 or a listing to print), and the ``render_*`` functions print the daemon's listing snapshot exactly as ipvsadm
 prints the kernel's (its print_title, print_service_entry, print_conn and print_largenum formats).
 
@@ -21,7 +21,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from . import admin
-from .errors import ConfigError
+from ..errors import ConfigError
 
 SOURCE = "ipvsadm"
 IPVS_VERSION = "1.2.1"
@@ -266,7 +266,7 @@ def parse_restore(text: str) -> list:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Listings. `snap` is the daemon's "list" result (xlb/runtime.py listing()).
+# Listings. `snap` is the daemon's "list" result (xlb/ops/listings.py listing()).
 
 
 def _host(family, addr):

@@ -1,8 +1,8 @@
 """The daemon's runtime-administration commands on the control socket, and the listings they read.
 
-`edit` applies operations (xlb/admin.py) to the running config through DataPlane.apply, which writes only the
+`edit` applies operations (xlb/ops/admin.py) to the running config through DataPlane.apply, which writes only the
 difference: connections and templates of services an edit does not touch stay as they are. `list` and `conns`
-read the maps for the ipvsadm-format listings (xlb/ipvsadm.py renders them on the client side); `zero` clears
+read the maps for the ipvsadm-format listings (xlb/ops/ipvsadm.py renders them on the client side); `zero` clears
 counters; `save` prints the running config as TOML that `xlb run --config` takes back.
 
 Runtime edits live in the running daemon: SIGHUP re-reads the config file, which is the truth (keepalived's
@@ -13,12 +13,12 @@ import ipaddress
 import time
 
 from . import admin
-from .config import model as xconfig
+from ..config import model as xconfig
 from . import control
-from .dataplane import structs as S
-from .dataplane.apply import NS, now_ns
-from .errors import ConfigError
-from .observe.stats import FlowCounters, layout
+from ..dataplane import structs as S
+from ..dataplane.apply import NS, now_ns
+from ..errors import ConfigError
+from ..observe.stats import FlowCounters, layout
 
 STATE_NAMES = {S.CONN_STATE["syn"]: "SYN_RECV", S.CONN_STATE["est"]: "ESTABLISHED",
                S.CONN_STATE["fin"]: "FIN_WAIT", S.CONN_STATE["udp"]: "UDP"}

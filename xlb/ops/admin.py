@@ -28,9 +28,9 @@ import ipaddress
 import re
 import socket
 
-from .config import model as xconfig
-from .errors import ConfigError
-from .tables.marks import rule_identity
+from ..config import model as xconfig
+from ..errors import ConfigError
+from ..tables.marks import rule_identity
 
 DEFAULT_PERSISTENCE = 360  # ipvsadm's -p without a value (its code; the man page says 300)
 METHOD_OPTION = {"dr": "-g", "nat": "-m", "tun": "-i"}

@@ -3,7 +3,7 @@
 SIGHUP re-reads the config and applies only the difference (a rejected config changes nothing and says why);
 SIGUSR1 prints the counters; SIGINT/SIGTERM detach and exit; SIGQUIT exits leaving the program attached (an
 upgrade: the next `xlb run` adopts the pinned maps and replaces the program in one step). The control socket
-(xlb/control.py) serves the other `xlb` commands; they, the timers and reloads take turns under one lock.
+(xlb/ops/control.py) serves the other `xlb` commands; they, the timers and reloads take turns under one lock.
 
 Every sweep also checks that the interface still runs our program (docs/operations.md, "When the program is taken
 off"): taken off (the slot is empty), it is attached again and the daemon goes on; replaced by another program, the
@@ -18,21 +18,21 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from .config import model as xconfig
+from ..config import model as xconfig
 from . import control
-from .observe import metrics
-from .dataplane import pin
-from .config import realcheck
-from . import runtime
-from .observe import stats
-from .observe import trace  # noqa: F401  registers the `trace` control command
-from .dataplane import bpffs
-from .dataplane.program import AttachError, Program, attached_prog, cflags_for
-from .dataplane.apply import DataPlane, sweep_interval
-from .errors import ConfigError, KernelError, XlbError, brief
-from .dataplane.forwarding import Sysctls
-from .dataplane.neigh import ensure_neighbours, remove_managed
-from .dataplane.structs import REASON
+from ..observe import metrics
+from ..dataplane import pin
+from ..config import realcheck
+from . import listings as runtime
+from ..observe import stats
+from ..observe import trace  # noqa: F401  registers the `trace` control command
+from ..dataplane import bpffs
+from ..dataplane.program import AttachError, Program, attached_prog, cflags_for
+from ..dataplane.apply import DataPlane, sweep_interval
+from ..errors import ConfigError, KernelError, XlbError, brief
+from ..dataplane.forwarding import Sysctls
+from ..dataplane.neigh import ensure_neighbours, remove_managed
+from ..dataplane.structs import REASON
 
 IFF_UP = 0x1
 
@@ -200,7 +200,7 @@ class Daemon:
         ensure_neighbours(reals, log=self.log)
 
     def dispatch(self, cmd, args):
-        """Run one control command (xlb/control.py) with the daemon to itself."""
+        """Run one control command (xlb/ops/control.py) with the daemon to itself."""
         with self.lock:
             return control.COMMANDS[cmd](self, **args)
 

@@ -18,7 +18,7 @@ import struct
 import threading
 from pathlib import Path
 
-from .errors import XlbError
+from ..errors import XlbError
 
 RUN_DIR = Path("/run/xlb")
 MAX_REQUEST = 16 * 2**20
@@ -36,7 +36,7 @@ def command(name):
 def default_socket(iface):
     """/run/xlb/IFACE.sock, or /run/xlb/netns-NAME/IFACE.sock in a named network namespace (as the pin directory:
     /run is shared by every network namespace, interface names are not)."""
-    from .dataplane.pin import netns_dir
+    from ..dataplane.pin import netns_dir
     d = netns_dir(iface, RUN_DIR)
     return d.with_name(d.name + ".sock")
 
