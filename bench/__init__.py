@@ -12,7 +12,7 @@ import sys
 
 def unwind_on_sigterm():
     """SIGTERM unwinds like an exception, so namespaces and XDP attachments are removed. Forked helpers
-    (pyroute2's, xlb.netns's) inherit the handler and must still die the ordinary way."""
+    (pyroute2's, xlb.lab.netns's) inherit the handler and must still die the ordinary way."""
     main_pid = os.getpid()
 
     def on_term(signum, _frame):

@@ -14,7 +14,7 @@ import time
 
 from xlb.health import spec as hspec
 from xlb.health.engine import Engine
-from xlb.netns import Topology, in_netns
+from xlb.lab.netns import Topology, in_netns
 
 from . import unwind_on_sigterm
 

@@ -19,7 +19,7 @@ from xlb.dataplane import structs as S
 from xlb.dataplane.program import Program, cflags_for
 from xlb.config.model import addr_bytes
 from xlb.dataplane.apply import DataPlane, htons
-from xlb.netns import Topology, in_netns
+from xlb.lab.netns import Topology, in_netns
 from xlb.dataplane.testrun import test_run as _test_run
 
 LB_MAC = "02:00:00:00:00:02"

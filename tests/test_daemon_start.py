@@ -15,8 +15,8 @@ import pytest
 from conftest import needs_root
 
 from xlb.dataplane import pin
-from xlb.demo import run_xlb_logged
-from xlb.netns import Topology, run_in_netns
+from xlb.lab.demo import run_xlb_logged
+from xlb.lab.netns import Topology, run_in_netns
 
 from test_integration import _cli_captured
 

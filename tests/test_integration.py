@@ -1,4 +1,4 @@
-"""End to end: `xlb run` in generic XDP mode in a DR lab of namespaces (xlb.demo.DrLab), real TCP traffic.
+"""End to end: `xlb run` in generic XDP mode in a DR lab of namespaces (xlb.lab.demo.DrLab), real TCP traffic.
 
 Each test builds its own lab with a unique prefix and tears it down whatever happens. Starting xlb takes a few
 seconds (bcc compiles the program).
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from xlb.demo import (CLIENTS4, CLIENTS6, DEMO_CONFIG, REALS4, REALS6, VIP4, VIP6, DrLab, run_xlb_logged,
+from xlb.lab.demo import (CLIENTS4, CLIENTS6, DEMO_CONFIG, REALS4, REALS6, VIP4, VIP6, DrLab, run_xlb_logged,
                       xdp_prog_id)
-from xlb.netns import LineConnection, run_in_netns, tcp_ask
+from xlb.lab.netns import LineConnection, run_in_netns, tcp_ask
 
 REPO = Path(__file__).resolve().parent.parent
 XLB = REPO / ".venv" / "bin" / "xlb"

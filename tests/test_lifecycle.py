@@ -2,7 +2,7 @@
 replaced under it, the interface settings it needs set and put back, what it leaves behind.
 
 The daemons here are real `xlb run` processes started as an operator starts them (`ip netns exec NS python -m
-xlb.cli run ...`) in a DR lab (xlb/demo.py DrLab) or a two-namespace host; every one is killed, and every
+xlb.cli run ...`) in a DR lab (xlb/lab/demo.py DrLab) or a two-namespace host; every one is killed, and every
 namespace and pin removed, whatever happens.
 """
 import contextlib
@@ -18,8 +18,8 @@ from conftest import needs_root
 
 from xlb.ops import control
 from xlb.dataplane import pin
-from xlb.demo import CLIENTS4, REALS4, REALS6, VIP4, VIP6, DrLab, xdp_prog_id
-from xlb.netns import LineConnection, run_in_netns
+from xlb.lab.demo import CLIENTS4, REALS4, REALS6, VIP4, VIP6, DrLab, xdp_prog_id
+from xlb.lab.netns import LineConnection, run_in_netns
 
 from test_daemon_start import attach_foreign, prog_name
 from test_restart import LAB_CONFIG, LINE
@@ -223,7 +223,7 @@ def test_program_taken_off_is_attached_again_and_replaced_ends_the_daemon(tmp_pa
 
 
 def _sysctls(ns):
-    from xlb.netns import _sysctl_read
+    from xlb.lab.netns import _sysctl_read
     paths = ("net/ipv4/conf/eth0/forwarding", "net/ipv6/conf/eth0/forwarding", "net/ipv6/conf/eth0/accept_ra",
              "net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding")
     return run_in_netns(ns, lambda: {p: _sysctl_read(p) for p in paths})
@@ -312,7 +312,7 @@ def test_log_lines_carry_a_timestamp_unless_journald_stamps_them(monkeypatch, ca
 
 @needs_root
 def test_default_control_socket_is_per_network_namespace():
-    from xlb.netns import Topology
+    from xlb.lab.netns import Topology
     with Topology(prefix="xl5") as topo:
         ns = topo.netns("lb")
         assert run_in_netns(ns, control.default_socket, "eth0") == Path(f"/run/xlb/netns-{ns}/eth0.sock")

@@ -19,9 +19,9 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from xlb.observe import metrics
-from xlb.demo import CLIENTS4, REALS4, VIP4, DrLab
+from xlb.lab.demo import CLIENTS4, REALS4, VIP4, DrLab
 from xlb.errors import XlbError
-from xlb.netns import run_in_netns
+from xlb.lab.netns import run_in_netns
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -433,7 +433,7 @@ def _head_and_get(port):
 @needs_root
 def test_head_metrics_answers_headers_without_a_body():
     """HEAD /metrics (uptime checkers, `curl -I`) gets GET's status and headers, and no body."""
-    from xlb.netns import Topology
+    from xlb.lab.netns import Topology
     with Topology(prefix="xmh") as topo:
         head, get = run_in_netns(topo.netns("m"), _head_and_get, METRICS_PORT)
     assert get == (200, metrics.CONTENT_TYPE, "9", b"xlb_up 1\n")

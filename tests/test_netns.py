@@ -1,4 +1,4 @@
-"""Throwaway namespace topologies (xlb.netns) and the DR real-server tool, tested for real: needs root."""
+"""Throwaway namespace topologies (xlb.lab.netns) and the DR real-server tool, tested for real: needs root."""
 
 import json
 import os
@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("pyroute2")
 
-from xlb.netns import NetnsProcess, Topology, run_in_netns, tcp_ask, tcp_echo_name_server, udp_ask  # noqa: E402
+from xlb.lab.netns import NetnsProcess, Topology, run_in_netns, tcp_ask, tcp_echo_name_server, udp_ask  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 

@@ -18,8 +18,8 @@ from conftest import needs_root
 from xlb.ops import control
 from xlb.dataplane import pin
 from xlb.dataplane.apply import DataPlane
-from xlb.demo import CLIENTS4, DEMO_CONFIG, REALS4, VIP4, DrLab, xdp_prog_id
-from xlb.netns import LineConnection
+from xlb.lab.demo import CLIENTS4, DEMO_CONFIG, REALS4, VIP4, DrLab, xdp_prog_id
+from xlb.lab.netns import LineConnection
 
 CONFIG_A = """
 [[mark]]
@@ -323,7 +323,7 @@ def test_size_change_refused_then_fresh_starts_empty(tmp_path):
         lab.rewrite_config(LAB_CONFIG)
         lab.restart_xlb(log_path=str(log))
         assert "adopted the maps" in log.read_text()
-        from xlb.netns import run_in_netns
+        from xlb.lab.netns import run_in_netns
         from test_integration import _cli_captured
         out = tmp_path / "second.log"
         rc = run_in_netns(lab.lb, _cli_captured, str(out), ["run", "--iface", "eth0", "--config", lab.config_path,

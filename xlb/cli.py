@@ -171,7 +171,7 @@ def _cmd_clean(args):
 
 
 def _cmd_demo(args):
-    from .demo import main as demo_main
+    from .lab.demo import main as demo_main
     return demo_main()
 
 

@@ -15,8 +15,8 @@ import tempfile
 import time
 
 
-from .dataplane.program import attached_prog_id
-from .dataplane.pin import netns_pin_root, remove as remove_pins
+from ..dataplane.program import attached_prog_id
+from ..dataplane.pin import netns_pin_root, remove as remove_pins
 from .netns import Topology, run_in_netns, tcp_ask, tcp_echo_name_server, tcp_line_name_server
 
 VIP4 = "198.51.100.10"
@@ -144,7 +144,7 @@ class DrLab:
         if log_path:
             self.daemon = self.topo.spawn(self.lb, run_xlb_logged, log_path, argv)
         else:
-            from .cli import main as cli_main
+            from ..cli import main as cli_main
             self.daemon = self.topo.spawn(self.lb, cli_main, argv)
 
     def _wait(self, ready, timeout, what):
@@ -163,7 +163,7 @@ class DrLab:
 
     def restart_xlb(self, extra_args=(), timeout=60.0, log_path=None):
         """Start `xlb run` again with the same config and socket; return once it answers on the socket."""
-        from .ops import control
+        from ..ops import control
         self._spawn_xlb(self._argv + list(extra_args), log_path)
 
         def answers():
@@ -204,7 +204,7 @@ def run_xlb_logged(log_path, argv):
     os.dup2(fd, 2)
     os.close(fd)
     sys.stdout = sys.stderr = open(log_path, "a", buffering=1)
-    from .cli import main as cli_main
+    from ..cli import main as cli_main
     return cli_main(argv)
 
 
