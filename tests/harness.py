@@ -175,3 +175,18 @@ def flow_cached(dp, pkt):
     assert len(found) <= 1, found
     return found[0] if found else None
 
+
+
+# -- the DR lab (xlb/lab/demo.py) running this checkout's `xlb` -----------------------------------------------------
+def DrLab(*args, **kw):  # noqa: N802  (used as the class it builds)
+    """xlb.lab.demo.DrLab running `xlb run` through xlb.cli.main."""
+    from xlb.cli import main
+    from xlb.lab import demo
+    return demo.DrLab(*args, xlb_main=main, **kw)
+
+
+def run_xlb_logged(log_path, argv):
+    """`xlb ARGV` (xlb.cli.main) with its output appended to log_path (xlb.lab.demo.run_xlb_logged)."""
+    from xlb.cli import main
+    from xlb.lab import demo
+    return demo.run_xlb_logged(main, log_path, argv)

@@ -301,7 +301,8 @@ import os  # noqa: E402
 from conftest import needs_root  # noqa: E402
 
 from xlb.cli import main as cli_main  # noqa: E402
-from xlb.lab.demo import CLIENTS4, REALS4, VIP4, DrLab  # noqa: E402
+from xlb.lab.demo import CLIENTS4, REALS4, VIP4  # noqa: E402
+from harness import DrLab  # noqa: E402
 
 
 def xlb(capsys, lab, *argv):
@@ -365,7 +366,7 @@ def test_a_real_on_the_balancer_itself_is_refused_at_start_reload_and_runtime(ca
     import time
 
     from test_daemon_start import CONFIG, lb_host
-    from xlb.lab.demo import run_xlb_logged
+    from harness import run_xlb_logged
     own = CONFIG + '\n  [[service.real]]\n  address = "198.18.0.2"\n'
     with lb_host(tmp_path) as host:
         for address, what in (("198.18.0.2", "address"), ("198.18.0.255", "broadcast address")):

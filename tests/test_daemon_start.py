@@ -15,7 +15,7 @@ import pytest
 from conftest import needs_root
 
 from xlb.dataplane import pin
-from xlb.lab.demo import run_xlb_logged
+from harness import run_xlb_logged
 from xlb.lab.netns import Topology, run_in_netns
 
 from test_integration import _cli_captured

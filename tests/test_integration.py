@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from xlb.lab.demo import (CLIENTS4, CLIENTS6, DEMO_CONFIG, REALS4, REALS6, VIP4, VIP6, DrLab, run_xlb_logged,
-                      xdp_prog_id)
+from xlb.lab.demo import CLIENTS4, CLIENTS6, DEMO_CONFIG, REALS4, REALS6, VIP4, VIP6, xdp_prog_id
+from harness import DrLab, run_xlb_logged
 from xlb.lab.netns import LineConnection, run_in_netns, tcp_ask
 
 REPO = Path(__file__).resolve().parent.parent

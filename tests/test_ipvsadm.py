@@ -297,7 +297,8 @@ from conftest import needs_root  # noqa: E402
 
 from xlb.ops import control  # noqa: E402
 from xlb.admincli import run_ipvsadm  # noqa: E402
-from xlb.lab.demo import CLIENTS4, DEMO_CONFIG, REALS4, VIP4, DrLab  # noqa: E402
+from xlb.lab.demo import CLIENTS4, DEMO_CONFIG, REALS4, VIP4  # noqa: E402
+from harness import DrLab  # noqa: E402
 from xlb.lab.netns import LineConnection  # noqa: E402
 
 NAME_OF = {r: f"rs{i + 1}" for i, r in enumerate(REALS4)}

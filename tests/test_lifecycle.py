@@ -18,7 +18,8 @@ from conftest import needs_root
 
 from xlb.ops import control
 from xlb.dataplane import pin
-from xlb.lab.demo import CLIENTS4, REALS4, REALS6, VIP4, VIP6, DrLab, xdp_prog_id
+from xlb.lab.demo import CLIENTS4, REALS4, REALS6, VIP4, VIP6, xdp_prog_id
+from harness import DrLab
 from xlb.lab.netns import LineConnection, run_in_netns
 
 from test_daemon_start import attach_foreign, prog_name

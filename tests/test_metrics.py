@@ -19,7 +19,8 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from xlb.observe import metrics
-from xlb.lab.demo import CLIENTS4, REALS4, VIP4, DrLab
+from xlb.lab.demo import CLIENTS4, REALS4, VIP4
+from harness import DrLab
 from xlb.errors import XlbError
 from xlb.lab.netns import run_in_netns
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from conftest import needs_root
 
 from xlb.ops.daemon import Daemon
-from xlb.lab.demo import CLIENTS4, DEMO_CONFIG, VIP4, DrLab, xdp_prog_id
+from xlb.lab.demo import CLIENTS4, DEMO_CONFIG, VIP4, xdp_prog_id
+from harness import DrLab
 
 from test_integration import NAMES, log_path, log_has, wait_for  # noqa: F401  (log_path is a fixture)
 
@@ -58,7 +59,8 @@ def test_any_exception_from_the_loader_is_a_rejected_reload():
 @needs_root
 def test_run_keepalived_textbook_fwmark_block_logs_keepalived_warnings_and_runs(log_path, tmp_path):  # noqa: F811
     """`protocol TCP` and a real's port in a fwmark virtual server: keepalived -t warns, keepalived runs it."""
-    from xlb.lab.demo import REALS4, run_xlb_logged
+    from xlb.lab.demo import REALS4
+    from harness import run_xlb_logged
     reals = "".join(f"    real_server {r} 80 {{\n        TCP_CHECK {{\n            connect_timeout 3\n        }}\n"
                     "    }\n" for r in REALS4)
     conf = tmp_path / "keepalived.conf"

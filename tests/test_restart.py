@@ -18,7 +18,8 @@ from conftest import needs_root
 from xlb.ops import control
 from xlb.dataplane import pin
 from xlb.dataplane.apply import DataPlane
-from xlb.lab.demo import CLIENTS4, DEMO_CONFIG, REALS4, VIP4, DrLab, xdp_prog_id
+from xlb.lab.demo import CLIENTS4, DEMO_CONFIG, REALS4, VIP4, xdp_prog_id
+from harness import DrLab
 from xlb.lab.netns import LineConnection
 
 CONFIG_A = """

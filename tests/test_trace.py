@@ -280,7 +280,8 @@ def test_trace_api_picks_a_free_source_port(bench, tracer):
 @needs_root
 def test_xlb_trace_cli_against_a_running_daemon():
     from test_metrics import REALS_TOML, _cli_output
-    from xlb.lab.demo import CLIENTS4, REALS4, VIP4, DrLab
+    from xlb.lab.demo import CLIENTS4, REALS4, VIP4
+    from harness import DrLab
     from xlb.lab.netns import run_in_netns
     name_of = {r: f"rs{i + 1}" for i, r in enumerate(REALS4)}
     cfg = (f'[[service]]\nvip = "{VIP4}"\nport = 80\nproto = "tcp"\nscheduler = "sh"\n{REALS_TOML}'

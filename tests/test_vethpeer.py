@@ -7,7 +7,7 @@ from pathlib import Path
 from conftest import needs_root
 
 from xlb.dataplane import pin, vethpeer
-from xlb.lab.demo import run_xlb_logged
+from harness import run_xlb_logged
 from xlb.lab.netns import Topology, run_in_netns
 
 CONFIG = """

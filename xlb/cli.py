@@ -172,7 +172,7 @@ def _cmd_clean(args):
 
 def _cmd_demo(args):
     from .lab.demo import main as demo_main
-    return demo_main()
+    return demo_main(main)
 
 
 def _import_args(p):

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from . import realcheck
 from xlb.errors import ConfigError
 from xlb.config.tomlpos import located
-from xlb.tables.sched import is_prime
 
 # Schedulers the data plane implements, and the IPVS ones an operator may reasonably ask for but we do not have.
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sed", "nq", "fo", "ovf", "sh", "dh", "mh")
@@ -142,6 +141,22 @@ class Config:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Public byte-level helpers (shared with the loader, which fills 16-byte address fields in BPF maps).
+
+
+def is_prime(n) -> bool:
+    """True if ``n`` is a prime integer (trial division; fine for table sizes up to a few million)."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+        return False
+    if n < 4:
+        return True
+    if n % 2 == 0:
+        return False
+    i = 3
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 2
+    return True
 
 
 def addr_bytes(addr) -> bytes:

@@ -352,15 +352,15 @@ class DataPlane:
                 rid, fresh = self.real_ids.take((svc.key, r.address))
                 if fresh:
                     self.gens[rid] = self.gens.get(rid, 0) + 1
-                    self._zero(self.m["real_stats"], rid)
-                    self._zero(self.m["real_conns"], rid)
+                    self.zero_slot(self.m["real_stats"], rid)
+                    self.zero_slot(self.m["real_conns"], rid)
                 real_rows[rid] = (svc, r)
         svc_states = {}
         for svc in config.services:
             sid, fresh = self.svc_ids.take(svc.key)
             if fresh:
-                self._zero(self.m["svc_stats"], sid)
-                self._zero(self.m["rr_pos"], sid)
+                self.zero_slot(self.m["svc_stats"], sid)
+                self.zero_slot(self.m["rr_pos"], sid)
             st = old.get(svc.key) or _SvcState(svc, sid, bytes(svc_key(svc)))
             st.svc = svc
             svc_states[svc.key] = st
@@ -375,7 +375,7 @@ class DataPlane:
         for i, rule in enumerate(config.marks):
             rid, fresh = self.rule_ids.take(markmod.rule_identity(rule))
             if fresh:
-                self._zero(self.m["mark_stats"], rid)
+                self.zero_slot(self.m["mark_stats"], rid)
             rule_id_of[i] = rid
         want = {k: (config.marks[i].mark, rule_id_of[i]) for k, i in entries.items()}
         trie = self.m["mark_rules"]
@@ -528,7 +528,8 @@ class DataPlane:
         self.vips = want
 
     @staticmethod
-    def _zero(table, idx):
+    def zero_slot(table, idx):
+        """Reset entry `idx` of an array map (counters, connection counts) to zero."""
         table[ct.c_uint32(idx)] = table.Leaf()
 
     # -- timers ----------------------------------------------------------------------------------------------

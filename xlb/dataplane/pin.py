@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from . import bpffs
+from .links import attached_prog
 from . import structs as S
 from .bpffs import BPF_ROOT
 from .bpffs import mount_bpffs as ensure_bpffs  # noqa: F401  (tests mount it in the init mount namespace)
@@ -375,7 +376,6 @@ def clean(pin_dir):
     """`xlb clean`: unpin what a stopped daemon left in pin_dir and remove it. Refuses while a daemon holds the
     directory, or while the program it left attached (SIGQUIT, kill -9) runs on those maps: that program would go
     on, but no `xlb run` could adopt its state. Returns how many maps it unpinned."""
-    from .program import attached_prog
     d, shown = Path(pin_dir), bpffs.shown(pin_dir)
     if not d.is_dir():
         raise PinError(f"nothing is pinned in {shown}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import kheaders, vethpeer
 from ..errors import AttachError, KernelError
+from .links import attached_prog, attached_prog_id
 from .structs import BPF_DIR
 
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1 << 0
@@ -71,29 +72,6 @@ def possible_cpus():
     for part in text.split(","):
         last = max(last, int(part.split("-")[-1]))
     return last + 1
-
-
-def attached_prog_id(ifname, ns=None):
-    """Id of the XDP program on ifname (in namespace ns, default this one), or None."""
-    return attached_prog(ifname, ns)[0]
-
-
-# IFLA_XDP_ATTACHED as pyroute2 names it -> our mode names (offloaded and several-at-once programs: None)
-_ATTACHED_MODES = {"xdp": "native", "xdpgeneric": "generic"}
-
-
-def attached_prog(ifname, ns=None):
-    """(id, mode) of the XDP program on ifname (in namespace ns, default this one): mode "native", "generic" or
-    None (offloaded); (None, None) when it has none."""
-    from pyroute2 import IPRoute
-    with IPRoute(netns=ns) if ns else IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
-            return None, None
-        xdp = ipr.get_links(idx[0])[0].get_attr("IFLA_XDP")
-    if not xdp or not xdp.get_attr("IFLA_XDP_PROG_ID"):
-        return None, None
-    return xdp.get_attr("IFLA_XDP_PROG_ID"), _ATTACHED_MODES.get(xdp.get_attr("IFLA_XDP_ATTACHED"))
 
 
 class Program:
@@ -267,3 +245,4 @@ def relinked_build(live, cflags, map_names, funcs, log=None):
     finally:
         b.cleanup()
     return insns, own
+

@@ -15,7 +15,7 @@ import tempfile
 import time
 
 
-from ..dataplane.program import attached_prog_id
+from ..dataplane.links import attached_prog_id
 from ..dataplane.pin import netns_pin_root, remove as remove_pins
 from .netns import Topology, run_in_netns, tcp_ask, tcp_echo_name_server, tcp_line_name_server
 
@@ -48,9 +48,13 @@ persistence_netmask = "255.255.255.0"
 
 
 class DrLab:
-    """The topology above. Use as a context manager; everything is removed on exit."""
+    """The topology above. Use as a context manager; everything is removed on exit.
 
-    def __init__(self, prefix="xlbd", reals=3, ports=(80, 443), line_ports=()):
+    `xlb_main(argv)` is `xlb`'s command line (xlb.cli.main), which the lab runs as `xlb run` in the LB namespace:
+    handed in, so the lab, which the CLI runs as `xlb demo`, does not import the CLI back."""
+
+    def __init__(self, prefix="xlbd", reals=3, ports=(80, 443), line_ports=(), *, xlb_main):
+        self.xlb_main = xlb_main
         self.topo = Topology(prefix=prefix)
         self.nreals = reals
         self.ports = ports
@@ -142,10 +146,9 @@ class DrLab:
 
     def _spawn_xlb(self, argv, log_path):
         if log_path:
-            self.daemon = self.topo.spawn(self.lb, run_xlb_logged, log_path, argv)
+            self.daemon = self.topo.spawn(self.lb, run_xlb_logged, self.xlb_main, log_path, argv)
         else:
-            from ..cli import main as cli_main
-            self.daemon = self.topo.spawn(self.lb, cli_main, argv)
+            self.daemon = self.topo.spawn(self.lb, self.xlb_main, argv)
 
     def _wait(self, ready, timeout, what):
         deadline = time.monotonic() + timeout
@@ -195,8 +198,8 @@ class DrLab:
         return run_in_netns(self.cl, tcp_ask, src, dst, port)
 
 
-def run_xlb_logged(log_path, argv):
-    """`xlb` with these arguments, its stdout and stderr (fds and sys streams) appended to log_path."""
+def run_xlb_logged(xlb_main, log_path, argv):
+    """`xlb_main(argv)` (xlb.cli.main), its stdout and stderr (fds and sys streams) appended to log_path."""
     sys.stdout.flush()
     sys.stderr.flush()
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -204,8 +207,7 @@ def run_xlb_logged(log_path, argv):
     os.dup2(fd, 2)
     os.close(fd)
     sys.stdout = sys.stderr = open(log_path, "a", buffering=1)
-    from ..cli import main as cli_main
-    return cli_main(argv)
+    return xlb_main(argv)
 
 
 def xdp_prog_id(ns, ifname):
@@ -213,9 +215,10 @@ def xdp_prog_id(ns, ifname):
     return attached_prog_id(ifname, ns)
 
 
-def main():
+def main(xlb_main):
+    """`xlb demo`; `xlb_main` is the CLI's main, which the lab runs as `xlb run`."""
     print("xlb demo: building namespaces (client, load balancer, 3 DR real servers on one bridge)...", flush=True)
-    with DrLab() as lab:
+    with DrLab(xlb_main=xlb_main) as lab:
         print(f"config:\n{DEMO_CONFIG}", flush=True)
         lab.start_xlb(DEMO_CONFIG)
         print(f"\n{'client':<16}{'subnet':<16}{'port 80':<10}{'port 443':<10}{'port 80 again':<14}", flush=True)

@@ -20,7 +20,6 @@ import ipaddress
 import os
 import struct
 
-from ..ops import control
 from ..dataplane import structs as S
 from ..errors import XlbError
 from ..dataplane.testrun import inet_checksum
@@ -270,16 +269,3 @@ def render(a):
     lines.append(f"verdict:    {a['verdict']} ({a['action']})"
                  + (f", next hop {a['next_hop_mac']}" if a.get("next_hop_mac") else ""))
     return "\n".join(lines)
-
-
-# -- the daemon's side --------------------------------------------------------------------------------------------
-@control.command("trace")
-def _trace_command(daemon, src, dst, proto="tcp"):
-    """What the loaded program would do with a new connection src -> dst (see xlb/observe/trace.py)."""
-    saddr, sport = parse_endpoint(src, "source", need_port=False)
-    daddr, dport = parse_endpoint(dst, "destination", need_port=True)
-    tracer = getattr(daemon, "tracer", None)
-    if tracer is None:
-        from ..ops.daemon import ifindex_of
-        tracer = daemon.tracer = Tracer(daemon.prog, daemon.dp, ifindex_of(daemon.iface), log=daemon.log)
-    return tracer.trace(saddr, daddr, dport, sport=sport, proto=proto)

@@ -6,8 +6,8 @@ every other `xlb` command is a client. The daemon owns the maps; everything else
 Wire format: the client sends one line ``{"cmd": NAME, "args": {...}}``; the daemon answers one line
 ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": MESSAGE}``, then closes.
 
-Commands are plain functions registered with ``@command("name")``; they take the Daemon and keyword arguments and
-return something JSON can encode. The daemon runs each under its lock, between timer sweeps and reloads, so a
+Commands are plain functions listed in one table (xlb/ops/commands.py COMMANDS); they take the Daemon and keyword
+arguments and return something JSON can encode. The daemon runs each under its lock, between timer sweeps and reloads, so a
 command sees and changes a consistent state. A command rejects bad input by raising XlbError: its message goes back
 to the client and nothing changes.
 """
@@ -22,17 +22,6 @@ from ..errors import XlbError
 
 RUN_DIR = Path("/run/xlb")
 MAX_REQUEST = 16 * 2**20
-COMMANDS = {}
-
-
-def command(name):
-    """Register fn(daemon, **args) as control command `name`."""
-    def register(fn):
-        COMMANDS[name] = fn
-        return fn
-    return register
-
-
 def default_socket(iface):
     """/run/xlb/IFACE.sock, or /run/xlb/netns-NAME/IFACE.sock in a named network namespace (as the pin directory:
     /run is shared by every network namespace, interface names are not)."""
@@ -114,11 +103,13 @@ def _read_all(s):
 
 
 class Server:
-    """Accepts connections on a thread; `dispatch(cmd, args)` runs each command (the daemon serialises them)."""
+    """Accepts connections on a thread; `dispatch(cmd, args)` runs each command named in `commands` (the daemon
+    serialises them)."""
 
-    def __init__(self, path, dispatch, log=print):
+    def __init__(self, path, dispatch, commands, log=print):
         self.path = Path(path)
         self.dispatch = dispatch
+        self.commands = commands
         self.log = log
         self.sock = None
         self.thread = None
@@ -169,7 +160,7 @@ class Server:
                 raise TypeError
         except (ValueError, KeyError, TypeError):
             return {"ok": False, "error": "malformed request: expected {\"cmd\": NAME, \"args\": {...}}"}
-        if cmd not in COMMANDS:
+        if cmd not in self.commands:
             return {"ok": False, "error": f"unknown command {cmd!r}"}
         try:
             return {"ok": True, "result": self.dispatch(cmd, args)}

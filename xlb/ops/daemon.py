@@ -10,7 +10,6 @@ off"): taken off (the slot is empty), it is attached again and the daemon goes o
 daemon says so and exits with status 1, leaving that program and its own pinned maps alone.
 """
 import contextlib
-import os
 import signal
 import threading
 import time
@@ -19,15 +18,16 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from ..config import model as xconfig
+from . import commands
 from . import control
 from ..observe import metrics
 from ..dataplane import pin
 from ..config import realcheck
-from . import listings as runtime
+from . import listings
 from ..observe import stats
-from ..observe import trace  # noqa: F401  registers the `trace` control command
 from ..dataplane import bpffs
-from ..dataplane.program import AttachError, Program, attached_prog, cflags_for
+from ..dataplane.links import attached_prog, ifindex_of
+from ..dataplane.program import AttachError, Program, cflags_for
 from ..dataplane.apply import DataPlane, sweep_interval
 from ..errors import ConfigError, KernelError, XlbError, brief
 from ..dataplane.forwarding import Sysctls
@@ -36,13 +36,6 @@ from ..dataplane.structs import REASON
 
 IFF_UP = 0x1
 
-
-def ifindex_of(ifname):
-    with IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-    if not idx:
-        raise KernelError(f"no interface named {ifname!r} in this network namespace")
-    return idx[0]
 
 
 def warn_if_down(ifname, log):
@@ -88,7 +81,7 @@ class Daemon:
         self.last_reload_success = None      # Unix time the running config was applied
         self.tracer = None                   # xlb/observe/trace.py, built on the first `trace` command
         self.runtime_edits = 0  # edits over the control socket since the config file was last applied
-        self.rates = runtime.RateEstimator()
+        self.rates = listings.RateEstimator()
         self.sysctls = Sysctls(iface, log)
         self.neighbours = set()  # the reals' addresses whose neighbour entries this daemon keeps
         self.exit_code = 0
@@ -124,8 +117,8 @@ class Daemon:
             self.last_reload_success = time.time()
             # Counted before this start (a previous daemon's life): not news.
             self._no_neigh = self.dp.counters("verdicts", REASON["drop_no_neigh"]).packets
-            self._neighbours()
-            self.control = control.Server(self.socket_path, self.dispatch, log=self.log)
+            self.refresh_neighbours()
+            self.control = control.Server(self.socket_path, self.dispatch, commands.COMMANDS, log=self.log)
             self.control.start()
             if self.metrics:
                 self.metrics_endpoint = metrics.serve_daemon(self, self.metrics)
@@ -137,7 +130,7 @@ class Daemon:
         except BaseException:
             self.close()
             raise
-        self.log(f"xlb: attached to {self.iface} ({self.xdp_mode}); {self._summary(cfg)}")
+        self.log(f"xlb: attached to {self.iface} ({self.xdp_mode}); {self.summary(cfg)}")
         warn_if_down(self.iface, self.log)
 
     def _pins(self):
@@ -180,7 +173,7 @@ class Daemon:
         return bpffs.shown(path)
 
     @staticmethod
-    def _summary(cfg):
+    def summary(cfg):
         nreals = sum(len(s.reals) for s in cfg.services)
         return f"{len(cfg.services)} services, {nreals} reals, {len(cfg.marks)} mark rules"
 
@@ -190,7 +183,7 @@ class Daemon:
         realcheck.check_local(cfg, realcheck.own_addresses(), self.iface, before, source)
         return cfg
 
-    def _neighbours(self):
+    def refresh_neighbours(self):
         """Neighbour entries for the reals (xlb/dataplane/neigh.py), the address families they use forwarding on; the entries
         xlb made for reals no longer configured go."""
         reals = {r.address for s in self.dp.config.services for r in s.reals}
@@ -200,9 +193,9 @@ class Daemon:
         ensure_neighbours(reals, log=self.log)
 
     def dispatch(self, cmd, args):
-        """Run one control command (xlb/ops/control.py) with the daemon to itself."""
+        """Run one control command (xlb/ops/commands.py COMMANDS) with the daemon to itself."""
         with self.lock:
-            return control.COMMANDS[cmd](self, **args)
+            return commands.COMMANDS[cmd](self, **args)
 
     def reload(self):
         """Re-read the config; apply it, or keep the running one and say why."""
@@ -235,8 +228,8 @@ class Daemon:
             self.log(f"xlb: reload: the config file replaces {self.runtime_edits} runtime edits "
                      "(`xlb save` before a reload keeps them)")
             self.runtime_edits = 0
-        self._neighbours()
-        self.log(f"xlb: reloaded {self.config_path}: {self._summary(cfg)}")
+        self.refresh_neighbours()
+        self.log(f"xlb: reloaded {self.config_path}: {self.summary(cfg)}")
         return True
 
     def tick(self):
@@ -252,7 +245,7 @@ class Daemon:
         no_neigh = self.dp.counters("verdicts", REASON["drop_no_neigh"]).packets
         if no_neigh > self._no_neigh:
             self.log(f"xlb: {no_neigh - self._no_neigh} packets met an unresolved neighbour; resolving")
-            self._neighbours()
+            self.refresh_neighbours()
         self._no_neigh = no_neigh
         return res
 
@@ -376,20 +369,3 @@ class Daemon:
         with contextlib.suppress(XlbError):
             remove_managed(self.neighbours)
         self.neighbours = set()
-
-
-@control.command("status")
-def _status(daemon):
-    """Who is running where: the interface, mode, config file and what it holds."""
-    cfg = daemon.dp.config
-    return {"iface": daemon.iface, "xdp_mode": daemon.xdp_mode, "config": str(daemon.config_path),
-            "summary": daemon._summary(cfg), "pid": os.getpid(), "runtime_edits": daemon.runtime_edits,
-            "pin_dir": daemon.shown(daemon.pin_dir), "program_id": daemon.prog.attached_id if daemon.prog else None,
-            "attached": attached_prog(daemon.iface)[0] == daemon.prog.attached_id,
-            "program_lost": dict(daemon.program_lost)}
-
-
-@control.command("stats")
-def _stats(daemon):
-    """Counters summed over CPUs (xlb/observe/stats.py snapshot)."""
-    return stats.snapshot(daemon.dp)

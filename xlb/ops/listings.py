@@ -1,9 +1,9 @@
-"""The daemon's runtime-administration commands on the control socket, and the listings they read.
+"""The listings the control commands read (xlb/ops/commands.py), and the rate estimator behind them.
 
 `edit` applies operations (xlb/ops/admin.py) to the running config through DataPlane.apply, which writes only the
 difference: connections and templates of services an edit does not touch stay as they are. `list` and `conns`
-read the maps for the ipvsadm-format listings (xlb/ops/ipvsadm.py renders them on the client side); `zero` clears
-counters; `save` prints the running config as TOML that `xlb run --config` takes back.
+read the maps for the ipvsadm-format listings built here (xlb/ops/ipvsadm.py renders them on the client side);
+`zero` clears counters; `save` prints the running config as TOML that `xlb run --config` takes back.
 
 Runtime edits live in the running daemon: SIGHUP re-reads the config file, which is the truth (keepalived's
 model), and so does a restart. `xlb save > FILE` keeps them.
@@ -14,7 +14,6 @@ import time
 
 from . import admin
 from ..config import model as xconfig
-from . import control
 from ..dataplane import structs as S
 from ..dataplane.apply import NS, now_ns
 from ..errors import ConfigError
@@ -207,10 +206,10 @@ def zero(dp, rates, ident=None, source="xlb zero"):
         if ident is not None and not _is(st.svc, ident):
             continue
         n += 1
-        dp._zero(dp.m["svc_stats"], st.id)
+        dp.zero_slot(dp.m["svc_stats"], st.id)
         slots = [("svc", st.id)]
         for _, rid, _ in reals:
-            dp._zero(dp.m["real_stats"], rid)
+            dp.zero_slot(dp.m["real_stats"], rid)
             slots.append(("real", rid))
         rates.forget(slots)
     if ident is not None and not n:
@@ -223,52 +222,3 @@ def _is(svc, ident):
         return svc.fwmark == ident["fwmark"] and svc.family == ident["family"]
     return (svc.proto == ident["proto"] and svc.port == ident["port"] and svc.vip is not None
             and svc.vip == ipaddress.ip_address(ident["vip"]))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Control commands (run under the daemon's lock)
-
-
-@control.command("edit")
-def _edit(daemon, ops, source="xlb"):
-    """Apply operations to the running config; all or nothing."""
-    new = daemon.check_reals(admin.apply_ops(daemon.dp.config, ops, source), daemon.dp.config, source)
-    daemon.dp.apply(new)
-    daemon._neighbours()
-    daemon.runtime_edits += 1
-    what = ", ".join(_describe(op) for op in ops) or "nothing"
-    daemon.log(f"xlb: runtime edit ({source}): {what}; {daemon._summary(new)}")
-    return {"summary": daemon._summary(new)}
-
-
-def _describe(op):
-    kind = op.get("op", "?")
-    if "service" in op:
-        kind += f" {admin.ident_name(op['service'])}"
-    if "address" in op:
-        kind += f" {op['address']}"
-    if "mark" in op and kind.startswith("mark"):
-        kind += f" {op['mark']}"
-    return kind
-
-
-@control.command("list")
-def _list(daemon):
-    return listing(daemon.dp, daemon.rates)
-
-
-@control.command("conns")
-def _conns(daemon):
-    return conn_entries(daemon.dp)
-
-
-@control.command("zero")
-def _zero(daemon, service=None, source="xlb zero"):
-    return {"zeroed": zero(daemon.dp, daemon.rates, service, source)}
-
-
-@control.command("save")
-def _save(daemon):
-    header = (f"xlb running state on {daemon.iface}, saved {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-              f"(loaded from {daemon.config_path}; {daemon.runtime_edits} runtime edits since)")
-    return admin.save_text(daemon.dp.config, header)

@@ -17,21 +17,9 @@ from functools import reduce
 
 import numpy as np
 
+from ..config.model import is_prime
 
-def is_prime(n) -> bool:
-    """True if ``n`` is a prime integer (trial division; fine for table sizes up to a few million)."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
-        return False
-    if n < 4:
-        return True
-    if n % 2 == 0:
-        return False
-    i = 3
-    while i * i <= n:
-        if n % i == 0:
-            return False
-        i += 2
-    return True
+
 
 
 def _check_weights(weights):

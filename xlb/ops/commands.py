@@ -1,0 +1,95 @@
+"""The control commands the daemon answers: one explicit table, COMMANDS, from name to fn(daemon, **args).
+
+Each runs under the daemon's lock (Daemon.dispatch), between timer sweeps and reloads, so it sees and changes a
+consistent state; it rejects bad input by raising XlbError, whose message goes back to the client, and changes
+nothing then. `edit` applies operations (xlb/ops/admin.py) to the running config through DataPlane.apply, which
+writes only the difference; `list` and `conns` read the maps for the ipvsadm-format listings (xlb/ops/listings.py;
+xlb/ops/ipvsadm.py renders them on the client side); `zero` clears counters; `save` prints the running config as
+TOML that `xlb run --config` takes back; `trace` asks the trace build what it would do with a packet
+(xlb/observe/trace.py).
+"""
+import os
+import time
+
+from . import admin
+from .listings import conn_entries, listing, zero
+from ..dataplane.links import attached_prog, ifindex_of
+from ..observe import stats as xstats
+from ..observe.trace import Tracer, parse_endpoint
+
+
+def status(daemon):
+    """Who is running where: the interface, mode, config file and what it holds."""
+    cfg = daemon.dp.config
+    return {"iface": daemon.iface, "xdp_mode": daemon.xdp_mode, "config": str(daemon.config_path),
+            "summary": daemon.summary(cfg), "pid": os.getpid(), "runtime_edits": daemon.runtime_edits,
+            "pin_dir": daemon.shown(daemon.pin_dir), "program_id": daemon.prog.attached_id if daemon.prog else None,
+            "attached": attached_prog(daemon.iface)[0] == daemon.prog.attached_id,
+            "program_lost": dict(daemon.program_lost)}
+
+
+def stats(daemon):
+    """Counters summed over CPUs (xlb/observe/stats.py snapshot)."""
+    return xstats.snapshot(daemon.dp)
+
+
+def edit(daemon, ops, source="xlb"):
+    """Apply operations to the running config; all or nothing."""
+    new = daemon.check_reals(admin.apply_ops(daemon.dp.config, ops, source), daemon.dp.config, source)
+    daemon.dp.apply(new)
+    daemon.refresh_neighbours()
+    daemon.runtime_edits += 1
+    what = ", ".join(_describe(op) for op in ops) or "nothing"
+    daemon.log(f"xlb: runtime edit ({source}): {what}; {daemon.summary(new)}")
+    return {"summary": daemon.summary(new)}
+
+
+def _describe(op):
+    kind = op.get("op", "?")
+    if "service" in op:
+        kind += f" {admin.ident_name(op['service'])}"
+    if "address" in op:
+        kind += f" {op['address']}"
+    if "mark" in op and kind.startswith("mark"):
+        kind += f" {op['mark']}"
+    return kind
+
+
+def list_services(daemon):
+    return listing(daemon.dp, daemon.rates)
+
+
+def conns(daemon):
+    return conn_entries(daemon.dp)
+
+
+def zero_counters(daemon, service=None, source="xlb zero"):
+    return {"zeroed": zero(daemon.dp, daemon.rates, service, source)}
+
+
+def save(daemon):
+    header = (f"xlb running state on {daemon.iface}, saved {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+              f"(loaded from {daemon.config_path}; {daemon.runtime_edits} runtime edits since)")
+    return admin.save_text(daemon.dp.config, header)
+
+
+def trace(daemon, src, dst, proto="tcp"):
+    """What the loaded program would do with a new connection src -> dst (see xlb/observe/trace.py)."""
+    saddr, sport = parse_endpoint(src, "source", need_port=False)
+    daddr, dport = parse_endpoint(dst, "destination", need_port=True)
+    tracer = getattr(daemon, "tracer", None)
+    if tracer is None:
+        tracer = daemon.tracer = Tracer(daemon.prog, daemon.dp, ifindex_of(daemon.iface), log=daemon.log)
+    return tracer.trace(saddr, daddr, dport, sport=sport, proto=proto)
+
+
+COMMANDS = {
+    "status": status,
+    "stats": stats,
+    "edit": edit,
+    "list": list_services,
+    "conns": conns,
+    "zero": zero_counters,
+    "save": save,
+    "trace": trace,
+}
