@@ -12,7 +12,7 @@ from xlb.observe import stats
 from xlb.tables import sched
 from xlb.dataplane.program import Program, cflags_for
 from xlb.config.model import addr_bytes
-from xlb.dataplane.apply import now_ns
+from xlb.dataplane.mapkeys import now_ns
 
 from . import lab as L
 
@@ -50,7 +50,7 @@ def maglev(lab, out):
         config, parse_s, _ = _timed(lambda: lab.config(toml))
         _, secs, _ = _timed(lambda: lab.dp.apply(config))
         (st,) = lab.dp.services.values()
-        _, write, _ = _timed(lambda: lab.dp._write_slots(st.region[0], st.table))  # the same slots again
+        _, write, _ = _timed(lambda: lab.dp.write_slots(st.region[0], st.table))  # the same slots again
         out[f"maglev_{n}_reals"] = {"seconds": round(secs, 4), "compute_seconds": round(compute, 4),
                                     "write_seconds": round(write, 4), "parse_seconds": round(parse_s, 4),
                                     "table_size": len(table), "what": "DataPlane.apply of one mh service (its "

@@ -18,7 +18,8 @@ from xlb.config import model as xconfig
 from xlb.dataplane import structs as S
 from xlb.dataplane.program import Program, cflags_for
 from xlb.config.model import addr_bytes
-from xlb.dataplane.apply import DataPlane, htons
+from xlb.dataplane.apply import DataPlane
+from xlb.dataplane.mapkeys import htons
 from xlb.lab.netns import Topology, in_netns
 from xlb.dataplane.testrun import test_run as _test_run
 

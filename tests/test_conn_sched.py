@@ -12,7 +12,7 @@ import pytest
 from harness import TEST_TABLES, conn_key, lookup_conn, real_of, tcp4, udp4
 
 from xlb.dataplane import structs as S
-from xlb.dataplane.apply import NS, now_ns
+from xlb.dataplane.mapkeys import now_ns, NS
 
 VIP = "198.51.100.10"
 R1, R2, R3 = "198.18.0.11", "198.18.0.12", "198.18.0.13"

@@ -11,7 +11,8 @@ import pytest
 from harness import conn_key, flow_cached, lookup_conn, real_of, tcp4, tcp6, to_real, udp4
 from xlb.dataplane import clock
 from xlb.dataplane import structs as S
-from xlb.dataplane.apply import NS, DataPlane
+from xlb.dataplane.apply import DataPlane
+from xlb.dataplane.mapkeys import NS
 from xlb.errors import KernelError
 
 TX = "XDP_TX"

@@ -187,7 +187,7 @@ THRESHOLD_CONFIG = ('[timeouts]\nsyn = 5\n[[service]]\nvip = "198.51.100.10"\npo
 def test_real_state_overloaded(bench):
     """xlb_real_state says "overloaded" for a real flagged RC_F_OVERLOAD in real_conns: set by the data plane when
     the real's connections reach uthreshold, cleared by the sweep's reconcile once they fall below lthreshold."""
-    from xlb.dataplane.apply import NS, now_ns
+    from xlb.dataplane.mapkeys import now_ns, NS
     from xlb.dataplane.structs import RC_F_OVERLOAD
     dp = bench.reset(THRESHOLD_CONFIG)
     svc = "tcp/198.51.100.10:80"

@@ -1,14 +1,14 @@
 """The five LVS persistence semantics, through BPF_PROG_TEST_RUN with the persist map checked.
 
 Time passes by rewriting timestamps backwards (templates' last_new_ns, conns' seen_ns): the data plane's clock is
-CLOCK_MONOTONIC_COARSE (xlb.dataplane.apply.now_ns), so an entry stamped 61 s ago is, to it, 61 s old."""
+CLOCK_MONOTONIC_COARSE (xlb.dataplane.mapkeys.now_ns), so an entry stamped 61 s ago is, to it, 61 s old."""
 import dataclasses
 import ipaddress
 
 from harness import conn_key, lookup_conn, real_of, tcp4, tcp6, to_real
 from xlb.dataplane import structs as S
 from xlb.config.model import addr_bytes, mask_address
-from xlb.dataplane.apply import NS, now_ns, svc_key
+from xlb.dataplane.mapkeys import now_ns, NS, svc_key
 
 VIP = "198.51.100.10"
 R1, R2, R3 = "198.18.0.11", "198.18.0.12", "198.18.0.13"

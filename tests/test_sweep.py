@@ -13,7 +13,8 @@ import pytest
 from conftest import needs_root
 from xlb.dataplane import structs as S
 from xlb.config.model import addr_bytes, mask_address
-from xlb.dataplane.apply import NS, _exact_keys, _row_index, hold_due, now_ns, svc_key, sweep_interval
+from xlb.dataplane.mapkeys import now_ns, NS, svc_key
+from xlb.dataplane.sweep import exact_keys, hold_due, row_index, sweep_interval
 
 TIMEOUTS = "[timeouts]\ntcp = 30\nsyn = 20\ntcpfin = 10\nudp = 30\n"
 R = ("198.18.0.11", "198.18.0.12", "198.18.0.13")
@@ -171,15 +172,15 @@ def test_row_index_is_exact(seed):
     rows = [c[pick].copy() for c in table]
     rows[1][::7] += np.uint64(1)           # some rows become absent, some another table row
     rows[2][::11] ^= np.uint64(1 << 63)
-    got = _row_index(rows, table, missing=-1)
+    got = row_index(rows, table, missing=-1)
     assert got.tolist() == brute_row_index(rows, table, -1)
 
 
 def test_exact_keys_without_table_rows():
     rows = [np.arange(5, dtype=np.uint64), np.zeros(5, np.uint64)]
-    _, valid, tk = _exact_keys(rows, [np.zeros(0, np.uint64), np.zeros(0, np.uint64)])
+    _, valid, tk = exact_keys(rows, [np.zeros(0, np.uint64), np.zeros(0, np.uint64)])
     assert not valid.any() and len(tk) == 0
-    assert _row_index(rows, [np.zeros(0, np.uint64)] * 2, missing=9).tolist() == [9] * 5
+    assert row_index(rows, [np.zeros(0, np.uint64)] * 2, missing=9).tolist() == [9] * 5
 
 
 def test_hold_due():

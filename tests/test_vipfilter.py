@@ -13,7 +13,8 @@ from xlb.tables import marks as markmod
 from xlb.dataplane import structs as S
 from xlb.tables import vipfilter as vf
 from xlb.config.model import addr_bytes
-from xlb.dataplane.apply import DataPlane, now_ns
+from xlb.dataplane.apply import DataPlane
+from xlb.dataplane.mapkeys import now_ns
 
 TX, PASS = "XDP_TX", "XDP_PASS"
 REALS = '  [[service.real]]\n  address = "198.18.0.11"\n'

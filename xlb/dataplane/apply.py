@@ -1,70 +1,28 @@
-"""The control plane's hold on the data plane: turns a Config into map contents, applies only the difference,
-and runs the timers (sweeps expired connections and templates, keeps templates held by live connections).
+"""The control plane's hold on the data plane: turns a Config into map contents and applies only the difference.
 
-Everything is planned and checked before the first map write, so a rejected config changes nothing.
+Everything is planned and checked before the first map write, so a rejected config changes nothing. DataPlane
+also runs the timers (xlb/dataplane/sweep.py), reads the maps back (reader.py) and adopts pinned maps (adopt.py).
 """
 import ctypes as ct
-import ipaddress
-import time
+from dataclasses import dataclass
 
 import numpy as np
-from dataclasses import dataclass, field
 
 from . import clock
-from ..tables import marks as markmod
-from ..tables import sched
 from . import structs as S
-from ..tables import vipfilter
-from .bpfsys import lookup_batch_into, rewrite_u64
-from ..config.model import addr_bytes, fwmark_key
+from .adopt import Adopter
+from .alloc import IdPool, SlotAllocator
+from .bpfsys import lookup_batch_into
+from .mapkeys import NS, SvcState, htons, svc_key, table_indexes
+from .reader import Reader
+from .sweep import Sweeper
+from ..config.model import addr_bytes
 from ..errors import ConfigError
+from ..tables import marks as markmod
+from ..tables import vipfilter
 
-NS = 1_000_000_000
-PROTO_NUM = markmod.PROTO_NUM
 _SCHED_KIND = {**S.SCHED, "wrr": S.SCHED["rr"]}  # rr and wrr differ only in their tables
 FLOW_TTL = 1.0  # seconds a flow-cache entry is trusted at most (bpf/flowcache.h)
-
-CLOCK_MONOTONIC_COARSE = 6  # linux/time.h; Python's time module does not name it
-
-
-def now_ns():
-    """The data plane's clock: bpf_ktime_get_coarse_ns() is CLOCK_MONOTONIC_COARSE."""
-    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
-
-
-def svc_key(svc) -> S.SvcKey:
-    k = S.SvcKey(family=svc.family)
-    if svc.fwmark is not None:
-        k.mark = svc.fwmark
-    else:
-        k.addr = S.addr_words(addr_bytes(svc.vip))
-        k.port = htons(svc.port)
-        k.proto = PROTO_NUM[svc.proto]
-    return k
-
-
-def htons(port):
-    return int.from_bytes(port.to_bytes(2, "big"), "little")
-
-
-def table_indexes(svc, loads=None):
-    """The slot table of a service as positions in svc.reals, in the order the data plane indexes them.
-
-    Connection-count services get their candidates, chosen by `loads` ((active, inactive, overloaded) per real,
-    default idle) when there are more than the data plane weighs."""
-    weights = [r.weight for r in svc.reals]
-    if svc.scheduler in sched.CONN_SCHEDULERS:
-        loads = loads or [(0, 0, False)] * len(weights)
-        return sched.conn_candidates(svc.scheduler, [(w, *ld) for w, ld in zip(weights, loads)], S.CAND_MAX)
-    if svc.scheduler == "rr":
-        return sched.rr_table(weights)
-    if svc.scheduler == "wrr":
-        return sched.wrr_table(weights)
-    if svc.scheduler == "sh":
-        return sched.sh_table(weights)
-    if svc.scheduler == "dh":
-        return sched.dh_table(weights)
-    return sched.maglev_table([(addr_bytes(r.address), r.weight) for r in svc.reals], svc.mh_table_size)
 
 
 @dataclass(frozen=True)
@@ -88,7 +46,7 @@ class Capacity:
 def fit(config, cap, loads=lambda svc: None):
     """Raise ConfigError if config does not fit maps of capacity `cap`; else return what apply() writes: the
     mark-rule trie entries and each service's table (positions in its reals). Pure: `xlb check` runs it against
-    Capacity.compiled(); `loads(svc)` (DataPlane._loads) picks connection-count candidates, not their number."""
+    Capacity.compiled(); `loads(svc)` (DataPlane.loads) picks connection-count candidates, not their number."""
     src = config.source
     if len(config.services) > cap.max_services - 1:
         raise ConfigError(src, "service", f"{len(config.services)} services; at most {cap.max_services - 1}")
@@ -109,182 +67,7 @@ def fit(config, cap, loads=lambda svc: None):
     return entries, tables
 
 
-class SlotAllocator:
-    """First-fit allocator of regions in the sched_slots array."""
-
-    def __init__(self, size):
-        self.free = [(0, size)]  # sorted, non-adjacent (offset, length)
-
-    def alloc(self, length):
-        for i, (off, ln) in enumerate(self.free):
-            if ln >= length:
-                self.free[i:i + 1] = [(off + length, ln - length)] if ln > length else []
-                return off
-        return None
-
-    def release(self, off, length):
-        self.free.append((off, length))
-        self.free.sort()
-        merged = []
-        for o, ln in self.free:
-            if merged and merged[-1][0] + merged[-1][1] == o:
-                merged[-1] = (merged[-1][0], merged[-1][1] + ln)
-            else:
-                merged.append((o, ln))
-        self.free = merged
-
-    def available(self):
-        return sum(ln for _, ln in self.free)
-
-    def reserve(self, off, length):
-        """Mark [off, off + length) as used (a region adopted from pinned maps)."""
-        out = []
-        for o, ln in self.free:
-            end = o + ln
-            if end <= off or o >= off + length:
-                out.append((o, ln))
-                continue
-            if o < off:
-                out.append((o, off - o))
-            if end > off + length:
-                out.append((off + length, end - off - length))
-        self.free = out
-
-
-SWEEP_DUTY = 10          # a sweep that takes d seconds is followed by at least 10 d seconds without one ...
-SWEEP_STRETCH_MAX = 10.0  # ... up to 10 s (or the configured sweep_interval, if longer)
-
-
-def sweep_interval(configured, last_seconds):
-    """Seconds until the next sweep: the configured interval, stretched so the sweep takes at most a tenth of a
-    CPU (a 1M-entry table takes ~0.3-0.6 s to sweep here), but never past SWEEP_STRETCH_MAX unless configured so.
-    The data plane needs no sweep to be correct (it checks every entry's age itself): a longer interval only
-    leaves expired entries, and drift in the connection counts, in the tables a little longer."""
-    return max(configured, min(SWEEP_DUTY * last_seconds, SWEEP_STRETCH_MAX))
-
-
-def hold_due(hold, stored, now, margin):
-    """Which lvs-mode templates get their hold written: a lower one at once (its connections closed or left
-    established), so listings show it; a higher one only once the stored hold has used up half of its lead
-    (stored - now < (hold - now) / 2) or is within `margin` ns of now (two sweep intervals: it must outlast the
-    next sweep). Holds move forward with every packet's last-seen time, so rewriting each on every sweep cost two
-    syscalls a template; this way a busy template is written about twice per timeout, and its stored hold, which
-    the data plane trusts, stays ahead of the clock until the next sweep."""
-    return (hold < stored) | ((hold > stored) & (stored - now < np.maximum((hold - now) // 2, margin)))
-
-
-class IdPool:
-    """Stable small integer ids for identities; id 0 is never handed out."""
-
-    def __init__(self, limit):
-        self.limit = limit
-        self.ids = {}
-        self.free = []
-        self.next = 1
-
-    def get(self, ident):
-        return self.ids.get(ident)
-
-    def take(self, ident):
-        if ident in self.ids:
-            return self.ids[ident], False
-        if self.free:
-            i = self.free.pop()
-        else:
-            i, self.next = self.next, self.next + 1
-        self.ids[ident] = i
-        return i, True
-
-    def drop(self, ident):
-        self.free.append(self.ids.pop(ident))
-
-
-
-@dataclass
-class SweepResult:
-    conns_seen: int = 0
-    conns_expired: int = 0
-    templates_seen: int = 0
-    templates_expired: int = 0
-    templates_held: int = 0
-    seconds: float = 0.0
-
-
-# A ConnKey record seen as its source address's two 8-byte words (for a view of the connection keys).
-_SRC_WORDS = np.dtype({"names": ["w0", "w1"], "formats": [np.uint64, np.uint64],
-                       "offsets": [S.ConnKey.src.offset, S.ConnKey.src.offset + 8], "itemsize": ct.sizeof(S.ConnKey)})
-
-
-@dataclass
-class _ConnScan:
-    keys: np.ndarray       # ConnKey records
-    vals: np.ndarray       # Conn records
-    until: np.ndarray      # int64 ns: when each entry expires
-    alive: np.ndarray      # bool: until >= now
-    counts: dict           # live real id -> [active, inactive]
-
-
-def _exact_keys(rows, table):
-    """One int64 key per row for equality matching of multi-column rows: ``rows`` and ``table`` are lists of
-    uint64 columns (n and m long). Returns (row keys, row valid, table keys): a valid row's key equals a table
-    row's key exactly when every column does; an invalid row has a value no table row has in some column.
-    Columns are rank-compressed against the table's values only as far as int64 needs, so the usual cases (one
-    column that varies, the others constant) cost one pass per column."""
-    rk = rows[0].view(np.int64)
-    tk = table[0].view(np.int64)
-    valid = np.ones(len(rk), bool)
-    bound = 2**64  # distinct values the key may take so far
-    for rc, tc in zip(rows[1:], table[1:]):
-        u = np.unique(tc)
-        if len(u) == 1:
-            valid &= rc == u[0]
-            continue
-        if bound * len(u) >= 2**62:  # make the key so far a dense rank among the table's keys
-            tu, tk = np.unique(tk, return_inverse=True)
-            rk, ok = _rank(tu, rk)
-            valid &= ok
-            bound = len(tu)
-        r, ok = _rank(u, rc)
-        valid &= ok
-        rk = rk * len(u) + r
-        tk = tk * len(u) + np.searchsorted(u, tc)
-        bound *= len(u)
-    return rk, valid, tk
-
-
-def _rank(sorted_values, x):
-    """(index of each x in sorted_values, whether it is there)."""
-    if not len(sorted_values):
-        return np.zeros(len(x), np.int64), np.zeros(len(x), bool)
-    i = np.minimum(np.searchsorted(sorted_values, x), len(sorted_values) - 1)
-    return i, sorted_values[i] == x
-
-
-def _lookup(keys, values, x, default=0):
-    """values[i] where keys[i] == x (keys sorted and distinct), default elsewhere."""
-    i, found = _rank(keys, x)
-    return np.where(found, values[i] if len(values) else default, default)
-
-
-def _row_index(rows, table, missing=-1):
-    """For each row (columns as in _exact_keys) the index of the equal table row (table rows distinct), or
-    ``missing``."""
-    rk, valid, tk = _exact_keys(rows, table)
-    order = np.argsort(tk, kind="stable")
-    i, found = _rank(tk[order], rk)
-    return np.where(valid & found, order[i] if len(order) else missing, missing)
-
-
-@dataclass
-class _SvcState:
-    svc: object
-    id: int
-    key_bytes: bytes
-    table: list = field(default_factory=list)
-    region: tuple = (0, 0)
-
-
-class DataPlane:
+class DataPlane(Sweeper, Reader, Adopter):
     """Owns the maps of a loaded Program."""
 
     def __init__(self, prog, tables):
@@ -302,8 +85,8 @@ class DataPlane:
         self.rule_ids = IdPool(self.cap.max_mark_rules)
         self.gens = {}                 # real id -> generation last written
         self.slots = SlotAllocator(self.cap.max_slots)
-        self.services = {}             # svc.key -> _SvcState
-        self.by_id = {}                # svc id -> _SvcState
+        self.services = {}             # svc.key -> SvcState
+        self.by_id = {}                # svc id -> SvcState
         self.mark_entries = {}         # lpm tuple -> (mark, rule_id)
         self.vips = set()
         self.fwm_prefixes = {}         # fwmark service key -> every mark destination it has had (the VIP filter's)
@@ -324,7 +107,7 @@ class DataPlane:
             running = ", ".join(f"{k}={getattr(self.tables, k)}" for k in sizes)
             raise ConfigError(config.source, "tables", f"table sizes changed; they take effect only when xlb "
                               f"restarts (running: {running})")
-        return fit(config, self.cap, self._loads)
+        return fit(config, self.cap, self.loads)
 
     def apply(self, config):
         """Make the maps say what config says, touching only what differs."""
@@ -361,7 +144,7 @@ class DataPlane:
             if fresh:
                 self.zero_slot(self.m["svc_stats"], sid)
                 self.zero_slot(self.m["rr_pos"], sid)
-            st = old.get(svc.key) or _SvcState(svc, sid, bytes(svc_key(svc)))
+            st = old.get(svc.key) or SvcState(svc, sid, bytes(svc_key(svc)))
             st.svc = svc
             svc_states[svc.key] = st
         for rid, (svc, r) in real_rows.items():
@@ -451,10 +234,10 @@ class DataPlane:
             off = self.slots.alloc(len(table))
         if off is None:
             raise ConfigError(config.source, "service", "scheduling table space exhausted")
-        self._write_slots(off, table)
+        self.write_slots(off, table)
         return (off, len(table))
 
-    def _write_slots(self, off, table):
+    def write_slots(self, off, table):
         """sched_slots[off + i] = table[i], one BPF_MAP_UPDATE_BATCH (a 65537-slot Maglev table: one syscall, the
         arrays built by numpy rather than 65537 ctypes conversions)."""
         n = len(table)
@@ -532,204 +315,12 @@ class DataPlane:
         """Reset entry `idx` of an array map (counters, connection counts) to zero."""
         table[ct.c_uint32(idx)] = table.Leaf()
 
-    # -- timers ----------------------------------------------------------------------------------------------
-    def sweep(self, now=None):
-        """Delete expired connections and templates; hold templates (lvs mode) while a connection they placed
-        lives. Cost: one batched read of each table into numpy arrays, decided there (no Python per entry but
-        for templates whose hold changes)."""
-        t0 = time.perf_counter()
-        now = now_ns() if now is None else now
-        res = SweepResult()
-        timeouts = self.m["settings"][ct.c_uint32(0)].timeout_ns
-        timeouts = [timeouts[i] for i in range(S.CONN_STATES)]
-        scan = self._scan_conns(now, timeouts)
-        res.conns_seen = len(scan.keys)
-        expired = scan.keys[~scan.alive]
-        if len(expired):
-            conns = self.m["conns"]
-            self._delete_batch(conns, (conns.Key * len(expired)).from_buffer(expired))
-        res.conns_expired = len(expired)
-        self._reconcile(scan.counts)
-        self._sweep_templates(now, scan, res)
-        self.release_old_tables()
-        res.seconds = time.perf_counter() - t0
-        return res
-
-    def _scan_conns(self, now, timeouts):
-        """One batched read of the connection table into numpy arrays, decided there (a few array passes, not a
-        Python object per entry). Returns a _ConnScan: the keys and values, each entry's expiry (`until`) and
-        whether it is still alive, and each live real's [active, inactive] counts."""
-        conns = self.m["conns"]
-        keys = np.empty(conns.max_entries, np.dtype(S.ConnKey))
-        vals = np.empty(conns.max_entries, np.dtype(S.Conn))
-        n = lookup_batch_into(conns.map_fd, keys, vals)
-        keys, vals = keys[:n], vals[:n]
-        state = vals["state"]
-        tmo = np.array(list(timeouts) + [0], np.int64)[np.minimum(state, S.CONN_STATES)]
-        until = vals["seen_ns"].astype(np.int64) + tmo
-        alive = until >= now
-
-        size = self.cap.max_reals
-        ids = np.fromiter(self.real_ids.ids.values(), np.int64, len(self.real_ids.ids))
-        gen_of = np.full(size, -1, np.int64)     # -1: no live real has this id (generations are u32)
-        gen_of[ids] = [self.gens[r] for r in ids.tolist()]
-        rid = np.minimum(vals["real_id"], size - 1).astype(np.int64)
-        ok = alive & (gen_of[rid] == vals["real_gen"])
-        # one count per (real, established?): index 2 * real + 1 counts the established ones
-        both = np.bincount((2 * rid + (state == S.CONN_STATE["est"]))[ok], minlength=2 * size).reshape(size, 2)
-        counts = {r: [act, inact] for r, inact, act in zip(ids.tolist(), *both[ids].T.tolist())}
-        return _ConnScan(keys, vals, until, alive, counts)
-
-    def _sweep_templates(self, now, scan, res):
-        """Expire templates (their service or real gone, or their timer run out and, in lvs mode, no live
-        connection of theirs left) and write each lvs-mode template's hold: the latest expiry among the live
-        connections it placed. Decided with numpy over one batched read."""
-        persist = self.m["persist"]
-        tk = np.empty(persist.max_entries, np.dtype(S.PersistKey))
-        tv = np.empty(persist.max_entries, np.dtype(S.Persist))
-        n = lookup_batch_into(persist.map_fd, tk, tv)
-        tk, tv = tk[:n], tv[:n]
-        res.templates_seen = n
-        if not n:
-            return
-        # Each template's service, by its key: index into `states`, len(states) for none.
-        states = list(self.by_id.values())
-        words = ct.sizeof(S.SvcKey) // 8
-        svc_words = np.frombuffer(b"".join(st.key_bytes for st in states), np.uint64).reshape(len(states), words)
-        tmpl_words = np.ascontiguousarray(tk["svc"]).view(np.uint64).reshape(n, words)
-        j = _row_index(list(tmpl_words.T), list(svc_words.T), missing=len(states))
-        tmo = np.array([(st.svc.persistence_timeout or 0) * NS for st in states] + [0], np.int64)[j]
-        lvs = np.array([st.svc.persistence_mode == "lvs" for st in states] + [False])[j]
-        sid = np.array([st.id for st in states] + [0], np.int64)[j]
-        # Its real: live, and the generation it was placed with.
-        rid = tv["real_id"].astype(np.int64)
-        reals = self.m["reals"]
-        limit = min(int(rid.max()) + 1, reals.max_entries)
-        rkeys, rvals = np.empty(limit, np.uint32), np.empty(limit, np.dtype(S.Real))
-        got = lookup_batch_into(reals.map_fd, rkeys, rvals)
-        live_gen = np.where(rvals["flags"][:got] & S.REAL_F_LIVE, rvals["gen"][:got].astype(np.int64), -1)
-        ok = (tmo > 0) & (rid < got)
-        ok[ok] &= live_gen[rid[ok]] == tv["real_gen"][ok]
-        hold = np.zeros(n, np.int64)
-        want = ok & lvs
-        if want.any():
-            hold[want] = self._holds(scan, sid[want], tk["client"][want])
-        dead = ~ok | (np.maximum(tv["last_new_ns"].astype(np.int64) + tmo, hold) <= now)
-        res.templates_held = int(np.count_nonzero(~dead & (hold != 0)))
-        # The longest interval the daemon may wait (it reads the applied config's sweep_interval; a reload can
-        # change it, unlike the table sizes fixed at start).
-        margin = int(2 * max(self.config.tables.sweep_interval, SWEEP_STRETCH_MAX) * NS)
-        change = np.flatnonzero(~dead & lvs & hold_due(hold, tv["held_until_ns"].astype(np.int64), now, margin))
-        if len(change):
-            rewrite_u64(persist.map_fd, tk[change], ct.sizeof(S.Persist), S.Persist.held_until_ns.offset,
-                        hold[change])
-        gone = tk[dead]
-        if len(gone):
-            self._delete_batch(persist, (persist.Key * len(gone)).from_buffer(gone))
-        res.templates_expired = len(gone)
-
-    def _holds(self, scan, sids, clients):
-        """For lvs-mode templates (service id, client): the latest expiry among the live connections of that
-        service whose source, under the service's persistence netmask, is the client; 0 where there is none."""
-        masks = np.zeros((self.cap.max_services, 2), np.uint64)   # a 16-byte netmask as two words
-        holder = np.zeros(self.cap.max_services, bool)
-        for st in self.by_id.values():
-            if st.svc.persistence_timeout and st.svc.persistence_mode == "lvs":
-                masks[st.id] = np.frombuffer(st.svc.persistence_netmask, np.uint64)
-                holder[st.id] = True
-        csid = np.minimum(scan.vals["svc_id"], self.cap.max_services - 1)
-        sel = np.flatnonzero(scan.alive & holder[csid])
-        csid = csid[sel]
-        src = scan.keys.view(_SRC_WORDS)                        # the source address as two words, no copy
-        # (client word 0, client word 1, service id): the same columns for connections and templates
-        cols = [src["w0"][sel] & masks[csid, 0], src["w1"][sel] & masks[csid, 1], csid.astype(np.uint64)]
-        cw = np.ascontiguousarray(clients).view(np.uint64)
-        ckey, valid, tkey = _exact_keys(cols, [cw[:, 0], cw[:, 1], sids.astype(np.uint64)])
-        until = scan.until[sel]
-        if not valid.all():
-            ckey, until = ckey[valid], until[valid]
-        keys, inverse = np.unique(ckey, return_inverse=True)
-        latest = np.zeros(len(keys), np.int64)
-        np.maximum.at(latest, inverse, until)
-        return _lookup(keys, latest, tkey)
-
-    def _reconcile(self, counts):
-        """Rewrite every real's connection counts from the table (the data plane's running counts miss entries
-        that expire or that the LRU evicts), apply the thresholds' hysteresis, and refresh the candidates of
-        connection-count services with more reals than the data plane weighs."""
-        limits = {}
-        for st in self.by_id.values():
-            for r in st.svc.reals:
-                if r.uthreshold:
-                    limits[self.real_ids.get((st.svc.key, r.address))] = (r.uthreshold, r.lthreshold)
-        if counts:
-            # The data plane sets RC_F_OVERLOAD too.
-            flags_now = self.real_rows("real_conns", S.RealConns)["flags"]
-            rids = np.fromiter(counts, np.uint32, len(counts))
-            rows = np.zeros(len(rids), np.dtype(S.RealConns))
-            rows["active"], rows["inactive"] = np.array(list(counts.values()), np.int64).reshape(-1, 2).T
-            for i, rid in enumerate(rids.tolist()):
-                if rid in limits:
-                    upper, lower = limits[rid]
-                    total = int(rows["active"][i] + rows["inactive"][i])
-                    was = rid < len(flags_now) and bool(flags_now[rid] & S.RC_F_OVERLOAD)
-                    if total >= upper or (was and not (total < lower if lower else total * 4 < upper * 3)):
-                        rows["flags"][i] = S.RC_F_OVERLOAD
-            self.m["real_conns"].items_update_batch((ct.c_uint32 * len(rids)).from_buffer(rids),
-                                                    (S.RealConns * len(rids)).from_buffer(rows))
-        for st in self.by_id.values():
-            svc = st.svc
-            if svc.scheduler not in sched.CONN_SCHEDULERS or len(st.table) < S.CAND_MAX:
-                continue
-            ids = [self.real_ids.get((svc.key, r.address)) for r in svc.reals]
-            table_now = [ids[i] for i in table_indexes(svc, self._loads(svc))]
-            if table_now != st.table and len(table_now) == st.region[1]:
-                # Same length, every entry a real id at every moment: rewrite in place.
-                self._write_slots(st.region[0], table_now)
-                st.table = table_now
-
-    def _loads(self, svc):
-        """(active, inactive, overloaded) of each of svc's reals now (idle for reals not yet in the maps)."""
-        if svc.scheduler not in sched.CONN_SCHEDULERS:
-            return None
-        table = self.m["real_conns"]
-        loads = []
-        for r in svc.reals:
-            rid = self.real_ids.get((svc.key, r.address))
-            if rid is None:
-                loads.append((0, 0, False))
-                continue
-            rc = table[ct.c_uint32(rid)]
-            loads.append((max(rc.active, 0), max(rc.inactive, 0), bool(rc.flags & S.RC_F_OVERLOAD)))
-        return loads
-
-    def real_rows(self, name, struct):
-        """Array map `name` (one entry per real id) from 0 to the highest real id handed out, as numpy records of
-        ctypes `struct`: one batched read."""
-        table = self.m[name]
-        n = min(self.real_ids.next, table.max_entries)
-        keys, rows = np.empty(n, np.uint32), np.zeros(n, np.dtype(struct))
-        lookup_batch_into(table.map_fd, keys, rows)
-        return rows
-
-    def real_loads(self):
-        """{real id: (active, inactive, overloaded)} for every configured real, as the data plane schedules on
-        them (overloaded: RC_F_OVERLOAD, set at uthreshold, cleared below lthreshold): one batched read."""
-        ids = list(self.real_ids.ids.values())
-        rows = self.real_rows("real_conns", S.RealConns)[ids]
-        return dict(zip(ids, zip(np.maximum(rows["active"], 0).tolist(), np.maximum(rows["inactive"], 0).tolist(),
-                                 (rows["flags"] & S.RC_F_OVERLOAD != 0).tolist())))
-
-    def real_conn_counts(self):
-        """{real id: (active, inactive)} for every configured real, as the data plane schedules on them."""
-        return {rid: (act, inact) for rid, (act, inact, _) in self.real_loads().items()}
-
     @staticmethod
-    def _delete_batch(table, keys):
+    def delete_batch(table, keys):
         """Delete keys (a sequence of table.Key, or a ctypes array of them) in one call."""
         arr = keys if isinstance(keys, ct.Array) else (table.Key * len(keys))(*keys)
         try:
-            table.items_delete_batch(arr)
+            table.itemsdelete_batch(arr)
         except Exception:
             # An entry may have gone (LRU eviction) between read and delete: fall back to one by one.
             for k in keys:
@@ -738,77 +329,3 @@ class DataPlane:
                 except KeyError:
                     pass
 
-    # -- reading ------------------------------------------------------------------------------------------
-    def counters(self, name, idx):
-        """Sum of a per-CPU counters slot."""
-        vals = self.m[name][ct.c_uint32(idx)]
-        return S.Counters(packets=sum(v.packets for v in vals), bytes=sum(v.bytes for v in vals),
-                          conns=sum(v.conns for v in vals))
-
-    def verdict_counts(self):
-        return {name: self.counters("verdicts", num) for num, name in S.REASONS.items()}
-
-    # -- adopting pinned maps (a restarted daemon) ------------------------------------------------------------
-    def adopt(self):
-        """Rebuild the control plane's state from maps a previous daemon left pinned: service, real and mark-rule
-        ids, real generations, scheduling-table regions, trie entries and VIP prefixes. The next apply() then
-        keeps every id whose identity it keeps, so connections, templates and counters stay valid, and it writes
-        only the difference. Returns what was found."""
-        proto_name = {v: k for k, v in PROTO_NUM.items()}
-
-        def addr(family, words):
-            b = S.words_bytes(words)
-            return ipaddress.ip_address(b[:4] if family == 4 else b)
-
-        svc_of_id = {}
-        for k, meta in self.m["services"].items():
-            ident = (fwmark_key(k.family, k.mark) if k.mark else
-                     (proto_name.get(k.proto), addr(k.family, k.addr), htons(k.port)))
-            st = _SvcState(None, meta.id, bytes(k))
-            if meta.table_len:
-                n, off = meta.table_len, meta.table_off
-                st.region = (off, n)
-                st.table = [self.m["sched_slots"][ct.c_uint32(i)].value for i in range(off, off + n)]
-                self.slots.reserve(off, n)
-            self.services[ident] = st
-            self.svc_ids.ids[ident] = meta.id
-            svc_of_id[meta.id] = ident
-        for rid, r in self.m["reals"].items_lookup_batch():
-            rid = getattr(rid, "value", rid)
-            if r.gen:
-                self.gens[rid] = r.gen
-            if r.flags & S.REAL_F_LIVE and r.svc_id in svc_of_id:
-                self.real_ids.ids[(svc_of_id[r.svc_id], addr(r.family, r.addr))] = rid
-        rules = {}
-        for k, v in self.m["mark_rules"].items():
-            entry = (k.family, k.proto, htons(k.port), S.words_bytes(k.addr), k.prefixlen - 32)
-            self.mark_entries[entry] = (v.mark, v.rule_id)
-            self.fwm_prefixes.setdefault(fwmark_key(k.family, v.mark), set()).add((k.family, entry[3], entry[4]))
-            rules.setdefault(v.rule_id, []).append((v.mark, entry))
-        for rule_id, entries in rules.items():
-            self.rule_ids.ids[_rule_identity(entries)] = rule_id
-        for k in self.m["vip_prefixes"].keys():
-            self.vips.add((k.family, S.words_bytes(k.addr), k.prefixlen - 32))
-        for pool in (self.svc_ids, self.real_ids, self.rule_ids):
-            used = set(pool.ids.values())
-            pool.next = max(used, default=0) + 1
-            pool.free = sorted(set(range(1, pool.next)) - used, reverse=True)
-        return {"services": len(self.services), "reals": len(self.real_ids.ids), "mark_rules": len(rules)}
-
-
-def _rule_identity(entries):
-    """markmod.rule_identity of the rule whose trie entries these are ([(mark, (family, proto, port, prefix,
-    plen))]): "any" when it holds both protocols, its ports merged into ranges, () for every port."""
-    mark = entries[0][0]
-    family, _, _, prefix, plen = entries[0][1]
-    protos = {e[1] for _, e in entries}
-    ports = sorted({e[2] for _, e in entries} - {0})
-    ranges = []
-    for p in ports:
-        if ranges and ranges[-1][1] == p - 1:
-            ranges[-1] = (ranges[-1][0], p)
-        else:
-            ranges.append((p, p))
-    proto = "any" if len(protos) > 1 else {v: k for k, v in PROTO_NUM.items()}[protos.pop()]
-    dst = ipaddress.ip_network((prefix[:4] if family == 4 else prefix, plen))
-    return (mark, proto, str(dst), tuple(ranges))

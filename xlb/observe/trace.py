@@ -92,7 +92,7 @@ def build_packet(src, sport, dst, dport, proto="tcp"):
 
 
 def conn_key(src, sport, dst, dport, proto):
-    from ..dataplane.apply import htons
+    from ..dataplane.mapkeys import htons
     src, dst = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     return S.ConnKey(src=S.addr_words(_addr16(src)), dst=S.addr_words(_addr16(dst)), sport=htons(sport),
                      dport=htons(dport), proto=_PROTO[proto], family=S.AF_INET if src.version == 4 else S.AF_INET6)

@@ -28,7 +28,8 @@ from ..observe import stats
 from ..dataplane import bpffs
 from ..dataplane.links import attached_prog, ifindex_of
 from ..dataplane.program import AttachError, Program, cflags_for
-from ..dataplane.apply import DataPlane, sweep_interval
+from ..dataplane.apply import DataPlane
+from ..dataplane.sweep import sweep_interval
 from ..errors import ConfigError, KernelError, XlbError, brief
 from ..dataplane.forwarding import Sysctls
 from ..dataplane.neigh import ensure_neighbours, remove_managed

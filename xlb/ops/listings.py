@@ -15,7 +15,7 @@ import time
 from . import admin
 from ..config import model as xconfig
 from ..dataplane import structs as S
-from ..dataplane.apply import NS, now_ns
+from ..dataplane.mapkeys import now_ns, NS
 from ..errors import ConfigError
 from ..observe.stats import FlowCounters, layout
 

@@ -5,6 +5,8 @@ twice, once with the packet's port and once with 0, so a rule naming the port be
 each the longest prefix wins. A rule for proto "any" is written for tcp and udp, except where a rule naming that
 proto claims the same prefix and port: the specific protocol wins.
 """
+import ipaddress
+
 from ..config.model import addr_bytes, fwmark_key
 
 PROTO_NUM = {"tcp": 6, "udp": 17}
@@ -62,3 +64,21 @@ def fwmark_prefixes(config):
         if prefixes is not None:
             prefixes.add(dst_prefix(rule))
     return out
+
+
+def rule_identity_of_entries(entries):
+    """rule_identity of the rule whose trie entries these are ([(mark, (family, proto, port, prefix,
+    plen))]): "any" when it holds both protocols, its ports merged into ranges, () for every port."""
+    mark = entries[0][0]
+    family, _, _, prefix, plen = entries[0][1]
+    protos = {e[1] for _, e in entries}
+    ports = sorted({e[2] for _, e in entries} - {0})
+    ranges = []
+    for p in ports:
+        if ranges and ranges[-1][1] == p - 1:
+            ranges[-1] = (ranges[-1][0], p)
+        else:
+            ranges.append((p, p))
+    proto = "any" if len(protos) > 1 else {v: k for k, v in PROTO_NUM.items()}[protos.pop()]
+    dst = ipaddress.ip_network((prefix[:4] if family == 4 else prefix, plen))
+    return (mark, proto, str(dst), tuple(ranges))

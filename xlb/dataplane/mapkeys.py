@@ -1,0 +1,68 @@
+"""How the control plane names things in the maps: the data plane's clock, service keys, byte order, and a
+service's scheduling table as positions in its reals. Shared by apply, sweep, adopt and the readers.
+"""
+import time
+from dataclasses import dataclass, field
+
+from . import structs as S
+from ..config.model import addr_bytes
+from ..tables import marks as markmod
+from ..tables import sched
+
+NS = 1_000_000_000
+
+
+PROTO_NUM = markmod.PROTO_NUM
+
+CLOCK_MONOTONIC_COARSE = 6  # linux/time.h; Python's time module does not name it
+
+
+def now_ns():
+    """The data plane's clock: bpf_ktime_get_coarse_ns() is CLOCK_MONOTONIC_COARSE."""
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+
+
+def svc_key(svc) -> S.SvcKey:
+    k = S.SvcKey(family=svc.family)
+    if svc.fwmark is not None:
+        k.mark = svc.fwmark
+    else:
+        k.addr = S.addr_words(addr_bytes(svc.vip))
+        k.port = htons(svc.port)
+        k.proto = PROTO_NUM[svc.proto]
+    return k
+
+
+def htons(port):
+    return int.from_bytes(port.to_bytes(2, "big"), "little")
+
+
+def table_indexes(svc, loads=None):
+    """The slot table of a service as positions in svc.reals, in the order the data plane indexes them.
+
+    Connection-count services get their candidates, chosen by `loads` ((active, inactive, overloaded) per real,
+    default idle) when there are more than the data plane weighs."""
+    weights = [r.weight for r in svc.reals]
+    if svc.scheduler in sched.CONN_SCHEDULERS:
+        loads = loads or [(0, 0, False)] * len(weights)
+        return sched.conn_candidates(svc.scheduler, [(w, *ld) for w, ld in zip(weights, loads)], S.CAND_MAX)
+    if svc.scheduler == "rr":
+        return sched.rr_table(weights)
+    if svc.scheduler == "wrr":
+        return sched.wrr_table(weights)
+    if svc.scheduler == "sh":
+        return sched.sh_table(weights)
+    if svc.scheduler == "dh":
+        return sched.dh_table(weights)
+    return sched.maglev_table([(addr_bytes(r.address), r.weight) for r in svc.reals], svc.mh_table_size)
+
+
+@dataclass
+class SvcState:
+    """What the control plane knows of one service in the maps: its id, key, table and slot region."""
+
+    svc: object
+    id: int
+    key_bytes: bytes
+    table: list = field(default_factory=list)
+    region: tuple = (0, 0)

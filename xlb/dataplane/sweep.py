@@ -1,0 +1,272 @@
+"""The timers: sweep expired connections and templates, hold lvs-mode templates while a connection they placed
+lives, and reconcile each real's connection counts with the table. Decided with numpy over one batched read of
+each table (no Python object per entry), as a mixin of DataPlane (xlb/dataplane/apply.py).
+"""
+import ctypes as ct
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import structs as S
+from .bpfsys import lookup_batch_into, rewrite_u64
+from .mapkeys import NS, now_ns, table_indexes
+from ..tables import sched
+
+SWEEP_DUTY = 10          # a sweep that takes d seconds is followed by at least 10 d seconds without one ...
+
+
+SWEEP_STRETCH_MAX = 10.0  # ... up to 10 s (or the configured sweep_interval, if longer)
+
+
+def sweep_interval(configured, last_seconds):
+    """Seconds until the next sweep: the configured interval, stretched so the sweep takes at most a tenth of a
+    CPU (a 1M-entry table takes ~0.3-0.6 s to sweep here), but never past SWEEP_STRETCH_MAX unless configured so.
+    The data plane needs no sweep to be correct (it checks every entry's age itself): a longer interval only
+    leaves expired entries, and drift in the connection counts, in the tables a little longer."""
+    return max(configured, min(SWEEP_DUTY * last_seconds, SWEEP_STRETCH_MAX))
+
+
+def hold_due(hold, stored, now, margin):
+    """Which lvs-mode templates get their hold written: a lower one at once (its connections closed or left
+    established), so listings show it; a higher one only once the stored hold has used up half of its lead
+    (stored - now < (hold - now) / 2) or is within `margin` ns of now (two sweep intervals: it must outlast the
+    next sweep). Holds move forward with every packet's last-seen time, so rewriting each on every sweep cost two
+    syscalls a template; this way a busy template is written about twice per timeout, and its stored hold, which
+    the data plane trusts, stays ahead of the clock until the next sweep."""
+    return (hold < stored) | ((hold > stored) & (stored - now < np.maximum((hold - now) // 2, margin)))
+
+
+@dataclass
+class SweepResult:
+    conns_seen: int = 0
+    conns_expired: int = 0
+    templates_seen: int = 0
+    templates_expired: int = 0
+    templates_held: int = 0
+    seconds: float = 0.0
+
+
+# A ConnKey record seen as its source address's two 8-byte words (for a view of the connection keys).
+_SRC_WORDS = np.dtype({"names": ["w0", "w1"], "formats": [np.uint64, np.uint64],
+                       "offsets": [S.ConnKey.src.offset, S.ConnKey.src.offset + 8], "itemsize": ct.sizeof(S.ConnKey)})
+
+
+@dataclass
+class _ConnScan:
+    keys: np.ndarray       # ConnKey records
+    vals: np.ndarray       # Conn records
+    until: np.ndarray      # int64 ns: when each entry expires
+    alive: np.ndarray      # bool: until >= now
+    counts: dict           # live real id -> [active, inactive]
+
+
+def exact_keys(rows, table):
+    """One int64 key per row for equality matching of multi-column rows: ``rows`` and ``table`` are lists of
+    uint64 columns (n and m long). Returns (row keys, row valid, table keys): a valid row's key equals a table
+    row's key exactly when every column does; an invalid row has a value no table row has in some column.
+    Columns are rank-compressed against the table's values only as far as int64 needs, so the usual cases (one
+    column that varies, the others constant) cost one pass per column."""
+    rk = rows[0].view(np.int64)
+    tk = table[0].view(np.int64)
+    valid = np.ones(len(rk), bool)
+    bound = 2**64  # distinct values the key may take so far
+    for rc, tc in zip(rows[1:], table[1:]):
+        u = np.unique(tc)
+        if len(u) == 1:
+            valid &= rc == u[0]
+            continue
+        if bound * len(u) >= 2**62:  # make the key so far a dense rank among the table's keys
+            tu, tk = np.unique(tk, return_inverse=True)
+            rk, ok = _rank(tu, rk)
+            valid &= ok
+            bound = len(tu)
+        r, ok = _rank(u, rc)
+        valid &= ok
+        rk = rk * len(u) + r
+        tk = tk * len(u) + np.searchsorted(u, tc)
+        bound *= len(u)
+    return rk, valid, tk
+
+
+def _rank(sorted_values, x):
+    """(index of each x in sorted_values, whether it is there)."""
+    if not len(sorted_values):
+        return np.zeros(len(x), np.int64), np.zeros(len(x), bool)
+    i = np.minimum(np.searchsorted(sorted_values, x), len(sorted_values) - 1)
+    return i, sorted_values[i] == x
+
+
+def _lookup(keys, values, x, default=0):
+    """values[i] where keys[i] == x (keys sorted and distinct), default elsewhere."""
+    i, found = _rank(keys, x)
+    return np.where(found, values[i] if len(values) else default, default)
+
+
+def row_index(rows, table, missing=-1):
+    """For each row (columns as in exact_keys) the index of the equal table row (table rows distinct), or
+    ``missing``."""
+    rk, valid, tk = exact_keys(rows, table)
+    order = np.argsort(tk, kind="stable")
+    i, found = _rank(tk[order], rk)
+    return np.where(valid & found, order[i] if len(order) else missing, missing)
+
+
+class Sweeper:
+    """DataPlane's timers (needs its maps, ids, services and config)."""
+
+    # -- timers ----------------------------------------------------------------------------------------------
+    def sweep(self, now=None):
+        """Delete expired connections and templates; hold templates (lvs mode) while a connection they placed
+        lives. Cost: one batched read of each table into numpy arrays, decided there (no Python per entry but
+        for templates whose hold changes)."""
+        t0 = time.perf_counter()
+        now = now_ns() if now is None else now
+        res = SweepResult()
+        timeouts = self.m["settings"][ct.c_uint32(0)].timeout_ns
+        timeouts = [timeouts[i] for i in range(S.CONN_STATES)]
+        scan = self._scan_conns(now, timeouts)
+        res.conns_seen = len(scan.keys)
+        expired = scan.keys[~scan.alive]
+        if len(expired):
+            conns = self.m["conns"]
+            self.delete_batch(conns, (conns.Key * len(expired)).from_buffer(expired))
+        res.conns_expired = len(expired)
+        self._reconcile(scan.counts)
+        self._sweep_templates(now, scan, res)
+        self.release_old_tables()
+        res.seconds = time.perf_counter() - t0
+        return res
+
+    def _scan_conns(self, now, timeouts):
+        """One batched read of the connection table into numpy arrays, decided there (a few array passes, not a
+        Python object per entry). Returns a _ConnScan: the keys and values, each entry's expiry (`until`) and
+        whether it is still alive, and each live real's [active, inactive] counts."""
+        conns = self.m["conns"]
+        keys = np.empty(conns.max_entries, np.dtype(S.ConnKey))
+        vals = np.empty(conns.max_entries, np.dtype(S.Conn))
+        n = lookup_batch_into(conns.map_fd, keys, vals)
+        keys, vals = keys[:n], vals[:n]
+        state = vals["state"]
+        tmo = np.array(list(timeouts) + [0], np.int64)[np.minimum(state, S.CONN_STATES)]
+        until = vals["seen_ns"].astype(np.int64) + tmo
+        alive = until >= now
+
+        size = self.cap.max_reals
+        ids = np.fromiter(self.real_ids.ids.values(), np.int64, len(self.real_ids.ids))
+        gen_of = np.full(size, -1, np.int64)     # -1: no live real has this id (generations are u32)
+        gen_of[ids] = [self.gens[r] for r in ids.tolist()]
+        rid = np.minimum(vals["real_id"], size - 1).astype(np.int64)
+        ok = alive & (gen_of[rid] == vals["real_gen"])
+        # one count per (real, established?): index 2 * real + 1 counts the established ones
+        both = np.bincount((2 * rid + (state == S.CONN_STATE["est"]))[ok], minlength=2 * size).reshape(size, 2)
+        counts = {r: [act, inact] for r, inact, act in zip(ids.tolist(), *both[ids].T.tolist())}
+        return _ConnScan(keys, vals, until, alive, counts)
+
+    def _sweep_templates(self, now, scan, res):
+        """Expire templates (their service or real gone, or their timer run out and, in lvs mode, no live
+        connection of theirs left) and write each lvs-mode template's hold: the latest expiry among the live
+        connections it placed. Decided with numpy over one batched read."""
+        persist = self.m["persist"]
+        tk = np.empty(persist.max_entries, np.dtype(S.PersistKey))
+        tv = np.empty(persist.max_entries, np.dtype(S.Persist))
+        n = lookup_batch_into(persist.map_fd, tk, tv)
+        tk, tv = tk[:n], tv[:n]
+        res.templates_seen = n
+        if not n:
+            return
+        # Each template's service, by its key: index into `states`, len(states) for none.
+        states = list(self.by_id.values())
+        words = ct.sizeof(S.SvcKey) // 8
+        svc_words = np.frombuffer(b"".join(st.key_bytes for st in states), np.uint64).reshape(len(states), words)
+        tmpl_words = np.ascontiguousarray(tk["svc"]).view(np.uint64).reshape(n, words)
+        j = row_index(list(tmpl_words.T), list(svc_words.T), missing=len(states))
+        tmo = np.array([(st.svc.persistence_timeout or 0) * NS for st in states] + [0], np.int64)[j]
+        lvs = np.array([st.svc.persistence_mode == "lvs" for st in states] + [False])[j]
+        sid = np.array([st.id for st in states] + [0], np.int64)[j]
+        # Its real: live, and the generation it was placed with.
+        rid = tv["real_id"].astype(np.int64)
+        reals = self.m["reals"]
+        limit = min(int(rid.max()) + 1, reals.max_entries)
+        rkeys, rvals = np.empty(limit, np.uint32), np.empty(limit, np.dtype(S.Real))
+        got = lookup_batch_into(reals.map_fd, rkeys, rvals)
+        live_gen = np.where(rvals["flags"][:got] & S.REAL_F_LIVE, rvals["gen"][:got].astype(np.int64), -1)
+        ok = (tmo > 0) & (rid < got)
+        ok[ok] &= live_gen[rid[ok]] == tv["real_gen"][ok]
+        hold = np.zeros(n, np.int64)
+        want = ok & lvs
+        if want.any():
+            hold[want] = self._holds(scan, sid[want], tk["client"][want])
+        dead = ~ok | (np.maximum(tv["last_new_ns"].astype(np.int64) + tmo, hold) <= now)
+        res.templates_held = int(np.count_nonzero(~dead & (hold != 0)))
+        # The longest interval the daemon may wait (it reads the applied config's sweep_interval; a reload can
+        # change it, unlike the table sizes fixed at start).
+        margin = int(2 * max(self.config.tables.sweep_interval, SWEEP_STRETCH_MAX) * NS)
+        change = np.flatnonzero(~dead & lvs & hold_due(hold, tv["held_until_ns"].astype(np.int64), now, margin))
+        if len(change):
+            rewrite_u64(persist.map_fd, tk[change], ct.sizeof(S.Persist), S.Persist.held_until_ns.offset,
+                        hold[change])
+        gone = tk[dead]
+        if len(gone):
+            self.delete_batch(persist, (persist.Key * len(gone)).from_buffer(gone))
+        res.templates_expired = len(gone)
+
+    def _holds(self, scan, sids, clients):
+        """For lvs-mode templates (service id, client): the latest expiry among the live connections of that
+        service whose source, under the service's persistence netmask, is the client; 0 where there is none."""
+        masks = np.zeros((self.cap.max_services, 2), np.uint64)   # a 16-byte netmask as two words
+        holder = np.zeros(self.cap.max_services, bool)
+        for st in self.by_id.values():
+            if st.svc.persistence_timeout and st.svc.persistence_mode == "lvs":
+                masks[st.id] = np.frombuffer(st.svc.persistence_netmask, np.uint64)
+                holder[st.id] = True
+        csid = np.minimum(scan.vals["svc_id"], self.cap.max_services - 1)
+        sel = np.flatnonzero(scan.alive & holder[csid])
+        csid = csid[sel]
+        src = scan.keys.view(_SRC_WORDS)                        # the source address as two words, no copy
+        # (client word 0, client word 1, service id): the same columns for connections and templates
+        cols = [src["w0"][sel] & masks[csid, 0], src["w1"][sel] & masks[csid, 1], csid.astype(np.uint64)]
+        cw = np.ascontiguousarray(clients).view(np.uint64)
+        ckey, valid, tkey = exact_keys(cols, [cw[:, 0], cw[:, 1], sids.astype(np.uint64)])
+        until = scan.until[sel]
+        if not valid.all():
+            ckey, until = ckey[valid], until[valid]
+        keys, inverse = np.unique(ckey, return_inverse=True)
+        latest = np.zeros(len(keys), np.int64)
+        np.maximum.at(latest, inverse, until)
+        return _lookup(keys, latest, tkey)
+
+    def _reconcile(self, counts):
+        """Rewrite every real's connection counts from the table (the data plane's running counts miss entries
+        that expire or that the LRU evicts), apply the thresholds' hysteresis, and refresh the candidates of
+        connection-count services with more reals than the data plane weighs."""
+        limits = {}
+        for st in self.by_id.values():
+            for r in st.svc.reals:
+                if r.uthreshold:
+                    limits[self.real_ids.get((st.svc.key, r.address))] = (r.uthreshold, r.lthreshold)
+        if counts:
+            # The data plane sets RC_F_OVERLOAD too.
+            flags_now = self.real_rows("real_conns", S.RealConns)["flags"]
+            rids = np.fromiter(counts, np.uint32, len(counts))
+            rows = np.zeros(len(rids), np.dtype(S.RealConns))
+            rows["active"], rows["inactive"] = np.array(list(counts.values()), np.int64).reshape(-1, 2).T
+            for i, rid in enumerate(rids.tolist()):
+                if rid in limits:
+                    upper, lower = limits[rid]
+                    total = int(rows["active"][i] + rows["inactive"][i])
+                    was = rid < len(flags_now) and bool(flags_now[rid] & S.RC_F_OVERLOAD)
+                    if total >= upper or (was and not (total < lower if lower else total * 4 < upper * 3)):
+                        rows["flags"][i] = S.RC_F_OVERLOAD
+            self.m["real_conns"].items_update_batch((ct.c_uint32 * len(rids)).from_buffer(rids),
+                                                    (S.RealConns * len(rids)).from_buffer(rows))
+        for st in self.by_id.values():
+            svc = st.svc
+            if svc.scheduler not in sched.CONN_SCHEDULERS or len(st.table) < S.CAND_MAX:
+                continue
+            ids = [self.real_ids.get((svc.key, r.address)) for r in svc.reals]
+            table_now = [ids[i] for i in table_indexes(svc, self.loads(svc))]
+            if table_now != st.table and len(table_now) == st.region[1]:
+                # Same length, every entry a real id at every moment: rewrite in place.
+                self.write_slots(st.region[0], table_now)
+                st.table = table_now
