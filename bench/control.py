@@ -7,6 +7,7 @@ import time
 from array import array
 
 from xlb.config import model as xconfig
+from xlb.config import read as xread
 from xlb.ops import listings as runtime
 from xlb.observe import stats
 from xlb.tables import sched
@@ -60,7 +61,7 @@ def maglev(lab, out):
 
 def apply_services(lab, out):
     text = _many_services(1000, 2)
-    _, parse_s, _ = _timed(lambda: xconfig.parse(text, "<bench>"))
+    _, parse_s, _ = _timed(lambda: xread.parse(text, "<bench>"))
     lab.dataplane("")
     _, secs, _ = _timed(lambda: lab.apply(text))
     _, again, _ = _timed(lambda: lab.apply(text))

@@ -16,6 +16,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from xlb.config import model as xconfig
+from xlb.config import read as xread
 from xlb.dataplane import kheaders
 from xlb.dataplane.program import XDP_MODES, Program, cflags_for
 from xlb.dataplane.apply import DataPlane
@@ -210,7 +211,7 @@ class Lab:
 
     def config(self, toml_text):
         """A bench config, parsed, with the loaded program's table sizes."""
-        return dataclasses.replace(xconfig.parse(toml_text, "<bench>"), tables=self.tables)
+        return dataclasses.replace(xread.parse(toml_text, "<bench>"), tables=self.tables)
 
     def apply(self, toml_text):
         """Apply a config to the current DataPlane (only the difference is written)."""

@@ -15,6 +15,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from xlb.config import model as xconfig
+from xlb.config import read as xread
 from xlb.dataplane import structs as S
 from xlb.dataplane.program import Program, cflags_for
 from xlb.config.model import addr_bytes
@@ -98,7 +99,7 @@ class Bench:
     @staticmethod
     def config(toml_text):
         """Parse a test config; the maps are the test's small ones whatever it says."""
-        return dataclasses.replace(xconfig.parse(toml_text, "<test>"), tables=TEST_TABLES)
+        return dataclasses.replace(xread.parse(toml_text, "<test>"), tables=TEST_TABLES)
 
     def run(self, pkt, ifindex=None):
         """Run one packet; return (XDP action name, output bytes)."""

@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 from xlb.importers.keepalived import translate as keepalived  # noqa: E402
 from xlb.errors import ConfigError  # noqa: E402
 from xlb.importers.keepalived.reader import Reader, build_tree  # noqa: E402
+from xlb.importers.keepalived.checks import CHECKERS  # noqa: E402
 
 CORPUS = os.environ.get("XLB_KEEPALIVED_CORPUS",
                         os.path.join(os.path.dirname(HERE), "..", "shared", "keepalived-corpus"))
@@ -61,7 +62,7 @@ def spans(path):
 
     def walk(node):
         for c in node.children or ():
-            if c.keyword in keepalived.CHECKERS:
+            if c.keyword in CHECKERS:
                 checkers.setdefault(os.path.basename(c.file), []).append((c.line, last_line(c) + 1))
             walk(c)
     for node in root:

@@ -6,6 +6,7 @@ import pytest
 
 from xlb.ops import admin
 from xlb.config import model as xconfig
+from xlb.config import read as xread
 from xlb.errors import ConfigError
 
 BASE = """\
@@ -54,7 +55,7 @@ FWM1 = {"fwmark": 1, "family": 4}
 
 
 def base():
-    return xconfig.parse(BASE, "base.toml")
+    return xread.parse(BASE, "base.toml")
 
 
 def strip_where(cfg):
@@ -82,21 +83,21 @@ def test_save_round_trip_keeps_every_setting():
     cfg = base()
     text = admin.save_text(cfg, "header line")
     assert text.startswith("# header line\n")
-    again = xconfig.parse(text, "saved.toml")
+    again = xread.parse(text, "saved.toml")
     assert again == dataclasses.replace(cfg, source="saved.toml")
 
 
 def test_round_trip_of_defaults_and_empty():
     for text in ("", '[[service]]\nvip = "198.51.100.10"\nport = 80\nproto = "tcp"\n'):
-        cfg = xconfig.parse(text, "x")
-        assert xconfig.parse(admin.save_text(cfg), "x") == cfg
+        cfg = xread.parse(text, "x")
+        assert xread.parse(admin.save_text(cfg), "x") == cfg
 
 
 def test_round_trip_after_edits_reproduces_the_edited_state():
     cfg = edit([{"op": "service-add", "service": TCP80, "scheduler": "wrr"},
                 {"op": "real-add", "service": TCP80, "address": "198.18.0.13", "weight": 0},
                 {"op": "mark-add", "mark": 7, "proto": "udp", "dst": "2001:db8:7::/48", "ports": [53, "1000-1001"]}])
-    assert strip_where(xconfig.parse(admin.save_text(cfg), "x")) == strip_where(cfg)
+    assert strip_where(xread.parse(admin.save_text(cfg), "x")) == strip_where(cfg)
 
 
 # --- services ----------------------------------------------------------------------------------------------------

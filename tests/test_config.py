@@ -5,6 +5,7 @@ import ipaddress
 import pytest
 
 from xlb.config import model as config
+from xlb.config import read as xread
 from xlb.config.model import Config, MarkRule, Real, Service, Tables, Timeouts
 from xlb.errors import ConfigError
 
@@ -41,14 +42,14 @@ V6 = '[[service]]\nvip = "2001:db8::1"\nport = 53\nproto = "udp"\n'
 
 def reject(text):
     with pytest.raises(ConfigError) as info:
-        config.parse(text, "test.toml")
+        xread.parse(text, "test.toml")
     return info.value
 
 
 def test_example_loads_from_file(tmp_path):
     path = tmp_path / "xlb.toml"
     path.write_text(EXAMPLE)
-    cfg = config.load(path)
+    cfg = xread.load(path)
     assert cfg == Config(
         timeouts=Timeouts(tcp=900, tcpfin=120, udp=300, syn=60),
         tables=Tables(conns=1048576, templates=262144, sweep_interval=1.0),
@@ -66,19 +67,19 @@ def test_example_loads_from_file(tmp_path):
 
 
 def test_load_missing_file_is_config_error(tmp_path):
-    err = pytest.raises(ConfigError, config.load, tmp_path / "nope.toml").value
+    err = pytest.raises(ConfigError, xread.load, tmp_path / "nope.toml").value
     assert err.source == str(tmp_path / "nope.toml")
     assert "cannot read" in err.message
 
 
 def test_empty_config_gets_defaults():
-    cfg = config.parse("")
+    cfg = xread.parse("")
     assert cfg.timeouts == Timeouts() and cfg.tables == Tables()
     assert cfg.marks == () and cfg.services == () and cfg.source == "<config>"
 
 
 def test_vip_service_defaults():
-    (s,) = config.parse(V4 + '[[service.real]]\naddress = "198.18.1.2"\n').services
+    (s,) = xread.parse(V4 + '[[service.real]]\naddress = "198.18.1.2"\n').services
     assert (s.scheduler, s.method, s.persistence_timeout, s.persistence_mode) == ("wlc", "dr", None, "lvs")
     assert s.persistence_netmask == b"\xff" * 4 + bytes(12)
     assert s.reals[0].weight == 1 and s.family == 4 and s.fwmark is None
@@ -87,16 +88,16 @@ def test_vip_service_defaults():
 def test_connection_schedulers_flags_and_thresholds():
     text = (V4 + 'scheduler = "sh"\nsched_flags = ["sh-port", "sh-fallback", "sh-port"]\n'
             '[[service.real]]\naddress = "198.18.1.2"\nuthreshold = 100\nlthreshold = 50\n')
-    (s,) = config.parse(text).services
+    (s,) = xread.parse(text).services
     assert s.sched_flags == ("sh-fallback", "sh-port")
     assert (s.reals[0].uthreshold, s.reals[0].lthreshold) == (100, 50)
     for name in ("lc", "wlc", "sed", "nq", "fo", "ovf"):
-        (s,) = config.parse(V4 + f'scheduler = "{name}"\n').services
+        (s,) = xread.parse(V4 + f'scheduler = "{name}"\n').services
         assert s.scheduler == name and s.sched_flags == ()
 
 
 def test_tables_and_syn_timeout():
-    cfg = config.parse("[timeouts]\nsyn = 30\n[tables]\nconns = 2048\ntemplates = 1024\nsweep_interval = 2\n"
+    cfg = xread.parse("[timeouts]\nsyn = 30\n[tables]\nconns = 2048\ntemplates = 1024\nsweep_interval = 2\n"
                        "flow_cache = 0\n")
     assert cfg.timeouts == Timeouts(syn=30)
     assert cfg.tables == Tables(conns=2048, templates=1024, sweep_interval=2.0, flow_cache=0)
@@ -110,38 +111,38 @@ def test_tables_and_syn_timeout():
     ('[[service]]\nfwmark = 80\nfamily = "ipv6"\n', "fwm6/80", ("fwm", 6, 80)),
 ])
 def test_name_and_key(text, name, key):
-    (s,) = config.parse(text).services
+    (s,) = xread.parse(text).services
     assert s.name == name
     assert s.key == key
     assert hash(s.key) == hash(key)
 
 
 def test_ipv4_noncontiguous_netmask():
-    (s,) = config.parse(V4 + 'persistence_timeout = 60\npersistence_netmask = "255.255.0.255"\n').services
+    (s,) = xread.parse(V4 + 'persistence_timeout = 60\npersistence_netmask = "255.255.0.255"\n').services
     assert s.persistence_netmask == bytes([255, 255, 0, 255]) + bytes(12)
 
 
 @pytest.mark.parametrize("spec", ['"64"', "64"])
 def test_ipv6_prefix_netmask(spec):
-    (s,) = config.parse(V6 + f"persistence_timeout = 60\npersistence_netmask = {spec}\n").services
+    (s,) = xread.parse(V6 + f"persistence_timeout = 60\npersistence_netmask = {spec}\n").services
     assert s.persistence_netmask == b"\xff" * 8 + bytes(8)
     assert s.family == 6
 
 
 def test_port_zero_with_persistence_ok():
-    (s,) = config.parse(V4.replace("port = 80", "port = 0") + "persistence_timeout = 300\n").services
+    (s,) = xread.parse(V4.replace("port = 80", "port = 0") + "persistence_timeout = 300\n").services
     assert s.port == 0 and s.name == "tcp/198.51.100.10:0"
 
 
 def test_ports_merged_and_sorted():
-    cfg = config.parse('[[mark]]\nmark = 7\ndst = "10.0.0.0/8"\nports = ["8000-8080", 443, 80, "81-90", 8080, '
+    cfg = xread.parse('[[mark]]\nmark = 7\ndst = "10.0.0.0/8"\nports = ["8000-8080", 443, 80, "81-90", 8080, '
                        '"8081"]\n')
     assert cfg.marks[0].ports == ((80, 90), (443, 443), (8000, 8081))
     assert cfg.marks[0].proto == "any"
 
 
 def test_mark_without_ports_is_every_port_and_ipv6():
-    (m,) = config.parse('[[mark]]\nmark = 2\nproto = "udp"\ndst = "2001:db8::/64"\n').marks
+    (m,) = xread.parse('[[mark]]\nmark = 2\nproto = "udp"\ndst = "2001:db8::/64"\n').marks
     assert m.ports == () and m.dst == ipaddress.ip_network("2001:db8::/64")
 
 
@@ -163,12 +164,12 @@ def test_mark_rules_that_do_not_conflict(marks):
         text += f'[[mark]]\nmark = {i + 1}\nproto = "{proto}"\ndst = "{dst}"\n'
         if ports is not None:
             text += f"ports = {ports!r}\n".replace("'", '"')
-    assert len(config.parse(text).marks) == len(marks)
+    assert len(xread.parse(text).marks) == len(marks)
 
 
 def test_same_mark_overlap_is_fine():
     text = '[[mark]]\nmark = 1\ndst = "10.0.0.0/24"\nports = [80]\n' * 2
-    assert len(config.parse(text).marks) == 2
+    assert len(xread.parse(text).marks) == 2
 
 
 MARK = '[[mark]]\nmark = 1\nproto = "tcp"\ndst = "198.51.100.0/24"\n'
@@ -315,7 +316,7 @@ def test_rejects(desc, text, where, fragment):
 
 
 def test_fwmark_services_differ_by_family():
-    cfg = config.parse('[[service]]\nfwmark = 5\n[[service]]\nfwmark = 5\nfamily = "ipv6"\n')
+    cfg = xread.parse('[[service]]\nfwmark = 5\n[[service]]\nfwmark = 5\nfamily = "ipv6"\n')
     assert [s.name for s in cfg.services] == ["fwm/5", "fwm6/5"]
 
 
@@ -425,7 +426,7 @@ def test_line_of_a_key_in_an_inline_table_is_its_array():
 def test_utf8_bom_is_accepted(tmp_path):
     path = tmp_path / "bom.toml"
     path.write_bytes(b"\xef\xbb\xbf" + V4.encode())
-    assert config.load(path).services[0].port == 80
+    assert xread.load(path).services[0].port == 80
     e = reject("\ufeff" + V4 + "port2 = 1\n")
     assert e.line == 5
 
@@ -484,12 +485,12 @@ def test_reals_ipvs_takes_stay_allowed(address):
     """IPv4 link-local and class E are unicast to IPVS; an address inside a wider mark prefix is not a VIP."""
     text = ('[[mark]]\nmark = 1\ndst = "198.51.100.0/24"\n[[service]]\nfwmark = 1\n'
             f'[[service.real]]\naddress = "{address}"\n')
-    assert str(config.parse(text).services[0].reals[0].address) == address
+    assert str(xread.parse(text).services[0].reals[0].address) == address
 
 
 def test_check_local_names_the_real_and_the_interface():
     from xlb.config import realcheck
-    cfg = config.parse(SVC_REAL, "x.toml")
+    cfg = xread.parse(SVC_REAL, "x.toml")
     local = {ipaddress.ip_address("198.18.1.2"): "address of eth0"}
     with pytest.raises(ConfigError) as info:
         realcheck.check_local(cfg, local, "eth0")

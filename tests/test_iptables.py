@@ -3,7 +3,7 @@ import textwrap
 
 import pytest
 
-from xlb.config import model as xconfig
+from xlb.config import read as xread
 from xlb.errors import ConfigError
 from xlb.importers.iptables import parse_rules
 
@@ -53,7 +53,7 @@ def test_iptables_save_form():
 
 
 def test_translation_passes_config_validation():
-    cfg = xconfig.from_tree({"mark": trees("""\
+    cfg = xread.from_tree({"mark": trees("""\
         iptables -t mangle -A PREROUTING -p tcp -d 198.51.100.10/32 -m multiport --dports 80,443 -j MARK --set-mark 80
         iptables -t mangle -A PREROUTING -p tcp -d 198.51.100.10/32 --dport 25 -j MARK --set-mark 25
         """)}, "t")

@@ -6,7 +6,7 @@ print_service_entry, print_conn, print_largenum), trailing spaces included.
 import pytest
 
 from xlb.ops import admin
-from xlb.config import model as xconfig
+from xlb.config import read as xread
 from xlb.ops import ipvsadm
 from xlb.errors import ConfigError
 
@@ -97,7 +97,7 @@ def test_a_real_world_script_gives_the_expected_config():
 -e -f 80 -r 198.18.0.12:0 -g -w 0
 -E -t 198.51.100.20:443 -s sh -p
 """
-    empty = xconfig.parse("", "x")
+    empty = xread.parse("", "x")
     cfg = admin.apply_ops(empty, ipvsadm.parse_restore(script), "ipvsadm -R")
     fwm, https = cfg.services
     assert (fwm.fwmark, fwm.scheduler, fwm.persistence_timeout, fwm.persistence_netmask[:4]) == \
@@ -111,7 +111,7 @@ def test_a_real_world_script_gives_the_expected_config():
                                             ("198.51.100.20", "is the VIP of service[0] (tcp/198.51.100.20:443)"),
                                             ("224.0.0.1:443", "is a multicast address")])
 def test_a_real_that_cannot_work_is_refused_naming_r(real, fragment):
-    cfg = admin.apply_ops(xconfig.parse("", "x"), ops("-A -t 198.51.100.20:443"), SOURCE)
+    cfg = admin.apply_ops(xread.parse("", "x"), ops("-A -t 198.51.100.20:443"), SOURCE)
     with pytest.raises(ConfigError) as info:
         admin.apply_ops(cfg, ops(f"-a -t 198.51.100.20:443 -r {real} -g -w 1"), SOURCE)
     assert (info.value.source, info.value.where) == (SOURCE, "-r") and fragment in info.value.message
@@ -126,7 +126,7 @@ def test_restore_names_the_line():
 def test_restore_takes_lines_that_begin_with_ipvsadm():
     """ipvsadm(8): "Lines read from stdin can optionally begin with ipvsadm"."""
     script = "ipvsadm -A -t 198.51.100.10:80 -s rr\n/sbin/ipvsadm -a -t 198.51.100.10:80 -r 198.18.0.11 -g\n"
-    cfg = admin.apply_ops(xconfig.parse("", "x"), ipvsadm.parse_restore(script), "ipvsadm -R")
+    cfg = admin.apply_ops(xread.parse("", "x"), ipvsadm.parse_restore(script), "ipvsadm -R")
     assert [(s.name, s.scheduler, [str(r.address) for r in s.reals]) for s in cfg.services] == [
         ("tcp/198.51.100.10:80", "rr", ["198.18.0.11"])]
 
@@ -146,7 +146,7 @@ RESTORE = """-A -t 198.51.100.10:80 -s rr
     ("-E -t 198.51.100.20:80 -s mh -b sh-port", "-b", "unknown flag"),
 ], ids=["applying", "validating", "validating-flags"])
 def test_errors_applying_a_restore_name_the_line(bad, where, message):
-    running = xconfig.parse("", "x")
+    running = xread.parse("", "x")
     with pytest.raises(ConfigError) as info:
         admin.apply_ops(running, ipvsadm.parse_restore(RESTORE.format(bad=bad)), "ipvsadm -R")
     assert (info.value.source, info.value.where) == ("ipvsadm -R line 5", where)
@@ -268,7 +268,7 @@ def test_save_format_and_restore_round_trip():
         "-a -f 1 -r 198.18.0.11:0 -g -w 1\n"
         "-a -f 1 -r 198.18.0.12:0 -g -w 2\n"
         "-A -f 2 -6 -s mh\n")
-    cfg = admin.apply_ops(xconfig.parse("", "x"), ipvsadm.parse_restore(text), "ipvsadm -R")
+    cfg = admin.apply_ops(xread.parse("", "x"), ipvsadm.parse_restore(text), "ipvsadm -R")
     assert [s.name for s in cfg.services] == ["tcp/198.51.100.10:80", "udp/198.51.100.10:53",
                                               "tcp/[2001:db8:100::10]:443", "fwm/1", "fwm6/2"]
     assert cfg.services[2].persistence_netmask == bytes([255] * 8 + [0] * 8)

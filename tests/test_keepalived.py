@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from xlb import cli
-from xlb.config import model as xconfig
+from xlb.config import read as xread
 from xlb.importers.keepalived import translate as keepalived
 from xlb.errors import ConfigError
 
@@ -50,7 +50,7 @@ def problems(path, marks=None):
 
 def test_documented_fwmark_config_equals_native():
     imp = keepalived.load(KA, MARKS)
-    assert strip_where(imp.config) == strip_where(xconfig.load(NATIVE))
+    assert strip_where(imp.config) == strip_where(xread.load(NATIVE))
 
 
 def test_skipped_sections_warn_once_with_file_and_line():
@@ -154,7 +154,7 @@ def test_unsupported_features_are_named_apart(tmp_path):
 
 
 def test_shared_validation_errors_name_the_keepalived_line(tmp_path):
-    # lthreshold >= uthreshold is a rule of xlb/config/model.py; the error still points into keepalived.conf.
+    # lthreshold >= uthreshold is a rule of xlb/config/read.py; the error still points into keepalived.conf.
     p = write(tmp_path, vs(DR + "real_server 198.18.0.11 80 {\n    uthreshold 10\n    lthreshold 20\n}\n"))
     with pytest.raises(ConfigError) as ei:
         keepalived.load(p)
@@ -215,7 +215,7 @@ def test_same_forwarding_as_native_config(bench):
             out.append((act, real_of(data) if act == "XDP_TX" else None, data))
         return out, bench.verdicts()
 
-    native = decisions(xconfig.load(NATIVE))
+    native = decisions(xread.load(NATIVE))
     imported = decisions(keepalived.load(KA, MARKS).config)
     assert imported == native
     acts = [(a, r) for a, r, _ in native[0]]

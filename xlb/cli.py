@@ -39,8 +39,8 @@ def _config_source(parser, args, config_attr):
     if not path and not args.keepalived:
         parser.error("a TOML config or --keepalived FILE is required")
     if path:
-        from .config import model as xconfig
-        return path, lambda: xconfig.load(path)
+        from .config import read as xread
+        return path, lambda: xread.load(path)
     from .importers.keepalived import translate as keepalived
     return args.keepalived, lambda: keepalived.load(args.keepalived, args.marks)
 

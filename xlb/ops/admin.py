@@ -28,7 +28,9 @@ import ipaddress
 import re
 import socket
 
+from ..config import dump as xdump
 from ..config import model as xconfig
+from ..config import read as xread
 from ..errors import ConfigError
 from ..tables.marks import rule_identity
 
@@ -132,7 +134,7 @@ def apply_ops(cfg: xconfig.Config, ops: list, source: str = "xlb") -> xconfig.Co
     that carries one (``ipvsadm -R``: ``source`` becomes "ipvsadm -R line N")."""
     tree, touched = _edited(cfg, ops, source)
     try:
-        return xconfig.from_tree(tree, cfg.source)
+        return xread.from_tree(tree, cfg.source)
     except ConfigError as exc:
         if not any("line" in op for op in ops):
             raise ConfigError(source, _option_of(exc.where, touched), exc.message) from None
@@ -141,7 +143,7 @@ def apply_ops(cfg: xconfig.Config, ops: list, source: str = "xlb") -> xconfig.Co
 
 def _edited(cfg, ops, source):
     """(the config tree after ops, the option of the last op that named one)."""
-    tree = xconfig.to_tree(cfg)
+    tree = xdump.to_tree(cfg)
     touched = None
     for op in ops:
         kind = op.get("op")
@@ -172,7 +174,7 @@ def _invalid(cfg, ops, source):
     """(the validation error, the option last touched) of the config after ops, or None if it validates."""
     tree, touched = _edited(cfg, ops, source)
     try:
-        xconfig.from_tree(tree, cfg.source)
+        xread.from_tree(tree, cfg.source)
     except ConfigError as exc:
         return exc, touched
     return None
@@ -345,7 +347,7 @@ def _mark_add(tree, op, source):
 def _rule(mark_tree, source):
     """A mark rule's identity (mark, proto, dst, merged ports), validated on its own."""
     try:
-        r = xconfig.from_tree({"mark": [mark_tree]}, source).marks[0]
+        r = xread.from_tree({"mark": [mark_tree]}, source).marks[0]
     except ConfigError as exc:
         raise ConfigError(source, _option_of(exc.where, None), exc.message) from None
     return rule_identity(r)
@@ -387,5 +389,5 @@ _OPS = {"service-add": _service_add, "service-edit": _service_edit, "service-del
 
 def save_text(cfg: xconfig.Config, header: str = "") -> str:
     """`xlb save`: TOML that `xlb run --config` accepts and that reproduces cfg."""
-    return xconfig.dumps(xconfig.to_tree(cfg), header)
+    return xdump.dumps(xdump.to_tree(cfg), header)
 

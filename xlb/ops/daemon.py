@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from ..config import model as xconfig
+from ..config import read as xread
 from . import commands
 from . import control
 from ..observe import metrics
@@ -53,7 +53,7 @@ class Daemon:
                  load=None, metrics=None, pin_dir=None, fresh=False):
         self.iface = iface
         # Where the config comes from (start and SIGHUP): the TOML file, or e.g. a keepalived import (cli.py).
-        self.load = load or (lambda: xconfig.load(config_path))
+        self.load = load or (lambda: xread.load(config_path))
         self.pin_dir = pin_dir  # None: pin.default_pin_dir(iface)
         self.fresh = fresh
         self._pin_lock = None
