@@ -14,7 +14,8 @@ import time
 
 from xlb.health import spec as hspec
 from xlb.health.engine import Engine
-from xlb.lab.netns import Topology, in_netns
+from xlb.lab.netns import Topology
+from xlb.lab.process import in_netns
 
 from . import unwind_on_sigterm
 

@@ -21,7 +21,8 @@ from xlb.dataplane import kheaders
 from xlb.dataplane.program import XDP_MODES, Program, cflags_for
 from xlb.dataplane.apply import DataPlane
 from xlb.errors import KernelError
-from xlb.lab.netns import Topology, in_netns
+from xlb.lab.netns import Topology
+from xlb.lab.process import in_netns
 
 from .packets import TCP, UDP, stored_csums
 

@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 
@@ -35,3 +36,11 @@ def pytest_configure(config):
             return
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+@pytest.fixture
+def log_path():
+    fd, path = tempfile.mkstemp(prefix="xlb-it-", suffix=".log")
+    os.close(fd)
+    yield path
+    os.unlink(path)

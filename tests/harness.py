@@ -7,8 +7,14 @@ Topology (namespace "lb"):
     lb1  02:00:00:00:01:02  198.18.1.2/24  2001:db8:1::2/64 real 198.18.1.11 / 2001:db8:1::11 (another port)
     198.18.9.0/24 and 2001:db8:9::/64 are routed via 198.18.0.1 / 2001:db8::1 (not on-link: DR refuses)
 """
-import dataclasses
+import contextlib
 import ctypes as ct
+import dataclasses
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
 
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
@@ -21,7 +27,11 @@ from xlb.dataplane.program import Program, cflags_for
 from xlb.config.model import addr_bytes
 from xlb.dataplane.apply import DataPlane
 from xlb.dataplane.mapkeys import htons
-from xlb.lab.netns import Topology, in_netns
+from xlb.lab.netns import Topology
+from xlb.dataplane import pin
+from xlb.importers.keepalived import translate as keepalived
+from xlb.lab.demo import DEMO_CONFIG, REALS4, VIP4
+from xlb.lab.process import in_netns, run_in_netns
 from xlb.dataplane.testrun import test_run as _test_run
 
 LB_MAC = "02:00:00:00:00:02"
@@ -192,3 +202,207 @@ def run_xlb_logged(log_path, argv):
     from xlb.cli import main
     from xlb.lab import demo
     return demo.run_xlb_logged(main, log_path, argv)
+
+
+# -- shared by the integration tests (no test module imports another) --------------------------------------------
+NAMES = {"rs1", "rs2", "rs3"}
+
+
+def wait_for(pred, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def log_has(path, text):
+    return text in Path(path).read_text()
+
+
+def cli_captured(out_path, argv):
+    """cli main in this (child) process with stdout/stderr going to out_path; returns the exit code."""
+    with open(out_path, "w", buffering=1) as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        from xlb.cli import main
+        return main(argv)
+
+
+DAEMON_START_CONFIG = """
+[tables]
+conns = 65536
+templates = 4096
+
+[[service]]
+vip = "198.51.100.10"
+port = 80
+proto = "tcp"
+scheduler = "rr"
+
+  [[service.real]]
+  address = "198.18.0.11"
+"""
+
+
+MODE_OF_ATTACHED = {"xdp": "native", "xdpgeneric": "generic"}  # IFLA_XDP_ATTACHED as pyroute2 names it
+
+
+def xdp_on(ifname):
+    """(program id, mode) attached to ifname in this namespace, or (None, None)."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        xdp = ipr.get_links(ipr.link_lookup(ifname=ifname)[0])[0].get_attr("IFLA_XDP")
+    if not xdp or not xdp.get_attr("IFLA_XDP_PROG_ID"):
+        return None, None
+    return xdp.get_attr("IFLA_XDP_PROG_ID"), MODE_OF_ATTACHED.get(xdp.get_attr("IFLA_XDP_ATTACHED"))
+
+
+def attach_foreign(ifname, mode):
+    """Attach a one-line XDP_PASS program that is not xlb's; return its id. It stays after this process exits."""
+    from xlb.dataplane import kheaders
+    kheaders.ensure_kernel_headers(log=None)
+    import bcc
+    b = bcc.BPF(text=b"int other_xdp(struct xdp_md *ctx) { return XDP_PASS; }")
+    bcc.BPF.attach_xdp(ifname, b.load_func(b"other_xdp", bcc.BPF.XDP), {"native": 1 << 2, "generic": 1 << 1}[mode])
+    return xdp_on(ifname)[0]
+
+
+def prog_name(prog_id):
+    return pin.prog_map_ids(prog_id)[0]
+
+
+class Host:
+    """The LB namespace (eth0: a veth to a peer) and the config file; `xlb run` there as the tests need it."""
+
+    def __init__(self, topo, tmp_path):
+        self.topo, self.tmp = topo, tmp_path
+        self.config = tmp_path / "xlb.toml"
+        self.config.write_text(DAEMON_START_CONFIG)
+        self.lb = topo.netns("lb")
+        topo.veth(self.lb, "eth0", topo.netns("peer"), "eth0")
+        topo.addr(self.lb, "eth0", "198.18.0.2/24")
+        self.pin_dir = pin.netns_pin_root(self.lb) / "eth0"
+
+    def argv(self, mode, *extra):
+        return ["run", "--iface", "eth0", "--config", str(self.config), "--xdp-mode", mode,
+                "--socket", str(self.tmp / "xlb.sock"), *extra]
+
+    def xdp(self):
+        return run_in_netns(self.lb, xdp_on, "eth0")
+
+    def run_once(self, out, argv):
+        """`xlb run` that is expected to give up: its exit code."""
+        return run_in_netns(self.lb, cli_captured, str(out), argv)
+
+    def spawn(self, log, argv, old_id=None):
+        """`xlb run` as a daemon; returns it once a program other than old_id is attached."""
+        daemon = self.topo.spawn(self.lb, run_xlb_logged, str(log), argv)
+        deadline = time.monotonic() + 60
+        while self.xdp()[0] in (None, old_id):
+            assert daemon.is_alive(), Path(log).read_text()
+            assert time.monotonic() < deadline, "xlb did not attach within 60 s"
+            time.sleep(0.1)
+        return daemon
+
+
+@contextlib.contextmanager
+def lb_host(tmp_path):
+    """A Host whose namespaces, processes and pinned maps are gone afterwards, whatever happens."""
+    pins = None
+    try:
+        with Topology(prefix="rc") as topo:
+            host = Host(topo, tmp_path)
+            pins = pin.netns_pin_root(host.lb)
+            yield host
+    finally:
+        if pins:
+            pin.remove(pins)
+
+
+DR = "protocol TCP\nlb_algo rr\nlb_kind DR\n"
+
+
+def problems(path, marks=None):
+    with pytest.raises(keepalived.KeepalivedError) as ei:
+        keepalived.load(path, marks)
+    return ei.value
+
+
+def vs(body, head="virtual_server 198.51.100.10 80"):
+    return f"{head} {{\n" + textwrap.indent(textwrap.dedent(body), "    ") + "}\n"
+
+
+def write(tmp_path, text, name="keepalived.conf"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return str(p)
+
+
+LINE = 8080
+
+LAB_CONFIG = DEMO_CONFIG + f"""
+[tables]
+conns = 65536
+templates = 65536
+sweep_interval = 0.2
+
+[[service]]
+vip = "{VIP4}"
+port = {LINE}
+proto = "tcp"
+scheduler = "rr"
+""" + "".join(f'\n  [[service.real]]\n  address = "{r}"\n' for r in REALS4)
+
+
+
+
+# -- through BPF_PROG_TEST_RUN ---------------------------------------------------------------------------------------
+BENCH_CONFIG = """
+[[mark]]
+mark = 5
+proto = "tcp"
+dst = "198.51.100.20/32"
+ports = [80, 443]
+
+[[service]]
+fwmark = 5
+scheduler = "rr"
+persistence_timeout = 300
+persistence_netmask = "255.255.255.0"
+  [[service.real]]
+  address = "198.18.0.13"
+
+[[service]]
+vip = "198.51.100.10"
+port = 80
+proto = "tcp"
+scheduler = "rr"
+  [[service.real]]
+  address = "198.18.0.11"
+  [[service.real]]
+  address = "198.18.0.12"
+  [[service.real]]
+  address = "198.18.0.13"
+  weight = 0
+"""
+
+
+def tcp_exchange(dst, sport, dport=80, flags="S", payload=b"", src="203.0.113.7"):
+    from harness import tcp4
+    return tcp4(src=src, dst=dst, sport=sport, dport=dport, flags=flags, payload=payload)
+
+
+REALS_TOML = "".join(f'\n  [[service.real]]\n  address = "{r}"\n' for r in REALS4)
+
+
+def cli_output(argv):
+    import contextlib
+    import io
+    from xlb.cli import main
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(argv)
+    assert rc == 0, buf.getvalue()
+    return buf.getvalue()

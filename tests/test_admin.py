@@ -366,9 +366,9 @@ def test_a_real_on_the_balancer_itself_is_refused_at_start_reload_and_runtime(ca
     import signal
     import time
 
-    from test_daemon_start import CONFIG, lb_host
+    from harness import DAEMON_START_CONFIG, lb_host
     from harness import run_xlb_logged
-    own = CONFIG + '\n  [[service.real]]\n  address = "198.18.0.2"\n'
+    own = DAEMON_START_CONFIG + '\n  [[service.real]]\n  address = "198.18.0.2"\n'
     with lb_host(tmp_path) as host:
         for address, what in (("198.18.0.2", "address"), ("198.18.0.255", "broadcast address")):
             host.config.write_text(own.replace("198.18.0.2", address))
@@ -381,7 +381,7 @@ def test_a_real_on_the_balancer_itself_is_refused_at_start_reload_and_runtime(ca
                     "the balancer itself (IPVS can); give a real server's address") in out.read_text()
             assert host.xdp() == (None, None)
 
-        host.config.write_text(CONFIG)
+        host.config.write_text(DAEMON_START_CONFIG)
         log = tmp_path / "xlb.log"
         daemon = host.spawn(log, host.argv("generic"))
         sock = ["--socket", str(tmp_path / "xlb.sock")]

@@ -5,109 +5,17 @@ Each test builds a two-namespace topology of its own (prefix "rc": the LB's eth0
 XDP program with bcc where it needs one, runs the real CLI in the LB namespace and looks at what the kernel has
 attached and what bpffs holds. Every `xlb run` compiles the program (a few seconds).
 """
-import contextlib
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 from conftest import needs_root
 
 from xlb.dataplane import pin
-from harness import run_xlb_logged
-from xlb.lab.netns import Topology, run_in_netns
+from xlb.lab.process import run_in_netns
 
-from test_integration import _cli_captured
-
-CONFIG = """
-[tables]
-conns = 65536
-templates = 4096
-
-[[service]]
-vip = "198.51.100.10"
-port = 80
-proto = "tcp"
-scheduler = "rr"
-
-  [[service.real]]
-  address = "198.18.0.11"
-"""
-MODE_OF_ATTACHED = {"xdp": "native", "xdpgeneric": "generic"}  # IFLA_XDP_ATTACHED as pyroute2 names it
-
-
-def xdp_on(ifname):
-    """(program id, mode) attached to ifname in this namespace, or (None, None)."""
-    from pyroute2 import IPRoute
-    with IPRoute() as ipr:
-        xdp = ipr.get_links(ipr.link_lookup(ifname=ifname)[0])[0].get_attr("IFLA_XDP")
-    if not xdp or not xdp.get_attr("IFLA_XDP_PROG_ID"):
-        return None, None
-    return xdp.get_attr("IFLA_XDP_PROG_ID"), MODE_OF_ATTACHED.get(xdp.get_attr("IFLA_XDP_ATTACHED"))
-
-
-def attach_foreign(ifname, mode):
-    """Attach a one-line XDP_PASS program that is not xlb's; return its id. It stays after this process exits."""
-    from xlb.dataplane import kheaders
-    kheaders.ensure_kernel_headers(log=None)
-    import bcc
-    b = bcc.BPF(text=b"int other_xdp(struct xdp_md *ctx) { return XDP_PASS; }")
-    bcc.BPF.attach_xdp(ifname, b.load_func(b"other_xdp", bcc.BPF.XDP), {"native": 1 << 2, "generic": 1 << 1}[mode])
-    return xdp_on(ifname)[0]
-
-
-def prog_name(prog_id):
-    return pin.prog_map_ids(prog_id)[0]
-
-
-class Host:
-    """The LB namespace (eth0: a veth to a peer) and the config file; `xlb run` there as the tests need it."""
-
-    def __init__(self, topo, tmp_path):
-        self.topo, self.tmp = topo, tmp_path
-        self.config = tmp_path / "xlb.toml"
-        self.config.write_text(CONFIG)
-        self.lb = topo.netns("lb")
-        topo.veth(self.lb, "eth0", topo.netns("peer"), "eth0")
-        topo.addr(self.lb, "eth0", "198.18.0.2/24")
-        self.pin_dir = pin.netns_pin_root(self.lb) / "eth0"
-
-    def argv(self, mode, *extra):
-        return ["run", "--iface", "eth0", "--config", str(self.config), "--xdp-mode", mode,
-                "--socket", str(self.tmp / "xlb.sock"), *extra]
-
-    def xdp(self):
-        return run_in_netns(self.lb, xdp_on, "eth0")
-
-    def run_once(self, out, argv):
-        """`xlb run` that is expected to give up: its exit code."""
-        return run_in_netns(self.lb, _cli_captured, str(out), argv)
-
-    def spawn(self, log, argv, old_id=None):
-        """`xlb run` as a daemon; returns it once a program other than old_id is attached."""
-        daemon = self.topo.spawn(self.lb, run_xlb_logged, str(log), argv)
-        deadline = time.monotonic() + 60
-        while self.xdp()[0] in (None, old_id):
-            assert daemon.is_alive(), Path(log).read_text()
-            assert time.monotonic() < deadline, "xlb did not attach within 60 s"
-            time.sleep(0.1)
-        return daemon
-
-
-@contextlib.contextmanager
-def lb_host(tmp_path):
-    """A Host whose namespaces, processes and pinned maps are gone afterwards, whatever happens."""
-    pins = None
-    try:
-        with Topology(prefix="rc") as topo:
-            host = Host(topo, tmp_path)
-            pins = pin.netns_pin_root(host.lb)
-            yield host
-    finally:
-        if pins:
-            pin.remove(pins)
-
+from harness import DAEMON_START_CONFIG, attach_foreign, lb_host, prog_name
 
 @needs_root
 def test_a_refused_start_leaves_nothing_pinned_and_claims_no_detach(tmp_path):
@@ -123,7 +31,7 @@ def test_a_refused_start_leaves_nothing_pinned_and_claims_no_detach(tmp_path):
         assert not pin.netns_pin_root(host.lb).exists()  # nor the netns-NAME directory it made for it
 
         # So the next start is a first start: other table sizes are no reason to refuse, nothing is "adopted".
-        host.config.write_text(CONFIG.replace("conns = 65536", "conns = 131072"))
+        host.config.write_text(DAEMON_START_CONFIG.replace("conns = 65536", "conns = 131072"))
         log = tmp_path / "forced.log"
         daemon = host.spawn(log, host.argv("generic", "--force"), old_id=foreign)
         assert prog_name(host.xdp()[0]) == "xlb_xdp"

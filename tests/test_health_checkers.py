@@ -13,7 +13,8 @@ import pytest
 from conftest import needs_root
 from health_harness import REAL, Watched, one_real
 from xlb.health.state import REAL_DOWN, REAL_UP, WEIGHT
-from xlb.lab.netns import Topology, in_netns
+from xlb.lab.netns import Topology
+from xlb.lab.process import in_netns
 
 pytestmark = needs_root
 FAST = {"delay_loop": 0.1}

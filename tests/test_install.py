@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_root
 
-from test_daemon_start import lb_host
+from harness import lb_host
 
 REPO = Path(__file__).resolve().parent.parent
 DEBIAN_BCC = Path("/usr/lib/python3/dist-packages/bcc")  # the Makefile's BCC_SRC

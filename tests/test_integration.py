@@ -3,49 +3,22 @@
 Each test builds its own lab with a unique prefix and tears it down whatever happens. Starting xlb takes a few
 seconds (bcc compiles the program).
 """
-import contextlib
 import ipaddress
-import os
 import signal
 import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 from conftest import needs_root
 
 from xlb.lab.demo import CLIENTS4, CLIENTS6, DEMO_CONFIG, REALS4, REALS6, VIP4, VIP6, xdp_prog_id
-from harness import DrLab, run_xlb_logged
-from xlb.lab.netns import LineConnection, run_in_netns, tcp_ask
+from harness import NAMES, cli_captured, DrLab, log_has, run_xlb_logged, wait_for
+from xlb.lab.servers import LineConnection, tcp_ask
+from xlb.lab.process import run_in_netns
 
 REPO = Path(__file__).resolve().parent.parent
 XLB = REPO / ".venv" / "bin" / "xlb"
-NAMES = {"rs1", "rs2", "rs3"}
 NAME_OF = {**{r: f"rs{i + 1}" for i, r in enumerate(REALS4)}, **{r: f"rs{i + 1}" for i, r in enumerate(REALS6)}}
-
-
-@pytest.fixture
-def log_path():
-    fd, path = tempfile.mkstemp(prefix="xlb-it-", suffix=".log")
-    os.close(fd)
-    yield path
-    os.unlink(path)
-
-
-def wait_for(pred, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-
-
-def log_has(path, text):
-    return text in Path(path).read_text()
 
 
 def service(vip, port, reals, scheduler="rr", weights=None, extra=""):
@@ -53,13 +26,6 @@ def service(vip, port, reals, scheduler="rr", weights=None, extra=""):
     body = "".join(f'\n  [[service.real]]\n  address = "{r}"\n  weight = {w}\n' for r, w in zip(reals, weights))
     return (f'[[service]]\nvip = "{vip}"\nport = {port}\nproto = "tcp"\nscheduler = "{scheduler}"\n{extra}'
             f'{body}\n')
-
-
-def _cli_captured(out_path, argv):
-    """cli main in this (child) process with stdout/stderr going to out_path; returns the exit code."""
-    with open(out_path, "w", buffering=1) as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        from xlb.cli import main
-        return main(argv)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -162,7 +128,7 @@ def test_run_refuses_busy_interface_unless_force(log_path):
         # (tests/test_restart.py), and /run/xlb/eth0.sock may serve another test's lab.
         argv = ["run", "--iface", "eth0", "--config", lab.config_path, "--xdp-mode", "generic",
                 "--pin-dir", str(lab.pin_root / "second"), "--socket", lab.socket_path + ".second"]
-        rc = run_in_netns(lab.lb, _cli_captured, log_path, argv)
+        rc = run_in_netns(lab.lb, cli_captured, log_path, argv)
         out = Path(log_path).read_text()
         assert rc == 1
         assert "xlb: error: eth0 already has an XDP program attached; use --force to replace it" in out

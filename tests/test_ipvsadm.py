@@ -299,7 +299,7 @@ from xlb.ops import control  # noqa: E402
 from xlb.admincli import run_ipvsadm  # noqa: E402
 from xlb.lab.demo import CLIENTS4, DEMO_CONFIG, REALS4, VIP4  # noqa: E402
 from harness import DrLab  # noqa: E402
-from xlb.lab.netns import LineConnection  # noqa: E402
+from xlb.lab.servers import LineConnection  # noqa: E402
 
 NAME_OF = {r: f"rs{i + 1}" for i, r in enumerate(REALS4)}
 ADDR_OF = {v: k for k, v in NAME_OF.items()}
@@ -355,7 +355,7 @@ def test_without_root_commands_say_root_is_needed(tmp_path):
     and must say that it needs root, not that no daemon runs."""
     import os
     import socket
-    from xlb.lab.netns import run_in_netns
+    from xlb.lab.process import run_in_netns
     run_dir = tmp_path / "run"
     run_dir.mkdir(mode=0o700)
     listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

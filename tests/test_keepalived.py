@@ -1,7 +1,6 @@
 """keepalived.conf import: the same Config and the same forwarding as the native config; errors name file and line."""
 import dataclasses
 import os
-import textwrap
 
 import pytest
 
@@ -9,6 +8,7 @@ from xlb import cli
 from xlb.config import read as xread
 from xlb.importers.keepalived import translate as keepalived
 from xlb.errors import ConfigError
+from harness import DR, problems, vs, write
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 KA = os.path.join(DATA, "rhel-fwmark.conf")
@@ -27,25 +27,6 @@ def strip_where(cfg):
             return tuple(s(x) for x in obj)
         return obj
     return s(cfg)
-
-
-def write(tmp_path, text, name="keepalived.conf"):
-    p = tmp_path / name
-    p.write_text(textwrap.dedent(text))
-    return str(p)
-
-
-def vs(body, head="virtual_server 198.51.100.10 80"):
-    return f"{head} {{\n" + textwrap.indent(textwrap.dedent(body), "    ") + "}\n"
-
-
-DR = "protocol TCP\nlb_algo rr\nlb_kind DR\n"
-
-
-def problems(path, marks=None):
-    with pytest.raises(keepalived.KeepalivedError) as ei:
-        keepalived.load(path, marks)
-    return ei.value
 
 
 def test_documented_fwmark_config_equals_native():

@@ -10,7 +10,7 @@ import pytest
 
 from xlb.importers.keepalived import reader as kaparse, translate as keepalived
 
-from test_keepalived import DR, problems, vs, write
+from harness import DR, problems, vs, write
 
 GOOD = vs(DR + "real_server 198.18.0.11 80 {\n    weight 1\n}\n")
 

@@ -69,3 +69,14 @@ def test_no_module_imports_another_modules_private_names():
                 found += [f"{path.relative_to(XLB.parent)}:{node.lineno}: {a.name}" for a in node.names
                           if a.name.startswith("_") and not a.name.startswith("__")]
     assert found == []
+
+
+def test_no_test_module_imports_another():
+    """Shared helpers live in tests/harness.py and fixtures in tests/conftest.py, never in a test module."""
+    found = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+            found += [f"{path.name}:{node.lineno}: {m}" for m in mods if m.split(".")[0].startswith("test_")]
+    assert found == []

@@ -19,11 +19,10 @@ from conftest import needs_root
 from xlb.ops import control
 from xlb.dataplane import pin
 from xlb.lab.demo import CLIENTS4, REALS4, REALS6, VIP4, VIP6, xdp_prog_id
-from harness import DrLab
-from xlb.lab.netns import LineConnection, run_in_netns
+from harness import LAB_CONFIG, LINE, attach_foreign, DrLab, prog_name
+from xlb.lab.servers import LineConnection
+from xlb.lab.process import run_in_netns
 
-from test_daemon_start import attach_foreign, prog_name
-from test_restart import LAB_CONFIG, LINE
 
 
 class NetnsExec:
@@ -224,10 +223,10 @@ def test_program_taken_off_is_attached_again_and_replaced_ends_the_daemon(tmp_pa
 
 
 def _sysctls(ns):
-    from xlb.lab.netns import _sysctl_read
+    from xlb.lab.netns import sysctl_read
     paths = ("net/ipv4/conf/eth0/forwarding", "net/ipv6/conf/eth0/forwarding", "net/ipv6/conf/eth0/accept_ra",
              "net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding")
-    return run_in_netns(ns, lambda: {p: _sysctl_read(p) for p in paths})
+    return run_in_netns(ns, lambda: {p: sysctl_read(p) for p in paths})
 
 
 def _managed_neighbours():

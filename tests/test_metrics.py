@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_root
-from test_integration import wait_for
+from harness import BENCH_CONFIG, REALS_TOML, cli_output, DrLab, tcp_exchange, wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import IP, TCP
@@ -20,9 +20,8 @@ from scapy.layers.l2 import Ether
 
 from xlb.observe import metrics
 from xlb.lab.demo import CLIENTS4, REALS4, VIP4
-from harness import DrLab
 from xlb.errors import XlbError
-from xlb.lab.netns import run_in_netns
+from xlb.lab.process import run_in_netns
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -92,55 +91,19 @@ def test_register_does_not_read_maps():
             "xlb_config_reloads_total", "xlb_build_info"} <= names
 
 
-# -- through BPF_PROG_TEST_RUN ---------------------------------------------------------------------------------------
-BENCH_CONFIG = """
-[[mark]]
-mark = 5
-proto = "tcp"
-dst = "198.51.100.20/32"
-ports = [80, 443]
-
-[[service]]
-fwmark = 5
-scheduler = "rr"
-persistence_timeout = 300
-persistence_netmask = "255.255.255.0"
-  [[service.real]]
-  address = "198.18.0.13"
-
-[[service]]
-vip = "198.51.100.10"
-port = 80
-proto = "tcp"
-scheduler = "rr"
-  [[service.real]]
-  address = "198.18.0.11"
-  [[service.real]]
-  address = "198.18.0.12"
-  [[service.real]]
-  address = "198.18.0.13"
-  weight = 0
-"""
-
-
-def _tcp(dst, sport, dport=80, flags="S", payload=b"", src="203.0.113.7"):
-    from harness import tcp4
-    return tcp4(src=src, dst=dst, sport=sport, dport=dport, flags=flags, payload=payload)
-
-
 @needs_root
 def test_exact_counters_after_known_packets(bench):
     dp = bench.reset(BENCH_CONFIG)
     svc80 = "tcp/198.51.100.10:80"
     # 4 connections to :80 (rr over two reals with weight): SYN (54 B) then an ACK with 10 bytes (64 B) each.
     for i in range(4):
-        assert bench.run(_tcp("198.51.100.10", 41000 + i))[0] == "XDP_TX"
-        assert bench.run(_tcp("198.51.100.10", 41000 + i, flags="A", payload=b"0123456789"))[0] == "XDP_TX"
+        assert bench.run(tcp_exchange("198.51.100.10", 41000 + i))[0] == "XDP_TX"
+        assert bench.run(tcp_exchange("198.51.100.10", 41000 + i, flags="A", payload=b"0123456789"))[0] == "XDP_TX"
     # 3 connections through mark 5 (80 and 443 of .20), two clients of one /24 and one of another.
     for src, port in (("203.0.113.7", 80), ("203.0.113.8", 443), ("192.0.2.9", 443)):
-        assert bench.run(_tcp("198.51.100.20", 42000, dport=port, src=src))[0] == "XDP_TX"
+        assert bench.run(tcp_exchange("198.51.100.20", 42000, dport=port, src=src))[0] == "XDP_TX"
     # One malformed packet: TCP data offset 4.
-    bad = Ether(bytes(_tcp("198.51.100.10", 43000)))
+    bad = Ether(bytes(tcp_exchange("198.51.100.10", 43000)))
     bad[TCP].dataofs = 4
     assert bench.run(bad)[0] == "XDP_DROP"
 
@@ -197,7 +160,7 @@ def test_real_state_overloaded(bench):
 
     assert states(scrape_dp(dp), "198.18.0.11") == {"available": 1, "quiescent": 0, "overloaded": 0}
     for i in range(2):                                  # two SYNs: the second reaches uthreshold 2
-        assert bench.run(_tcp("198.51.100.10", 45000 + i))[0] == "XDP_TX"
+        assert bench.run(tcp_exchange("198.51.100.10", 45000 + i))[0] == "XDP_TX"
     (rid,) = [r for (key, addr), r in dp.real_ids.ids.items() if str(addr) == "198.18.0.11"]
     assert dp.m["real_conns"][ct.c_uint32(rid)].flags & RC_F_OVERLOAD
     m = scrape_dp(dp)
@@ -222,7 +185,7 @@ def test_scrape_reads_the_maps_each_time(bench):
     reg.register(metrics.XlbCollector(dp))
     key = ("xlb_service_packets_total", frozenset({"service": "tcp/198.51.100.10:80"}.items()))
     assert samples(generate_latest(reg).decode())[key] == 0
-    bench.run(_tcp("198.51.100.10", 44000))
+    bench.run(tcp_exchange("198.51.100.10", 44000))
     assert samples(generate_latest(reg).decode())[key] == 1
 
 
@@ -260,7 +223,6 @@ def test_collector_takes_the_daemon_lock(bench):
 
 # -- a live daemon -------------------------------------------------------------------------------------------------
 METRICS_PORT = 9842
-REALS_TOML = "".join(f'\n  [[service.real]]\n  address = "{r}"\n' for r in REALS4)
 LAB_CONFIG = f"""
 [[mark]]
 mark = 7
@@ -488,19 +450,9 @@ def test_prometheus_example_scrapes_the_default_port():
 
 @needs_root
 def test_top_once_against_the_daemon(lab):
-    out = run_in_netns(lab.lb, _cli_output, ["top", "--once", "--interval", "0.5", "--socket", lab.socket_path])
+    out = run_in_netns(lab.lb, cli_output, ["top", "--once", "--interval", "0.5", "--socket", lab.socket_path])
     assert re.match(r"xlb top - every \d+\.\ds - 3 services, 9 reals - ", out), out
     for name in (TCP80, UDP53, "fwm/7") + tuple(REALS4):
         assert name in out, name
 
-
-def _cli_output(argv):
-    import contextlib
-    import io
-    from xlb.cli import main
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = main(argv)
-    assert rc == 0, buf.getvalue()
-    return buf.getvalue()
 

@@ -10,7 +10,9 @@ import pytest
 
 pytest.importorskip("pyroute2")
 
-from xlb.lab.netns import NetnsProcess, Topology, run_in_netns, tcp_ask, tcp_echo_name_server, udp_ask  # noqa: E402
+from xlb.lab.process import NetnsProcess, run_in_netns  # noqa: E402
+from xlb.lab.netns import Topology  # noqa: E402
+from xlb.lab.servers import tcp_ask, tcp_echo_name_server, udp_ask  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 

@@ -3,8 +3,7 @@ program keeps, smoothed by 1/4 every period, and a counter slot an apply hands t
 afresh instead of inheriting a stranger's rate."""
 import pytest
 from conftest import needs_root
-from harness import tcp4
-from test_metrics import BENCH_CONFIG
+from harness import BENCH_CONFIG, tcp4
 
 from xlb.ops import listings as runtime
 

@@ -12,9 +12,8 @@ from conftest import needs_root
 
 from xlb.ops.daemon import Daemon
 from xlb.lab.demo import CLIENTS4, DEMO_CONFIG, VIP4, xdp_prog_id
-from harness import DrLab
+from harness import NAMES, DrLab, log_has, wait_for
 
-from test_integration import NAMES, log_path, log_has, wait_for  # noqa: F401  (log_path is a fixture)
 
 DEEP = "a = " + "[" * 10000 + "]" * 10000 + "\n"
 

@@ -18,9 +18,9 @@ from conftest import needs_root
 from xlb.ops import control
 from xlb.dataplane import pin
 from xlb.dataplane.apply import DataPlane
-from xlb.lab.demo import CLIENTS4, DEMO_CONFIG, REALS4, VIP4, xdp_prog_id
-from harness import DrLab
-from xlb.lab.netns import LineConnection
+from xlb.lab.demo import CLIENTS4, REALS4, VIP4, xdp_prog_id
+from harness import LAB_CONFIG, LINE, DrLab
+from xlb.lab.servers import LineConnection
 
 CONFIG_A = """
 [[mark]]
@@ -194,20 +194,7 @@ def test_layout_digest_covers_struct_layouts(monkeypatch):
 
 # --- a live daemon, killed ------------------------------------------------------------------------------------
 
-LINE = 8080
 NAME_OF = {r: f"rs{i + 1}" for i, r in enumerate(REALS4)}
-LAB_CONFIG = DEMO_CONFIG + f"""
-[tables]
-conns = 65536
-templates = 65536
-sweep_interval = 0.2
-
-[[service]]
-vip = "{VIP4}"
-port = {LINE}
-proto = "tcp"
-scheduler = "rr"
-""" + "".join(f'\n  [[service.real]]\n  address = "{r}"\n' for r in REALS4)
 
 
 class AttachWatch:
@@ -324,10 +311,10 @@ def test_size_change_refused_then_fresh_starts_empty(tmp_path):
         lab.rewrite_config(LAB_CONFIG)
         lab.restart_xlb(log_path=str(log))
         assert "adopted the maps" in log.read_text()
-        from xlb.lab.netns import run_in_netns
-        from test_integration import _cli_captured
+        from xlb.lab.process import run_in_netns
+        from harness import cli_captured
         out = tmp_path / "second.log"
-        rc = run_in_netns(lab.lb, _cli_captured, str(out), ["run", "--iface", "eth0", "--config", lab.config_path,
+        rc = run_in_netns(lab.lb, cli_captured, str(out), ["run", "--iface", "eth0", "--config", lab.config_path,
                                                             "--socket", lab.socket_path + ".2"])
         assert rc == 1
         assert "xlb: error: another xlb daemon uses the maps pinned in" in out.read_text()

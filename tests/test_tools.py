@@ -19,7 +19,7 @@ from conftest import needs_root
 
 from xlb.cli import build_parser
 
-from test_daemon_start import lb_host
+from harness import lb_host
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "tools" / "xlb@.service"

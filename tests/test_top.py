@@ -142,13 +142,13 @@ def test_interactive_quits_cleanly(key):
 def test_snapshot_reads_counters_in_batches(bench, monkeypatch):
     """After known packets the `stats` snapshot has exact figures, the same as a slot-by-slot read, and it gets
     them without one (DataPlane.counters is what reads a slot at a time)."""
-    from test_metrics import BENCH_CONFIG, _tcp
+    from harness import BENCH_CONFIG, tcp_exchange
     dp = bench.reset(BENCH_CONFIG)
     for i in range(4):
-        assert bench.run(_tcp("198.51.100.10", 46000 + i))[0] == "XDP_TX"
-        assert bench.run(_tcp("198.51.100.10", 46000 + i, flags="A", payload=b"0123456789"))[0] == "XDP_TX"
+        assert bench.run(tcp_exchange("198.51.100.10", 46000 + i))[0] == "XDP_TX"
+        assert bench.run(tcp_exchange("198.51.100.10", 46000 + i, flags="A", payload=b"0123456789"))[0] == "XDP_TX"
     for src, port in (("203.0.113.7", 80), ("192.0.2.9", 443)):
-        assert bench.run(_tcp("198.51.100.20", 47000, dport=port, src=src))[0] == "XDP_TX"
+        assert bench.run(tcp_exchange("198.51.100.20", 47000, dport=port, src=src))[0] == "XDP_TX"
     slot = {}
     for st in dp.services.values():
         slot[st.svc.name] = dp.counters("svc_stats", st.id)

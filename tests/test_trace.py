@@ -279,10 +279,10 @@ def test_trace_api_picks_a_free_source_port(bench, tracer):
 # -- through the daemon -----------------------------------------------------------------------------------------------
 @needs_root
 def test_xlb_trace_cli_against_a_running_daemon():
-    from test_metrics import REALS_TOML, _cli_output
+    from harness import REALS_TOML, cli_output
     from xlb.lab.demo import CLIENTS4, REALS4, VIP4
     from harness import DrLab
-    from xlb.lab.netns import run_in_netns
+    from xlb.lab.process import run_in_netns
     name_of = {r: f"rs{i + 1}" for i, r in enumerate(REALS4)}
     cfg = (f'[[service]]\nvip = "{VIP4}"\nport = 80\nproto = "tcp"\nscheduler = "sh"\n{REALS_TOML}'
            f'[[service]]\nvip = "{VIP4}"\nport = 443\nproto = "tcp"\nscheduler = "rr"\n'
@@ -292,12 +292,12 @@ def test_xlb_trace_cli_against_a_running_daemon():
         sock = lab.socket_path
         # sh: the trace's real is where the connection then goes.
         for c in CLIENTS4[:3]:
-            res = json.loads(run_in_netns(lab.lb, _cli_output, ["trace", c, f"{VIP4}:80", "--json", "--socket", sock]))
+            res = json.loads(run_in_netns(lab.lb, cli_output, ["trace", c, f"{VIP4}:80", "--json", "--socket", sock]))
             assert res["why"] == "scheduler" and res["service"] == f"tcp/{VIP4}:80"
             assert lab.ask(c, VIP4, 80) == name_of[res["real"]]
         # A persistent service: after one connection, the trace names the template and its real.
         served = lab.ask(CLIENTS4[0], VIP4, 443)
-        text = run_in_netns(lab.lb, _cli_output, ["trace", CLIENTS4[0], f"{VIP4}:443", "--socket", sock])
+        text = run_in_netns(lab.lb, cli_output, ["trace", CLIENTS4[0], f"{VIP4}:443", "--socket", sock])
         real = next(r for r, n in name_of.items() if n == served)
         assert f"real:       {real} (by the persistence template)" in text
         assert "template:   -> " + real in text

@@ -8,7 +8,8 @@ from conftest import needs_root
 
 from xlb.dataplane import pin, vethpeer
 from harness import run_xlb_logged
-from xlb.lab.netns import Topology, run_in_netns
+from xlb.lab.netns import Topology
+from xlb.lab.process import run_in_netns
 
 CONFIG = """
 [tables]

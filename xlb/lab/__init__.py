@@ -1,3 +1,5 @@
-"""Throwaway topologies for the demo, the tests and the bench: network namespaces, veth pairs and small servers
-(``netns``) and ``xlb demo`` (``demo``). Not used by the daemon. May import anything below the CLI.
+"""Throwaway topologies for the demo, the tests and the bench: network namespaces, veth pairs and bridges
+(``netns``), code run inside them (``process``), small servers and clients that say who answered (``servers``),
+and the DR lab behind ``xlb demo`` (``demo``). Not used by the daemon. May import xlb.ops (the control socket's
+client), xlb.dataplane and xlb.errors; the CLI hands ``demo`` its main instead of being imported by it.
 """

@@ -17,7 +17,9 @@ import time
 
 from ..dataplane.links import attached_prog_id
 from ..dataplane.pin import netns_pin_root, remove as remove_pins
-from .netns import Topology, run_in_netns, tcp_ask, tcp_echo_name_server, tcp_line_name_server
+from .netns import Topology
+from .process import run_in_netns
+from .servers import tcp_ask, tcp_echo_name_server, tcp_line_name_server
 
 VIP4 = "198.51.100.10"
 VIP6 = "2001:db8:100::10"

@@ -1,0 +1,250 @@
+"""Small servers and clients for the labs: a TCP/UDP server that answers with its name, one that keeps a line
+open, and the clients that ask them (run in a namespace with xlb.lab.process).
+"""
+import ipaddress
+import selectors
+import socket
+import struct
+
+from .process import FORK, enter_netns, notifies_ready, notify_ready, pack_exception, unpack_exception
+from ..errors import KernelError
+
+IP_FREEBIND = 15
+IPV6_FREEBIND = 78
+IP_PKTINFO = 8
+IPV6_RECVPKTINFO = 49
+IPV6_PKTINFO = 50
+
+
+def _family(addr):
+    return socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
+
+
+def _bound_socket(addr, port, kind):
+    fam = _family(addr)
+    s = socket.socket(fam, kind)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+    else:
+        s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+    if kind == socket.SOCK_DGRAM:
+        # Reply from the address the query was sent to (a wildcard socket would otherwise pick a source
+        # by route, which is wrong for a VIP on lo in direct routing).
+        if fam == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        else:
+            s.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    s.bind((addr, port))
+    if kind == socket.SOCK_STREAM:
+        s.listen(128)
+    s.setblocking(False)
+    return s
+
+
+def _udp_reply(sock, payload):
+    try:
+        _, anc, _, peer = sock.recvmsg(2048, socket.CMSG_SPACE(64))
+    except BlockingIOError:
+        return
+    out = []
+    for level, ctype, data in anc:
+        if level == socket.IPPROTO_IP and ctype == IP_PKTINFO:
+            # struct in_pktinfo { int ifindex; in_addr spec_dst; in_addr addr; }: reply from addr.
+            out = [(level, ctype, struct.pack("i4s4s", 0, data[8:12], b"\0" * 4))]
+        elif level == socket.IPPROTO_IPV6 and ctype == IPV6_PKTINFO:
+            # struct in6_pktinfo { in6_addr addr; int ifindex; }
+            out = [(level, IPV6_PKTINFO, struct.pack("16si", data[:16], 0))]
+    try:
+        sock.sendmsg([payload], out, 0, peer)
+    except OSError:
+        pass
+
+
+@notifies_ready
+def tcp_echo_name_server(name, addresses_ports):
+    """Serve forever: on every (address, port), TCP answers `name\\n` and closes; UDP replies `name\\n`.
+
+    Addresses may be wildcards ("0.0.0.0", "::") or addresses not (yet) configured, e.g. a VIP on lo
+    (sockets use IP_FREEBIND). Run it with Topology.spawn() / NetnsProcess; stops on SIGTERM.
+    """
+    payload = f"{name}\n".encode()
+    sel = selectors.DefaultSelector()
+    for addr, port in addresses_ports:
+        sel.register(_bound_socket(addr, port, socket.SOCK_STREAM), selectors.EVENT_READ, "tcp")
+        sel.register(_bound_socket(addr, port, socket.SOCK_DGRAM), selectors.EVENT_READ, "udp")
+    notify_ready()
+    while True:
+        for key, _ in sel.select():
+            sock = key.fileobj
+            if key.data == "udp":
+                _udp_reply(sock, payload)
+                continue
+            try:
+                conn, _ = sock.accept()
+            except BlockingIOError:
+                continue
+            try:
+                conn.settimeout(1.0)
+                conn.sendall(payload)
+                conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+
+def tcp_ask(src, dst, port, timeout=3.0):
+    """Connect from `src` (port 0; None: any) to dst:port, read to EOF, return the stripped text."""
+    with socket.socket(_family(dst), socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        if src:
+            s.bind((src, 0))
+        s.connect((dst, port))
+        chunks = []
+        while True:
+            data = s.recv(4096)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks).decode().strip()
+
+
+def udp_ask(src, dst, port, timeout=3.0, payload=b"?\n"):
+    """Send one datagram from `src` to dst:port and return the stripped reply (only one from dst counts)."""
+    with socket.socket(_family(dst), socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        if src:
+            s.bind((src, 0))
+        s.connect((dst, port))
+        s.send(payload)
+        return s.recv(4096).decode().strip()
+
+
+@notifies_ready
+def tcp_line_name_server(name, addresses_ports):
+    """Serve forever: keep each TCP connection open and answer every line received with `name\\n`.
+
+    For long-lived connection tests (reloads under live traffic). Same addressing rules as
+    tcp_echo_name_server; stops on SIGTERM.
+    """
+    payload = f"{name}\n".encode()
+    sel = selectors.DefaultSelector()
+    for addr, port in addresses_ports:
+        sel.register(_bound_socket(addr, port, socket.SOCK_STREAM), selectors.EVENT_READ, None)
+    notify_ready()
+    while True:
+        for key, _ in sel.select():
+            sock = key.fileobj
+            if key.data is None:  # a listener
+                try:
+                    conn, _ = sock.accept()
+                except BlockingIOError:
+                    continue
+                conn.setblocking(False)
+                sel.register(conn, selectors.EVENT_READ, bytearray())
+                continue
+            buf = key.data
+            try:
+                data = sock.recv(4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                sel.unregister(sock)
+                sock.close()
+                continue
+            buf += data
+            while b"\n" in buf:
+                del buf[: buf.index(b"\n") + 1]
+                try:
+                    sock.settimeout(1.0)
+                    sock.sendall(payload)
+                    sock.setblocking(False)
+                except OSError:
+                    pass
+
+
+def _line_client(conn, ns, src, dst, port, timeout):
+    try:
+        enter_netns(ns)
+        s = socket.socket(_family(dst), socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        if src:
+            s.bind((src, 0))
+        s.connect((dst, port))
+        f = s.makefile("rb")
+        conn.send(("ok", None))
+    except BaseException as e:  # noqa: BLE001
+        conn.send(("err",) + pack_exception(e))
+        return
+    while True:
+        try:
+            cmd = conn.recv()
+        except EOFError:
+            break
+        if cmd is None:
+            break
+        try:
+            s.sendall(cmd.encode() + b"\n")
+            line = f.readline()
+            if not line:
+                raise ConnectionError("connection closed by the server")
+            conn.send(("ok", line.decode().strip()))
+        except BaseException as e:  # noqa: BLE001
+            conn.send(("err",) + pack_exception(e))
+    s.close()
+
+
+class LineConnection:
+    """One long-lived TCP connection from `src` in namespace `ns` to dst:port, held by a forked child.
+
+    `ask(text)` sends one line and returns the stripped reply line (raises on a dead connection).
+    Pairs with tcp_line_name_server. Usable as a context manager; close() is idempotent.
+    """
+
+    def __init__(self, ns, src, dst, port, timeout=3.0):
+        self._conn, child = FORK.Pipe(duplex=True)
+        self._proc = FORK.Process(target=_line_client, args=(child, ns, src, dst, port, timeout), daemon=True)
+        self._proc.start()
+        child.close()
+        self._result()
+
+    def _result(self):
+        if not self._conn.poll(30):
+            self.close()
+            raise KernelError("line client did not answer within 30s")
+        try:
+            msg = self._conn.recv()
+        except EOFError:
+            self.close()
+            raise KernelError("line client died") from None
+        if msg[0] == "ok":
+            return msg[1]
+        raise unpack_exception(msg[1], msg[2])
+
+    def ask(self, text="?"):
+        self._conn.send(text)
+        return self._result()
+
+    def close(self):
+        if self._proc is None:
+            return
+        try:
+            self._conn.send(None)
+        except OSError:
+            pass
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        self._conn.close()
+        self._proc = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
