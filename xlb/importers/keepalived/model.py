@@ -4,6 +4,7 @@ checker blocks and settings kept for the health checks, and the virtual and real
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ...config import model as xconfig
 from ...errors import ConfigError
@@ -125,3 +126,13 @@ class RS:
         self.lines = {}
         self.settings = []
         self.checks = []
+
+
+class Entry(NamedTuple):
+    """One service a virtual server stands for: a fwmark, or an address and port (a group expands to several)."""
+
+    kind: str  # "fwmark" | "addr"
+    value: object  # the mark, or the ip_address
+    family: int | None  # 4 | 6; None for a fwmark whose family the virtual server decides
+    port: int
+    node: object  # the reader's Node that named it

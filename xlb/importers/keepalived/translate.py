@@ -23,7 +23,7 @@ from ...config import read as xread
 from ...config import realcheck
 from ...errors import ConfigError
 from .checks import SKIP_REASON, Checks, kw_addr, kw_port, kw_true, settings_of
-from .model import CheckSettings, HealthCheck, Import, KeepalivedError, Problem, VS
+from .model import CheckSettings, Entry, HealthCheck, Import, KeepalivedError, Problem, VS
 from .reader import Reader, build_tree
 
 
@@ -124,38 +124,70 @@ class _Importer(Checks):
     # --- from a virtual server to xlb services -----------------------------------------------------------------
 
     def finish_vs(self, vs, services, checks, settings):
+        """One virtual server: keepalived's checks of it, then one xlb service per entry it stands for."""
+        if not self.vs_complete(vs):
+            return
+        entries = self.vs_entries(vs)
+        if entries is None:
+            return
+        self.vs_protocol(vs, entries)
+        weight_sum = self.vs_reals(vs, entries)
+        self.sorry_server(vs, entries)
+        if vs.quorum > weight_sum:
+            self.err(vs.lines.get("quorum", vs.node), f"quorum {vs.quorum} exceeds total weight of real servers "
+                                                      f"{weight_sum}")
+        elif vs.hysteresis >= vs.quorum and "hysteresis" in vs.lines:
+            self.err(vs.lines["hysteresis"], f"hysteresis {vs.hysteresis} >= quorum {vs.quorum}")
+        first_name = None
+        for entry in entries:
+            svc = self.service_tree(vs, entry, len(services))
+            services.append(svc)
+            first_name = first_name or _service_name(svc)
+        self.keep_checks(vs, first_name or "", checks, settings)
+
+    def vs_complete(self, vs):
+        """keepalived's checks that a virtual server says enough: reals, a scheduler, a forwarding method."""
         node = vs.node
         if not vs.reals:
             self.err(node, "virtual server has no real servers (keepalived ignores it)")
-            return
+            return False
         if vs.sched is None and "lb_algo" not in vs.lines and "lvs_sched" not in vs.lines:
             self.err(node, "no scheduler set (keepalived defaults to wlc): add 'lb_algo wlc' or another")
         if vs.method is None and "lb_kind" not in vs.lines and "lvs_method" not in vs.lines \
                 and any(rs.method is None for rs in vs.reals):
             self.err(node, "no forwarding method set (keepalived defaults to NAT, which xlb does not do): "
                            "add 'lb_kind DR'")
-        # The entries this virtual server stands for: (kind, value, family, port, node).
+        return True
+
+    def vs_entries(self, vs):
+        """The entries this virtual server stands for (one xlb service each), or None if its group is missing."""
+        node = vs.node
+        if vs.kind == "fwmark":
+            return [Entry("fwmark", vs.fwmark, None, 0, node)]
+        if vs.kind != "group":
+            return [Entry("addr", vs.addr, vs.addr.version, vs.port, node)]
+        grp = self.groups.get(vs.group)
+        if grp is None:
+            self.err(node, f"virtual server group {vs.group} is not defined")
+            return None
         entries = []
-        if vs.kind == "group":
-            grp = self.groups.get(vs.group)
-            if grp is None:
-                self.err(node, f"virtual server group {vs.group} is not defined")
-                return
-            for e in grp[1]:
-                if e[0] == "fwmark":
-                    entries.append(("fwmark", e[1], e[2], 0, e[3]))
-                else:
-                    entries.extend(("addr", addr, addr.version, e[2], e[3]) for addr in e[1])
-        elif vs.kind == "fwmark":
-            entries.append(("fwmark", vs.fwmark, None, 0, node))
-        else:
-            entries.append(("addr", vs.addr, vs.addr.version, vs.port, node))
-        address_based = any(e[0] == "addr" for e in entries)
+        for e in grp[1]:
+            if e[0] == "fwmark":
+                entries.append(Entry("fwmark", e[1], e[2], 0, e[3]))
+            else:
+                entries.extend(Entry("addr", addr, addr.version, e[2], e[3]) for addr in e[1])
+        return entries
+
+    def vs_protocol(self, vs, entries):
+        address_based = any(e.kind == "addr" for e in entries)
         if address_based and vs.proto is None:
-            self.err(node, "no protocol set (keepalived defaults to UDP): add 'protocol TCP' or 'protocol UDP'")
+            self.err(vs.node, "no protocol set (keepalived defaults to UDP): add 'protocol TCP' or 'protocol UDP'")
         if not address_based and vs.proto is not None:
             self.warn(vs.proto_node, "protocol specified for fwmark - protocol will be ignored (as keepalived "
                                      "does: the mark rules choose protocols)")
+
+    def vs_reals(self, vs, entries):
+        """keepalived's checks of the real servers (duplicates, ports under direct routing); their total weight."""
         seen = {}
         weight_sum = 0
         for rs in vs.reals:
@@ -163,95 +195,94 @@ class _Importer(Checks):
             if key in seen:
                 self.err(rs.node, f"real server {rs.addr} is duplicated (first at line {seen[key]})")
             seen.setdefault(key, rs.node.line)
-            w = rs.weight if rs.weight is not None else (vs.weight or 1)
-            weight_sum += w
+            weight_sum += rs.weight if rs.weight is not None else (vs.weight or 1)
             if rs.port and (rs.method or vs.method or "nat") != "nat":  # only NAT may change the port
-                vports = {e[3] for e in entries if e[0] == "addr"}
-                if any(e[0] == "fwmark" for e in entries):
+                vports = {e.port for e in entries if e.kind == "addr"}
+                if any(e.kind == "fwmark" for e in entries):
                     self.warn(rs.node, f"fwmark virtual server, real server {rs.addr} has port {rs.port} specified "
                                        "- clearing (as keepalived does: direct routing keeps the packet's port)")
                 elif vports and vports != {rs.port}:
                     report = self.err if vs.kind == "group" else self.warn  # keepalived resets only a plain VS's
                     report(rs.node, f"virtual server port {'/'.join(map(str, sorted(vports)))} and real server "
                                     f"port {rs.port} don't match - resetting (direct routing keeps the port)")
-        self.sorry_server(vs, entries)
-        if vs.quorum > weight_sum:
-            self.err(vs.lines.get("quorum", node), f"quorum {vs.quorum} exceeds total weight of real servers "
-                                                   f"{weight_sum}")
-        elif vs.hysteresis >= vs.quorum and "hysteresis" in vs.lines:
-            self.err(vs.lines["hysteresis"], f"hysteresis {vs.hysteresis} >= quorum {vs.quorum}")
-        first_name = None
-        for kind, value, fam, port, enode in entries:
-            svc = {}
-            index = len(services)
-            sw = f"service[{index}]"
-            self.where[sw] = (node.file, node.line, "virtual_server")
-            if kind == "fwmark":
-                svc["fwmark"] = value
-                family = fam or vs.af or 4
-                svc["family"] = f"ipv{family}"
-                self.where[f"{sw}.fwmark"] = (enode.file, enode.line, enode.keyword)
-            else:
-                family = fam
-                svc["vip"] = str(value)
-                svc["port"] = port
-                svc["proto"] = vs.proto or "udp"
-                self.where[f"{sw}.vip"] = (enode.file, enode.line, enode.keyword)
-                self.where[f"{sw}.port"] = (enode.file, enode.line, enode.keyword)
-                if vs.proto_node:
-                    self.where[f"{sw}.proto"] = (vs.proto_node.file, vs.proto_node.line, "protocol")
-                if port == 0 and vs.ptimeout is None:
-                    self.err(enode, "port 0 (every port) is only valid for persistent services: "
-                                    "add persistence_timeout")
-            if vs.sched:
-                svc["scheduler"] = vs.sched
-                self._w(f"{sw}.scheduler", vs.lines.get("lb_algo") or vs.lines.get("lvs_sched"))
-            if vs.ptimeout is not None:
-                svc["persistence_timeout"] = vs.ptimeout
-                self._w(f"{sw}.persistence_timeout", vs.ptimeout_node)
-            if vs.pgran is not None:
-                svc["persistence_netmask"] = vs.pgran
-                self._w(f"{sw}.persistence_netmask", vs.pgran_node)
-            if vs.flags:
-                svc["sched_flags"] = [f for f, _ in vs.flags]
-                for i, (_, fn) in enumerate(vs.flags):
-                    self._w(f"{sw}.sched_flags[{i}]", fn)
-                self._w(f"{sw}.sched_flags", vs.flags[0][1])
-            reals = []
-            for rs in vs.reals:
-                if rs.addr.version != family:
-                    continue  # a group mixing families: each service takes the reals of its family
-                if rs.addr.is_loopback:  # IPVS delivers to a real on the director itself; XDP forwarding cannot
-                    self.unsupported(rs.node, f"real {rs.addr} is a loopback address: {realcheck.LOCAL}")
-                rw = f"{sw}.real[{len(reals)}]"
-                self._w(rw, rs.node)
-                real = {"address": str(rs.addr),
-                        "weight": rs.weight if rs.weight is not None else (vs.weight or 1)}
-                if rs.weight_node:
-                    self._w(f"{rw}.weight", rs.weight_node)
+        return weight_sum
+
+    def service_tree(self, vs, entry, index):
+        """The config tree of service[index] for one entry, each field's keepalived origin recorded."""
+        node, enode = vs.node, entry.node
+        svc = {}
+        sw = f"service[{index}]"
+        self.where[sw] = (node.file, node.line, "virtual_server")
+        if entry.kind == "fwmark":
+            svc["fwmark"] = entry.value
+            family = entry.family or vs.af or 4
+            svc["family"] = f"ipv{family}"
+            self.where[f"{sw}.fwmark"] = (enode.file, enode.line, enode.keyword)
+        else:
+            family = entry.family
+            svc["vip"] = str(entry.value)
+            svc["port"] = entry.port
+            svc["proto"] = vs.proto or "udp"
+            self.where[f"{sw}.vip"] = (enode.file, enode.line, enode.keyword)
+            self.where[f"{sw}.port"] = (enode.file, enode.line, enode.keyword)
+            if vs.proto_node:
+                self.where[f"{sw}.proto"] = (vs.proto_node.file, vs.proto_node.line, "protocol")
+            if entry.port == 0 and vs.ptimeout is None:
+                self.err(enode, "port 0 (every port) is only valid for persistent services: "
+                                "add persistence_timeout")
+        if vs.sched:
+            svc["scheduler"] = vs.sched
+            self._w(f"{sw}.scheduler", vs.lines.get("lb_algo") or vs.lines.get("lvs_sched"))
+        if vs.ptimeout is not None:
+            svc["persistence_timeout"] = vs.ptimeout
+            self._w(f"{sw}.persistence_timeout", vs.ptimeout_node)
+        if vs.pgran is not None:
+            svc["persistence_netmask"] = vs.pgran
+            self._w(f"{sw}.persistence_netmask", vs.pgran_node)
+        if vs.flags:
+            svc["sched_flags"] = [f for f, _ in vs.flags]
+            for i, (_, fn) in enumerate(vs.flags):
+                self._w(f"{sw}.sched_flags[{i}]", fn)
+            self._w(f"{sw}.sched_flags", vs.flags[0][1])
+        svc["real"] = self.real_trees(vs, sw, family)
+        return svc
+
+    def real_trees(self, vs, sw, family):
+        """The reals of service `sw` (those of its address family), each field's origin recorded."""
+        reals = []
+        for rs in vs.reals:
+            if rs.addr.version != family:
+                continue  # a group mixing families: each service takes the reals of its family
+            if rs.addr.is_loopback:  # IPVS delivers to a real on the director itself; XDP forwarding cannot
+                self.unsupported(rs.node, f"real {rs.addr} is a loopback address: {realcheck.LOCAL}")
+            rw = f"{sw}.real[{len(reals)}]"
+            self._w(rw, rs.node)
+            real = {"address": str(rs.addr), "weight": rs.weight if rs.weight is not None else (vs.weight or 1)}
+            if rs.weight_node:
+                self._w(f"{rw}.weight", rs.weight_node)
+            if rs.uthreshold:
+                real["uthreshold"] = rs.uthreshold
+                self._w(f"{rw}.uthreshold", rs.lines["uthreshold"])
+            if rs.lthreshold:
                 if rs.uthreshold:
-                    real["uthreshold"] = rs.uthreshold
-                    self._w(f"{rw}.uthreshold", rs.lines["uthreshold"])
-                if rs.lthreshold:
-                    if rs.uthreshold:
-                        real["lthreshold"] = rs.lthreshold
-                        self._w(f"{rw}.lthreshold", rs.lines["lthreshold"])
-                    else:
-                        self.warnings.append(f"{rs.lines['lthreshold'].where()}: lthreshold has no effect "
-                                             "without uthreshold; skipped")
-                reals.append(real)
-            svc["real"] = reals
-            services.append(svc)
-            name = _service_name(svc)
-            first_name = first_name or name
+                    real["lthreshold"] = rs.lthreshold
+                    self._w(f"{rw}.lthreshold", rs.lines["lthreshold"])
+                else:
+                    self.warnings.append(f"{rs.lines['lthreshold'].where()}: lthreshold has no effect "
+                                         "without uthreshold; skipped")
+            reals.append(real)
+        return reals
+
+    @staticmethod
+    def keep_checks(vs, name, checks, settings):
+        """The checker blocks and settings of a virtual server and its reals, kept for the health checks."""
         for rs in vs.reals:
             for c in rs.checks:
-                checks.append(HealthCheck(c.keyword, first_name or "", str(rs.addr), c.file, c.line,
-                                          tuple(c.children or ())))
+                checks.append(HealthCheck(c.keyword, name, str(rs.addr), c.file, c.line, tuple(c.children or ())))
             if rs.settings:
-                settings.append(CheckSettings(first_name or "", str(rs.addr), settings_of(rs.settings)))
+                settings.append(CheckSettings(name, str(rs.addr), settings_of(rs.settings)))
         if vs.settings:
-            settings.append(CheckSettings(first_name or "", None, settings_of(vs.settings)))
+            settings.append(CheckSettings(name, None, settings_of(vs.settings)))
 
     def sorry_server(self, vs, entries):
         """keepalived's checks of a sorry server (kept for the health-check work, not used for forwarding yet)."""
@@ -260,7 +291,7 @@ class _Importer(Checks):
             return
         addr = kw_addr(n.args[0])
         port = kw_port(n.args[1]) if len(n.args) > 1 and n.args[1].strip("0") else 0
-        vports = {e[3] for e in entries if e[0] == "addr"}
+        vports = {e.port for e in entries if e.kind == "addr"}
         if port and vports and vports != {port} and (vs.method or "nat") != "nat":
             self.err(n, f"virtual server and sorry server ports don't match ({port})")
         inhibit = "sorry_server_inhibit" in vs.lines
