@@ -1,7 +1,9 @@
 """The data plane as the control plane sees it: the XDP program and everything around its maps.
 
 Loading (``program``: bcc, kernel headers, flags; ``bpfsys``: raw bpf syscalls; ``structs``: ctypes mirrors of
-bpf/*.h; ``pin``/``bpffs``: pinned maps and the layout record; ``testrun``, ``clock``), the host around it
-(``neigh``, ``forwarding`` sysctls, ``vethpeer``), and the code that writes and reads the maps (``apply``).
-May import xlb.tables, xlb.config.model and xlb.errors; nothing here imports the daemon, the CLI or the observers.
+bpf/*.h; ``pin``/``bpffs``: pinned maps and the layout record; ``links``: what an interface has attached;
+``testrun``, ``clock``), the host around it (``neigh``, ``forwarding`` sysctls, ``vethpeer``), and DataPlane, which
+writes and reads the maps: ``apply`` (plan, check, apply the difference), ``sweep`` (the timers), ``reader``
+(counters, real rows and loads), ``adopt`` (pinned maps of a previous daemon), with ``mapkeys`` and ``alloc``
+under them. May import xlb.tables, xlb.config and xlb.errors; never the daemon, the CLI or the observers.
 """
