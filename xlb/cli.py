@@ -75,9 +75,10 @@ def _cmd_check(args):
 
 def daemon_log(msg):
     """A daemon log line: under journald (JOURNAL_STREAM set) as it is, journald stamps it; elsewhere with the UTC
-    time in front."""
+    time in front of each line (a multi-line message, such as SIGUSR1's counters table, keeps its columns)."""
     if not os.environ.get("JOURNAL_STREAM"):
-        msg = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {msg}"
+        stamp = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+        msg = "\n".join(f"{stamp} {line}" for line in str(msg).split("\n"))
     print(msg, flush=True)
 
 
