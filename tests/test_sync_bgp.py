@@ -176,3 +176,26 @@ def test_no_bird_is_a_clear_error_and_changes_nothing(tmp_path):
         announcer.announce("198.51.100.10")
     assert announcer.announced == frozenset()
     assert open(announcer.include_path).read() == render(())
+
+
+DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "scale-out.md")
+
+
+def doc_blocks():
+    text = open(DOC).read()
+    return [b.split("```", 1)[0].strip("\n") for b in text.split("```\n")[1::2]]
+
+
+def test_the_documented_bird_configs_parse(tmp_path):
+    """docs/scale-out.md's bird.conf examples, with the include file xlb writes, pass `bird -p`."""
+    blocks = doc_blocks()
+    include = tmp_path / "xlb-vips.conf"
+    include.write_text(render([ip_address("198.51.100.10"), ip_address("2001:db8:100::10")]))
+    assert blocks[0] + "\n" == include.read_text()  # the file shown is the file xlb writes
+    confs = [b for b in blocks if b.startswith("# bird.conf")]
+    assert len(confs) == 2
+    for i, conf in enumerate(confs):
+        path = tmp_path / f"bird{i}.conf"
+        path.write_text(conf.replace("/etc/bird/xlb-vips.conf", str(include)) + "\n")
+        done = subprocess.run(["bird", "-p", "-c", str(path)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
