@@ -10,11 +10,15 @@
 
 #include "decap.h"
 
-/* Where the outer IP packet's payload lies, and what it carries. */
+/* Where the outer IP packet's payload lies, what it carries and to whom. */
 struct outer {
 	void *l4;                  /* first byte after the outer IP header */
 	void *end;                 /* first byte after the outer IP packet (Ethernet padding may follow) */
-	__u8 proto;
+	void *daddr;               /* the outer destination address (4 or 16 bytes, in the header) */
+	__u32 port_kind;           /* UDP: enum xlb_decap_port of the destination port */
+	__u8 proto;                /* the outer payload's protocol (a fragment's: from its fragment header) */
+	__u8 family;               /* XLB_AF_INET / XLB_AF_INET6 */
+	__u8 fragment;             /* 1: an outer fragment */
 };
 
 static __always_inline int verdict(__u32 reason, int action, __u64 bytes)
@@ -33,12 +37,7 @@ static __always_inline int within(void *p, void *end, void *data_end)
 	return p <= end && p <= data_end;
 }
 
-static __always_inline int is_tunnel_proto(__u8 proto)
-{
-	return proto == IPPROTO_IPIP || proto == IPPROTO_IPV6 || proto == IPPROTO_GRE || proto == IPPROTO_UDP;
-}
-
-/* Parse the outer IPv4 header at cur; 0 when it is addressed to us and not a fragment, else the reason. */
+/* Parse the outer IPv4 header at cur into *o; 0, or XLB_DECAP_PASS_BAD_OUTER. */
 static __always_inline int outer_ipv4(void *cur, void *data_end, struct outer *o)
 {
 	struct iphdr *iph = cur;
@@ -48,17 +47,13 @@ static __always_inline int outer_ipv4(void *cur, void *data_end, struct outer *o
 	__u16 tot = bpf_ntohs(iph->tot_len);
 	if (tot < hlen || cur + tot > data_end)
 		return XLB_DECAP_PASS_BAD_OUTER;
-	struct decap_addr key = {.family = XLB_AF_INET, .addr = {iph->daddr}};
-	if (!decap_addrs.lookup(&key))
-		return XLB_DECAP_PASS_NOT_LOCAL;
-	if (!is_tunnel_proto(iph->protocol))
-		return XLB_DECAP_PASS_NOT_TUNNEL;
-	/* MF or an offset: the tunnel header may be elsewhere, and the kernel reassembles better than we could. */
-	if (iph->frag_off & bpf_htons(0x3fff))
-		return XLB_DECAP_PASS_FRAGMENT;
 	o->l4 = cur + hlen;
 	o->end = cur + tot;
+	o->daddr = &iph->daddr;
 	o->proto = iph->protocol;
+	o->family = XLB_AF_INET;
+	/* MF or an offset: the tunnel header may be elsewhere, and the kernel reassembles better than we could. */
+	o->fragment = !!(iph->frag_off & bpf_htons(0x3fff));
 	return 0;
 }
 
@@ -69,27 +64,75 @@ static __always_inline int outer_ipv6(void *cur, void *data_end, struct outer *o
 	struct ipv6hdr *ip6 = cur;
 	if ((void *)(ip6 + 1) > data_end || ip6->version != 6)
 		return XLB_DECAP_PASS_BAD_OUTER;
-	void *end = (void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len);
-	if (end > data_end)
+	o->end = (void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len);
+	if (o->end > data_end)
 		return XLB_DECAP_PASS_BAD_OUTER;
-	struct decap_addr key = {.family = XLB_AF_INET6};
-	__builtin_memcpy(key.addr, &ip6->daddr, 16);
-	if (!decap_addrs.lookup(&key))
-		return XLB_DECAP_PASS_NOT_LOCAL;
-	__u8 next = ip6->nexthdr;
-	if (next == IPPROTO_FRAGMENT) {
-		/* struct frag_hdr: next header first. */
-		__u8 *fh = (void *)(ip6 + 1);
-		if (!within((void *)(fh + 8), end, data_end))
-			return XLB_DECAP_PASS_BAD_OUTER;
-		return is_tunnel_proto(fh[0]) ? XLB_DECAP_PASS_FRAGMENT : XLB_DECAP_PASS_NOT_TUNNEL;
-	}
-	if (!is_tunnel_proto(next))
-		return XLB_DECAP_PASS_NOT_TUNNEL;
 	o->l4 = ip6 + 1;
-	o->end = end;
-	o->proto = next;
+	o->daddr = &ip6->daddr;
+	o->proto = ip6->nexthdr;
+	o->family = XLB_AF_INET6;
+	if (o->proto == IPPROTO_FRAGMENT) {
+		/* struct frag_hdr: next header first. */
+		__u8 *fh = o->l4;
+		if (!within(fh + 8, o->end, data_end))
+			return XLB_DECAP_PASS_BAD_OUTER;
+		o->proto = fh[0];
+		o->fragment = 1;
+	}
 	return 0;
+}
+
+/* Is the outer destination one of this host's addresses (decap_local)? */
+static __always_inline int is_local(struct outer *o)
+{
+	__u32 zero = 0;
+	struct decap_local *l = decap_local.lookup(&zero);
+	if (!l)
+		return 0;
+	__be32 d[4];
+	if (o->family == XLB_AF_INET) {
+		__builtin_memcpy(d, o->daddr, 4);
+#pragma unroll
+		for (int i = 0; i < XLB_DECAP_ADDRS; i++) {
+			if (i >= l->n4)
+				return 0;
+			if (l->v4[i] == d[0])
+				return 1;
+		}
+		return 0;
+	}
+	__builtin_memcpy(d, o->daddr, 16);
+#pragma unroll
+	for (int i = 0; i < XLB_DECAP_ADDRS; i++) {
+		if (i >= l->n6)
+			return 0;
+		__be32 *w = &l->v6[i * 4];
+		if (w[0] == d[0] && w[1] == d[1] && w[2] == d[2] && w[3] == d[3])
+			return 1;
+	}
+	return 0;
+}
+
+/* Is the outer packet one we decapsulate? 0, or the reason to pass it untouched. Cheapest tests first: most
+ * traffic on a real server is no tunnel at all and is told so before any map lookup. */
+static __always_inline int ours(struct outer *o, void *data_end)
+{
+	if (o->proto != IPPROTO_IPIP && o->proto != IPPROTO_IPV6 && o->proto != IPPROTO_GRE &&
+	    o->proto != IPPROTO_UDP)
+		return XLB_DECAP_PASS_NOT_TUNNEL;
+	if (o->proto == IPPROTO_UDP && !o->fragment) {
+		struct udphdr *uh = o->l4;
+		if (!within(uh + 1, o->end, data_end))
+			return XLB_DECAP_PASS_BAD_OUTER;
+		__u32 port = bpf_ntohs(uh->dest);
+		__u32 *kind = decap_ports.lookup(&port);
+		if (!kind || *kind == XLB_DECAP_PORT_NONE)
+			return XLB_DECAP_PASS_NOT_TUNNEL;
+		o->port_kind = *kind;
+	}
+	if (!is_local(o))
+		return XLB_DECAP_PASS_NOT_LOCAL;
+	return o->fragment ? XLB_DECAP_PASS_FRAGMENT : 0;
 }
 
 /* Check the inner packet at in (family 4 or 6) lies whole inside the outer one; sets *in_end to where it ends.
@@ -262,14 +305,7 @@ static __always_inline int classify(struct outer *o, void *data_end, void **in, 
 		*reason = XLB_DECAP_GRE;
 		return parse_gre(o, data_end, in, family);
 	}
-	struct udphdr *uh = o->l4;
-	if (!within((void *)(uh + 1), o->end, data_end))
-		return XLB_DECAP_PASS_BAD_OUTER;
-	__u32 port = bpf_ntohs(uh->dest);
-	__u32 *kind = decap_ports.lookup(&port);
-	if (!kind || *kind == XLB_DECAP_PORT_NONE)
-		return XLB_DECAP_PASS_NOT_TUNNEL;
-	return parse_gue(o, data_end, *kind, in, family, reason);
+	return parse_gue(o, data_end, o->port_kind, in, family, reason);
 }
 
 int xlb_decap(struct xdp_md *ctx)
@@ -288,6 +324,8 @@ int xlb_decap(struct xdp_md *ctx)
 		ret = outer_ipv6(eth + 1, data_end, &o);
 	else
 		return verdict(XLB_DECAP_PASS_NOT_IP, XDP_PASS, bytes);
+	if (!ret)
+		ret = ours(&o, data_end);
 	if (ret)
 		return verdict(ret, XDP_PASS, bytes);
 	void *in = 0, *in_end;

@@ -6,10 +6,8 @@
 #include "consts.h"
 #include "structs.h"
 
-/* Host addresses a tunnel may be addressed to (decap_addrs). */
-#ifndef XLB_DECAP_ADDRS
-#define XLB_DECAP_ADDRS 256
-#endif
+/* Host addresses a tunnel may be addressed to, per family (struct decap_local). */
+#define XLB_DECAP_ADDRS 16
 /* Remote checksum offload: the summed region is walked in 256-byte blocks, at most this many (9216-byte frames). */
 #ifndef XLB_DECAP_CSUM_BLOCKS
 #define XLB_DECAP_CSUM_BLOCKS 36
@@ -46,14 +44,17 @@ enum xlb_decap_port {
 	XLB_DECAP_PORT_BARE = 2,   /* Katran's header-less GUE only (variant 1) */
 };
 
-/* decap_addrs key: a host address (network order; IPv4 in addr[0], the rest zero). */
-struct decap_addr {
-	__u32 family;              /* XLB_AF_INET / XLB_AF_INET6 */
-	__be32 addr[4];
+/* decap_local: this host's addresses, scanned in order. A few compares cost less than hashing a key: a hash map
+ * lookup was a third of the per-packet cost of a decapsulation (docs/performance.md). */
+struct decap_local {
+	__u32 n4;                           /* entries used in v4 */
+	__u32 n6;                           /* entries used in v6 */
+	__be32 v4[XLB_DECAP_ADDRS];         /* network order */
+	__be32 v6[XLB_DECAP_ADDRS * 4];     /* network order, 4 words each (flat: bcc mirrors only 1-D arrays) */
 };
 
-/* Outer destinations that are this host's; written by the loader (xlb/decap.py). */
-BPF_HASH(decap_addrs, struct decap_addr, __u32, XLB_DECAP_ADDRS);
+/* Outer destinations that are this host's; one entry, written by the loader (xlb/decap.py). */
+BPF_ARRAY(decap_local, struct decap_local, 1);
 /* enum xlb_decap_port by UDP destination port (host order); written by the loader. */
 BPF_ARRAY(decap_ports, __u32, 65536);
 /* Packets and bytes per enum xlb_decap_reason; read by the loader. */

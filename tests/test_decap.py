@@ -14,7 +14,7 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
 from xlb import testrun
-from xlb.decap import REASONS, check_ports
+from xlb.decap import ADDRS_PER_FAMILY, REASONS, check_addresses, check_ports
 from xlb.errors import ConfigError
 
 PASS, DROP = "XDP_PASS", "XDP_DROP"
@@ -308,6 +308,45 @@ def test_ports_are_checked_before_anything_is_loaded():
         check_ports([70000], [])
     with pytest.raises(ConfigError, match="--katran-gue-port: port 6080 is also a --gue-port"):
         check_ports([6080], [6080])
+
+
+def test_addresses_are_checked_before_anything_is_loaded():
+    with pytest.raises(ConfigError, match="host addresses: no address outside lo"):
+        check_addresses([], given=False)
+    many = [ipaddress.ip_address("198.18.0.0") + i for i in range(ADDRS_PER_FAMILY + 1)]
+    with pytest.raises(ConfigError, match=f"--address: {ADDRS_PER_FAMILY + 1} IPv4 addresses, at most "
+                                          f"{ADDRS_PER_FAMILY}"):
+        check_addresses(many, given=True)
+    check_addresses(many[:-1] + [ipaddress.ip_address(ME6)], given=True)
+
+
+@needs_root
+def test_every_host_address_of_a_family_is_matched(decap):
+    """The program scans decap_local up to its count: the last of a full set matches, and past the count nothing
+    does."""
+    # bcc's mirror of struct decap_local is the size the program uses (two counts, then 1 + 4 words an address).
+    assert ct.sizeof(decap["decap_local"].Leaf) == 8 + 5 * 4 * ADDRS_PER_FAMILY
+    addrs = [ipaddress.ip_address("198.18.5.0") + i for i in range(ADDRS_PER_FAMILY)]
+    addrs6 = [ipaddress.ip_address("2001:db8:5::") + i for i in range(ADDRS_PER_FAMILY)]
+    try:
+        decap.set_addresses(addrs + addrs6)
+        for dst, o in ((str(addrs[-1]), 4), (str(addrs6[-1]), 6)):
+            pkt = eth() / (outer4(4, dst=dst) if o == 4 else IPv6(src=LB6, dst=dst, nh=4)) / syn4()
+            assert run(decap, pkt)[2] == {"ipip": 1}, dst
+        decap.set_addresses(addrs[:3])
+        pkt = eth() / outer4(4, dst=str(addrs[3])) / syn4()
+        assert run(decap, pkt)[2] == {"pass_not_local": 1}
+    finally:
+        decap.set_addresses([ipaddress.ip_address(ME4), ipaddress.ip_address(ME6)])
+
+
+@needs_root
+def test_bench_decap_quick_run_measures_the_named_paths():
+    """bench/decap.py checks each case took the path it names (the verdict counters); no timing is asserted."""
+    from bench import decap as bench_decap
+    res = bench_decap.run(quick=True, log=lambda _msg: None)
+    assert set(res["cases"]) >= {"xdp_pass", "floor_strip", "ipip_4in4", "gue_6in6", "gue_bare_4in4", "gre_4in4"}
+    assert {r["action"] for r in res["cases"].values()} == {PASS}
 
 
 def test_reasons_are_never_renumbered():

@@ -23,6 +23,7 @@ REASONS = {v: k[len("XLB_DECAP_"):].lower() for k, v in _ENUMS["xlb_decap_reason
            if k != "XLB_DECAP_REASON_MAX"}
 PORT_KIND = {k[len("XLB_DECAP_PORT_"):].lower(): v for k, v in _ENUMS["xlb_decap_port"].items()}
 KATRAN_GUE_PORT = 6080  # Katran's default GUE destination port
+ADDRS_PER_FAMILY = _DEFINES["XLB_DECAP_ADDRS"]
 
 
 class DecapProgram(Program):
@@ -41,12 +42,18 @@ class DecapProgram(Program):
             table[ct.c_uint32(port)] = ct.c_uint32(PORT_KIND["bare"])
 
     def set_addresses(self, addresses):
-        table = self["decap_addrs"]
+        """This host's addresses (at most ADDRS_PER_FAMILY of each family; check_addresses says so first)."""
+        table = self["decap_local"]
+        local = table.Leaf()
         for addr in addresses:
-            key = table.Key()
-            key.family = S.AF_INET6 if addr.version == 6 else S.AF_INET
-            key.addr = S.addr_words(addr_bytes(str(addr)))
-            table[key] = ct.c_uint32(1)
+            words = S.addr_words(addr_bytes(str(addr)))
+            if addr.version == 4:
+                local.v4[local.n4] = words[0]
+                local.n4 += 1
+            else:
+                local.v6[local.n6 * 4:local.n6 * 4 + 4] = list(words)
+                local.n6 += 1
+        table[ct.c_uint32(0)] = local
 
     def counters(self):
         """{reason name: (packets, bytes)} for every reason, summed over CPUs."""
@@ -65,14 +72,27 @@ def check_ports(gue_ports, bare_ports):
         raise ConfigError("xlb decap", "--katran-gue-port", f"port {both[0]} is also a --gue-port: give it once")
 
 
-def host_addresses(extra=()):
-    """Every address on this namespace's interfaces except lo's (where DR/TUN reals keep their VIPs), and extra."""
+def host_addresses():
+    """Every address on this namespace's interfaces except lo's (where DR/TUN reals keep their VIPs)."""
     from pyroute2 import IPRoute
     with IPRoute() as ipr:
         lo = set(ipr.link_lookup(ifname="lo"))
         found = {ipaddress.ip_address(m.get_attr("IFA_ADDRESS")) for m in ipr.get_addr()
                  if m["index"] not in lo and m.get_attr("IFA_ADDRESS")}
-    return sorted(found | set(extra), key=lambda a: (a.version, a))
+    return sorted(found, key=lambda a: (a.version, a))
+
+
+def check_addresses(addrs, given):
+    """Refuse an empty set and more than the program holds of a family; given: they came from --address."""
+    where = "--address" if given else "host addresses"
+    if not addrs:
+        raise ConfigError("xlb decap", where, "no address outside lo: nothing could be addressed to this host "
+                                              "(give --address)")
+    for version in (4, 6):
+        n = sum(1 for a in addrs if a.version == version)
+        if n > ADDRS_PER_FAMILY:
+            raise ConfigError("xlb decap", where, f"{n} IPv{version} addresses, at most {ADDRS_PER_FAMILY}: give "
+                                                  "the tunnel endpoints with --address")
 
 
 def format_counters(counts):
@@ -97,9 +117,8 @@ def run(iface, gue_ports=(), bare_ports=(), xdp_mode="native", force=False, addr
         socket.if_nametoindex(iface)
     except OSError:
         raise XlbError(f"no interface {iface}") from None
-    addrs = host_addresses(addresses)
-    if not addrs:
-        raise XlbError("this host has no address outside lo: nothing could be addressed to it (add --address)")
+    addrs = sorted(set(addresses), key=lambda a: (a.version, a)) if addresses else host_addresses()
+    check_addresses(addrs, bool(addresses))
     prog = DecapProgram(log=log)
     stop = []
 
@@ -143,7 +162,8 @@ def add_parser(sub, func):
     p.add_argument("--no-katran-gue", action="store_true",
                    help=f"no header-less GUE port at all (UDP to {KATRAN_GUE_PORT} is left alone)")
     p.add_argument("--address", type=ipaddress.ip_address, action="append", default=[], metavar="ADDR",
-                   help="also decapsulate packets to ADDR (default: every address outside lo, read at start)")
+                   help="decapsulate packets to ADDR; repeatable (default: every address outside lo, read at start; "
+                        f"at most {ADDRS_PER_FAMILY} of each family)")
     p.add_argument("--xdp-mode", choices=("native", "generic"), default="native",
                    help="native (driver) XDP, or generic (skb) mode for drivers without it")
     p.add_argument("--force", action="store_true", help="replace an XDP program already on the interface")
