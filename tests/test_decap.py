@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 from conftest import needs_root
-from scapy.layers.inet import GRE, IP, TCP, UDP
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
+from scapy.layers.inet import GRE, IP, TCP, UDP, IPOption_RR
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw
 
@@ -128,6 +128,11 @@ def _tunnel_cases():
         Case("GUE UDP 6in6", udp_encap(6, GUE_PORT, gue(41) + bytes(d6)), PASS, decapped(d6), "gue"),
         Case("variant 1 on an IPVS GUE port (the kernel's fou takes both)", udp_encap(4, GUE_PORT, bytes(d4)),
              PASS, decapped(d4), "gue_bare"),
+        Case("IPIP, outer IPv4 header with options", eth() / outer4(4, options=[IPOption_RR()]) / d4, PASS,
+             decapped(d4), "ipip"),
+        Case("GUE with an outer UDP checksum (IPVS `csum`: not ours to verify)",
+             eth() / outer4(17) / UDP(sport=33333, dport=GUE_PORT) / Raw(gue(4) + bytes(d4)), PASS, decapped(d4),
+             "gue"),
         Case("GUE with a private-flags word of zero", udp_encap(4, GUE_PORT, gue(4, bytes(4), 1) + bytes(d4)),
              PASS, decapped(d4), "gue"),
     ]
@@ -143,6 +148,8 @@ def _left_alone_cases():
         Case("outer IPv4 first fragment (MF)", frag, PASS, SAME, "pass_fragment"),
         Case("outer IPv4 later fragment", later, PASS, SAME, "pass_fragment"),
         Case("outer IPv6 fragment", frag6, PASS, SAME, "pass_fragment"),
+        Case("outer IPv6 with a destination-options header (the balancer adds none)",
+             eth() / IPv6(src=LB6, dst=ME6) / IPv6ExtHdrDestOpt(nh=41) / syn6(), PASS, SAME, "pass_not_tunnel"),
         Case("IPIP to another host", eth() / outer4(4, dst=OTHER4) / syn, PASS, SAME, "pass_not_local"),
         Case("GUE to another host", eth() / outer4(17, dst=OTHER4) / udp_to(GUE_PORT, gue(4) + bytes(syn)),
              PASS, SAME, "pass_not_local"),

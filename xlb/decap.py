@@ -120,7 +120,7 @@ def run(iface, gue_ports=(), bare_ports=(), xdp_mode="native", force=False, addr
     addrs = sorted(set(addresses), key=lambda a: (a.version, a)) if addresses else host_addresses()
     check_addresses(addrs, bool(addresses))
     prog = DecapProgram(log=log)
-    stop = []
+    stop, attached = [], False
 
     def on_stop(signum, _frame):
         stop.append(signum)
@@ -133,13 +133,15 @@ def run(iface, gue_ports=(), bare_ports=(), xdp_mode="native", force=False, addr
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGUSR1, lambda *_: log(format_counters(prog.counters())))
         prog.attach(iface, mode=xdp_mode, force=force)
+        attached = True
         log(f"xlb decap: on {iface} ({xdp_mode}) for {', '.join(map(str, addrs))}; GUE ports "
             f"{sorted(gue_ports) or 'none'}, header-less GUE ports {sorted(bare_ports) or 'none'}")
         while not stop:
             time.sleep(0.2)  # a signal ends the sleep early; no pause(): a signal just before it would be missed
     finally:
         try:
-            log(format_counters(prog.counters()))
+            if attached:
+                log(format_counters(prog.counters()))
         finally:
             prog.close()
             for sig, handler in old.items():
