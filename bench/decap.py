@@ -4,8 +4,8 @@ Per-packet cost of `xlb decap` (bpf/decap.c) through BPF_PROG_TEST_RUN, as a rat
 way in the same run (issue target: at most 1.5x). Each case is a 128-byte frame run N times back to back
 (repeat=N) behind bench/bpf/decap_drive.c, which puts the frame back before every run (decapsulation moves its
 start); the XDP_PASS baseline, and a floor that only strips 20 bytes (one bpf_xdp_adjust_head, as every
-decapsulation does), run behind the same driver. Pinned to one CPU; the median of several rounds, and the best round (on a shared machine the least disturbed).
-Needs root (BPF), no namespace. A figure, never asserted."""
+decapsulation does), run behind the same driver. Pinned to one CPU; the median of several rounds, and the best
+round (on a shared machine, the least disturbed). Needs root (BPF), no namespace. A figure, never asserted."""
 import argparse
 import ctypes as ct
 import ipaddress
