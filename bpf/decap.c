@@ -334,8 +334,9 @@ int xlb_decap(struct xdp_md *ctx)
 	ret = classify(&o, data_end, &in, &family, &reason);
 	if (!ret)
 		ret = inner_ok(in, family, o.end, data_end, &in_end);
+	/* A tunnel packet of ours that is malformed is dropped; GRE the balancer never sends is a kernel device's. */
 	if (ret)
-		return verdict(ret, ret < XLB_DECAP_IPIP ? XDP_PASS : XDP_DROP, bytes);
+		return verdict(ret, ret == XLB_DECAP_PASS_GRE_OTHER ? XDP_PASS : XDP_DROP, bytes);
 	/* The Ethernet header moves to just before the inner packet; its type follows the inner family. */
 	struct ethhdr e;
 	__builtin_memcpy(&e, eth, sizeof(e));

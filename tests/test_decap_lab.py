@@ -68,8 +68,8 @@ def _stop(proc):
     return proc.seen
 
 
-@pytest.fixture(scope="module")
-def lab():
+@pytest.fixture(scope="module", params=["native", "generic"])
+def lab(request):
     if os.geteuid() != 0:
         pytest.skip("needs root")
     topo = Topology(prefix="xdc")
@@ -97,10 +97,10 @@ def lab():
         topo.route(real, "203.0.113.0/24", gateway=LB4)
         topo.route(real, "2001:db8:77::/64", gateway=LB6)
         topo.spawn(real, tcp_echo_name_server, "real1", [(VIP4, 80), (VIP4, 53), (VIP6, 80), (VIP6, 53)])
-        proc = _start_decap(real, "--iface", "r0", "--gue-port", str(GUE_PORT))
+        proc = _start_decap(real, "--iface", "r0", "--gue-port", str(GUE_PORT), "--xdp-mode", request.param)
         started = _read_until(proc, "xlb decap: on r0", START_TIMEOUT)
         assert started, f"xlb decap did not start: {_stop(proc)}"
-        yield {"topo": topo, "lb": lb, "real": real, "proc": proc, "started": started}
+        yield {"topo": topo, "lb": lb, "real": real, "proc": proc, "mode": request.param}
     finally:
         try:
             if proc is not None:
@@ -192,7 +192,7 @@ def test_encapsulated_traffic_reaches_the_real_server_socket(lab, kind, ofam, if
 
 @needs_root
 def test_another_program_on_the_interface_is_refused_without_force(lab):
-    second = _start_decap(lab["real"], "--iface", "r0")
+    second = _start_decap(lab["real"], "--iface", "r0", "--xdp-mode", lab["mode"])
     out = second.communicate(timeout=START_TIMEOUT)[0].decode()
     assert second.returncode == 1, out
     assert "r0 already has an XDP program attached; use --force to replace it" in out

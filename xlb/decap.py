@@ -177,5 +177,5 @@ EPILOG = f"""examples:
   xlb decap --iface eth0                   # IPIP (4in4, 6in6, 4in6, 6in4), GRE, header-less GUE on {KATRAN_GUE_PORT}
   xlb decap --iface eth0 --gue-port 5555   # and GUE as IPVS sends it (type gue port 5555)
   xlb decap --iface eth0 --no-katran-gue   # leave UDP to {KATRAN_GUE_PORT} alone
-  kill -USR1 $(pidof -x xlb)                      # print the verdict counters
+  kill -USR1 $(pidof -x xlb)               # print the verdict counters
 The VIPs go on lo and the ARP sysctls are set as for direct routing: tools/xlb-dr-real add VIP."""
