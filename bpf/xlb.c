@@ -196,9 +196,12 @@ int xlb_xdp(struct xdp_md *ctx)
 	int reason = parse_packet(data, data_end, &p);
 	if (reason == XLB_PARSE_OK)
 		return handle(ctx, &p, bytes);
-	/* Not ours, or malformed: counted, and never touched. */
-	int action = (reason == XLB_PASS_NOT_IP || reason == XLB_PASS_OTHER_PROTO) ? XDP_PASS : XDP_DROP;
-	return verdict(reason, action, bytes);
+	if (reason == XLB_PASS_NOT_IP || reason == XLB_PASS_OTHER_PROTO || reason == XLB_PASS_VLAN)
+		return verdict(reason, XDP_PASS, bytes);
+	/* Malformed. To no VIP and no mark prefix: not ours, the kernel judges it as it would without xlb. */
+	if (p.family && !is_vip(&p))
+		return verdict(XLB_PASS_NO_SERVICE, XDP_PASS, bytes);
+	return verdict(reason, XDP_DROP, bytes);
 }
 
 /* Not on the packet path: the control plane runs it (BPF_PROG_TEST_RUN, xlb/clock.py) to learn the kernel's tick
