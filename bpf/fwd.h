@@ -52,6 +52,8 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct pkt *p, str
 	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return XLB_DROP_NO_NEIGH;
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return XLB_DROP_TOO_BIG;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return XLB_DROP_FIB;
 	/* bpf_fib_lookup replaces the destination with the gateway when there is one: DR needs the real on-link. */

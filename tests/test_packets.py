@@ -301,6 +301,11 @@ CASES = [
          same(bytes.fromhex("0200000000020200000000aa86dd" "40000000001406402001" "0db8007700000000000000000007"
                             "20010db8020000000000000000000001" "9c40005000000000000003e85002200000000000"),
               PASS, "pass_no_service")),
+    # Longer than the MTU toward the real: a reason of its own, not "no route" (drop_fib; found by tests/fuzz.py).
+    case("too-big", "a 1654-byte IPv4 frame to a VIP whose real is behind a 1500-byte MTU", CFG_BASIC,
+         same(tcp4(payload=b"x" * 1600), DROP, "drop_too_big")),
+    case("too-big6", "a 1694-byte IPv6 frame to a VIP whose real is behind a 1500-byte MTU", CFG_BASIC,
+         same(tcp6(payload=b"x" * 1620), DROP, "drop_too_big")),
     # VLANs: tagged frames are not balanced, whatever they carry (README, docs/design.md)
     case("vlan-8021q-vip", "802.1Q-tagged TCP SYN to a VIP: passed unchanged", CFG_BASIC,
          same(Ether(dst=LB_MAC, src=CLIENT_MAC) / Dot1Q(vlan=100) / IP(src="203.0.113.7", dst=V4, id=1)
