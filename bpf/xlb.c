@@ -93,7 +93,7 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 		struct nexthop *nh = nh_cache.lookup(&real_id);
 		if (nh && nexthop_for(nh, fe->real_gen)) {
 			count_flow(fe->svc_id, real_id, bytes, 0);
-			reason = send_dr(ctx, nh, &action);
+			reason = send_dr(ctx, p, nh, &action);
 			return verdict(reason, action, bytes);
 		}
 	}

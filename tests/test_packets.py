@@ -306,6 +306,11 @@ CASES = [
          same(tcp4(payload=b"x" * 1600), DROP, "drop_too_big")),
     case("too-big6", "a 1694-byte IPv6 frame to a VIP whose real is behind a 1500-byte MTU", CFG_BASIC,
          same(tcp6(payload=b"x" * 1620), DROP, "drop_too_big")),
+    # The next hop toward the other interface is cached by the first packet; a longer one later is still checked.
+    case("too-big-cached", "a SYN redirected to lb1's real, then a 1654-byte frame of the flow: dropped", CFG_BASIC,
+         fwd(tcp4(dst="198.51.100.40"), "198.18.1.11", REDIRECT, LB1_MAC),
+         same(tcp4(dst="198.51.100.40", flags="A", payload=b"x" * 1600), DROP, "drop_too_big"),
+         fwd(tcp4(dst="198.51.100.40", flags="A", payload=b"x" * 1400), "198.18.1.11", REDIRECT, LB1_MAC)),
     # VLANs: tagged frames are not balanced, whatever they carry (README, docs/design.md)
     case("vlan-8021q-vip", "802.1Q-tagged TCP SYN to a VIP: passed unchanged", CFG_BASIC,
          same(Ether(dst=LB_MAC, src=CLIENT_MAC) / Dot1Q(vlan=100) / IP(src="203.0.113.7", dst=V4, id=1)
