@@ -130,7 +130,7 @@ class Counters(ct.Structure):
 
 class Nexthop(ct.Structure):
     _fields_ = [("stamp_ns", _u64), ("ifindex", _u32), ("real_gen", _u32), ("dmac", _u8 * 6),
-                ("smac", _u8 * 6), ("pad", _u32)]
+                ("smac", _u8 * 6), ("mtu", _u16), ("pad", _u16)]
 
 
 class FlowEntry(ct.Structure):
