@@ -6,10 +6,10 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.xlb-installed
 BCC_SRC     := /usr/lib/python3/dist-packages/bcc
-APT_PKGS    := python3-venv python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 ethtool nftables systemd
+APT_PKGS    := python3-venv python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 ethtool nftables systemd bird2
 PYTEST_ARGS ?= tests
 
-.PHONY: setup apt venv bcc-link test demo bench man completion clean
+.PHONY: setup apt venv bcc-link test demo bench fuzz man completion clean
 
 setup: apt $(STAMP) bcc-link
 
@@ -47,6 +47,12 @@ test: setup
 
 demo: setup
 	$(VENV)/bin/xlb demo
+
+# Hostile packets: the fuzzer of tests/test_fuzz.py with the full count (a few minutes; root). FUZZ_SEED repeats a run.
+FUZZ_COUNT ?= 1000000
+FUZZ_SEED  ?=
+fuzz: setup
+	$(PY) tests/fuzz.py $(FUZZ_COUNT) $(FUZZ_SEED)
 
 # The bench runs Katran side by side (bench/katran_peer.py); its loader needs libbpf.so.1.
 APT_PKGS    += libbpf1

@@ -86,6 +86,8 @@ enum xlb_reason {
 	XLB_DROP_NOT_ONLINK = 16,   /* direct routing needs the real on-link; the route goes via a gateway */
 	XLB_DROP_IPV6_EXT = 17,     /* too many or truncated IPv6 extension headers */
 	XLB_DROP_INTERNAL = 18,     /* a map that must exist was missing (a bug: report it) */
+	XLB_PASS_VLAN = 19,         /* an 802.1Q or 802.1ad tagged frame: not balanced (docs/design.md, VLANs) */
+	XLB_DROP_TOO_BIG = 20,      /* longer than the MTU toward the real (bpf_fib_lookup: fragmentation needed) */
 	XLB_REASON_MAX
 };
 

@@ -52,12 +52,20 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct pkt *p, str
 	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return XLB_DROP_NO_NEIGH;
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return XLB_DROP_TOO_BIG;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return XLB_DROP_FIB;
 	/* bpf_fib_lookup replaces the destination with the gateway when there is one: DR needs the real on-link. */
 	if (r->family == XLB_AF_INET ? fib.ipv4_dst != r->addr[0] : !addr_eq(fib.ipv6_dst, r->addr))
 		return XLB_DROP_NOT_ONLINK;
+	/* The egress interface's MTU, for send_dr's per-frame check (fib's mtu_result is set only on FRAG_NEEDED;
+	 * bpf_check_mtu writes the device's MTU whatever this frame's length). */
+	__u32 mtu = 0;
+	if (bpf_check_mtu(ctx, fib.ifindex, &mtu, 0, 0) < 0)
+		return XLB_DROP_FIB;
 	XLB_TRACE_SCRATCH_NH(nh);
+	nh->mtu = mtu > 0xffff ? 0xffff : mtu;
 	__builtin_memcpy(nh->dmac, fib.dmac, 6);
 	__builtin_memcpy(nh->smac, fib.smac, 6);
 	nh->ifindex = fib.ifindex;
@@ -69,7 +77,7 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct pkt *p, str
 
 /* Direct routing: address the frame to next hop nh and send it. Returns the verdict reason; *action gets the
  * XDP action. */
-static __always_inline int send_dr(struct xdp_md *ctx, struct nexthop *nh, int *action)
+static __always_inline int send_dr(struct xdp_md *ctx, struct pkt *p, struct nexthop *nh, int *action)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -77,6 +85,11 @@ static __always_inline int send_dr(struct xdp_md *ctx, struct nexthop *nh, int *
 	if ((void *)(eth + 1) > data_end) {
 		*action = XDP_DROP;
 		return XLB_DROP_TRUNC_ETH;
+	}
+	/* Checked per frame: the cached next hop was looked up for some earlier, maybe shorter, packet. */
+	if (p->ip_len > nh->mtu) {
+		*action = XDP_DROP;
+		return XLB_DROP_TOO_BIG;
 	}
 	__builtin_memcpy(eth->h_dest, nh->dmac, 6);
 	__builtin_memcpy(eth->h_source, nh->smac, 6);
@@ -99,7 +112,7 @@ static __always_inline int forward_dr(struct xdp_md *ctx, struct pkt *p, struct 
 		*action = XDP_DROP;
 		return reason;
 	}
-	return send_dr(ctx, nh, action);
+	return send_dr(ctx, p, nh, action);
 }
 
 #endif

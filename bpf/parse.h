@@ -65,16 +65,17 @@ static __always_inline int parse_ipv4(void *cur, void *data_end, struct pkt *p, 
 	struct iphdr *iph = cur;
 	if ((void *)(iph + 1) > data_end)
 		return XLB_DROP_TRUNC_IP;
+	/* The addresses first: a malformed packet to no VIP is not ours to judge (xlb_xdp passes it). */
+	p->family = XLB_AF_INET;
+	p->src[0] = iph->saddr;
+	p->dst[0] = iph->daddr;
 	if (iph->version != 4 || iph->ihl < 5)
 		return XLB_DROP_BAD_IP;
 	__u32 hlen = iph->ihl * 4;
 	__u16 tot = bpf_ntohs(iph->tot_len);
 	if (tot < hlen || cur + tot > data_end)
 		return XLB_DROP_TRUNC_IP;
-	p->family = XLB_AF_INET;
 	p->proto = iph->protocol;
-	p->src[0] = iph->saddr;
-	p->dst[0] = iph->daddr;
 	p->ip_len = tot;
 	/* MF set or a fragment offset: only a first fragment carries ports, and none can be trusted alone. */
 	if (iph->frag_off & bpf_htons(0x3fff))
@@ -89,14 +90,14 @@ static __always_inline int parse_ipv6(void *cur, void *data_end, struct pkt *p, 
 	struct ipv6hdr *ip6 = cur;
 	if ((void *)(ip6 + 1) > data_end)
 		return XLB_DROP_TRUNC_IP;
+	p->family = XLB_AF_INET6;
+	__builtin_memcpy(p->src, &ip6->saddr, 16);
+	__builtin_memcpy(p->dst, &ip6->daddr, 16);
 	if (ip6->version != 6)
 		return XLB_DROP_BAD_IP;
 	__u32 plen = bpf_ntohs(ip6->payload_len);
 	if ((void *)(ip6 + 1) + plen > data_end)
 		return XLB_DROP_TRUNC_IP;
-	p->family = XLB_AF_INET6;
-	__builtin_memcpy(p->src, &ip6->saddr, 16);
-	__builtin_memcpy(p->dst, &ip6->daddr, 16);
 	p->ip_len = plen + sizeof(*ip6);
 	*ip_end = (void *)(ip6 + 1) + plen;
 	__u8 next = ip6->nexthdr;
@@ -156,7 +157,8 @@ static __always_inline int parse_ipv6(void *cur, void *data_end, struct pkt *p, 
 #define XLB_PARSE_OK (-1)
 
 /* Fill *p from the frame. Returns XLB_PARSE_OK when p describes a TCP/UDP packet (p->fragment says if it is a
- * fragment), else the pass or drop reason. */
+ * fragment), else the pass or drop reason; with a drop reason, p->family is set once the fixed IP header (and so
+ * its destination address) was in the frame. */
 static __always_inline int parse_packet(void *data, void *data_end, struct pkt *p)
 {
 	struct ethhdr *eth = data;
@@ -164,6 +166,9 @@ static __always_inline int parse_packet(void *data, void *data_end, struct pkt *
 		return XLB_DROP_TRUNC_ETH;
 	void *l4 = 0, *ip_end = 0;
 	int ret;
+	/* Tagged frames are not balanced: DR would need the real's next hop on the same VLAN (docs/design.md). */
+	if (eth->h_proto == bpf_htons(ETH_P_8021Q) || eth->h_proto == bpf_htons(ETH_P_8021AD))
+		return XLB_PASS_VLAN;
 	if (eth->h_proto == bpf_htons(ETH_P_IP))
 		ret = parse_ipv4(eth + 1, data_end, p, &l4, &ip_end);
 	else if (eth->h_proto == bpf_htons(ETH_P_IPV6))

@@ -136,7 +136,8 @@ struct nexthop {
 	__u32 real_gen;            /* the real this was looked up for */
 	__u8 dmac[6];
 	__u8 smac[6];
-	__u32 pad;
+	__u16 mtu;                 /* the egress interface's MTU: longest IP packet sent (bytes) */
+	__u16 pad;
 };
 
 /* flow_cache: per CPU, 2-way set associative by a hash of the tuple; derived from conns (bpf/flowcache.h). */

@@ -93,7 +93,7 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 		struct nexthop *nh = nh_cache.lookup(&real_id);
 		if (nh && nexthop_for(nh, fe->real_gen)) {
 			count_flow(fe->svc_id, real_id, bytes, 0);
-			reason = send_dr(ctx, nh, &action);
+			reason = send_dr(ctx, p, nh, &action);
 			return verdict(reason, action, bytes);
 		}
 	}
@@ -196,9 +196,12 @@ int xlb_xdp(struct xdp_md *ctx)
 	int reason = parse_packet(data, data_end, &p);
 	if (reason == XLB_PARSE_OK)
 		return handle(ctx, &p, bytes);
-	/* Not ours, or malformed: counted, and never touched. */
-	int action = (reason == XLB_PASS_NOT_IP || reason == XLB_PASS_OTHER_PROTO) ? XDP_PASS : XDP_DROP;
-	return verdict(reason, action, bytes);
+	if (reason == XLB_PASS_NOT_IP || reason == XLB_PASS_OTHER_PROTO || reason == XLB_PASS_VLAN)
+		return verdict(reason, XDP_PASS, bytes);
+	/* Malformed. To no VIP and no mark prefix: not ours, the kernel judges it as it would without xlb. */
+	if (p.family && !is_vip(&p))
+		return verdict(XLB_PASS_NO_SERVICE, XDP_PASS, bytes);
+	return verdict(reason, XDP_DROP, bytes);
 }
 
 /* Not on the packet path: the control plane runs it (BPF_PROG_TEST_RUN, xlb/clock.py) to learn the kernel's tick

@@ -305,6 +305,9 @@ def test_log_lines_carry_a_timestamp_unless_journald_stamps_them(monkeypatch, ca
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
     daemon_log("xlb: hello")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ xlb: hello\n", capsys.readouterr().out)
+    daemon_log("service    conns\nfwm/1         18")  # a table: every line stamped, so its columns stay
+    first, second = capsys.readouterr().out.splitlines()
+    assert first[:21] == second[:21] and first[21:] == "service    conns" and second[21:] == "fwm/1         18"
     monkeypatch.setenv("JOURNAL_STREAM", "8:12345")
     daemon_log("xlb: hello")
     assert capsys.readouterr().out == "xlb: hello\n"

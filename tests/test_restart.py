@@ -157,32 +157,38 @@ def _record(d, digest):
 
 
 @needs_root
-@pytest.mark.parametrize("rr_type,migrated", [(pin.BPF_MAP_TYPE_PERCPU_ARRAY, True),
-                                              (pin.BPF_MAP_TYPE_ARRAY, False)])
-def test_per_cpu_rr_positions_of_the_previous_layout_are_replaced(rr_type, migrated):
-    """Pins of the xlb that kept rr positions per CPU: its per-CPU rr_pos is unpinned (the loader makes the shared
-    one), the record updated, everything else adopted. The same record over anything else is refused."""
+@pytest.mark.parametrize("earlier", [True, False])
+def test_pins_of_the_previous_release_are_adopted_and_its_changed_maps_made_anew(earlier):
+    """Pins recorded by the release before this one (per-CPU rr positions, 19 verdict reasons): rr_pos and verdicts
+    are unpinned (the loader makes them anew), the record updated, everything else adopted. Any other record is
+    refused."""
     pin.ensure_bpffs()
     d = Path(tempfile.mkdtemp(prefix="xa-rr-", dir=pin.BPF_ROOT))
+    record = next(iter(pin.EARLIER_LAYOUTS)) if earlier else bytes(32)
     logged = []
     try:
         pin.write_layout(d)
-        _record(d, pin._per_cpu_rr_digest())
+        _record(d, record)
         _pin_map(d, "conns", pin.BPF_MAP_TYPE_ARRAY, 8)
-        _pin_map(d, "rr_pos", rr_type, 4)
-        if not migrated:
+        _pin_map(d, "rr_pos", pin.BPF_MAP_TYPE_PERCPU_ARRAY, 4)
+        _pin_map(d, "verdicts", pin.BPF_MAP_TYPE_PERCPU_ARRAY, 8)
+        if not earlier:
             with pytest.raises(pin.PinError, match=r"data layout differs .* start with --fresh"):
                 pin.check_layout(d, logged.append)
-            assert sorted(p.name for p in d.iterdir()) == ["conns", "rr_pos", pin.LAYOUT_MAP]
-            assert pin.read_layout(d) == pin._per_cpu_rr_digest()
+            assert sorted(p.name for p in d.iterdir()) == ["conns", "rr_pos", "verdicts", pin.LAYOUT_MAP]
+            assert pin.read_layout(d) == record
             return
         assert pin.check_layout(d, logged.append) == ["conns"]
-        assert not (d / "rr_pos").exists()
+        assert not (d / "rr_pos").exists() and not (d / "verdicts").exists()
         assert pin.read_layout(d) == pin.layout_digest()
-        assert len(logged) == 1 and "round-robin positions were per CPU; they are one per service" in logged[0]
+        assert len(logged) == 1 and "made anew: rr_pos" in logged[0] and "verdicts" in logged[0]
         assert pin.check_layout(d, logged.append) == ["conns"] and len(logged) == 1
     finally:
         pin.remove(d)
+
+
+def test_this_layout_is_not_an_earlier_one():
+    assert pin.layout_digest() not in pin.EARLIER_LAYOUTS
 
 
 def test_layout_digest_covers_struct_layouts(monkeypatch):

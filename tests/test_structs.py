@@ -95,7 +95,8 @@ def test_reasons_cover_the_code():
     for name in ("pass_not_ip", "pass_no_service", "pass_other_proto", "pass_fragment", "fwd_tx", "fwd_redirect",
                  "drop_trunc_eth", "drop_trunc_ip", "drop_bad_ip", "drop_trunc_l4", "drop_bad_tcp",
                  "drop_fragment", "drop_no_real", "drop_rst_no_conn", "drop_no_neigh", "drop_fib",
-                 "drop_not_onlink", "drop_ipv6_ext", "drop_internal"):
+                 "drop_not_onlink", "drop_ipv6_ext", "drop_internal", "pass_vlan",
+                 "drop_too_big"):
         assert name in names, name
     assert S.REASON["pass_not_ip"] == 0
 

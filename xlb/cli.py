@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   xlb run -i eth0 -c xlb.toml --metrics 127.0.0.1:9842   # Prometheus /metrics (see tools/prometheus.yml)
   xlb top                     # live rates per service and real; q quits
   xlb trace 203.0.113.7 198.51.100.10:80       # which real would a new connection get, and why
+  xlb decap --iface eth0 --gue-port 5555   # on a real server: strip IPIP/GRE/GUE (tunnel forwarding)
   xlb demo                    # a built-in topology in throwaway namespaces
   xlb list -n                 # what the running daemon balances (ipvsadm -L -n format)
   xlb ipvsadm -a -t 198.51.100.10:80 -r 198.18.0.11 -w 2   # ipvsadm's syntax, runtime edit
@@ -75,9 +76,10 @@ def _cmd_check(args):
 
 def daemon_log(msg):
     """A daemon log line: under journald (JOURNAL_STREAM set) as it is, journald stamps it; elsewhere with the UTC
-    time in front."""
+    time in front of each line (a multi-line message, such as SIGUSR1's counters table, keeps its columns)."""
     if not os.environ.get("JOURNAL_STREAM"):
-        msg = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {msg}"
+        stamp = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+        msg = "\n".join(f"{stamp} {line}" for line in str(msg).split("\n"))
     print(msg, flush=True)
 
 
@@ -170,6 +172,12 @@ def _cmd_clean(args):
     return 1 if failed else 0
 
 
+def _cmd_decap(args):
+    from .ops import decap
+    return decap.run(args.iface, args.gue_port, decap.bare_ports_of(args), xdp_mode=args.xdp_mode, force=args.force,
+                     addresses=args.address, log=lambda msg: print(msg, flush=True))
+
+
 def _cmd_demo(args):
     from .lab.demo import main as demo_main
     return demo_main(main)
@@ -244,6 +252,9 @@ def build_parser():
     cl.add_argument("--iface", "-i", help="the interface whose maps to unpin (default: every interface's)")
     cl.add_argument("--pin-dir", help="the directory `xlb run --pin-dir` used")
     cl.set_defaults(func=_cmd_clean)
+
+    from .ops.decap import add_parser as add_decap_parser
+    add_decap_parser(sub, _cmd_decap)
 
     demo = sub.add_parser("demo", help="build a demo topology in namespaces, balance traffic, tear it down")
     demo.set_defaults(func=_cmd_demo)

@@ -204,29 +204,31 @@ def layout_digest():
     return _digest(layout_description())
 
 
-def _per_cpu_rr_digest():
-    """The layout record of the xlb before this one, which kept rr positions per CPU (rr_pos a per-CPU array of
-    __u32, no mirror) and was otherwise the same."""
-    d = layout_description()
-    d["structs"] = {k: v for k, v in d["structs"].items() if not k.startswith("rr_pos.")}
-    return _digest(d)
+# Layout records of earlier xlb releases whose pins this one adopts, each with the pinned maps that must be made anew
+# (contents that may start again without losing a connection or a template) and what the operator loses. When a
+# change of layout keeps the state maps' meaning, add the record of the release before it here.
+EARLIER_LAYOUTS = {
+    # cd41803 (stop 10): rr positions per CPU (rr_pos a per-CPU array of __u32); 19 verdict reasons.
+    bytes.fromhex("cb704e610207d353bfb6b0a226ff5c76a8591432b6c0c39e5fc19550ff92aca3"): {
+        "rr_pos": "rr and wrr start their rotations again, now one per service instead of per CPU",
+        "verdicts": "the verdict counters start from zero, with two more reasons",
+    },
+}
 
 
 def _migrate(pin_dir, recorded, log):
-    """Bring pins of the previous layout up to this one where nothing that matters is lost; True if done. Per-CPU
-    rr positions become one per service: the old map is unpinned (the program still attached keeps its own
-    reference) and the loader makes the new one; rr and wrr start their rotations again."""
-    path = Path(pin_dir) / "rr_pos"
-    if recorded != _per_cpu_rr_digest():
+    """Bring the pins of an earlier release's layout (EARLIER_LAYOUTS) up to this one; True if done. The maps it
+    lists are unpinned (a program still attached keeps its own reference) and the loader makes them anew; every
+    other map is adopted as it is."""
+    remake = EARLIER_LAYOUTS.get(recorded)
+    if remake is None:
         return False
-    if path.exists():
-        if pinned_map_info(path).type != BPF_MAP_TYPE_PERCPU_ARRAY:
-            return False
-        path.unlink()
+    for name in remake:
+        (Path(pin_dir) / name).unlink(missing_ok=True)
     write_layout(pin_dir)
     if log:
-        log(f"xlb: {pin_dir}: the pinned round-robin positions were per CPU; they are one per service now (rr and "
-            f"wrr start their rotations again; connections and templates are kept)")
+        log(f"xlb: {bpffs.shown(pin_dir)}: pinned by the previous xlb's layout; connections and templates are "
+            "kept, made anew: " + "; ".join(f"{name}: {lost}" for name, lost in remake.items()))
     return True
 
 

@@ -75,8 +75,10 @@ def possible_cpus():
 
 
 class Program:
-    """bpf/xlb.c compiled and loaded. `prog[name]` is a bcc table; `fd` the XDP program's fd."""
+    """bpf/xlb.c compiled and loaded. `prog[name]` is a bcc table; `fd` the XDP program's fd. Subclasses load
+    another program of bpf/ (SOURCE, FUNC, TAIL_CALLS) with the same attach and detach rules."""
 
+    SOURCE = "xlb.c"
     FUNC = "xlb_xdp"
     # Programs reached by tail call, by their index in the `progs` map (bpf/maps.h).
     TAIL_CALLS = {0: "xlb_new_conn"}
@@ -85,16 +87,15 @@ class Program:
         kheaders.ensure_kernel_headers(log=log)
         bcc = _import_bcc()
         self._bcc = bcc
-        src = inline_source(BPF_DIR / "xlb.c")
+        src = inline_source(BPF_DIR / self.SOURCE)
         flags = [f"-I{BPF_DIR}", "-Wno-unused-function", *cflags]
         try:
             self.bpf = bcc.BPF(text=src.encode(), cflags=flags)
             self.func = self.bpf.load_func(self.FUNC.encode(), bcc.BPF.XDP)
-            progs = self.bpf[b"progs"]
             for idx, name in self.TAIL_CALLS.items():
-                progs[ct.c_int(idx)] = ct.c_int(self.bpf.load_func(name.encode(), bcc.BPF.XDP).fd)
+                self.bpf[b"progs"][ct.c_int(idx)] = ct.c_int(self.bpf.load_func(name.encode(), bcc.BPF.XDP).fd)
         except Exception as exc:  # bcc raises bare Exception; its compiler output went to stderr
-            raise KernelError(f"could not load bpf/xlb.c: {exc} (compiler/verifier output above)") from exc
+            raise KernelError(f"could not load bpf/{self.SOURCE}: {exc} (compiler/verifier output above)") from exc
         self.fd = self.func.fd
         self._clock = None
         self.log = log

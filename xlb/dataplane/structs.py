@@ -19,8 +19,9 @@ _u8, _u16, _u32, _u64 = ct.c_uint8, ct.c_uint16, ct.c_uint32, ct.c_uint64
 _addr = _u32 * 4  # 16-byte address, network order, IPv4 in [0]
 
 
-def _read_consts():
-    text = (BPF_DIR / "consts.h").read_text()
+def read_consts(name="consts.h"):
+    """({enum: {NAME: value}}, {XLB_ define: value}) of bpf/NAME: one reader for every header shared with Python."""
+    text = (BPF_DIR / name).read_text()
     enums = {}
     for name, body in re.findall(r"enum\s+(\w+)\s*\{(.*?)\};", text, re.S):
         body = re.sub(r"/\*.*?\*/", "", body, flags=re.S)
@@ -37,7 +38,7 @@ def _read_consts():
     return enums, defines
 
 
-ENUMS, DEFINES = _read_consts()
+ENUMS, DEFINES = read_consts()
 
 # Verdict reasons by number, and their export names ("pass_no_service", "drop_no_neigh", ...).
 REASONS = {v: k[len("XLB_"):].lower() for k, v in ENUMS["xlb_reason"].items() if k != "XLB_REASON_MAX"}
@@ -129,7 +130,7 @@ class Counters(ct.Structure):
 
 class Nexthop(ct.Structure):
     _fields_ = [("stamp_ns", _u64), ("ifindex", _u32), ("real_gen", _u32), ("dmac", _u8 * 6),
-                ("smac", _u8 * 6), ("pad", _u32)]
+                ("smac", _u8 * 6), ("mtu", _u16), ("pad", _u16)]
 
 
 class FlowEntry(ct.Structure):

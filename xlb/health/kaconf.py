@@ -25,9 +25,9 @@ class Problem(ConfigError):
     (keepalived drops the block with these words)."""
 
     def __init__(self, file, line, keyword, detail, kind="error"):
-        self.line, self.keyword, self.detail, self.kind = line, keyword, detail, kind
         tag = "not supported by xlb: " if kind == "unsupported" else ""
-        super().__init__(file, f"line {line}", f"{keyword}: {tag}{detail}")
+        super().__init__(file, keyword, f"{tag}{detail}", line=line)
+        self.keyword, self.detail, self.kind = keyword, detail, kind
 
 
 class _Block:

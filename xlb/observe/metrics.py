@@ -215,7 +215,7 @@ class XlbCollector(Collector):
         self._marks(f["xlb_mark_rule_hits"])
         rows = percpu_counters(dp.m["verdicts"], len(S.REASONS))
         for num, reason in sorted(S.REASONS.items()):
-            p, b, _ = rows[num] if num < len(rows) else zero
+            p, b, _ = rows[num] if num < len(rows) else (0, 0, 0)
             lv = (reason.split("_", 1)[0], reason)
             f["xlb_verdict_packets"].append((lv, p))
             f["xlb_verdict_bytes"].append((lv, b))

@@ -1,0 +1,199 @@
+"""The sockets of an IPVS sync master and backup, set up as the kernel's sync threads set up theirs
+(ip_vs_sync.c make_send_sock, make_receive_sock), so xlb and IPVS directors can sync with each other.
+
+- `SyncSender` (master): UDP to 224.0.0.81:8848 out of the sync interface (IP_MULTICAST_IF), multicast TTL 1,
+  no loopback of its own messages, no path-MTU discovery (a message may be fragmented if the MTU shrinks),
+  bound to the interface's first IPv4 address. Entries are packed into messages of at most 1472 bytes; a message
+  is sent when full, on `flush()`, or by `flush_if_older()` once its first entry is 2 s old (the kernel's
+  IPVS_SYNC_FLUSH_TIME).
+- `SyncReceiver` (backup): bound to the group and port on the sync interface only (SO_BINDTODEVICE), joined to
+  the group there (IP_ADD_MEMBERSHIP); every datagram goes through `wire.decode` with its syncid filter (0 takes
+  all). Nothing raises on what arrives: messages, entries, refusals and skips are counted in `counts`.
+
+Both sockets are non-blocking: `fileno()` serves a selector, `attach()` an asyncio loop. Sending never blocks
+either: a message the socket cannot take now is dropped and counted (`send_dropped`), as a full kernel sync
+queue drops; the entries are sent again at their next state change.
+"""
+
+import socket
+import struct
+import time
+from collections import Counter
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from xlb.errors import XlbError
+from xlb.sync import wire
+
+IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0
+IP_MULTICAST_ALL = 49  # 0: deliver only the groups this socket joined
+FLUSH_TIME = 2.0  # seconds an entry may wait in a message that is not full (IPVS_SYNC_FLUSH_TIME)
+RECEIVE_BATCH = 256  # datagrams read per receive() call, so a flood cannot hold the event loop
+
+
+class SyncSocketError(XlbError):
+    """The sync interface or its socket could not be set up; names the interface."""
+
+
+def interface(ifname):
+    """(ifindex, first universe-scope IPv4 address or None, MTU) of `ifname` in the current namespace."""
+    try:
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=ifname)
+            if not found:
+                raise SyncSocketError(f"sync interface {ifname}: no such interface")
+            link = ipr.get_links(found[0])[0]
+            addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=socket.AF_INET, index=found[0])
+                     if a["scope"] == 0]
+    except NetlinkError as e:
+        raise SyncSocketError(f"sync interface {ifname}: {e}") from e
+    return found[0], (addrs[0] if addrs else None), link.get_attr("IFLA_MTU")
+
+
+def _mreqn(group, ifindex):
+    """struct ip_mreqn: group, local address (any), interface index."""
+    return struct.pack("=4s4si", socket.inet_aton(group), bytes(4), ifindex)
+
+
+def _socket(ifname, what, setup):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        setup(sock)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise SyncSocketError(f"sync interface {ifname}: cannot {what}: {e.strerror or e}") from e
+    return sock
+
+
+class _Endpoint:
+    sock = None
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class SyncSender(_Endpoint):
+    """A sync master on `ifname`: `add()` entries, `flush()` (or `flush_if_older()` periodically)."""
+
+    def __init__(self, ifname, syncid, group=wire.SYNC_GROUP, port=wire.SYNC_PORT, ttl=1,
+                 maxlen=wire.DEFAULT_MAXLEN, clock=time.monotonic):
+        ifindex, address, _ = interface(ifname)
+        if address is None:
+            raise SyncSocketError(f"sync interface {ifname} has no IPv4 address to send sync messages from")
+        self.packer = wire.Packer(syncid, maxlen)
+        self.counts = Counter()
+        self._clock = clock
+        self._since = None  # when the first entry of the open message was added
+
+        def setup(sock):
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, _mreqn("0.0.0.0", ifindex))
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+            sock.bind((address, 0))
+            sock.connect((group, port))
+        self.sock = _socket(ifname, f"send to {group}:{port}", setup)
+
+    def add(self, conn):
+        """Queue one entry (wire.WireError if it cannot be encoded); sends the message it closes."""
+        full = self.packer.add(conn)
+        if full is not None:
+            self._send(full)
+            self._since = None
+        if self._since is None:
+            self._since = self._clock()
+
+    def send(self, conns):
+        """Queue entries and send everything now."""
+        for conn in conns:
+            self.add(conn)
+        self.flush()
+
+    def flush(self):
+        message = self.packer.flush()
+        self._since = None
+        if message is not None:
+            self._send(message)
+
+    def flush_if_older(self, seconds=FLUSH_TIME):
+        if self._since is not None and self._clock() - self._since >= seconds:
+            self.flush()
+
+    def _send(self, message):
+        try:
+            self.sock.send(message)
+        except BlockingIOError:
+            self.counts["send_dropped"] += 1
+            return
+        except OSError:
+            self.counts["send_errors"] += 1  # the interface went down, no route: the next message tries again
+            return
+        self.counts["messages"] += 1
+        self.counts["conns"] += message[4]
+
+
+class SyncReceiver(_Endpoint):
+    """A sync backup on `ifname` for `syncid` (0: every syncid): `receive()` returns the entries that arrived."""
+
+    def __init__(self, ifname, syncid, group=wire.SYNC_GROUP, port=wire.SYNC_PORT):
+        if not 0 <= syncid <= 255:
+            raise SyncSocketError(f"syncid {syncid} is not within 0..255")
+        ifindex, _, mtu = interface(ifname)
+        self.syncid = syncid
+        self.counts = Counter()
+        # The kernel's backup buffer: the interface MTU (at least 1500) less the IPv4 and UDP headers; a longer
+        # datagram is cut there and then refused for its size, as the kernel does.
+        self.maxlen = min(max(mtu or 1500, 1500), 65535) - 28
+
+        def setup(sock):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+            sock.bind((group, port))
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, _mreqn(group, ifindex))
+            sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+        self.sock = _socket(ifname, f"join {group}:{port}", setup)
+
+    def receive(self):
+        """Read the datagrams waiting (at most RECEIVE_BATCH) and return their entries, in order."""
+        conns = []
+        for _ in range(RECEIVE_BATCH):
+            try:
+                data = self.sock.recv(self.maxlen)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.counts["receive_errors"] += 1
+                break
+            got = wire.decode(data, self.syncid)
+            if got.refused:
+                self.counts[got.refused] += 1
+                continue
+            self.counts["messages"] += 1
+            self.counts["conns"] += len(got.conns)
+            self.counts.update(got.skipped)
+            conns.extend(got.conns)
+        return conns
+
+    def attach(self, loop, handler):
+        """Call `handler(conns)` from asyncio `loop` whenever entries arrive; detach with `detach(loop)`."""
+        def ready():
+            conns = self.receive()
+            if conns:
+                handler(conns)
+        loop.add_reader(self.sock.fileno(), ready)
+
+    def detach(self, loop):
+        loop.remove_reader(self.sock.fileno())
