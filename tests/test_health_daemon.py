@@ -1,0 +1,96 @@
+"""Health checks in a real `xlb run` (a DR lab of namespaces, generic XDP, real TCP): a real whose TCP_CHECK fails
+leaves the service (the listing and new connections: its persistent clients move at their next connection), and
+comes back when its check passes; with inhibit_on_failure it stays at weight 0. Each real's health port (9000) is
+a server of its own, stopped and started by the test; the service's traffic goes to port 80."""
+import pytest
+from conftest import needs_root
+
+from xlb.lab.demo import CLIENTS4, REALS4, VIP4
+from xlb.lab.servers import tcp_echo_name_server
+from xlb.ops import control
+from harness import DrLab, log_has, wait_for
+
+HEALTH_PORT = 9000
+
+
+def config(extra=""):
+    reals = "".join(f'\n  [[service.real]]\n  address = "{r}"\n' for r in REALS4)
+    return f"""
+[tables]
+sweep_interval = 0.2
+
+[[service]]
+vip = "{VIP4}"
+port = 80
+proto = "tcp"
+scheduler = "rr"
+persistence_timeout = 300
+delay_loop = 0.3
+{extra}
+  [service.check]
+  kind = "TCP_CHECK"
+  connect_port = {HEALTH_PORT}
+  connect_timeout = 0.5
+  retry = 1
+  delay_before_retry = 0.2
+  warmup = 0
+{reals}"""
+
+
+def health_servers(lab):
+    return [lab.topo.spawn(ns, tcp_echo_name_server, f"h{i + 1}", [("0.0.0.0", HEALTH_PORT)])
+            for i, ns in enumerate(lab.rs)]
+
+
+def pool(lab):
+    """{real address: weight} of the service as the maps hold it (what `xlb ipvsadm -L -n` shows)."""
+    (svc,) = control.call("list", path=lab.socket_path)["services"]
+    return {r["address"]: r["weight"] for r in svc["reals"]}
+
+
+@needs_root
+def test_a_failed_real_leaves_and_its_clients_move(log_path):
+    with DrLab(prefix="xh1") as lab:
+        servers = health_servers(lab)
+        lab.start_xlb(config(), log_path=log_path)
+        wait_for(lambda: all(r["checkers"][0]["has_run"] for s in control.call("health", path=lab.socket_path)
+                             for r in s["reals"]), what="every checker ran")
+        first = {c: lab.ask(c, VIP4, 80) for c in CLIENTS4}
+        assert set(first.values()) == {"rs1", "rs2", "rs3"}
+        victim = next(c for c in CLIENTS4 if first[c] == "rs2")
+        servers[1].stop()
+        removing = f"Removing service [{REALS4[1]}]:tcp:80 from VS [{VIP4}]:tcp:80"
+        wait_for(lambda: log_has(log_path, removing), what="the removal logged")
+        assert log_has(log_path, f"TCP connection to [{REALS4[1]}]:tcp:{HEALTH_PORT} failed")
+        wait_for(lambda: REALS4[1] not in pool(lab), what="the real out of the maps")
+        assert pool(lab) == {REALS4[0]: 1, REALS4[2]: 1}
+        (svc,) = control.call("health", path=lab.socket_path)
+        down = next(r for r in svc["reals"] if r["address"] == REALS4[1])
+        assert not down["alive"] and down["last_change"] and not down["checkers"][0]["last_ok"]
+        # its persistent clients move at their next connection; the others stay where they were
+        for c in CLIENTS4:
+            now = lab.ask(c, VIP4, 80)
+            assert now != "rs2"
+            if first[c] != "rs2":
+                assert now == first[c], c
+        moved = lab.ask(victim, VIP4, 80)
+        # it comes back after one pass; its former clients stay where they moved (their templates say so)
+        servers[1] = lab.topo.spawn(lab.rs[1], tcp_echo_name_server, "h2", [("0.0.0.0", HEALTH_PORT)])
+        wait_for(lambda: log_has(log_path, f"Adding service [{REALS4[1]}]:tcp:80 to VS [{VIP4}]:tcp:80"),
+                 what="the return logged")
+        wait_for(lambda: REALS4[1] in pool(lab), what="the real back in the maps")
+        assert lab.ask(victim, VIP4, 80) == moved
+        assert lab.daemon.is_alive()
+
+
+@needs_root
+def test_inhibit_on_failure_keeps_the_real_at_weight_0(log_path):
+    with DrLab(prefix="xh2") as lab:
+        servers = health_servers(lab)
+        lab.start_xlb(config("inhibit_on_failure = true"), log_path=log_path)
+        servers[2].stop()
+        wait_for(lambda: log_has(log_path, f"Disabling service [{REALS4[2]}]:tcp:80 of VS [{VIP4}]:tcp:80"),
+                 what="the real disabled")
+        wait_for(lambda: pool(lab).get(REALS4[2]) == 0, what="weight 0 in the maps")
+        assert pool(lab) == {REALS4[0]: 1, REALS4[1]: 1, REALS4[2]: 0}
+        assert {lab.ask(c, VIP4, 80) for c in CLIENTS4} <= {"rs1", "rs2"}

@@ -1,0 +1,135 @@
+"""Health checks in the daemon: xlb/health's engines on one asyncio loop in one background thread, their effects
+applied to the data plane the way a runtime edit is (DataPlane.apply, under the daemon's lock).
+
+The daemon keeps two configs: the one it was given (file, reload, runtime edits: what ``xlb save`` writes) and
+the one in the maps, :func:`effective`: each health-checked service holds the pool its engine last reported, as
+IPVS would under keepalived. A real whose checks fail is absent (IPVS DEL_DEST): the data plane treats it as a
+removed real, so its connections and persistence templates are void at once, and when it comes back it takes a
+fresh real slot. With ``inhibit_on_failure`` it stays at weight 0; while the quorum is lost the sorry server
+replaces the reals. One engine per service: a reload or runtime edit restarts only the engines of services whose
+health spec changed (from keepalived's start state), the others keep running. The checks leave from the
+daemon's network namespace, the balancer's."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import threading
+import time
+
+from ..config.model import Real
+from ..health.engine import Engine
+
+
+def effective(cfg, pools):
+    """``cfg`` with each health-checked service's reals replaced by the pool its engine reported ((address, port)
+    -> weight, keyed by the service's key), for the services ``pools`` has; the others as they are."""
+    services = []
+    for s in cfg.services:
+        pool = pools.get(s.key) if s.health is not None else None
+        if pool is None:
+            services.append(s)
+            continue
+        by_addr = {str(r.address): r for r in s.reals}
+        sorry = s.health.sorry_server[0] if s.health.sorry_server else None
+        reals = []
+        for (addr, _port), weight in pool.items():
+            base = by_addr.get(addr)
+            if base is None and addr == sorry:
+                base = Real(address=ipaddress.ip_address(addr), where=f"{s.where}.sorry_server")
+            if base is not None:
+                reals.append(dataclasses.replace(base, weight=weight))
+        services.append(dataclasses.replace(s, reals=tuple(reals)))
+    return dataclasses.replace(cfg, services=tuple(services))
+
+
+class Checks:
+    """The engines of one daemon. ``changed()`` is called from the loop's thread when a pool changes: it only wakes
+    the daemon, whose own thread then takes the lock and writes :func:`effective` to the maps (the loop never waits
+    for the lock, so the daemon may start and stop engines while holding it)."""
+
+    def __init__(self, changed, log):
+        self.changed = changed
+        self.log = log
+        self.pools = {}       # service key -> the pool its engine last reported
+        self.engines = {}     # service key -> (health spec, Engine)
+        self.loop = None
+        self.thread = None
+
+    def effective(self, cfg):
+        """What the maps should hold for ``cfg``: the pools of the engines that run its services' specs."""
+        return effective(cfg, {k: self.pools[k] for k, (spec, _) in self.engines.items()
+                               if k in self.pools and any(s.key == k and s.health == spec for s in cfg.services)})
+
+    def _ensure_loop(self):
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+            self.thread = threading.Thread(target=self.loop.run_forever, name="xlb health", daemon=True)
+            self.thread.start()
+
+    def _call(self, coro, timeout=30.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def update(self, cfg):
+        """Run the engines ``cfg`` asks for: start new ones, restart those whose spec changed, stop the rest."""
+        want = {s.key: s.health for s in cfg.services if s.health is not None}
+        for key in [k for k, (spec, _) in self.engines.items() if want.get(k) != spec]:
+            self._stop(key)
+        for key, spec in want.items():
+            if key in self.engines:
+                continue
+            self._ensure_loop()
+            engine = Engine([spec], on_effect=lambda e, key=key: self._effect(key, e), log=self.log)
+            self.engines[key] = (spec, engine)
+            self._call(engine.start())
+
+    def _stop(self, key):
+        _, engine = self.engines.pop(key)
+        self.pools.pop(key, None)
+        try:
+            self._call(engine.stop())
+        except Exception as exc:  # noqa: BLE001 - a stop that fails must not keep the daemon from going on
+            self.log(f"xlb: health checks of {key} did not stop cleanly: {type(exc).__name__}: {exc}")
+
+    def _effect(self, key, effect):
+        if key not in self.engines:
+            return
+        self.pools[key] = dict(effect.pool)
+        self.changed()
+
+    def status(self):
+        """Every health-checked service's state (xlb/health/state.py Core.status), times as Unix times."""
+        shift = time.time() - time.monotonic()
+        out = []
+        for _, engine in self.engines.values():
+            for s in engine.status():
+                for r in s["reals"]:
+                    r["last_change"] = _wall(r["last_change"], shift)
+                    for c in r["checkers"]:
+                        c["last_time"], c["last_change"] = _wall(c["last_time"], shift), _wall(c["last_change"], shift)
+                s["pool"] = [[a, p, w] for (a, p), w in s["pool"].items()]
+                out.append(s)
+        return out
+
+    def durations(self):
+        """kind -> [checks, seconds] summed over the engines."""
+        out = {}
+        for _, engine in self.engines.values():
+            for kind, (n, secs) in engine.durations.items():
+                got = out.setdefault(kind, [0, 0.0])
+                got[0] += n
+                got[1] += secs
+        return out
+
+    def close(self):
+        for key in list(self.engines):
+            self._stop(key)
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+            self.loop = None
+
+
+def _wall(t, shift):
+    return None if t is None else t + shift
