@@ -2,13 +2,14 @@
 leaves the service (the listing and new connections: its persistent clients move at their next connection), and
 comes back when its check passes; with inhibit_on_failure it stays at weight 0. Each real's health port (9000) is
 a server of its own, stopped and started by the test; the service's traffic goes to port 80."""
-import pytest
+import json
+
 from conftest import needs_root
 
 from xlb.lab.demo import CLIENTS4, REALS4, VIP4
 from xlb.lab.servers import tcp_echo_name_server
 from xlb.ops import control
-from harness import DrLab, log_has, wait_for
+from harness import DrLab, cli_output, log_has, wait_for
 
 HEALTH_PORT = 9000
 
@@ -67,6 +68,15 @@ def test_a_failed_real_leaves_and_its_clients_move(log_path):
         (svc,) = control.call("health", path=lab.socket_path)
         down = next(r for r in svc["reals"] if r["address"] == REALS4[1])
         assert not down["alive"] and down["last_change"] and not down["checkers"][0]["last_ok"]
+        text = cli_output(["list", "--health", "--socket", lab.socket_path])
+        assert text.startswith(f"VS [{VIP4}]:tcp:80  quorum up, live weight 2, 2 in the pool\n")
+        row = next(line for line in text.splitlines() if line.startswith(f"  {REALS4[1]}:80 "))
+        assert row.split()[1:3] == ["down", "1"] and "TCP_CHECK fail" in " ".join(row.split())
+        (js,) = json.loads(cli_output(["list", "--health", "--json", "--socket", lab.socket_path]))
+        assert [(r["address"], r["alive"]) for r in js["reals"]] == [(REALS4[0], True), (REALS4[1], False),
+                                                                     (REALS4[2], True)]
+        listing = cli_output(["ipvsadm", "--socket", lab.socket_path, "-L", "-n"])
+        assert REALS4[1] not in listing and REALS4[0] in listing
         # its persistent clients move at their next connection; the others stay where they were
         for c in CLIENTS4:
             now = lab.ask(c, VIP4, 80)

@@ -133,3 +133,37 @@ class Checks:
 
 def _wall(t, shift):
     return None if t is None else t + shift
+
+
+def render(status) -> str:
+    """``xlb list --health``: per service its quorum and pool, per real its state and time of the last change, per
+    checker its state and last result (with the reason in keepalived's words)."""
+    if not status:
+        return "no health checks: no service has health keys\n"
+    lines = []
+    for s in status:
+        quorum = "up" if s["quorum_up"] else "lost"
+        sorry = ", sorry server in" if s["sorry_server_active"] else ""
+        lines.append(f"VS {s['service']}  quorum {quorum}{sorry}, live weight {s['live_weight']}, "
+                     f"{len(s['pool'])} in the pool")
+        lines.append(f"  {'real':<28} {'state':<9} {'weight':>6}  {'since':<19}  {'checker':<10} {'last':<4}  reason")
+        for r in s["reals"]:
+            state = "up" if r["alive"] else ("inhibited" if r["inhibited"] else "down")
+            where = _endpoint(r["address"], r["port"])
+            head = f"  {where:<28} {state:<9} {r['weight']:>6}  {_time(r['last_change']):<19}"
+            if not r["checkers"]:
+                lines.append(f"{head}  {'(none)':<10} {'-':<4}  no checker: always up")
+            for i, c in enumerate(r["checkers"]):
+                last = "-" if c["last_ok"] is None else ("ok" if c["last_ok"] else "fail")
+                lead = head if i == 0 else " " * len(head)
+                lines.append(f"{lead}  {c['kind']:<10} {last:<4}  {c['last_reason'] or ('up' if c['up'] else 'down')}")
+    return "\n".join(lines) + "\n"
+
+
+def _endpoint(addr, port):
+    host = f"[{addr}]" if ":" in addr else addr
+    return f"{host}:{port}" if port else host
+
+
+def _time(t):
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
