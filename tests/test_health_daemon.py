@@ -3,15 +3,31 @@ leaves the service (the listing and new connections: its persistent clients move
 comes back when its check passes; with inhibit_on_failure it stays at weight 0. Each real's health port (9000) is
 a server of its own, stopped and started by the test; the service's traffic goes to port 80."""
 import json
+import urllib.request
 
 from conftest import needs_root
+from prometheus_client.parser import text_string_to_metric_families
 
 from xlb.lab.demo import CLIENTS4, REALS4, VIP4
+from xlb.lab.process import run_in_netns
 from xlb.lab.servers import tcp_echo_name_server
 from xlb.ops import control
 from harness import DrLab, cli_output, log_has, wait_for
 
 HEALTH_PORT = 9000
+METRICS_PORT = 9853
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.read().decode()
+
+
+def scrape(lab):
+    """{(sample name, frozenset(labels)): value} of the daemon's /metrics (served in the LB namespace)."""
+    text = run_in_netns(lab.lb, _get, f"http://127.0.0.1:{METRICS_PORT}/metrics")
+    return {(x.name, frozenset(x.labels.items())): x.value
+            for fam in text_string_to_metric_families(text) for x in fam.samples}
 
 
 def config(extra=""):
@@ -53,7 +69,7 @@ def pool(lab):
 def test_a_failed_real_leaves_and_its_clients_move(log_path):
     with DrLab(prefix="xh1") as lab:
         servers = health_servers(lab)
-        lab.start_xlb(config(), log_path=log_path)
+        lab.start_xlb(config(), log_path=log_path, extra_args=("--metrics", str(METRICS_PORT)))
         wait_for(lambda: all(r["checkers"][0]["has_run"] for s in control.call("health", path=lab.socket_path)
                              for r in s["reals"]), what="every checker ran")
         first = {c: lab.ask(c, VIP4, 80) for c in CLIENTS4}
@@ -75,6 +91,12 @@ def test_a_failed_real_leaves_and_its_clients_move(log_path):
         (js,) = json.loads(cli_output(["list", "--health", "--json", "--socket", lab.socket_path]))
         assert [(r["address"], r["alive"]) for r in js["reals"]] == [(REALS4[0], True), (REALS4[1], False),
                                                                      (REALS4[2], True)]
+        m = scrape(lab)
+        svc = f"tcp/{VIP4}:80"
+        assert [m[("xlb_real_up", frozenset({"service": svc, "real": r}.items()))] for r in REALS4] == [1, 0, 1]
+        assert m[("xlb_health_checks_total", frozenset({"kind": "TCP_CHECK", "result": "failure"}.items()))] >= 2
+        assert m[("xlb_health_checks_total", frozenset({"kind": "TCP_CHECK", "result": "success"}.items()))] >= 3
+        assert m[("xlb_health_check_seconds_total", frozenset({"kind": "TCP_CHECK"}.items()))] > 0
         listing = cli_output(["ipvsadm", "--socket", lab.socket_path, "-L", "-n"])
         assert REALS4[1] not in listing and REALS4[0] in listing
         # its persistent clients move at their next connection; the others stay where they were

@@ -21,6 +21,20 @@ from ..config.model import Real
 from ..health.engine import Engine
 
 
+class _Engine(Engine):
+    """The engine, counting results by checker kind for the metrics."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.results = {}     # (kind, ok) -> count
+
+    async def attempt(self, chk):
+        result = await Engine.attempt(chk)
+        key = (chk.spec.kind, result.ok)
+        self.results[key] = self.results.get(key, 0) + 1
+        return result
+
+
 def effective(cfg, pools):
     """``cfg`` with each health-checked service's reals replaced by the pool its engine reported ((address, port)
     -> weight, keyed by the service's key), for the services ``pools`` has; the others as they are."""
@@ -53,6 +67,8 @@ class Checks:
         self.log = log
         self.pools = {}       # service key -> the pool its engine last reported
         self.engines = {}     # service key -> (health spec, Engine)
+        self.names = {}       # service key -> its xlb name (tcp/198.51.100.10:80), as the metrics label it
+        self.counts = {}      # (kind, ok) -> checks, and (kind, None) -> seconds, of engines stopped since
         self.loop = None
         self.thread = None
 
@@ -79,13 +95,16 @@ class Checks:
             if key in self.engines:
                 continue
             self._ensure_loop()
-            engine = Engine([spec], on_effect=lambda e, key=key: self._effect(key, e), log=self.log)
+            engine = _Engine([spec], on_effect=lambda e, key=key: self._effect(key, e), log=self.log)
+            self.names[key] = next(s.name for s in cfg.services if s.key == key)
             self.engines[key] = (spec, engine)
             self._call(engine.start())
 
     def _stop(self, key):
         _, engine = self.engines.pop(key)
         self.pools.pop(key, None)
+        for k, n in self._counts([engine]).items():   # counters never go back
+            self.counts[k] = self.counts.get(k, 0) + n
         try:
             self._call(engine.stop())
         except Exception as exc:  # noqa: BLE001 - a stop that fails must not keep the daemon from going on
@@ -111,14 +130,27 @@ class Checks:
                 out.append(s)
         return out
 
-    def durations(self):
-        """kind -> [checks, seconds] summed over the engines."""
+    def metrics(self):
+        """(rows of xlb_real_up: ((service, real), 0|1), {(kind, ok): checks}, {kind: seconds}) for
+        xlb/observe/metrics.py."""
+        up = []
+        for key, (_, engine) in list(self.engines.items()):
+            for s in engine.status():
+                up.extend(((self.names[key], r["address"]), int(r["alive"])) for r in s["reals"])
+        counts = self._counts(e for _, e in list(self.engines.values()))
+        for k, n in self.counts.items():
+            counts[k] = counts.get(k, 0) + n
+        return (up, {k: n for k, n in counts.items() if k[1] is not None},
+                {k[0]: n for k, n in counts.items() if k[1] is None})
+
+    @staticmethod
+    def _counts(engines):
         out = {}
-        for _, engine in self.engines.values():
-            for kind, (n, secs) in engine.durations.items():
-                got = out.setdefault(kind, [0, 0.0])
-                got[0] += n
-                got[1] += secs
+        for engine in engines:
+            for k, n in list(engine.results.items()):
+                out[k] = out.get(k, 0) + n
+            for kind, (_, secs) in list(engine.durations.items()):
+                out[(kind, None)] = out.get((kind, None), 0) + secs
         return out
 
     def close(self):
