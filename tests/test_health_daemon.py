@@ -126,3 +126,51 @@ def test_inhibit_on_failure_keeps_the_real_at_weight_0(log_path):
         wait_for(lambda: pool(lab).get(REALS4[2]) == 0, what="weight 0 in the maps")
         assert pool(lab) == {REALS4[0]: 1, REALS4[1]: 1, REALS4[2]: 0}
         assert {lab.ask(c, VIP4, 80) for c in CLIENTS4} <= {"rs1", "rs2"}
+
+
+def keepalived_conf(flag_dir):
+    reals = "".join(f"""
+    real_server {r} 80 {{
+        TCP_CHECK {{
+            connect_port {HEALTH_PORT}
+            connect_timeout 0.5
+            delay_loop 0.3
+            delay_before_retry 0.2
+            warmup 0
+        }}
+        MISC_CHECK {{
+            misc_path "/usr/bin/test -e {flag_dir}/rs{i + 1}"
+            delay_loop 0.3
+            warmup 0
+        }}
+    }}""" for i, r in enumerate(REALS4))
+    return f"""virtual_server {VIP4} 80 {{
+    delay_loop 1
+    lb_algo rr
+    lb_kind DR
+    protocol TCP
+{reals}
+}}
+"""
+
+
+@needs_root
+def test_keepalived_conf_with_several_checkers_per_real(log_path, tmp_path):
+    """Every checker of a real must pass: the MISC_CHECK failing alone takes the real out (its TCP_CHECK passes)."""
+    for i in range(3):
+        (tmp_path / f"rs{i + 1}").touch()
+    with DrLab(prefix="xh3") as lab:
+        health_servers(lab)
+        lab.start_xlb(keepalived_conf(tmp_path), log_path=log_path, keepalived=True)
+        wait_for(lambda: all(c["has_run"] for s in control.call("health", path=lab.socket_path)
+                             for r in s["reals"] for c in r["checkers"]), what="every checker ran")
+        (svc,) = control.call("health", path=lab.socket_path)
+        assert [[c["kind"] for c in r["checkers"]] for r in svc["reals"]] == [["TCP_CHECK", "MISC_CHECK"]] * 3
+        assert pool(lab) == {r: 1 for r in REALS4}
+        (tmp_path / "rs3").unlink()
+        wait_for(lambda: log_has(log_path, f"Removing service [{REALS4[2]}]:tcp:80 from VS [{VIP4}]:tcp:80"),
+                 what="the removal logged")
+        wait_for(lambda: REALS4[2] not in pool(lab), what="the real out of the maps")
+        assert {lab.ask(c, VIP4, 80) for c in CLIENTS4} == {"rs1", "rs2"}
+        (tmp_path / "rs3").touch()
+        wait_for(lambda: REALS4[2] in pool(lab), what="the real back in the maps")

@@ -128,20 +128,22 @@ class DrLab:
                 t.spawn(ns, tcp_line_name_server, f"rs{i + 1}", listen)
 
     # -- xlb --------------------------------------------------------------------------------------------------
-    def start_xlb(self, config_text, timeout=60.0, xdp_mode="generic", log_path=None, extra_args=()):
+    def start_xlb(self, config_text, timeout=60.0, xdp_mode="generic", log_path=None, extra_args=(), keepalived=False):
         """Run `xlb run` in the LB namespace with this config; return once the program is attached.
 
         The lab runs generic XDP: native XDP_TX from a veth into a bridge port loses the frames here (known,
         under investigation); native mode's packet path is covered by the BPF_PROG_TEST_RUN fixtures.
         With `log_path`, the daemon's stdout and stderr are appended to that file instead of the caller's;
-        `extra_args` go to `xlb run` as they are (e.g. ("--metrics", "127.0.0.1:9842")).
+        `extra_args` go to `xlb run` as they are (e.g. ("--metrics", "127.0.0.1:9842")); with `keepalived`, the
+        config text is a keepalived.conf.
         """
         fd, self.config_path = tempfile.mkstemp(prefix="xlb-lab-", suffix=".toml")
         with os.fdopen(fd, "w") as f:
             f.write(config_text)
         # A socket of its own: labs run in parallel and must not meet at /run/xlb/eth0.sock.
         self.socket_path = os.path.join(tempfile.mkdtemp(prefix="xlb-lab-"), "xlb.sock")
-        self._argv = ["run", "--iface", "eth0", "--config", self.config_path, "--xdp-mode", xdp_mode,
+        self._argv = ["run", "--iface", "eth0", "--keepalived" if keepalived else "--config", self.config_path,
+                      "--xdp-mode", xdp_mode,
                       "--socket", self.socket_path, *extra_args]
         self._spawn_xlb(self._argv, log_path)
         self._wait(lambda: xdp_prog_id(self.lb, "eth0") is not None, timeout, "attach")
