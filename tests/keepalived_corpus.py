@@ -37,7 +37,7 @@ class Result:
     name: str
     rc: int
     ka_vs: dict = field(default_factory=dict)  # block (file, first line) -> [(line, msg)] keepalived reported in it
-    ka_checker: list = field(default_factory=list)  # reported inside health-check blocks (kept, not checked yet)
+    ka_checker: list = field(default_factory=list)  # reported inside health-check blocks (xlb checks them too)
     ka_environment: list = field(default_factory=list)  # about script users of the machine keepalived ran on
     ka_validation: list = field(default_factory=list)  # keepalived's post-parse virtual-server messages
     ka_other: int = 0  # keepalived messages about other sections
@@ -47,7 +47,9 @@ class Result:
 
     @property
     def ka_vs_problems(self):
-        return bool(self.ka_vs or self.ka_validation)
+        """keepalived -t reported a problem of a virtual server, its checker blocks included (xlb reads them now);
+        keepalived's deprecation notice (``nb_get_retry is deprecated``) is not one: it runs the block as written."""
+        return bool(self.ka_vs or self.ka_validation or any("deprecated" not in m for m in self.ka_checker))
 
 
 def spans(path):

@@ -21,15 +21,7 @@ def nodes_of(path):
     return build_tree(reader.lines)[0]
 
 
-def track_files(nodes):
-    """The global ``track_file NAME { file PATH weight W }`` blocks: name -> (path, weight)."""
-    out = {}
-    for n in nodes:
-        if n.keyword == "track_file" and n.args and n.children is not None:
-            d = {c.keyword: c.args for c in n.children}
-            if d.get("file"):
-                out[n.args[0]] = (d["file"][0], int(d["weight"][0]) if d.get("weight") else 1)
-    return out
+track_files = kaconf.track_files
 
 
 def checker_blocks(nodes, real=None):

@@ -7,6 +7,7 @@ import json
 import sys
 
 from .ops import admin
+from .ops import health as ophealth
 from .ops import control
 from .ops import ipvsadm
 from .errors import ConfigError
@@ -83,6 +84,10 @@ def _cmd_mark(args):
 
 def _cmd_list(args):
     ident = _ident(args, "xlb list")
+    if args.health:
+        status = control.call("health", path=args.socket)
+        print(json.dumps(status, indent=2) if args.json else ophealth.render(status), end="\n" if args.json else "")
+        return 0
     if args.conns:
         entries = control.call("conns", path=args.socket)
         print(json.dumps(entries, indent=2) if args.json else ipvsadm.render_conns(entries), end="\n" if args.json else "")
@@ -214,6 +219,7 @@ def add_parsers(sub):
     g.add_argument("--rate", action="store_true", help="rates (2 s estimator, as IPVS)")
     g.add_argument("--conns", "-c", action="store_true", help="connections and persistence templates")
     g.add_argument("--persist", action="store_true", help="persistence templates per real")
+    g.add_argument("--health", action="store_true", help="health checks: every real's checkers, state, last result")
     g.add_argument("--thresholds", action="store_true", help="connection thresholds")
     ls.add_argument("--exact", action="store_true", help="exact numbers (no K/M/G)")
     ls.add_argument("--json", action="store_true", help="print the daemon's JSON")

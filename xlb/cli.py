@@ -63,9 +63,8 @@ def _cmd_check(args):
     for w in getattr(res, "warnings", ()):
         print(f"warning: {w}")
     nreals = sum(len(s.reals) for s in cfg.services)
-    extra = ""
-    if hasattr(res, "health_checks"):
-        extra = f", {len(res.health_checks)} health checks kept"
+    nchecks = sum(len(r.checks) for s in cfg.services if s.health for r in s.health.reals)
+    extra = f", {nchecks} health checks" if nchecks else ""
     reported = len(getattr(res, "reported", ()))
     if reported:  # as keepalived -t exits non-zero for what it reports, even what it corrects and runs
         extra += (f"); keepalived -t reports {reported} problem{'s' if reported != 1 else ''} that keepalived and "

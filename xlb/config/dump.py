@@ -55,7 +55,9 @@ def _service_tree(svc) -> dict:
             rt["uthreshold"] = r.uthreshold
         if r.lthreshold:
             rt["lthreshold"] = r.lthreshold
+        rt.update(r.health or {})
         reals.append(rt)
+    out.update(svc.health_keys or {})
     out["real"] = reals
     return out
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Schedulers the data plane implements, and the IPVS ones an operator may reasonably ask for but we do not have.
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sed", "nq", "fo", "ovf", "sh", "dh", "mh")
@@ -66,6 +66,7 @@ class Real:
     where: str = ""
     uthreshold: int = 0  # connections (active + inactive) at which the real is overloaded; 0 = no limit
     lthreshold: int = 0  # an overloaded real takes new connections again below this; 0 = 3/4 of uthreshold
+    health: dict | None = field(default=None, hash=False)  # its health keys as written (checks: xlb/config/health.py)
 
 
 def fwmark_key(family, mark) -> tuple:
@@ -92,6 +93,8 @@ class Service:
     reals: tuple  # tuple[Real]
     where: str  # "service[0]"
     sched_flags: tuple = ()  # ("sh-port", "sh-fallback") / ("mh-port", "mh-fallback"), sorted
+    health_keys: dict | None = field(default=None, hash=False)  # the service's health keys as written
+    health: object = field(default=None, hash=False)  # xlb.health.spec.Service, or None: reals always up
 
     @property
     def key(self) -> tuple:

@@ -24,6 +24,7 @@ import ipaddress
 import re
 import tomllib
 
+from . import health as xhealth
 from . import realcheck
 from .model import (CONNS_MAX, CONNS_MIN, DEFAULT_SCHEDULER, FLOW_CACHE_MAX, FLOW_CACHE_MIN, IPVS_SCHEDULERS_NOT_YET,
                     METHODS, METHODS_NOT_YET, MH_SIZE_MAX, MH_SIZE_MIN, PERSISTENCE_MODES, SCHED_FLAGS, SCHEDULERS,
@@ -282,7 +283,7 @@ def _check_mark_conflicts(v, marks):
 
 _SERVICE_KEYS = ("fwmark", "family", "vip", "port", "proto", "scheduler", "method", "persistence_timeout",
                  "persistence_netmask", "persistence_mode", "expire_quiescent_template", "mh_table_size",
-                 "sched_flags", "real")
+                 "sched_flags", "real") + xhealth.SERVICE_KEYS
 
 
 def _service(v, item, where) -> Service:
@@ -343,10 +344,11 @@ def _service(v, item, where) -> Service:
                                               f"({len(reals)}); use a prime well above it")
 
     flags = _sched_flags(v, tbl, where, scheduler)
-    return Service(fwmark=fwmark, vip=vip, port=port, proto=proto, family=family, scheduler=scheduler,
-                   method=method, persistence_timeout=ptimeout, persistence_netmask=pmask, persistence_mode=pmode,
-                   expire_quiescent_template=eqt, mh_table_size=mh_size, reals=reals, where=where,
-                   sched_flags=flags)
+    svc = Service(fwmark=fwmark, vip=vip, port=port, proto=proto, family=family, scheduler=scheduler,
+                  method=method, persistence_timeout=ptimeout, persistence_netmask=pmask, persistence_mode=pmode,
+                  expire_quiescent_template=eqt, mh_table_size=mh_size, reals=reals, where=where,
+                  sched_flags=flags, health_keys=xhealth.picked(tbl, xhealth.SERVICE_KEYS) or None)
+    return dataclasses.replace(svc, health=xhealth.service_spec(svc, tbl, v.source))
 
 
 def _sched_flags(v, tbl, where, scheduler) -> tuple:
@@ -403,7 +405,7 @@ def _reals(v, tbl, where, family) -> tuple:
     reals = []
     seen = {}
     for rwhere, item in v.array_of_tables(tbl, where, "real"):
-        rt = v.table(item, rwhere, ("address", "weight", "uthreshold", "lthreshold"))
+        rt = v.table(item, rwhere, ("address", "weight", "uthreshold", "lthreshold") + xhealth.REAL_KEYS)
         if "address" not in rt:
             v.fail(_join(rwhere, "address"), "address is required")
         addr = _address(v, rt["address"], _join(rwhere, "address"), "address")
@@ -419,7 +421,8 @@ def _reals(v, tbl, where, family) -> tuple:
             v.fail(_join(rwhere, "lthreshold"), "lthreshold has no effect without uthreshold")
         if upper and lower >= upper:
             v.fail(_join(rwhere, "lthreshold"), f"lthreshold {lower} must be below uthreshold {upper}")
-        reals.append(Real(address=addr, weight=weight, where=rwhere, uthreshold=upper, lthreshold=lower))
+        reals.append(Real(address=addr, weight=weight, where=rwhere, uthreshold=upper, lthreshold=lower,
+                          health=xhealth.picked(rt, xhealth.REAL_KEYS) or None))
     return tuple(reals)
 
 

@@ -100,11 +100,35 @@ class _Block:
 
 def parse(node, track_files=None):
     """(spec.Check or None, [Problem]) for one checker block node. ``track_files``: name -> (path, weight) of the
-    config's global ``track_file`` blocks, for FILE_CHECK."""
+    config's global ``track_file`` blocks (:func:`track_files`), for FILE_CHECK."""
+    _, check, problems = _read(node, track_files)
+    return check, problems
+
+
+def table(node, track_files=None):
+    """(the block as a TOML ``check`` table, [Problem]): what the keepalived importer writes into xlb's config; the
+    table is None when the block has problems (it was validated as :func:`parse` does)."""
+    tbl, check, problems = _read(node, track_files)
+    return (tbl if check is not None else None), problems
+
+
+def track_files(nodes):
+    """The global ``track_file NAME { file PATH weight W }`` blocks among ``nodes``: name -> (path, weight)."""
+    out = {}
+    for n in nodes:
+        if n.keyword == "track_file" and n.args and n.children is not None:
+            d = {c.keyword: c.args for c in n.children}
+            if d.get("file"):
+                weight = d["weight"][0] if d.get("weight") else "1"
+                out[n.args[0]] = (d["file"][0], int(weight) if re.fullmatch(r"-?\d+", weight) else 1)
+    return out
+
+
+def _read(node, track_files):
     kind, block = node.keyword, _Block(node.file)
     if kind in hspec.UNSUPPORTED:
         block.problem(node, "BFD health checks", "unsupported")
-        return None, block.problems
+        return None, None, block.problems
     common = () if kind == "FILE_CHECK" else hspec.TIMING + ("log_all_failures",)
     tbl = block.table(node.children, hspec.KIND_KEYS[kind] + common)
     if kind == "FILE_CHECK" and "track_file" in tbl:
@@ -112,25 +136,26 @@ def parse(node, track_files=None):
         if name not in (track_files or {}):
             line = block.lines["track_file"][0]
             block.problems.append(Problem(node.file, line, "track_file", f"track_file {name} not found"))
-            return None, block.problems
+            return None, None, block.problems
         path, weight = track_files[name]
         tbl["track_file"] = path
         tbl.setdefault("weight", weight)
     if block.problems:
-        return None, block.problems
+        return None, None, block.problems
     if kind in ("HTTP_GET", "SSL_GET") and not tbl.get("url"):
         # keepalived 2.2.7 runs it without urls; later versions drop it with these words (a real without
         # checkers is up, so both ways the block checks nothing)
-        return None, [Problem(node.file, node.line, kind, "HTTP/SSL_GET checker has no urls specified - ignoring",
-                              "ignored")]
+        return None, None, [Problem(node.file, node.line, kind, "HTTP/SSL_GET checker has no urls specified - "
+                                    "ignoring", "ignored")]
+    tbl = dict(tbl, kind=kind)
     try:
-        return hspec.parse_check(dict(tbl, kind=kind), "", node.file), []
+        return tbl, hspec.parse_check(tbl, "", node.file), []
     except ConfigError as e:
         field = e.where.lstrip(".")
         line, kw = _locate(block.lines, field, node)
         unknown = e.message.startswith("unknown key")
         block.problems.append(Problem(node.file, line, kw, f"Unknown keyword '{kw}'" if unknown else e.message))
-        return None, block.problems
+        return None, None, block.problems
 
 
 def _locate(lines, field, node):

@@ -20,6 +20,7 @@ from ..dataplane.pin import netns_pin_root, remove as remove_pins
 from .netns import Topology
 from .process import run_in_netns
 from .servers import tcp_ask, tcp_echo_name_server, tcp_line_name_server
+from ..ops import control
 
 VIP4 = "198.51.100.10"
 VIP6 = "2001:db8:100::10"
@@ -64,6 +65,7 @@ class DrLab:
         self.daemon = None
         self.config_path = None
         self.pin_root = None  # /sys/fs/bpf/xlb/netns-INODE of the LB namespace, removed on exit
+        self.servers = []  # each real's tcp_echo_name_server (stop one to fail its health check)
 
     def __enter__(self):
         try:
@@ -122,26 +124,28 @@ class DrLab:
             t.route(ns, "default", gateway=f"{LAN4}.1")
             t.route(ns, "default", gateway=f"{LAN6}1")
             listen = [(a, p) for p in self.ports for a in ("0.0.0.0", "::")]
-            t.spawn(ns, tcp_echo_name_server, f"rs{i + 1}", listen)
+            self.servers.append(t.spawn(ns, tcp_echo_name_server, f"rs{i + 1}", listen))
             if self.line_ports:
                 listen = [(a, p) for p in self.line_ports for a in ("0.0.0.0", "::")]
                 t.spawn(ns, tcp_line_name_server, f"rs{i + 1}", listen)
 
     # -- xlb --------------------------------------------------------------------------------------------------
-    def start_xlb(self, config_text, timeout=60.0, xdp_mode="generic", log_path=None, extra_args=()):
+    def start_xlb(self, config_text, timeout=60.0, xdp_mode="generic", log_path=None, extra_args=(), keepalived=False):
         """Run `xlb run` in the LB namespace with this config; return once the program is attached.
 
         The lab runs generic XDP: native XDP_TX from a veth into a bridge port loses the frames here (known,
         under investigation); native mode's packet path is covered by the BPF_PROG_TEST_RUN fixtures.
         With `log_path`, the daemon's stdout and stderr are appended to that file instead of the caller's;
-        `extra_args` go to `xlb run` as they are (e.g. ("--metrics", "127.0.0.1:9842")).
+        `extra_args` go to `xlb run` as they are (e.g. ("--metrics", "127.0.0.1:9842")); with `keepalived`, the
+        config text is a keepalived.conf.
         """
         fd, self.config_path = tempfile.mkstemp(prefix="xlb-lab-", suffix=".toml")
         with os.fdopen(fd, "w") as f:
             f.write(config_text)
         # A socket of its own: labs run in parallel and must not meet at /run/xlb/eth0.sock.
         self.socket_path = os.path.join(tempfile.mkdtemp(prefix="xlb-lab-"), "xlb.sock")
-        self._argv = ["run", "--iface", "eth0", "--config", self.config_path, "--xdp-mode", xdp_mode,
+        self._argv = ["run", "--iface", "eth0", "--keepalived" if keepalived else "--config", self.config_path,
+                      "--xdp-mode", xdp_mode,
                       "--socket", self.socket_path, *extra_args]
         self._spawn_xlb(self._argv, log_path)
         self._wait(lambda: xdp_prog_id(self.lb, "eth0") is not None, timeout, "attach")
@@ -217,19 +221,55 @@ def xdp_prog_id(ns, ifname):
     return attached_prog_id(ifname, ns)
 
 
+# The demo's service with a TCP_CHECK on each real's port 80 (docs/health.md), every second.
+HEALTH_DEMO_CONFIG = DEMO_CONFIG + """
+  [service.check]
+  kind = "TCP_CHECK"
+  delay_loop = 1
+  connect_port = 80
+  connect_timeout = 1
+  retry = 1
+  delay_before_retry = 0.5
+"""
+
+
+def _round(lab, title):
+    print(f"\n{title}\n{'client':<16}{'subnet':<16}{'port 80':<10}{'port 443':<10}{'port 80 again':<14}", flush=True)
+    for c in CLIENTS4:
+        served = [lab.ask(c, VIP4, p) for p in (80, 443, 80)]
+        subnet = c.rsplit(".", 1)[0] + ".0/24"
+        print(f"{c:<16}{subnet:<16}{served[0]:<10}{served[1]:<10}{served[2]:<14}", flush=True)
+
+
+def _wait_alive(lab, address, alive, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for s in control.call("health", path=lab.socket_path):
+            if any(r["address"] == address and r["alive"] == alive for r in s["reals"]):
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{address} did not become {'alive' if alive else 'dead'} in {timeout:g} s")
+
+
 def main(xlb_main):
     """`xlb demo`; `xlb_main` is the CLI's main, which the lab runs as `xlb run`."""
     print("xlb demo: building namespaces (client, load balancer, 3 DR real servers on one bridge)...", flush=True)
     with DrLab(xlb_main=xlb_main) as lab:
-        print(f"config:\n{DEMO_CONFIG}", flush=True)
-        lab.start_xlb(DEMO_CONFIG)
-        print(f"\n{'client':<16}{'subnet':<16}{'port 80':<10}{'port 443':<10}{'port 80 again':<14}", flush=True)
-        for c in CLIENTS4:
-            served = [lab.ask(c, VIP4, p) for p in (80, 443, 80)]
-            subnet = c.rsplit(".", 1)[0] + ".0/24"
-            print(f"{c:<16}{subnet:<16}{served[0]:<10}{served[1]:<10}{served[2]:<14}", flush=True)
+        print(f"config:\n{HEALTH_DEMO_CONFIG}", flush=True)
+        lab.start_xlb(HEALTH_DEMO_CONFIG)
+        _round(lab, "Round 1: every real passes its TCP check.")
         print("\nEach /24 sticks to one real across ports 80 and 443 (one persistence template per subnet and"
-              "\nfirewall mark). Counters from the running xlb (SIGUSR1):", flush=True)
+              "\nfirewall mark).", flush=True)
+        print("\nStopping rs2's server: its TCP check fails (xlb's log says so in keepalived's words).", flush=True)
+        lab.servers[1].stop()
+        _wait_alive(lab, REALS4[1], False)
+        _round(lab, "Round 2: rs2 is out of the service; its clients moved at their next connection.")
+        print("\nStarting rs2's server again:", flush=True)
+        lab.servers[1] = lab.topo.spawn(lab.rs[1], tcp_echo_name_server, "rs2",
+                                        [(a, p) for p in lab.ports for a in ("0.0.0.0", "::")])
+        _wait_alive(lab, REALS4[1], True)
+        print("rs2 is back in the service; the clients that moved stay where their templates say.", flush=True)
+        print("\nCounters from the running xlb (SIGUSR1):", flush=True)
         lab.signal_xlb(signal.SIGUSR1)
         time.sleep(1.0)
     print("demo done: namespaces, links and the XDP program are gone.")

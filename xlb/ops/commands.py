@@ -20,7 +20,7 @@ from ..observe.trace import Tracer, parse_endpoint
 
 def status(daemon):
     """Who is running where: the interface, mode, config file and what it holds."""
-    cfg = daemon.dp.config
+    cfg = daemon.config
     return {"iface": daemon.iface, "xdp_mode": daemon.xdp_mode, "config": str(daemon.config_path),
             "summary": daemon.summary(cfg), "pid": os.getpid(), "runtime_edits": daemon.runtime_edits,
             "pin_dir": daemon.shown(daemon.pin_dir), "program_id": daemon.prog.attached_id if daemon.prog else None,
@@ -35,8 +35,8 @@ def stats(daemon):
 
 def edit(daemon, ops, source="xlb"):
     """Apply operations to the running config; all or nothing."""
-    new = daemon.check_reals(admin.apply_ops(daemon.dp.config, ops, source), daemon.dp.config, source)
-    daemon.dp.apply(new)
+    new = daemon.check_reals(admin.apply_ops(daemon.config, ops, source), daemon.config, source)
+    daemon.apply_config(new)
     daemon.refresh_neighbours()
     daemon.runtime_edits += 1
     what = ", ".join(_describe(op) for op in ops) or "nothing"
@@ -59,6 +59,11 @@ def list_services(daemon):
     return listing(daemon.dp, daemon.rates)
 
 
+def health(daemon):
+    """Every health-checked real's checkers, state, last result and reason (xlb list --health)."""
+    return daemon.health.status()
+
+
 def conns(daemon):
     return conn_entries(daemon.dp)
 
@@ -70,7 +75,7 @@ def zero_counters(daemon, service=None, source="xlb zero"):
 def save(daemon):
     header = (f"xlb running state on {daemon.iface}, saved {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
               f"(loaded from {daemon.config_path}; {daemon.runtime_edits} runtime edits since)")
-    return admin.save_text(daemon.dp.config, header)
+    return admin.save_text(daemon.config, header)
 
 
 def trace(daemon, src, dst, proto="tcp"):
@@ -88,6 +93,7 @@ COMMANDS = {
     "stats": stats,
     "edit": edit,
     "list": list_services,
+    "health": health,
     "conns": conns,
     "zero": zero_counters,
     "save": save,

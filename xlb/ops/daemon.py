@@ -24,6 +24,7 @@ from ..observe import metrics
 from ..dataplane import pin
 from ..config import realcheck
 from . import listings
+from .health import Checks
 from ..observe import stats
 from ..dataplane import bpffs
 from ..dataplane.links import attached_prog, ifindex_of
@@ -87,6 +88,9 @@ class Daemon:
         self.neighbours = set()  # the reals' addresses whose neighbour entries this daemon keeps
         self.exit_code = 0
         self.program_lost = dict.fromkeys(("removed", "replaced"), 0)  # exported by xlb/observe/metrics.py
+        self.config = None  # the config given (file, reload, runtime edits); the maps hold health.effective(config)
+        self.health = Checks(self._health_changed, log)
+        self._health_dirty = False
 
     def _install_signals(self):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGQUIT):
@@ -114,7 +118,7 @@ class Daemon:
                 found = self.dp.adopt()
                 self.log(f"xlb: adopted the maps pinned in {self.shown(self.pin_dir)} ({found['services']} services, "
                          f"{found['reals']} reals, their connections, templates and counters)")
-            self.dp.apply(cfg)
+            self.apply_config(cfg)
             self.last_reload_success = time.time()
             # Counted before this start (a previous daemon's life): not news.
             self._no_neigh = self.dp.counters("verdicts", REASON["drop_no_neigh"]).packets
@@ -187,11 +191,32 @@ class Daemon:
     def refresh_neighbours(self):
         """Neighbour entries for the reals (xlb/dataplane/neigh.py), the address families they use forwarding on; the entries
         xlb made for reals no longer configured go."""
-        reals = {r.address for s in self.dp.config.services for r in s.reals}
+        # the reals given and what the maps hold (a sorry server): a real out of the pool comes back without waiting
+        reals = {r.address for cfg in (self.config, self.dp.config) if cfg for s in cfg.services for r in s.reals}
         self.sysctls.need({a.version for a in reals})
         remove_managed(self.neighbours - reals)
         self.neighbours = reals
         ensure_neighbours(reals, log=self.log)
+
+    def apply_config(self, cfg):
+        """Make ``cfg`` the running config: the maps first (a ConfigError there changes nothing), then the health
+        engines it asks for (only those whose spec changed restart), then the pools they report."""
+        self.dp.apply(self.health.effective(cfg))
+        self.config = cfg
+        self.health.update(cfg)
+        self.dp.apply(self.health.effective(cfg))
+
+    def _health_changed(self):
+        """From the health loop's thread: a pool changed; the daemon's thread applies it (run())."""
+        self._health_dirty = True
+        self._wake.set()
+
+    def apply_health(self):
+        with self.lock:
+            try:
+                self.dp.apply(self.health.effective(self.config))
+            except Exception as exc:  # noqa: BLE001 - no health change may end the daemon; the next one applies again
+                self.log(f"xlb: applying a health change failed: {brief(exc)}")
 
     def dispatch(self, cmd, args):
         """Run one control command (xlb/ops/commands.py COMMANDS) with the daemon to itself."""
@@ -207,7 +232,7 @@ class Daemon:
         cfg = None
         try:
             cfg = self.check_reals(self.load())
-            self.dp.apply(cfg)
+            self.apply_config(cfg)
         except ConfigError as exc:
             self.log(f"xlb: reload rejected, running config unchanged: {exc}")
             self.reloads["rejected"] += 1
@@ -317,6 +342,9 @@ class Daemon:
                 if self._reload:
                     self._reload = False
                     self.reload()
+                if self._health_dirty:
+                    self._health_dirty = False
+                    self.apply_health()
                 if self._dump:
                     self._dump = False
                     with self.lock:
@@ -333,6 +361,7 @@ class Daemon:
         return self.exit_code
 
     def close(self):
+        self.health.close()
         if self.metrics_endpoint:
             self.metrics_endpoint.close()
             self.metrics_endpoint = None

@@ -14,8 +14,9 @@ keepalived's own correction changes nothing under direct routing and keepalived 
 What keepalived accepts but xlb cannot forward the same way (NAT, TUN, lblc, lblcr, SCTP, one-packet scheduling,
 persistence engines, weights above 65535) is an error of kind "unsupported". Sections xlb does not use (VRRP,
 BFD, global settings other than lvs_timeouts, ...) are skipped with one warning per kind of section.
-Health-check blocks and the checker settings (delay_loop, quorum, sorry_server, ...) are kept, unchecked, in
-:class:`Import` for the health-check work; until then xlb does not run them and says so once.
+Health-check blocks and the checker settings (delay_loop, quorum, sorry_server, ...) are read as keepalived reads
+them (health.py, through xlb/health/kaconf.py) into the config's health keys; the blocks are also kept as written
+in :class:`Import`.
 """
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ from ...config import read as xread
 from ...config import realcheck
 from ...errors import ConfigError
 from .checks import SKIP_REASON, Checks, kw_addr, kw_port, kw_true, settings_of
+from .health import Health
 from .model import CheckSettings, Entry, HealthCheck, Import, KeepalivedError, Problem, VS
 from .reader import Reader, build_tree
+from ...health.kaconf import track_files
 
 
 def load(path, marks=None, instance_id=None) -> Import:
@@ -35,7 +38,7 @@ def load(path, marks=None, instance_id=None) -> Import:
     return _Importer(str(path), instance_id).run(str(marks) if marks is not None else None)
 
 
-class _Importer(Checks):
+class _Importer(Checks, Health):
     def __init__(self, path, instance_id):
         self.path = path
         self.instance_id = instance_id
@@ -56,6 +59,7 @@ class _Importer(Checks):
             self.problems.append(Problem(p.file, p.line, "(file)", p.message))
         self.warnings.extend(f"{p.file}: line {p.line}: {p.message}" for p in reader.notes)
         root, tree_problems = build_tree(reader.lines)
+        self.track_files = track_files(root)
         for node in root:
             self.root_node(node)
         spans = [(vs.node.file, vs.node.line) for vs in self.vss]
@@ -88,11 +92,6 @@ class _Importer(Checks):
         reported = tuple(self.problems)
         self.warnings[:0] = [str(p) for p in reported]
         cfg = self.validate(tree)
-        if checks or settings:
-            n = len(checks)
-            self.warnings.append(f"{self.path}: {n} health-check block{'s' if n != 1 else ''} and the checker "
-                                 f"settings are kept but not run: xlb does not health-check reals yet, so every "
-                                 f"real takes traffic as if its checks passed")
         return Import(config=cfg, health_checks=tuple(checks), check_settings=tuple(settings),
                       warnings=tuple(self.warnings), files=tuple(reader.files), reported=reported)
 
@@ -244,10 +243,11 @@ class _Importer(Checks):
             for i, (_, fn) in enumerate(vs.flags):
                 self._w(f"{sw}.sched_flags[{i}]", fn)
             self._w(f"{sw}.sched_flags", vs.flags[0][1])
-        svc["real"] = self.real_trees(vs, sw, family)
+        virtualhost = self.health_settings(vs.settings, svc, sw)
+        svc["real"] = self.real_trees(vs, sw, family, virtualhost)
         return svc
 
-    def real_trees(self, vs, sw, family):
+    def real_trees(self, vs, sw, family, virtualhost=None):
         """The reals of service `sw` (those of its address family), each field's origin recorded."""
         reals = []
         for rs in vs.reals:
@@ -270,6 +270,7 @@ class _Importer(Checks):
                 else:
                     self.warnings.append(f"{rs.lines['lthreshold'].where()}: lthreshold has no effect "
                                          "without uthreshold; skipped")
+            self.real_checks(rs, rw, real, self.health_settings(rs.settings, real, rw) or virtualhost)
             reals.append(real)
         return reals
 

@@ -1,0 +1,201 @@
+"""Health checks in the daemon: xlb/health's engines on one asyncio loop in one background thread, their effects
+applied to the data plane the way a runtime edit is (DataPlane.apply, under the daemon's lock).
+
+The daemon keeps two configs: the one it was given (file, reload, runtime edits: what ``xlb save`` writes) and
+the one in the maps, :func:`effective`: each health-checked service holds the pool its engine last reported, as
+IPVS would under keepalived. A real whose checks fail is absent (IPVS DEL_DEST): the data plane treats it as a
+removed real, so its connections and persistence templates are void at once, and when it comes back it takes a
+fresh real slot. With ``inhibit_on_failure`` it stays at weight 0; while the quorum is lost the sorry server
+replaces the reals. One engine per service: a reload or runtime edit restarts only the engines of services whose
+health spec changed (from keepalived's start state), the others keep running. The checks leave from the
+daemon's network namespace, the balancer's."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import threading
+import time
+
+from ..config.model import Real
+from ..health.engine import Engine
+
+
+class _Engine(Engine):
+    """The engine, counting results by checker kind for the metrics."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.results = {}     # (kind, ok) -> count
+
+    async def attempt(self, chk):
+        result = await Engine.attempt(chk)
+        key = (chk.spec.kind, result.ok)
+        self.results[key] = self.results.get(key, 0) + 1
+        return result
+
+
+def effective(cfg, pools):
+    """``cfg`` with each health-checked service's reals replaced by the pool its engine reported ((address, port)
+    -> weight, keyed by the service's key), for the services ``pools`` has; the others as they are."""
+    services = []
+    for s in cfg.services:
+        pool = pools.get(s.key) if s.health is not None else None
+        if pool is None:
+            services.append(s)
+            continue
+        by_addr = {str(r.address): r for r in s.reals}
+        sorry = s.health.sorry_server[0] if s.health.sorry_server else None
+        reals = []
+        for (addr, _port), weight in pool.items():
+            base = by_addr.get(addr)
+            if base is None and addr == sorry:
+                base = Real(address=ipaddress.ip_address(addr), where=f"{s.where}.sorry_server")
+            if base is not None:
+                reals.append(dataclasses.replace(base, weight=weight))
+        services.append(dataclasses.replace(s, reals=tuple(reals)))
+    return dataclasses.replace(cfg, services=tuple(services))
+
+
+class Checks:
+    """The engines of one daemon. ``changed()`` is called from the loop's thread when a pool changes: it only wakes
+    the daemon, whose own thread then takes the lock and writes :func:`effective` to the maps (the loop never waits
+    for the lock, so the daemon may start and stop engines while holding it)."""
+
+    def __init__(self, changed, log):
+        self.changed = changed
+        self.log = log
+        self.pools = {}       # service key -> the pool its engine last reported
+        self.engines = {}     # service key -> (health spec, Engine)
+        self.names = {}       # service key -> its xlb name (tcp/198.51.100.10:80), as the metrics label it
+        self.counts = {}      # (kind, ok) -> checks, and (kind, None) -> seconds, of engines stopped since
+        self.loop = None
+        self.thread = None
+
+    def effective(self, cfg):
+        """What the maps should hold for ``cfg``: the pools of the engines that run its services' specs."""
+        return effective(cfg, {k: self.pools[k] for k, (spec, _) in self.engines.items()
+                               if k in self.pools and any(s.key == k and s.health == spec for s in cfg.services)})
+
+    def _ensure_loop(self):
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+            self.thread = threading.Thread(target=self.loop.run_forever, name="xlb health", daemon=True)
+            self.thread.start()
+
+    def _call(self, coro, timeout=30.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def update(self, cfg):
+        """Run the engines ``cfg`` asks for: start new ones, restart those whose spec changed, stop the rest."""
+        want = {s.key: s.health for s in cfg.services if s.health is not None}
+        for key in [k for k, (spec, _) in self.engines.items() if want.get(k) != spec]:
+            self._stop(key)
+        for key, spec in want.items():
+            if key in self.engines:
+                continue
+            self._ensure_loop()
+            engine = _Engine([spec], on_effect=lambda e, key=key: self._effect(key, e), log=self.log)
+            self.names[key] = next(s.name for s in cfg.services if s.key == key)
+            self.engines[key] = (spec, engine)
+            self._call(engine.start())
+
+    def _stop(self, key):
+        _, engine = self.engines.pop(key)
+        self.pools.pop(key, None)
+        for k, n in self._counts([engine]).items():   # counters never go back
+            self.counts[k] = self.counts.get(k, 0) + n
+        try:
+            self._call(engine.stop())
+        except Exception as exc:  # noqa: BLE001 - a stop that fails must not keep the daemon from going on
+            self.log(f"xlb: health checks of {key} did not stop cleanly: {type(exc).__name__}: {exc}")
+
+    def _effect(self, key, effect):
+        if key not in self.engines:
+            return
+        self.pools[key] = dict(effect.pool)
+        self.changed()
+
+    def status(self):
+        """Every health-checked service's state (xlb/health/state.py Core.status), times as Unix times."""
+        shift = time.time() - time.monotonic()
+        out = []
+        for _, engine in self.engines.values():
+            for s in engine.status():
+                for r in s["reals"]:
+                    r["last_change"] = _wall(r["last_change"], shift)
+                    for c in r["checkers"]:
+                        c["last_time"], c["last_change"] = _wall(c["last_time"], shift), _wall(c["last_change"], shift)
+                s["pool"] = [[a, p, w] for (a, p), w in s["pool"].items()]
+                out.append(s)
+        return out
+
+    def metrics(self):
+        """(rows of xlb_real_up: ((service, real), 0|1), {(kind, ok): checks}, {kind: seconds}) for
+        xlb/observe/metrics.py."""
+        up = []
+        for key, (_, engine) in list(self.engines.items()):
+            for s in engine.status():
+                up.extend(((self.names[key], r["address"]), int(r["alive"])) for r in s["reals"])
+        counts = self._counts(e for _, e in list(self.engines.values()))
+        for k, n in self.counts.items():
+            counts[k] = counts.get(k, 0) + n
+        return (up, {k: n for k, n in counts.items() if k[1] is not None},
+                {k[0]: n for k, n in counts.items() if k[1] is None})
+
+    @staticmethod
+    def _counts(engines):
+        out = {}
+        for engine in engines:
+            for k, n in list(engine.results.items()):
+                out[k] = out.get(k, 0) + n
+            for kind, (_, secs) in list(engine.durations.items()):
+                out[(kind, None)] = out.get((kind, None), 0) + secs
+        return out
+
+    def close(self):
+        for key in list(self.engines):
+            self._stop(key)
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+            self.loop = None
+
+
+def _wall(t, shift):
+    return None if t is None else t + shift
+
+
+def render(status) -> str:
+    """``xlb list --health``: per service its quorum and pool, per real its state and time of the last change, per
+    checker its state and last result (with the reason in keepalived's words)."""
+    if not status:
+        return "no health checks: no service has health keys\n"
+    lines = []
+    for s in status:
+        quorum = "up" if s["quorum_up"] else "lost"
+        sorry = ", sorry server in" if s["sorry_server_active"] else ""
+        lines.append(f"VS {s['service']}  quorum {quorum}{sorry}, live weight {s['live_weight']}, "
+                     f"{len(s['pool'])} in the pool")
+        lines.append(f"  {'real':<28} {'state':<9} {'weight':>6}  {'since':<19}  {'checker':<10} {'last':<4}  reason")
+        for r in s["reals"]:
+            state = "up" if r["alive"] else ("inhibited" if r["inhibited"] else "down")
+            where = _endpoint(r["address"], r["port"])
+            head = f"  {where:<28} {state:<9} {r['weight']:>6}  {_time(r['last_change']):<19}"
+            if not r["checkers"]:
+                lines.append(f"{head}  {'(none)':<10} {'-':<4}  no checker: always up")
+            for i, c in enumerate(r["checkers"]):
+                last = "-" if c["last_ok"] is None else ("ok" if c["last_ok"] else "fail")
+                lead = head if i == 0 else " " * len(head)
+                lines.append(f"{lead}  {c['kind']:<10} {last:<4}  {c['last_reason'] or ('up' if c['up'] else 'down')}")
+    return "\n".join(lines) + "\n"
+
+
+def _endpoint(addr, port):
+    host = f"[{addr}]" if ":" in addr else addr
+    return f"{host}:{port}" if port else host
+
+
+def _time(t):
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
