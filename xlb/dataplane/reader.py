@@ -187,8 +187,11 @@ class Reader:
         tv = np.empty(persist.max_entries, np.dtype(S.Persist))
         n = lookup_batch_into(persist.map_fd, tk, tv)
         tk, tv = tk[:n], tv[:n]
-        # Each template's service, by its key: index into `states`, len(states) for none.
         states = list(self.by_id.values())
+        if not n:  # nothing to match (and no first use of numpy's sorting paths for it)
+            none = np.zeros(0, np.int64)
+            return Templates(tk, tv, states, none, none, np.zeros(0, bool), none, np.zeros(0, bool))
+        # Each template's service, by its key: index into `states`, len(states) for none.
         words = ct.sizeof(S.SvcKey) // 8
         svc_words = np.frombuffer(b"".join(st.key_bytes for st in states), np.uint64).reshape(len(states), words)
         tmpl_words = np.ascontiguousarray(tk["svc"]).view(np.uint64).reshape(n, words)
@@ -198,15 +201,13 @@ class Reader:
         sid = np.array([st.id for st in states] + [0], np.int64)[j]
         # Its real: live, and the generation it was placed with.
         rid = tv["real_id"].astype(np.int64)
-        ok = tmo > 0
-        if n:
-            reals = self.m["reals"]
-            limit = min(int(rid.max()) + 1, reals.max_entries)
-            rkeys, rvals = np.empty(limit, np.uint32), np.empty(limit, np.dtype(S.Real))
-            got = lookup_batch_into(reals.map_fd, rkeys, rvals)
-            live_gen = np.where(rvals["flags"][:got] & S.REAL_F_LIVE, rvals["gen"][:got].astype(np.int64), -1)
-            ok &= rid < got
-            ok[ok] &= live_gen[rid[ok]] == tv["real_gen"][ok]
+        reals = self.m["reals"]
+        limit = min(int(rid.max()) + 1, reals.max_entries)
+        rkeys, rvals = np.empty(limit, np.uint32), np.empty(limit, np.dtype(S.Real))
+        got = lookup_batch_into(reals.map_fd, rkeys, rvals)
+        live_gen = np.where(rvals["flags"][:got] & S.REAL_F_LIVE, rvals["gen"][:got].astype(np.int64), -1)
+        ok = (tmo > 0) & (rid < got)
+        ok[ok] &= live_gen[rid[ok]] == tv["real_gen"][ok]
         return Templates(tk, tv, states, j, tmo, lvs, sid, ok)
 
     def templates(self, now):
