@@ -13,7 +13,8 @@ from conftest import needs_root
 
 from xlb.lab.demo import CLIENTS4, CLIENTS6, DEMO_CONFIG, REALS4, REALS6, VIP4, VIP6, xdp_prog_id
 from harness import NAMES, cli_captured, DrLab, log_has, run_xlb_logged, wait_for
-from xlb.lab.servers import LineConnection, tcp_ask
+from clients import LineConnection
+from xlb.lab.servers import tcp_ask
 from xlb.lab.process import run_in_netns
 
 REPO = Path(__file__).resolve().parent.parent

@@ -299,7 +299,7 @@ from xlb.ops import control  # noqa: E402
 from xlb.admincli import run_ipvsadm  # noqa: E402
 from xlb.lab.demo import CLIENTS4, DEMO_CONFIG, REALS4, VIP4  # noqa: E402
 from harness import DrLab  # noqa: E402
-from xlb.lab.servers import LineConnection  # noqa: E402
+from clients import LineConnection  # noqa: E402
 
 NAME_OF = {r: f"rs{i + 1}" for i, r in enumerate(REALS4)}
 ADDR_OF = {v: k for k, v in NAME_OF.items()}

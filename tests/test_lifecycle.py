@@ -20,7 +20,7 @@ from xlb.ops import control
 from xlb.dataplane import pin
 from xlb.lab.demo import CLIENTS4, REALS4, REALS6, VIP4, VIP6, xdp_prog_id
 from harness import LAB_CONFIG, LINE, attach_foreign, DrLab, prog_name
-from xlb.lab.servers import LineConnection
+from clients import LineConnection
 from xlb.lab.process import run_in_netns
 
 

@@ -12,7 +12,8 @@ pytest.importorskip("pyroute2")
 
 from xlb.lab.process import NetnsProcess, run_in_netns  # noqa: E402
 from xlb.lab.netns import Topology  # noqa: E402
-from xlb.lab.servers import tcp_ask, tcp_echo_name_server, udp_ask  # noqa: E402
+from clients import udp_ask  # noqa: E402
+from xlb.lab.servers import tcp_ask, tcp_echo_name_server  # noqa: E402
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 

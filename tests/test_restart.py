@@ -20,7 +20,7 @@ from xlb.dataplane import pin
 from xlb.dataplane.apply import DataPlane
 from xlb.lab.demo import CLIENTS4, REALS4, VIP4, xdp_prog_id
 from harness import LAB_CONFIG, LINE, DrLab
-from xlb.lab.servers import LineConnection
+from clients import LineConnection
 
 CONFIG_A = """
 [[mark]]

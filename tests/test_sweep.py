@@ -14,7 +14,8 @@ from conftest import needs_root
 from xlb.dataplane import structs as S
 from xlb.config.model import addr_bytes, mask_address
 from xlb.dataplane.mapkeys import now_ns, NS, svc_key
-from xlb.dataplane.sweep import exact_keys, hold_due, row_index, sweep_interval
+from xlb.dataplane.rowmatch import exact_keys, row_index
+from xlb.dataplane.sweep import hold_due, sweep_interval
 
 TIMEOUTS = "[timeouts]\ntcp = 30\nsyn = 20\ntcpfin = 10\nudp = 30\n"
 R = ("198.18.0.11", "198.18.0.12", "198.18.0.13")

@@ -7,23 +7,10 @@ from pathlib import Path
 from conftest import needs_root
 
 from xlb.dataplane import pin, vethpeer
-from harness import run_xlb_logged
+from harness import DAEMON_START_CONFIG, run_xlb_logged
 from xlb.lab.netns import Topology
 from xlb.lab.process import run_in_netns
 
-CONFIG = """
-[tables]
-conns = 4096
-templates = 4096
-
-[[service]]
-vip = "198.51.100.10"
-port = 80
-proto = "tcp"
-
-  [[service.real]]
-  address = "198.18.0.11"
-"""
 WARNING = ("xlb: warning: eth0 is a veth whose peer eth0 (namespace {peer}) has tx checksum offload on: packets its "
            "stack sends arrive with partial checksums, which native XDP forwards unfixed and the reals drop. Turn it "
            "off on the peer (`ethtool -K eth0 tx off` in namespace {peer}) or run with --xdp-mode generic")
@@ -47,7 +34,7 @@ def test_the_peer_is_found_in_its_namespace_or_in_this_one():
 
 def _run_until_attached(topo, ns, log, mode, tmp_path):
     cfg = tmp_path / "xlb.toml"
-    cfg.write_text(CONFIG)
+    cfg.write_text(DAEMON_START_CONFIG)
     argv = ["run", "--iface", "eth0", "--config", str(cfg), "--xdp-mode", mode, "--socket", str(tmp_path / "x.sock")]
     log.touch()
     daemon = topo.spawn(ns, run_xlb_logged, str(log), argv)

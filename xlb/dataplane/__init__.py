@@ -4,6 +4,6 @@ Loading (``program``: bcc, kernel headers, flags; ``bpfsys``: raw bpf syscalls; 
 bpf/*.h; ``pin``/``bpffs``: pinned maps and the layout record; ``links``: what an interface has attached;
 ``testrun``, ``clock``), the host around it (``neigh``, ``forwarding`` sysctls, ``vethpeer``), and DataPlane, which
 writes and reads the maps: ``apply`` (plan, check, apply the difference), ``sweep`` (the timers), ``reader``
-(counters, real rows and loads), ``adopt`` (pinned maps of a previous daemon), with ``mapkeys`` and ``alloc``
-under them. May import xlb.tables, xlb.config and xlb.errors; never the daemon, the CLI or the observers.
+(the one decoder of map contents that listings, observers and the sweep ask), ``adopt`` (pinned maps of a previous
+daemon), with ``mapkeys``, ``alloc`` and ``rowmatch`` (numpy joins) under them. May import xlb.tables, xlb.config and xlb.errors; never the daemon, the CLI or the observers.
 """

@@ -110,11 +110,30 @@ class DataPlane(Sweeper, Reader, Adopter):
         return fit(config, self.cap, self.loads)
 
     def apply(self, config):
-        """Make the maps say what config says, touching only what differs."""
+        """Make the maps say what config says, touching only what differs. The order of the writes is the
+        make-before-break contract (docs/design.md "Who writes what"): VIP filter bits added, reals, mark rules,
+        tables and services, settings; then what the config no longer has; the flow cache voided last."""
         entries, tables = self.check(config)
         old = self.services
-        new_keys = {s.key for s in config.services}
-        # VIP filter: old and new bits while services change, only the new ones once the old are gone.
+        vips, fwm, fbits = self._widen_vip_filter(config)
+        real_rows, svc_states = self._take_ids(config, old)
+        want = self._write_mark_rules(config, entries)
+        self._write_services(svc_states, tables, config)
+        self._write_settings(config, bool(want), fbits is not None)
+        self._remove_stale(config, old, real_rows, want)
+        self._apply_vips(vips)
+        if fbits is not None:
+            self._write_vip_words(vipfilter.words(fbits))
+
+        self.services = svc_states
+        self.by_id = {st.id: st for st in svc_states.values()}
+        self.fwm_prefixes = fwm
+        self.config = config
+        self.invalidate_flow_cache()
+
+    def _widen_vip_filter(self, config):
+        """VIP filter: old and new bits while services change (apply writes only the new ones once the old are
+        gone). Returns (VIP prefixes, each fwmark service's prefixes, the filter's bits or None: filter off)."""
         vips = markmod.vip_prefixes(config)
         # A fwmark service's established flows outlive a reload that moves its rules' prefixes (the connection table
         # comes first): the filter keeps every prefix the service has had while it stays.
@@ -127,8 +146,12 @@ class DataPlane(Sweeper, Reader, Adopter):
         else:
             want_words = vipfilter.words(fbits)
             self._write_vip_words([a | b for a, b in zip(self.vip_words, want_words)])
+        return vips, fwm, fbits
 
-        # Reals: ids stable per (service, address); a new id bumps the slot's generation.
+    def _take_ids(self, config, old):
+        """Ids for every real and service, stable per (service, address) and per service key (a new id bumps the
+        real slot's generation and zeroes its counters), and the reals' entries written. Returns ({real id:
+        (service, real)}, {service key: SvcState})."""
         real_rows = {}
         for svc in config.services:
             for r in svc.reals:
@@ -152,8 +175,11 @@ class DataPlane(Sweeper, Reader, Adopter):
                 addr=S.addr_words(addr_bytes(r.address)), gen=self.gens[rid], svc_id=svc_states[svc.key].id,
                 weight=r.weight, family=svc.family, flags=S.REAL_F_LIVE, uthreshold=r.uthreshold,
                 lthreshold=r.lthreshold)
+        return real_rows, svc_states
 
-        # Mark rules: add before the settings flag turns classification on, remove after.
+    def _write_mark_rules(self, config, entries):
+        """Mark rules: added before the settings flag turns classification on (removed after, _remove_stale).
+        Returns the trie entries wanted: {entry: (mark, rule id)}."""
         rule_id_of = {}
         for i, rule in enumerate(config.marks):
             rid, fresh = self.rule_ids.take(markmod.rule_identity(rule))
@@ -165,8 +191,10 @@ class DataPlane(Sweeper, Reader, Adopter):
         for k, v in want.items():
             if self.mark_entries.get(k) != v:
                 trie[self._mark_key(k)] = S.MarkVal(mark=v[0], rule_id=v[1])
+        return want
 
-        # Scheduling tables, then the services that point at them.
+    def _write_services(self, svc_states, tables, config):
+        """Scheduling tables (in fresh regions when they changed), then the services that point at them."""
         for key, st in svc_states.items():
             svc = st.svc
             ids = [self.real_ids.get((svc.key, r.address)) for r in svc.reals]
@@ -178,9 +206,9 @@ class DataPlane(Sweeper, Reader, Adopter):
                 st.region, st.table = region, table
             self.m["services"][svc_key(svc)] = self._svc_meta(st)
 
-        self._write_settings(config, bool(want), fbits is not None)
-
-        # Now remove what the config no longer has.
+    def _remove_stale(self, config, old, real_rows, want):
+        """Remove what the config no longer has: services, reals (not LIVE), mark-rule entries and rule ids."""
+        new_keys = {s.key for s in config.services}
         for key, st in old.items():
             if key not in new_keys:
                 del self.m["services"][S.SvcKey.from_buffer_copy(st.key_bytes)]
@@ -192,6 +220,7 @@ class DataPlane(Sweeper, Reader, Adopter):
                 # Not LIVE: templates and conns let go of it. The generation stays, for a restarted daemon.
                 self.m["reals"][ct.c_uint32(rid)] = S.Real(gen=self.gens[rid])
                 self.real_ids.drop(ident)
+        trie = self.m["mark_rules"]
         for k in list(self.mark_entries):
             if k not in want:
                 del trie[self._mark_key(k)]
@@ -200,15 +229,6 @@ class DataPlane(Sweeper, Reader, Adopter):
             if ident not in live_rules:
                 self.rule_ids.drop(ident)
         self.mark_entries = want
-        self._apply_vips(vips)
-        if fbits is not None:
-            self._write_vip_words(want_words)
-
-        self.services = svc_states
-        self.by_id = {st.id: st for st in svc_states.values()}
-        self.fwm_prefixes = fwm
-        self.config = config
-        self.invalidate_flow_cache()
 
     def invalidate_flow_cache(self):
         """Void every flow-cache entry (bpf/flowcache.h): the next packet of each flow reads the connection table

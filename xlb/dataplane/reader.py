@@ -1,18 +1,142 @@
-"""Reading the maps for the rest of xlb: per-CPU counters summed, each real's connection counts and load, as
-numpy records from one batched read each. A mixin of DataPlane (xlb/dataplane/apply.py).
+"""Reading the maps for the rest of xlb: the one place that decodes map contents. Listings (xlb/ops/listings.py),
+the metrics, `xlb top` and the trace (xlb/observe/) and the sweep ask it; none of them indexes the maps.
+
+- counters: per-CPU counter arrays summed over CPUs (``percpu_counters``: one batched read per map);
+- the applied config by id: ``layout`` (services, their reals and ids), ``service_by_id``, ``real_addresses``;
+- reals: ``live_reals`` (map entries), ``real_loads`` (connection counts, overload), as numpy records;
+- templates: ``read_templates`` decodes the table once into numpy (service, timeout, whether its real still
+  holds it), which the sweep and ``templates`` (listings) share; ``templates_by_service`` counts them;
+- connections: ``connections`` (live entries, for listings), ``has_connection``; ``timeouts``; ``table_fill``;
+- the trace build's record (``reset_trace``, ``trace_record``).
+A mixin of DataPlane (xlb/dataplane/apply.py).
 """
 import ctypes as ct
+import weakref
+from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import structs as S
-from .bpfsys import lookup_batch_into
+from .bpfsys import iter_batches, lookup_batch, lookup_batch_into
+from .mapkeys import NS
+from .rowmatch import row_index
 from ..tables import sched
+from ..tables.marks import rule_identity
+
+
+def percpu_counters(table, n):
+    """[(packets, bytes, conns)] for indexes 0..n-1 of a per-CPU counters array, summed over CPUs: one batch read."""
+    if n <= 0:
+        return []
+    vsz = ct.sizeof(table.Leaf)            # Counters * possible CPUs
+    ncpu = vsz // ct.sizeof(S.Counters)
+    _, values, got = lookup_batch(table.map_fd, 4, vsz, min(n, table.max_entries))
+    words = np.frombuffer(values, np.uint64, count=got * ncpu * 3).reshape(got, ncpu, 3)
+    if got and int(words.max()) >= 2**64 // ncpu:   # a sum could pass 2**64: add as Python integers
+        return [tuple(sum(col) for col in zip(*row)) for row in words.tolist()]
+    return list(map(tuple, words.sum(axis=1).tolist()))
+
+
+def table_entries(table):
+    """How many entries a hash table holds now (a batched walk; nothing is decoded)."""
+    ksz, vsz = ct.sizeof(table.Key), ct.sizeof(table.Leaf)
+    return sum(n for _, _, n in iter_batches(table.map_fd, ksz, vsz, table.max_entries))
+
+
+@dataclass
+class Templates:
+    """The persistence templates as one batched read decoded them (numpy, one row per template)."""
+
+    keys: np.ndarray     # PersistKey records
+    vals: np.ndarray     # Persist records
+    states: list         # the applied services' states; index len(states) stands for none
+    svc: np.ndarray      # each template's service: an index into states
+    timeout: np.ndarray  # int64 ns: its service's persistence timeout (0: none, or not persistent)
+    lvs: np.ndarray      # bool: its service holds templates while their connections live (lvs mode)
+    sid: np.ndarray      # int64: its service's id
+    ok: np.ndarray       # bool: service persistent, and its real live with the generation it was placed with
+
+    def until(self):
+        """int64 ns each template expires at as stored: its timer, or in lvs mode its stored hold if later."""
+        until = self.vals["last_new_ns"].astype(np.int64) + self.timeout
+        return np.where(self.lvs, np.maximum(until, self.vals["held_until_ns"].astype(np.int64)), until)
+
+
+_layouts = weakref.WeakKeyDictionary()   # DataPlane -> (the config it was built for, layout)
 
 
 class Reader:
     """What DataPlane reads back from its maps."""
 
+    # -- counters ---------------------------------------------------------------------------------------------
+    def counters(self, name, idx):
+        """Sum of a per-CPU counters slot."""
+        vals = self.m[name][ct.c_uint32(idx)]
+        return S.Counters(packets=sum(v.packets for v in vals), bytes=sum(v.bytes for v in vals),
+                          conns=sum(v.conns for v in vals))
+
+    def verdict_counts(self):
+        return {name: self.counters("verdicts", num) for num, name in S.REASONS.items()}
+
+    def flow_counter_rows(self):
+        """([(packets, bytes, conns)] by service id, the same by real id): two batch reads."""
+        return (percpu_counters(self.m["svc_stats"], self.svc_ids.next),
+                percpu_counters(self.m["real_stats"], self.real_ids.next))
+
+    def verdict_rows(self):
+        """[(packets, bytes, conns)] by verdict reason number."""
+        return percpu_counters(self.m["verdicts"], len(S.REASONS))
+
+    def mark_hits(self, each_rule=False):
+        """[(mark rule, hits)] of the applied config's mark rules in its order: each rule id once (rules that share
+        an id count together), or with each_rule every rule (0 for one without an id)."""
+        if not self.config or not self.config.marks:
+            return []
+        rows = percpu_counters(self.m["mark_stats"], self.rule_ids.next)
+        out, seen = [], set()
+        for rule in self.config.marks:
+            rid = self.rule_ids.get(rule_identity(rule))
+            if not each_rule and (rid is None or rid in seen):
+                continue
+            seen.add(rid)
+            out.append((rule, rows[rid][0] if rid is not None and rid < len(rows) else 0))
+        return out
+
+    def zero_counters(self, svc_id, real_ids):
+        """Zero a service's counters and its reals'."""
+        self.zero_slot(self.m["svc_stats"], svc_id)
+        for rid in real_ids:
+            self.zero_slot(self.m["real_stats"], rid)
+
+    # -- the applied config, by id ----------------------------------------------------------------------------
+    def layout(self):
+        """[(service state, [(real config, real id, address text)])] of the applied config, in dp.services' order.
+        Ids and addresses change only when a config is applied, so this is built once per config: finding a real's
+        id hashes its address object, which costs ~10 us a real."""
+        got = _layouts.get(self)
+        if got is None or got[0] is not self.config:
+            slots = [(st, [(r, self.real_ids.get((st.svc.key, r.address)), str(r.address)) for r in st.svc.reals])
+                     for st in self.services.values()]
+            got = _layouts[self] = (self.config, slots)
+        return got[1]
+
+    def service_by_id(self, svc_id):
+        """The applied service state with this id, or None."""
+        return self.by_id.get(svc_id)
+
+    def real_addresses(self):
+        """{real id: address text} of the configured reals."""
+        return {rid: str(addr) for (_, addr), rid in self.real_ids.ids.items()}
+
+    def rule_of(self, rule_id):
+        """The applied config's mark rule with this id, or None."""
+        for rule in (self.config.marks if self.config else ()):
+            if self.rule_ids.get(rule_identity(rule)) == rule_id:
+                return rule
+        return None
+
+    # -- reals -----------------------------------------------------------------------------------------------
     def loads(self, svc):
         """(active, inactive, overloaded) of each of svc's reals now (idle for reals not yet in the maps)."""
         if svc.scheduler not in sched.CONN_SCHEDULERS:
@@ -37,6 +161,12 @@ class Reader:
         lookup_batch_into(table.map_fd, keys, rows)
         return rows
 
+    def live_reals(self):
+        """{real id: Real map entry} for the configured reals: one batch read of the reals map."""
+        rows = self.real_rows("reals", S.Real)
+        entries = (S.Real * len(rows)).from_buffer(rows)
+        return {rid: entries[rid] for rid in self.real_ids.ids.values()}
+
     def real_loads(self):
         """{real id: (active, inactive, overloaded)} for every configured real, as the data plane schedules on
         them (overloaded: RC_F_OVERLOAD, set at uthreshold, cleared below lthreshold): one batched read."""
@@ -49,12 +179,86 @@ class Reader:
         """{real id: (active, inactive)} for every configured real, as the data plane schedules on them."""
         return {rid: (act, inact) for rid, (act, inact, _) in self.real_loads().items()}
 
-    # -- reading ------------------------------------------------------------------------------------------
-    def counters(self, name, idx):
-        """Sum of a per-CPU counters slot."""
-        vals = self.m[name][ct.c_uint32(idx)]
-        return S.Counters(packets=sum(v.packets for v in vals), bytes=sum(v.bytes for v in vals),
-                          conns=sum(v.conns for v in vals))
+    # -- templates ------------------------------------------------------------------------------------------
+    def read_templates(self):
+        """The template table, one batched read, decoded with numpy: a Templates."""
+        persist = self.m["persist"]
+        tk = np.empty(persist.max_entries, np.dtype(S.PersistKey))
+        tv = np.empty(persist.max_entries, np.dtype(S.Persist))
+        n = lookup_batch_into(persist.map_fd, tk, tv)
+        tk, tv = tk[:n], tv[:n]
+        states = list(self.by_id.values())
+        if not n:  # nothing to match (and no first use of numpy's sorting paths for it)
+            none = np.zeros(0, np.int64)
+            return Templates(tk, tv, states, none, none, np.zeros(0, bool), none, np.zeros(0, bool))
+        # Each template's service, by its key: index into `states`, len(states) for none.
+        words = ct.sizeof(S.SvcKey) // 8
+        svc_words = np.frombuffer(b"".join(st.key_bytes for st in states), np.uint64).reshape(len(states), words)
+        tmpl_words = np.ascontiguousarray(tk["svc"]).view(np.uint64).reshape(n, words)
+        j = row_index(list(tmpl_words.T), list(svc_words.T), missing=len(states))
+        tmo = np.array([(st.svc.persistence_timeout or 0) * NS for st in states] + [0], np.int64)[j]
+        lvs = np.array([st.svc.persistence_mode == "lvs" for st in states] + [False])[j]
+        sid = np.array([st.id for st in states] + [0], np.int64)[j]
+        # Its real: live, and the generation it was placed with.
+        rid = tv["real_id"].astype(np.int64)
+        reals = self.m["reals"]
+        limit = min(int(rid.max()) + 1, reals.max_entries)
+        rkeys, rvals = np.empty(limit, np.uint32), np.empty(limit, np.dtype(S.Real))
+        got = lookup_batch_into(reals.map_fd, rkeys, rvals)
+        live_gen = np.where(rvals["flags"][:got] & S.REAL_F_LIVE, rvals["gen"][:got].astype(np.int64), -1)
+        ok = (tmo > 0) & (rid < got)
+        ok[ok] &= live_gen[rid[ok]] == tv["real_gen"][ok]
+        return Templates(tk, tv, states, j, tmo, lvs, sid, ok)
 
-    def verdict_counts(self):
-        return {name: self.counters("verdicts", num) for num, name in S.REASONS.items()}
+    def templates(self, now):
+        """(persist key, value, service state, expiry ns) of each valid template, unexpired at `now`."""
+        t = self.read_templates()
+        until = t.until()
+        keep = np.flatnonzero(t.ok & (until > now))
+        if not len(keep):
+            return
+        keys = (S.PersistKey * len(t.keys)).from_buffer(t.keys)
+        vals = (S.Persist * len(t.vals)).from_buffer(t.vals)
+        for i, j, u in zip(keep.tolist(), t.svc[keep].tolist(), until[keep].tolist()):
+            yield keys[i], vals[i], t.states[j], u
+
+    def templates_by_service(self):
+        """{service key bytes: templates in the table} of the applied services (expired ones included)."""
+        t = self.read_templates()
+        counts = np.bincount(t.svc.astype(np.int64), minlength=len(t.states) + 1)
+        return Counter({st.key_bytes: int(c) for st, c in zip(t.states, counts.tolist()) if c})
+
+    # -- connections ----------------------------------------------------------------------------------------
+    def timeouts(self):
+        """[ns] each connection state times out after, as the data plane reads them."""
+        t = self.m["settings"][ct.c_uint32(0)].timeout_ns
+        return [t[i] for i in range(S.CONN_STATES)]
+
+    def connections(self, now):
+        """(ConnKey, Conn, Real map entry, service state, ns left) of each live connection of a configured real."""
+        timeouts = self.timeouts()
+        reals = self.live_reals()
+        for k, v in self.m["conns"].items_lookup_batch():
+            r = reals.get(v.real_id)
+            st = self.by_id.get(v.svc_id)
+            if r is None or r.gen != v.real_gen or st is None or v.state >= S.CONN_STATES:
+                continue
+            left = v.seen_ns + timeouts[v.state] - now
+            if left > 0:
+                yield k, v, r, st, left
+
+    def has_connection(self, key):
+        """Whether the connection table has an entry for this ConnKey."""
+        return self.m["conns"].get(key) is not None
+
+    def table_fill(self):
+        """[(label, entries, capacity)] of the connection and template tables."""
+        return [(label, table_entries(self.m[name]), self.m[name].max_entries)
+                for name, label in (("conns", "connections"), ("persist", "templates"))]
+
+    # -- the trace build's record ---------------------------------------------------------------------------
+    def reset_trace(self):
+        self.m["trace_out"][ct.c_uint32(0)] = S.TraceRec()
+
+    def trace_record(self):
+        return self.m["trace_out"][ct.c_uint32(0)]

@@ -11,6 +11,7 @@ import numpy as np
 from . import structs as S
 from .bpfsys import lookup_batch_into, rewrite_u64
 from .mapkeys import NS, now_ns, table_indexes
+from .rowmatch import exact_keys, lookup_sorted
 from ..tables import sched
 
 SWEEP_DUTY = 10          # a sweep that takes d seconds is followed by at least 10 d seconds without one ...
@@ -61,57 +62,6 @@ class _ConnScan:
     counts: dict           # live real id -> [active, inactive]
 
 
-def exact_keys(rows, table):
-    """One int64 key per row for equality matching of multi-column rows: ``rows`` and ``table`` are lists of
-    uint64 columns (n and m long). Returns (row keys, row valid, table keys): a valid row's key equals a table
-    row's key exactly when every column does; an invalid row has a value no table row has in some column.
-    Columns are rank-compressed against the table's values only as far as int64 needs, so the usual cases (one
-    column that varies, the others constant) cost one pass per column."""
-    rk = rows[0].view(np.int64)
-    tk = table[0].view(np.int64)
-    valid = np.ones(len(rk), bool)
-    bound = 2**64  # distinct values the key may take so far
-    for rc, tc in zip(rows[1:], table[1:]):
-        u = np.unique(tc)
-        if len(u) == 1:
-            valid &= rc == u[0]
-            continue
-        if bound * len(u) >= 2**62:  # make the key so far a dense rank among the table's keys
-            tu, tk = np.unique(tk, return_inverse=True)
-            rk, ok = _rank(tu, rk)
-            valid &= ok
-            bound = len(tu)
-        r, ok = _rank(u, rc)
-        valid &= ok
-        rk = rk * len(u) + r
-        tk = tk * len(u) + np.searchsorted(u, tc)
-        bound *= len(u)
-    return rk, valid, tk
-
-
-def _rank(sorted_values, x):
-    """(index of each x in sorted_values, whether it is there)."""
-    if not len(sorted_values):
-        return np.zeros(len(x), np.int64), np.zeros(len(x), bool)
-    i = np.minimum(np.searchsorted(sorted_values, x), len(sorted_values) - 1)
-    return i, sorted_values[i] == x
-
-
-def _lookup(keys, values, x, default=0):
-    """values[i] where keys[i] == x (keys sorted and distinct), default elsewhere."""
-    i, found = _rank(keys, x)
-    return np.where(found, values[i] if len(values) else default, default)
-
-
-def row_index(rows, table, missing=-1):
-    """For each row (columns as in exact_keys) the index of the equal table row (table rows distinct), or
-    ``missing``."""
-    rk, valid, tk = exact_keys(rows, table)
-    order = np.argsort(tk, kind="stable")
-    i, found = _rank(tk[order], rk)
-    return np.where(valid & found, order[i] if len(order) else missing, missing)
-
-
 class Sweeper:
     """DataPlane's timers (needs its maps, ids, services and config)."""
 
@@ -123,9 +73,7 @@ class Sweeper:
         t0 = time.perf_counter()
         now = now_ns() if now is None else now
         res = SweepResult()
-        timeouts = self.m["settings"][ct.c_uint32(0)].timeout_ns
-        timeouts = [timeouts[i] for i in range(S.CONN_STATES)]
-        scan = self._scan_conns(now, timeouts)
+        scan = self._scan_conns(now, self.timeouts())
         res.conns_seen = len(scan.keys)
         expired = scan.keys[~scan.alive]
         if len(expired):
@@ -166,37 +114,17 @@ class Sweeper:
     def _sweep_templates(self, now, scan, res):
         """Expire templates (their service or real gone, or their timer run out and, in lvs mode, no live
         connection of theirs left) and write each lvs-mode template's hold: the latest expiry among the live
-        connections it placed. Decided with numpy over one batched read."""
-        persist = self.m["persist"]
-        tk = np.empty(persist.max_entries, np.dtype(S.PersistKey))
-        tv = np.empty(persist.max_entries, np.dtype(S.Persist))
-        n = lookup_batch_into(persist.map_fd, tk, tv)
-        tk, tv = tk[:n], tv[:n]
+        connections it placed. Decided with numpy over one batched read, decoded by the reader (read_templates)."""
+        t = self.read_templates()
+        tk, tv, n = t.keys, t.vals, len(t.keys)
         res.templates_seen = n
         if not n:
             return
-        # Each template's service, by its key: index into `states`, len(states) for none.
-        states = list(self.by_id.values())
-        words = ct.sizeof(S.SvcKey) // 8
-        svc_words = np.frombuffer(b"".join(st.key_bytes for st in states), np.uint64).reshape(len(states), words)
-        tmpl_words = np.ascontiguousarray(tk["svc"]).view(np.uint64).reshape(n, words)
-        j = row_index(list(tmpl_words.T), list(svc_words.T), missing=len(states))
-        tmo = np.array([(st.svc.persistence_timeout or 0) * NS for st in states] + [0], np.int64)[j]
-        lvs = np.array([st.svc.persistence_mode == "lvs" for st in states] + [False])[j]
-        sid = np.array([st.id for st in states] + [0], np.int64)[j]
-        # Its real: live, and the generation it was placed with.
-        rid = tv["real_id"].astype(np.int64)
-        reals = self.m["reals"]
-        limit = min(int(rid.max()) + 1, reals.max_entries)
-        rkeys, rvals = np.empty(limit, np.uint32), np.empty(limit, np.dtype(S.Real))
-        got = lookup_batch_into(reals.map_fd, rkeys, rvals)
-        live_gen = np.where(rvals["flags"][:got] & S.REAL_F_LIVE, rvals["gen"][:got].astype(np.int64), -1)
-        ok = (tmo > 0) & (rid < got)
-        ok[ok] &= live_gen[rid[ok]] == tv["real_gen"][ok]
+        ok, tmo, lvs = t.ok, t.timeout, t.lvs
         hold = np.zeros(n, np.int64)
         want = ok & lvs
         if want.any():
-            hold[want] = self._holds(scan, sid[want], tk["client"][want])
+            hold[want] = self._holds(scan, t.sid[want], tk["client"][want])
         dead = ~ok | (np.maximum(tv["last_new_ns"].astype(np.int64) + tmo, hold) <= now)
         res.templates_held = int(np.count_nonzero(~dead & (hold != 0)))
         # The longest interval the daemon may wait (it reads the applied config's sweep_interval; a reload can
@@ -204,10 +132,12 @@ class Sweeper:
         margin = int(2 * max(self.config.tables.sweep_interval, SWEEP_STRETCH_MAX) * NS)
         change = np.flatnonzero(~dead & lvs & hold_due(hold, tv["held_until_ns"].astype(np.int64), now, margin))
         if len(change):
+            persist = self.m["persist"]
             rewrite_u64(persist.map_fd, tk[change], ct.sizeof(S.Persist), S.Persist.held_until_ns.offset,
                         hold[change])
         gone = tk[dead]
         if len(gone):
+            persist = self.m["persist"]
             self.delete_batch(persist, (persist.Key * len(gone)).from_buffer(gone))
         res.templates_expired = len(gone)
 
@@ -234,7 +164,7 @@ class Sweeper:
         keys, inverse = np.unique(ckey, return_inverse=True)
         latest = np.zeros(len(keys), np.int64)
         np.maximum.at(latest, inverse, until)
-        return _lookup(keys, latest, tkey)
+        return lookup_sorted(keys, latest, tkey)
 
     def _reconcile(self, counts):
         """Rewrite every real's connection counts from the table (the data plane's running counts miss entries

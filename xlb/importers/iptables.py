@@ -141,14 +141,24 @@ def _failer(source, lineno):
 def _rule(args, family, source, lineno, command):
     """Translate one rule's options. Returns (MarkLines, inserted_at_top)."""
     fail = _failer(source, lineno)
-    table = "filter"
-    chain = None
-    insert = False
-    proto = None
-    dsts = None
-    ports = None
-    target = None
-    mark = None
+    o = _scan_options(args, family, command, fail)
+    _check_rule(o, fail)
+    dsts = o["dsts"] or [ipaddress.ip_network("0.0.0.0/0" if family == 4 else "::/0")]
+    out = []
+    for net in dsts:
+        tree = {"mark": o["mark"], "proto": o["proto"] or "any", "dst": str(net)}
+        ports = o["ports"]
+        if ports is not None and ports != [(0, 65535)]:
+            tree["ports"] = [lo if lo == hi else f"{lo}-{hi}" for lo, hi in ports]
+        out.append(MarkLine(tree, source, lineno, command))
+    return out, o["insert"]
+
+
+def _scan_options(args, family, command, fail):
+    """One rule's options as {table, chain, insert, proto, dsts, ports, target, mark}; fails on any option, match
+    or value that has no exact translation."""
+    o = {"table": "filter", "chain": None, "insert": False, "proto": None, "dsts": None, "ports": None,
+         "target": None, "mark": None}
     i = 0
 
     def value(opt):
@@ -163,78 +173,88 @@ def _rule(args, family, source, lineno, command):
         if a == "!":
             fail("negated matches ('!') cannot be translated: xlb mark rules only select what matches")
         elif a in ("-t", "--table"):
-            table = value(a)
+            o["table"] = value(a)
         elif a in ("-A", "--append"):
-            chain = value(a)
+            o["chain"] = value(a)
         elif a in ("-I", "--insert"):
-            chain = value(a)
-            insert = True
+            o["chain"] = value(a)
+            o["insert"] = True
             if i + 1 < len(args) and args[i + 1].isdigit():
                 i += 1
                 if args[i] != "1":
-                    fail(f"-I {chain} {args[i]}: inserting at a position other than the top cannot be translated "
-                         "(give the rules in the order iptables evaluates them, with -A)")
+                    fail(f"-I {o['chain']} {args[i]}: inserting at a position other than the top cannot be "
+                         "translated (give the rules in the order iptables evaluates them, with -A)")
         elif a in ("-p", "--protocol"):
             p = value(a).lower()
-            proto = {"tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "all": "any", "0": "any"}.get(p)
-            if proto is None:
+            o["proto"] = {"tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "all": "any", "0": "any"}.get(p)
+            if o["proto"] is None:
                 fail(f"protocol '{p}': xlb marks tcp and udp only")
         elif a in ("-d", "--destination", "--dst"):
-            dsts = []
-            for d in value(a).split(","):
-                try:
-                    net = ipaddress.ip_network(d, strict=False)
-                except ValueError:
-                    fail(f"destination '{d}' is not an address or prefix (host names are not translated)")
-                if net.version != family:
-                    fail(f"destination {d} is IPv{net.version} but {command} handles IPv{family}")
-                dsts.append(net)
+            o["dsts"] = _destinations(value(a), family, command, fail)
         elif a in ("-m", "--match"):
             m = value(a)
             if m not in IGNORED_MATCHES:
                 fail(f"match module '{m}' cannot be translated (translated: -p, -d, --dport, -m multiport --dports)")
         elif a in ("--dport", "--destination-port"):
-            ports = [_port_range(value(a), fail)]
+            o["ports"] = [_port_range(value(a), fail)]
         elif a in ("--dports", "--destination-ports"):
-            ports = [_port_range(p, fail) for p in value(a).split(",")]
+            o["ports"] = [_port_range(p, fail) for p in value(a).split(",")]
         elif a == "--comment":
             value(a)
         elif a in ("-j", "--jump"):
-            target = value(a)
+            o["target"] = value(a)
         elif a in ("--set-mark", "--set-xmark"):
-            v, _, m = value(a).partition("/")
-            try:
-                mark = int(v, 0)
-                mask = int(m, 0) if m else FULL_MASK
-            except ValueError:
-                fail(f"{a} {args[i]}: not a number")
-            if mask != FULL_MASK:
-                fail(f"{a} {args[i]}: a partial mask keeps bits of an earlier mark; only whole marks translate")
+            o["mark"] = _set_mark(a, value(a), fail)
         else:
             fail(f"option '{a}' cannot be translated exactly (translated: -t mangle -A PREROUTING -p -d --dport "
                  "--dports -j MARK --set-mark)")
         i += 1
-    if table != "mangle":
-        fail(f"rule in table '{table}': firewall marks for LVS are set in table mangle (-t mangle)")
-    if chain != "PREROUTING":
-        fail(f"rule in chain '{chain}': only PREROUTING marks are translated (xlb classifies packets on arrival)")
-    if target != "MARK":
-        fail(f"target '{target}': only -j MARK rules are translated")
+    return o
+
+
+def _destinations(text, family, command, fail):
+    """-d's comma-separated addresses or prefixes, each of the command's family."""
+    dsts = []
+    for d in text.split(","):
+        try:
+            net = ipaddress.ip_network(d, strict=False)
+        except ValueError:
+            fail(f"destination '{d}' is not an address or prefix (host names are not translated)")
+        if net.version != family:
+            fail(f"destination {d} is IPv{net.version} but {command} handles IPv{family}")
+        dsts.append(net)
+    return dsts
+
+
+def _set_mark(opt, text, fail):
+    """--set-mark/--set-xmark VALUE[/MASK]: the mark, which must be whole (a full mask)."""
+    v, _, m = text.partition("/")
+    try:
+        mark = int(v, 0)
+        mask = int(m, 0) if m else FULL_MASK
+    except ValueError:
+        fail(f"{opt} {text}: not a number")
+    if mask != FULL_MASK:
+        fail(f"{opt} {text}: a partial mask keeps bits of an earlier mark; only whole marks translate")
+    return mark
+
+
+def _check_rule(o, fail):
+    """What a translated rule must be: mangle PREROUTING -j MARK with a whole non-zero mark; ports with tcp/udp."""
+    if o["table"] != "mangle":
+        fail(f"rule in table '{o['table']}': firewall marks for LVS are set in table mangle (-t mangle)")
+    if o["chain"] != "PREROUTING":
+        fail(f"rule in chain '{o['chain']}': only PREROUTING marks are translated (xlb classifies packets on "
+             "arrival)")
+    if o["target"] != "MARK":
+        fail(f"target '{o['target']}': only -j MARK rules are translated")
+    mark = o["mark"]
     if mark is None:
         fail("-j MARK without --set-mark")
     if not 1 <= mark <= FULL_MASK:
         fail(f"mark {mark}: must be 1..{FULL_MASK} (mark 0 is every unmarked packet)")
-    if ports is not None and proto not in ("tcp", "udp"):
+    if o["ports"] is not None and o["proto"] not in ("tcp", "udp"):
         fail("destination ports need -p tcp or -p udp (iptables refuses them otherwise)")
-    if dsts is None:
-        dsts = [ipaddress.ip_network("0.0.0.0/0" if family == 4 else "::/0")]
-    out = []
-    for net in dsts:
-        tree = {"mark": mark, "proto": proto or "any", "dst": str(net)}
-        if ports is not None and ports != [(0, 65535)]:
-            tree["ports"] = [lo if lo == hi else f"{lo}-{hi}" for lo, hi in ports]
-        out.append(MarkLine(tree, source, lineno, command))
-    return out, insert
 
 
 def _port_range(text, fail):

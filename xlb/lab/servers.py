@@ -1,13 +1,13 @@
-"""Small servers and clients for the labs: a TCP/UDP server that answers with its name, one that keeps a line
-open, and the clients that ask them (run in a namespace with xlb.lab.process).
+"""Small servers for the labs: a TCP/UDP server that answers with its name, one that keeps a line open, and the
+TCP client that asks the first (run in a namespace with xlb.lab.process). Clients only the tests use live in
+tests/clients.py.
 """
 import ipaddress
 import selectors
 import socket
 import struct
 
-from .process import FORK, enter_netns, notifies_ready, notify_ready, pack_exception, unpack_exception
-from ..errors import KernelError
+from .process import notifies_ready, notify_ready
 
 IP_FREEBIND = 15
 IPV6_FREEBIND = 78
@@ -111,17 +111,6 @@ def tcp_ask(src, dst, port, timeout=3.0):
     return b"".join(chunks).decode().strip()
 
 
-def udp_ask(src, dst, port, timeout=3.0, payload=b"?\n"):
-    """Send one datagram from `src` to dst:port and return the stripped reply (only one from dst counts)."""
-    with socket.socket(_family(dst), socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout)
-        if src:
-            s.bind((src, 0))
-        s.connect((dst, port))
-        s.send(payload)
-        return s.recv(4096).decode().strip()
-
-
 @notifies_ready
 def tcp_line_name_server(name, addresses_ports):
     """Serve forever: keep each TCP connection open and answer every line received with `name\\n`.
@@ -165,86 +154,3 @@ def tcp_line_name_server(name, addresses_ports):
                     sock.setblocking(False)
                 except OSError:
                     pass
-
-
-def _line_client(conn, ns, src, dst, port, timeout):
-    try:
-        enter_netns(ns)
-        s = socket.socket(_family(dst), socket.SOCK_STREAM)
-        s.settimeout(timeout)
-        if src:
-            s.bind((src, 0))
-        s.connect((dst, port))
-        f = s.makefile("rb")
-        conn.send(("ok", None))
-    except BaseException as e:  # noqa: BLE001
-        conn.send(("err",) + pack_exception(e))
-        return
-    while True:
-        try:
-            cmd = conn.recv()
-        except EOFError:
-            break
-        if cmd is None:
-            break
-        try:
-            s.sendall(cmd.encode() + b"\n")
-            line = f.readline()
-            if not line:
-                raise ConnectionError("connection closed by the server")
-            conn.send(("ok", line.decode().strip()))
-        except BaseException as e:  # noqa: BLE001
-            conn.send(("err",) + pack_exception(e))
-    s.close()
-
-
-class LineConnection:
-    """One long-lived TCP connection from `src` in namespace `ns` to dst:port, held by a forked child.
-
-    `ask(text)` sends one line and returns the stripped reply line (raises on a dead connection).
-    Pairs with tcp_line_name_server. Usable as a context manager; close() is idempotent.
-    """
-
-    def __init__(self, ns, src, dst, port, timeout=3.0):
-        self._conn, child = FORK.Pipe(duplex=True)
-        self._proc = FORK.Process(target=_line_client, args=(child, ns, src, dst, port, timeout), daemon=True)
-        self._proc.start()
-        child.close()
-        self._result()
-
-    def _result(self):
-        if not self._conn.poll(30):
-            self.close()
-            raise KernelError("line client did not answer within 30s")
-        try:
-            msg = self._conn.recv()
-        except EOFError:
-            self.close()
-            raise KernelError("line client died") from None
-        if msg[0] == "ok":
-            return msg[1]
-        raise unpack_exception(msg[1], msg[2])
-
-    def ask(self, text="?"):
-        self._conn.send(text)
-        return self._result()
-
-    def close(self):
-        if self._proc is None:
-            return
-        try:
-            self._conn.send(None)
-        except OSError:
-            pass
-        self._proc.join(5)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join()
-        self._conn.close()
-        self._proc = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -16,10 +16,10 @@ maps (commands, sweeps and reloads run under it) and exports its reload counters
 returns a handle whose ``close()`` stops it. ``exposition()`` exists because prometheus_client's generate_latest
 spends ~10 us formatting each sample: at 1000 services x 10 reals (~84,000 samples) that alone is about a second.
 
-Cost: per-CPU counters are read with one BPF_MAP_LOOKUP_BATCH per map over the ids in use (xlb.observe.stats's reader, which
-`xlb top` shares); the conns and persist tables are walked in batches (table fill, templates per service); active,
-inactive and overloaded per real come from DataPlane.real_loads(), one batched read. A scrape costs O(services +
-reals + connections + templates).
+Cost: per-CPU counters are read with one BPF_MAP_LOOKUP_BATCH per map over the ids in use (DataPlane's reader,
+xlb/dataplane/reader.py, which `xlb top` shares); the conns and persist tables are walked in batches (table fill,
+templates per service); active, inactive and overloaded per real come from DataPlane.real_loads(), one batched
+read. A scrape costs O(services + reals + connections + templates).
 
 Families (labels: ``service`` as operators name it — ``tcp/198.51.100.10:80``, ``fwm/80``; ``real`` its address):
 
@@ -38,14 +38,12 @@ Families (labels: ``service`` as operators name it — ``tcp/198.51.100.10:80``,
     xlb_build_info {version, kernel}, xlb_scrape_duration_seconds
 """
 import contextlib
-import ctypes as ct
 import gzip
 import ipaddress
 import os
 import socket
 import threading
 import time
-from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
@@ -53,10 +51,8 @@ from prometheus_client.registry import Collector
 
 from .. import __version__
 from ..dataplane import structs as S
-from ..dataplane.bpfsys import iter_batches
 from ..errors import XlbError
-from .stats import FlowCounters, percpu_counters
-from .stats import layout as stats_layout
+from .stats import FlowCounters
 
 DEFAULT_PORT = 9842
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -68,23 +64,6 @@ REAL_STATES = ("available", "quiescent", "overloaded")
 
 class MetricsError(XlbError):
     """The metrics endpoint could not be set up."""
-
-
-def table_entries(table):
-    """How many entries a hash table holds now (a batched walk; nothing is decoded)."""
-    ksz, vsz = ct.sizeof(table.Key), ct.sizeof(table.Leaf)
-    return sum(n for _, _, n in iter_batches(table.map_fd, ksz, vsz, table.max_entries))
-
-
-def templates_by_service(table):
-    """{service key bytes: persistence templates} (the first bytes of a template's key are its service's key)."""
-    ksz, vsz = ct.sizeof(table.Key), ct.sizeof(table.Leaf)
-    skz = ct.sizeof(S.SvcKey)
-    counts = Counter()
-    for keys, _, n in iter_batches(table.map_fd, ksz, vsz, table.max_entries):
-        raw = keys.raw
-        counts.update(raw[i:i + skz] for i in range(0, n * ksz, ksz))
-    return counts
 
 
 def _ports_label(rule):
@@ -180,7 +159,7 @@ class XlbCollector(Collector):
         if self._layout_of is not dp.config:
             layout = [(st.id, (st.svc.name,), st.key_bytes,
                        [(rid, (st.svc.name, address), r.weight) for r, rid, address in reals])
-                      for st, reals in sorted(stats_layout(dp), key=lambda slot: slot[0].id)]
+                      for st, reals in sorted(dp.layout(), key=lambda slot: slot[0].id)]
             self._layout, self._layout_of = layout, dp.config
         return self._layout
 
@@ -188,7 +167,7 @@ class XlbCollector(Collector):
         dp = self.dp
         counts = FlowCounters(dp)
         loads = dp.real_loads()
-        templates = templates_by_service(dp.m["persist"])
+        templates = dp.templates_by_service()
         svc_p, svc_b, svc_c = f["xlb_service_packets"], f["xlb_service_bytes"], f["xlb_service_connections"]
         svc_t = f["xlb_service_persistence_templates"]
         r_p, r_b, r_c = f["xlb_real_packets"], f["xlb_real_bytes"], f["xlb_real_connections"]
@@ -214,11 +193,11 @@ class XlbCollector(Collector):
                 state = "quiescent" if weight == 0 else "overloaded" if overloaded else "available"
                 for name in REAL_STATES:
                     r_s.append((rl + (name,), 1 if name == state else 0))
-        for table, label in (("conns", "connections"), ("persist", "templates")):
-            f["xlb_table_entries"].append(((label,), table_entries(dp.m[table])))
-            f["xlb_table_capacity"].append(((label,), dp.m[table].max_entries))
+        for label, entries, capacity in dp.table_fill():
+            f["xlb_table_entries"].append(((label,), entries))
+            f["xlb_table_capacity"].append(((label,), capacity))
         self._marks(f["xlb_mark_rule_hits"])
-        rows = percpu_counters(dp.m["verdicts"], len(S.REASONS))
+        rows = dp.verdict_rows()
         for num, reason in sorted(S.REASONS.items()):
             p, b, _ = rows[num] if num < len(rows) else (0, 0, 0)
             lv = (reason.split("_", 1)[0], reason)
@@ -243,18 +222,7 @@ class XlbCollector(Collector):
         f["xlb_build"].append(((os.uname().release, __version__), 1))
 
     def _marks(self, out):
-        from ..tables.marks import rule_identity
-        dp = self.dp
-        if not dp.config or not dp.config.marks:
-            return
-        rows = percpu_counters(dp.m["mark_stats"], dp.rule_ids.next)
-        seen = set()
-        for rule in dp.config.marks:
-            rid = dp.rule_ids.get(rule_identity(rule))
-            if rid is None or rid in seen:
-                continue
-            seen.add(rid)
-            hits = rows[rid][0] if rid < len(rows) else 0
+        for rule, hits in self.dp.mark_hits():
             out.append(((str(rule.mark), rule.proto, str(rule.dst), _ports_label(rule)), hits))
 
     def exposition(self) -> bytes:

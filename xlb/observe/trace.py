@@ -15,7 +15,6 @@ Use:
 
 The daemon serves it as the control command ``trace`` (one Tracer per daemon); `xlb trace` is the client.
 """
-import ctypes as ct
 import ipaddress
 import os
 import struct
@@ -145,16 +144,14 @@ class Tracer:
         """Run the trace build on one frame: (TraceRec, testrun.RunResult)."""
         from ..dataplane.testrun import test_run
         fd = self.load()
-        out = self.dp.m["trace_out"]
-        out[ct.c_uint32(0)] = S.TraceRec()
+        self.dp.reset_trace()
         res = test_run(fd, frame, ifindex=self.ifindex)
-        return out[ct.c_uint32(0)], res
+        return self.dp.trace_record(), res
 
     def free_sport(self, src, dst, dport, proto):
         """The first source port from FIRST_SPORT with no connection entry to dst:dport (a new connection)."""
-        conns = self.dp.m["conns"]
         for sport in range(FIRST_SPORT, 65536):
-            if conns.get(conn_key(src, sport, dst, dport, proto)) is None:
+            if not self.dp.has_connection(conn_key(src, sport, dst, dport, proto)):
                 return sport
         raise TraceError(f"every source port of {src} to {dst}:{dport} has a connection entry; name one")
 
@@ -183,17 +180,16 @@ def explain(rec, res, dp):
     F = S.TRACE_F
     flags = rec.flags
     now = rec.now_ns
-    real_addr = {rid: str(addr) for (_, addr), rid in dp.real_ids.ids.items()}
-    settings = dp.m["settings"][ct.c_uint32(0)]
-    timeouts = [settings.timeout_ns[i] for i in range(S.CONN_STATES)]
+    real_addr = dp.real_addresses()
+    timeouts = dp.timeouts()
     answer = {"verdict": S.REASONS.get(rec.reason, str(rec.reason)), "action": res.action_name,
               "mark_rule": None, "service": None, "connection": None, "template": None, "scheduler": None,
               "real": real_addr.get(rec.real_id) if rec.real_id else None, "why": None}
     if flags & F["mark"]:
-        rule = _rule_of(dp, rec.rule_id)
+        rule = dp.rule_of(rec.rule_id)
         answer["mark_rule"] = {"rule": rule.where if rule else f"id {rec.rule_id}", "mark": rec.mark}
     # A followed connection skips the service lookup; the record then holds the connection's service id.
-    st = dp.by_id.get(rec.svc_id) if flags & (F["svc"] | F["conn_hit"]) else None
+    st = dp.service_by_id(rec.svc_id) if flags & (F["svc"] | F["conn_hit"]) else None
     if flags & (F["svc"] | F["conn_hit"]):
         answer["service"] = st.svc.name if st else f"id {rec.svc_id}"
     if flags & F["conn_found"]:
@@ -234,14 +230,6 @@ def explain(rec, res, dp):
     if res.action_name in ("XDP_TX", "XDP_REDIRECT") and len(res.data) >= 6:
         answer["next_hop_mac"] = ":".join(f"{b:02x}" for b in res.data[:6])
     return answer
-
-
-def _rule_of(dp, rule_id):
-    from ..tables.marks import rule_identity
-    for rule in (dp.config.marks if dp.config else ()):
-        if dp.rule_ids.get(rule_identity(rule)) == rule_id:
-            return rule
-    return None
 
 
 def render(a):

@@ -8,7 +8,6 @@ read the maps for the ipvsadm-format listings built here (xlb/ops/ipvsadm.py ren
 Runtime edits live in the running daemon: SIGHUP re-reads the config file, which is the truth (keepalived's
 model), and so does a restart. `xlb save > FILE` keeps them.
 """
-import ctypes as ct
 import ipaddress
 import time
 
@@ -17,7 +16,7 @@ from ..config import dump as xdump
 from ..dataplane import structs as S
 from ..dataplane.mapkeys import now_ns, NS
 from ..errors import ConfigError
-from ..observe.stats import FlowCounters, layout
+from ..observe.stats import FlowCounters
 
 STATE_NAMES = {S.CONN_STATE["syn"]: "SYN_RECV", S.CONN_STATE["est"]: "ESTABLISHED",
                S.CONN_STATE["fin"]: "FIN_WAIT", S.CONN_STATE["udp"]: "UDP"}
@@ -69,7 +68,7 @@ class RateEstimator:
 
 def _owners(dp):
     """(slot, what holds it) of every service and real of the applied config."""
-    for st, reals in layout(dp):
+    for st, reals in dp.layout():
         yield ("svc", st.id), st.svc.key
         for r, rid, _ in reals:
             yield ("real", rid), (st.svc.key, r.address)
@@ -78,7 +77,7 @@ def _owners(dp):
 def _counter_slots(dp):
     """(slot, (packets, bytes, conns)) of every service and real the data plane holds: two batch reads."""
     counts = FlowCounters(dp)
-    for st, reals in layout(dp):
+    for st, reals in dp.layout():
         yield ("svc", st.id), counts.service(st.id)
         for _, rid, _ in reals:
             if rid is not None:
@@ -96,7 +95,7 @@ def listing(dp, rates=None):
     persist = _templates_per_real(dp)
     flows = FlowCounters(dp)
     services = []
-    for st, slots in layout(dp):
+    for st, slots in dp.layout():
         svc = st.svc
         c = flows.service(st.id)
         reals = []
@@ -123,32 +122,9 @@ def _stats(c):
     return {"conns": conns, "inpkts": packets, "outpkts": 0, "inbytes": bytes_, "outbytes": 0}
 
 
-def _live_reals(dp):
-    """{real id: Real map entry} for the configured reals: one batch read of the reals map."""
-    rows = dp.real_rows("reals", S.Real)
-    entries = (S.Real * len(rows)).from_buffer(rows)
-    return {rid: entries[rid] for rid in dp.real_ids.ids.values()}
-
-
-def _templates(dp, now):
-    """(persist key, value, service state, expiry ns) of each valid template."""
-    by_key = {st.key_bytes: st for st in dp.services.values()}
-    reals = _live_reals(dp)
-    for k, v in dp.m["persist"].items_lookup_batch():
-        st = by_key.get(bytes(k)[:ct.sizeof(S.SvcKey)])
-        r = reals.get(v.real_id)
-        if st is None or not st.svc.persistence_timeout or r is None or r.gen != v.real_gen:
-            continue
-        until = v.last_new_ns + st.svc.persistence_timeout * NS
-        if st.svc.persistence_mode == "lvs":
-            until = max(until, v.held_until_ns)
-        if until - now > 0:
-            yield k, v, st, until
-
-
 def _templates_per_real(dp):
     out = {}
-    for _k, v, _st, _until in _templates(dp, now_ns()):
+    for _k, v, _st, _until in dp.templates(now_ns()):
         out[v.real_id] = out.get(v.real_id, 0) + 1
     return out
 
@@ -165,24 +141,18 @@ def _port(be16):
 def conn_entries(dp):
     """Connections and persistence templates as ipvsadm -c lists them."""
     now = now_ns()
-    timeouts = dp.m["settings"][ct.c_uint32(0)].timeout_ns
-    reals = _live_reals(dp)
-    by_id = {st.id: st for st in dp.services.values()}
+    reals = dp.live_reals()
     out = []
-    for k, v in dp.m["conns"].items_lookup_batch():
-        r = reals.get(v.real_id)
-        st = by_id.get(v.svc_id)
-        if r is None or r.gen != v.real_gen or st is None or v.state >= S.CONN_STATES:
-            continue
-        left = v.seen_ns + timeouts[v.state] - now
-        if left <= 0:
-            continue
+    for k, v, r, _st, left in dp.connections(now):
         fam = k.family
         out.append({"proto": PROTO_NAMES.get(k.proto, str(k.proto)), "family": fam, "state": STATE_NAMES[v.state],
                     "expire": left // NS, "caddr": _addr(fam, k.src), "cport": _port(k.sport),
                     "vaddr": _addr(fam, k.dst), "vport": _port(k.dport), "daddr": _addr(fam, r.addr),
                     "dport": _port(k.dport)})
-    for k, v, st, until in _templates(dp, now):
+    for k, v, st, until in dp.templates(now):
+        r = reals.get(v.real_id)
+        if r is None:  # its real left between the two reads
+            continue
         svc = st.svc
         fam = svc.family
         if svc.fwmark is not None:  # IPVS keys a mark's template by the mark, written as an address
@@ -192,7 +162,7 @@ def conn_entries(dp):
             vaddr, proto, vport = str(svc.vip), svc.proto.upper(), svc.port
         out.append({"proto": proto, "family": fam, "state": "NONE", "expire": (until - now) // NS,
                     "caddr": _addr(fam, k.client), "cport": 0, "vaddr": vaddr, "vport": vport,
-                    "daddr": _addr(fam, reals[v.real_id].addr), "dport": _real_port(svc)})
+                    "daddr": _addr(fam, r.addr), "dport": _real_port(svc)})
     return out
 
 
@@ -202,15 +172,12 @@ def zero(dp, rates, ident=None, source="xlb zero"):
     ``source`` names the command in the error for a service that does not exist (``ipvsadm: -t: no service
     tcp/198.51.100.99:80``), as edits do."""
     n = 0
-    for st, reals in layout(dp):
+    for st, reals in dp.layout():
         if ident is not None and not _is(st.svc, ident):
             continue
         n += 1
-        dp.zero_slot(dp.m["svc_stats"], st.id)
-        slots = [("svc", st.id)]
-        for _, rid, _ in reals:
-            dp.zero_slot(dp.m["real_stats"], rid)
-            slots.append(("real", rid))
+        dp.zero_counters(st.id, [rid for _, rid, _ in reals])
+        slots = [("svc", st.id)] + [("real", rid) for _, rid, _ in reals]
         rates.forget(slots)
     if ident is not None and not n:
         raise ConfigError(source, admin.ident_option(ident), f"no service {admin.ident_name(ident)}")
