@@ -69,6 +69,14 @@ def kw_addr(text):
         return None
 
 
+def kw_addr_port(args):
+    """A virtual or real server's ``IP [PORT]`` as keepalived reads it: a missing or all-zero port is 0; None for
+    an address or port that does not parse."""
+    addr = kw_addr(args[0]) if args else None
+    port = kw_port(args[1]) if len(args) > 1 and args[1].strip("0") else 0
+    return addr, port
+
+
 class Checks:
     """The importer's reading of each keyword (needs problems, skipped, vss, groups and timeouts)."""
 
@@ -219,10 +227,7 @@ class Checks:
                 return
             vs.kind, vs.fwmark = "fwmark", mark
         else:
-            addr = kw_addr(a[0])
-            port = 0
-            if len(a) > 1 and a[1].strip("0"):
-                port = kw_port(a[1])
+            addr, port = kw_addr_port(a)
             if addr is None or port is None:
                 self.err(node, f"invalid virtual server IP address/port {' '.join(a[:2])}")
                 return
@@ -387,10 +392,7 @@ class Checks:
 
     def real_server(self, vs, n):
         a = n.args
-        addr = kw_addr(a[0]) if a else None
-        port = 0
-        if len(a) > 1 and a[1].strip("0"):
-            port = kw_port(a[1])
+        addr, port = kw_addr_port(a)
         if addr is None or port is None:
             self.err(n, f"invalid real server ip address/port {'/'.join(a[:2])}")
             return
