@@ -90,8 +90,9 @@ def check_local(cfg, local: dict, iface: str, before=None, source=None) -> None:
                                   f"on {iface}): {LOCAL}; give a real server's address")
 
 
-def own_addresses() -> dict:
-    """{address: "address of IF" | "broadcast address of IF"} of every interface in this network namespace."""
+def interface_addresses(why):
+    """[(interface name, its own address, the netlink message)] of every address in this network namespace; ``why``
+    ends the error when netlink cannot answer."""
     from pyroute2 import IPRoute  # the daemon's side only: the pure checks above need no netlink
     from pyroute2.netlink.exceptions import NetlinkError
     try:
@@ -99,13 +100,20 @@ def own_addresses() -> dict:
             names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
             addrs = list(ipr.get_addr())
     except (OSError, NetlinkError) as exc:
-        raise KernelError(f"cannot list this host's addresses (a real must not be one of them): {exc}") from exc
-    out = {}
+        raise KernelError(f"cannot list this host's addresses ({why}): {exc}") from exc
+    out = []
     for msg in addrs:
-        ifname = names.get(msg["index"], f"interface {msg['index']}")
         # IFA_LOCAL is ours; IFA_ADDRESS is too, except on a point-to-point link (the peer's) and it is the
         # only one IPv6 gives.
         local = ipaddress.ip_address((msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")).split("%")[0])
+        out.append((names.get(msg["index"], f"interface {msg['index']}"), local, msg))
+    return out
+
+
+def own_addresses() -> dict:
+    """{address: "address of IF" | "broadcast address of IF"} of every interface in this network namespace."""
+    out = {}
+    for ifname, local, msg in interface_addresses("a real must not be one of them"):
         out.setdefault(local, f"address of {ifname}")
         found = [msg.get_attr("IFA_BROADCAST")]
         if local.version == 4 and msg["prefixlen"] < 31:  # the kernel makes it a broadcast route, brd or not

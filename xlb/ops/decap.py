@@ -14,6 +14,7 @@ import time
 from ..dataplane import structs as S
 from ..dataplane.program import Program
 from ..config.model import addr_bytes
+from ..config.realcheck import interface_addresses
 from ..errors import ConfigError, XlbError
 from ..observe.stats import percpu_counters
 
@@ -74,11 +75,8 @@ def check_ports(gue_ports, bare_ports):
 
 def host_addresses():
     """Every address on this namespace's interfaces except lo's (where DR/TUN reals keep their VIPs)."""
-    from pyroute2 import IPRoute
-    with IPRoute() as ipr:
-        lo = set(ipr.link_lookup(ifname="lo"))
-        found = {ipaddress.ip_address(m.get_attr("IFA_ADDRESS")) for m in ipr.get_addr()
-                 if m["index"] not in lo and m.get_attr("IFA_ADDRESS")}
+    found = {local for ifname, local, _ in interface_addresses("xlb decap strips tunnels addressed to them")
+             if ifname != "lo"}
     return sorted(found, key=lambda a: (a.version, a))
 
 
