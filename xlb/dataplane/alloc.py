@@ -56,8 +56,9 @@ class IdPool:
         return self.ids.get(ident)
 
     def take(self, ident):
-        if ident in self.ids:
-            return self.ids[ident], False
+        i = self.ids.get(ident)  # one lookup: hashing an identity of address objects is most of the cost
+        if i is not None:
+            return i, False
         if self.free:
             i = self.free.pop()
         else:

@@ -3,7 +3,9 @@
 Everything is planned and checked before the first map write, so a rejected config changes nothing. DataPlane
 also runs the timers (xlb/dataplane/sweep.py), reads the maps back (reader.py) and adopts pinned maps (adopt.py).
 """
+import contextlib
 import ctypes as ct
+import gc
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,17 +14,32 @@ from . import clock
 from . import structs as S
 from .adopt import Adopter
 from .alloc import IdPool, SlotAllocator
-from .bpfsys import lookup_batch_into
-from .mapkeys import NS, SvcState, htons, svc_key, table_indexes
+from .bpfsys import delete_batch, lookup_batch_into, update_batch
+from .mapkeys import NS, SvcState, addr_rows, htons, svc_key, table_indexes
 from .reader import Reader
 from .sweep import Sweeper
-from ..config.model import addr_bytes
 from ..errors import ConfigError
 from ..tables import marks as markmod
 from ..tables import vipfilter
 
 _SCHED_KIND = {**S.SCHED, "wrr": S.SCHED["rr"]}  # rr and wrr differ only in their tables
 FLOW_TTL = 1.0  # seconds a flow-cache entry is trusted at most (bpf/flowcache.h)
+
+
+@contextlib.contextmanager
+def _gc_paused():
+    """The cyclic garbage collector off for the duration (if it was on). apply() of 10,000 services x 10 reals
+    allocates a few hundred thousand small containers next to a config of as many live objects: the full
+    collections those allocations set off walked the whole heap and took 40% of its time. Nothing apply()
+    allocates is cyclic garbage; reference counting frees it all the same."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,11 @@ class DataPlane(Sweeper, Reader, Adopter):
         lookup_batch_into(vf.map_fd, np.empty(vf.max_entries, np.uint32), words)
         self.vip_words = words.tolist()  # as found (pinned: adopted)
         self._to_release = []          # regions freed at the next apply (in-flight packets may read old ones)
+        # What this DataPlane last wrote to reals (by id, bytes) and services (key bytes -> entry bytes): apply
+        # writes only entries that differ. Empty at start and after adopt (the first apply writes them all).
+        self._reals_written = np.zeros((self.cap.max_reals, ct.sizeof(S.Real)), np.uint8)
+        self._reals_known = np.zeros(self.cap.max_reals, bool)
+        self._svcs_written = {}
 
     # -- applying a config ---------------------------------------------------------------------------------
     def check(self, config):
@@ -113,6 +135,10 @@ class DataPlane(Sweeper, Reader, Adopter):
         """Make the maps say what config says, touching only what differs. The order of the writes is the
         make-before-break contract (docs/design.md "Who writes what"): VIP filter bits added, reals, mark rules,
         tables and services, settings; then what the config no longer has; the flow cache voided last."""
+        with _gc_paused():
+            self._apply(config)
+
+    def _apply(self, config):
         entries, tables = self.check(config)
         old = self.services
         vips, fwm, fbits = self._widen_vip_filter(config)
@@ -152,30 +178,54 @@ class DataPlane(Sweeper, Reader, Adopter):
         """Ids for every real and service, stable per (service, address) and per service key (a new id bumps the
         real slot's generation and zeroes its counters), and the reals' entries written. Returns ({real id:
         (service, real)}, {service key: SvcState})."""
-        real_rows = {}
+        real_rows, ids_of, fresh_reals = {}, {}, []
         for svc in config.services:
+            skey, ids = svc.key, []
             for r in svc.reals:
-                rid, fresh = self.real_ids.take((svc.key, r.address))
+                rid, fresh = self.real_ids.take((skey, r.address))
                 if fresh:
                     self.gens[rid] = self.gens.get(rid, 0) + 1
-                    self.zero_slot(self.m["real_stats"], rid)
-                    self.zero_slot(self.m["real_conns"], rid)
+                    fresh_reals.append(rid)
                 real_rows[rid] = (svc, r)
-        svc_states = {}
+                ids.append(rid)
+            ids_of[skey] = ids
+        self.zero_slots(self.m["real_stats"], fresh_reals)
+        self.zero_slots(self.m["real_conns"], fresh_reals)
+        svc_states, fresh_svcs = {}, []
         for svc in config.services:
             sid, fresh = self.svc_ids.take(svc.key)
             if fresh:
-                self.zero_slot(self.m["svc_stats"], sid)
-                self.zero_slot(self.m["rr_pos"], sid)
+                fresh_svcs.append(sid)
             st = old.get(svc.key) or SvcState(svc, sid, bytes(svc_key(svc)))
-            st.svc = svc
+            st.svc, st.real_ids = svc, ids_of[svc.key]
             svc_states[svc.key] = st
-        for rid, (svc, r) in real_rows.items():
-            self.m["reals"][ct.c_uint32(rid)] = S.Real(
-                addr=S.addr_words(addr_bytes(r.address)), gen=self.gens[rid], svc_id=svc_states[svc.key].id,
-                weight=r.weight, family=svc.family, flags=S.REAL_F_LIVE, uthreshold=r.uthreshold,
-                lthreshold=r.lthreshold)
+        self.zero_slots(self.m["svc_stats"], fresh_svcs)
+        self.zero_slots(self.m["rr_pos"], fresh_svcs)
+        rows = np.zeros(len(real_rows), np.dtype(S.Real))
+        svcs = [svc for svc, _ in real_rows.values()]
+        reals = [r for _, r in real_rows.values()]
+        rows["addr"] = addr_rows([r.address for r in reals])
+        rows["gen"] = [self.gens[rid] for rid in real_rows]
+        rows["svc_id"] = [svc_states[svc.key].id for svc in svcs]
+        rows["weight"] = [r.weight for r in reals]
+        rows["family"] = [svc.family for svc in svcs]
+        rows["flags"] = S.REAL_F_LIVE
+        rows["uthreshold"] = [r.uthreshold for r in reals]
+        rows["lthreshold"] = [r.lthreshold for r in reals]
+        self._write_reals(np.fromiter(real_rows, np.uint32, len(real_rows)), rows)
         return real_rows, svc_states
+
+    def _write_reals(self, rids, rows):
+        """reals[rids[i]] = rows[i] (numpy S.Real records), in one batch, for those that differ from what this
+        DataPlane last wrote there (all of them after a start or an adopt)."""
+        if not len(rids):
+            return
+        words = rows.view(np.uint8).reshape(len(rows), -1)
+        changed = ~self._reals_known[rids] | (self._reals_written[rids] != words).any(axis=1)
+        if changed.any():
+            update_batch(self.m["reals"].map_fd, np.ascontiguousarray(rids[changed]), rows[changed])
+            self._reals_written[rids[changed]] = words[changed]
+            self._reals_known[rids[changed]] = True
 
     def _write_mark_rules(self, config, entries):
         """Mark rules: added before the settings flag turns classification on (removed after, _remove_stale).
@@ -194,32 +244,53 @@ class DataPlane(Sweeper, Reader, Adopter):
         return want
 
     def _write_services(self, svc_states, tables, config):
-        """Scheduling tables (in fresh regions when they changed), then the services that point at them."""
+        """Scheduling tables (in fresh regions when they changed; one batch), then the services that point at them
+        (one batch of those whose entry changed)."""
+        new_tables = []
         for key, st in svc_states.items():
-            svc = st.svc
-            ids = [self.real_ids.get((svc.key, r.address)) for r in svc.reals]
+            ids = st.real_ids
             table = [ids[i] for i in tables[key]]
             if table != st.table:
-                region = self._write_table(table, config)
+                region = self._alloc_table(table, config)
+                new_tables.append((region[0], table))
                 if st.region[1]:
                     self._to_release.append(st.region)
                 st.region, st.table = region, table
-            self.m["services"][svc_key(svc)] = self._svc_meta(st)
+        self.write_slot_runs(new_tables)
+        keys, metas = [], []
+        for st in svc_states.values():
+            meta = bytes(self._svc_meta(st))
+            if self._svcs_written.get(st.key_bytes) != meta:
+                keys.append(st.key_bytes)
+                metas.append(meta)
+        if keys:
+            update_batch(self.m["services"].map_fd, np.frombuffer(b"".join(keys), np.dtype(S.SvcKey)),
+                         np.frombuffer(b"".join(metas), np.dtype(S.SvcMeta)))
+            self._svcs_written.update(zip(keys, metas))
 
     def _remove_stale(self, config, old, real_rows, want):
         """Remove what the config no longer has: services, reals (not LIVE), mark-rule entries and rule ids."""
         new_keys = {s.key for s in config.services}
+        gone = []
         for key, st in old.items():
             if key not in new_keys:
-                del self.m["services"][S.SvcKey.from_buffer_copy(st.key_bytes)]
+                gone.append(S.SvcKey.from_buffer_copy(st.key_bytes))
+                self._svcs_written.pop(st.key_bytes, None)
                 if st.region[1]:
                     self._to_release.append(st.region)
                 self.svc_ids.drop(key)
+        if gone:
+            self.delete_batch(self.m["services"], gone)
+        dropped = []
         for ident, rid in list(self.real_ids.ids.items()):
             if rid not in real_rows:
-                # Not LIVE: templates and conns let go of it. The generation stays, for a restarted daemon.
-                self.m["reals"][ct.c_uint32(rid)] = S.Real(gen=self.gens[rid])
+                dropped.append(rid)
                 self.real_ids.drop(ident)
+        if dropped:
+            # Not LIVE: templates and conns let go of it. The generation stays, for a restarted daemon.
+            rows = np.zeros(len(dropped), np.dtype(S.Real))
+            rows["gen"] = [self.gens[rid] for rid in dropped]
+            self._write_reals(np.array(dropped, np.uint32), rows)
         trie = self.m["mark_rules"]
         for k in list(self.mark_entries):
             if k not in want:
@@ -245,7 +316,8 @@ class DataPlane(Sweeper, Reader, Adopter):
             self.slots.release(off, ln)
         self._to_release = []
 
-    def _write_table(self, table, config):
+    def _alloc_table(self, table, config):
+        """A region of sched_slots for `table` (written by the caller): (offset, length)."""
         if not table:
             return (0, 0)
         off = self.slots.alloc(len(table))
@@ -254,17 +326,21 @@ class DataPlane(Sweeper, Reader, Adopter):
             off = self.slots.alloc(len(table))
         if off is None:
             raise ConfigError(config.source, "service", "scheduling table space exhausted")
-        self.write_slots(off, table)
         return (off, len(table))
 
     def write_slots(self, off, table):
         """sched_slots[off + i] = table[i], one BPF_MAP_UPDATE_BATCH (a 65537-slot Maglev table: one syscall, the
         arrays built by numpy rather than 65537 ctypes conversions)."""
-        n = len(table)
-        keys = np.arange(off, off + n, dtype=np.uint32)
-        vals = np.asarray(table, dtype=np.uint32)
-        self.m["sched_slots"].items_update_batch((ct.c_uint32 * n).from_buffer(keys),
-                                                 (ct.c_uint32 * n).from_buffer(vals))
+        self.write_slot_runs([(off, table)])
+
+    def write_slot_runs(self, runs):
+        """write_slots for many (offset, table) runs at once: one BPF_MAP_UPDATE_BATCH for all of them."""
+        runs = [(off, table) for off, table in runs if len(table)]
+        if not runs:
+            return
+        keys = np.concatenate([np.arange(off, off + len(table), dtype=np.uint32) for off, table in runs])
+        vals = np.fromiter((rid for _, table in runs for rid in table), np.uint32, len(keys))
+        update_batch(self.m["sched_slots"].map_fd, keys, vals)
 
     @staticmethod
     def _svc_meta(st):
@@ -336,16 +412,16 @@ class DataPlane(Sweeper, Reader, Adopter):
         table[ct.c_uint32(idx)] = table.Leaf()
 
     @staticmethod
-    def delete_batch(table, keys):
-        """Delete keys (a sequence of table.Key, or a ctypes array of them) in one call."""
-        arr = keys if isinstance(keys, ct.Array) else (table.Key * len(keys))(*keys)
-        try:
-            table.itemsdelete_batch(arr)
-        except Exception:
-            # An entry may have gone (LRU eviction) between read and delete: fall back to one by one.
-            for k in keys:
-                try:
-                    del table[k]
-                except KeyError:
-                    pass
+    def zero_slots(table, ids):
+        """zero_slot for many indexes, one batch (bcc's Leaf is the kernel's value: per-CPU maps' every CPU)."""
+        if ids:
+            update_batch(table.map_fd, np.array(ids, np.uint32),
+                         np.zeros((len(ids), ct.sizeof(table.Leaf)), np.uint8))
 
+    @staticmethod
+    def delete_batch(table, keys):
+        """Delete keys (a sequence of table.Key, a ctypes array of them, or a numpy array of key records) in one
+        batch; keys already gone (LRU eviction between read and delete) are passed over."""
+        if not isinstance(keys, np.ndarray):
+            keys = np.frombuffer(b"".join(map(bytes, keys)), np.uint8).reshape(-1, ct.sizeof(table.Key))
+        return delete_batch(table.map_fd, np.ascontiguousarray(keys))

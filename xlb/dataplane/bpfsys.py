@@ -3,6 +3,9 @@
 - ``lookup_batch``: read a whole map (or the first n entries of an array) into two flat byte buffers, for
   scrapes of thousands of per-CPU counters and for counting entries without a Python object per entry;
   ``lookup_batch_into`` reads into the caller's buffers (numpy arrays) instead, for the sweep's 1M entries;
+- ``update_batch``: write many entries from two numpy arrays in one BPF_MAP_UPDATE_BATCH (apply's reals, services,
+  tables and zeroed counters: no ctypes object per entry);
+- ``delete_batch``: delete many keys in BPF_MAP_DELETE_BATCH calls, past keys already gone (the sweep's);
 - ``rewrite_u64``: read-modify-write one field of many entries (the sweep's template holds);
 - ``prog_load_xdp``: load an XDP program from instruction bytes (the trace build, relinked to the live maps).
 """
@@ -17,6 +20,8 @@ _BPF_MAP_LOOKUP_ELEM = 1
 _BPF_MAP_UPDATE_ELEM = 2
 _BPF_PROG_LOAD = 5
 _BPF_MAP_LOOKUP_BATCH = 24
+_BPF_MAP_UPDATE_BATCH = 26
+_BPF_MAP_DELETE_BATCH = 27
 BPF_PROG_TYPE_XDP = 6
 BPF_PSEUDO_MAP_FD = 1
 BPF_LD_IMM64 = 0x18
@@ -105,6 +110,42 @@ def lookup_batch(map_fd, key_size, value_size, limit, chunk=4096):
         vs.append(values.raw[:value_size * n])
         total += n
     return b"".join(ks), b"".join(vs), total
+
+
+def update_batch(map_fd, keys, values):
+    """map[keys[i]] = values[i] for every i, one BPF_MAP_UPDATE_BATCH: `keys` and `values` are contiguous numpy
+    arrays of one length whose items are the map's key and value (for a per-CPU map, one value per possible CPU,
+    each rounded up to 8 bytes). Returns how many were written."""
+    if len(keys) != len(values) or not (keys.flags.c_contiguous and values.flags.c_contiguous):
+        raise ValueError("keys and values must be contiguous arrays of one length")
+    if not len(keys):
+        return 0
+    attr = _BatchAttr(keys=keys.ctypes.data, values=values.ctypes.data, count=len(keys), map_fd=map_fd)
+    rc = _bpf(_BPF_MAP_UPDATE_BATCH, attr)
+    if rc < 0:
+        raise KernelError(f"writing {len(keys)} entries of map fd {map_fd} in a batch failed after "
+                          f"{attr.count}: {os.strerror(-rc)}")
+    return len(keys)
+
+
+def delete_batch(map_fd, keys):
+    """Delete every key of `keys` (a contiguous numpy array of the map's keys) that the map holds: one
+    BPF_MAP_DELETE_BATCH, and one more past each key found gone (the kernel stops at the first; an LRU map may
+    have evicted it since it was read). Returns how many were deleted."""
+    if not keys.flags.c_contiguous:
+        raise ValueError("keys must be a contiguous array")
+    base, ks, n = keys.ctypes.data, keys.itemsize, len(keys)
+    done = deleted = 0
+    while done < n:
+        attr = _BatchAttr(keys=base + done * ks, count=n - done, map_fd=map_fd)
+        rc = _bpf(_BPF_MAP_DELETE_BATCH, attr)
+        deleted += attr.count
+        done += attr.count
+        if rc == -errno.ENOENT:
+            done += 1  # this key was gone already
+        elif rc < 0:
+            raise KernelError(f"deleting entries of map fd {map_fd} in a batch failed: {os.strerror(-rc)}")
+    return deleted
 
 
 class _ElemAttr(ct.Structure):

@@ -3,6 +3,9 @@ service's scheduling table as positions in its reals. Shared by apply, sweep, ad
 """
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
 
 from . import structs as S
 from ..config.model import addr_bytes
@@ -46,23 +49,34 @@ def table_indexes(svc, loads=None):
     if svc.scheduler in sched.CONN_SCHEDULERS:
         loads = loads or [(0, 0, False)] * len(weights)
         return sched.conn_candidates(svc.scheduler, [(w, *ld) for w, ld in zip(weights, loads)], S.CAND_MAX)
-    if svc.scheduler == "rr":
-        return sched.rr_table(weights)
-    if svc.scheduler == "wrr":
-        return sched.wrr_table(weights)
-    if svc.scheduler == "sh":
-        return sched.sh_table(weights)
-    if svc.scheduler == "dh":
-        return sched.dh_table(weights)
+    if svc.scheduler in _BY_WEIGHTS:
+        return list(_weights_table(svc.scheduler, tuple(weights)))
     return sched.maglev_table([(addr_bytes(r.address), r.weight) for r in svc.reals], svc.mh_table_size)
+
+
+_BY_WEIGHTS = {"rr": sched.rr_table, "wrr": sched.wrr_table, "sh": sched.sh_table, "dh": sched.dh_table}
+
+
+@lru_cache(maxsize=4096)
+def _weights_table(scheduler, weights):
+    """The tables that depend on the weights alone, computed once per (scheduler, weights): services that share
+    them (10,000 services of 10 equal reals have one) do not pay for them again."""
+    return tuple(_BY_WEIGHTS[scheduler](list(weights)))
+
+
+def addr_rows(addresses):
+    """The addresses as an (n, 4) uint32 array of 16-byte network-order words, as the structs hold them."""
+    return np.frombuffer(b"".join(map(addr_bytes, addresses)), np.uint32).reshape(-1, 4)
 
 
 @dataclass
 class SvcState:
-    """What the control plane knows of one service in the maps: its id, key, table and slot region."""
+    """What the control plane knows of one service in the maps: its id, key, table and slot region, and its reals'
+    ids (in svc.reals' order, as apply() took them)."""
 
     svc: object
     id: int
     key_bytes: bytes
     table: list = field(default_factory=list)
     region: tuple = (0, 0)
+    real_ids: list = field(default_factory=list)

@@ -78,7 +78,7 @@ class Sweeper:
         expired = scan.keys[~scan.alive]
         if len(expired):
             conns = self.m["conns"]
-            self.delete_batch(conns, (conns.Key * len(expired)).from_buffer(expired))
+            self.delete_batch(conns, expired)
         res.conns_expired = len(expired)
         self._reconcile(scan.counts)
         self._sweep_templates(now, scan, res)
@@ -138,7 +138,7 @@ class Sweeper:
         gone = tk[dead]
         if len(gone):
             persist = self.m["persist"]
-            self.delete_batch(persist, (persist.Key * len(gone)).from_buffer(gone))
+            self.delete_batch(persist, gone)
         res.templates_expired = len(gone)
 
     def _holds(self, scan, sids, clients):
