@@ -1,5 +1,6 @@
 """Part 3: control-plane scale. Wall seconds unless a figure says CPU seconds (user + system of this process)."""
 import ctypes as ct
+import dataclasses
 import importlib.util
 import ipaddress
 import os
@@ -11,6 +12,7 @@ from xlb.config import read as xread
 from xlb.ops import listings as runtime
 from xlb.observe import stats
 from xlb.tables import sched
+from xlb.dataplane.apply import DataPlane
 from xlb.dataplane.program import Program, cflags_for
 from xlb.config.model import addr_bytes
 from xlb.dataplane.mapkeys import now_ns
@@ -67,6 +69,38 @@ def apply_services(lab, out):
     _, again, _ = _timed(lambda: lab.apply(text))
     out["apply_1000_services"] = {"seconds": round(secs, 3), "parse_seconds": round(parse_s, 3),
                                   "reapply_unchanged_seconds": round(again, 3), "reals": 2000}
+
+
+def _services_per_vip(n, reals_each, ports=40):
+    """n services of `reals_each` reals each: VIPs of 203.0.113.0/24, `ports` ports each (10,000 fit)."""
+    return "".join(_service(f"203.0.113.{1 + i // ports}", 8000 + i % ports, reals_each, i * reals_each,
+                            'scheduler = "wrr"\n') for i in range(n))
+
+
+def apply_at_scale(out, quick):
+    """DataPlane.apply of 10,000 services x 10 reals (issue 17's goal: under 1 s), on a program compiled for them
+    (bpf/consts.h's defaults hold 8191 services and 65535 reals); then the same config again, and one with one
+    real's weight changed (a reload: only the difference is written)."""
+    n = 1000 if quick else 10_000
+    tables = xconfig.Tables(conns=65536, templates=16384)
+    prog = Program(cflags=cflags_for(tables) + [f"-DXLB_MAX_SERVICES={2 * n}", f"-DXLB_MAX_REALS={20 * n}"],
+                   log=None)
+    try:
+        text = _services_per_vip(n, 10)
+        config, parse_s, _ = _timed(lambda: dataclasses.replace(xread.parse(text, "<bench>"), tables=tables))
+        changed = dataclasses.replace(xread.parse(text.replace('address = "198.18.16.5"\n',
+                                                               'address = "198.18.16.5"\n  weight = 3\n', 1),
+                                                  "<bench>"), tables=tables)
+        dp = DataPlane(prog, tables)
+        _, secs, cpu = _timed(lambda: dp.apply(config))
+        _, again, _ = _timed(lambda: dp.apply(config))
+        _, one, _ = _timed(lambda: dp.apply(changed))
+    finally:
+        prog.close()
+    out[f"apply_{n // 1000}k_services_x10"] = {
+        "seconds": round(secs, 3), "cpu_seconds": round(cpu, 3), "reapply_unchanged_seconds": round(again, 3),
+        "reload_one_weight_seconds": round(one, 3), "parse_seconds": round(parse_s, 3), "reals": 10 * n,
+        "what": "DataPlane.apply of a parsed config into empty maps; then unchanged; then one weight changed"}
 
 
 def metrics_scrape(lab, out):
@@ -209,6 +243,7 @@ def run(lab, quick=False, log=print):
     out = {}
     maglev(lab, out)
     apply_services(lab, out)
+    apply_at_scale(out, quick)
     metrics_scrape(lab, out)
     sweep(lab, out, 100_000 if quick else 1_000_000)
     sweep(lab, out, 100_000 if quick else 1_000_000, templates=True)
