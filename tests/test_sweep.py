@@ -14,7 +14,7 @@ from conftest import needs_root
 from xlb.dataplane import structs as S
 from xlb.config.model import addr_bytes, mask_address
 from xlb.dataplane.mapkeys import now_ns, NS, svc_key
-from xlb.dataplane.rowmatch import exact_keys, row_index
+from xlb.dataplane.rowmatch import exact_keys, max_per_key, row_index
 from xlb.dataplane.sweep import hold_due, sweep_interval
 
 TIMEOUTS = "[timeouts]\ntcp = 30\nsyn = 20\ntcpfin = 10\nudp = 30\n"
@@ -175,6 +175,19 @@ def test_row_index_is_exact(seed):
     rows[2][::11] ^= np.uint64(1 << 63)
     got = row_index(rows, table, missing=-1)
     assert got.tolist() == brute_row_index(rows, table, -1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_max_per_key_is_the_brute_force_maximum(seed):
+    """Each template key's latest expiry among the connections of that key (0 for none), table keys repeated
+    and in any order, some keys of neither side in the other."""
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(-50, 50, 2000)
+    values = rng.integers(0, 10**12, 2000)
+    table = rng.integers(-60, 60, 300)
+    want = [max((v for k, v in zip(keys.tolist(), values.tolist()) if k == t), default=0) for t in table.tolist()]
+    assert max_per_key(keys, values, table).tolist() == want
+    assert max_per_key(keys[:0], values[:0], table).tolist() == [0] * len(table)
 
 
 def test_exact_keys_without_table_rows():

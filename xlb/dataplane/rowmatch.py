@@ -39,10 +39,15 @@ def _rank(sorted_values, x):
     return i, sorted_values[i] == x
 
 
-def lookup_sorted(keys, values, x, default=0):
-    """values[i] where keys[i] == x (keys sorted and distinct), default elsewhere."""
-    i, found = _rank(keys, x)
-    return np.where(found, values[i] if len(values) else default, default)
+def max_per_key(keys, values, table):
+    """For each key of `table` (int64; any order, repeats allowed) the largest of `values` (>= 0) whose entry of
+    `keys` equals it, 0 where none does. A binary search of each key among the table's (the few: templates), not
+    a sort of the keys (the many: connections)."""
+    u, inverse = np.unique(table, return_inverse=True)
+    i, found = _rank(u, keys)
+    out = np.zeros(len(u), values.dtype)
+    np.maximum.at(out, i[found], values[found])
+    return out[inverse]
 
 
 def row_index(rows, table, missing=-1):

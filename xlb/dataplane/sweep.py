@@ -11,7 +11,7 @@ import numpy as np
 from . import structs as S
 from .bpfsys import lookup_batch_into, rewrite_u64
 from .mapkeys import NS, now_ns, table_indexes
-from .rowmatch import exact_keys, lookup_sorted
+from .rowmatch import exact_keys, max_per_key
 from ..tables import sched
 
 SWEEP_DUTY = 10          # a sweep that takes d seconds is followed by at least 10 d seconds without one ...
@@ -161,10 +161,7 @@ class Sweeper:
         until = scan.until[sel]
         if not valid.all():
             ckey, until = ckey[valid], until[valid]
-        keys, inverse = np.unique(ckey, return_inverse=True)
-        latest = np.zeros(len(keys), np.int64)
-        np.maximum.at(latest, inverse, until)
-        return lookup_sorted(keys, latest, tkey)
+        return max_per_key(ckey, until, tkey)
 
     def _reconcile(self, counts):
         """Rewrite every real's connection counts from the table (the data plane's running counts miss entries
