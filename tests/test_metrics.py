@@ -178,6 +178,33 @@ def test_real_state_overloaded(bench):
 
 
 @needs_root
+def test_exposition_sums_past_64_bits_exactly_and_follows_reloads(bench):
+    """Per-CPU sums past 2**64 are written exactly (not as floats); a reload's services and reals replace the
+    old ones in the next scrape (the per-config formats are rebuilt)."""
+    one = '[[service]]\nvip = "198.51.100.10"\nport = 80\nproto = "tcp"\n  [[service.real]]\n  address = "%s"\n'
+    dp = bench.reset(one % "198.18.0.11")
+    collector = metrics.XlbCollector(dp)
+    collector.exposition()
+    (st,) = dp.services.values()
+    (rid,) = dp.real_ids.ids.values()
+    for name, idx in (("svc_stats", st.id), ("real_stats", rid)):
+        table = dp.m[name]
+        leaf = table.Leaf()
+        for i in range(len(leaf)):
+            leaf[i].packets, leaf[i].bytes, leaf[i].conns = 2**64 - 1, 10 + i, 1
+        table[ct.c_uint32(idx)] = leaf
+    ncpu = len(dp.m["svc_stats"].Leaf())
+    text = collector.exposition().decode()
+    svc = 'service="tcp/198.51.100.10:80"'
+    assert f'xlb_service_packets_total{{{svc}}} {ncpu * (2**64 - 1)}\n' in text
+    assert f'xlb_real_packets_total{{real="198.18.0.11",{svc}}} {ncpu * (2**64 - 1)}\n' in text
+    assert f'xlb_real_connections_total{{real="198.18.0.11",{svc}}} {ncpu}\n' in text
+    dp.apply(bench.config(one % "198.18.0.12"))
+    text = collector.exposition().decode()
+    assert f'xlb_real_packets_total{{real="198.18.0.12",{svc}}} 0\n' in text and "198.18.0.11" not in text
+
+
+@needs_root
 def test_scrape_reads_the_maps_each_time(bench):
     """No copy in Python: a packet between two scrapes shows in the second."""
     dp = bench.reset(BENCH_CONFIG)

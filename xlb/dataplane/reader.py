@@ -1,7 +1,8 @@
 """Reading the maps for the rest of xlb: the one place that decodes map contents. Listings (xlb/ops/listings.py),
 the metrics, `xlb top` and the trace (xlb/observe/) and the sweep ask it; none of them indexes the maps.
 
-- counters: per-CPU counter arrays summed over CPUs (``percpu_counters``: one batched read per map);
+- counters: per-CPU counter arrays summed over CPUs (``percpu_counters``, ``percpu_counter_array``: one batched
+  read per map);
 - the applied config by id: ``layout`` (services, their reals and ids), ``service_by_id``, ``real_addresses``;
 - reals: ``live_reals`` (map entries), ``real_loads`` (connection counts, overload), as numpy records;
 - templates: ``read_templates`` decodes the table once into numpy (service, timeout, whether its real still
@@ -25,17 +26,24 @@ from ..tables import sched
 from ..tables.marks import rule_identity
 
 
-def percpu_counters(table, n):
-    """[(packets, bytes, conns)] for indexes 0..n-1 of a per-CPU counters array, summed over CPUs: one batch read."""
+def percpu_counter_array(table, n):
+    """(packets, bytes, conns) for indexes 0..n-1 of a per-CPU counters array, summed over CPUs, as an (n, 3)
+    array (fewer rows if the map is smaller): one batch read. uint64, or Python integers (dtype object) if a sum
+    could pass 2**64."""
     if n <= 0:
-        return []
+        return np.zeros((0, 3), np.uint64)
     vsz = ct.sizeof(table.Leaf)            # Counters * possible CPUs
     ncpu = vsz // ct.sizeof(S.Counters)
     _, values, got = lookup_batch(table.map_fd, 4, vsz, min(n, table.max_entries))
     words = np.frombuffer(values, np.uint64, count=got * ncpu * 3).reshape(got, ncpu, 3)
     if got and int(words.max()) >= 2**64 // ncpu:   # a sum could pass 2**64: add as Python integers
-        return [tuple(sum(col) for col in zip(*row)) for row in words.tolist()]
-    return list(map(tuple, words.sum(axis=1).tolist()))
+        return words.astype(object).sum(axis=1)
+    return words.sum(axis=1)
+
+
+def percpu_counters(table, n):
+    """[(packets, bytes, conns)] for indexes 0..n-1 of a per-CPU counters array, summed over CPUs: one batch read."""
+    return list(map(tuple, percpu_counter_array(table, n).tolist()))
 
 
 def table_entries(table):
@@ -81,8 +89,12 @@ class Reader:
 
     def flow_counter_rows(self):
         """([(packets, bytes, conns)] by service id, the same by real id): two batch reads."""
-        return (percpu_counters(self.m["svc_stats"], self.svc_ids.next),
-                percpu_counters(self.m["real_stats"], self.real_ids.next))
+        return tuple(list(map(tuple, rows.tolist())) for rows in self.flow_counter_arrays())
+
+    def flow_counter_arrays(self):
+        """flow_counter_rows as two (ids, 3) arrays (percpu_counter_array), for readers that stay in numpy."""
+        return (percpu_counter_array(self.m["svc_stats"], self.svc_ids.next),
+                percpu_counter_array(self.m["real_stats"], self.real_ids.next))
 
     def verdict_rows(self):
         """[(packets, bytes, conns)] by verdict reason number."""
