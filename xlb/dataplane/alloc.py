@@ -56,14 +56,16 @@ class IdPool:
         return self.ids.get(ident)
 
     def take(self, ident):
-        i = self.ids.get(ident)  # one lookup: hashing an identity of address objects is most of the cost
-        if i is not None:
+        # One dict operation: hashing an identity of address objects is most of the cost (apply takes 110,000
+        # ids for 10,000 services x 10 reals).
+        candidate = self.free[-1] if self.free else self.next
+        i = self.ids.setdefault(ident, candidate)
+        if i != candidate:  # an id in use is never the candidate (free or next)
             return i, False
         if self.free:
-            i = self.free.pop()
+            self.free.pop()
         else:
-            i, self.next = self.next, self.next + 1
-        self.ids[ident] = i
+            self.next += 1
         return i, True
 
     def drop(self, ident):

@@ -178,35 +178,35 @@ class DataPlane(Sweeper, Reader, Adopter):
         """Ids for every real and service, stable per (service, address) and per service key (a new id bumps the
         real slot's generation and zeroes its counters), and the reals' entries written. Returns ({real id:
         (service, real)}, {service key: SvcState})."""
-        real_rows, ids_of, fresh_reals = {}, {}, []
-        for svc in config.services:
-            skey, ids = svc.key, []
-            for r in svc.reals:
-                rid, fresh = self.real_ids.take((skey, r.address))
-                if fresh:
-                    self.gens[rid] = self.gens.get(rid, 0) + 1
-                    fresh_reals.append(rid)
-                real_rows[rid] = (svc, r)
-                ids.append(rid)
-            ids_of[skey] = ids
-        self.zero_slots(self.m["real_stats"], fresh_reals)
-        self.zero_slots(self.m["real_conns"], fresh_reals)
         svc_states, fresh_svcs = {}, []
         for svc in config.services:
             sid, fresh = self.svc_ids.take(svc.key)
             if fresh:
                 fresh_svcs.append(sid)
             st = old.get(svc.key) or SvcState(svc, sid, bytes(svc_key(svc)))
-            st.svc, st.real_ids = svc, ids_of[svc.key]
+            st.svc = svc
             svc_states[svc.key] = st
         self.zero_slots(self.m["svc_stats"], fresh_svcs)
         self.zero_slots(self.m["rr_pos"], fresh_svcs)
+        real_rows, fresh_reals = {}, []
+        for skey, st in svc_states.items():
+            ids = st.real_ids = []
+            for r in st.svc.reals:
+                rid, fresh = self.real_ids.take((skey, r.address))
+                if fresh:
+                    self.gens[rid] = self.gens.get(rid, 0) + 1
+                    fresh_reals.append(rid)
+                real_rows[rid] = (st.svc, r)
+                ids.append(rid)
+        self.zero_slots(self.m["real_stats"], fresh_reals)
+        self.zero_slots(self.m["real_conns"], fresh_reals)
         rows = np.zeros(len(real_rows), np.dtype(S.Real))
         svcs = [svc for svc, _ in real_rows.values()]
         reals = [r for _, r in real_rows.values()]
         rows["addr"] = addr_rows([r.address for r in reals])
         rows["gen"] = [self.gens[rid] for rid in real_rows]
-        rows["svc_id"] = [svc_states[svc.key].id for svc in svcs]
+        sid_of = {id(st.svc): st.id for st in svc_states.values()}  # by object: no address hashed again
+        rows["svc_id"] = [sid_of[id(svc)] for svc in svcs]
         rows["weight"] = [r.weight for r in reals]
         rows["family"] = [svc.family for svc in svcs]
         rows["flags"] = S.REAL_F_LIVE

@@ -1,6 +1,8 @@
 """How the control plane names things in the maps: the data plane's clock, service keys, byte order, and a
 service's scheduling table as positions in its reals. Shared by apply, sweep, adopt and the readers.
 """
+import ipaddress
+import itertools
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -65,8 +67,17 @@ def _weights_table(scheduler, weights):
 
 
 def addr_rows(addresses):
-    """The addresses as an (n, 4) uint32 array of 16-byte network-order words, as the structs hold them."""
-    return np.frombuffer(b"".join(map(addr_bytes, addresses)), np.uint32).reshape(-1, 4)
+    """The addresses as an (n, 4) uint32 array of 16-byte network-order words, as the structs hold them. IPv4
+    addresses are converted as integers in one pass (apply writes 100,000 reals' addresses)."""
+    n = len(addresses)
+    out = np.zeros((n, 4), np.uint32)
+    v4 = np.fromiter((isinstance(a, ipaddress.IPv4Address) for a in addresses), bool, n)
+    if v4.any():
+        out[v4, 0] = np.fromiter(map(int, itertools.compress(addresses, v4)), np.uint32).byteswap()
+    if not v4.all():
+        rest = itertools.compress(addresses, ~v4)
+        out[~v4] = np.frombuffer(b"".join(map(addr_bytes, rest)), np.uint32).reshape(-1, 4)
+    return out
 
 
 @dataclass
