@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, IPOption_RR
-from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
+from scapy.layers.inet6 import ICMPv6EchoReply, IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
@@ -222,10 +222,12 @@ CASES = [
               "pass_not_ip")),
     case("pass-lldp", "a non-IP ethertype passes", CFG_BASIC,
          same(Ether(dst="01:80:c2:00:00:0e", src=CLIENT_MAC, type=0x88CC) / Raw(b"\0" * 46), PASS, "pass_not_ip")),
-    case("pass-icmp", "ICMP to a VIP passes", CFG_BASIC,
-         same(Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="203.0.113.7", dst=V4) / ICMP(), PASS, "pass_other_proto")),
-    case("pass-icmp6", "ICMPv6 to a VIP passes", CFG_BASIC,
-         same(Ether(dst=LB_MAC, src=CLIENT_MAC) / IPv6(src="2001:db8:77::7", dst=V6) / ICMPv6EchoRequest(), PASS,
+    # ICMP the balancer does not handle (echo and errors: tests/test_icmp_packets.py)
+    case("pass-icmp", "ICMP timestamp request to a VIP passes", CFG_BASIC,
+         same(Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="203.0.113.7", dst=V4) / ICMP(type=13), PASS,
+              "pass_other_proto")),
+    case("pass-icmp6", "ICMPv6 echo reply to a VIP passes", CFG_BASIC,
+         same(Ether(dst=LB_MAC, src=CLIENT_MAC) / IPv6(src="2001:db8:77::7", dst=V6) / ICMPv6EchoReply(), PASS,
               "pass_other_proto")),
     # malformed
     # Frames under 14 bytes (drop_trunc_eth) cannot be run: the kernel's BPF_PROG_TEST_RUN refuses them with
@@ -322,23 +324,12 @@ CASES = [
          same(bytes.fromhex("0200000000020200000000aa8100006408004500001d000100004011" "0000cb007107c6336" "40a"
                             "9c400035000900007100"), PASS, "pass_vlan")),
     # fragments
-    case("frag4-vip", "IPv4 first fragment (MF) to a VIP", CFG_BASIC,
-         same(Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="203.0.113.7", dst=V4, flags="MF", id=9) / TCP(dport=80),
-              DROP, "drop_fragment")),
-    case("frag4-vip-offset", "IPv4 later fragment to a VIP", CFG_BASIC,
-         same(Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="203.0.113.7", dst=V4, frag=10, id=9, proto=6)
-              / Raw(b"x" * 16), DROP, "drop_fragment")),
+    # (fragments to VIPs: tests/test_frag_packets.py)
     case("frag4-other", "IPv4 fragment to no VIP passes unchanged", CFG_BASIC,
          same(Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="203.0.113.7", dst="192.0.2.1", frag=10, id=9, proto=6)
               / Raw(b"x" * 16), PASS, "pass_fragment")),
-    case("frag4-mark-dst", "IPv4 fragment to a mark rule's prefix is ours", CFG_BASIC,
-         same(Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="203.0.113.7", dst="198.51.100.30", flags="MF", id=9)
-              / TCP(dport=443), DROP, "drop_fragment")),
-    case("frag6-vip", "IPv6 Fragment header to a VIP", CFG_BASIC, same(frag_v6(V6), DROP, "drop_fragment")),
     case("frag6-other", "IPv6 fragment to no VIP passes unchanged", CFG_BASIC,
          same(frag_v6("2001:db8:200::1", offset=3, m=0), PASS, "pass_fragment")),
-    case("frag6-vip-offset", "IPv6 later fragment to a VIP", CFG_BASIC,
-         same(frag_v6(V6, offset=3, m=0), DROP, "drop_fragment")),
     case("frag6-atomic", "IPv6 atomic fragment (offset 0, M 0) is a whole packet (RFC 6946): balanced", CFG_BASIC,
          fwd(frag_v6(V6, offset=0, m=0), "2001:db8::11")),
     # A later fragment's bytes after the Fragment header are payload, not headers: never walked as such.
@@ -408,6 +399,11 @@ def show(data):
 
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
 def test_fixture(bench, c):
+    run_case(bench, c)
+
+
+def run_case(bench, c):
+    """Apply the case's config, run its packets; each output frame and the verdict counts must be exact."""
     bench.reset(c.config)
     for i, step in enumerate(c.steps):
         want = bytes(step.pkt) if step.out is SAME else step.out
