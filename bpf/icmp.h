@@ -139,7 +139,8 @@ static __always_inline int icmp_error(struct xdp_md *ctx, struct pkt *p, __u8 *i
 /* An unfragmented ICMP (IPv4) or ICMPv6 (IPv6) packet whose header starts p->l4_off bytes into the frame. */
 static __always_inline int handle_icmp(struct xdp_md *ctx, struct pkt *p, struct settings *st, __u64 bytes)
 {
-	if (!is_vip(p))
+	/* The VIP filter first: most ICMP a balancer sees is to other addresses. */
+	if (((st->flags & XLB_SET_F_VIP_FILTER) && !may_be_vip(p)) || !is_vip(p))
 		return verdict(XLB_PASS_OTHER_PROTO, XDP_PASS, bytes);
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
