@@ -13,7 +13,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from harness import CLIENT_MAC, LB_MAC, lookup_conn, real_of, to_real, udp4, udp6
-from test_packets import CFG_BASIC, DROP, PASS, TX, V4, V6, Step, case, fwd, run_case, same, vip_svc
+from cases import CFG_BASIC, DROP, PASS, TX, V4, V6, Step, case, fwd, run_case, same, vip_svc
 
 C4, C6 = "203.0.113.7", "2001:db8:77::7"
 

@@ -10,7 +10,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from harness import CLIENT_MAC, LB_MAC, lookup_conn, tcp4, tcp6, to_real, udp4, udp6
-from test_packets import CFG_BASIC, DROP, PASS, TX, V4, V6, Step, case, fwd, run_case, same
+from cases import CFG_BASIC, DROP, PASS, TX, V4, V6, Step, case, fwd, run_case, same
 
 C4, C6 = "203.0.113.7", "2001:db8:77::7"       # the client of tcp4()/udp4(), tcp6()/udp6()
 R4, R6 = "192.0.2.1", "2001:db8:ffff::1"       # a router on the way back to the client
