@@ -28,6 +28,11 @@
 #define XLB_VIP_PREFIXES 65536
 #endif
 
+/* Fragments in flight: (src, dst, id, proto) of a first fragment -> its real (bpf/frag.h). */
+#ifndef XLB_FRAGS
+#define XLB_FRAGS 8192
+#endif
+
 /* How often a live flow writes its last-seen time (ns): bounds cache-line writes on the established path. */
 #ifndef XLB_TOUCH_NS
 #define XLB_TOUCH_NS 100000000ULL
@@ -78,7 +83,7 @@ enum xlb_reason {
 	XLB_DROP_BAD_IP = 8,        /* IPv4 IHL < 5 or wrong IP version */
 	XLB_DROP_TRUNC_L4 = 9,      /* TCP/UDP header beyond the frame or the IP length */
 	XLB_DROP_BAD_TCP = 10,      /* TCP data offset < 5 */
-	XLB_DROP_FRAGMENT = 11,     /* a fragment for a VIP: xlb does not balance fragments */
+	XLB_DROP_FRAGMENT = 11,     /* unused since fragments to VIPs are balanced (bpf/frag.h); kept: never renumbered */
 	XLB_DROP_NO_REAL = 12,      /* the service has no available real */
 	XLB_DROP_RST_NO_CONN = 13,  /* TCP RST for no known connection: nothing to reset */
 	XLB_DROP_NO_NEIGH = 14,     /* real's neighbour unresolved; the control plane resolves it */
@@ -88,6 +93,13 @@ enum xlb_reason {
 	XLB_DROP_INTERNAL = 18,     /* a map that must exist was missing (a bug: report it) */
 	XLB_PASS_VLAN = 19,         /* an 802.1Q or 802.1ad tagged frame: not balanced (docs/design.md, VLANs) */
 	XLB_DROP_TOO_BIG = 20,      /* longer than the MTU toward the real (bpf_fib_lookup: fragmentation needed) */
+	/* 31-38: ICMP, fragments (bpf/icmp.h, bpf/frag.h) */
+	XLB_ICMP_ECHO_REPLY = 31,   /* an echo request to a VIP answered by the balancer (XDP_TX) */
+	XLB_FWD_ICMP_ERROR = 32,    /* an ICMP error about a VIP flow forwarded to that flow's real */
+	XLB_FWD_FRAGMENT = 33,      /* a later fragment forwarded to the real its first fragment went to */
+	XLB_DROP_FRAG_NO_FIRST = 34, /* a later fragment to a VIP before (or without) its first fragment */
+	XLB_DROP_ICMP_MTU = 35,     /* frag-needed / Packet Too Big to a VIP with an MTU below the minimum (68 / 1280) */
+	XLB_DROP_ICMP_TRUNC = 36,   /* an ICMP error to a VIP whose embedded IP or port header is truncated */
 	XLB_REASON_MAX
 };
 
@@ -126,6 +138,7 @@ enum xlb_conn_state {
 #define XLB_SVC_F_EXPIRE_QUIESCENT 0x4 /* expire_quiescent_template */
 #define XLB_SVC_F_HASH_PORT 0x8        /* sh-port / mh-port: hash the client port too */
 #define XLB_SVC_F_FALLBACK 0x10        /* sh-fallback / mh-fallback: re-hash past an unavailable real */
+#define XLB_SVC_F_OPS 0x100            /* one-packet scheduling: each UDP datagram placed alone, no connection entry */
 
 /* real.flags */
 #define XLB_REAL_F_LIVE 0x1            /* the slot holds a real of a configured service */
@@ -136,6 +149,7 @@ enum xlb_conn_state {
 /* settings.flags */
 #define XLB_SET_F_MARKS 0x1            /* at least one mark rule: classify before service lookup */
 #define XLB_SET_F_VIP_FILTER 0x2       /* vip_filter holds every VIP and mark prefix: a miss is no service */
+#define XLB_SET_F_ECHO 0x4             /* answer ICMP/ICMPv6 echo requests to VIPs (bpf/icmp.h) */
 
 /* trace_rec.flags (bpf/trace.h) */
 #define XLB_TRACE_F_CONN_FOUND 0x1     /* an entry for the tuple exists */

@@ -1,6 +1,6 @@
 /* fwd.h — forwarding to the chosen real. Direct routing: the IP packet is untouched; the Ethernet header is
  * rewritten toward the real, whose next hop and egress interface come from bpf_fib_lookup (cached per CPU).
- * NAT and tunnel methods will add their own rewrite here. */
+ * NAT and tunnel methods add their own rewrite, dispatched by forward_real. */
 #ifndef XLB_FWD_H
 #define XLB_FWD_H
 
@@ -113,6 +113,32 @@ static __always_inline int forward_dr(struct xdp_md *ctx, struct pkt *p, struct 
 		return reason;
 	}
 	return send_dr(ctx, p, nh, action);
+}
+
+/* The forwarding method of an established flow. DR is the only method yet; a method that needs another records
+ * it in the flow's connection entry and returns it here. */
+static __always_inline __u8 conn_method(struct conn *c)
+{
+	(void)c;
+	return XLB_METHOD_DR;
+}
+
+/* Send the packet to real r by the flow's method: the one dispatch for new and established flows, ICMP errors
+ * about a flow and later fragments (bpf/icmp.h, bpf/frag.h); NAT and tunnels add their case here. Returns the
+ * verdict reason; *action gets the XDP action. */
+static __always_inline int forward_real(struct xdp_md *ctx, struct pkt *p, struct real *r, __u32 real_id,
+					__u8 method, __u64 now, int *action)
+{
+	switch (method) {
+	default:
+		return forward_dr(ctx, p, r, real_id, now, action);
+	}
+}
+
+/* Did forward_real send the packet (fwd_tx or fwd_redirect)? */
+static __always_inline int forwarded(int reason)
+{
+	return reason == XLB_FWD_TX || reason == XLB_FWD_REDIRECT;
 }
 
 #endif

@@ -65,7 +65,8 @@ BPF_ARRAY(trace_out, struct trace_rec, 1);
  * can reach; the handoff carries what the first program already knows. Not pinned: each loaded program has
  * its own. */
 #define XLB_PROG_NEW_CONN 0
-BPF_PROG_ARRAY(progs, 1);
+#define XLB_PROG_ICMP 1    /* ICMP and ICMPv6 to a VIP (bpf/icmp.h) */
+BPF_PROG_ARRAY(progs, 2);
 struct handoff {
 	struct pkt p;
 	struct svc_key sk;
@@ -79,5 +80,27 @@ struct handoff {
 	__u32 pad;
 };
 BPF_PERCPU_ARRAY(handoffs, struct handoff, 1);
+
+/* frags: fragments in flight. A first fragment is placed by its ports like any packet; its (src, dst, id, proto)
+ * then names the real every later fragment of the datagram follows (bpf/frag.h). A first fragment that matched no
+ * service records real_id 0: its later fragments pass to the kernel with it. Written by the data plane only; the
+ * LRU ages entries out (a datagram's fragments arrive within milliseconds; a first fragment overwrites a stale
+ * entry under a reused id). Not pinned: across a restart, only datagrams in flight lose their later fragments. */
+struct frag_key {
+	__be32 src[4];
+	__be32 dst[4];
+	__be32 id;                 /* IPv4 identification (16 bits, as on the wire) / IPv6 fragment id */
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+struct frag_val {
+	__u32 real_id;             /* 0: the first fragment passed to the kernel */
+	__u32 real_gen;
+	__u32 svc_id;
+	__u8 method;               /* enum xlb_method of the flow */
+	__u8 pad[3];
+};
+BPF_F_TABLE("lru_hash", struct frag_key, struct frag_val, frags, XLB_FRAGS, 0);
 
 #endif

@@ -1,4 +1,5 @@
-/* parse.h — the packet parser: Ethernet, IPv4/IPv6 (with extension headers), TCP/UDP, into struct pkt.
+/* parse.h — the packet parser: Ethernet, IPv4/IPv6 (with extension headers), TCP/UDP (and where ICMP starts),
+ * into struct pkt.
  * One cursor, one bounds idiom: if ((void *)(h + 1) > data_end) the header is truncated. */
 #ifndef XLB_PARSE_H
 #define XLB_PARSE_H
@@ -31,6 +32,12 @@ struct pkt {
 	__u8 tcp_flags;     /* XLB_TCP_* */
 	__u8 fragment;      /* 1: an IP fragment (no L4 header to trust) */
 	__u16 ip_len;       /* IPv4 total length / IPv6 payload + 40, host order: for bpf_fib_lookup */
+	/* Fragments and ICMP (bpf/frag.h, bpf/icmp.h) */
+	__u16 l4_off;       /* where the L4 (or ICMP) header starts, bytes from the frame's start */
+	__be32 frag_id;     /* a fragment's identification: IPv4's 16 bits (in the low half, as on the wire) or
+			     * IPv6's 32 */
+	__u8 frag_later;    /* 1: a fragment with a non-zero offset (no L4 header: it follows its first fragment) */
+	__u8 frag_pad[3];
 };
 
 /* Parse the L4 header at l4. ip_end: where the IP packet ends (its length says; the frame may go on, with
@@ -78,8 +85,11 @@ static __always_inline int parse_ipv4(void *cur, void *data_end, struct pkt *p, 
 	p->proto = iph->protocol;
 	p->ip_len = tot;
 	/* MF set or a fragment offset: only a first fragment carries ports, and none can be trusted alone. */
-	if (iph->frag_off & bpf_htons(0x3fff))
+	if (iph->frag_off & bpf_htons(0x3fff)) {
 		p->fragment = 1;
+		p->frag_id = iph->id;
+		p->frag_later = (iph->frag_off & bpf_htons(0x1fff)) != 0;
+	}
 	*l4 = cur + hlen;
 	*ip_end = cur + tot;
 	return 0;
@@ -126,10 +136,13 @@ static __always_inline int parse_ipv6(void *cur, void *data_end, struct pkt *p, 
 				return XLB_DROP_IPV6_EXT;
 			frag = *(__be16 *)(cur + 2);
 			/* Offset 0 and M clear: an atomic fragment, a whole packet (RFC 6946). */
-			if (frag & bpf_htons(0xfff9))
+			if (frag & bpf_htons(0xfff9)) {
 				p->fragment = 1;
+				p->frag_id = *(__be32 *)(cur + 4);
+			}
 			/* A later fragment (offset not 0) carries payload after this header, not headers. */
 			if (frag & bpf_htons(0xfff8)) {
+				p->frag_later = 1;
 				p->proto = eh->nexthdr;
 				*l4 = cur + 8;
 				return 0;
@@ -155,9 +168,12 @@ static __always_inline int parse_ipv6(void *cur, void *data_end, struct pkt *p, 
 
 /* parse_packet's "a TCP/UDP packet: handle it". Not 0: reasons start at 0 (XLB_PASS_NOT_IP). */
 #define XLB_PARSE_OK (-1)
+/* parse_packet's "an unfragmented ICMP (IPv4) or ICMPv6 (IPv6) packet starting at p->l4_off": bpf/icmp.h. */
+#define XLB_PARSE_ICMP (-2)
 
 /* Fill *p from the frame. Returns XLB_PARSE_OK when p describes a TCP/UDP packet (p->fragment says if it is a
- * fragment), else the pass or drop reason; with a drop reason, p->family is set once the fixed IP header (and so
+ * fragment; a first fragment's ports are parsed, a later one has none), XLB_PARSE_ICMP, else the pass or drop
+ * reason; with a drop reason, p->family is set once the fixed IP header (and so
  * its destination address) was in the frame. */
 static __always_inline int parse_packet(void *data, void *data_end, struct pkt *p)
 {
@@ -177,9 +193,15 @@ static __always_inline int parse_packet(void *data, void *data_end, struct pkt *
 		return XLB_PASS_NOT_IP;
 	if (ret)
 		return ret;
-	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
-		return XLB_PASS_OTHER_PROTO;
-	if (p->fragment)
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP) {
+		/* A fragmented ICMP message (a big ping) is the kernel's, as before. */
+		int icmp = p->family == XLB_AF_INET ? p->proto == IPPROTO_ICMP : p->proto == IPPROTO_ICMPV6;
+		if (!icmp || p->fragment)
+			return XLB_PASS_OTHER_PROTO;
+		p->l4_off = l4 - data;
+		return XLB_PARSE_ICMP;
+	}
+	if (p->frag_later)
 		return XLB_PARSE_OK;
 	ret = parse_l4(l4, ip_end, data_end, p);
 	return ret ? ret : XLB_PARSE_OK;

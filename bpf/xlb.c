@@ -12,6 +12,8 @@
 #include "persist.h"
 #include "sched.h"
 #include "fwd.h"
+#include "frag.h"
+#include "icmp.h"
 #include "flowcache.h"
 #include "trace.h"
 
@@ -73,9 +75,11 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	if (!st)
 		return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);
 	if (p->fragment) {
-		if (is_vip(p))
-			return verdict(XLB_DROP_FRAGMENT, XDP_DROP, bytes);
-		return verdict(XLB_PASS_FRAGMENT, XDP_PASS, bytes);
+		if (!is_vip(p))
+			return verdict(XLB_PASS_FRAGMENT, XDP_PASS, bytes);
+		if (p->frag_later)
+			return frag_follow(ctx, p, bytes);
+		/* A first fragment: placed by its ports below (never from the flow cache), noted for the later ones. */
 	}
 
 	if ((st->flags & XLB_SET_F_VIP_FILTER) && !may_be_vip(p))
@@ -87,7 +91,7 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	__u32 slot = flow_slot(p);
 
 	/* An established flow seen within the flow cache's TTL: its real, without the connection table. */
-	struct flow_entry *fe = flow_cached(p, st, slot);
+	struct flow_entry *fe = p->fragment ? 0 : flow_cached(p, st, slot);
 	if (fe) {
 		__u32 real_id = fe->real_id;
 		struct nexthop *nh = nh_cache.lookup(&real_id);
@@ -114,7 +118,8 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 				XLB_TRACE_FLAG(XLB_TRACE_F_CONN_HIT);
 				conn_touch(c, p, now);
 				count_flow(c->svc_id, real_id, bytes, 0);
-				reason = forward_dr(ctx, p, r, real_id, now, &action);
+				frag_note(p, real_id, c->real_gen, c->svc_id, conn_method(c));
+				reason = forward_real(ctx, p, r, real_id, conn_method(c), now, &action);
 				if (action != XDP_DROP)
 					flow_fill(p, slot, gen, st, c, r);
 				return verdict(reason, action, bytes);
@@ -126,8 +131,10 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	struct svc_key sk;
 	struct svc_meta *svc = lookup_service(p, st, &sk, bytes);
 	trace_svc(&sk, svc);
-	if (!svc)
+	if (!svc) {
+		frag_note(p, 0, 0, 0, 0);  /* the kernel's: so are its later fragments */
 		return verdict(XLB_PASS_NO_SERVICE, XDP_PASS, bytes);
+	}
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & XLB_TCP_RST))
 		return verdict(XLB_DROP_RST_NO_CONN, XDP_DROP, bytes);
 
@@ -149,12 +156,20 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);  /* the tail call failed: the loader did not fill progs */
 }
 
-/* Second program (tail call): place a new connection (template, else scheduler), record it, forward it. */
-int xlb_new_conn(struct xdp_md *ctx)
+/* A tail-called program's inputs: the handoff its entry filled (returned) and the settings (*st). */
+static __always_inline struct handoff *tail_inputs(struct settings **st)
 {
 	__u32 zero = 0;
-	struct handoff *h = handoffs.lookup(&zero);
-	struct settings *st = settings.lookup(&zero);
+	*st = settings.lookup(&zero);
+	return handoffs.lookup(&zero);
+}
+
+/* Second program (tail call): place a new connection (template, else scheduler), record it, forward it. A UDP
+ * datagram of a one-packet-scheduling service (ops) is placed alone: no connection entry, nothing cached. */
+int xlb_new_conn(struct xdp_md *ctx)
+{
+	struct settings *st;
+	struct handoff *h = tail_inputs(&st);
 	if (!h || !st)
 		return verdict(XLB_DROP_INTERNAL, XDP_PASS, 0);
 	struct pkt *p = &h->p;
@@ -174,17 +189,42 @@ int xlb_new_conn(struct xdp_md *ctx)
 	};
 	struct conn_key ck;
 	conn_key_of(p, &ck);
-	if (h->has_old)
+	int ops = (h->svc.flags & XLB_SVC_F_OPS) && p->proto == IPPROTO_UDP;
+	if (h->has_old && !ops)
 		conn_forget(&h->old);
-	int recorded = !XLB_TRACING && !conns.update(&ck, &nc);
+	int recorded = !ops && !XLB_TRACING && !conns.update(&ck, &nc);
 	if (recorded)
 		conn_count(real_id, state, 1, r);
 	count_flow(h->svc.id, real_id, bytes, 1);
+	frag_note(p, real_id, r->gen, h->svc.id, h->svc.method);
 	int action = XDP_PASS;
-	int reason = forward_dr(ctx, p, r, real_id, now, &action);
+	int reason = forward_real(ctx, p, r, real_id, h->svc.method, now, &action);
 	if (recorded && action != XDP_DROP)
 		flow_fill(p, h->flow_idx, h->gen, st, &nc, r);
 	return verdict(reason, action, bytes);
+}
+
+/* Third program (tail call): ICMP and ICMPv6 (bpf/icmp.h). */
+int xlb_icmp(struct xdp_md *ctx)
+{
+	struct settings *st;
+	struct handoff *h = tail_inputs(&st);
+	if (!h || !st)
+		return verdict(XLB_DROP_INTERNAL, XDP_PASS, 0);
+	return handle_icmp(ctx, &h->p, st, h->bytes);
+}
+
+/* Hand an ICMP packet to xlb_icmp: the packet path's verifier states stay apart from the ICMP ones. */
+static __always_inline int icmp_handoff(struct xdp_md *ctx, struct pkt *p, __u64 bytes)
+{
+	__u32 zero = 0;
+	struct handoff *h = handoffs.lookup(&zero);
+	if (!h)
+		return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);
+	h->p = *p;
+	h->bytes = bytes;
+	progs.call(ctx, XLB_PROG_ICMP);
+	return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);  /* the tail call failed: the loader did not fill progs */
 }
 
 int xlb_xdp(struct xdp_md *ctx)
@@ -196,6 +236,8 @@ int xlb_xdp(struct xdp_md *ctx)
 	int reason = parse_packet(data, data_end, &p);
 	if (reason == XLB_PARSE_OK)
 		return handle(ctx, &p, bytes);
+	if (reason == XLB_PARSE_ICMP)
+		return icmp_handoff(ctx, &p, bytes);
 	if (reason == XLB_PASS_NOT_IP || reason == XLB_PASS_OTHER_PROTO || reason == XLB_PASS_VLAN)
 		return verdict(reason, XDP_PASS, bytes);
 	/* Malformed. To no VIP and no mark prefix: not ours, the kernel judges it as it would without xlb. */

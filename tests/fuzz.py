@@ -4,11 +4,14 @@ packet checked against the invariants an operator relies on:
 - a packet to no service (its destination address no VIP and in no mark rule's prefix; a non-IP or VLAN-tagged
   frame) leaves byte for byte unchanged with XDP_PASS;
 - a passed packet is never modified; a forwarded one keeps its IP packet, and its frame goes from the balancer to a
-  real of the service the packet belongs to (destination MAC among that service's reals');
+  real of the service the packet belongs to (destination MAC among that service's reals'): for an ICMP error the
+  service of the quoted packet reversed, for a later fragment (no ports) a service of its VIP and protocol;
+- an echo request to a VIP may come back (XDP_TX) as its reply: MACs and addresses swapped, the rest of the
+  message unchanged;
 - the program never returns XDP_ABORTED; per batch, the verdict counters grew by exactly the packets sent, the
   drop reasons by exactly the XDP_DROPs, and drop_internal not at all.
 
-Frames: truncated and oversized headers, IPv4 options of every kind with good and bad lengths, IPv6 extension-header
+Frames: ICMP/ICMPv6 echo requests and errors quoting packets from the VIPs, truncated and oversized headers, IPv4 options of every kind with good and bad lengths, IPv6 extension-header
 chains (hop-by-hop, routing, fragment, destination options, AH, unknown), bad IP and L4 lengths, fragments, 802.1Q
 and 802.1ad tags, non-IP ethertypes, every TCP flag byte, to VIPs of several schedulers, a persistent port-zero
 service, a fwmark service, and to other addresses.
@@ -110,6 +113,27 @@ def _l4(rnd, proto, dport):
     return bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 64)))
 
 
+def _icmp(rnd, proto, dst):
+    """An ICMP (proto 1) or ICMPv6 (58) message: an echo request, or an error of each kind quoting a packet from
+    dst (a VIP, or not) to a client, cut anywhere; else random bytes."""
+    v6 = proto == 58
+    r = rnd.random()
+    if r < 0.3:
+        return bytes([128 if v6 else 8, rnd.choice([0, 0, 0, 1]), 0, 0]) + rnd.randbytes(rnd.randrange(4, 60))
+    if r < 0.7:
+        kind = rnd.choice([1, 2, 3, 4] if v6 else [3, 3, 11, 5])
+        mtu = rnd.choice([0, 67, 68, 576, 1279, 1280, 1500])
+        head = bytes([kind, rnd.randrange(5)]) + b"\0\0" + (mtu.to_bytes(4, "big") if v6 else b"\0\0" + mtu.to_bytes(2, "big"))
+        l4 = struct.pack("!HH", rnd.choice(PORTS), rnd.randrange(1024, 65536)) + rnd.randbytes(4)
+        client = (ipaddress.ip_address("2001:db8:77::").packed[:14] + rnd.randbytes(2) if v6
+                  else bytes([203, 0, 113, rnd.randrange(256)]))
+        q = rnd.choice([6, 17, 6, 17, 1])
+        quote = (struct.pack("!IHBB16s16s", 6 << 28, len(l4), q, 64, dst, client) if v6 else
+                 struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0, 64, q, 0, dst, client)) + l4
+        return head + quote[:rnd.choice([len(quote)] * 4 + [rnd.randrange(len(quote))])]
+    return rnd.randbytes(rnd.randrange(0, 64))
+
+
 def _proto(rnd):
     return rnd.choice([6] * 6 + [17] * 4 + [1, 58, 47, 50, 132, rnd.randrange(256)])
 
@@ -197,7 +221,10 @@ def frame(rnd):
         v6 = kind > 0.55
         dst = ipaddress.ip_address(rnd.choice(DST6 if v6 else DST4)).packed
         proto = _proto(rnd)
-        l4 = _l4(rnd, proto, rnd.choice(PORTS) if rnd.random() < 0.9 else rnd.randrange(65536))
+        if proto == (58 if v6 else 1):
+            l4 = _icmp(rnd, proto, dst)
+        else:
+            l4 = _l4(rnd, proto, rnd.choice(PORTS) if rnd.random() < 0.9 else rnd.randrange(65536))
         etype, ip = (_ipv6 if v6 else _ipv4)(rnd, dst, proto, l4)
     tags = b""
     r = rnd.random()
@@ -239,22 +266,71 @@ def for_no_service(data):
 
 
 def _walk6(data):
+    """(next header, its offset, a later fragment?) past the extension headers xlb walks; a later fragment's bytes
+    after its Fragment header are payload."""
     nxt, cur = data[20], 54
     while nxt in (0, 43, 60, 51, 44):
         kind, nxt, n = nxt, data[cur], data[cur + 1]
+        if kind == 44 and struct.unpack("!H", data[cur + 2:cur + 4])[0] >> 3:
+            return nxt, cur + 8, True
         cur += 8 if kind == 44 else (n + 2) * 4 if kind == 51 else (n + 1) * 8
-    return nxt, cur
+    return nxt, cur, False
+
+
+def _headers(data):
+    """(family, proto, destination, L4 offset, a later fragment?) of a well-formed untagged IP frame."""
+    if data[12:14] == b"\x08\x00":
+        later = struct.unpack("!H", data[20:22])[0] & 0x1fff != 0
+        return 4, data[23], data[30:34], 14 + (data[14] & 15) * 4, later
+    proto, l4, later = _walk6(data)
+    return 6, proto, data[38:54], l4, later
+
+
+def reals_for(data):
+    """The reals a well-formed forwarded frame may go to: its service's; for an ICMP error, the service of the
+    quoted packet reversed; for a later fragment (no ports), any service of its destination and protocol."""
+    family, proto, dst, l4, later = _headers(data)
+    if proto == (1 if family == 4 else 58):
+        if data[l4] not in ((1, 2, 3) if family == 6 else (3, 11)):
+            return set()  # not an error: nothing to forward
+        q = l4 + 8
+        qproto, qsrc, qports = ((data[q + 9], data[q + 12:q + 16], q + (data[q] & 15) * 4) if family == 4
+                                else (data[q + 6], data[q + 8:q + 24], q + 40))
+        keys = [service_of_tuple(family, qproto, qsrc, struct.unpack("!H", data[qports:qports + 2])[0])]
+    elif later:
+        addr = ipaddress.ip_address(dst)
+        keys = [k for k in SERVICES if k[0] != "mark" and k[:3] == (family, proto, str(addr))]
+        keys += [("mark", m) for m, f, net, p, _ports in MARKS if f == family and addr in net and p in (None, proto)]
+    else:
+        keys = [service_of_tuple(family, proto, dst, struct.unpack("!H", data[l4 + 2:l4 + 4])[0])]
+    return {r for k in keys if k is not None for r in SERVICES[k]}
+
+
+def echo_reply_ok(data, out):
+    """Is out the reply to the echo request data: MACs and addresses swapped, TTL / hop limit 64, the type a
+    reply's, the message past its checksum unchanged? (The fixtures pin the checksums.)"""
+    family, proto, _dst, l4, _later = _headers(data)
+    if proto != (1 if family == 4 else 58) or len(out) != len(data) or out[:6] != data[6:12]:
+        return False
+    if family == 4:
+        addrs_ok = out[26:30] == data[30:34] and out[30:34] == data[26:30] and out[22] == 64
+        reply, same = 0, out[14:22] + out[23:24] == data[14:22] + data[23:24]
+    else:
+        addrs_ok = out[22:38] == data[38:54] and out[38:54] == data[22:38] and out[21] == 64
+        reply, same = 129, out[14:21] == data[14:21]
+    return addrs_ok and same and out[l4] == reply and out[l4 + 1:l4 + 2] == data[l4 + 1:l4 + 2] \
+        and out[l4 + 4:] == data[l4 + 4:] and data[l4] == (8 if family == 4 else 128)
 
 
 def service_of(data):
-    """The service key a well-formed forwarded frame belongs to, in IPVS's order: mark rule, <proto, vip, port>,
-    then the VIP's port-zero service. None: no service."""
-    if data[12:14] == b"\x08\x00":
-        family, proto, dst, l4 = 4, data[23], data[30:34], 14 + (data[14] & 15) * 4
-    else:
-        family, dst = 6, data[38:54]
-        proto, l4 = _walk6(data)
-    dport = struct.unpack("!H", data[l4 + 2:l4 + 4])[0]
+    """The service key a well-formed forwarded TCP/UDP frame belongs to (service_of_tuple)."""
+    family, proto, dst, l4, _later = _headers(data)
+    return service_of_tuple(family, proto, dst, struct.unpack("!H", data[l4 + 2:l4 + 4])[0])
+
+
+def service_of_tuple(family, proto, dst, dport):
+    """The service key of (family, proto, destination, destination port), in IPVS's order: mark rule,
+    <proto, vip, port>, then the VIP's port-zero service. None: no service."""
     addr = ipaddress.ip_address(dst)
     for mark, mfam, net, mproto, ports in MARKS:
         if mfam == family and addr in net and mproto in (None, proto) and (ports is None or dport in ports):
@@ -278,18 +354,21 @@ def check(data, action, out):
         raise Violation("a passed frame was modified")
     if for_no_service(data) and (action, out) != ("XDP_PASS", data):
         raise Violation(f"a frame to no service got {action}")
-    if action in ("XDP_TX", "XDP_REDIRECT"):
+    if action == "XDP_TX" and out[12:] != data[12:]:
+        if not echo_reply_ok(data, out):
+            raise Violation("sent back, but not as the echo request's reply")
+    elif action in ("XDP_TX", "XDP_REDIRECT"):
         if out[12:] != data[12:]:
             raise Violation("forwarded, but the IP packet changed")
         try:
-            key = service_of(data)
+            reals = reals_for(data)
         except (IndexError, struct.error):
-            key = None
-        if key is None:
+            reals = set()
+        if not reals:
             raise Violation("forwarded a frame that belongs to no service")
-        allowed = {MAC[REAL_MAC[r]] for r in SERVICES[key]}
+        allowed = {MAC[REAL_MAC[r]] for r in reals}
         if out[:6] not in allowed or out[6:12] not in (MAC[LB_MAC], MAC[LB1_MAC]):
-            raise Violation(f"forwarded to {out[:6].hex(':')} from {out[6:12].hex(':')}: not a real of {key}")
+            raise Violation(f"forwarded to {out[:6].hex(':')} from {out[6:12].hex(':')}: not a real of {reals}")
     elif action not in ("XDP_PASS", "XDP_DROP"):
         raise Violation(f"unexpected action {action}")
 

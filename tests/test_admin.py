@@ -144,6 +144,17 @@ def test_edit_dropping_persistence_drops_its_settings():
         (None, False, (), "rr")
 
 
+def test_native_ops_on_and_off_keeps_the_rest():
+    """`xlb service edit --ops / --no-ops` (ops true / false); None leaves it; TCP is refused naming -o."""
+    udp53 = {"proto": "udp", "vip": "2001:db8:100::10", "port": 53}
+    on = edit([{"op": "service-edit", "service": udp53, "ops": True}])
+    assert on.services[1] == dataclasses.replace(base().services[1], ops=True)
+    assert edit([{"op": "service-edit", "service": udp53, "ops": None}], on).services[1].ops is True
+    assert edit([{"op": "service-edit", "service": udp53, "ops": False}], on).services[1] == base().services[1]
+    err = rejected([{"op": "service-add", "service": TCP80, "ops": True}])
+    assert err.where == "-o" and "only to UDP" in err.message
+
+
 def test_service_del_and_missing_service():
     cfg = edit([{"op": "service-del", "service": FWM1}])
     assert [s.name for s in cfg.services] == ["udp/[2001:db8:100::10]:53"]

@@ -300,6 +300,12 @@ REJECTS = [
      '"2001:db8::1%b"'), "service[0].vip", 'a zone index ("%a") has no meaning here; write "2001:db8::1"'),
     ("real with a zone index", V6 + '[[service.real]]\naddress = "2001:db8::2%eth0"\n[[service.real]]\n'
      'address = "2001:db8::2"\n', "service[0].real[0].address", 'a zone index ("%eth0") has no meaning here'),
+    ("ops on a tcp service", V4 + "ops = true\n", "service[0].ops",
+     "ops (one-packet scheduling) applies only to UDP, as in IPVS"),
+    ("ops not a boolean", V6 + 'ops = "yes"\n', "service[0].ops", 'ops must be true or false, got "yes"'),
+    ("icmp echo_reply not a boolean", "[icmp]\necho_reply = 1\n", "icmp.echo_reply",
+     "echo_reply must be true or false, got 1"),
+    ("icmp unknown key", "[icmp]\necho = false\n", "icmp.echo", "unknown key 'echo'"),
     ("mark dst with a zone index", '[[mark]]\nmark = 1\ndst = "2001:db8::%eth0/64"\n[[mark]]\nmark = 2\n'
      'dst = "2001:db8::/64"\n', "mark[0].dst", 'a zone index ("%eth0") has no meaning here; write "2001:db8::/64"'),
 ]
@@ -498,3 +504,14 @@ def test_check_local_names_the_real_and_the_interface():
                                "balancer (xlb runs on eth0): xlb forwards out of the interface and cannot deliver "
                                "to the balancer itself (IPVS can); give a real server's address")
     realcheck.check_local(cfg, {ipaddress.ip_address("198.18.1.3"): "address of eth0"}, "eth0")
+
+
+def test_icmp_and_ops_read_and_written_back():
+    """[icmp] echo_reply (default on) and a service's ops survive dump and read."""
+    from xlb.config import dump
+    assert xread.parse("").icmp.echo_reply is True
+    cfg = xread.parse("[icmp]\necho_reply = false\n" + V6 + "ops = true\n" + '[[service]]\nfwmark = 2\nops = true\n')
+    assert cfg.icmp.echo_reply is False and [s.ops for s in cfg.services] == [True, True]
+    again = xread.parse(dump.dumps(dump.to_tree(cfg)))
+    assert again.icmp == cfg.icmp and [s.ops for s in again.services] == [True, True]
+    assert xread.parse(V6).services[0].ops is False

@@ -19,7 +19,8 @@ def test_fuzz_quick_profile(bench):
     # The generator reaches every path it is meant to: forwarding both ways, the VLAN and no-service passes,
     # fragments, and each kind of malformed header to a VIP.
     for reason in ("fwd_tx", "fwd_redirect", "pass_vlan", "pass_no_service", "pass_not_ip", "pass_other_proto",
-                   "pass_fragment", "drop_fragment", "drop_trunc_ip", "drop_bad_ip", "drop_trunc_l4", "drop_bad_tcp",
+                   "pass_fragment", "drop_frag_no_first", "icmp_echo_reply", "drop_icmp_mtu", "drop_icmp_trunc",
+                   "drop_trunc_ip", "drop_bad_ip", "drop_trunc_l4", "drop_bad_tcp",
                    "drop_ipv6_ext", "drop_rst_no_conn"):
         assert stats.get(reason), (reason, stats)
 
@@ -55,6 +56,15 @@ def test_rules_are_not_vacuous():
            (other, "XDP_DROP", other),
            (other, "XDP_TX", real_mac["198.18.0.11"] + fuzz.LB + other[12:]),
            (to_svc, "XDP_ABORTED", to_svc)]
+    echo = fuzz.LB + bytes.fromhex("0200000000aa0800") + bytes.fromhex(
+        "4500001c00010000400100f7cb007107c633640a") + bytes.fromhex("0800f7ff00000000")
+    reply = bytes.fromhex("0200000000aa") + fuzz.LB + bytes.fromhex("0800") + bytes.fromhex(
+        "4500001c00010000400100f7c633640acb007107") + bytes.fromhex(
+        "0000ffff00000000")
+    fuzz.check(echo, "XDP_TX", reply)
+    bad += [(echo, "XDP_TX", echo),                                          # sent back unchanged
+            (echo, "XDP_TX", reply[:-1] + b"\x01"),                          # the message changed
+            (echo, "XDP_TX", reply[:26] + reply[30:34] + reply[26:30] + reply[34:])]  # addresses not swapped
     for data, action, out in bad:
         with pytest.raises(fuzz.Violation):
             fuzz.check(data, action, out)

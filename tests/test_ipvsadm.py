@@ -274,6 +274,29 @@ def test_save_format_and_restore_round_trip():
     assert cfg.services[2].persistence_netmask == bytes([255] * 8 + [0] * 8)
 
 
+def test_ops_parsed_listed_saved_and_restored():
+    """-o / --ops: one-packet scheduling. -L shows ' ops' after the persistence (ipvsadm's print_service_entry);
+    -S writes -o, which -R reads back; -E without -o turns it off (ipvsadm's -E sets every flag anew)."""
+    assert ops("-A -u 198.51.100.10:53 -s rr -o")[0]["ops"] is True
+    assert ops("--add-service --udp-service 198.51.100.10:53 --ops")[0]["ops"] is True
+    assert "ops" not in ops("-E -u 198.51.100.10:53 -s rr")[0]
+    snap = {"size": 4096, "timeouts": SNAP["timeouts"], "services": [
+        service(proto="udp", vip="198.51.100.10", port=53, scheduler="rr", ops=True, persistence=30,
+                reals=[real("198.18.0.11", 53)])]}
+    assert ipvsadm.render_list(snap).splitlines()[3:] == [
+        "UDP  198.51.100.10:53 rr persistent 30 ops",
+        "  -> 198.18.0.11:53               Route   1      0          0         "]
+    text = ipvsadm.render_save(snap)
+    assert text.splitlines()[0] == "-A -u 198.51.100.10:53 -s rr -p 30 -o"
+    cfg = admin.apply_ops(xread.parse("", "x"), ipvsadm.parse_restore(text), "ipvsadm -R")
+    assert cfg.services[0].ops and cfg.services[0].persistence_timeout == 30
+    cfg = admin.apply_ops(cfg, ops("-E -u 198.51.100.10:53 -s rr"), "ipvsadm")
+    assert not cfg.services[0].ops
+    with pytest.raises(ConfigError) as e:
+        admin.apply_ops(cfg, ops("-A -t 198.51.100.10:80 -o"), "ipvsadm")
+    assert e.value.where == "-o" and "only to UDP" in e.value.message
+
+
 def test_conns_listing_with_template():
     entries = [
         {"proto": "TCP", "family": 4, "state": "ESTABLISHED", "expire": 899, "caddr": "198.19.1.10",

@@ -135,6 +135,21 @@ def test_unsupported_features_are_named_apart(tmp_path):
     assert "not supported by xlb: lb_kind NAT" in str(e)
 
 
+def test_ops_imported_for_udp_and_fwmark_skipped_for_tcp(tmp_path):
+    """keepalived's `ops`: one-packet scheduling on UDP and fwmark services; on TCP keepalived sets it and IPVS
+    ignores it ("inactive due to not UDP"), so xlb skips it with a warning."""
+    udp = vs("protocol UDP\nlb_algo rr\nlb_kind DR\nops\nreal_server 198.18.0.11 53 { }\n",
+             head="virtual_server 198.51.100.10 53")
+    fwm = vs("lb_algo rr\nlb_kind DR\nops\nreal_server 198.18.0.12 { }\n", head="virtual_server fwmark 7")
+    tcp = vs(DR + "ops\nreal_server 198.18.0.11 80 { }\n")
+    imp = keepalived.load(write(tmp_path, udp + fwm + tcp))
+    assert [(s.name, s.ops) for s in imp.config.services] == [
+        ("udp/198.51.100.10:53", True), ("fwm/7", True), ("tcp/198.51.100.10:80", False)]
+    assert [w for w in imp.warnings if "ops" in w] == [
+        f"{tmp_path}/keepalived.conf: line 18: ops has no effect on a TCP service (one-packet scheduling is for "
+        "UDP); skipped"]
+
+
 def test_shared_validation_errors_name_the_keepalived_line(tmp_path):
     # lthreshold >= uthreshold is a rule of xlb/config/read.py; the error still points into keepalived.conf.
     p = write(tmp_path, vs(DR + "real_server 198.18.0.11 80 {\n    uthreshold 10\n    lthreshold 20\n}\n"))

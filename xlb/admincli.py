@@ -59,7 +59,8 @@ def _cmd_service(args):
     if args.action != "del":
         op.update(scheduler=args.scheduler, netmask=args.netmask, method=_method(args),
                   persistence=False if args.no_persistence else args.persistent,
-                  sched_flags=args.sched_flags.split(",") if args.sched_flags is not None else None)
+                  sched_flags=args.sched_flags.split(",") if args.sched_flags is not None else None,
+                  ops=args.ops)
     return _edit(args, [op], src)
 
 
@@ -148,7 +149,7 @@ def run_ipvsadm(argv, socket=None, stdin=None, out=None):
 
 
 IPVSADM_HELP = """xlb ipvsadm: ipvsadm's command line against the running xlb.
-  -A|-E -t|-u|-f service [-s scheduler] [-p [timeout]] [-M netmask] [-b sched-flags]
+  -A|-E -t|-u|-f service [-s scheduler] [-p [timeout]] [-M netmask] [-b sched-flags] [-o]
   -D -t|-u|-f service
   -C
   -R < rules              (as -S writes them; applied all or nothing)
@@ -181,6 +182,9 @@ def add_parsers(sub):
     svc.add_argument("--no-persistence", action="store_true", help="edit: make the service not persistent")
     svc.add_argument("-M", "--netmask", help="persistence netmask (IPv4 mask, or IPv6 prefix length)")
     svc.add_argument("-b", "--sched-flags", help="scheduler flags, e.g. sh-port,sh-fallback")
+    svc.add_argument("-o", "--ops", action="store_true", default=None,
+                     help="one-packet scheduling (UDP): each datagram placed alone, no connection entry")
+    svc.add_argument("--no-ops", dest="ops", action="store_false", help="edit: turn one-packet scheduling off")
     m = svc.add_mutually_exclusive_group()
     for flag, name in (("-g", "gatewaying"), ("-m", "masquerading"), ("-i", "ipip")):
         m.add_argument(flag, f"--{name}", dest="method", action="store_const", const=flag[1],

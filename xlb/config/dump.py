@@ -11,7 +11,8 @@ from .model import Config
 
 def to_tree(cfg: Config) -> dict:
     """The TOML-shaped tree of ``cfg``: every setting explicit, optional keys only where they mean something."""
-    tree = {"timeouts": dataclasses.asdict(cfg.timeouts), "tables": dataclasses.asdict(cfg.tables)}
+    tree = {"timeouts": dataclasses.asdict(cfg.timeouts), "tables": dataclasses.asdict(cfg.tables),
+            "icmp": dataclasses.asdict(cfg.icmp)}
     tree["mark"] = [_mark_tree(rule) for rule in cfg.marks]
     tree["service"] = [_service_tree(svc) for svc in cfg.services]
     return tree
@@ -42,6 +43,8 @@ def _service_tree(svc) -> dict:
     if svc.scheduler == "mh":
         out["mh_table_size"] = svc.mh_table_size
     out["method"] = svc.method
+    if svc.ops:
+        out["ops"] = True
     if svc.persistence_timeout is not None:
         out["persistence_timeout"] = svc.persistence_timeout
         out["persistence_netmask"] = netmask_spec(svc.family, svc.persistence_netmask)

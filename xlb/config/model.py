@@ -47,6 +47,13 @@ class Tables:
 
 
 @dataclass(frozen=True)
+class Icmp:
+    """ICMP to the VIPs (``[icmp]``)."""
+
+    echo_reply: bool = True  # the balancer answers echo requests (ping) to its VIPs, as IPVS's director does
+
+
+@dataclass(frozen=True)
 class MarkRule:
     """One ``[[mark]]``: packets to ``dst`` (and ``proto``/``ports``) get firewall mark ``mark``."""
 
@@ -93,6 +100,7 @@ class Service:
     reals: tuple  # tuple[Real]
     where: str  # "service[0]"
     sched_flags: tuple = ()  # ("sh-port", "sh-fallback") / ("mh-port", "mh-fallback"), sorted
+    ops: bool = False  # one-packet scheduling: each UDP datagram placed alone, no connection entry (ipvsadm -o)
     health_keys: dict | None = field(default=None, hash=False)  # the service's health keys as written
     health: object = field(default=None, hash=False)  # xlb.health.spec.Service, or None: reals always up
 
@@ -119,6 +127,7 @@ class Config:
     marks: tuple  # tuple[MarkRule]
     services: tuple  # tuple[Service]
     source: str
+    icmp: Icmp = Icmp()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from . import health as xhealth
 from . import realcheck
 from .model import (CONNS_MAX, CONNS_MIN, DEFAULT_SCHEDULER, FLOW_CACHE_MAX, FLOW_CACHE_MIN, IPVS_SCHEDULERS_NOT_YET,
                     METHODS, METHODS_NOT_YET, MH_SIZE_MAX, MH_SIZE_MIN, PERSISTENCE_MODES, SCHED_FLAGS, SCHEDULERS,
-                    TIMEOUT_MAX, U32_MAX, Config, MarkRule, Real, Service, Tables, Timeouts, is_prime, netmask_bytes,
+                    TIMEOUT_MAX, U32_MAX, Config, Icmp, MarkRule, Real, Service, Tables, Timeouts, is_prime, netmask_bytes,
                     show_value)
 from .tomlpos import located
 from ..errors import ConfigError
@@ -77,7 +77,7 @@ def from_tree(doc: dict, source: str = "<config>") -> Config:
     the field path in the tree (``service[1].real[0].weight``).
     """
     v = _V(source)
-    top = v.table(doc, "", ("timeouts", "tables", "mark", "service"))
+    top = v.table(doc, "", ("timeouts", "tables", "icmp", "mark", "service"))
     timeouts = _timeouts(v, top)
     tables = _tables(v, top)
     marks = tuple(_mark(v, item, where) for where, item in v.array_of_tables(top, "", "mark"))
@@ -85,7 +85,9 @@ def from_tree(doc: dict, source: str = "<config>") -> Config:
     services = tuple(_service(v, item, where) for where, item in v.array_of_tables(top, "", "service"))
     _check_duplicate_services(v, services)
     realcheck.check(services, marks, source)  # reals that cannot work: VIPs, loopback, multicast...
-    return Config(timeouts=timeouts, tables=tables, marks=marks, services=services, source=source)
+    icmp_t = v.table(top.get("icmp", {}), "icmp", ("echo_reply",))
+    icmp = Icmp(echo_reply=v.flag(icmp_t, "icmp", "echo_reply", Icmp.echo_reply))
+    return Config(timeouts=timeouts, tables=tables, marks=marks, services=services, source=source, icmp=icmp)
 
 
 def _syntax_error(source, text, e) -> ConfigError:
@@ -283,7 +285,7 @@ def _check_mark_conflicts(v, marks):
 
 _SERVICE_KEYS = ("fwmark", "family", "vip", "port", "proto", "scheduler", "method", "persistence_timeout",
                  "persistence_netmask", "persistence_mode", "expire_quiescent_template", "mh_table_size",
-                 "sched_flags", "real") + xhealth.SERVICE_KEYS
+                 "sched_flags", "ops", "real") + xhealth.SERVICE_KEYS
 
 
 def _service(v, item, where) -> Service:
@@ -344,10 +346,14 @@ def _service(v, item, where) -> Service:
                                               f"({len(reals)}); use a prime well above it")
 
     flags = _sched_flags(v, tbl, where, scheduler)
+    ops = v.flag(tbl, where, "ops", False)
+    if ops and proto == "tcp":
+        v.fail(_join(where, "ops"), "ops (one-packet scheduling) applies only to UDP, as in IPVS; "
+                                    "remove it or use proto = \"udp\"")
     svc = Service(fwmark=fwmark, vip=vip, port=port, proto=proto, family=family, scheduler=scheduler,
                   method=method, persistence_timeout=ptimeout, persistence_netmask=pmask, persistence_mode=pmode,
                   expire_quiescent_template=eqt, mh_table_size=mh_size, reals=reals, where=where,
-                  sched_flags=flags, health_keys=xhealth.picked(tbl, xhealth.SERVICE_KEYS) or None)
+                  sched_flags=flags, ops=ops, health_keys=xhealth.picked(tbl, xhealth.SERVICE_KEYS) or None)
     return dataclasses.replace(svc, health=xhealth.service_spec(svc, tbl, v.source))
 
 

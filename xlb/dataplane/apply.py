@@ -355,6 +355,8 @@ class DataPlane(Sweeper, Reader, Adopter):
         if svc.sched_flags:
             names = {f.split("-", 1)[1] for f in svc.sched_flags}
             flags |= (S.SVC_F_HASH_PORT if "port" in names else 0) | (S.SVC_F_FALLBACK if "fallback" in names else 0)
+        if svc.ops:
+            flags |= S.SVC_F_OPS
         return S.SvcMeta(id=st.id, flags=flags, sched=_SCHED_KIND[svc.scheduler], method=S.METHOD[svc.method],
                          table_off=st.region[0], table_len=st.region[1],
                          persist_timeout_ns=(svc.persistence_timeout or 0) * NS,
@@ -364,6 +366,7 @@ class DataPlane(Sweeper, Reader, Adopter):
         t = config.timeouts
         old = self.m["settings"][ct.c_uint32(0)]
         flags = (S.SET_F_MARKS if has_marks else 0) | (S.SET_F_VIP_FILTER if vip_filter else 0)
+        flags |= S.SET_F_ECHO if config.icmp.echo_reply else 0
         st = S.Settings(flags=flags, gen=old.gen,
                         flow_ttl=self._flow_ttl(min(t.syn, t.tcp, t.tcpfin, t.udp)))
         for name, secs in (("syn", t.syn), ("est", t.tcp), ("fin", t.tcpfin), ("udp", t.udp)):

@@ -54,11 +54,13 @@ SVC_F_PERSIST_TIMEOUT = DEFINES["XLB_SVC_F_PERSIST_TIMEOUT"]
 SVC_F_EXPIRE_QUIESCENT = DEFINES["XLB_SVC_F_EXPIRE_QUIESCENT"]
 SVC_F_HASH_PORT = DEFINES["XLB_SVC_F_HASH_PORT"]
 SVC_F_FALLBACK = DEFINES["XLB_SVC_F_FALLBACK"]
+SVC_F_OPS = DEFINES["XLB_SVC_F_OPS"]
 REAL_F_LIVE = DEFINES["XLB_REAL_F_LIVE"]
 RC_F_OVERLOAD = DEFINES["XLB_RC_F_OVERLOAD"]
 CAND_MAX = DEFINES["XLB_CAND_MAX"]
 SET_F_MARKS = DEFINES["XLB_SET_F_MARKS"]
 SET_F_VIP_FILTER = DEFINES["XLB_SET_F_VIP_FILTER"]
+SET_F_ECHO = DEFINES["XLB_SET_F_ECHO"]
 # trace_rec.flags, by name: {"conn_found": 0x1, ...}
 TRACE_F = {k[len("XLB_TRACE_F_"):].lower(): v for k, v in DEFINES.items() if k.startswith("XLB_TRACE_F_")}
 
@@ -169,7 +171,7 @@ MAP_TYPES = {
 }
 
 # Maps private to the data plane (bpf/maps.h, end): no mirror, the control plane never reads them.
-PRIVATE_MAPS = {"progs", "handoffs"}
+PRIVATE_MAPS = {"progs", "handoffs", "frags"}
 
 
 def addr_words(b16: bytes):

@@ -11,7 +11,7 @@ changes nothing; a batch (``ipvsadm -R``) is applied whole or not at all.
 
 Operations (``op`` key):
   service-add / service-edit / service-del   {"service": IDENT, "scheduler", "persistence", "netmask", "method",
-                                              "sched_flags", "replace"}
+                                              "sched_flags", "ops", "replace"}
   real-add / real-edit / real-del            {"service": IDENT, "address", "port", "weight", "uthreshold",
                                               "lthreshold", "replace"}
   mark-add / mark-del                        {"mark", "proto", "dst", "ports"}
@@ -41,7 +41,7 @@ METHOD_OPTION = {"dr": "-g", "nat": "-m", "tun": "-i"}
 _SERVICE_FIELDS = {"scheduler": "-s", "sched_flags": "-b", "mh_table_size": "-s", "method": "-g",
                    "persistence_timeout": "-p", "persistence_netmask": "-M", "persistence_mode": "-p",
                    "expire_quiescent_template": "-p", "address": "-r", "weight": "-w", "uthreshold": "-x",
-                   "lthreshold": "-y"}
+                   "lthreshold": "-y", "ops": "-o"}
 _MARK_FIELDS = {"mark": "--mark", "proto": "--proto", "dst": "--dst", "ports": "--ports"}
 
 
@@ -217,7 +217,7 @@ def _set_settings(svc, op, replace):
     """Write the service settings an op gives; with replace, those it does not give return to defaults."""
     if replace:
         for key in ("scheduler", "sched_flags", "mh_table_size", "persistence_timeout", "persistence_netmask",
-                    "persistence_mode", "expire_quiescent_template"):
+                    "persistence_mode", "expire_quiescent_template", "ops"):
             svc.pop(key, None)
         svc["scheduler"] = xconfig.DEFAULT_SCHEDULER
         svc["method"] = "dr"
@@ -233,6 +233,10 @@ def _set_settings(svc, op, replace):
             del svc["sched_flags"]
     if op.get("method") is not None:
         svc["method"] = op["method"]
+    if op.get("ops") is not None:
+        svc["ops"] = op["ops"]
+        if not op["ops"]:
+            del svc["ops"]
     if op.get("persistence") is False:
         for key in ("persistence_timeout", "persistence_netmask", "persistence_mode", "expire_quiescent_template"):
             svc.pop(key, None)

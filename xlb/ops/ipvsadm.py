@@ -11,6 +11,8 @@ What differs from ipvsadm, and why:
 - A real's port under direct routing is the service's (DR cannot change ports): ``-r RIP:OTHERPORT`` is refused
   on a port service; on a firewall-mark or port-zero service the port is ignored, as it is for IPVS DR.
 - OutPkts/OutBytes are 0, as under IPVS DR: replies go from the real to the client directly.
+- ``-S`` writes one-packet scheduling as ``-o`` (ipvsadm writes `` ops``, which its own ``-R`` cannot read back);
+  ``-o`` on a TCP service is refused (IPVS keeps the flag and ignores it).
 - The first line of a listing keeps ipvsadm's shape for scripts that parse it; ``size`` is the connection table.
 """
 from __future__ import annotations
@@ -32,13 +34,13 @@ _LONG = {"add-service": "A", "edit-service": "E", "delete-service": "D", "clear"
          "tcp-service": "t", "udp-service": "u", "fwmark-service": "f", "scheduler": "s", "persistent": "p",
          "netmask": "M", "real-server": "r", "gatewaying": "g", "ipip": "i", "masquerading": "m", "weight": "w",
          "u-threshold": "x", "l-threshold": "y", "connection": "c", "numeric": "n", "ipv6": "6",
-         "sched-flags": "b", "help": "h", "set": "", "timeout": "", "stats": "", "rate": "", "thresholds": "",
+         "sched-flags": "b", "ops": "o", "help": "h", "set": "", "timeout": "", "stats": "", "rate": "", "thresholds": "",
          "persistent-conn": "", "exact": "", "sort": "", "nosort": ""}
 _COMMANDS = {"A": "add-service", "E": "edit-service", "D": "delete-service", "C": "clear", "R": "restore",
              "S": "save", "a": "add-server", "e": "edit-server", "d": "delete-server", "L": "list", "l": "list",
              "Z": "zero", "set": "set", "h": "help"}
 _WITH_ARG = set("tufsMrwxyb")
-_NOT_YET = {"start-daemon", "stop-daemon", "daemon", "mcast-interface", "syncid", "pe", "ops", "o"}
+_NOT_YET = {"start-daemon", "stop-daemon", "daemon", "mcast-interface", "syncid", "pe"}
 
 
 @dataclass
@@ -121,7 +123,7 @@ def _tokens(argv):
                         i += 1
                     out.append((c, val))
                     break
-                if c not in _COMMANDS and c not in "gimcn6":
+                if c not in _COMMANDS and c not in "gimcn6o":
                     _fail(f"-{c}", f"unknown option -{c}")
                 out.append((c, None))
             continue
@@ -217,6 +219,8 @@ def _build(req, opts):
             op["netmask"] = opts["M"]
         if "b" in opts:
             op["sched_flags"] = [f for f in opts["b"].split(",") if f]
+        if "o" in opts:
+            op["ops"] = True
         req.ops.append(op)
     elif cmd == "delete-service":
         _needs_service(req, "-D")
@@ -354,7 +358,7 @@ def _service_lines(s, fmt):
         lines = [f"{name:<33}" + "".join(largenum(s[k][c], exact) for c in cols)]
     else:
         sched = s["scheduler"] + (f" ({','.join(s['sched_flags'])})" if s.get("sched_flags") else "")
-        lines = [f"{name} {sched}{_persist_flags(s)}"]
+        lines = [f"{name} {sched}{_persist_flags(s)}{' ops' if s.get('ops') else ''}"]
     for r in sorted(s["reals"], key=_real_sort_key):
         dname = real_name(s, r)
         if "stats" in fmt:
@@ -413,6 +417,8 @@ def render_save(snap) -> str:
             full = "255.255.255.255" if s["family"] == 4 else "128"
             if s["netmask"] != full:
                 line += f" -M {s['netmask']}"
+        if s.get("ops"):
+            line += " -o"
         lines.append(line)
         for r in sorted(s["reals"], key=_real_sort_key):
             line = f"-a {svc_name(s, rule=True)} -r {_host(s['family'], r['address'])}:{r['port']} -g -w {r['weight']}"

@@ -108,7 +108,8 @@ def listing(dp, rates=None):
         services.append({
             "name": svc.name, "fwmark": svc.fwmark, "family": svc.family, "proto": svc.proto,
             "vip": None if svc.vip is None else str(svc.vip), "port": svc.port, "scheduler": svc.scheduler,
-            "sched_flags": list(svc.sched_flags), "method": svc.method, "persistence": svc.persistence_timeout,
+            "sched_flags": list(svc.sched_flags), "method": svc.method, "ops": svc.ops,
+            "persistence": svc.persistence_timeout,
             "netmask": xdump.netmask_spec(svc.family, svc.persistence_netmask),
             "persistence_mode": svc.persistence_mode, "stats": _stats(c), "rate": rates.rate(("svc", st.id)),
             "reals": reals})

@@ -256,7 +256,7 @@ class Checks:
         elif kw == "hashed":
             self.warnings.append(f"{n.where()}: hashed has no effect (IPVS ignores it); skipped")
         elif kw == "ops":
-            self.unsupported(n, "one-packet scheduling (ops): xlb schedules connections, not single packets")
+            vs.ops_node = n
         elif kw == "persistence_timeout":
             vs.ptimeout_node = n
             if not a:

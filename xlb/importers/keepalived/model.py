@@ -96,6 +96,7 @@ class VS:
         self.af = None  # 4 | 6 | None
         self.sched = None
         self.flags = []  # (flag, node)
+        self.ops_node = None  # `ops` (one-packet scheduling)
         self.method = None
         self.ptimeout = None
         self.ptimeout_node = None

@@ -243,6 +243,13 @@ class _Importer(Checks, Health):
             for i, (_, fn) in enumerate(vs.flags):
                 self._w(f"{sw}.sched_flags[{i}]", fn)
             self._w(f"{sw}.sched_flags", vs.flags[0][1])
+        if vs.ops_node is not None:
+            if svc.get("proto") == "tcp":  # keepalived sets it; IPVS applies it to UDP only
+                self.warnings.append(f"{vs.ops_node.where()}: ops has no effect on a TCP service (one-packet "
+                                     "scheduling is for UDP); skipped")
+            else:
+                svc["ops"] = True
+                self._w(f"{sw}.ops", vs.ops_node)
         virtualhost = self.health_settings(vs.settings, svc, sw)
         svc["real"] = self.real_trees(vs, sw, family, virtualhost)
         return svc
