@@ -81,7 +81,11 @@ def apply_at_scale(out, quick):
     """DataPlane.apply of 10,000 services x 10 reals (issue 17's goal: under 1 s), on a program compiled for them
     (bpf/consts.h's defaults hold 8191 services and 65535 reals); then the same config again, and one with one
     real's weight changed (a reload: only the difference is written)."""
-    n = 1000 if quick else 10_000
+    n = 10_000
+    if quick:
+        out[f"apply_{n // 1000}k_services_x10"] = {"seconds": None, "skipped": "--quick: compiling a program for "
+                                                   "10,000 services takes seconds"}
+        return
     tables = xconfig.Tables(conns=65536, templates=16384)
     prog = Program(cflags=cflags_for(tables) + [f"-DXLB_MAX_SERVICES={2 * n}", f"-DXLB_MAX_REALS={20 * n}"],
                    log=None)

@@ -76,7 +76,7 @@ def summary(result):
     if "maglev_1000_reals" in ctl:
         lines.append(f"- Maglev, 1000 reals: {ctl['maglev_1000_reals']['seconds'] * 1000:.0f} ms (goal < 100 ms)")
     for name, v in ctl.items():
-        if name.startswith("apply_") and "_services_x10" in name:
+        if name.startswith("apply_") and "_services_x10" in name and v.get("seconds") is not None:
             lines.append(f"- {name}: {v['seconds']:.2f} s, unchanged again {_fmt(v.get('reapply_unchanged_seconds'))} "
                          f"s, one weight changed {_fmt(v.get('reload_one_weight_seconds'))} s (goal for 10k: < 1 s)")
         if name.startswith("sweep_"):
