@@ -1,33 +1,15 @@
-"""BIRD 2 in the labs' namespaces, shared by the BGP tests (tests/test_sync_bgp.py, test_bgp_daemon.py,
-test_scaleout_lab.py): a daemon per namespace, and the routes it installed, read with pyroute2."""
+"""BIRD in the BGP tests (tests/test_sync_bgp.py, test_bgp_daemon.py): xlb/lab/bird.py, the marks these tests
+need, and the two-namespace topology of a router and one node."""
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import time
 
 import pytest
-from pyroute2 import IPRoute
 
-WAIT = 30.0  # seconds before giving up on BGP convergence (a bound, not a measured time)
-RTPROT_BIRD = 12
-ROUTER_AS, NODE_AS = 65000, 65001
+from xlb.lab.bird import Bird, bird_conf, bird_routes, session, wait_routes  # noqa: F401  (the tests' one import)
 
 # The BGP tests' marks: root for namespaces, Debian's bird2.
 NEEDS = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
          pytest.mark.skipif(shutil.which("bird") is None, reason="needs bird2 (make setup installs it)")]
-
-
-def session(name, local, peer, router_side, bfd=False):
-    """One eBGP session with the labs' short timers: the router imports everything and exports nothing, a node
-    exports only the VIPs xlb's include file declares (protocols xlb_vips4 / xlb_vips6)."""
-    fam = 6 if ":" in local else 4
-    mine, theirs = (ROUTER_AS, NODE_AS) if router_side else (NODE_AS, ROUTER_AS)
-    channel = "import all; export none;" if router_side else f'import none; export where proto = "xlb_vips{fam}";'
-    return (f"protocol bgp {name} {{\n    local {local} as {mine}; neighbor {peer} as {theirs};\n"
-            "    connect delay time 1; connect retry time 1; error wait time 1, 2;\n"
-            + ("    bfd on;\n" if bfd else "") + f"    ipv{fam} {{ {channel} }};\n}}\n")
 
 
 def router_and_node(topo, v6=False):
@@ -38,65 +20,3 @@ def router_and_node(topo, v6=False):
         for cidr in (f"198.18.0.{host}/24", f"2001:db8:ff::{host}/64")[:2 if v6 else 1]:
             topo.addr(ns, "eth0", cidr)
     return router, node
-
-
-def bird_conf(router_id, sessions, include=None, families=(4,), bfd_ifaces=()):
-    """A whole bird.conf: a router (include None: kernel protocols with ECMP) or a node (xlb's include file)."""
-    out = [f"router id {router_id};", "protocol device {}"]
-    if include is None:
-        out += [f"protocol kernel {{ ipv{f} {{ import none; export all; }}; merge paths on; }}" for f in families]
-    else:
-        out.append(f'include "{include}";')
-    if bfd_ifaces:
-        out.append("protocol bfd {\n" + "".join(
-            f'    interface "{i}" {{ min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }};\n'
-            for i in bfd_ifaces) + "}")
-    return "\n".join(out) + "\n" + "".join(sessions)
-
-
-class Bird:
-    """A BIRD daemon in namespace `ns` (our own child, stopped by its pid)."""
-
-    def __init__(self, ns, workdir, name, conf):
-        self.conf = os.path.join(workdir, f"{name}.conf")
-        self.sock = os.path.join(workdir, f"{name}.ctl")
-        self.log = os.path.join(workdir, f"{name}.log")
-        with open(self.conf, "w") as f:
-            f.write(conf)
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{ns}", "bird", "-f", "-c", self.conf, "-s", self.sock,
-                 "-P", os.path.join(workdir, f"{name}.pid")], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + WAIT
-        while not os.path.exists(self.sock):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"bird {name} did not start: {open(self.log).read()}")
-            time.sleep(0.05)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def bird_routes(ns):
-    """{(prefix, gateway)} of the routes BIRD installed in namespace `ns`."""
-    out = set()
-    with IPRoute(netns=ns) as ipr:
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for r in ipr.get_routes(family=family):
-                if r["proto"] == RTPROT_BIRD:
-                    out.add((f"{r.get_attr('RTA_DST')}/{r['dst_len']}", r.get_attr("RTA_GATEWAY")))
-    return out
-
-
-def wait_routes(ns, expected):
-    deadline = time.monotonic() + WAIT
-    while (got := bird_routes(ns)) != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return got
