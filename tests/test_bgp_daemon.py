@@ -2,6 +2,7 @@
 `xlb run` on the node. A VIP reaches the router's kernel while its services can serve; quorum loss, `xlb drain` and
 SIGTERM withdraw it; a BIRD that is not there at start is retried while the daemon serves on."""
 import contextlib
+import urllib.request
 from ipaddress import ip_address
 
 import pytest
@@ -12,6 +13,7 @@ from birdlab import NEEDS, Bird, bird_conf, router_and_node, session, wait_route
 from harness import log_has, run_xlb_logged, wait_for  # noqa: E402
 from xlb.cli import main  # noqa: E402
 from xlb.lab.netns import Topology  # noqa: E402
+from xlb.lab.process import run_in_netns  # noqa: E402
 from xlb.ops import control  # noqa: E402
 from xlb.ops.announce import serving_vips  # noqa: E402
 from xlb.config import read as xread  # noqa: E402
@@ -74,7 +76,7 @@ def test_run_announces_what_it_serves_and_withdraws_on_quorum_loss_drain_and_sig
     bird_sock = str(tmp_path / "node.ctl")
     xlb = topo.spawn(node, run_xlb_logged, str(log), [
         "run", "--iface", "eth0", "--config", str(tmp_path / "xlb.toml"), "--xdp-mode", "generic",
-        "--socket", sock, "--bird-socket", bird_sock, "--bird-include", str(include)])
+        "--socket", sock, "--bird-socket", bird_sock, "--bird-include", str(include), "--metrics", "127.0.0.1:9847"])
     stack.callback(xlb.stop)
     # No BIRD on the node yet: the daemon serves, says why nothing is announced, and keeps trying.
     wait_for(lambda: log_has(log, "xlb: bgp:") and status(sock)["bgp"]["error"], 60,
@@ -90,6 +92,10 @@ def test_run_announces_what_it_serves_and_withdraws_on_quorum_loss_drain_and_sig
     track.write_text("1\n")  # the only real of 198.51.100.10 fails: its service loses quorum
     assert wait_routes(router, {B}) == {B}
     assert control.call("status", path=sock)["bgp"]["wanted"] == ["198.51.100.11"]
+    metrics = run_in_netns(node, _get, "http://127.0.0.1:9847/metrics")
+    assert [x for x in metrics.splitlines() if x.startswith("xlb_bgp_announced")] == [
+        'xlb_bgp_announced{vip="198.51.100.11"} 1']
+    assert "xlb_bgp_in_step 1" in metrics and "xlb_bgp_draining 0" in metrics
 
     assert main(["drain", "--socket", sock]) == 0
     assert "DRAINING" in capsys.readouterr().out
@@ -104,6 +110,11 @@ def test_run_announces_what_it_serves_and_withdraws_on_quorum_loss_drain_and_sig
     assert wait_routes(router, set()) == set()
     text = log.read_text()
     assert text.index("bgp: withdrew every VIP") < text.index("detached from eth0")
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.read().decode()
 
 
 def status(sock):
