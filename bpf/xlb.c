@@ -16,7 +16,8 @@
 #include "trace.h"
 
 /* Place a new connection of service svc: its persistence template when one is in force, else the scheduler (with
- * placement = "consistent": the Maglev slot of the template's key, the same on every balancer). Returns the real id (0: none available) and fills *r. */
+ * placement = "consistent": the Maglev slot of the template's key, the same on every balancer).
+ * Returns the real id (0: none available) and fills *r. */
 static __always_inline __u32 place(struct pkt *p, struct svc_key *sk, struct svc_meta *svc, __u64 now,
 				   struct settings *st, __u8 state, struct real **r)
 {

@@ -49,12 +49,15 @@ proto = "tcp"
 A, B = ("198.51.100.10/32", "198.18.0.2"), ("198.51.100.11/32", "198.18.0.2")
 
 
-def test_serving_vips_need_every_service_of_the_vip():
-    cfg = xread.parse(CONFIG % {"track": "/nonexistent"} + CONFIG.split("\n\n", 1)[1].replace("80", "443")
-                      .replace("198.51.100.11", "198.51.100.10").replace('"198.18.0.12"', '"198.18.0.13"\n  weight = 0'))
-    keys = [s.key for s in cfg.services]
-    assert serving_vips(cfg, {keys[0]: True}) == {ip_address("198.51.100.11")}   # :443 has no weight
-    assert serving_vips(cfg, {keys[0]: False}) == {ip_address("198.51.100.11")}
+def test_a_vip_is_announced_while_every_service_on_it_can_serve():
+    svc = '[[service]]\nvip = "{}"\nport = {}\nproto = "tcp"\n  [[service.real]]\n  address = "198.18.0.11"\n' \
+          '  weight = {}\n'
+    cfg = xread.parse(svc.format("198.51.100.10", 80, 1) + svc.format("198.51.100.10", 443, 1)
+                      + svc.format("198.51.100.11", 80, 0))
+    https = cfg.services[1].key
+    assert serving_vips(cfg, {}) == {ip_address("198.51.100.10")}       # .11's only real has weight 0
+    assert serving_vips(cfg, {https: True}) == {ip_address("198.51.100.10")}
+    assert serving_vips(cfg, {https: False}) == set()                      # :443 lost its quorum: all of .10 goes
 
 
 @pytest.fixture

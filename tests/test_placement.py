@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from harness import real_of, tcp4, to_real
+from harness import real_of, tcp4, tcp6, to_real
 from xlb.config import read as xread
 from xlb.config.dump import dumps, to_tree
 from xlb.dataplane.mapkeys import consistent_real, table_indexes
@@ -106,3 +106,26 @@ def test_a_failed_real_moves_only_its_own_clients(bench):
     moved = {c: after[c] for c in clients if before[c] == failed}
     bench.reset(cfg(reals=survivors[::-1]))
     assert {c: send(bench, c, sport=43000, flags="A") for c in moved} == moved
+
+
+V6 = ("2001:db8::11", "2001:db8::12", "2001:db8::13")
+FWMARK = ('[[mark]]\nmark = 7\nproto = "tcp"\ndst = "198.51.100.10/32"\nports = [80, 443]\n'
+          '[[service]]\nfwmark = 7\npersistence_timeout = 300\npersistence_netmask = "255.255.255.0"\n'
+          'placement = "consistent"\n' + "".join(f'  [[service.real]]\n  address = "{r}"\n' for r in REALS))
+
+
+@pytest.mark.parametrize("text, clients, pkt", [
+    (cfg(reals=V6, netmask="64").replace(VIP, "2001:db8:100::10"), [f"2001:db8:77:{i:x}::7" for i in range(12)],
+     lambda c, port: tcp6(src=c, dst="2001:db8:100::10", sport=40000 + port, dport=80)),
+    (FWMARK, [host24(i) for i in range(12)], lambda c, port: tcp4(src=c, dst=VIP, sport=40000 + port, dport=port)),
+], ids=["ipv6-vip", "fwmark"])
+def test_the_data_plane_places_as_predicted(bench, text, clients, pkt):
+    svc = bench.reset(text).config.services[0]
+    for c in clients:
+        got = set()
+        for port in (80, 443) if svc.fwmark else (80,):
+            p = pkt(c, port)
+            act, out = bench.run(p)
+            assert act == "XDP_TX" and out == to_real(p, real_of(out)), (act, bench.verdicts())
+            got.add(real_of(out))
+        assert got == {str(consistent_real(svc, c))}, c

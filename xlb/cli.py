@@ -260,7 +260,8 @@ def build_parser():
     for name, off in (("drain", False), ("undrain", True)):
         dr = sub.add_parser(name, help="withdraw every VIP from BGP, keep forwarding existing flows" if not off else
                             "announce the VIPs again after `xlb drain`", epilog="examples:\n  xlb drain\n"
-                            "  xlb drain --off     # the same as xlb undrain", formatter_class=argparse.RawDescriptionHelpFormatter)
+                            "  xlb drain --off     # the same as xlb undrain",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if not off:
             dr.add_argument("--off", action="store_true", help="end the drain: announce the VIPs again")
         dr.add_argument("--socket", help="control socket of the daemon (default: the only one under /run/xlb/)")

@@ -29,9 +29,9 @@ import tomllib
 from . import health as xhealth
 from . import realcheck
 from .model import (CONNS_MAX, CONNS_MIN, DEFAULT_SCHEDULER, FLOW_CACHE_MAX, FLOW_CACHE_MIN, IPVS_SCHEDULERS_NOT_YET,
-                    METHODS, METHODS_NOT_YET, MH_SIZE_MAX, MH_SIZE_MIN, PERSISTENCE_MODES, PLACEMENTS, SCHED_FLAGS, SCHEDULERS,
-                    TIMEOUT_MAX, U32_MAX, Config, MarkRule, Real, Service, Tables, Timeouts, is_prime, netmask_bytes,
-                    show_value)
+                    METHODS, METHODS_NOT_YET, MH_SIZE_MAX, MH_SIZE_MIN, PERSISTENCE_MODES, PLACEMENTS, SCHED_FLAGS,
+                    SCHEDULERS, TIMEOUT_MAX, U32_MAX, Config, MarkRule, Real, Service, Tables, Timeouts, is_prime,
+                    netmask_bytes, show_value)
 from .tomlpos import located
 from ..errors import ConfigError
 
