@@ -3,7 +3,8 @@
 Three parts, each a module: micro (per-packet cost through BPF_PROG_TEST_RUN), forward (forwarding rate through
 veth pairs, against the XDP floor, nftables DNAT and kernel forwarding) and control (control-plane scale). No
 test asserts a timing; tests/test_bench.py checks only that a quick run produces the result shape.
-`python -m bench.health` measures the health engine on its own, `python -m bench.decap` `xlb decap`'s per-packet cost.
+`python -m bench.health` measures the health engine on its own, `python -m bench.decap` `xlb decap`'s per-packet cost,
+`python -m bench.scaleout` the ECMP lab (docs/scale-out.md).
 """
 import os
 import signal

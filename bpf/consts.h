@@ -139,6 +139,8 @@ enum xlb_conn_state {
 #define XLB_SVC_F_HASH_PORT 0x8        /* sh-port / mh-port: hash the client port too */
 #define XLB_SVC_F_FALLBACK 0x10        /* sh-fallback / mh-fallback: re-hash past an unavailable real */
 #define XLB_SVC_F_OPS 0x100            /* one-packet scheduling: each UDP datagram placed alone, no connection entry */
+#define XLB_SVC_F_CONSISTENT 0x4000    /* placement = "consistent": a new template's real is the Maglev slot of the
+                                          masked client and the service key (persist.h placement_hash) */
 
 /* real.flags */
 #define XLB_REAL_F_LIVE 0x1            /* the slot holds a real of a configured service */

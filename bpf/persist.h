@@ -4,6 +4,7 @@
 
 #include "maps.h"
 #include "parse.h"
+#include "hash.h"
 
 static __always_inline void persist_key_of(struct svc_key *svc, struct svc_meta *meta, struct pkt *p,
 					   struct persist_key *pk)
@@ -12,6 +13,17 @@ static __always_inline void persist_key_of(struct svc_key *svc, struct svc_meta 
 #pragma unroll
 	for (int i = 0; i < 4; i++)
 		pk->client[i] = p->src[i] & meta->persist_mask[i];
+}
+
+/* placement = "consistent": the hash a new template's real is chosen by, from the template's key alone (the masked
+ * client and the service key: the same on every balancer, unlike the unmasked address mh hashes), so balancers that
+ * never talk place a client alike. xlb/tables/hashes.py placement_hash is the same function. */
+static __always_inline __u32 placement_hash(struct persist_key *pk)
+{
+	struct svc_key *k = &pk->svc;
+	__u32 svc = hash_addr(k->addr) ^ (k->mark * 0x85ebca77) ^
+		    ((((__u32)k->port << 16) | ((__u32)k->proto << 8) | k->family) * 0xc2b2ae3d);
+	return mix32(hash_addr(pk->client) ^ (mix32(svc) * 0x9e3779b1));
 }
 
 /* Is the template still in force? It is while its timer runs (persistence_timeout after the last new connection)

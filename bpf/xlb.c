@@ -17,7 +17,8 @@
 #include "flowcache.h"
 #include "trace.h"
 
-/* Place a new connection of service svc: its persistence template when one is in force, else the scheduler.
+/* Place a new connection of service svc: its persistence template when one is in force, else the scheduler (with
+ * placement = "consistent": the Maglev slot of the template's key, the same on every balancer).
  * Returns the real id (0: none available) and fills *r. */
 static __always_inline __u32 place(struct pkt *p, struct svc_key *sk, struct svc_meta *svc, __u64 now,
 				   struct settings *st, __u8 state, struct real **r)
@@ -45,7 +46,12 @@ static __always_inline __u32 place(struct pkt *p, struct svc_key *sk, struct svc
 			}
 		}
 	}
-	real_id = pick_real(svc, p);
+	if (svc->flags & XLB_SVC_F_CONSISTENT) {
+		XLB_TRACE_FLAG(XLB_TRACE_F_SCHED);
+		real_id = svc->table_len ? pick_hashed(svc, placement_hash(&pk)) : 0;
+	} else {
+		real_id = pick_real(svc, p);
+	}
 	*r = reals.lookup(&real_id);
 	if (!real_id || !*r)
 		return 0;

@@ -4,91 +4,25 @@ pyroute2 in the router's namespace); a withdrawn one goes. Needs root and Debian
 
 import contextlib
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import time
 from ipaddress import ip_address
 
 import pytest
 
 pytest.importorskip("pyroute2")
-from pyroute2 import IPRoute  # noqa: E402
 
+from birdlab import NEEDS, Bird, bird_conf, bird_routes, router_and_node, session, wait_routes  # noqa: E402
 from xlb.lab.netns import Topology  # noqa: E402
 from xlb.sync.bgp import BirdControl, BirdError, VipAnnouncer, render  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-    pytest.mark.skipif(shutil.which("bird") is None, reason="needs bird2 (make setup installs it)"),
-]
-
-WAIT = 30.0  # seconds before giving up on BGP convergence (a bound, not a measured time)
-RTPROT_BIRD = 12
-
-ROUTER_CONF = """\
-router id 198.18.0.1;
-protocol device {}
-protocol kernel { ipv4 { import none; export all; }; merge paths on; }
-protocol kernel { ipv6 { import none; export all; }; merge paths on; }
-protocol bgp node4 {
-    local 198.18.0.1 as 65000; neighbor 198.18.0.2 as 65001;
-    connect delay time 1; connect retry time 1; error wait time 1, 2;
-    ipv4 { import all; export none; };
-}
-protocol bgp node6 {
-    local 2001:db8:ff::1 as 65000; neighbor 2001:db8:ff::2 as 65001;
-    connect delay time 1; connect retry time 1; error wait time 1, 2;
-    ipv6 { import all; export none; };
-}
-"""
-
-NODE_CONF = """\
-router id 198.18.0.2;
-protocol device {}
-include "%(include)s";
-protocol bgp router4 {
-    local 198.18.0.2 as 65001; neighbor 198.18.0.1 as 65000;
-    connect delay time 1; connect retry time 1; error wait time 1, 2;
-    ipv4 { import none; export where proto = "xlb_vips4"; };
-}
-protocol bgp router6 {
-    local 2001:db8:ff::2 as 65001; neighbor 2001:db8:ff::1 as 65000;
-    connect delay time 1; connect retry time 1; error wait time 1, 2;
-    ipv6 { import none; export where proto = "xlb_vips6"; };
-}
-"""
+pytestmark = NEEDS
 
 
-class Bird:
-    """A BIRD daemon in namespace `ns` (our own child, stopped by its pid)."""
-
-    def __init__(self, ns, workdir, name, conf):
-        self.conf = os.path.join(workdir, f"{name}.conf")
-        self.sock = os.path.join(workdir, f"{name}.ctl")
-        self.log = os.path.join(workdir, f"{name}.log")
-        with open(self.conf, "w") as f:
-            f.write(conf)
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{ns}", "bird", "-f", "-c", self.conf, "-s", self.sock,
-                 "-P", os.path.join(workdir, f"{name}.pid")], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + WAIT
-        while not os.path.exists(self.sock):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"bird {name} did not start: {open(self.log).read()}")
-            time.sleep(0.05)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+ROUTER_CONF = bird_conf("198.18.0.1", [session("node4", "198.18.0.1", "198.18.0.2", True),
+                                        session("node6", "2001:db8:ff::1", "2001:db8:ff::2", True)], families=(4, 6))
+NODE_CONF = bird_conf("198.18.0.2", [session("router4", "198.18.0.2", "198.18.0.1", False),
+                                     session("router6", "2001:db8:ff::2", "2001:db8:ff::1", False)],
+                      include="%(include)s")
 
 
 @pytest.fixture
@@ -96,11 +30,7 @@ def lab(tmp_path):
     """(router namespace, announcer of the node, node Bird): a router and a node BIRD with eBGP over a veth."""
     with contextlib.ExitStack() as stack:
         topo = stack.enter_context(Topology(prefix="xbg"))
-        router, node = topo.netns("r"), topo.netns("n")
-        topo.veth(router, "eth0", node, "eth0")
-        for host, ns in ((1, router), (2, node)):
-            for cidr in (f"198.18.0.{host}/24", f"2001:db8:ff::{host}/64"):
-                topo.addr(ns, "eth0", cidr)
+        router, node = router_and_node(topo, v6=True)
         include = str(tmp_path / "xlb-vips.conf")
         announcer = VipAnnouncer(include, str(tmp_path / "node.ctl"))
         announcer.start()  # BIRD refuses to start on a missing include
@@ -108,24 +38,6 @@ def lab(tmp_path):
             bird = Bird(ns, str(tmp_path), name, conf)
             stack.callback(bird.stop)
         yield router, announcer, bird
-
-
-def bird_routes(ns):
-    """{(prefix, gateway)} of the routes BIRD installed in namespace `ns`."""
-    out = set()
-    with IPRoute(netns=ns) as ipr:
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for r in ipr.get_routes(family=family):
-                if r["proto"] == RTPROT_BIRD:
-                    out.add((f"{r.get_attr('RTA_DST')}/{r['dst_len']}", r.get_attr("RTA_GATEWAY")))
-    return out
-
-
-def wait_routes(ns, expected):
-    deadline = time.monotonic() + WAIT
-    while (got := bird_routes(ns)) != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return got
 
 
 VIP4 = ("198.51.100.10/32", "198.18.0.2")

@@ -27,6 +27,8 @@ EXAMPLES = """examples:
   xlb ipvsadm -a -t 198.51.100.10:80 -r 198.18.0.11 -w 2   # ipvsadm's syntax, runtime edit
   xlb save > xlb.toml         # the running state as a config
   xlb clean --iface eth0      # after SIGTERM: unpin the maps (connections, templates, counters)
+  xlb run -i eth0 -c xlb.toml --bird-socket /run/bird/bird.ctl --bird-include /etc/bird/xlb-vips.conf
+  xlb drain                   # withdraw the VIPs from BGP, keep forwarding; `xlb drain --off` announces again
 """
 
 
@@ -98,9 +100,15 @@ def _cmd_run(args):
             for w in getattr(res, "warnings", ()):
                 log(f"xlb: warning: {w}")
         return getattr(res, "config", res)
+    bgp = None
+    if bool(args.bird_socket) != bool(args.bird_include):
+        args.parser.error("--bird-socket and --bird-include go together (docs/scale-out.md)")
+    if args.bird_include:
+        from .ops.announce import Announcements
+        bgp = Announcements(args.bird_include, args.bird_socket, log)
     d = Daemon(args.iface, path, xdp_mode=args.xdp_mode, force=args.force, log=log, socket_path=args.socket,
                load=load_config, metrics=args.metrics,
-               pin_dir=args.pin_dir, fresh=args.fresh)
+               pin_dir=args.pin_dir, fresh=args.fresh, bgp=bgp)
     d.start()
     return d.run()  # 1: the program was replaced or could not be attached again (docs/operations.md)
 
@@ -120,7 +128,29 @@ def _cmd_status(args):
                   "it again, or the daemon exits if another program replaced it)")
         elif lost:
             print(f"program {res['program_id']} attached; found taken off or replaced before: {lost}")
+        if res.get("bgp"):
+            print(_bgp_line(res["bgp"]))
     return 0
+
+
+def _bgp_line(b):
+    """One line on what a daemon announces through BIRD (xlb/ops/announce.py status)."""
+    shown = "unknown" if b["announced"] is None else (", ".join(b["announced"]) or "nothing")
+    line = f"bgp ({b['bird_socket']}): announcing {shown}"
+    if b["draining"]:
+        line += "; DRAINING (`xlb drain --off` announces again)"
+    if not b["in_step"]:
+        target = "nothing" if b["draining"] else (", ".join(b["wanted"]) or "nothing")
+        line += f"; to announce {target}, BIRD not in step: {b['error'] or 'in progress'}"
+    return line
+
+
+def _cmd_drain(args):
+    import json
+    from .ops import control
+    res = control.call("drain", path=args.socket, timeout=60, off=args.off)
+    print(json.dumps(res, indent=2) if args.json else _bgp_line(res))
+    return 0 if res["in_step"] else 1
 
 
 def _cmd_trace(args):
@@ -211,6 +241,10 @@ def build_parser():
                                        "network namespace /sys/fs/bpf/xlb/netns-NAME/IFACE)")
     run.add_argument("--fresh", action="store_true",
                      help="discard the pinned maps (connections, templates, counters) instead of adopting them")
+    run.add_argument("--bird-socket", metavar="PATH", help="announce the VIPs that can be served through this "
+                     "BIRD's control socket (e.g. /run/bird/bird.ctl); with --bird-include")
+    run.add_argument("--bird-include", metavar="FILE", help="the file xlb writes the VIP routes to, included by "
+                     "bird.conf (docs/scale-out.md)")
     run.set_defaults(func=_cmd_run, parser=run)
 
     chk = sub.add_parser("check", help="validate a config without root; non-zero exit names the bad field")
@@ -222,6 +256,17 @@ def build_parser():
     st.add_argument("--socket", help="control socket of the daemon (default: the only one under /run/xlb/)")
     st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(func=_cmd_status)
+
+    for name, off in (("drain", False), ("undrain", True)):
+        dr = sub.add_parser(name, help="withdraw every VIP from BGP, keep forwarding existing flows" if not off else
+                            "announce the VIPs again after `xlb drain`", epilog="examples:\n  xlb drain\n"
+                            "  xlb drain --off     # the same as xlb undrain",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        if not off:
+            dr.add_argument("--off", action="store_true", help="end the drain: announce the VIPs again")
+        dr.add_argument("--socket", help="control socket of the daemon (default: the only one under /run/xlb/)")
+        dr.add_argument("--json", action="store_true", help="print JSON")
+        dr.set_defaults(func=_cmd_drain, off=off)
 
     tr = sub.add_parser("trace", help="ask the loaded program what it would do with a new connection; "
                         "changes nothing", epilog="examples:\n  xlb trace 203.0.113.7 198.51.100.10:80\n"

@@ -7,7 +7,8 @@ from .cli import build_parser
 
 FILE = {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}
 DIRECTORY = {"bash": "_shtab_compgen_dirs", "zsh": "_files -/", "tcsh": "d"}
-PATHS = {"config": FILE, "file": FILE, "keepalived": FILE, "marks": FILE, "socket": FILE, "pin_dir": DIRECTORY}
+PATHS = {"config": FILE, "file": FILE, "keepalived": FILE, "marks": FILE, "socket": FILE, "pin_dir": DIRECTORY,
+         "bird_socket": FILE, "bird_include": FILE}
 
 
 def _parsers(p):

@@ -49,6 +49,8 @@ def _service_tree(svc) -> dict:
         out["persistence_timeout"] = svc.persistence_timeout
         out["persistence_netmask"] = netmask_spec(svc.family, svc.persistence_netmask)
         out["persistence_mode"] = svc.persistence_mode
+        if svc.placement != "scheduler":
+            out["placement"] = svc.placement
         if svc.expire_quiescent_template:
             out["expire_quiescent_template"] = True
     reals = []

@@ -18,6 +18,9 @@ SCHED_FLAGS = {"sh": ("sh-port", "sh-fallback"), "mh": ("mh-port", "mh-fallback"
 METHODS = ("dr",)
 METHODS_NOT_YET = ("nat", "tun")
 PERSISTENCE_MODES = ("lvs", "timeout")
+# How a persistent service places a client without a template: its scheduler, or "consistent" (Maglev over the
+# masked client and the service's identity, the same answer on every balancer: docs/scale-out.md).
+PLACEMENTS = ("scheduler", "consistent")
 
 U32_MAX = 2**32 - 1
 TIMEOUT_MAX = 2**31 - 1  # seconds; far beyond any sane value, keeps ns arithmetic in u64
@@ -101,6 +104,7 @@ class Service:
     where: str  # "service[0]"
     sched_flags: tuple = ()  # ("sh-port", "sh-fallback") / ("mh-port", "mh-fallback"), sorted
     ops: bool = False  # one-packet scheduling: each UDP datagram placed alone, no connection entry (ipvsadm -o)
+    placement: str = "scheduler"  # PLACEMENTS; "consistent" only on persistent services, with scheduler mh
     health_keys: dict | None = field(default=None, hash=False)  # the service's health keys as written
     health: object = field(default=None, hash=False)  # xlb.health.spec.Service, or None: reals always up
 

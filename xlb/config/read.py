@@ -10,6 +10,8 @@ Decisions worth knowing:
 - ``persistence_netmask``, ``persistence_mode`` and ``expire_quiescent_template`` are rejected on a service without
   ``persistence_timeout``: they would have no effect, and saying so beats silently ignoring them.
 - ``mh_table_size`` is rejected unless ``scheduler = "mh"`` for the same reason.
+- ``placement = "consistent"`` needs ``persistence_timeout`` and places by Maglev: it implies ``scheduler = "mh"``
+  and rejects any other scheduler, and ``mh-port`` (a template is keyed by the client address alone).
 - ``family`` on a vip service is allowed only when it agrees with the vip's address family.
 - Two mark rules "claim the same thing" only with an identical ``dst`` prefix; a longer prefix inside a shorter one is
   not a conflict (longest prefix wins in the data plane), and neither is a specific-proto rule next to an "any" rule
@@ -27,9 +29,9 @@ import tomllib
 from . import health as xhealth
 from . import realcheck
 from .model import (CONNS_MAX, CONNS_MIN, DEFAULT_SCHEDULER, FLOW_CACHE_MAX, FLOW_CACHE_MIN, IPVS_SCHEDULERS_NOT_YET,
-                    METHODS, METHODS_NOT_YET, MH_SIZE_MAX, MH_SIZE_MIN, PERSISTENCE_MODES, SCHED_FLAGS, SCHEDULERS,
-                    TIMEOUT_MAX, U32_MAX, Config, Icmp, MarkRule, Real, Service, Tables, Timeouts, is_prime, netmask_bytes,
-                    show_value)
+                    METHODS, METHODS_NOT_YET, MH_SIZE_MAX, MH_SIZE_MIN, PERSISTENCE_MODES, PLACEMENTS, SCHED_FLAGS,
+                    SCHEDULERS, TIMEOUT_MAX, U32_MAX, Config, Icmp, MarkRule, Real, Service, Tables, Timeouts, is_prime,
+                    netmask_bytes, show_value)
 from .tomlpos import located
 from ..errors import ConfigError
 
@@ -285,7 +287,7 @@ def _check_mark_conflicts(v, marks):
 
 _SERVICE_KEYS = ("fwmark", "family", "vip", "port", "proto", "scheduler", "method", "persistence_timeout",
                  "persistence_netmask", "persistence_mode", "expire_quiescent_template", "mh_table_size",
-                 "sched_flags", "ops", "real") + xhealth.SERVICE_KEYS
+                 "sched_flags", "ops", "placement", "real") + xhealth.SERVICE_KEYS
 
 
 def _service(v, item, where) -> Service:
@@ -311,7 +313,8 @@ def _service(v, item, where) -> Service:
     else:
         v.fail(where, "a service needs either fwmark = N or vip/port/proto")
 
-    scheduler = _scheduler(v, tbl, where)
+    placement = v.choice(tbl, where, "placement", PLACEMENTS, default="scheduler")
+    scheduler = _scheduler(v, tbl, where, placement)
     method = tbl.get("method", "dr")
     if method in METHODS_NOT_YET:
         v.fail(_join(where, "method"), f"method {show_value(method)} is not supported yet (supported: {', '.join(METHODS)})")
@@ -320,7 +323,7 @@ def _service(v, item, where) -> Service:
 
     ptimeout = v.integer(tbl, where, "persistence_timeout", 1, TIMEOUT_MAX)
     if ptimeout is None:
-        for k in ("persistence_netmask", "persistence_mode", "expire_quiescent_template"):
+        for k in ("persistence_netmask", "persistence_mode", "expire_quiescent_template", "placement"):
             if k in tbl:
                 v.fail(_join(where, k), f"{k} has no effect without persistence_timeout; "
                                         "set persistence_timeout or remove it")
@@ -350,10 +353,14 @@ def _service(v, item, where) -> Service:
     if ops and proto == "tcp":
         v.fail(_join(where, "ops"), "ops (one-packet scheduling) applies only to UDP, as in IPVS; "
                                     "remove it or use proto = \"udp\"")
+    if placement == "consistent" and "mh-port" in flags:
+        v.fail(_join(where, "sched_flags"), "mh-port does not go with placement \"consistent\": a client's template "
+                                            "is keyed by its (masked) address alone")
     svc = Service(fwmark=fwmark, vip=vip, port=port, proto=proto, family=family, scheduler=scheduler,
                   method=method, persistence_timeout=ptimeout, persistence_netmask=pmask, persistence_mode=pmode,
                   expire_quiescent_template=eqt, mh_table_size=mh_size, reals=reals, where=where,
-                  sched_flags=flags, ops=ops, health_keys=xhealth.picked(tbl, xhealth.SERVICE_KEYS) or None)
+                  sched_flags=flags, ops=ops, placement=placement,
+                  health_keys=xhealth.picked(tbl, xhealth.SERVICE_KEYS) or None)
     return dataclasses.replace(svc, health=xhealth.service_spec(svc, tbl, v.source))
 
 
@@ -375,8 +382,11 @@ def _sched_flags(v, tbl, where, scheduler) -> tuple:
     return tuple(sorted(set(value)))
 
 
-def _scheduler(v, tbl, where) -> str:
-    s = tbl.get("scheduler", DEFAULT_SCHEDULER)
+def _scheduler(v, tbl, where, placement) -> str:
+    s = tbl.get("scheduler", "mh" if placement == "consistent" else DEFAULT_SCHEDULER)
+    if placement == "consistent" and s != "mh":
+        v.fail(_join(where, "scheduler"), f"placement \"consistent\" places new clients by Maglev (scheduler "
+                                          f"\"mh\"); scheduler {show_value(s)} would never be used: remove it")
     supported = ", ".join(SCHEDULERS)
     if s in SCHEDULERS:
         return s

@@ -352,6 +352,8 @@ class DataPlane(Sweeper, Reader, Adopter):
                 flags |= S.SVC_F_PERSIST_TIMEOUT
             if svc.expire_quiescent_template:
                 flags |= S.SVC_F_EXPIRE_QUIESCENT
+            if svc.placement == "consistent":
+                flags |= S.SVC_F_CONSISTENT
         if svc.sched_flags:
             names = {f.split("-", 1)[1] for f in svc.sched_flags}
             flags |= (S.SVC_F_HASH_PORT if "port" in names else 0) | (S.SVC_F_FALLBACK if "fallback" in names else 0)

@@ -10,9 +10,10 @@ from functools import lru_cache
 import numpy as np
 
 from . import structs as S
-from ..config.model import addr_bytes
+from ..config.model import addr_bytes, mask_address
 from ..tables import marks as markmod
 from ..tables import sched
+from ..tables.hashes import placement_hash
 
 NS = 1_000_000_000
 
@@ -53,6 +54,13 @@ def table_indexes(svc, loads=None):
         return sched.conn_candidates(svc.scheduler, [(w, *ld) for w, ld in zip(weights, loads)], S.CAND_MAX)
     if svc.scheduler in _BY_WEIGHTS:
         return list(_weights_table(svc.scheduler, tuple(weights)))
+    if svc.placement == "consistent":
+        # The same table on every balancer whatever the order its config lists the reals in: built over them
+        # sorted by address (the Maglev fill's claims go in list order), then mapped back to svc.reals' positions.
+        order = sorted(range(len(svc.reals)), key=lambda i: addr_bytes(svc.reals[i].address))
+        table = sched.maglev_table([(addr_bytes(svc.reals[i].address), svc.reals[i].weight) for i in order],
+                                   svc.mh_table_size)
+        return [order[j] for j in table]
     return sched.maglev_table([(addr_bytes(r.address), r.weight) for r in svc.reals], svc.mh_table_size)
 
 
@@ -91,3 +99,16 @@ class SvcState:
     table: list = field(default_factory=list)
     region: tuple = (0, 0)
     real_ids: list = field(default_factory=list)
+
+
+def consistent_real(svc, client, table=None):
+    """The real (address) a placement = "consistent" service gives a client that has no template, as every balancer
+    computes it (bpf/persist.h placement_hash into the service's Maglev table): before an unavailable real's
+    fallback, which only mh-fallback adds. ``table``: table_indexes(svc), when the caller has it."""
+    table = table_indexes(svc) if table is None else table
+    if not table:
+        return None
+    k = svc_key(svc)
+    h = placement_hash(mask_address(addr_bytes(client), svc.persistence_netmask), S.words_bytes(k.addr), k.mark,
+                       svc.port or 0, k.proto, k.family)
+    return svc.reals[table[h % len(table)]].address

@@ -35,6 +35,7 @@ Families (labels: ``service`` as operators name it — ``tcp/198.51.100.10:80``,
     xlb_verdict_packets_total, xlb_verdict_bytes_total      {verdict="pass"|"fwd"|"drop", reason="drop_bad_tcp"...}
     xlb_config_reloads_total {result="success"|"rejected"|"failed"}, xlb_config_last_reload_success_timestamp_seconds
     xlb_xdp_attached, xlb_xdp_program_lost_total {cause="removed"|"replaced"}
+    xlb_bgp_announced {vip} (1 per VIP BIRD accepted), xlb_bgp_draining, xlb_bgp_in_step (with --bird-socket)
     xlb_real_up {service, real} (health-checked reals), xlb_health_checks_total {kind, result="success"|"failure"},
     xlb_health_check_seconds_total {kind}
     xlb_build_info {version, kernel}, xlb_scrape_duration_seconds
@@ -101,6 +102,9 @@ FAMILIES = (
     ("xlb_xdp_attached", "gauge", "1 while xlb's program is on its interface (checked every sweep)", ()),
     ("xlb_xdp_program_lost", "counter", "Times a sweep found xlb's program taken off its interface or replaced",
      ("cause",)),
+    ("xlb_bgp_announced", "gauge", "1 for each VIP BIRD last accepted to announce", ("vip",)),
+    ("xlb_bgp_draining", "gauge", "1 while `xlb drain` holds every VIP withdrawn", ()),
+    ("xlb_bgp_in_step", "gauge", "1 while BIRD announces what xlb wants (0: BIRD unreachable or refusing)", ()),
     ("xlb_real_up", "gauge", "1 while a health-checked real passes its checks, 0 while it fails them", RL),
     ("xlb_health_checks", "counter", "Health checks run, by checker kind and result", ("kind", "result")),
     ("xlb_health_check_seconds", "counter", "Time spent in health checks, by checker kind", ("kind",)),
@@ -248,6 +252,11 @@ class XlbCollector(Collector):
                 for cause, n in d.program_lost.items():
                     f["xlb_xdp_program_lost"].append(((cause,), n))
                 f["xlb_xdp_attached"].append(((), int(bool(getattr(d.prog, "attached", None)))))
+            if getattr(d, "bgp", None):  # xlb/ops/announce.py
+                b = d.bgp.status()
+                f["xlb_bgp_announced"].extend(((vip,), 1) for vip in b["announced"] or ())
+                f["xlb_bgp_draining"].append(((), int(b["draining"])))
+                f["xlb_bgp_in_step"].append(((), int(b["in_step"])))
             if hasattr(d, "health"):  # xlb/ops/health.py
                 up, results, seconds = d.health.metrics()
                 f["xlb_real_up"].extend(up)

@@ -217,7 +217,7 @@ def _set_settings(svc, op, replace):
     """Write the service settings an op gives; with replace, those it does not give return to defaults."""
     if replace:
         for key in ("scheduler", "sched_flags", "mh_table_size", "persistence_timeout", "persistence_netmask",
-                    "persistence_mode", "expire_quiescent_template", "ops"):
+                    "persistence_mode", "expire_quiescent_template", "ops", "placement"):
             svc.pop(key, None)
         svc["scheduler"] = xconfig.DEFAULT_SCHEDULER
         svc["method"] = "dr"
@@ -238,7 +238,8 @@ def _set_settings(svc, op, replace):
         if not op["ops"]:
             del svc["ops"]
     if op.get("persistence") is False:
-        for key in ("persistence_timeout", "persistence_netmask", "persistence_mode", "expire_quiescent_template"):
+        for key in ("persistence_timeout", "persistence_netmask", "persistence_mode", "expire_quiescent_template",
+                    "placement"):
             svc.pop(key, None)
     elif op.get("persistence") is not None:
         svc["persistence_timeout"] = op["persistence"]

@@ -6,7 +6,7 @@ nothing then. `edit` applies operations (xlb/ops/admin.py) to the running config
 writes only the difference; `list` and `conns` read the maps for the ipvsadm-format listings (xlb/ops/listings.py;
 xlb/ops/ipvsadm.py renders them on the client side); `zero` clears counters; `save` prints the running config as
 TOML that `xlb run --config` takes back; `trace` asks the trace build what it would do with a packet
-(xlb/observe/trace.py).
+(xlb/observe/trace.py); `drain` withdraws every VIP from BGP and keeps forwarding (xlb/ops/announce.py).
 """
 import os
 import time
@@ -14,6 +14,7 @@ import time
 from . import admin
 from .listings import conn_entries, listing, zero
 from ..dataplane.links import attached_prog, ifindex_of
+from ..errors import XlbError
 from ..observe import stats as xstats
 from ..observe.trace import Tracer, parse_endpoint
 
@@ -25,7 +26,7 @@ def status(daemon):
             "summary": daemon.summary(cfg), "pid": os.getpid(), "runtime_edits": daemon.runtime_edits,
             "pin_dir": daemon.shown(daemon.pin_dir), "program_id": daemon.prog.attached_id if daemon.prog else None,
             "attached": attached_prog(daemon.iface)[0] == daemon.prog.attached_id,
-            "program_lost": dict(daemon.program_lost)}
+            "program_lost": dict(daemon.program_lost), "bgp": daemon.bgp.status() if daemon.bgp else None}
 
 
 def stats(daemon):
@@ -88,6 +89,18 @@ def trace(daemon, src, dst, proto="tcp"):
     return tracer.trace(saddr, daddr, dport, sport=sport, proto=proto)
 
 
+def drain(daemon, off=False):
+    """Withdraw every VIP from BGP (off: announce again); existing flows keep being forwarded."""
+    if not daemon.bgp:
+        raise XlbError("this daemon announces nothing to drain: start it with --bird-socket PATH --bird-include "
+                       "FILE (docs/scale-out.md)")
+    if not isinstance(off, bool):
+        raise XlbError(f"drain: off must be true or false, got {off!r}")
+    daemon.log(f"xlb: {'undrain: announcing the VIPs again' if off else 'drain: withdrawing every VIP'} "
+               "(forwarding goes on)")
+    return daemon.bgp.drain(on=not off)
+
+
 COMMANDS = {
     "status": status,
     "stats": stats,
@@ -98,4 +111,5 @@ COMMANDS = {
     "zero": zero_counters,
     "save": save,
     "trace": trace,
+    "drain": drain,
 }

@@ -25,6 +25,7 @@ from ..dataplane import pin
 from ..config import realcheck
 from . import listings
 from .health import Checks
+from .announce import serving_vips
 from ..observe import stats
 from ..dataplane import bpffs
 from ..dataplane.links import attached_prog, ifindex_of
@@ -51,7 +52,7 @@ def warn_if_down(ifname, log):
 
 class Daemon:
     def __init__(self, iface, config_path, xdp_mode="native", force=False, log=print, socket_path=None,
-                 load=None, metrics=None, pin_dir=None, fresh=False):
+                 load=None, metrics=None, pin_dir=None, fresh=False, bgp=None):
         self.iface = iface
         # Where the config comes from (start and SIGHUP): the TOML file, or e.g. a keepalived import (cli.py).
         self.load = load or (lambda: xread.load(config_path))
@@ -91,6 +92,7 @@ class Daemon:
         self.config = None  # the config given (file, reload, runtime edits); the maps hold health.effective(config)
         self.health = Checks(self._health_changed, log)
         self._health_dirty = False
+        self.bgp = bgp  # xlb/ops/announce.py Announcements (--bird-socket/--bird-include), or None
 
     def _install_signals(self):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGQUIT):
@@ -137,6 +139,9 @@ class Daemon:
             raise
         self.log(f"xlb: attached to {self.iface} ({self.xdp_mode}); {self.summary(cfg)}")
         warn_if_down(self.iface, self.log)
+        if self.bgp:  # serving from here on: announce what can be served
+            self.bgp.start()
+            self.announce()
 
     def _pins(self):
         """Lock the pin directory, discard its maps with --fresh, and check what is left can be adopted.
@@ -205,6 +210,12 @@ class Daemon:
         self.config = cfg
         self.health.update(cfg)
         self.dp.apply(self.health.effective(cfg))
+        self.announce()
+
+    def announce(self):
+        """Tell the BGP worker which VIPs can be served now (the config's, with the health engines' quorum)."""
+        if self.bgp and self.prog and self.prog.attached:
+            self.bgp.want(serving_vips(self.config, self.health.quorum()))
 
     def _health_changed(self):
         """From the health loop's thread: a pool changed; the daemon's thread applies it (run())."""
@@ -215,6 +226,7 @@ class Daemon:
         with self.lock:
             try:
                 self.dp.apply(self.health.effective(self.config))
+                self.announce()
             except Exception as exc:  # noqa: BLE001 - no health change may end the daemon; the next one applies again
                 self.log(f"xlb: applying a health change failed: {brief(exc)}")
 
@@ -361,6 +373,9 @@ class Daemon:
         return self.exit_code
 
     def close(self):
+        if self.bgp:  # withdrawn while the program still forwards what the router sends until it converges;
+            self.bgp.close(withdraw=not self._keep_attached)  # SIGQUIT (an upgrade) leaves them announced
+            self.bgp = None
         self.health.close()
         if self.metrics_endpoint:
             self.metrics_endpoint.close()

@@ -116,6 +116,10 @@ class Checks:
         self.pools[key] = dict(effect.pool)
         self.changed()
 
+    def quorum(self):
+        """{service key: whether its engine reports quorum} of the health-checked services (xlb/ops/announce.py)."""
+        return {key: all(s.quorum_up for s in engine.core.services) for key, (_, engine) in list(self.engines.items())}
+
     def status(self):
         """Every health-checked service's state (xlb/health/state.py Core.status), times as Unix times."""
         shift = time.time() - time.monotonic()

@@ -149,11 +149,16 @@ class VipAnnouncer:
         _write_atomically(self.include_path, render(()))
         self.announced = frozenset()
 
+    def forget(self):
+        """Stop trusting what we think BIRD announces (a previous daemon's file, or an exchange that failed): the
+        next replace() writes the file and runs `configure` even for the same set."""
+        self.announced = None
+
     def announce(self, *vips):
-        self.replace(self.announced | _addresses(vips))
+        self.replace((self.announced or frozenset()) | _addresses(vips))
 
     def withdraw(self, *vips):
-        self.replace(self.announced - _addresses(vips))
+        self.replace((self.announced or frozenset()) - _addresses(vips))
 
     def withdraw_all(self):
         self.replace(())

@@ -7,8 +7,8 @@ network is set; a collision only costs the full lookup. A prefix that would need
 (shorter than /12 or /52) turns the filter off. The hashes are bpf/hash.h's, which tests/test_vipfilter.py checks
 against the data plane itself."""
 import ipaddress
-import struct
 
+from .hashes import hash_addr, mix32
 from ..config.model import addr_bytes
 from ..dataplane.structs import DEFINES
 
@@ -17,22 +17,6 @@ BITS = WORDS * 64
 COARSE_MAX = 4096       # networks one prefix may set before the filter is off
 FULL_MAX = 256          # addresses a prefix may set one by one
 _M32 = 0xFFFFFFFF
-
-
-def mix32(h):
-    """bpf/hash.h mix32 (murmur3's finalizer)."""
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & _M32
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & _M32
-    return h ^ (h >> 16)
-
-
-def hash_addr(b16):
-    """bpf/hash.h hash_addr over 16 address bytes in network order (as the data plane loads them: the words are
-    read in the machine's order, little-endian here)."""
-    a = struct.unpack("<4I", b16)
-    return mix32(a[0] ^ (a[1] * 0x9E3779B1 & _M32) ^ (a[2] * 0x85EBCA77 & _M32) ^ (a[3] * 0xC2B2AE3D & _M32))
 
 
 def _net(b16, family):
