@@ -88,6 +88,8 @@ enum xlb_reason {
 	XLB_DROP_INTERNAL = 18,     /* a map that must exist was missing (a bug: report it) */
 	XLB_PASS_VLAN = 19,         /* an 802.1Q or 802.1ad tagged frame: not balanced (docs/design.md, VLANs) */
 	XLB_DROP_TOO_BIG = 20,      /* longer than the MTU toward the real (bpf_fib_lookup: fragmentation needed) */
+	XLB_DROP_REAL_FAILED = 43,  /* a connection's real failed its health checks, on_real_failure = "reset": the
+				     * packet is dropped and the entry expired (the retransmission is scheduled anew) */
 	XLB_REASON_MAX
 };
 
@@ -126,9 +128,16 @@ enum xlb_conn_state {
 #define XLB_SVC_F_EXPIRE_QUIESCENT 0x4 /* expire_quiescent_template */
 #define XLB_SVC_F_HASH_PORT 0x8        /* sh-port / mh-port: hash the client port too */
 #define XLB_SVC_F_FALLBACK 0x10        /* sh-fallback / mh-fallback: re-hash past an unavailable real */
+/* on_real_failure: what a connection of a health-failed real (XLB_REAL_F_DOWN) does. KEEP: goes on to it; RESET:
+ * the packet is dropped and the entry expired; both: rescheduled at once; neither (the default): TCP keeps,
+ * other protocols reschedule. */
+#define XLB_SVC_F_FAIL_KEEP 0x1000
+#define XLB_SVC_F_FAIL_RESET 0x2000
 
 /* real.flags */
 #define XLB_REAL_F_LIVE 0x1            /* the slot holds a real of a configured service */
+#define XLB_REAL_F_DOWN 0x2            /* failed its health checks: places nothing (no scheduling, no template
+					* hits); its established connections as the service's on_real_failure says */
 
 /* real_conns.flags */
 #define XLB_RC_F_OVERLOAD 0x1          /* connections reached uthreshold; cleared below lthreshold */

@@ -77,10 +77,12 @@ def test_layout_helper_sees_a_difference():
     assert _layout(A) != _layout(B)
 
 
-def test_reasons_contiguous_from_zero():
+def test_reasons_numbered_from_zero():
+    """Numbers are reserved per topic, so a branch may leave gaps until the others merge: the readers size the
+    verdict array by the highest number (reader.verdict_rows), never by the count."""
     nums = sorted(S.REASONS)
-    assert nums == list(range(len(nums)))
-    assert S.ENUMS["xlb_reason"]["XLB_REASON_MAX"] == len(nums)
+    assert nums[0] == 0 and len(set(nums)) == len(nums)
+    assert S.ENUMS["xlb_reason"]["XLB_REASON_MAX"] == nums[-1] + 1
     assert len(set(S.REASONS.values())) == len(nums)
 
 

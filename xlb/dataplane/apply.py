@@ -22,6 +22,9 @@ from ..tables import marks as markmod
 from ..tables import vipfilter
 
 _SCHED_KIND = {**S.SCHED, "wrr": S.SCHED["rr"]}  # rr and wrr differ only in their tables
+# on_real_failure -> svc_meta flags (bpf/consts.h); unset: TCP keeps, UDP reschedules (decided per packet).
+_FAIL_FLAGS = {None: 0, "keep": S.SVC_F_FAIL_KEEP, "reset": S.SVC_F_FAIL_RESET,
+               "reschedule": S.SVC_F_FAIL_KEEP | S.SVC_F_FAIL_RESET}
 FLOW_TTL = 1.0  # seconds a flow-cache entry is trusted at most (bpf/flowcache.h)
 
 
@@ -84,6 +87,7 @@ class DataPlane(Sweeper, Reader, Adopter):
         self.real_ids = IdPool(self.cap.max_reals)
         self.rule_ids = IdPool(self.cap.max_mark_rules)
         self.gens = {}                 # real id -> generation last written
+        self.failed = {}               # real id -> Real.failed, of the health-failed reals in the maps
         self.slots = SlotAllocator(self.cap.max_slots)
         self.services = {}             # svc.key -> SvcState
         self.by_id = {}                # svc id -> SvcState
@@ -170,11 +174,17 @@ class DataPlane(Sweeper, Reader, Adopter):
             st = old.get(svc.key) or SvcState(svc, sid, bytes(svc_key(svc)))
             st.svc = svc
             svc_states[svc.key] = st
+        newly_failed = []
         for rid, (svc, r) in real_rows.items():
-            self.m["reals"][ct.c_uint32(rid)] = S.Real(
-                addr=S.addr_words(addr_bytes(r.address)), gen=self.gens[rid], svc_id=svc_states[svc.key].id,
-                weight=r.weight, family=svc.family, flags=S.REAL_F_LIVE, uthreshold=r.uthreshold,
-                lthreshold=r.lthreshold)
+            row = S.Real(addr=S.addr_words(addr_bytes(r.address)), gen=self.gens[rid], svc_id=svc_states[svc.key].id,
+                         weight=0 if r.failed else r.weight, family=svc.family,
+                         flags=S.REAL_F_LIVE | (S.REAL_F_DOWN if r.failed else 0), uthreshold=r.uthreshold,
+                         lthreshold=r.lthreshold)
+            if r.failed and not self.failed.get(rid):
+                newly_failed.append(rid)
+            self.m["reals"][ct.c_uint32(rid)] = row
+        self.failed = {rid: r.failed for rid, (_, r) in real_rows.items() if r.failed}
+        self.void_templates(newly_failed)
         return real_rows, svc_states
 
     def _write_mark_rules(self, config, entries):
@@ -276,6 +286,7 @@ class DataPlane(Sweeper, Reader, Adopter):
                 flags |= S.SVC_F_PERSIST_TIMEOUT
             if svc.expire_quiescent_template:
                 flags |= S.SVC_F_EXPIRE_QUIESCENT
+        flags |= _FAIL_FLAGS[getattr(svc.health, "on_real_failure", None)]
         if svc.sched_flags:
             names = {f.split("-", 1)[1] for f in svc.sched_flags}
             flags |= (S.SVC_F_HASH_PORT if "port" in names else 0) | (S.SVC_F_FALLBACK if "fallback" in names else 0)
