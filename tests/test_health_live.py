@@ -137,3 +137,36 @@ def test_inhibit_on_failure_runs_the_notify_and_quorum_commands(log_path, tmp_pa
         wait_for(lambda: (tmp_path / "up2").exists(), what="notify_up of rs2")
         wait_for(lambda: (tmp_path / "qup").exists(), what="quorum_up again")
         wait_for(lambda: pools(lab) == {80: {r: 1 for r in REALS4}}, what="rs2 back at weight 1")
+
+
+def via_rules(lab):
+    """The policy rules xlb's check_via_vip left in the LB namespace (xlb/ops/viavip.py)."""
+    from pyroute2 import IPRoute
+    from xlb.ops.viavip import MARK_BASE, MARK_SPAN
+    with IPRoute(netns=lab.lb) as ipr:
+        return [r for r in ipr.get_rules() if MARK_BASE <= (r.get_attr("FRA_TABLE") or 0) < MARK_BASE + MARK_SPAN]
+
+
+@needs_root
+def test_check_via_vip_fails_a_real_that_lost_its_vip(log_path):
+    """Port 80 checks via the VIP, port 443 checks each real's own address: with the VIP off rs3's lo, only the
+    first takes rs3 out (its clients' connections would fail), and it comes back when the VIP does."""
+    with DrLab(prefix="xhl4") as lab:
+        text = service(80, REALS4, "check_via_vip = true\n").replace(f"connect_port = {HEALTH_PORT}\n", "")
+        text += service(443, REALS4).replace(f"connect_port = {HEALTH_PORT}\n", "")
+        lab.start_xlb(text, log_path=log_path)
+        wait_for(lambda: all(c["last_ok"] for s in control.call("health", path=lab.socket_path)
+                             for r in s["reals"] for c in r["checkers"]), what="every check passed")
+        (h80, _) = control.call("health", path=lab.socket_path)
+        assert [r["checkers"][0]["target"] for r in h80["reals"]] == [f"[{VIP4}]:tcp:80 via [{r}]" for r in REALS4]
+        assert len(via_rules(lab)) == 3
+        lab.topo.lo_addr_del(lab.rs[2], VIP4)
+        wait_for(lambda: REALS4[2] not in pools(lab)[80], what="rs3 out of port 80")
+        assert log_has(log_path, f"TCP connection to [{VIP4}]:tcp:80 via [{REALS4[2]}] timedout.")
+        assert log_has(log_path, f"Removing service [{REALS4[2]}]:tcp:80 from VS [{VIP4}]:tcp:80")
+        assert pools(lab) == {80: {REALS4[0]: 1, REALS4[1]: 1}, 443: {r: 1 for r in REALS4}}
+        assert {lab.ask(c, VIP4, 80) for c in CLIENTS4} == {"rs1", "rs2"}
+        lab.topo.lo_addr(lab.rs[2], VIP4)
+        wait_for(lambda: REALS4[2] in pools(lab)[80], what="rs3 back in port 80")
+        lab.stop_xlb()
+        assert via_rules(lab) == []

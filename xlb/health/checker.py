@@ -23,9 +23,10 @@ def family(addr):
 def label(check, protocol="tcp"):
     """FMT_CHK: the address a checker talks to, as keepalived logs it."""
     proto = {"UDP_CHECK": "udp", "DNS_CHECK": "udp"}.get(check.kind, "tcp")
+    via = f" via [{check.via}]" if check.via else ""   # check_via_vip: to the VIP, through this real
     if check.kind in ("MISC_CHECK", "FILE_CHECK", "PING_CHECK"):
-        return f"[{check.connect_ip}]"
-    return f"[{check.connect_ip}]:{proto}:{check.connect_port}"
+        return f"[{check.connect_ip}]{via}"
+    return f"[{check.connect_ip}]:{proto}:{check.connect_port}{via}"
 
 
 class Checker:
@@ -62,9 +63,12 @@ class Checker:
         return Result(True, success)
 
     def socket(self, kind, proto=0):
-        """A non-blocking socket of the target's family, bound to bindto/bind_port when given."""
+        """A non-blocking socket of the target's family, bound to bindto/bind_port when given, marked for the
+        policy route of check_via_vip (xlb/ops/viavip.py) when it has one."""
         s = socket.socket(family(self.spec.connect_ip), kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, proto)
         try:
+            if self.spec.so_mark:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.spec.so_mark)
             if self.spec.bindto or self.spec.bind_port:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind((self.spec.bindto or ("::" if s.family == socket.AF_INET6 else "0.0.0.0"),

@@ -20,6 +20,7 @@ import time
 
 from ..config.model import Real
 from ..health.engine import Engine
+from .viavip import ViaVip
 
 
 class _Engine(Engine):
@@ -78,6 +79,7 @@ class Checks:
         self.counts = {}      # (kind, ok) -> checks, and (kind, None) -> seconds, of engines stopped since
         self.loop = None
         self.thread = None
+        self.via = ViaVip(log)  # check_via_vip's marks and policy routes
 
     def effective(self, cfg):
         """What the maps should hold for ``cfg``: the pools of the engines that run its services' specs."""
@@ -102,10 +104,13 @@ class Checks:
             if key in self.engines:
                 continue
             self._ensure_loop()
-            engine = _Engine([spec], on_effect=lambda e, key=key: self._effect(key, e), log=self.log)
+            engine = _Engine([spec], on_effect=lambda e, key=key: self._effect(key, e), log=self.log,
+                             via=self.via.mark)
             self.names[key] = next(s.name for s in cfg.services if s.key == key)
             self.engines[key] = (spec, engine)
             self._call(engine.start())
+        self.via.keep_only({(c.check.connect_ip, c.check.via) for _, e in self.engines.values()
+                            for c in e.core.checkers if c.check.via})
 
     def _stop(self, key):
         _, engine = self.engines.pop(key)
@@ -170,6 +175,7 @@ class Checks:
             self.thread.join(10)
             self.loop.close()
             self.loop = None
+        self.via.close()
 
 
 def _wall(t, shift):
