@@ -125,9 +125,7 @@ class Checks:
     def _effect(self, key, effect):
         if key not in self.engines:
             return
-        core = self.engines[key][1].core
-        failed = frozenset(r.key[0] for sv in core.services for r in sv.reals if not r.alive)
-        self.pools[key] = (dict(effect.pool), failed)
+        self.pools[key] = (effect.pool, frozenset(addr for addr, _port in effect.failed))
         self.changed()
 
     def status(self):
