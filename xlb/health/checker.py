@@ -1,8 +1,10 @@
 """The one interface every checker kind implements, and what they share: the target's name in keepalived's form
 (``[198.18.1.2]:tcp:80``), sockets bound as ``bindto``/``bind_port`` say, and the registry of kinds."""
 import asyncio
+import errno
 import importlib
 import ipaddress
+import os
 import socket
 
 from .state import Result
@@ -78,6 +80,23 @@ class Checker:
             raise
         return s
 
+    async def connect(self, sock):
+        """``loop.sock_connect`` without its per-call work this engine does not need (parsing the address again,
+        a done-callback per attempt): one non-blocking connect, then one wait for the socket to be writable."""
+        err = sock.connect_ex(self.dst())
+        if err == errno.EINPROGRESS:
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            fd = sock.fileno()
+            loop.add_writer(fd, _wake, fut)
+            try:
+                await fut
+            finally:
+                loop.remove_writer(fd)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+
     def dst(self, port=None):
         return (self.spec.connect_ip, self.spec.connect_port if port is None else port)
 
@@ -85,12 +104,17 @@ class Checker:
         """A connected (reader, writer) to the target; TLS when ``ssl`` is a context."""
         sock = self.socket(socket.SOCK_STREAM)
         try:
-            await asyncio.get_running_loop().sock_connect(sock, self.dst())
+            await self.connect(sock)
         except BaseException:
             sock.close()
             raise
         kw = {"ssl": ssl, "server_hostname": server_hostname} if ssl else {}
         return await asyncio.open_connection(sock=sock, **kw)
+
+
+def _wake(fut):
+    if not fut.done():
+        fut.set_result(None)
 
 
 def build(check, real_weight=1):
