@@ -78,6 +78,41 @@ static __always_inline void conn_forget(struct conn *c)
 		conn_count(real_id, c->state, -1, 0);
 }
 
+/* What a packet of a known connection does: follow it to its real, be placed anew, or (a health-failed real,
+ * on_real_failure = "reset") be dropped with the entry expired. ASK: its real failed, the service decides. */
+enum xlb_fate {
+	XLB_FATE_NEW = 0,
+	XLB_FATE_FOLLOW = 1,
+	XLB_FATE_ASK = 2,
+	XLB_FATE_RESET = 3,
+};
+
+/* on_real_failure of the service (XLB_SVC_F_FAIL_*) for a packet of a connection whose real failed its health
+ * checks; no service (gone meanwhile): placed anew, as after a removal. */
+static __always_inline int failed_real_fate(struct svc_meta *svc, struct pkt *p)
+{
+	if (!svc)
+		return XLB_FATE_NEW;
+	__u32 mode = svc->flags & (XLB_SVC_F_FAIL_KEEP | XLB_SVC_F_FAIL_RESET);
+	if (!mode)  /* the default: TCP keeps, UDP reschedules */
+		return p->proto == IPPROTO_TCP ? XLB_FATE_FOLLOW : XLB_FATE_NEW;
+	if (mode == XLB_SVC_F_FAIL_KEEP)
+		return XLB_FATE_FOLLOW;
+	if (mode == XLB_SVC_F_FAIL_RESET)
+		return XLB_FATE_RESET;
+	return XLB_FATE_NEW;
+}
+
+/* IPVS's expire_nodest_conn: the entry goes now (and leaves its real's counts), so the client's next packet, its
+ * retransmission, is scheduled anew. */
+static __always_inline void conn_expire(struct conn *c, struct conn_key *ck)
+{
+	if (XLB_TRACING)
+		return;
+	conn_forget(c);
+	conns.delete(ck);
+}
+
 /* Advance the TCP state and the last-seen time of a live entry. Writes only what changed; a move between
  * established and any other state moves the connection between its real's active and inactive counts. */
 static __always_inline void conn_touch(struct conn *c, struct pkt *p, __u64 now)

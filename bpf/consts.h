@@ -100,6 +100,8 @@ enum xlb_reason {
 	XLB_DROP_FRAG_NO_FIRST = 34, /* a later fragment to a VIP before (or without) its first fragment */
 	XLB_DROP_ICMP_MTU = 35,     /* frag-needed / Packet Too Big to a VIP with an MTU below the minimum (68 / 1280) */
 	XLB_DROP_ICMP_TRUNC = 36,   /* an ICMP error to a VIP whose embedded IP or port header is truncated */
+	XLB_DROP_REAL_FAILED = 43,  /* a connection's real failed its health checks, on_real_failure = "reset": the
+				     * packet is dropped and the entry expired (the retransmission is scheduled anew) */
 	XLB_REASON_MAX
 };
 
@@ -141,9 +143,16 @@ enum xlb_conn_state {
 #define XLB_SVC_F_OPS 0x100            /* one-packet scheduling: each UDP datagram placed alone, no connection entry */
 #define XLB_SVC_F_CONSISTENT 0x4000    /* placement = "consistent": a new template's real is the Maglev slot of the
                                           masked client and the service key (persist.h placement_hash) */
+/* on_real_failure: what a connection of a health-failed real (XLB_REAL_F_DOWN) does. KEEP: goes on to it; RESET:
+ * the packet is dropped and the entry expired; both: rescheduled at once; neither (the default): TCP keeps,
+ * other protocols reschedule. */
+#define XLB_SVC_F_FAIL_KEEP 0x1000
+#define XLB_SVC_F_FAIL_RESET 0x2000
 
 /* real.flags */
 #define XLB_REAL_F_LIVE 0x1            /* the slot holds a real of a configured service */
+#define XLB_REAL_F_DOWN 0x2            /* failed its health checks: places nothing (no scheduling, no template
+					* hits); its established connections as the service's on_real_failure says */
 
 /* real_conns.flags */
 #define XLB_RC_F_OVERLOAD 0x1          /* connections reached uthreshold; cleared below lthreshold */

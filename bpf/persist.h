@@ -37,11 +37,13 @@ static __always_inline int persist_valid(struct persist *t, struct svc_meta *met
 	return (__s64)(t->held_until_ns - now) > 0;
 }
 
-/* Does the template's real still take this client? Removed reals never do; quiescent ones do unless the service
- * expires quiescent templates. */
+/* Does the template's real still take this client? Removed and health-failed reals never do; quiescent ones do
+ * unless the service expires quiescent templates. */
 static __always_inline int persist_real_ok(struct persist *t, struct real *r, struct svc_meta *meta)
 {
 	if (!r || !(r->flags & XLB_REAL_F_LIVE) || r->gen != t->real_gen)
+		return 0;
+	if (r->flags & XLB_REAL_F_DOWN)  /* failed its health checks: its templates are void at once */
 		return 0;
 	if (!r->weight && (meta->flags & XLB_SVC_F_EXPIRE_QUIESCENT))
 		return 0;

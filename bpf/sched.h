@@ -24,10 +24,11 @@ static __always_inline __u32 slot_real(struct svc_meta *svc, __u32 idx)
 	return id ? *id : 0;
 }
 
-/* Can this real take a new connection? Configured, weight > 0, not overloaded. */
+/* Can this real take a new connection? Configured, not health-failed, weight > 0, not overloaded. */
 static __always_inline int real_available(struct real *r, struct real_conns *rc)
 {
-	return r && rc && (r->flags & XLB_REAL_F_LIVE) && r->weight && !(rc->flags & XLB_RC_F_OVERLOAD);
+	return r && rc && (r->flags & (XLB_REAL_F_LIVE | XLB_REAL_F_DOWN)) == XLB_REAL_F_LIVE && r->weight &&
+	       !(rc->flags & XLB_RC_F_OVERLOAD);
 }
 
 static __always_inline int real_takes(__u32 id)

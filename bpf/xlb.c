@@ -111,32 +111,47 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	struct conn_key ck;
 	conn_key_of(p, &ck);
 
-	/* Established flow: keep its real while it lives and the real is still configured. */
+	/* Established flow: keep its real while it lives and the real is still configured (a health-failed real:
+	 * as its service's on_real_failure says, which needs the service). */
 	__u64 now = 0;
 	struct conn *c = conns.lookup(&ck);
+	struct real *r = 0;
+	__u32 real_id = 0;
+	int fate = XLB_FATE_NEW;
 	trace_conn(c);
 	if (c) {
 		now = bpf_ktime_get_coarse_ns();
 		if (!conn_expired(c, st, now) && !conn_reused(c, p)) {
-			__u32 real_id = c->real_id;
-			struct real *r = reals.lookup(&real_id);
-			if (r && (r->flags & XLB_REAL_F_LIVE) && r->gen == c->real_gen) {
-				XLB_TRACE_FLAG(XLB_TRACE_F_CONN_HIT);
-				conn_touch(c, p, now);
-				count_flow(c->svc_id, real_id, bytes, 0);
-				frag_note(p, real_id, c->real_gen, c->svc_id, conn_method(c));
-				reason = forward_real(ctx, p, r, real_id, conn_method(c), now, &action);
-				if (action != XDP_DROP)
-					flow_fill(p, slot, gen, st, c, r);
-				return verdict(reason, action, bytes);
-			}
+			real_id = c->real_id;
+			r = reals.lookup(&real_id);
+			if (r && (r->flags & XLB_REAL_F_LIVE) && r->gen == c->real_gen)
+				fate = (r->flags & XLB_REAL_F_DOWN) ? XLB_FATE_ASK : XLB_FATE_FOLLOW;
 		}
 		/* Its real was removed: reschedule below rather than black-hole the flow. */
 	}
 
 	struct svc_key sk;
-	struct svc_meta *svc = lookup_service(p, st, &sk, bytes);
-	trace_svc(&sk, svc);
+	struct svc_meta *svc = 0;
+	if (fate != XLB_FATE_FOLLOW) {
+		svc = lookup_service(p, st, &sk, bytes);
+		trace_svc(&sk, svc);
+		if (fate == XLB_FATE_ASK)
+			fate = failed_real_fate(svc, p);
+	}
+	if (fate == XLB_FATE_FOLLOW && c && r) {
+		XLB_TRACE_FLAG(XLB_TRACE_F_CONN_HIT);
+		conn_touch(c, p, now);
+		count_flow(c->svc_id, real_id, bytes, 0);
+		frag_note(p, real_id, c->real_gen, c->svc_id, conn_method(c));
+		reason = forward_real(ctx, p, r, real_id, conn_method(c), now, &action);
+		if (action != XDP_DROP)
+			flow_fill(p, slot, gen, st, c, r);
+		return verdict(reason, action, bytes);
+	}
+	if (fate == XLB_FATE_RESET && c) {
+		conn_expire(c, &ck);
+		return verdict(XLB_DROP_REAL_FAILED, XDP_DROP, bytes);
+	}
 	if (!svc) {
 		frag_note(p, 0, 0, 0, 0);  /* the kernel's: so are its later fragments */
 		return verdict(XLB_PASS_NO_SERVICE, XDP_PASS, bytes);

@@ -4,6 +4,7 @@ import pytest
 
 from xlb.config import dump, read
 from xlb.errors import ConfigError
+from xlb.health.spec import resolve
 
 BASE = """
 [[service]]
@@ -76,3 +77,30 @@ def test_health_keys_survive_a_dump():
     cfg = read.parse(BASE)
     again = read.parse(dump.dumps(dump.to_tree(cfg)))
     assert again.services[0].health == cfg.services[0].health
+
+
+def test_on_real_failure_and_check_via_vip():
+    text = BASE.replace("delay_loop = 5\n", 'delay_loop = 5\non_real_failure = "reset"\n').replace(
+        '  address = "198.18.1.3"\n', '  address = "198.18.1.3"\n  check_via_vip = true\n')
+    cfg = read.parse(text, "xlb.toml")
+    h = cfg.services[0].health
+    assert h.on_real_failure == "reset" and h.vip == "198.51.100.10" and not h.check_via_vip
+    plain = resolve(h.reals[0].checks[0], h.reals[0], h)
+    via = resolve(h.reals[1].checks[0], h.reals[1], h)
+    assert (plain.connect_ip, plain.via) == ("198.18.1.2", None)
+    assert (via.connect_ip, via.connect_port, via.via) == ("198.51.100.10", 80, "198.18.1.3")
+    again = read.parse(dump.dumps(dump.to_tree(cfg)))
+    assert again.services[0].health == h
+    with pytest.raises(ConfigError, match=r"service\[0\].on_real_failure: must be one of: keep, reschedule, reset"):
+        read.parse(text.replace('"reset"', '"drop"'), "xlb.toml")
+
+
+def test_check_via_vip_on_a_fwmark_service_needs_connect_ip():
+    text = ('[[mark]]\nmark = 1\nproto = "tcp"\ndst = "198.51.100.10/32"\nports = [80]\n[[service]]\nfwmark = 1\n'
+            'check_via_vip = true\n  [service.check]\n  kind = "TCP_CHECK"\n  connect_port = 80\n'
+            '  [[service.real]]\n  address = "198.18.1.2"\n')
+    with pytest.raises(ConfigError, match=r"check.connect_ip: check_via_vip on a fwmark service needs connect_ip"):
+        read.parse(text, "xlb.toml")
+    h = read.parse(text.replace("connect_port = 80\n", 'connect_port = 80\n  connect_ip = "198.51.100.10"\n'),
+                   "xlb.toml").services[0].health
+    assert resolve(h.reals[0].checks[0], h.reals[0], h).via == "198.18.1.2"

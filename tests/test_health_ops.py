@@ -59,12 +59,16 @@ def test_a_reload_restarts_only_the_engines_whose_spec_changed():
 def test_effective_holds_the_pool():
     c = cfg(extra_real='  [[service.real]]\n  address = "198.18.0.13"\n')
     k80, k443 = (s.key for s in c.services)
-    # 80: .11 removed, .12 inhibited at 0; 443: its engine does not know .13 (added at runtime, no checker): up
-    got = effective(c, {k80: {("198.18.0.12", 80): 0}, k443: {("198.18.0.11", 443): 1, ("198.18.0.13", 443): 1}})
-    assert [(str(r.address), r.weight) for r in got.services[0].reals] == [("198.18.0.12", 0)]
-    assert [str(r.address) for r in got.services[1].reals] == ["198.18.0.11", "198.18.0.13"]
-    # quorum lost: the sorry server alone
-    got = effective(c, {k80: {("198.18.9.9", 80): 1}})
+    # 80: .11 failed (removed), .12 failed and inhibited at 0: both stay in the maps, marked failed;
+    # 443: its engine does not know .13 (added at runtime, no checker): up
+    failed = frozenset({"198.18.0.11", "198.18.0.12"})
+    got = effective(c, {k80: ({("198.18.0.12", 80): 0}, failed),
+                        k443: ({("198.18.0.11", 443): 1, ("198.18.0.13", 443): 1}, frozenset())})
+    assert [(str(r.address), r.weight, r.failed) for r in got.services[0].reals] == [
+        ("198.18.0.11", 0, "removed"), ("198.18.0.12", 0, "inhibited")]
+    assert [(str(r.address), r.failed) for r in got.services[1].reals] == [("198.18.0.11", ""), ("198.18.0.13", "")]
+    # quorum lost: the sorry server alone (the alive reals out of the maps)
+    got = effective(c, {k80: ({("198.18.9.9", 80): 1}, frozenset())})
     assert [(str(r.address), r.weight) for r in got.services[0].reals] == [("198.18.9.9", 1)]
     assert got.services[1] == c.services[1]   # no pool reported yet: as configured
     assert effective(c, {}) == c
@@ -77,7 +81,7 @@ def test_pools_arrive_from_the_engines():
         c = cfg()
         checks.update(c)
         k80 = c.services[0].key
-        assert checks.pools[k80] == {("198.18.0.11", 80): 1, ("198.18.0.12", 80): 3}   # init: up at start
+        assert checks.pools[k80] == ({("198.18.0.11", 80): 1, ("198.18.0.12", 80): 3}, frozenset())  # up at start
         deadline = time.monotonic() + 10
         while not checks.metrics()[1] and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -206,3 +206,29 @@ def test_notify_up_and_down_run_once_per_change_and_omega_runs_them_at_stop():
     assert [(t, c) for t, c in sim.commands] == [(2.0, "/bin/nd"), (2.0, "/bin/qd"), (4.0, "/bin/nu")]
     sim.core.stop()
     assert [c for _, c in sim.commands[3:]] == ["/bin/nd", "/bin/qd"]
+
+
+class _Passes(list):
+    """A list that counts the passes over it."""
+    passes = 0
+
+    def __iter__(self):
+        _Passes.passes += 1
+        return super().__iter__()
+
+
+def test_a_real_change_does_not_pass_over_every_real():
+    """A switch failure takes 1,000 of 1,000 reals down: each change must cost O(1) (plus the copy of the pool
+    its Effect carries), not a pass over every real for the live weight and the pool (quadratic: minutes of CPU
+    at 10,000 reals)."""
+    reals = [(f"198.18.{i // 250}.{i % 250 + 1}", 1, tcp(retry=0)) for i in range(1000)]
+    sim = Sim([service(reals, delay_loop=1, quorum=500, sorry_server="198.18.9.9")], lambda a, t: t < 5)
+    (s,) = sim.core.services
+    s.reals = _Passes(s.reals)
+    _Passes.passes = 0
+    sim.run(7.0)
+    assert _Passes.passes == 0
+    assert len(sim.times(REAL_DOWN)) == 1000
+    assert sim.effects[-1].pool == {("198.18.9.9", 80): 1}
+    assert sim.effects[-1].failed == {r.key for r in s.reals}
+    assert [e.kind for e in sim.effects].count(QUORUM_LOST) == 1

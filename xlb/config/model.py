@@ -77,6 +77,10 @@ class Real:
     uthreshold: int = 0  # connections (active + inactive) at which the real is overloaded; 0 = no limit
     lthreshold: int = 0  # an overloaded real takes new connections again below this; 0 = 3/4 of uthreshold
     health: dict | None = field(default=None, hash=False)  # its health keys as written (checks: xlb/config/health.py)
+    # Set by the daemon's health wiring in the config it writes to the maps, never read from a file: "" up;
+    # "removed" (absent from listings, as IPVS DEL_DEST) or "inhibited" (weight 0): failed its checks, in the maps
+    # with XLB_REAL_F_DOWN (places nothing; its connections as the service's on_real_failure says).
+    failed: str = ""
 
 
 def fwmark_key(family, mark) -> tuple:

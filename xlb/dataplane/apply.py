@@ -23,6 +23,9 @@ from ..tables import marks as markmod
 from ..tables import vipfilter
 
 _SCHED_KIND = {**S.SCHED, "wrr": S.SCHED["rr"]}  # rr and wrr differ only in their tables
+# on_real_failure -> svc_meta flags (bpf/consts.h); unset: TCP keeps, UDP reschedules (decided per packet).
+_FAIL_FLAGS = {None: 0, "keep": S.SVC_F_FAIL_KEEP, "reset": S.SVC_F_FAIL_RESET,
+               "reschedule": S.SVC_F_FAIL_KEEP | S.SVC_F_FAIL_RESET}
 FLOW_TTL = 1.0  # seconds a flow-cache entry is trusted at most (bpf/flowcache.h)
 
 
@@ -101,6 +104,7 @@ class DataPlane(Sweeper, Reader, Adopter):
         self.real_ids = IdPool(self.cap.max_reals)
         self.rule_ids = IdPool(self.cap.max_mark_rules)
         self.gens = {}                 # real id -> generation last written
+        self.failed = {}               # real id -> Real.failed, of the health-failed reals in the maps
         self.slots = SlotAllocator(self.cap.max_slots)
         self.services = {}             # svc.key -> SvcState
         self.by_id = {}                # svc id -> SvcState
@@ -207,12 +211,15 @@ class DataPlane(Sweeper, Reader, Adopter):
         rows["gen"] = [self.gens[rid] for rid in real_rows]
         sid_of = {id(st.svc): st.id for st in svc_states.values()}  # by object: no address hashed again
         rows["svc_id"] = [sid_of[id(svc)] for svc in svcs]
-        rows["weight"] = [r.weight for r in reals]
+        rows["weight"] = [0 if r.failed else r.weight for r in reals]
         rows["family"] = [svc.family for svc in svcs]
-        rows["flags"] = S.REAL_F_LIVE
+        rows["flags"] = [S.REAL_F_LIVE | (S.REAL_F_DOWN if r.failed else 0) for r in reals]
         rows["uthreshold"] = [r.uthreshold for r in reals]
         rows["lthreshold"] = [r.lthreshold for r in reals]
         self._write_reals(np.fromiter(real_rows, np.uint32, len(real_rows)), rows)
+        newly_failed = [rid for rid, (_, r) in real_rows.items() if r.failed and not self.failed.get(rid)]
+        self.failed = {rid: r.failed for rid, (_, r) in real_rows.items() if r.failed}
+        self.void_templates(newly_failed)
         return real_rows, svc_states
 
     def _write_reals(self, rids, rows):
@@ -354,6 +361,7 @@ class DataPlane(Sweeper, Reader, Adopter):
                 flags |= S.SVC_F_EXPIRE_QUIESCENT
             if svc.placement == "consistent":
                 flags |= S.SVC_F_CONSISTENT
+        flags |= _FAIL_FLAGS[getattr(svc.health, "on_real_failure", None)]
         if svc.sched_flags:
             names = {f.split("-", 1)[1] for f in svc.sched_flags}
             flags |= (S.SVC_F_HASH_PORT if "port" in names else 0) | (S.SVC_F_FALLBACK if "fallback" in names else 0)

@@ -63,7 +63,8 @@ class Templates:
     timeout: np.ndarray  # int64 ns: its service's persistence timeout (0: none, or not persistent)
     lvs: np.ndarray      # bool: its service holds templates while their connections live (lvs mode)
     sid: np.ndarray      # int64: its service's id
-    ok: np.ndarray       # bool: service persistent, and its real live with the generation it was placed with
+    ok: np.ndarray       # bool: service persistent, its real live (not health-failed) with the generation
+                         # it was placed with
 
     def until(self):
         """int64 ns each template expires at as stored: its timer, or in lvs mode its stored hold if later."""
@@ -98,7 +99,7 @@ class Reader:
 
     def verdict_rows(self):
         """[(packets, bytes, conns)] by verdict reason number."""
-        return percpu_counters(self.m["verdicts"], len(S.REASONS))
+        return percpu_counters(self.m["verdicts"], max(S.REASONS) + 1)  # numbers may have gaps
 
     def mark_hits(self, each_rule=False):
         """[(mark rule, hits)] of the applied config's mark rules in its order: each rule id once (rules that share
@@ -217,7 +218,10 @@ class Reader:
         limit = min(int(rid.max()) + 1, reals.max_entries)
         rkeys, rvals = np.empty(limit, np.uint32), np.empty(limit, np.dtype(S.Real))
         got = lookup_batch_into(reals.map_fd, rkeys, rvals)
-        live_gen = np.where(rvals["flags"][:got] & S.REAL_F_LIVE, rvals["gen"][:got].astype(np.int64), -1)
+        # (a health-failed real's templates are void: bpf/persist.h)
+        flags = rvals["flags"][:got]
+        usable = flags & (S.REAL_F_LIVE | S.REAL_F_DOWN) == S.REAL_F_LIVE
+        live_gen = np.where(usable, rvals["gen"][:got].astype(np.int64), -1)
         ok = (tmo > 0) & (rid < got)
         ok[ok] &= live_gen[rid[ok]] == tv["real_gen"][ok]
         return Templates(tk, tv, states, j, tmo, lvs, sid, ok)

@@ -141,6 +141,17 @@ class Sweeper:
             self.delete_batch(persist, gone)
         res.templates_expired = len(gone)
 
+    def void_templates(self, real_ids):
+        """Delete the templates of these reals now (reals that just failed their health checks: the data plane
+        already ignores them, bpf/persist.h; gone, they do not come back with the real)."""
+        if not real_ids:
+            return
+        t = self.read_templates()
+        gone = t.keys[np.isin(t.vals["real_id"], np.asarray(real_ids, np.uint32))]
+        if len(gone):
+            persist = self.m["persist"]
+            self.delete_batch(persist, (persist.Key * len(gone)).from_buffer(gone))
+
     def _holds(self, scan, sids, clients):
         """For lvs-mode templates (service id, client): the latest expiry among the live connections of that
         service whose source, under the service's persistence netmask, is the client; 0 where there is none."""

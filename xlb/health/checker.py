@@ -1,8 +1,10 @@
 """The one interface every checker kind implements, and what they share: the target's name in keepalived's form
 (``[198.18.1.2]:tcp:80``), sockets bound as ``bindto``/``bind_port`` say, and the registry of kinds."""
 import asyncio
+import errno
 import importlib
 import ipaddress
+import os
 import socket
 
 from .state import Result
@@ -23,9 +25,10 @@ def family(addr):
 def label(check, protocol="tcp"):
     """FMT_CHK: the address a checker talks to, as keepalived logs it."""
     proto = {"UDP_CHECK": "udp", "DNS_CHECK": "udp"}.get(check.kind, "tcp")
+    via = f" via [{check.via}]" if check.via else ""   # check_via_vip: to the VIP, through this real
     if check.kind in ("MISC_CHECK", "FILE_CHECK", "PING_CHECK"):
-        return f"[{check.connect_ip}]"
-    return f"[{check.connect_ip}]:{proto}:{check.connect_port}"
+        return f"[{check.connect_ip}]{via}"
+    return f"[{check.connect_ip}]:{proto}:{check.connect_port}{via}"
 
 
 class Checker:
@@ -62,9 +65,12 @@ class Checker:
         return Result(True, success)
 
     def socket(self, kind, proto=0):
-        """A non-blocking socket of the target's family, bound to bindto/bind_port when given."""
+        """A non-blocking socket of the target's family, bound to bindto/bind_port when given, marked for the
+        policy route of check_via_vip (xlb/ops/viavip.py) when it has one."""
         s = socket.socket(family(self.spec.connect_ip), kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, proto)
         try:
+            if self.spec.so_mark:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.spec.so_mark)
             if self.spec.bindto or self.spec.bind_port:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind((self.spec.bindto or ("::" if s.family == socket.AF_INET6 else "0.0.0.0"),
@@ -74,6 +80,23 @@ class Checker:
             raise
         return s
 
+    async def connect(self, sock):
+        """``loop.sock_connect`` without its per-call work this engine does not need (parsing the address again,
+        a done-callback per attempt): one non-blocking connect, then one wait for the socket to be writable."""
+        err = sock.connect_ex(self.dst())
+        if err == errno.EINPROGRESS:
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            fd = sock.fileno()
+            loop.add_writer(fd, _wake, fut)
+            try:
+                await fut
+            finally:
+                loop.remove_writer(fd)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err))
+
     def dst(self, port=None):
         return (self.spec.connect_ip, self.spec.connect_port if port is None else port)
 
@@ -81,12 +104,17 @@ class Checker:
         """A connected (reader, writer) to the target; TLS when ``ssl`` is a context."""
         sock = self.socket(socket.SOCK_STREAM)
         try:
-            await asyncio.get_running_loop().sock_connect(sock, self.dst())
+            await self.connect(sock)
         except BaseException:
             sock.close()
             raise
         kw = {"ssl": ssl, "server_hostname": server_hostname} if ssl else {}
         return await asyncio.open_connection(sock=sock, **kw)
+
+
+def _wake(fut):
+    if not fut.done():
+        fut.set_result(None)
 
 
 def build(check, real_weight=1):

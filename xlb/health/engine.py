@@ -14,17 +14,19 @@ _log = logging.getLogger("xlb.health")
 
 class Engine:
     """``services``: spec.Service list. ``on_effect(Effect)`` is called on the loop's thread for every change
-    (and once per service at start with the initial pool). ``script_user``: (user, group) notifies run as."""
+    (and once per service at start with the initial pool). ``script_user``: (user, group) notifies run as.
+    ``via(check)``: a check_via_vip check as its checker sends it (with the so_mark the daemon routes)."""
 
     def __init__(self, services, on_effect=None, log=None, script_user=None, command_timeout=10.0,
-                 bootstrap=None, rand=None, clock=time.monotonic):
+                 bootstrap=None, rand=None, clock=time.monotonic, via=None):
         self.log = log or _log.info
         self.clock = clock
         self.runner = commands.Runner(self.log, script_user, command_timeout)
         kw = {} if bootstrap is None else {"bootstrap": bootstrap}
         self.core = Core(services, hchecker.label, log=self.log, on_effect=on_effect,
                          run_command=self.runner.fire, rand=rand, **kw)
-        self.checkers = {id(c): hchecker.build(c.check, c.real.spec.weight) for c in self.core.checkers}
+        self.checkers = {id(c): hchecker.build(via(c.check) if via and c.check.via else c.check, c.real.spec.weight)
+                         for c in self.core.checkers}
         self.tasks = []
         self.durations = {}    # kind -> [count, total seconds]: what a metrics collector will read
 

@@ -44,9 +44,10 @@ KIND_KEYS = {
     "SMTP_CHECK": _CONNECT + ("helo_name",),
     "FILE_CHECK": ("track_file", "weight", "reverse"),
 }
-REAL_KEYS = TIMING + ("inhibit_on_failure", "notify_up", "notify_down", "check")
+REAL_KEYS = TIMING + ("inhibit_on_failure", "notify_up", "notify_down", "check_via_vip", "check")
 SERVICE_KEYS = TIMING + ("inhibit_on_failure", "quorum", "hysteresis", "quorum_up", "quorum_down", "sorry_server",
-                         "sorry_server_inhibit", "omega", "check")
+                         "sorry_server_inhibit", "omega", "on_real_failure", "check_via_vip", "check")
+ON_REAL_FAILURE = ("keep", "reschedule", "reset")
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ class Check:
     track_file: str | None = None
     weight: int = 0
     reverse: bool = False
+    via: str | None = None               # check_via_vip: the real the packets to connect_ip (the VIP) go to
+    so_mark: int | None = None           # set by the daemon: the mark its policy route to ``via`` takes
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ class Real:
     warmup: float | None = None
     alpha: bool | None = None
     connect_timeout: float | None = None
+    check_via_vip: bool | None = None
 
     @property
     def key(self):
@@ -143,6 +147,9 @@ class Service:
     sorry_server: tuple | None = None    # (address, port)
     sorry_server_inhibit: bool = False
     omega: bool = False
+    on_real_failure: str | None = None   # None: "keep" for TCP, "reschedule" for UDP (bpf/consts.h)
+    check_via_vip: bool = False
+    vip: str | None = None               # the service's VIP (None: a fwmark service), where check_via_vip goes
 
 
 # --- field readers: each takes (value, where) and returns the value to store or raises ConfigError ---------------
@@ -350,21 +357,24 @@ def parse_real(address, port, weight, tbl, where, source="config", default_check
     for k in ("notify_up", "notify_down"):
         if k in tbl:
             kw[k] = r.argv(tbl[k], f"{where}.{k}")
-    if "inhibit_on_failure" in tbl:
-        kw["inhibit_on_failure"] = r.boolean(tbl["inhibit_on_failure"], f"{where}.inhibit_on_failure")
+    for k in ("inhibit_on_failure", "check_via_vip"):
+        if k in tbl:
+            kw[k] = r.boolean(tbl[k], f"{where}.{k}")
     checks = default_checks
     if "check" in tbl:
         checks = tuple(parse_check(t, w, source) for w, t in r.tables(tbl["check"], f"{where}.check"))
     return Real(address=address, port=port, weight=weight, checks=checks, **kw)
 
 
-def parse_service(name, protocol, tbl, reals, where, source="config"):
+def parse_service(name, protocol, tbl, reals, where, source="config", vip=None):
     """The health keys of one ``[[service]]`` table; ``reals`` are (address, port, weight, table, where)."""
     r = _Reader(source)
     kw = _defaults(r, tbl, where, TIMING)
-    for k in ("inhibit_on_failure", "sorry_server_inhibit", "omega"):
+    for k in ("inhibit_on_failure", "sorry_server_inhibit", "omega", "check_via_vip"):
         if k in tbl:
             kw[k] = r.boolean(tbl[k], f"{where}.{k}")
+    if "on_real_failure" in tbl:
+        kw["on_real_failure"] = _choice(r, tbl["on_real_failure"], f"{where}.on_real_failure", ON_REAL_FAILURE)
     for k, lo in (("quorum", 1), ("hysteresis", 0)):
         if k in tbl:
             kw[k] = r.count(tbl[k], f"{where}.{k}", lo)
@@ -383,7 +393,7 @@ def parse_service(name, protocol, tbl, reals, where, source="config"):
     if "check" in tbl:
         defaults = tuple(parse_check(t, cw, source) for cw, t in r.tables(tbl["check"], f"{where}.check"))
     built = tuple(parse_real(a, p, wt, t, rw, source, defaults) for a, p, wt, t, rw in reals)
-    svc = Service(name=name, protocol=protocol, reals=built, **kw)
+    svc = Service(name=name, protocol=protocol, reals=built, vip=vip, **kw)
     total = sum(max(0, x.weight) for x in built)
     if svc.hysteresis >= svc.quorum and "hysteresis" in tbl:
         r.fail(f"{where}.hysteresis", f"hysteresis {svc.hysteresis} must be below quorum {svc.quorum}")
@@ -392,12 +402,16 @@ def parse_service(name, protocol, tbl, reals, where, source="config"):
                                   "the service could never gain quorum")
     for x in built:
         for c in x.checks:
-            _check_destination(r, c, x)
+            _check_destination(r, c, x, svc)
     return svc
 
 
-def _check_destination(r, c, real):
-    if c.kind in ("MISC_CHECK", "FILE_CHECK", "PING_CHECK"):
+def _check_destination(r, c, real, svc):
+    if c.kind in ("MISC_CHECK", "FILE_CHECK"):
+        return
+    if via_vip(real, svc) and not (svc.vip or c.connect_ip):
+        r.fail(f"{c.where}.connect_ip", "check_via_vip on a fwmark service needs connect_ip: the VIP to check")
+    if c.kind == "PING_CHECK":
         return
     if not (c.connect_port or real.port):
         r.fail(f"{c.where}.connect_port", f"{c.kind} needs connect_port: the real has no port (fwmark service)")
@@ -412,14 +426,21 @@ def resolve(check, real, service):
                 return v
         return default
     retry_default, dbr_default = KIND_DEFAULTS[check.kind]
+    via = via_vip(real, service) and check.kind not in ("MISC_CHECK", "FILE_CHECK")
     delay_loop = pick("delay_loop", DEFAULT_DELAY_LOOP)
     return dataclasses.replace(
         check, delay_loop=delay_loop, retry=pick("retry", retry_default),
         delay_before_retry=pick("delay_before_retry", dbr_default if dbr_default else delay_loop),
         warmup=pick("warmup", delay_loop), alpha=bool(pick("alpha", False)) and check.kind != "FILE_CHECK",
         connect_timeout=pick("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
-        connect_ip=check.connect_ip or real.address, connect_port=check.connect_port or real.port,
-        misc_timeout=check.misc_timeout or delay_loop)
+        connect_ip=check.connect_ip or (service.vip if via else None) or real.address,
+        connect_port=check.connect_port or real.port, misc_timeout=check.misc_timeout or delay_loop,
+        via=real.address if via else None)
+
+
+def via_vip(real, service):
+    """check_via_vip: the real's, else the service's."""
+    return bool(real.check_via_vip if real.check_via_vip is not None else service.check_via_vip)
 
 
 def inhibit(real, service):

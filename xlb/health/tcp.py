@@ -1,5 +1,4 @@
 """TCP_CHECK: the check passes when a TCP connection to the target is established (then closed at once)."""
-import asyncio
 import socket
 
 from .checker import Checker
@@ -12,7 +11,7 @@ class TcpChecker(Checker):
 
     async def check(self):
         sock = self.socket(socket.SOCK_STREAM)
-        return await self.exchange(lambda: asyncio.get_running_loop().sock_connect(sock, self.dst()), sock.close,
+        return await self.exchange(lambda: self.connect(sock), sock.close,
                                    f"TCP connection to {self.label} failed.",
                                    f"TCP connection to {self.label} success.")
 

@@ -205,6 +205,12 @@ class Topology:
             addr = f"{addr}/{32 if ipaddress.ip_address(addr).version == 4 else 128}"
         self.addr(ns, "lo", addr)
 
+    def lo_addr_del(self, ns, addr):
+        """Take `addr` (added by lo_addr) off lo: a DR real that lost its VIP."""
+        ip = ipaddress.ip_address(addr)
+        with self._ipr(ns) as ipr:
+            ipr.addr("del", index=self._index(ipr, ns, "lo"), address=str(ip), prefixlen=32 if ip.version == 4 else 128)
+
     def route(self, ns, dst, gateway=None, dev=None):
         """Add (or replace) a route; `dst` is a prefix or "default" (family taken from the gateway)."""
         if dst == "default":

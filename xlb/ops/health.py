@@ -3,12 +3,13 @@ applied to the data plane the way a runtime edit is (DataPlane.apply, under the 
 
 The daemon keeps two configs: the one it was given (file, reload, runtime edits: what ``xlb save`` writes) and
 the one in the maps, :func:`effective`: each health-checked service holds the pool its engine last reported, as
-IPVS would under keepalived. A real whose checks fail is absent (IPVS DEL_DEST): the data plane treats it as a
-removed real, so its connections and persistence templates are void at once, and when it comes back it takes a
-fresh real slot. With ``inhibit_on_failure`` it stays at weight 0; while the quorum is lost the sorry server
-replaces the reals. One engine per service: a reload or runtime edit restarts only the engines of services whose
-health spec changed (from keepalived's start state), the others keep running. The checks leave from the
-daemon's network namespace, the balancer's."""
+IPVS would under keepalived. A real whose checks fail is absent from listings (IPVS DEL_DEST), or at weight 0
+with ``inhibit_on_failure``; either way it stays in the maps marked failed (XLB_REAL_F_DOWN): it takes no new
+connection, its persistence templates are void at once, and its established connections do what the service's
+``on_real_failure`` says (keep, reschedule, reset). While the quorum is lost the sorry server replaces the reals.
+One engine per service: a reload or runtime edit restarts only the engines of services whose health spec changed
+(from keepalived's start state), the others keep running. The checks leave from the daemon's network namespace,
+the balancer's."""
 from __future__ import annotations
 
 import asyncio
@@ -19,6 +20,7 @@ import time
 
 from ..config.model import Real
 from ..health.engine import Engine
+from .viavip import ViaVip
 
 
 class _Engine(Engine):
@@ -36,23 +38,29 @@ class _Engine(Engine):
 
 
 def effective(cfg, pools):
-    """``cfg`` with each health-checked service's reals replaced by the pool its engine reported ((address, port)
-    -> weight, keyed by the service's key), for the services ``pools`` has; the others as they are."""
+    """``cfg`` with each health-checked service's reals replaced by what its engine reported, for the services
+    ``pools`` has (keyed by the service's key: (pool, failed), the pool (address, port) -> weight, failed the
+    addresses of the reals that failed their checks); the others as they are. A failed real stays in the maps,
+    marked failed: "inhibited" (in the pool at weight 0) or "removed" (not in it, as IPVS DEL_DEST)."""
     services = []
     for s in cfg.services:
-        pool = pools.get(s.key) if s.health is not None else None
-        if pool is None:
+        got = pools.get(s.key) if s.health is not None else None
+        if got is None:
             services.append(s)
             continue
-        by_addr = {str(r.address): r for r in s.reals}
-        sorry = s.health.sorry_server[0] if s.health.sorry_server else None
+        pool, failed = got
+        weights = {addr: w for (addr, _port), w in pool.items()}
         reals = []
-        for (addr, _port), weight in pool.items():
-            base = by_addr.get(addr)
-            if base is None and addr == sorry:
-                base = Real(address=ipaddress.ip_address(addr), where=f"{s.where}.sorry_server")
-            if base is not None:
-                reals.append(dataclasses.replace(base, weight=weight))
+        for r in s.reals:
+            addr = str(r.address)
+            if addr in failed:
+                reals.append(dataclasses.replace(r, weight=0, failed="inhibited" if addr in weights else "removed"))
+            elif addr in weights:
+                reals.append(dataclasses.replace(r, weight=weights.pop(addr)))
+        sorry = s.health.sorry_server[0] if s.health.sorry_server else None
+        if sorry in weights and sorry not in failed:
+            reals.append(Real(address=ipaddress.ip_address(sorry), weight=weights[sorry],
+                              where=f"{s.where}.sorry_server"))
         services.append(dataclasses.replace(s, reals=tuple(reals)))
     return dataclasses.replace(cfg, services=tuple(services))
 
@@ -65,12 +73,13 @@ class Checks:
     def __init__(self, changed, log):
         self.changed = changed
         self.log = log
-        self.pools = {}       # service key -> the pool its engine last reported
+        self.pools = {}       # service key -> (the pool its engine last reported, addresses of its failed reals)
         self.engines = {}     # service key -> (health spec, Engine)
         self.names = {}       # service key -> its xlb name (tcp/198.51.100.10:80), as the metrics label it
         self.counts = {}      # (kind, ok) -> checks, and (kind, None) -> seconds, of engines stopped since
         self.loop = None
         self.thread = None
+        self.via = ViaVip(log)  # check_via_vip's marks and policy routes
 
     def effective(self, cfg):
         """What the maps should hold for ``cfg``: the pools of the engines that run its services' specs."""
@@ -95,10 +104,13 @@ class Checks:
             if key in self.engines:
                 continue
             self._ensure_loop()
-            engine = _Engine([spec], on_effect=lambda e, key=key: self._effect(key, e), log=self.log)
+            engine = _Engine([spec], on_effect=lambda e, key=key: self._effect(key, e), log=self.log,
+                             via=self.via.mark)
             self.names[key] = next(s.name for s in cfg.services if s.key == key)
             self.engines[key] = (spec, engine)
             self._call(engine.start())
+        self.via.keep_only({(c.check.connect_ip, c.check.via) for _, e in self.engines.values()
+                            for c in e.core.checkers if c.check.via})
 
     def _stop(self, key):
         _, engine = self.engines.pop(key)
@@ -113,7 +125,7 @@ class Checks:
     def _effect(self, key, effect):
         if key not in self.engines:
             return
-        self.pools[key] = dict(effect.pool)
+        self.pools[key] = (effect.pool, frozenset(addr for addr, _port in effect.failed))
         self.changed()
 
     def quorum(self):
@@ -165,6 +177,7 @@ class Checks:
             self.thread.join(10)
             self.loop.close()
             self.loop = None
+        self.via.close()
 
 
 def _wall(t, shift):

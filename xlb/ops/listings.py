@@ -100,6 +100,8 @@ def listing(dp, rates=None):
         c = flows.service(st.id)
         reals = []
         for r, rid, address in slots:
+            if r.failed == "removed":  # health-failed: IPVS would not hold it (DEL_DEST)
+                continue
             active, inactive = counts.get(rid, (0, 0))
             reals.append({"address": address, "port": _real_port(svc), "weight": r.weight,
                           "uthreshold": r.uthreshold, "lthreshold": r.lthreshold, "active": active,
