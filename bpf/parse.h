@@ -31,6 +31,7 @@ struct pkt {
 	__u8 tcp_flags;     /* XLB_TCP_* */
 	__u8 fragment;      /* 1: an IP fragment (no L4 header to trust) */
 	__u16 ip_len;       /* IPv4 total length / IPv6 payload + 40, host order: for bpf_fib_lookup */
+	__u16 l4_off;       /* the TCP/UDP header's offset in the frame (NAT rewrites ports and checksums there) */
 };
 
 /* Parse the L4 header at l4. ip_end: where the IP packet ends (its length says; the frame may go on, with
@@ -181,6 +182,7 @@ static __always_inline int parse_packet(void *data, void *data_end, struct pkt *
 		return XLB_PASS_OTHER_PROTO;
 	if (p->fragment)
 		return XLB_PARSE_OK;
+	p->l4_off = l4 - data;
 	ret = parse_l4(l4, ip_end, data_end, p);
 	return ret ? ret : XLB_PARSE_OK;
 }

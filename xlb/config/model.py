@@ -15,8 +15,8 @@ IPVS_SCHEDULERS_NOT_YET = ("lblc", "lblcr")
 DEFAULT_SCHEDULER = "wlc"  # as IPVS
 # ipvsadm -b / keepalived's sh-port, sh-fallback, mh-port, mh-fallback: which flags each scheduler takes.
 SCHED_FLAGS = {"sh": ("sh-port", "sh-fallback"), "mh": ("mh-port", "mh-fallback")}
-METHODS = ("dr",)
-METHODS_NOT_YET = ("nat", "tun")
+METHODS = ("dr", "nat")
+METHODS_NOT_YET = ("tun",)
 PERSISTENCE_MODES = ("lvs", "timeout")
 
 U32_MAX = 2**32 - 1
@@ -67,6 +67,7 @@ class Real:
     uthreshold: int = 0  # connections (active + inactive) at which the real is overloaded; 0 = no limit
     lthreshold: int = 0  # an overloaded real takes new connections again below this; 0 = 3/4 of uthreshold
     health: dict | None = field(default=None, hash=False)  # its health keys as written (checks: xlb/config/health.py)
+    port: int | None = None  # NAT: the port the real listens on; None: the port the client sent to
 
 
 def fwmark_key(family, mark) -> tuple:

@@ -158,15 +158,15 @@ class DataPlane(Sweeper, Reader, Adopter):
                 rid, fresh = self.real_ids.take((svc.key, r.address))
                 if fresh:
                     self.gens[rid] = self.gens.get(rid, 0) + 1
-                    self.zero_slot(self.m["real_stats"], rid)
-                    self.zero_slot(self.m["real_conns"], rid)
+                    for name in ("real_stats", "real_out_stats", "real_conns"):
+                        self.zero_slot(self.m[name], rid)
                 real_rows[rid] = (svc, r)
         svc_states = {}
         for svc in config.services:
             sid, fresh = self.svc_ids.take(svc.key)
             if fresh:
-                self.zero_slot(self.m["svc_stats"], sid)
-                self.zero_slot(self.m["rr_pos"], sid)
+                for name in ("svc_stats", "svc_out_stats", "rr_pos"):
+                    self.zero_slot(self.m[name], sid)
             st = old.get(svc.key) or SvcState(svc, sid, bytes(svc_key(svc)))
             st.svc = svc
             svc_states[svc.key] = st
@@ -174,7 +174,7 @@ class DataPlane(Sweeper, Reader, Adopter):
             self.m["reals"][ct.c_uint32(rid)] = S.Real(
                 addr=S.addr_words(addr_bytes(r.address)), gen=self.gens[rid], svc_id=svc_states[svc.key].id,
                 weight=r.weight, family=svc.family, flags=S.REAL_F_LIVE, uthreshold=r.uthreshold,
-                lthreshold=r.lthreshold)
+                lthreshold=r.lthreshold, port=htons(r.port or 0), method=S.METHOD[svc.method])
         return real_rows, svc_states
 
     def _write_mark_rules(self, config, entries):
