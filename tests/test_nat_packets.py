@@ -227,3 +227,23 @@ def test_sweep_removes_reverse_entries_with_their_connections(bench):
     assert (res.nat_seen, res.nat_expired) == (1, 1) and len(bench.dp.m["nat_revs"]) == 0
     rep = reply(a, R4, 8080)
     assert bench.run(rep, bench.ifindex1) == (PASS, bytes(rep))
+
+
+def test_listing_and_metrics_show_nat_replies(bench):
+    """OutPkts/OutBytes: the `list` snapshot (ipvsadm --stats) and the metrics count the replies of a NAT service
+    and its real; the real is listed with its own port."""
+    from xlb.observe.metrics import XlbCollector
+    from xlb.ops.listings import listing
+    bench.reset(CFG)
+    s = udp4()
+    bench.run(s)
+    rep = reply(s, R4, 5353)
+    bench.run(rep, bench.ifindex1)
+    bench.run(rep, bench.ifindex1)
+    svc = next(x for x in listing(bench.dp)["services"] if x["name"] == f"udp/{V4}:53")
+    assert svc["method"] == "nat"
+    assert (svc["stats"]["inpkts"], svc["stats"]["outpkts"], svc["stats"]["outbytes"]) == (1, 2, 2 * len(rep))
+    assert [(r["port"], r["stats"]["outpkts"]) for r in svc["reals"]] == [(5353, 2)]
+    text = XlbCollector(bench.dp).exposition().decode()
+    assert f'xlb_service_out_packets_total{{service="udp/{V4}:53"}} 2\n' in text
+    assert f'xlb_real_out_bytes_total{{real="{R4}",service="udp/{V4}:53"}} {2 * len(rep)}\n' in text

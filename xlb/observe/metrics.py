@@ -25,6 +25,8 @@ Families (labels: ``service`` as operators name it — ``tcp/198.51.100.10:80``,
 
     xlb_service_packets_total, xlb_service_bytes_total, xlb_service_connections_total       {service}
     xlb_real_packets_total, xlb_real_bytes_total, xlb_real_connections_total                {service, real}
+    xlb_service_out_packets_total, xlb_service_out_bytes_total {service}; xlb_real_out_... {service, real}
+                                               (NAT services: the reals' replies; 0 for DR, whose replies bypass xlb)
     xlb_real_active_connections, xlb_real_inactive_connections, xlb_real_weight             {service, real}
     xlb_real_state                             {service, real, state="available"|"quiescent"|"overloaded"} 0/1
     xlb_service_persistence_templates                                                       {service}
@@ -82,6 +84,10 @@ FAMILIES = (
     ("xlb_real_packets", "counter", "Packets sent to a real server", RL),
     ("xlb_real_bytes", "counter", "Bytes (Ethernet frames) sent to a real server", RL),
     ("xlb_real_connections", "counter", "New connections placed on a real server", RL),
+    ("xlb_service_out_packets", "counter", "Reply packets of a NAT service (its reals to clients)", SV),
+    ("xlb_service_out_bytes", "counter", "Reply bytes (Ethernet frames) of a NAT service", SV),
+    ("xlb_real_out_packets", "counter", "Reply packets from a real server of a NAT service", RL),
+    ("xlb_real_out_bytes", "counter", "Reply bytes (Ethernet frames) from a real server of a NAT service", RL),
     ("xlb_real_active_connections", "gauge", "Live established TCP connections of a real", RL),
     ("xlb_real_inactive_connections", "gauge", "Live connections of a real in any other state (SYN, closing, UDP)",
      RL),
@@ -171,6 +177,8 @@ class XlbCollector(Collector):
         svc_p, svc_b, svc_c = f["xlb_service_packets"], f["xlb_service_bytes"], f["xlb_service_connections"]
         svc_t = f["xlb_service_persistence_templates"]
         r_p, r_b, r_c = f["xlb_real_packets"], f["xlb_real_bytes"], f["xlb_real_connections"]
+        svc_op, svc_ob = f["xlb_service_out_packets"], f["xlb_service_out_bytes"]
+        r_op, r_ob = f["xlb_real_out_packets"], f["xlb_real_out_bytes"]
         r_a, r_i, r_w = (f["xlb_real_active_connections"], f["xlb_real_inactive_connections"],
                          f["xlb_real_weight"])
         r_s = f["xlb_real_state"]
@@ -180,12 +188,18 @@ class XlbCollector(Collector):
             svc_p.append((lv, p))
             svc_b.append((lv, b))
             svc_c.append((lv, c))
+            p, b, _ = counts.service_out(sid)
+            svc_op.append((lv, p))
+            svc_ob.append((lv, b))
             svc_t.append((lv, templates.get(key_bytes, 0)))
             for rid, rl, weight in reals:
                 p, b, c = counts.real(rid)
                 r_p.append((rl, p))
                 r_b.append((rl, b))
                 r_c.append((rl, c))
+                p, b, _ = counts.real_out(rid)
+                r_op.append((rl, p))
+                r_ob.append((rl, b))
                 active, inactive, overloaded = loads.get(rid, idle)
                 r_a.append((rl, active))
                 r_i.append((rl, inactive))
