@@ -91,6 +91,8 @@ enum xlb_reason {
 	XLB_FWD_REPLY_TX = 21,      /* NAT: a real's reply, source rewritten to the VIP, out of the ingress interface */
 	XLB_FWD_REPLY_REDIRECT = 22, /* NAT: a real's reply, source rewritten to the VIP, out of another interface */
 	XLB_DROP_TTL = 23,          /* NAT: TTL / hop limit would reach 0 in xlb's hop (the kernel does not answer) */
+	XLB_PASS_REPLY_NEIGH = 24,  /* NAT: a reply rewritten to VIP:port and passed to the kernel to forward: its next
+	                             * hop toward the client is unresolved (the kernel resolves it) */
 	XLB_REASON_MAX
 };
 

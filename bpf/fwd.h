@@ -92,7 +92,7 @@ static __always_inline int send_real(struct xdp_md *ctx, struct pkt *p, struct r
 	if (r->method == XLB_METHOD_NAT) {
 		/* Checked before the rewrite: a frame that send_dr drops as too big is dropped whole. */
 		int reason = p->ip_len > nh->mtu ? XLB_DROP_TOO_BIG : nat_rewrite(ctx, p, XLB_NAT_DST, r->addr,
-										   nat_port(r, p));
+										   nat_port(r, p), 1);
 		if (reason) {
 			*action = XDP_DROP;
 			return reason;

@@ -76,11 +76,12 @@ static __always_inline int nat_rewrite_l4(struct xdp_md *ctx, struct pkt *p, int
 	return 0;
 }
 
-/* Rewrite one side's address (16 bytes, IPv4 in [0]) and port, decrement the TTL / hop limit and fix the IPv4 and
- * TCP/UDP checksums (the pseudo-header's address is the IP header's). A UDP/IPv4 checksum of 0 (none computed)
- * stays 0. Returns 0 or a drop reason; on a drop the frame may be half rewritten (it is dropped). */
+/* Rewrite one side's address (16 bytes, IPv4 in [0]) and port, decrement the TTL / hop limit if hop (xlb forwards
+ * the packet itself; not when the kernel will) and fix the IPv4 and TCP/UDP checksums (the pseudo-header's address
+ * is the IP header's). A UDP/IPv4 checksum of 0 (none computed) stays 0. Returns 0 or a drop reason; on a drop the
+ * frame may be half rewritten (it is dropped). */
 static __always_inline int nat_rewrite(struct xdp_md *ctx, struct pkt *p, int side, const __be32 *addr,
-				       __be16 port)
+				       __be16 port, int hop)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -89,7 +90,7 @@ static __always_inline int nat_rewrite(struct xdp_md *ctx, struct pkt *p, int si
 		struct iphdr *iph = data + sizeof(struct ethhdr);
 		if ((void *)(iph + 1) > data_end)
 			return XLB_DROP_TRUNC_IP;
-		if (iph->ttl <= 1)
+		if (hop && iph->ttl <= 1)
 			return XLB_DROP_TTL;
 		__be32 *a = side == XLB_NAT_SRC ? &iph->saddr : &iph->daddr;
 		delta = csum_delta32(0, *a, addr[0]);
@@ -97,15 +98,15 @@ static __always_inline int nat_rewrite(struct xdp_md *ctx, struct pkt *p, int si
 		/* TTL shares a 16-bit word with the protocol: only the IP header's checksum covers it. */
 		__u16 *ttl_word = (__u16 *)&iph->ttl;
 		__u16 old_word = *ttl_word;
-		iph->ttl--;
+		iph->ttl -= hop;
 		iph->check = csum_apply(iph->check, csum_delta16(delta, old_word, *ttl_word));
 	} else {
 		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
 		if ((void *)(ip6 + 1) > data_end)
 			return XLB_DROP_TRUNC_IP;
-		if (ip6->hop_limit <= 1)
+		if (hop && ip6->hop_limit <= 1)
 			return XLB_DROP_TTL;
-		ip6->hop_limit--;
+		ip6->hop_limit -= hop;
 		__be32 *a = side == XLB_NAT_SRC ? ip6->saddr.in6_u.u6_addr32 : ip6->daddr.in6_u.u6_addr32;
 #pragma unroll
 		for (int i = 0; i < 4; i++) {
@@ -161,9 +162,20 @@ static __always_inline int nat_reply(struct xdp_md *ctx, struct pkt *p, __u64 by
 	struct bpf_fib_lookup fib = {};
 	*action = XDP_DROP;
 	int reason = route_to(ctx, p, vip, p->dst, &fib);
+	if (reason == XLB_DROP_NO_NEIGH) {
+		/* The client's next hop is not resolved (nothing but the kernel's own traffic resolves it): let the
+		 * kernel forward this one, rewritten, and resolve it; the next replies go by XDP. */
+		reason = nat_rewrite(ctx, p, XLB_NAT_SRC, vip, vport, 0);
+		if (reason)
+			return reason;
+		count(svc_out_stats.lookup(&svc_id), bytes, 0);
+		count(real_out_stats.lookup(&real_id), bytes, 0);
+		*action = XDP_PASS;
+		return XLB_PASS_REPLY_NEIGH;
+	}
 	if (reason)
 		return reason;
-	reason = nat_rewrite(ctx, p, XLB_NAT_SRC, vip, vport);
+	reason = nat_rewrite(ctx, p, XLB_NAT_SRC, vip, vport, 1);
 	if (reason)
 		return reason;
 	void *data = (void *)(long)ctx->data;

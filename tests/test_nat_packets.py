@@ -247,3 +247,18 @@ def test_listing_and_metrics_show_nat_replies(bench):
     text = XlbCollector(bench.dp).exposition().decode()
     assert f'xlb_service_out_packets_total{{service="udp/{V4}:53"}} 2\n' in text
     assert f'xlb_real_out_bytes_total{{real="{R4}",service="udp/{V4}:53"}} {2 * len(rep)}\n' in text
+
+
+def test_reply_to_an_unresolved_next_hop_goes_to_the_kernel_rewritten(bench):
+    """A reply whose next hop toward the client has no neighbour entry (nothing but the kernel's own traffic
+    resolves it) is rewritten to VIP:port, its TTL left to the kernel, and passed: the kernel forwards it and
+    resolves the neighbour. (The client 198.18.0.77 is on lb0's link and has no neighbour entry.)"""
+    bench.reset(CFG)
+    s = tcp4(src="198.18.0.77")
+    rep = reply(s, R4, 8080)
+    out = rewritten(rep, "src", V4, 80, rep[Ether].src, rep[Ether].dst)
+    out = Ether(out)
+    out[IP].ttl += 1  # not decremented: the kernel's hop
+    del out[IP].chksum
+    run(bench, [(s, None, REDIRECT, nat_in(s, R4, 8080, LB1_MAC, REAL_MAC[R4]), "fwd_redirect"),
+                (rep, bench.ifindex1, PASS, bytes(out), "pass_reply_neigh")])
