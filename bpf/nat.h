@@ -146,36 +146,68 @@ static __always_inline void nat_record(struct pkt *p, struct real *r, __u32 real
 	nat_revs.update(&k, &v);
 }
 
-/* A real's reply to a NAT connection: source back to VIP:port, then to the client by the route toward it.
- * Returns the verdict reason with *action set, or -1: no NAT connection has this tuple (the caller goes on as
- * for any packet that is no service's). */
-static __always_inline int nat_reply(struct xdp_md *ctx, struct pkt *p, __u64 bytes, int *action)
+/* Look up the next hop from the VIP toward the reply's client and keep it in the reverse entry (hop). Returns 0 or a
+ * verdict reason. */
+static __always_inline int nat_reply_hop(struct xdp_md *ctx, struct pkt *p, struct nat_rev *hop, __u32 now)
+{
+	struct bpf_fib_lookup fib = {};
+	int reason = route_to(ctx, p, hop->vip, p->dst, &fib);
+	if (reason)
+		return reason;
+	/* The egress interface's MTU, checked per frame as for the reals' next hops (bpf/fwd.h). */
+	__u32 mtu = 0;
+	if (bpf_check_mtu(ctx, fib.ifindex, &mtu, 0, 0) < 0)
+		return XLB_DROP_FIB;
+	hop->mtu = mtu > 0xffff ? 0xffff : mtu;
+	__builtin_memcpy(hop->dmac, fib.dmac, 6);
+	__builtin_memcpy(hop->smac, fib.smac, 6);
+	hop->ifindex = fib.ifindex;
+	hop->hop_stamp = now ? now : 1;
+	return 0;
+}
+
+/* A real's reply to a NAT connection: source back to VIP:port, then to the client by the route toward it (looked
+ * up at most once per flow-cache TTL per connection, kept in its reverse entry). Returns the verdict reason with
+ * *action set, or -1: no NAT connection has this tuple (the caller goes on as for any packet that is no
+ * service's). */
+static __always_inline int nat_reply(struct xdp_md *ctx, struct pkt *p, struct settings *st, __u64 bytes,
+				     int *action)
 {
 	struct conn_key k;
 	conn_key_of(p, &k);
 	struct nat_rev *nr = nat_revs.lookup(&k);
 	if (!nr)
 		return -1;
-	__be32 vip[4] = {nr->vip[0], nr->vip[1], nr->vip[2], nr->vip[3]};
-	__be16 vport = nr->vport;
-	__u32 svc_id = nr->svc_id, real_id = nr->real_id;
-	struct bpf_fib_lookup fib = {};
+	struct nat_rev scratch;
+	struct nat_rev *hop = nr;
+	if (XLB_TRACING) {  /* the trace build writes no map but trace_out */
+		scratch = *nr;
+		scratch.hop_stamp = 0;
+		hop = &scratch;
+	}
+	__u32 svc_id = hop->svc_id, real_id = hop->real_id;
+	__be16 vport = hop->vport;
 	*action = XDP_DROP;
-	int reason = route_to(ctx, p, vip, p->dst, &fib);
-	if (reason == XLB_DROP_NO_NEIGH) {
-		/* The client's next hop is not resolved (nothing but the kernel's own traffic resolves it): let the
-		 * kernel forward this one, rewritten, and resolve it; the next replies go by XDP. */
-		reason = nat_rewrite(ctx, p, XLB_NAT_SRC, vip, vport, 0);
+	__u32 now = (__u32)bpf_jiffies64();
+	if (!hop->hop_stamp || now - hop->hop_stamp >= st->flow_ttl) {
+		int reason = nat_reply_hop(ctx, p, hop, now);
+		if (reason == XLB_DROP_NO_NEIGH) {
+			/* The client's next hop is not resolved (nothing but the kernel's own traffic resolves it): let
+			 * the kernel forward this one, rewritten, and resolve it; the next replies go by XDP. */
+			reason = nat_rewrite(ctx, p, XLB_NAT_SRC, hop->vip, vport, 0);
+			if (reason)
+				return reason;
+			count(svc_out_stats.lookup(&svc_id), bytes, 0);
+			count(real_out_stats.lookup(&real_id), bytes, 0);
+			*action = XDP_PASS;
+			return XLB_PASS_REPLY_NEIGH;
+		}
 		if (reason)
 			return reason;
-		count(svc_out_stats.lookup(&svc_id), bytes, 0);
-		count(real_out_stats.lookup(&real_id), bytes, 0);
-		*action = XDP_PASS;
-		return XLB_PASS_REPLY_NEIGH;
 	}
-	if (reason)
-		return reason;
-	reason = nat_rewrite(ctx, p, XLB_NAT_SRC, vip, vport, 1);
+	if (p->ip_len > hop->mtu)
+		return XLB_DROP_TOO_BIG;
+	int reason = nat_rewrite(ctx, p, XLB_NAT_SRC, hop->vip, vport, 1);
 	if (reason)
 		return reason;
 	void *data = (void *)(long)ctx->data;
@@ -183,15 +215,16 @@ static __always_inline int nat_reply(struct xdp_md *ctx, struct pkt *p, __u64 by
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return XLB_DROP_TRUNC_ETH;
-	__builtin_memcpy(eth->h_dest, fib.dmac, 6);
-	__builtin_memcpy(eth->h_source, fib.smac, 6);
+	__builtin_memcpy(eth->h_dest, hop->dmac, 6);
+	__builtin_memcpy(eth->h_source, hop->smac, 6);
 	count(svc_out_stats.lookup(&svc_id), bytes, 0);
 	count(real_out_stats.lookup(&real_id), bytes, 0);
-	if (fib.ifindex == ctx->ingress_ifindex) {
+	__u32 ifindex = hop->ifindex;
+	if (ifindex == ctx->ingress_ifindex) {
 		*action = XDP_TX;
 		return XLB_FWD_REPLY_TX;
 	}
-	*action = bpf_redirect(fib.ifindex, 0);
+	*action = bpf_redirect(ifindex, 0);
 	return XLB_FWD_REPLY_REDIRECT;
 }
 

@@ -87,11 +87,14 @@ struct conn {
 struct nat_rev {
 	__be32 vip[4];             /* the address the client sent to (the reply's new source) */
 	__be16 vport;              /* the port the client sent to, network order */
-	__u16 pad;
+	__u16 mtu;                 /* the next hop toward the client (cached by the replies): egress MTU, bytes */
 	__u32 real_id;             /* the connection's real: the sweep checks conns still say so */
 	__u32 svc_id;              /* for OutPkts/OutBytes */
-	__u32 pad2;
+	__u32 hop_stamp;           /* bpf_jiffies64() (low 32 bits) when the next hop was looked up; 0: none yet */
 	__u64 born_ns;             /* when written (coarse clock): the sweep spares entries newer than its read of conns */
+	__u32 ifindex;             /* next hop: egress interface */
+	__u8 dmac[6];              /* next hop: its MAC and ours */
+	__u8 smac[6];
 };
 
 /* persist: persistence templates. */

@@ -68,10 +68,10 @@ static __always_inline __u32 place(struct pkt *p, struct svc_key *sk, struct svc
 }
 
 /* A TCP/UDP packet that is no service's: a real's reply to a NAT connection (bpf/nat.h), else the kernel's. */
-static __always_inline int no_service(struct xdp_md *ctx, struct pkt *p, __u64 bytes)
+static __always_inline int no_service(struct xdp_md *ctx, struct pkt *p, struct settings *st, __u64 bytes)
 {
 	int action = XDP_PASS;
-	int reason = nat_reply(ctx, p, bytes, &action);
+	int reason = nat_reply(ctx, p, st, bytes, &action);
 	if (reason < 0)
 		return verdict(XLB_PASS_NO_SERVICE, XDP_PASS, bytes);
 	return verdict(reason, action, bytes);
@@ -92,7 +92,7 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	int action = XDP_PASS;
 	int reason;
 	if ((st->flags & XLB_SET_F_VIP_FILTER) && !may_be_vip(p))
-		return no_service(ctx, p, bytes);
+		return no_service(ctx, p, st, bytes);
 
 	__u32 gen = st->gen;  /* before the connection entry is checked: see flowcache.h */
 	__u32 slot = flow_slot(p);
@@ -146,7 +146,7 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	struct svc_meta *svc = lookup_service(p, st, &sk, bytes);
 	trace_svc(&sk, svc);
 	if (!svc)
-		return no_service(ctx, p, bytes);
+		return no_service(ctx, p, st, bytes);
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & XLB_TCP_RST))
 		return verdict(XLB_DROP_RST_NO_CONN, XDP_DROP, bytes);
 

@@ -200,6 +200,10 @@ def test_reverse_entry_and_out_counters(bench):
     sid = bench.dp.services[svc_key].id
     rid = bench.dp.real_ids.get((svc_key, __import__("ipaddress").ip_address(R6)))
     assert (S.words_bytes(rev.vip), rev.vport, rev.svc_id, rev.real_id) == (addr_bytes(V6), htons(80), sid, rid)
+    # the next hop toward the client, kept for the next replies: via the gateway on lb0
+    assert (rev.ifindex, bytes(rev.dmac), bytes(rev.smac)) == (
+        bench.ifindex, bytes.fromhex(GW_MAC.replace(":", "")), bytes.fromhex(LB_MAC.replace(":", "")))
+    assert rev.hop_stamp and rev.mtu == 1500
     conn = bench.dp.m["conns"][conn_key(s)]
     assert conn.real_id == rid
     out = bench.dp.counters("svc_out_stats", sid)

@@ -102,8 +102,8 @@ class Conn(ct.Structure):
 
 
 class NatRev(ct.Structure):
-    _fields_ = [("vip", _addr), ("vport", _u16), ("pad", _u16), ("real_id", _u32), ("svc_id", _u32), ("pad2", _u32),
-                ("born_ns", _u64)]
+    _fields_ = [("vip", _addr), ("vport", _u16), ("mtu", _u16), ("real_id", _u32), ("svc_id", _u32),
+                ("hop_stamp", _u32), ("born_ns", _u64), ("ifindex", _u32), ("dmac", _u8 * 6), ("smac", _u8 * 6)]
 
 
 class PersistKey(ct.Structure):
