@@ -96,3 +96,75 @@ def test_nat_tcp_udp_fwmark_reload_and_kill9_restart(tmp_path):
             assert "adopted the maps" in open(log).read()
             assert live.ask() == serving
             assert ask(lab, CLIENTS4[0], VIP_FWM, 443) == first
+
+
+def test_two_interfaces_clients_on_one_reals_on_the_other(tmp_path):
+    """`xlb run --iface eth0 --iface eth1`: one daemon, one set of maps, the program on both. Clients come in on
+    eth0, NAT sends them out of eth1 to a real whose default route is the balancer's eth1; its replies come in on
+    eth1 and go back out of eth0. Status names both; a kill -9 restart keeps a live connection; SIGTERM detaches
+    from both."""
+    import os
+    from harness import run_xlb_logged
+    from xlb.lab.demo import xdp_prog_id
+    from xlb.lab.netns import Topology
+    from xlb.lab.servers import tcp_echo_name_server, tcp_line_name_server
+    from xlb.dataplane.pin import netns_pin_root, remove as remove_pins
+    log = str(tmp_path / "xlb.log")
+    cfg = tmp_path / "xlb.toml"
+    cfg.write_text(nat_service(VIP4, 80, "tcp", ["198.18.1.11"], 8080)
+                   + nat_service(VIP4, 53, "udp", ["198.18.1.11"], 8080)
+                   + nat_service(VIP4, 7000, "tcp", ["198.18.1.11"], LINE))
+    sock = str(tmp_path / "xlb.sock")
+    argv = ["run", "--iface", "eth0", "--iface", "eth1", "--config", str(cfg), "--xdp-mode", "generic",
+            "--socket", sock]
+    t = Topology(prefix="xn2")
+    pins = None
+    try:
+        cl, lb, rs = t.netns("cl"), t.netns("lb"), t.netns("rs")
+        pins = netns_pin_root(lb)
+        t.veth(cl, "eth0", lb, "eth0")
+        t.veth(lb, "eth1", rs, "eth0")
+        for ns, ifname, cidr in ((cl, "eth0", "198.18.0.1/24"), (lb, "eth0", "198.18.0.2/24"),
+                                 (lb, "eth1", "198.18.1.1/24"), (rs, "eth0", "198.18.1.11/24")):
+            t.addr(ns, ifname, cidr)
+        for ns in (cl, rs):  # frames XDP sends into a veth reach the peer only with its GRO on
+            t.gro(ns, "eth0", True)
+            t.tx_checksum(ns, "eth0", False)
+        for ns in (cl, lb, rs):
+            t.sysctl(ns, "net/ipv4/conf/all/rp_filter", "0")
+        t.sysctl(lb, "net/ipv4/conf/all/forwarding", "1")
+        t.route(cl, f"{VIP4}/32", gateway="198.18.0.2")
+        t.route(rs, "default", gateway="198.18.1.1")
+        t.spawn(rs, tcp_echo_name_server, "rs1", [("0.0.0.0", 8080)])
+        t.spawn(rs, tcp_line_name_server, "rs1", [("0.0.0.0", LINE)])
+        daemon = t.spawn(lb, run_xlb_logged, log, argv)
+
+        def up():
+            assert daemon.is_alive(), open(log).read()
+            return xdp_prog_id(lb, "eth0") is not None and xdp_prog_id(lb, "eth1") is not None
+        wait_for(up, 60, "attach to both interfaces")
+        assert run_in_netns(cl, tcp_ask, "198.18.0.1", VIP4, 80) == "rs1"
+        assert run_in_netns(cl, udp_ask, "198.18.0.1", VIP4, 53) == "rs1"
+        st = control.call("status", path=sock)
+        assert st["ifaces"] == ["eth0", "eth1"] and st["attached"]
+        verdicts = control.call("stats", path=sock)["verdicts"]
+        assert verdicts["fwd_redirect"]["packets"] >= 2 and "fwd_reply_redirect" in verdicts, verdicts
+        with LineConnection(cl, "198.18.0.1", VIP4, 7000) as live:
+            assert live.ask() == "rs1"
+            prog = xdp_prog_id(lb, "eth0")
+            os.kill(daemon.pid, signal.SIGKILL)
+            daemon.proc.join(10)
+            assert live.ask() == "rs1"
+            daemon = t.spawn(lb, run_xlb_logged, log, argv)
+            wait_for(lambda: log_has(log, "adopted the maps") and xdp_prog_id(lb, "eth1") not in (None, prog),
+                     60, "restart")
+            assert xdp_prog_id(lb, "eth0") == xdp_prog_id(lb, "eth1")
+            assert live.ask() == "rs1"
+        os.kill(daemon.pid, signal.SIGTERM)
+        daemon.proc.join(10)
+        assert "detached from eth0, eth1" in open(log).read()
+        assert xdp_prog_id(lb, "eth0") is None and xdp_prog_id(lb, "eth1") is None
+    finally:
+        t.close()
+        if pins:
+            remove_pins(pins)
