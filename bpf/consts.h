@@ -93,6 +93,11 @@ enum xlb_reason {
 	XLB_DROP_INTERNAL = 18,     /* a map that must exist was missing (a bug: report it) */
 	XLB_PASS_VLAN = 19,         /* an 802.1Q or 802.1ad tagged frame: not balanced (docs/design.md, VLANs) */
 	XLB_DROP_TOO_BIG = 20,      /* longer than the MTU toward the real (bpf_fib_lookup: fragmentation needed) */
+	XLB_FWD_REPLY_TX = 21,      /* NAT: a real's reply, source rewritten to the VIP, out of the ingress interface */
+	XLB_FWD_REPLY_REDIRECT = 22, /* NAT: a real's reply, source rewritten to the VIP, out of another interface */
+	XLB_DROP_TTL = 23,          /* NAT: TTL / hop limit would reach 0 in xlb's hop (the kernel does not answer) */
+	XLB_PASS_REPLY_NEIGH = 24,  /* NAT: a reply rewritten to VIP:port and passed to the kernel to forward: its next
+	                             * hop toward the client is unresolved (the kernel resolves it) */
 	/* 31-38: ICMP, fragments (bpf/icmp.h, bpf/frag.h) */
 	XLB_ICMP_ECHO_REPLY = 31,   /* an echo request to a VIP answered by the balancer (XDP_TX) */
 	XLB_FWD_ICMP_ERROR = 32,    /* an ICMP error about a VIP flow forwarded to that flow's real */
@@ -120,9 +125,10 @@ enum xlb_sched {
 	XLB_SCHED_OVF = 9,  /* overflow: the highest weight whose active connections are below its weight */
 };
 
-/* Forwarding methods. NAT and tunnels get their own kinds. */
+/* Forwarding methods (struct svc_meta.method, struct real.method). Tunnels get their own kinds. */
 enum xlb_method {
 	XLB_METHOD_DR = 0,  /* direct routing: rewrite the Ethernet header only */
+	XLB_METHOD_NAT = 1, /* masquerading: rewrite the destination to the real's address and port (bpf/nat.h) */
 };
 
 /* Connection states, as the load balancer sees one direction (IPVS's input-only TCP table). */

@@ -102,6 +102,7 @@ static __always_inline void flow_fill(struct pkt *p, __u32 slot, __u32 gen, stru
 	e->real_id = c->real_id;
 	e->real_gen = r->gen;
 	e->svc_id = c->svc_id;
+	e->method = r->method;
 	e->gen = gen;
 	e->stamp = now;
 }

@@ -51,7 +51,7 @@ static __always_inline int frag_follow(struct xdp_md *ctx, struct pkt *p, __u64 
 	XLB_TRACE_NOTE(svc_id, fv->svc_id);
 	count_flow(fv->svc_id, real_id, bytes, 0);
 	int action = XDP_PASS;
-	int reason = forward_real(ctx, p, r, real_id, fv->method, bpf_ktime_get_coarse_ns(), &action);
+	int reason = forward_real(ctx, p, r, real_id, bpf_ktime_get_coarse_ns(), &action);
 	return verdict(forwarded(reason) ? XLB_FWD_FRAGMENT : reason, action, bytes);
 }
 

@@ -1,19 +1,15 @@
 /* fwd.h — forwarding to the chosen real. Direct routing: the IP packet is untouched; the Ethernet header is
  * rewritten toward the real, whose next hop and egress interface come from bpf_fib_lookup (cached per CPU).
- * NAT and tunnel methods add their own rewrite, dispatched by forward_real. */
+ * NAT rewrites the IP packet first (bpf/nat.h); tunnels add their own rewrite in send_real. forward_real is the one
+ * dispatch for new and established flows, ICMP errors about a flow and later fragments (bpf/icmp.h, bpf/frag.h). */
 #ifndef XLB_FWD_H
 #define XLB_FWD_H
 
 #include "maps.h"
+#include "nat.h"
 #include "parse.h"
+#include "route.h"
 #include "trace.h"
-
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-#ifndef AF_INET6
-#define AF_INET6 10
-#endif
 
 /* 16-byte address equality (BPF has no memcmp). */
 static __always_inline int addr_eq(const __be32 *a, const __be32 *b)
@@ -39,25 +35,13 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct pkt *p, str
 		return 0;
 	}
 	struct bpf_fib_lookup fib = {};
-	fib.ifindex = ctx->ingress_ifindex;
-	fib.l4_protocol = p->proto;
-	fib.tot_len = p->ip_len;
-	if (r->family == XLB_AF_INET) {
-		fib.family = AF_INET;
-		fib.ipv4_dst = r->addr[0];
-	} else {
-		fib.family = AF_INET6;
-		__builtin_memcpy(fib.ipv6_dst, r->addr, 16);
-	}
-	int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
-		return XLB_DROP_NO_NEIGH;
-	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
-		return XLB_DROP_TOO_BIG;
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
-		return XLB_DROP_FIB;
-	/* bpf_fib_lookup replaces the destination with the gateway when there is one: DR needs the real on-link. */
-	if (r->family == XLB_AF_INET ? fib.ipv4_dst != r->addr[0] : !addr_eq(fib.ipv6_dst, r->addr))
+	int reason = route_to(ctx, p, 0, r->addr, &fib);
+	if (reason)
+		return reason;
+	/* bpf_fib_lookup replaces the destination with the gateway when there is one: DR needs the real on-link
+	 * (NAT does not: it routes by the rewritten destination). */
+	if (r->method != XLB_METHOD_NAT &&
+	    (r->family == XLB_AF_INET ? fib.ipv4_dst != r->addr[0] : !addr_eq(fib.ipv6_dst, r->addr)))
 		return XLB_DROP_NOT_ONLINK;
 	/* The egress interface's MTU, for send_dr's per-frame check (fib's mtu_result is set only on FRAG_NEEDED;
 	 * bpf_check_mtu writes the device's MTU whatever this frame's length). */
@@ -101,9 +85,26 @@ static __always_inline int send_dr(struct xdp_md *ctx, struct pkt *p, struct nex
 	return XLB_FWD_REDIRECT;
 }
 
+/* Send the packet to real r by its method, to next hop nh. Returns the verdict reason; *action gets the XDP
+ * action. */
+static __always_inline int send_real(struct xdp_md *ctx, struct pkt *p, struct real *r, struct nexthop *nh,
+				     int *action)
+{
+	if (r->method == XLB_METHOD_NAT) {
+		/* Checked before the rewrite: a frame that send_dr drops as too big is dropped whole. */
+		int reason = p->ip_len > nh->mtu ? XLB_DROP_TOO_BIG : nat_rewrite(ctx, p, XLB_NAT_DST, r->addr,
+										   nat_port(r, p), 1);
+		if (reason) {
+			*action = XDP_DROP;
+			return reason;
+		}
+	}
+	return send_dr(ctx, p, nh, action);
+}
+
 /* Send the packet to real r. Returns the verdict reason; *action gets the XDP action. */
-static __always_inline int forward_dr(struct xdp_md *ctx, struct pkt *p, struct real *r, __u32 real_id,
-				      __u64 now, int *action)
+static __always_inline int forward_real(struct xdp_md *ctx, struct pkt *p, struct real *r, __u32 real_id,
+					__u64 now, int *action)
 {
 	XLB_TRACE_NOTE(real_id, real_id);
 	struct nexthop *nh = 0;
@@ -112,27 +113,7 @@ static __always_inline int forward_dr(struct xdp_md *ctx, struct pkt *p, struct 
 		*action = XDP_DROP;
 		return reason;
 	}
-	return send_dr(ctx, p, nh, action);
-}
-
-/* The forwarding method of an established flow. DR is the only method yet; a method that needs another records
- * it in the flow's connection entry and returns it here. */
-static __always_inline __u8 conn_method(struct conn *c)
-{
-	(void)c;
-	return XLB_METHOD_DR;
-}
-
-/* Send the packet to real r by the flow's method: the one dispatch for new and established flows, ICMP errors
- * about a flow and later fragments (bpf/icmp.h, bpf/frag.h); NAT and tunnels add their case here. Returns the
- * verdict reason; *action gets the XDP action. */
-static __always_inline int forward_real(struct xdp_md *ctx, struct pkt *p, struct real *r, __u32 real_id,
-					__u8 method, __u64 now, int *action)
-{
-	switch (method) {
-	default:
-		return forward_dr(ctx, p, r, real_id, now, action);
-	}
+	return send_real(ctx, p, r, nh, action);
 }
 
 /* Did forward_real send the packet (fwd_tx or fwd_redirect)? */

@@ -33,6 +33,9 @@ XLB_MAP("array", int, struct rr_pos, rr_pos, XLB_MAX_SERVICES, 0);
  * (BPF_F_NO_COMMON_LRU) rotate a CPU's list over cold elements on every insert: one LRU shared by the CPUs, which
  * hands each CPU free elements 128 at a time, inserts for ~40% less, and any CPU may use the whole table. */
 XLB_MAP("lru_hash", struct conn_key, struct conn, conns, XLB_CONNS, 0);
+/* NAT connections by their replies' tuple (struct nat_rev); the data plane inserts with the connection entry, the
+ * control plane's sweep deletes those whose connection entry is gone or names another real. */
+XLB_MAP("lru_hash", struct conn_key, struct nat_rev, nat_revs, XLB_CONNS, 0);
 /* Persistence templates; the data plane inserts and refreshes, the control plane sets holds and sweeps. */
 XLB_MAP("lru_hash", struct persist_key, struct persist, persist, XLB_TEMPLATES, 0);
 /* Firewall-mark classification; written by the control plane. */
@@ -56,6 +59,9 @@ XLB_MAP("percpu_array", int, struct counters, svc_stats, XLB_MAX_SERVICES, 0);
 XLB_MAP("percpu_array", int, struct counters, real_stats, XLB_MAX_REALS, 0);
 XLB_MAP("percpu_array", int, struct counters, mark_stats, XLB_MAX_MARK_RULES, 0);
 XLB_MAP("percpu_array", int, struct counters, verdicts, XLB_REASON_MAX, 0);
+/* NAT replies (OutPkts/OutBytes) per service id and per real id. */
+XLB_MAP("percpu_array", int, struct counters, svc_out_stats, XLB_MAX_SERVICES, 0);
+XLB_MAP("percpu_array", int, struct counters, real_out_stats, XLB_MAX_REALS, 0);
 /* What the trace build decided for one packet (bpf/trace.h); one entry, never written by the live program;
  * not pinned. */
 BPF_ARRAY(trace_out, struct trace_rec, 1);

@@ -33,7 +33,8 @@ struct pkt {
 	__u8 fragment;      /* 1: an IP fragment (no L4 header to trust) */
 	__u16 ip_len;       /* IPv4 total length / IPv6 payload + 40, host order: for bpf_fib_lookup */
 	/* Fragments and ICMP (bpf/frag.h, bpf/icmp.h) */
-	__u16 l4_off;       /* where the L4 (or ICMP) header starts, bytes from the frame's start */
+	__u16 l4_off;       /* where the L4 (or ICMP) header starts, bytes from the frame's start (NAT
+			     * rewrites ports and checksums there) */
 	__be32 frag_id;     /* a fragment's identification: IPv4's 16 bits (in the low half, as on the wire) or
 			     * IPv6's 32 */
 	__u8 frag_later;    /* 1: a fragment with a non-zero offset (no L4 header: it follows its first fragment) */
@@ -203,6 +204,7 @@ static __always_inline int parse_packet(void *data, void *data_end, struct pkt *
 	}
 	if (p->frag_later)
 		return XLB_PARSE_OK;
+	p->l4_off = l4 - data;
 	ret = parse_l4(l4, ip_end, data_end, p);
 	return ret ? ret : XLB_PARSE_OK;
 }

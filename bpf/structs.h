@@ -39,7 +39,9 @@ struct real {
 	__u8 flags;                /* XLB_REAL_F_* */
 	__u32 uthreshold;          /* connections (active + inactive) that overload the real; 0: no limit */
 	__u32 lthreshold;          /* an overloaded real takes connections again below this (0: 3/4 uthreshold) */
-	__u32 pad;
+	__be16 port;               /* NAT: the real's port, network order; 0: the client's destination port */
+	__u8 method;               /* enum xlb_method: how packets reach this real (IPVS: a real's property) */
+	__u8 pad;
 };
 
 /* real_conns: live connection counts per real id. The data plane adds as connections open and change state
@@ -77,6 +79,22 @@ struct conn {
 	__u32 svc_id;
 	__u8 state;                /* enum xlb_conn_state */
 	__u8 pad[3];
+};
+
+/* nat_revs: one entry per NAT connection, keyed by its reply's tuple as a struct conn_key: src = the real's
+ * address, dst = the client's, sport = the real's port, dport = the client's port. Written with the connection
+ * entry; the sweep removes it with that entry (bpf/nat.h). */
+struct nat_rev {
+	__be32 vip[4];             /* the address the client sent to (the reply's new source) */
+	__be16 vport;              /* the port the client sent to, network order */
+	__u16 mtu;                 /* the next hop toward the client (cached by the replies): egress MTU, bytes */
+	__u32 real_id;             /* the connection's real: the sweep checks conns still say so */
+	__u32 svc_id;              /* for OutPkts/OutBytes */
+	__u32 hop_stamp;           /* bpf_jiffies64() (low 32 bits) when the next hop was looked up; 0: none yet */
+	__u64 born_ns;             /* when written (coarse clock): the sweep spares entries newer than its read of conns */
+	__u32 ifindex;             /* next hop: egress interface */
+	__u8 dmac[6];              /* next hop: its MAC and ours */
+	__u8 smac[6];
 };
 
 /* persist: persistence templates. */
@@ -148,7 +166,7 @@ struct flow_entry {
 	__u32 svc_id;
 	__u32 gen;                 /* settings.gen when filled */
 	__u32 stamp;               /* bpf_jiffies64() (low 32 bits) when filled from the connection entry */
-	__u32 pad;
+	__u32 method;              /* enum xlb_method of the real: NAT rewrites need the real's entry */
 };
 
 /* trace_out: what the program decided for one traced packet. Written only by the trace build (-DXLB_TRACE,

@@ -11,6 +11,7 @@
 #include "conn.h"
 #include "persist.h"
 #include "sched.h"
+#include "nat.h"
 #include "fwd.h"
 #include "frag.h"
 #include "icmp.h"
@@ -74,6 +75,16 @@ static __always_inline __u32 place(struct pkt *p, struct svc_key *sk, struct svc
 	return real_id;
 }
 
+/* A TCP/UDP packet that is no service's: a real's reply to a NAT connection (bpf/nat.h), else the kernel's. */
+static __always_inline int no_service(struct xdp_md *ctx, struct pkt *p, struct settings *st, __u64 bytes)
+{
+	int action = XDP_PASS;
+	int reason = nat_reply(ctx, p, st, bytes, &action);
+	if (reason < 0)
+		return verdict(XLB_PASS_NO_SERVICE, XDP_PASS, bytes);
+	return verdict(reason, action, bytes);
+}
+
 static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes)
 {
 	__u32 zero = 0;
@@ -88,11 +99,11 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 		/* A first fragment: placed by its ports below (never from the flow cache), noted for the later ones. */
 	}
 
-	if ((st->flags & XLB_SET_F_VIP_FILTER) && !may_be_vip(p))
-		return verdict(XLB_PASS_NO_SERVICE, XDP_PASS, bytes);
-
 	int action = XDP_PASS;
 	int reason;
+	if ((st->flags & XLB_SET_F_VIP_FILTER) && !may_be_vip(p))
+		return no_service(ctx, p, st, bytes);
+
 	__u32 gen = st->gen;  /* before the connection entry is checked: see flowcache.h */
 	__u32 slot = flow_slot(p);
 
@@ -103,8 +114,16 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 		struct nexthop *nh = nh_cache.lookup(&real_id);
 		if (nh && nexthop_for(nh, fe->real_gen)) {
 			count_flow(fe->svc_id, real_id, bytes, 0);
-			reason = send_dr(ctx, p, nh, &action);
-			return verdict(reason, action, bytes);
+			if (fe->method == XLB_METHOD_DR) {
+				reason = send_dr(ctx, p, nh, &action);
+				return verdict(reason, action, bytes);
+			}
+			/* NAT needs the real's address and port. */
+			struct real *r = reals.lookup(&real_id);
+			if (r && r->gen == fe->real_gen) {
+				reason = send_real(ctx, p, r, nh, &action);
+				return verdict(reason, action, bytes);
+			}
 		}
 	}
 
@@ -142,8 +161,8 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 		XLB_TRACE_FLAG(XLB_TRACE_F_CONN_HIT);
 		conn_touch(c, p, now);
 		count_flow(c->svc_id, real_id, bytes, 0);
-		frag_note(p, real_id, c->real_gen, c->svc_id, conn_method(c));
-		reason = forward_real(ctx, p, r, real_id, conn_method(c), now, &action);
+		frag_note(p, real_id, c->real_gen, c->svc_id, r->method);
+		reason = forward_real(ctx, p, r, real_id, now, &action);
 		if (action != XDP_DROP)
 			flow_fill(p, slot, gen, st, c, r);
 		return verdict(reason, action, bytes);
@@ -154,7 +173,7 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	}
 	if (!svc) {
 		frag_note(p, 0, 0, 0, 0);  /* the kernel's: so are its later fragments */
-		return verdict(XLB_PASS_NO_SERVICE, XDP_PASS, bytes);
+		return no_service(ctx, p, st, bytes);
 	}
 	if (p->proto == IPPROTO_TCP && (p->tcp_flags & XLB_TCP_RST))
 		return verdict(XLB_DROP_RST_NO_CONN, XDP_DROP, bytes);
@@ -216,10 +235,12 @@ int xlb_new_conn(struct xdp_md *ctx)
 	int recorded = !ops && !XLB_TRACING && !conns.update(&ck, &nc);
 	if (recorded)
 		conn_count(real_id, state, 1, r);
+	if (recorded && r->method == XLB_METHOD_NAT)
+		nat_record(p, r, real_id, h->svc.id, now);
 	count_flow(h->svc.id, real_id, bytes, 1);
-	frag_note(p, real_id, r->gen, h->svc.id, h->svc.method);
+	frag_note(p, real_id, r->gen, h->svc.id, r->method);
 	int action = XDP_PASS;
-	int reason = forward_real(ctx, p, r, real_id, h->svc.method, now, &action);
+	int reason = forward_real(ctx, p, r, real_id, now, &action);
 	if (recorded && action != XDP_DROP)
 		flow_fill(p, h->flow_idx, h->gen, st, &nc, r);
 	return verdict(reason, action, bytes);

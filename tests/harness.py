@@ -6,6 +6,7 @@ Topology (namespace "lb"):
     lb0  02:00:00:00:00:02  198.18.0.2/24  2001:db8::2/64   reals 198.18.0.11-13 / 2001:db8::11-13 on-link
     lb1  02:00:00:00:01:02  198.18.1.2/24  2001:db8:1::2/64 real 198.18.1.11 / 2001:db8:1::11 (another port)
     198.18.9.0/24 and 2001:db8:9::/64 are routed via 198.18.0.1 / 2001:db8::1 (not on-link: DR refuses)
+    clients 203.0.113.0/24 and 2001:db8:77::/64 are routed via the same gateway (where NAT replies go)
 """
 import contextlib
 import ctypes as ct
@@ -82,6 +83,8 @@ class Bench:
         t.neigh(self.ns, "lb0", "2001:db8::1", GW_MAC)
         t.route(self.ns, "198.18.9.0/24", gateway="198.18.0.1")
         t.route(self.ns, "2001:db8:9::/64", gateway="2001:db8::1")
+        t.route(self.ns, "203.0.113.0/24", gateway="198.18.0.1")
+        t.route(self.ns, "2001:db8:77::/64", gateway="2001:db8::1")
         for path in ("net/ipv4/conf/all/forwarding", "net/ipv6/conf/all/forwarding"):
             t.sysctl(self.ns, path, "1")
         self.ifindex = t.ifindex(self.ns, "lb0")
@@ -95,9 +98,10 @@ class Bench:
 
     def reset(self, toml_text):
         """Empty every map the previous test filled, then apply a config through the real control plane."""
-        for name in ("conns", "persist", "services", "mark_rules", "vip_prefixes", "frags"):
+        for name in ("conns", "nat_revs", "persist", "services", "mark_rules", "vip_prefixes", "frags"):
             self.prog[name].clear()
-        for name in ("verdicts", "nh_cache", "rr_pos", "svc_stats", "real_stats", "mark_stats"):
+        for name in ("verdicts", "nh_cache", "rr_pos", "svc_stats", "real_stats", "mark_stats", "svc_out_stats",
+                     "real_out_stats"):
             table = self.prog[name]
             zero = table.Leaf()
             for i in range(table.max_entries):

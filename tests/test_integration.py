@@ -110,7 +110,7 @@ def test_sighup_reload_keeps_live_connection(log_path):
             text = Path(log_path).read_text()
             assert (f"xlb: reload rejected, running config unchanged: {lab.config_path}: line 13: "
                     "service[0].real[1].wieght: unknown key 'wieght'; did you mean 'weight'? "
-                    "allowed here: address, weight") in text
+                    "allowed here: address, port, weight") in text
             assert lab.daemon.is_alive()
             assert live.ask() == serving
             assert lab.ask(CLIENTS4[3], VIP4, 443) == NAME_OF[other]

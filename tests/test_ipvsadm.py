@@ -64,7 +64,7 @@ def test_clear_set_zero_delete_ipv6_fwmark():
 @pytest.mark.parametrize("argv, where, fragment", [
     ("-A", "-t", "needs a service"),
     ("-a -t 198.51.100.10:80", "-r", "give the real server"),
-    ("-a -t 198.51.100.10:80 -r 198.18.0.11 -m", "-m", "not supported yet"),
+    ("-a -t 198.51.100.10:80 -r 198.18.0.11 -m -g", "-m", "give one forwarding method"),
     ("-A -t 198.51.100.10:80 -i", "-i", "not supported yet"),
     ("-A -D -t 198.51.100.10:80", "-D", "two commands"),
     ("-A -t 198.51.100.10:80 -f 1", "-f", "one of -t, -u, -f"),
@@ -464,3 +464,49 @@ def test_ipvsadm_script_on_a_live_daemon_keeps_connections_and_templates():
             for c in CLIENTS4[:3]:
                 with LineConnection(lab.cl, c, VIP4, LINE) as conn:
                     assert conn.ask() == serving
+
+
+# --- NAT (-m) ---------------------------------------------------------------------------------------------------
+
+NAT_SNAP = {"size": 4096, "timeouts": SNAP["timeouts"], "services": [
+    service(proto="tcp", vip="198.51.100.10", port=80, method="nat",
+            stats={"conns": 2, "inpkts": 10, "outpkts": 8, "inbytes": 1000, "outbytes": 9000},
+            reals=[real("198.18.0.11", 8080, stats={"conns": 2, "inpkts": 10, "outpkts": 8, "inbytes": 1000,
+                                                     "outbytes": 9000}),
+                   real("198.18.0.12", 80)]),
+    service(proto="tcp", vip="198.51.100.10", port=443, reals=[real("198.18.0.11", 443)])]}
+
+
+def test_nat_lists_masq_counts_out_and_saves_m_restorably():
+    """-m on a real makes its (new) service NAT with the real's own port; listings say Masq and show OutPkts;
+    -S writes -m back, and -R of it gives the same services (one NAT beside one DR)."""
+    assert ipvsadm.render_list(NAT_SNAP).splitlines()[3:6] == [
+        "TCP  198.51.100.10:80 wlc",
+        "  -> 198.18.0.11:8080             Masq    1      0          0         ",
+        "  -> 198.18.0.12:80               Masq    1      0          0         "]
+    assert ipvsadm.render_list(NAT_SNAP, {"stats"}).splitlines()[3:5] == [
+        "TCP  198.51.100.10:80                    2       10        8     1000     9000",
+        "  -> 198.18.0.11:8080                    2       10        8     1000     9000"]
+    text = ipvsadm.render_save(NAT_SNAP)
+    assert text == ("-A -t 198.51.100.10:80 -s wlc\n"
+                    "-a -t 198.51.100.10:80 -r 198.18.0.11:8080 -m -w 1\n"
+                    "-a -t 198.51.100.10:80 -r 198.18.0.12:80 -m -w 1\n"
+                    "-A -t 198.51.100.10:443 -s wlc\n"
+                    "-a -t 198.51.100.10:443 -r 198.18.0.11:443 -g -w 1\n")
+    cfg = admin.apply_ops(xread.parse("", "x"), ipvsadm.parse_restore(text), "ipvsadm -R")
+    nat, dr = cfg.services
+    assert (nat.method, [(str(r.address), r.port) for r in nat.reals]) == (
+        "nat", [("198.18.0.11", 8080), ("198.18.0.12", None)])
+    assert (dr.method, [r.port for r in dr.reals]) == ("dr", [None])
+
+
+def test_nat_real_method_must_be_the_services():
+    ops = ipvsadm.parse_restore("-A -t 198.51.100.10:80 -s rr\n-a -t 198.51.100.10:80 -r 198.18.0.11:8080 -m\n"
+                                "-a -t 198.51.100.10:80 -r 198.18.0.12 -g\n")
+    with pytest.raises(ConfigError) as info:
+        admin.apply_ops(xread.parse("", "x"), ops, "ipvsadm -R")
+    assert "forwards by nat (-m): every real of a service uses the service's method" in info.value.message
+    with pytest.raises(ConfigError) as info:  # DR still cannot change the port
+        admin.apply_ops(xread.parse("", "x"), ipvsadm.parse_restore(
+            "-A -t 198.51.100.10:80 -s rr\n-a -t 198.51.100.10:80 -r 198.18.0.11:8080 -g\n"), "ipvsadm -R")
+    assert "direct routing keeps the destination port" in info.value.message

@@ -117,9 +117,7 @@ def test_keepalived_corrections_are_errors(tmp_path):
     # keepalived -t reports each of these and then guesses; xlb asks instead.
     p = write(tmp_path, vs("lb_algo rr\nreal_server 198.18.0.11 8080 { }\n"))
     msgs = [(x.line, x.message) for x in problems(p).problems]
-    assert msgs == [
-        (1, "no forwarding method set (keepalived defaults to NAT, which xlb does not do): add 'lb_kind DR'"),
-        (1, "no protocol set (keepalived defaults to UDP): add 'protocol TCP' or 'protocol UDP'")]
+    assert msgs == [(1, "no protocol set (keepalived defaults to UDP): add 'protocol TCP' or 'protocol UDP'")]
     # keepalived resets a real's port to a plain virtual server's, but not within a group: there it is an error.
     p = write(tmp_path, "virtual_server_group g {\n  198.51.100.10 80\n}\n"
               + vs(DR + "real_server 198.18.0.11 8080 { }\n", head="virtual_server group g"))
@@ -127,12 +125,31 @@ def test_keepalived_corrections_are_errors(tmp_path):
     assert (x.line, x.keyword, x.kind) == (8, "real_server", "error") and "don't match" in x.message
 
 
+def test_nat_virtual_servers(tmp_path):
+    """lb_kind NAT / lvs_method NAT (and no lb_kind: keepalived's default is NAT) give NAT services; a NAT real's
+    port may differ from the virtual server's; the reals of one virtual server must share a method."""
+    p = write(tmp_path, vs("protocol TCP\nlb_algo rr\nlb_kind NAT\nreal_server 198.18.0.11 8080 { }\n"
+                           "real_server 198.18.0.12 80 { }\n")
+              + vs("protocol UDP\nlb_algo rr\nreal_server 198.18.0.13 5353 { }\n", head="virtual_server 198.51.100.10 53")
+              + vs("protocol TCP\nlb_algo rr\nlvs_method DR\nreal_server 198.18.0.11 443 { }\n",
+                   head="virtual_server 198.51.100.10 443"))
+    cfg = keepalived.load(p).config
+    assert [(s.name, s.method, [(str(r.address), r.port) for r in s.reals]) for s in cfg.services] == [
+        ("tcp/198.51.100.10:80", "nat", [("198.18.0.11", 8080), ("198.18.0.12", None)]),
+        ("udp/198.51.100.10:53", "nat", [("198.18.0.13", 5353)]),
+        ("tcp/198.51.100.10:443", "dr", [("198.18.0.11", None)])]
+    p = write(tmp_path, vs("protocol TCP\nlb_algo rr\nlb_kind NAT\nreal_server 198.18.0.11 80 {\n  lvs_method DR\n}\n"
+                           "real_server 198.18.0.12 80 { }\n"))
+    (x,) = problems(p).problems
+    assert (x.line, x.kind) == (1, "unsupported") and "different forwarding methods (dr, nat)" in x.message
+
+
 def test_unsupported_features_are_named_apart(tmp_path):
-    p = write(tmp_path, vs("protocol TCP\nlb_algo lblc\nlb_kind NAT\nreal_server 198.18.0.11 80 { }\n"))
+    p = write(tmp_path, vs("protocol TCP\nlb_algo lblc\nlb_kind TUN\nreal_server 198.18.0.11 80 { }\n"))
     e = problems(p)
     assert e.only_unsupported
     assert [(x.line, x.kind) for x in e.problems] == [(3, "unsupported"), (4, "unsupported")]
-    assert "not supported by xlb: lb_kind NAT" in str(e)
+    assert "not supported by xlb: lb_kind TUN" in str(e)
 
 
 def test_ops_imported_for_udp_and_fwmark_skipped_for_tcp(tmp_path):
@@ -176,8 +193,8 @@ def test_stray_virtual_server_keyword_at_top_level(tmp_path):
 def test_cli_check_exit_codes(tmp_path, capsys):
     assert cli.main(["check", "--keepalived", KA, "--marks", MARKS]) == 0
     assert "OK (2 services, 4 reals, 1 mark rules, 2 health checks)" in capsys.readouterr().out
-    nat = write(tmp_path, vs("protocol TCP\nlb_algo rr\nlb_kind NAT\nreal_server 198.18.0.11 80 { }\n"))
-    assert cli.main(["check", "--keepalived", nat]) == 3
+    tun = write(tmp_path, vs("protocol TCP\nlb_algo rr\nlb_kind TUN\nreal_server 198.18.0.11 80 { }\n"))
+    assert cli.main(["check", "--keepalived", tun]) == 3
     bad = write(tmp_path, vs("protocol TCP\nlb_algo rr\nlb_kind DR\n"), "bad.conf")
     assert cli.main(["check", "--keepalived", bad]) == 1
     assert "has no real servers" in capsys.readouterr().err

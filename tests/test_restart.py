@@ -309,7 +309,7 @@ def test_size_change_refused_then_fresh_starts_empty(tmp_path):
             lab.restart_xlb(log_path=str(log))
         text = log.read_text()
         assert re.search(r"xlb: error: cannot adopt the maps pinned in \S+: conns has key/value/entries "
-                         r"40/24/65536, this program needs 40/24/131072 .*start with --fresh", text), text
+                         r"40/24/65536, this program needs 40/24/131072\b.*start with --fresh", text), text
         assert xdp_prog_id(lab.lb, "eth0") == old_id
         assert lab.ask(CLIENTS4[1], VIP4, 80) == sticky
 

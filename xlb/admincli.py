@@ -53,6 +53,15 @@ def _method(args):
     return {"g": "dr", "m": "nat", "i": "tun"}.get(args.method) if args.method else None
 
 
+def _method_args(parser):
+    m = parser.add_mutually_exclusive_group()
+    for flag, name, what in (("-g", "gatewaying", "direct routing (the default)"),
+                             ("-m", "masquerading", "NAT: the reals route their replies via xlb"),
+                             ("-i", "ipip", "tunnelling (not yet)")):
+        m.add_argument(flag, f"--{name}", dest="method", action="store_const", const=flag[1],
+                       help=f"forwarding method: {what}")
+
+
 def _cmd_service(args):
     src = f"xlb service {args.action}"
     op = {"op": f"service-{args.action}", "service": _ident(args, src)}
@@ -70,7 +79,8 @@ def _cmd_real(args):
     addr, port = admin.split_addr_port(args.real_server, ident.get("proto", "tcp"), "-r", src)
     op = {"op": f"real-{args.action}", "service": ident, "address": str(addr), "port": port}
     if args.action != "del":
-        op.update(weight=args.weight, uthreshold=args.u_threshold, lthreshold=args.l_threshold)
+        op.update(weight=args.weight, uthreshold=args.u_threshold, lthreshold=args.l_threshold,
+                  method=_method(args))
     return _edit(args, [op], src)
 
 
@@ -185,10 +195,7 @@ def add_parsers(sub):
     svc.add_argument("-o", "--ops", action="store_true", default=None,
                      help="one-packet scheduling (UDP): each datagram placed alone, no connection entry")
     svc.add_argument("--no-ops", dest="ops", action="store_false", help="edit: turn one-packet scheduling off")
-    m = svc.add_mutually_exclusive_group()
-    for flag, name in (("-g", "gatewaying"), ("-m", "masquerading"), ("-i", "ipip")):
-        m.add_argument(flag, f"--{name}", dest="method", action="store_const", const=flag[1],
-                       help=f"forwarding method{' (the only one so far: direct routing)' if flag == '-g' else ''}")
+    _method_args(svc)
     _socket_arg(svc)
     svc.set_defaults(func=_cmd_service)
 
@@ -200,7 +207,7 @@ def add_parsers(sub):
     real.add_argument("-w", "--weight", type=int, help="0..65535 (add: default 1; 0 = quiescent)")
     real.add_argument("-x", "--u-threshold", type=int, help="upper connection threshold (0 = none)")
     real.add_argument("-y", "--l-threshold", type=int, help="lower connection threshold")
-    real.add_argument("-g", "--gatewaying", action="store_true", help="direct routing (the default and only method)")
+    _method_args(real)
     _socket_arg(real)
     real.set_defaults(func=_cmd_real)
 

@@ -16,6 +16,7 @@ EXAMPLES = """examples:
   xlb run --iface eth0 --keepalived /etc/keepalived/keepalived.conf --marks marks.sh
   xlb run --iface eth0 --config /etc/xlb/xlb.toml
   xlb run --iface eth0 --config xlb.toml --xdp-mode generic --force
+  xlb run --iface eth0 --iface eth1 --config nat.toml   # NAT: clients on eth0, reals (routed via xlb) on eth1
   kill -HUP $(pidof xlb)      # re-read the config, apply only the difference
   kill -USR1 $(pidof xlb)     # print the counters
   xlb run -i eth0 -c xlb.toml --metrics 127.0.0.1:9842   # Prometheus /metrics (see tools/prometheus.yml)
@@ -120,11 +121,12 @@ def _cmd_status(args):
     if args.json:
         print(json.dumps(res, indent=2))
     else:
-        print(f"xlb pid {res['pid']} on {res['iface']} ({res['xdp_mode']}), config {res['config']}: "
+        print(f"xlb pid {res['pid']} on {', '.join(res.get('ifaces', [res['iface']]))} ({res['xdp_mode']}), "
+              f"config {res['config']}: "
               f"{res['summary']}")
         lost = ", ".join(f"{n} {cause}" for cause, n in res.get("program_lost", {}).items() if n)
         if not res.get("attached", True):
-            print(f"NOT SERVING: its program {res['program_id']} is not on {res['iface']} (the next sweep attaches "
+            print(f"NOT SERVING: its program {res['program_id']} is not on {', '.join(res.get('ifaces', [res['iface']]))} (the next sweep attaches "
                   "it again, or the daemon exits if another program replaced it)")
         elif lost:
             print(f"program {res['program_id']} attached; found taken off or replaced before: {lost}")
@@ -227,7 +229,9 @@ def build_parser():
 
     run = sub.add_parser("run", help="attach to an interface and balance until SIGINT/SIGTERM",
                          epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("--iface", "-i", required=True, help="interface to attach XDP to")
+    run.add_argument("--iface", "-i", required=True, action="append",
+                     help="interface to attach XDP to; again for more (one daemon, one set of maps: e.g. NAT's "
+                          "clients' and reals' sides)")
     run.add_argument("--config", "-c", help="TOML config file (see `xlb check`)")
     _import_args(run)
     run.add_argument("--xdp-mode", choices=("native", "generic"), default="native",

@@ -56,6 +56,8 @@ def _service_tree(svc) -> dict:
     reals = []
     for r in svc.reals:
         rt = {"address": str(r.address), "weight": r.weight}
+        if r.port is not None:
+            rt["port"] = r.port
         if r.uthreshold:
             rt["uthreshold"] = r.uthreshold
         if r.lthreshold:

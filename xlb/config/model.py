@@ -15,8 +15,8 @@ IPVS_SCHEDULERS_NOT_YET = ("lblc", "lblcr")
 DEFAULT_SCHEDULER = "wlc"  # as IPVS
 # ipvsadm -b / keepalived's sh-port, sh-fallback, mh-port, mh-fallback: which flags each scheduler takes.
 SCHED_FLAGS = {"sh": ("sh-port", "sh-fallback"), "mh": ("mh-port", "mh-fallback")}
-METHODS = ("dr",)
-METHODS_NOT_YET = ("nat", "tun")
+METHODS = ("dr", "nat")
+METHODS_NOT_YET = ("tun",)
 PERSISTENCE_MODES = ("lvs", "timeout")
 # How a persistent service places a client without a template: its scheduler, or "consistent" (Maglev over the
 # masked client and the service's identity, the same answer on every balancer: docs/scale-out.md).
@@ -81,6 +81,7 @@ class Real:
     # "removed" (absent from listings, as IPVS DEL_DEST) or "inhibited" (weight 0): failed its checks, in the maps
     # with XLB_REAL_F_DOWN (places nothing; its connections as the service's on_real_failure says).
     failed: str = ""
+    port: int | None = None  # NAT: the port the real listens on; None: the port the client sent to
 
 
 def fwmark_key(family, mark) -> tuple:

@@ -337,7 +337,7 @@ def _service(v, item, where) -> Service:
         v.fail(_join(where, "port"), "port 0 (all ports) requires persistence_timeout, as in IPVS; "
                                      "set persistence_timeout or give a port")
 
-    reals = _reals(v, tbl, where, family)
+    reals = _reals(v, tbl, where, family, method, port)
     if "mh_table_size" in tbl and scheduler != "mh":
         v.fail(_join(where, "mh_table_size"), f"mh_table_size applies only to scheduler \"mh\" "
                                               f"(this service uses {show_value(scheduler)})")
@@ -417,11 +417,11 @@ def _no_zone(v, addr, where, suffix=""):
     return addr
 
 
-def _reals(v, tbl, where, family) -> tuple:
+def _reals(v, tbl, where, family, method, svc_port) -> tuple:
     reals = []
     seen = {}
     for rwhere, item in v.array_of_tables(tbl, where, "real"):
-        rt = v.table(item, rwhere, ("address", "weight", "uthreshold", "lthreshold") + xhealth.REAL_KEYS)
+        rt = v.table(item, rwhere, ("address", "port", "weight", "uthreshold", "lthreshold") + xhealth.REAL_KEYS)
         if "address" not in rt:
             v.fail(_join(rwhere, "address"), "address is required")
         addr = _address(v, rt["address"], _join(rwhere, "address"), "address")
@@ -430,6 +430,7 @@ def _reals(v, tbl, where, family) -> tuple:
         if addr in seen:
             v.fail(_join(rwhere, "address"), f"duplicate real {addr}: already given as {seen[addr]}")
         seen[addr] = rwhere
+        port = _real_port(v, rt, rwhere, method, svc_port)
         weight = v.integer(rt, rwhere, "weight", 0, 65535, 1)
         upper = v.integer(rt, rwhere, "uthreshold", 0, U32_MAX, 0)
         lower = v.integer(rt, rwhere, "lthreshold", 0, U32_MAX, 0)
@@ -438,8 +439,19 @@ def _reals(v, tbl, where, family) -> tuple:
         if upper and lower >= upper:
             v.fail(_join(rwhere, "lthreshold"), f"lthreshold {lower} must be below uthreshold {upper}")
         reals.append(Real(address=addr, weight=weight, where=rwhere, uthreshold=upper, lthreshold=lower,
-                          health=xhealth.picked(rt, xhealth.REAL_KEYS) or None))
+                          health=xhealth.picked(rt, xhealth.REAL_KEYS) or None, port=port))
     return tuple(reals)
+
+
+def _real_port(v, rt, rwhere, method, svc_port):
+    """A real's own port: NAT may send VIP:80 to real:8080; direct routing cannot change the port (the packet is
+    not rewritten), so a DR real's port, if given, must be the service's."""
+    port = v.integer(rt, rwhere, "port", 1, 65535)
+    if port is None or method == "nat" or port == svc_port:
+        return None if method != "nat" else port
+    what = f"the service's port {svc_port}" if svc_port else "the client's port (a fwmark or port-zero service)"
+    v.fail(_join(rwhere, "port"), f"port {port} differs from {what}: only method = \"nat\" rewrites the port; "
+                                  "remove port or set method = \"nat\"")
 
 
 def _check_duplicate_services(v, services):

@@ -191,6 +191,7 @@ class DataPlane(Sweeper, Reader, Adopter):
             st.svc = svc
             svc_states[svc.key] = st
         self.zero_slots(self.m["svc_stats"], fresh_svcs)
+        self.zero_slots(self.m["svc_out_stats"], fresh_svcs)
         self.zero_slots(self.m["rr_pos"], fresh_svcs)
         real_rows, fresh_reals = {}, []
         for skey, st in svc_states.items():
@@ -203,6 +204,7 @@ class DataPlane(Sweeper, Reader, Adopter):
                 real_rows[rid] = (st.svc, r)
                 ids.append(rid)
         self.zero_slots(self.m["real_stats"], fresh_reals)
+        self.zero_slots(self.m["real_out_stats"], fresh_reals)
         self.zero_slots(self.m["real_conns"], fresh_reals)
         rows = np.zeros(len(real_rows), np.dtype(S.Real))
         svcs = [svc for svc, _ in real_rows.values()]
@@ -216,6 +218,8 @@ class DataPlane(Sweeper, Reader, Adopter):
         rows["flags"] = [S.REAL_F_LIVE | (S.REAL_F_DOWN if r.failed else 0) for r in reals]
         rows["uthreshold"] = [r.uthreshold for r in reals]
         rows["lthreshold"] = [r.lthreshold for r in reals]
+        rows["port"] = [htons(r.port or 0) for r in reals]
+        rows["method"] = [S.METHOD[svc.method] for svc in svcs]
         self._write_reals(np.fromiter(real_rows, np.uint32, len(real_rows)), rows)
         newly_failed = [rid for rid, (_, r) in real_rows.items() if r.failed and not self.failed.get(rid)]
         self.failed = {rid: r.failed for rid, (_, r) in real_rows.items() if r.failed}

@@ -22,10 +22,12 @@ def _name(path):
 
 
 class Sysctls:
-    """What this daemon changed on its interface: {sysctl path: (value before, value set)}."""
+    """What this daemon changed on its interfaces: {sysctl path: (value before, value set)}."""
 
     def __init__(self, ifname, log=print, root=PROC_SYS):
-        self.ifname, self.log, self.root = ifname, log, Path(root)
+        """ifname: an interface name, or a list of them (xlb run --iface A --iface B)."""
+        self.ifnames = [ifname] if isinstance(ifname, str) else list(ifname)
+        self.ifname, self.log, self.root = self.ifnames[0], log, Path(root)
         self.changed = {}
 
     def _read(self, path):
@@ -38,10 +40,11 @@ class Sysctls:
         """Make bpf_fib_lookup answer for these address families (4, 6) on the interface; say what changed."""
         plan = []
         for fam in sorted(families):
-            conf = f"net/ipv{fam}/conf/{self.ifname}"
-            if fam == 6:
-                plan.append((f"{conf}/accept_ra", {"1": "2"}))
-            plan.append((f"{conf}/forwarding", {"0": "1"}))
+            for ifname in self.ifnames:
+                conf = f"net/ipv{fam}/conf/{ifname}"
+                if fam == 6:
+                    plan.append((f"{conf}/accept_ra", {"1": "2"}))
+                plan.append((f"{conf}/forwarding", {"0": "1"}))
         said = []
         for path, change in plan:
             try:
@@ -51,7 +54,7 @@ class Sysctls:
                     self.changed.setdefault(path, (old, change[old]))
                     said.append(f"{_name(path)}={change[old]} (was {old})")
             except OSError as exc:
-                raise KernelError(f"cannot set {_name(path)} on {self.ifname}: {exc.strerror}") from exc
+                raise KernelError(f"cannot set {_name(path)}: {exc.strerror}") from exc
         if said:
             why = "bpf_fib_lookup answers only on an interface that forwards"
             if any("accept_ra" in s for s in said):

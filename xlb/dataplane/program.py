@@ -99,8 +99,18 @@ class Program:
         self.fd = self.func.fd
         self._clock = None
         self.log = log
-        self.attached = None  # (ifname, flags)
-        self.attached_id = None
+        self.links = {}  # ifname -> XDP mode flags: where this program is attached (xlb run --iface A --iface B)
+        self.attached_id = None  # its id once attached (one program, the same id on every interface)
+
+    @property
+    def attached(self):
+        """(ifname, flags) of the first interface the program is attached to, or None."""
+        return next(iter(self.links.items()), None)
+
+    @attached.setter
+    def attached(self, value):
+        """None: forget every attachment (nothing of ours to detach)."""
+        self.links = dict([value]) if value else {}
 
     def __getitem__(self, name):
         return self.bpf[name.encode() if isinstance(name, str) else name]
@@ -153,7 +163,7 @@ class Program:
             if mode == "native" and ("not supported" in msg.lower() or "invalid" in msg.lower()):
                 raise AttachError(f"{ifname}: native XDP refused ({msg}); try --xdp-mode generic") from exc
             raise AttachError(f"could not attach XDP to {ifname}: {msg}") from exc
-        self.attached = (ifname, XDP_MODES[mode])
+        self.links[ifname] = XDP_MODES[mode]
         self.attached_id = attached_prog_id(ifname)
 
     def _replace(self, ifname, mode, old_id):
@@ -163,7 +173,7 @@ class Program:
             pin.xdp_replace(socket.if_nametoindex(ifname), self.fd, old_id, XDP_MODES[mode])
         except KernelError as exc:
             raise AttachError(f"could not replace the XDP program on {ifname}: {exc}") from exc
-        self.attached = (ifname, XDP_MODES[mode])
+        self.links[ifname] = XDP_MODES[mode]
         self.attached_id = attached_prog_id(ifname)
 
     def release(self):
@@ -172,16 +182,15 @@ class Program:
         self.bpf.cleanup()
 
     def detach(self):
-        """Detach if attached and still ours (another xlb may have replaced it with --force); safe twice.
-        Returns whether it took a program off."""
-        if not self.attached:
-            return False
-        ifname, flags = self.attached
-        self.attached = None
-        if attached_prog_id(ifname) != self.attached_id:
-            return False
-        self._remove(ifname, flags)
-        return True
+        """Detach from every interface where it is attached and still ours (another xlb may have replaced it with
+        --force); safe twice. Returns whether it took a program off anywhere."""
+        links, self.links = self.links, {}
+        took = False
+        for ifname, flags in links.items():
+            if attached_prog_id(ifname) == self.attached_id:
+                self._remove(ifname, flags)
+                took = True
+        return took
 
     def _remove(self, ifname, flags):
         try:

@@ -97,6 +97,16 @@ class Reader:
         return (percpu_counter_array(self.m["svc_stats"], self.svc_ids.next),
                 percpu_counter_array(self.m["real_stats"], self.real_ids.next))
 
+    def out_counter_rows(self):
+        """The same for NAT replies (OutPkts/OutBytes; conns unused): two batch reads."""
+        return (percpu_counters(self.m["svc_out_stats"], self.svc_ids.next),
+                percpu_counters(self.m["real_out_stats"], self.real_ids.next))
+
+    def out_counter_arrays(self):
+        """out_counter_rows as two (ids, 3) arrays, for readers that stay in numpy."""
+        return (percpu_counter_array(self.m["svc_out_stats"], self.svc_ids.next),
+                percpu_counter_array(self.m["real_out_stats"], self.real_ids.next))
+
     def verdict_rows(self):
         """[(packets, bytes, conns)] by verdict reason number."""
         return percpu_counters(self.m["verdicts"], max(S.REASONS) + 1)  # numbers may have gaps
@@ -117,10 +127,12 @@ class Reader:
         return out
 
     def zero_counters(self, svc_id, real_ids):
-        """Zero a service's counters and its reals'."""
-        self.zero_slot(self.m["svc_stats"], svc_id)
+        """Zero a service's counters and its reals' (in and out)."""
+        for name in ("svc_stats", "svc_out_stats"):
+            self.zero_slot(self.m[name], svc_id)
         for rid in real_ids:
-            self.zero_slot(self.m["real_stats"], rid)
+            for name in ("real_stats", "real_out_stats"):
+                self.zero_slot(self.m[name], rid)
 
     # -- the applied config, by id ----------------------------------------------------------------------------
     def layout(self):

@@ -81,7 +81,8 @@ class SvcMeta(ct.Structure):
 
 class Real(ct.Structure):
     _fields_ = [("addr", _addr), ("gen", _u32), ("svc_id", _u32), ("weight", _u16), ("family", _u8),
-                ("flags", _u8), ("uthreshold", _u32), ("lthreshold", _u32), ("pad", _u32)]
+                ("flags", _u8), ("uthreshold", _u32), ("lthreshold", _u32), ("port", _u16), ("method", _u8),
+                ("pad", _u8)]
 
 
 class RealConns(ct.Structure):
@@ -104,6 +105,11 @@ class ConnKey(ct.Structure):
 class Conn(ct.Structure):
     _fields_ = [("seen_ns", _u64), ("real_id", _u32), ("real_gen", _u32), ("svc_id", _u32), ("state", _u8),
                 ("pad", _u8 * 3)]
+
+
+class NatRev(ct.Structure):
+    _fields_ = [("vip", _addr), ("vport", _u16), ("mtu", _u16), ("real_id", _u32), ("svc_id", _u32),
+                ("hop_stamp", _u32), ("born_ns", _u64), ("ifindex", _u32), ("dmac", _u8 * 6), ("smac", _u8 * 6)]
 
 
 class PersistKey(ct.Structure):
@@ -141,7 +147,7 @@ class Nexthop(ct.Structure):
 
 class FlowEntry(ct.Structure):
     _fields_ = [("key", ConnKey), ("real_id", _u32), ("real_gen", _u32), ("svc_id", _u32), ("gen", _u32),
-                ("stamp", _u32), ("pad", _u32)]
+                ("stamp", _u32), ("method", _u32)]
 
 
 class TraceRec(ct.Structure):
@@ -160,6 +166,7 @@ MAP_TYPES = {
     "sched_slots": (None, None),
     "rr_pos": (None, RrPos),
     "conns": (ConnKey, Conn),
+    "nat_revs": (ConnKey, NatRev),
     "persist": (PersistKey, Persist),
     "mark_rules": (MarkKey, MarkVal),
     "vip_prefixes": (VipKey, None),
@@ -171,6 +178,8 @@ MAP_TYPES = {
     "real_stats": (None, Counters),
     "mark_stats": (None, Counters),
     "verdicts": (None, Counters),
+    "svc_out_stats": (None, Counters),
+    "real_out_stats": (None, Counters),
     "trace_out": (None, TraceRec),
 }
 

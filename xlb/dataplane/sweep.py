@@ -11,7 +11,7 @@ import numpy as np
 from . import structs as S
 from .bpfsys import lookup_batch_into, rewrite_u64
 from .mapkeys import NS, now_ns, table_indexes
-from .rowmatch import exact_keys, max_per_key
+from .rowmatch import exact_keys, max_per_key, row_index
 from ..tables import sched
 
 SWEEP_DUTY = 10          # a sweep that takes d seconds is followed by at least 10 d seconds without one ...
@@ -45,6 +45,8 @@ class SweepResult:
     templates_seen: int = 0
     templates_expired: int = 0
     templates_held: int = 0
+    nat_seen: int = 0
+    nat_expired: int = 0
     seconds: float = 0.0
 
 
@@ -73,6 +75,7 @@ class Sweeper:
         t0 = time.perf_counter()
         now = now_ns() if now is None else now
         res = SweepResult()
+        read_at = now_ns()  # NAT reverse entries written after this may have connections the scan misses
         scan = self._scan_conns(now, self.timeouts())
         res.conns_seen = len(scan.keys)
         expired = scan.keys[~scan.alive]
@@ -81,6 +84,7 @@ class Sweeper:
             self.delete_batch(conns, expired)
         res.conns_expired = len(expired)
         self._reconcile(scan.counts)
+        self._sweep_nat(scan, read_at, res)
         self._sweep_templates(now, scan, res)
         self.release_old_tables()
         res.seconds = time.perf_counter() - t0
@@ -110,6 +114,34 @@ class Sweeper:
         both = np.bincount((2 * rid + (state == S.CONN_STATE["est"]))[ok], minlength=2 * size).reshape(size, 2)
         counts = {r: [act, inact] for r, inact, act in zip(ids.tolist(), *both[ids].T.tolist())}
         return _ConnScan(keys, vals, until, alive, counts)
+
+    def _sweep_nat(self, scan, read_at, res):
+        """Delete NAT reverse entries (bpf/nat.h) whose connection entry is gone (expired, evicted, or replaced by
+        one to another real); entries written since the connection table was read are spared."""
+        revs = self.m["nat_revs"]
+        keys = np.empty(revs.max_entries, np.dtype(S.ConnKey))
+        vals = np.empty(revs.max_entries, np.dtype(S.NatRev))
+        n = lookup_batch_into(revs.map_fd, keys, vals)
+        res.nat_seen = n
+        if not n:
+            return
+        keys, vals = keys[:n], vals[:n]
+        orig = np.zeros(n, np.dtype(S.ConnKey))  # the client's side of each: what conns is keyed by
+        orig["src"], orig["dst"] = keys["dst"], vals["vip"]
+        orig["sport"], orig["dport"] = keys["dport"], vals["vport"]
+        orig["proto"], orig["family"] = keys["proto"], keys["family"]
+        live = scan.keys[scan.alive]
+
+        def cols(rows, real_ids):
+            words = np.ascontiguousarray(rows).view(np.uint64).reshape(len(rows), -1)
+            return [words[:, i] for i in range(words.shape[1])] + [real_ids.astype(np.uint64)]
+        found = np.zeros(n, bool)
+        if len(live):
+            found = row_index(cols(orig, vals["real_id"]), cols(live, scan.vals["real_id"][scan.alive])) >= 0
+        gone = keys[~found & (vals["born_ns"].astype(np.int64) < read_at)]
+        if len(gone):
+            self.delete_batch(revs, (revs.Key * len(gone)).from_buffer(gone))
+        res.nat_expired = len(gone)
 
     def _sweep_templates(self, now, scan, res):
         """Expire templates (their service or real gone, or their timer run out and, in lvs mode, no live

@@ -27,6 +27,8 @@ Families (labels: ``service`` as operators name it — ``tcp/198.51.100.10:80``,
 
     xlb_service_packets_total, xlb_service_bytes_total, xlb_service_connections_total       {service}
     xlb_real_packets_total, xlb_real_bytes_total, xlb_real_connections_total                {service, real}
+    xlb_service_out_packets_total, xlb_service_out_bytes_total {service}; xlb_real_out_... {service, real}
+                                               (NAT services: the reals' replies; 0 for DR, whose replies bypass xlb)
     xlb_real_active_connections, xlb_real_inactive_connections, xlb_real_weight             {service, real}
     xlb_real_state                             {service, real, state="available"|"quiescent"|"overloaded"} 0/1
     xlb_service_persistence_templates                                                       {service}
@@ -85,6 +87,10 @@ FAMILIES = (
     ("xlb_real_packets", "counter", "Packets sent to a real server", RL),
     ("xlb_real_bytes", "counter", "Bytes (Ethernet frames) sent to a real server", RL),
     ("xlb_real_connections", "counter", "New connections placed on a real server", RL),
+    ("xlb_service_out_packets", "counter", "Reply packets of a NAT service (its reals to clients)", SV),
+    ("xlb_service_out_bytes", "counter", "Reply bytes (Ethernet frames) of a NAT service", SV),
+    ("xlb_real_out_packets", "counter", "Reply packets from a real server of a NAT service", RL),
+    ("xlb_real_out_bytes", "counter", "Reply bytes (Ethernet frames) from a real server of a NAT service", RL),
     ("xlb_real_active_connections", "gauge", "Live established TCP connections of a real", RL),
     ("xlb_real_inactive_connections", "gauge", "Live connections of a real in any other state (SYN, closing, UDP)",
      RL),
@@ -119,7 +125,8 @@ _SUFFIX = {"counter": "_total", "info": "_info", "gauge": ""}
 # written through one printf-style format per family, built once per applied config (_Layout).
 BULK = ("xlb_service_packets", "xlb_service_bytes", "xlb_service_connections", "xlb_real_packets",
         "xlb_real_bytes", "xlb_real_connections", "xlb_real_active_connections", "xlb_real_inactive_connections",
-        "xlb_real_weight", "xlb_real_state", "xlb_service_persistence_templates")
+        "xlb_real_weight", "xlb_real_state", "xlb_service_persistence_templates", "xlb_service_out_packets",
+        "xlb_service_out_bytes", "xlb_real_out_packets", "xlb_real_out_bytes")
 
 
 class _Layout:
@@ -218,6 +225,10 @@ class XlbCollector(Collector):
         out = {}
         for i, what in enumerate(("packets", "bytes", "connections")):
             out[f"xlb_service_{what}"], out[f"xlb_real_{what}"] = svc[:, i], real[:, i]
+        svc, real = dp.out_counter_arrays()
+        svc, real = _at(svc, layout.sids), _at(real, layout.rids)
+        for i, what in enumerate(("packets", "bytes")):
+            out[f"xlb_service_out_{what}"], out[f"xlb_real_out_{what}"] = svc[:, i], real[:, i]
         loads = _at(dp.real_rows("real_conns", S.RealConns), layout.rids)
         out["xlb_real_active_connections"] = np.maximum(loads["active"], 0)
         out["xlb_real_inactive_connections"] = np.maximum(loads["inactive"], 0)

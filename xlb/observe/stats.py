@@ -11,10 +11,12 @@ ZERO = (0, 0, 0)
 
 
 class FlowCounters:
-    """Every service's and real's (packets, bytes, conns), summed over CPUs: two batch reads, then lookups by id."""
+    """Every service's and real's (packets, bytes, conns), summed over CPUs, and the same of their NAT replies
+    (``service_out``, ``real_out``: (packets, bytes, 0)): four batch reads, then lookups by id."""
 
     def __init__(self, dp):
         self._svc, self._real = dp.flow_counter_rows()
+        self._svc_out, self._real_out = dp.out_counter_rows()
 
     @staticmethod
     def _row(rows, idx):
@@ -25,6 +27,12 @@ class FlowCounters:
 
     def real(self, real_id):
         return self._row(self._real, real_id)
+
+    def service_out(self, svc_id):
+        return self._row(self._svc_out, svc_id)
+
+    def real_out(self, real_id):
+        return self._row(self._real_out, real_id)
 
 
 def snapshot(dp):

@@ -13,7 +13,7 @@ Operations (``op`` key):
   service-add / service-edit / service-del   {"service": IDENT, "scheduler", "persistence", "netmask", "method",
                                               "sched_flags", "ops", "replace"}
   real-add / real-edit / real-del            {"service": IDENT, "address", "port", "weight", "uthreshold",
-                                              "lthreshold", "replace"}
+                                              "lthreshold", "method", "replace"}
   mark-add / mark-del                        {"mark", "proto", "dst", "ports"}
   clear                                      {}  (ipvsadm -C: every service; mark rules stay)
   timeouts                                   {"tcp", "tcpfin", "udp"}  (0 or absent: unchanged, as ipvsadm --set)
@@ -220,7 +220,7 @@ def _set_settings(svc, op, replace):
                     "persistence_mode", "expire_quiescent_template", "ops", "placement"):
             svc.pop(key, None)
         svc["scheduler"] = xconfig.DEFAULT_SCHEDULER
-        svc["method"] = "dr"
+        svc.setdefault("method", "dr")  # ipvsadm -E keeps it: IPVS's method is the reals', which -E leaves
     if op.get("scheduler") is not None and op["scheduler"] != svc.get("scheduler"):
         svc["scheduler"] = op["scheduler"]
         if op["scheduler"] != "mh":
@@ -272,10 +272,28 @@ def _service_del(tree, op, source):
     del tree["service"][_find_service(tree, op["service"])]
 
 
+def _real_method(svc, op, source):
+    """A method given with a real (ipvsadm -a/-e -g|-m; IPVS's is a real's) sets the service's when it has no other
+    real; else it must be the service's (xlb's method is a service's)."""
+    method = op.get("method")
+    if method is None or method == svc.get("method", "dr"):
+        return
+    others = [r for r in svc.get("real", []) if ipaddress.ip_address(r["address"]) != ipaddress.ip_address(op["address"])]
+    if others:
+        raise ConfigError(source, METHOD_OPTION[method], f"{ident_name(op['service'])} forwards by "
+                          f"{svc.get('method', 'dr')} ({METHOD_OPTION[svc.get('method', 'dr')]}): every real of a "
+                          "service uses the service's method")
+    svc["method"] = method
+    for r in svc.get("real", []):
+        r.pop("port", None)
+
+
 def _real_address(svc, op, source):
-    """The real's address; its port must agree with direct routing (which keeps the destination port)."""
+    """The real's address; under direct routing its port must be the service's (DR keeps the destination port)."""
     addr = ipaddress.ip_address(op["address"])
     port = op.get("port")
+    if svc.get("method", "dr") == "nat":
+        return addr
     if port is not None and "vip" in svc and svc["port"] != 0 and port not in (0, svc["port"]):
         raise ConfigError(source, "-r", f"{addr}:{port}: direct routing keeps the destination port, so a real "
                                         f"of a service on port {svc['port']} takes {addr} or {addr}:{svc['port']}")
@@ -289,11 +307,17 @@ def _find_real(svc, addr):
     return None
 
 
-def _set_real(real, op, replace):
+def _set_real(svc, real, op, replace):
     if replace:
         for key in ("uthreshold", "lthreshold"):
             real.pop(key, None)
         real["weight"] = 1
+    port = op.get("port")
+    if svc.get("method", "dr") == "nat" and port is not None:
+        if port in (0, svc.get("port")):
+            real.pop("port", None)   # the port the client sent to
+        else:
+            real["port"] = port
     for key in ("weight", "uthreshold", "lthreshold"):
         if op.get(key) is not None:
             real[key] = op[key]
@@ -303,12 +327,13 @@ def _set_real(real, op, replace):
 
 def _real_add(tree, op, source):
     svc = _need_service(tree, op, source)
+    _real_method(svc, op, source)
     addr = _real_address(svc, op, source)
     if _find_real(svc, addr) is not None:
         raise ConfigError(source, "-r", f"real {addr} already exists in {ident_name(op['service'])} "
                                         "(edit it with -e / `xlb real edit`)")
     real = {"address": str(addr)}
-    _set_real(real, op, replace=True)
+    _set_real(svc, real, op, replace=True)
     svc.setdefault("real", []).append(real)
     return ident_option(op["service"])
 
@@ -325,7 +350,8 @@ def _need_real(tree, op, source):
 
 def _real_edit(tree, op, source):
     svc, j = _need_real(tree, op, source)
-    _set_real(svc["real"][j], op, replace=bool(op.get("replace")))
+    _real_method(svc, op, source)
+    _set_real(svc, svc["real"][j], op, replace=bool(op.get("replace")))
     return ident_option(op["service"])
 
 

@@ -22,10 +22,11 @@ from ..observe.trace import Tracer, parse_endpoint
 def status(daemon):
     """Who is running where: the interface, mode, config file and what it holds."""
     cfg = daemon.config
-    return {"iface": daemon.iface, "xdp_mode": daemon.xdp_mode, "config": str(daemon.config_path),
+    return {"iface": daemon.iface, "ifaces": list(daemon.ifaces), "xdp_mode": daemon.xdp_mode,
+            "config": str(daemon.config_path),
             "summary": daemon.summary(cfg), "pid": os.getpid(), "runtime_edits": daemon.runtime_edits,
             "pin_dir": daemon.shown(daemon.pin_dir), "program_id": daemon.prog.attached_id if daemon.prog else None,
-            "attached": attached_prog(daemon.iface)[0] == daemon.prog.attached_id,
+            "attached": all(attached_prog(i)[0] == daemon.prog.attached_id for i in daemon.ifaces),
             "program_lost": dict(daemon.program_lost), "bgp": daemon.bgp.status() if daemon.bgp else None}
 
 

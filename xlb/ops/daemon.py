@@ -53,7 +53,10 @@ def warn_if_down(ifname, log):
 class Daemon:
     def __init__(self, iface, config_path, xdp_mode="native", force=False, log=print, socket_path=None,
                  load=None, metrics=None, pin_dir=None, fresh=False, bgp=None):
-        self.iface = iface
+        # One daemon, one set of maps, the program attached to each interface (`--iface A --iface B`: e.g. the
+        # clients' side and the reals' side of NAT). The first names the pin directory and the control socket.
+        self.ifaces = [iface] if isinstance(iface, str) else list(dict.fromkeys(iface))
+        self.iface = self.ifaces[0]
         # Where the config comes from (start and SIGHUP): the TOML file, or e.g. a keepalived import (cli.py).
         self.load = load or (lambda: xread.load(config_path))
         self.pin_dir = pin_dir  # None: pin.default_pin_dir(iface)
@@ -85,7 +88,7 @@ class Daemon:
         self.tracer = None                   # xlb/observe/trace.py, built on the first `trace` command
         self.runtime_edits = 0  # edits over the control socket since the config file was last applied
         self.rates = listings.RateEstimator()
-        self.sysctls = Sysctls(iface, log)
+        self.sysctls = Sysctls(self.ifaces, log)
         self.neighbours = set()  # the reals' addresses whose neighbour entries this daemon keeps
         self.exit_code = 0
         self.program_lost = dict.fromkeys(("removed", "replaced"), 0)  # exported by xlb/observe/metrics.py
@@ -106,7 +109,8 @@ class Daemon:
         """
         self._install_signals()
         cfg = self.check_reals(self.load())
-        ifindex_of(self.iface)
+        for ifname in self.ifaces:
+            ifindex_of(ifname)
         try:
             adopted, own_ids = self._pins()
             # Nothing to adopt: what gets pinned from here on is this start's, and goes again if it fails.
@@ -131,17 +135,23 @@ class Daemon:
                 self.metrics_endpoint = metrics.serve_daemon(self, self.metrics)
                 self.log(f"xlb: serving Prometheus metrics on http://{self.metrics_endpoint.where}/metrics")
             self._tail_calls = pin.pin_tail_calls(self.prog, self.pin_dir)
-            self.prog.attach(self.iface, self.xdp_mode, self.force, own_ids | pin.pinned_ids(self.pin_dir))
+            for ifname in self.ifaces:
+                self.prog.attach(ifname, self.xdp_mode, self.force, own_ids | pin.pinned_ids(self.pin_dir))
             pin.drop_tail_calls(self.pin_dir, keep=self._tail_calls)  # the replaced program's
             self._made_pins = False
         except BaseException:
             self.close()
             raise
-        self.log(f"xlb: attached to {self.iface} ({self.xdp_mode}); {self.summary(cfg)}")
-        warn_if_down(self.iface, self.log)
+        self.log(f"xlb: attached to {self.names()} ({self.xdp_mode}); {self.summary(cfg)}")
+        for ifname in self.ifaces:
+            warn_if_down(ifname, self.log)
         if self.bgp:  # serving from here on: announce what can be served
             self.bgp.start()
             self.announce()
+
+    def names(self):
+        """The interfaces as the log names them: "eth0", or "eth0, eth1"."""
+        return ", ".join(self.ifaces)
 
     def _pins(self):
         """Lock the pin directory, discard its maps with --fresh, and check what is left can be adopted.
@@ -190,7 +200,7 @@ class Daemon:
     def check_reals(self, cfg, before=None, source=None):
         """cfg, unless a real is one of this balancer's own addresses, which only the daemon knows (a ConfigError;
         xlb/config/realcheck.py). A runtime edit passes the running config and its source: only its new reals count."""
-        realcheck.check_local(cfg, realcheck.own_addresses(), self.iface, before, source)
+        realcheck.check_local(cfg, realcheck.own_addresses(), self.names(), before, source)
         return cfg
 
     def refresh_neighbours(self):
@@ -288,22 +298,25 @@ class Daemon:
         return res
 
     def _watch_attachment(self):
-        """Is our program still on the interface? Taken off: attach it again. Replaced: say so and stop (exit 1).
+        """Is our program still on every interface? Taken off: attach it again. Replaced: say so and stop (exit 1).
         Returns whether the daemon goes on."""
-        now, _mode = attached_prog(self.iface)
+        return all(self._watch_one(ifname) for ifname in self.ifaces)
+
+    def _watch_one(self, ifname):
+        now, _mode = attached_prog(ifname)
         ours = self.prog.attached_id
         if now == ours:
             return True
         if now is None:
             self.program_lost["removed"] += 1
-            self.log(f"xlb: warning: xlb's XDP program {ours} was taken off {self.iface} (nothing attached there "
+            self.log(f"xlb: warning: xlb's XDP program {ours} was taken off {ifname} (nothing attached there "
                      "now): attaching it again")
             try:
-                self.prog.attach(self.iface, self.xdp_mode)
+                self.prog.attach(ifname, self.xdp_mode)
             except AttachError as exc:
                 self.log(f"xlb: error: cannot attach again, exiting: {exc}")
             else:
-                self.log(f"xlb: attached to {self.iface} again ({self.xdp_mode})")
+                self.log(f"xlb: attached to {ifname} again ({self.xdp_mode})")
                 return True
         else:
             self.program_lost["replaced"] += 1
@@ -311,12 +324,12 @@ class Daemon:
                 name = f" ({pin.prog_map_ids(now)[0]})"
             except KernelError:
                 name = ""
-            self.log(f"xlb: error: XDP program {now}{name} replaced xlb's program {ours} on {self.iface}; xlb does "
+            self.log(f"xlb: error: XDP program {now}{name} replaced xlb's program {ours} on {ifname}; xlb does "
                      "not fight another tool for the interface: exiting, that program left alone, the maps left "
                      f"pinned in {self.shown(self.pin_dir)} (`xlb run --force` takes the interface back and "
                      "adopts them)")
             self.sysctls.changed = {}  # the program now attached came while forwarding was on: it may need it
-        self.prog.attached = None  # nothing of ours to detach
+        self.prog.links.pop(ifname, None)  # nothing of ours to detach there (the other interfaces: detached on exit)
         self.exit_code = 1
         self._stop = True
         return False
@@ -391,12 +404,12 @@ class Daemon:
             prog, self.prog = self.prog, None
             if self._keep_attached and prog.attached:
                 prog.release()
-                self.log(f"xlb: exiting with the program attached to {self.iface} and its maps pinned in "
+                self.log(f"xlb: exiting with the program attached to {self.names()} and its maps pinned in "
                          f"{self.shown(self.pin_dir)}; the next `xlb run` adopts them")
             else:
                 detached = prog.close()
                 if detached:
-                    self.log(f"xlb: detached from {self.iface}")
+                    self.log(f"xlb: detached from {self.names()}")
                 if self._tail_calls:
                     self._tail_calls.unlink(missing_ok=True)
         if not self._keep_attached:

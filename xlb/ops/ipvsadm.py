@@ -6,11 +6,13 @@ prints the kernel's (its print_title, print_service_entry, print_conn and print_
 
 What differs from ipvsadm, and why:
 - Addresses are always numeric (``-n`` is accepted and implied): xlb resolves no names.
-- ``-m`` and ``-i`` (NAT, tunnels) are refused: xlb forwards by direct routing only so far. The method is a
-  property of the service in xlb, so ``-g`` on ``-a`` must agree with it.
+- ``-i`` (tunnels) is refused: xlb forwards by direct routing (``-g``) or masquerading (``-m``). The method is a
+  property of the service in xlb: ``-m`` or ``-g`` on the first ``-a`` of a service sets it (as does ``-A ... -m``),
+  and every later real must agree.
 - A real's port under direct routing is the service's (DR cannot change ports): ``-r RIP:OTHERPORT`` is refused
-  on a port service; on a firewall-mark or port-zero service the port is ignored, as it is for IPVS DR.
-- OutPkts/OutBytes are 0, as under IPVS DR: replies go from the real to the client directly.
+  on a port service; on a firewall-mark or port-zero service the port is ignored, as it is for IPVS DR. Under
+  NAT (``-m``) the real's port is its own: VIP:80 may go to RIP:8080.
+- OutPkts/OutBytes count NAT services' replies; they are 0 under DR, as under IPVS: replies bypass the balancer.
 - ``-S`` writes one-packet scheduling as ``-o`` (ipvsadm writes `` ops``, which its own ``-R`` cannot read back);
   ``-o`` on a TCP service is refused (IPVS keeps the flag and ignores it).
 - The first line of a listing keeps ipvsadm's shape for scripts that parse it; ``size`` is the connection table.
@@ -199,12 +201,12 @@ def _int(opts, o, lo, hi):
     return int(v)
 
 
-def _method(opts, svc_level):
-    if "m" in opts:
-        _fail("-m", "masquerading (NAT) is not supported yet: xlb forwards by direct routing (-g)")
+def _method(opts):
     if "i" in opts:
-        _fail("-i", "tunnelling (IPIP) is not supported yet: xlb forwards by direct routing (-g)")
-    return "dr" if svc_level and "g" in opts else None
+        _fail("-i", "tunnelling (IPIP) is not supported yet: xlb forwards by direct routing (-g) or NAT (-m)")
+    if "m" in opts and "g" in opts:
+        _fail("-m", "give one forwarding method: -g (direct routing) or -m (masquerading)")
+    return "nat" if "m" in opts else "dr" if "g" in opts else None
 
 
 def _build(req, opts):
@@ -212,7 +214,7 @@ def _build(req, opts):
     if cmd in ("add-service", "edit-service"):
         _needs_service(req, f"-{'A' if cmd == 'add-service' else 'E'}")
         op = {"op": "service-add" if cmd == "add-service" else "service-edit", "service": req.service,
-              "replace": True, "scheduler": opts.get("s"), "method": _method(opts, True)}
+              "replace": True, "scheduler": opts.get("s"), "method": _method(opts)}
         if "p" in opts:
             op["persistence"] = admin.DEFAULT_PERSISTENCE if opts["p"] is None else _int(opts, "p", 1, 2**31 - 1)
         if "M" in opts:
@@ -233,7 +235,8 @@ def _build(req, opts):
         addr, port = admin.split_addr_port(opts["r"], proto, "-r", SOURCE)
         op = {"op": {"add-server": "real-add", "edit-server": "real-edit", "delete-server": "real-del"}[cmd],
               "service": req.service, "address": str(addr), "port": port}
-        _method(opts, False)
+        if _method(opts):
+            op["method"] = _method(opts)
         if cmd != "delete-server":
             op.update(replace=True, weight=_int(opts, "w", 0, 65535), uthreshold=_int(opts, "x", 0, 2**32 - 1),
                       lthreshold=_int(opts, "y", 0, 2**32 - 1))
@@ -376,7 +379,8 @@ def _service_lines(s, fmt):
             lines.append(f"  -> {dname:<28} {r['weight']:<9} {r['persist']:<11} {r['active']:<10} "
                          f"{r['inactive']:<10}")
         else:
-            lines.append(f"  -> {dname:<28} {'Route':<7} {r['weight']:<6} {r['active']:<10} {r['inactive']:<10}")
+            fwd = "Masq" if s["method"] == "nat" else "Route"
+            lines.append(f"  -> {dname:<28} {fwd:<7} {r['weight']:<6} {r['active']:<10} {r['inactive']:<10}")
     return lines
 
 
@@ -421,7 +425,8 @@ def render_save(snap) -> str:
             line += " -o"
         lines.append(line)
         for r in sorted(s["reals"], key=_real_sort_key):
-            line = f"-a {svc_name(s, rule=True)} -r {_host(s['family'], r['address'])}:{r['port']} -g -w {r['weight']}"
+            line = f"-a {svc_name(s, rule=True)} -r {_host(s['family'], r['address'])}:{r['port']} "
+            line += f"{'-m' if s['method'] == 'nat' else '-g'} -w {r['weight']}"
             if r["uthreshold"]:
                 line += f" -x {r['uthreshold']}"
             if r["lthreshold"]:

@@ -31,8 +31,8 @@ class RateEstimator:
     each slot held when last sampled, so a slot an apply gives to another starts afresh."""
 
     def __init__(self):
-        self.last = {}    # slot -> (t, conns, packets, bytes)
-        self.rates = {}   # slot -> (cps, pps, bps)
+        self.last = {}    # slot -> (t, conns, packets, bytes, out packets, out bytes)
+        self.rates = {}   # slot -> (cps, pps, bps, out pps, out bps)
         self.owners = {}  # slot -> service key, or (service key, real address)
         self.config = None
         self.t = None
@@ -46,19 +46,20 @@ class RateEstimator:
             owners = dict(_owners(dp))
             self.forget([slot for slot in self.last if self.owners.get(slot) != owners.get(slot)])
             self.owners, self.config = owners, dp.config
-        for slot, (packets, bytes_, conns) in _counter_slots(dp):
+        for slot, (packets, bytes_, conns), (opackets, obytes, _) in _counter_slots(dp):
             prev = self.last.get(slot)
-            self.last[slot] = (t, conns, packets, bytes_)
+            cur = self.last[slot] = (t, conns, packets, bytes_, opackets, obytes)
             if prev is None or t <= prev[0]:
                 continue
             dt = t - prev[0]
-            now = [max(0, conns - prev[1]) / dt, max(0, packets - prev[2]) / dt, max(0, bytes_ - prev[3]) / dt]
-            old = self.rates.get(slot, (0.0, 0.0, 0.0))
+            now = [max(0, c - p) / dt for c, p in zip(cur[1:], prev[1:])]
+            old = self.rates.get(slot, (0.0,) * 5)
             self.rates[slot] = tuple(o + (n - o) / 4 for o, n in zip(old, now))
 
     def rate(self, slot):
-        cps, pps, bps = self.rates.get(slot, (0.0, 0.0, 0.0))
-        return {"cps": round(cps), "inpps": round(pps), "outpps": 0, "inbps": round(bps), "outbps": 0}
+        cps, pps, bps, opps, obps = self.rates.get(slot, (0.0,) * 5)
+        return {"cps": round(cps), "inpps": round(pps), "outpps": round(opps), "inbps": round(bps),
+                "outbps": round(obps)}
 
     def forget(self, slots):
         for slot in slots:
@@ -75,16 +76,19 @@ def _owners(dp):
 
 
 def _counter_slots(dp):
-    """(slot, (packets, bytes, conns)) of every service and real the data plane holds: two batch reads."""
+    """(slot, (packets, bytes, conns), (out packets, out bytes, 0)) of every service and real the data plane
+    holds: four batch reads."""
     counts = FlowCounters(dp)
     for st, reals in dp.layout():
-        yield ("svc", st.id), counts.service(st.id)
+        yield ("svc", st.id), counts.service(st.id), counts.service_out(st.id)
         for _, rid, _ in reals:
             if rid is not None:
-                yield ("real", rid), counts.real(rid)
+                yield ("real", rid), counts.real(rid), counts.real_out(rid)
 
 
-def _real_port(svc):
+def _real_port(svc, real=None):
+    if real is not None and real.port is not None:
+        return real.port
     return svc.port if svc.fwmark is None else 0
 
 
@@ -103,26 +107,27 @@ def listing(dp, rates=None):
             if r.failed == "removed":  # health-failed: IPVS would not hold it (DEL_DEST)
                 continue
             active, inactive = counts.get(rid, (0, 0))
-            reals.append({"address": address, "port": _real_port(svc), "weight": r.weight,
+            reals.append({"address": address, "port": _real_port(svc, r), "weight": r.weight,
                           "uthreshold": r.uthreshold, "lthreshold": r.lthreshold, "active": active,
                           "inactive": inactive, "persist": persist.get(rid, 0),
-                          "stats": _stats(flows.real(rid)), "rate": rates.rate(("real", rid))})
+                          "stats": _stats(flows.real(rid), flows.real_out(rid)), "rate": rates.rate(("real", rid))})
         services.append({
             "name": svc.name, "fwmark": svc.fwmark, "family": svc.family, "proto": svc.proto,
             "vip": None if svc.vip is None else str(svc.vip), "port": svc.port, "scheduler": svc.scheduler,
             "sched_flags": list(svc.sched_flags), "method": svc.method, "ops": svc.ops,
             "persistence": svc.persistence_timeout,
             "netmask": xdump.netmask_spec(svc.family, svc.persistence_netmask),
-            "persistence_mode": svc.persistence_mode, "stats": _stats(c), "rate": rates.rate(("svc", st.id)),
+            "persistence_mode": svc.persistence_mode, "stats": _stats(c, flows.service_out(st.id)), "rate": rates.rate(("svc", st.id)),
             "reals": reals})
     t = dp.config.timeouts
     return {"size": dp.tables.conns, "timeouts": {"tcp": t.tcp, "tcpfin": t.tcpfin, "udp": t.udp, "syn": t.syn},
             "services": services}
 
 
-def _stats(c):
+def _stats(c, out):
+    """IPVS's counters: in = client to real; out = the real's replies, which only NAT services see."""
     packets, bytes_, conns = c
-    return {"conns": conns, "inpkts": packets, "outpkts": 0, "inbytes": bytes_, "outbytes": 0}
+    return {"conns": conns, "inpkts": packets, "outpkts": out[0], "inbytes": bytes_, "outbytes": out[1]}
 
 
 def _templates_per_real(dp):
@@ -151,7 +156,7 @@ def conn_entries(dp):
         out.append({"proto": PROTO_NAMES.get(k.proto, str(k.proto)), "family": fam, "state": STATE_NAMES[v.state],
                     "expire": left // NS, "caddr": _addr(fam, k.src), "cport": _port(k.sport),
                     "vaddr": _addr(fam, k.dst), "vport": _port(k.dport), "daddr": _addr(fam, r.addr),
-                    "dport": _port(k.dport)})
+                    "dport": _port(r.port or k.dport)})
     for k, v, st, until in dp.templates(now):
         r = reals.get(v.real_id)
         if r is None:  # its real left between the two reads
@@ -165,7 +170,7 @@ def conn_entries(dp):
             vaddr, proto, vport = str(svc.vip), svc.proto.upper(), svc.port
         out.append({"proto": proto, "family": fam, "state": "NONE", "expire": (until - now) // NS,
                     "caddr": _addr(fam, k.client), "cport": 0, "vaddr": vaddr, "vport": vport,
-                    "daddr": _addr(fam, r.addr), "dport": _real_port(svc)})
+                    "daddr": _addr(fam, r.addr), "dport": _port(r.port) if r.port else _real_port(svc)})
     return out
 
 

@@ -338,10 +338,10 @@ class Checks:
 
     def method(self, n):
         m = n.args[0] if n.args else ""
-        if m == "DR":
-            return "dr"
-        if m in ("NAT", "TUN"):
-            self.unsupported(n, f"{n.keyword} {m}: xlb forwards by direct routing only (lb_kind DR)")
+        if m in ("DR", "NAT"):
+            return m.lower()
+        if m == "TUN":
+            self.unsupported(n, f"{n.keyword} {m}: xlb forwards by direct routing (DR) or NAT, not tunnels yet")
             return m.lower()
         self.err(n, f"unknown [{m}] routing method")
         return None

@@ -152,10 +152,10 @@ class _Importer(Checks, Health):
             return False
         if vs.sched is None and "lb_algo" not in vs.lines and "lvs_sched" not in vs.lines:
             self.err(node, "no scheduler set (keepalived defaults to wlc): add 'lb_algo wlc' or another")
-        if vs.method is None and "lb_kind" not in vs.lines and "lvs_method" not in vs.lines \
-                and any(rs.method is None for rs in vs.reals):
-            self.err(node, "no forwarding method set (keepalived defaults to NAT, which xlb does not do): "
-                           "add 'lb_kind DR'")
+        methods = {_method(vs, rs) for rs in vs.reals}
+        if len(methods) > 1:  # IPVS's method is a real's, xlb's a service's
+            self.unsupported(node, f"real servers with different forwarding methods ({', '.join(sorted(methods))})"
+                                   ": xlb's method is a virtual server's")
         return True
 
     def vs_entries(self, vs):
@@ -195,7 +195,7 @@ class _Importer(Checks, Health):
                 self.err(rs.node, f"real server {rs.addr} is duplicated (first at line {seen[key]})")
             seen.setdefault(key, rs.node.line)
             weight_sum += rs.weight if rs.weight is not None else (vs.weight or 1)
-            if rs.port and (rs.method or vs.method or "nat") != "nat":  # only NAT may change the port
+            if rs.port and _method(vs, rs) != "nat":  # only NAT may change the port
                 vports = {e.port for e in entries if e.kind == "addr"}
                 if any(e.kind == "fwmark" for e in entries):
                     self.warn(rs.node, f"fwmark virtual server, real server {rs.addr} has port {rs.port} specified "
@@ -229,6 +229,10 @@ class _Importer(Checks, Health):
             if entry.port == 0 and vs.ptimeout is None:
                 self.err(enode, "port 0 (every port) is only valid for persistent services: "
                                 "add persistence_timeout")
+        svc["method"] = _method(vs, vs.reals[0])
+        node_m = vs.lines.get("lb_kind") or vs.lines.get("lvs_method")
+        if node_m:
+            self._w(f"{sw}.method", node_m)
         if vs.sched:
             svc["scheduler"] = vs.sched
             self._w(f"{sw}.scheduler", vs.lines.get("lb_algo") or vs.lines.get("lvs_sched"))
@@ -251,22 +255,30 @@ class _Importer(Checks, Health):
                 svc["ops"] = True
                 self._w(f"{sw}.ops", vs.ops_node)
         virtualhost = self.health_settings(vs.settings, svc, sw)
-        svc["real"] = self.real_trees(vs, sw, family, virtualhost)
+        svc["real"] = self.real_trees(vs, sw, family, virtualhost, entry)
         return svc
 
-    def real_trees(self, vs, sw, family, virtualhost=None):
-        """The reals of service `sw` (those of its address family), each field's origin recorded."""
+    def real_trees(self, vs, sw, family, virtualhost=None, entry=None):
+        """The reals of service `sw` (those of its address family), each field's origin recorded. A NAT real's port
+        is kept where it differs from the service's (the entry's)."""
+        svc_port = entry.port if entry else 0
         reals = []
         for rs in vs.reals:
             if rs.addr.version != family:
                 continue  # a group mixing families: each service takes the reals of its family
             if rs.addr.is_loopback:  # IPVS delivers to a real on the director itself; XDP forwarding cannot
                 self.unsupported(rs.node, f"real {rs.addr} is a loopback address: {realcheck.LOCAL}")
+            elif entry and entry.kind == "addr" and rs.addr == entry.value and _method(vs, rs) == "nat":
+                self.unsupported(rs.node, f"real {rs.addr} is the virtual server's own address (NAT to another "
+                                          f"port of the director): {realcheck.LOCAL}")
             rw = f"{sw}.real[{len(reals)}]"
             self._w(rw, rs.node)
             real = {"address": str(rs.addr), "weight": rs.weight if rs.weight is not None else (vs.weight or 1)}
             if rs.weight_node:
                 self._w(f"{rw}.weight", rs.weight_node)
+            if rs.port and rs.port != svc_port and _method(vs, rs) == "nat":
+                real["port"] = rs.port
+                self._w(f"{rw}.port", rs.node)
             if rs.uthreshold:
                 real["uthreshold"] = rs.uthreshold
                 self._w(f"{rw}.uthreshold", rs.lines["uthreshold"])
@@ -300,7 +312,7 @@ class _Importer(Checks, Health):
         addr = kw_addr(n.args[0])
         port = kw_port(n.args[1]) if len(n.args) > 1 and n.args[1].strip("0") else 0
         vports = {e.port for e in entries if e.kind == "addr"}
-        if port and vports and vports != {port} and (vs.method or "nat") != "nat":
+        if port and vports and vports != {port} and (vs.method or "nat") != "nat":  # keepalived: the VS's own
             self.err(n, f"virtual server and sorry server ports don't match ({port})")
         inhibit = "sorry_server_inhibit" in vs.lines
         vs_inhibit = "inhibit_on_failure" in vs.lines
@@ -324,3 +336,7 @@ def _service_name(svc):
     return f"{svc['proto']}/{host}:{svc['port']}"
 
 
+def _method(vs, rs):
+    """A real server's forwarding method: its own lvs_method, else its virtual server's, else keepalived's
+    default, NAT."""
+    return rs.method or vs.method or "nat"

@@ -1,0 +1,234 @@
+/* nat.h — masquerading (NAT): a packet to a NAT real gets its destination rewritten to the real's address and port;
+ * the real's reply, found by its tuple in nat_revs, gets its source rewritten back to VIP:port and goes to the
+ * client by the route toward it. Checksums are updated incrementally (RFC 1624), TTL / hop limit decremented:
+ * xlb is a router hop for NAT. ICMP errors about NAT'd connections are not rewritten (yet): they pass. */
+#ifndef XLB_NAT_H
+#define XLB_NAT_H
+
+#include "conn.h"
+#include "maps.h"
+#include "parse.h"
+#include "route.h"
+#include "stats.h"
+
+/* Which side of the packet nat_rewrite changes. */
+#define XLB_NAT_DST 0  /* client -> real: destination */
+#define XLB_NAT_SRC 1  /* real -> client: source */
+
+/* Ones'-complement arithmetic over 16-bit words as they lie in memory: the sum is the same in any byte order
+ * (RFC 1071), so fields are read raw. A checksum delta accumulates ~old + new for each changed word. */
+static __always_inline __u32 csum_delta32(__u32 acc, __u32 from, __u32 to)
+{
+	__u32 nf = ~from;
+	return acc + (nf & 0xffff) + (nf >> 16) + (to & 0xffff) + (to >> 16);
+}
+
+static __always_inline __u32 csum_delta16(__u32 acc, __u16 from, __u16 to)
+{
+	return acc + (__u16)~from + to;
+}
+
+/* The checksum field's new value: HC' = ~(~HC + delta) (RFC 1624, eqn. 3). */
+static __always_inline __u16 csum_apply(__u16 check, __u32 delta)
+{
+	__u32 s = (__u16)~check + delta;
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return ~s;
+}
+
+/* The TCP/UDP half of nat_rewrite: the port, and the checksum by the pseudo-header's delta and the port's. The
+ * frame's pointers are read afresh here: the compiler would otherwise spill the L4 pointer before its bounds
+ * check and the verifier lose the check on the reload. */
+static __always_inline int nat_rewrite_l4(struct xdp_md *ctx, struct pkt *p, int side, __be16 port, __u32 delta)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 off = p->l4_off;
+	/* The verifier trusts a bounds check only on a variable offset below 64 KiB minus the header: the parser's
+	 * offsets stay below 16 KiB (four IPv6 extension headers of at most 2 KiB). */
+	if (off > 0x3fff)
+		return XLB_DROP_TRUNC_L4;
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *th = data + off;
+		if ((void *)(th + 1) > data_end)
+			return XLB_DROP_TRUNC_L4;
+		__u16 old = side == XLB_NAT_SRC ? th->source : th->dest;
+		th->check = csum_apply(th->check, csum_delta16(delta, old, port));
+		if (side == XLB_NAT_SRC)
+			th->source = port;
+		else
+			th->dest = port;
+		return 0;
+	}
+	struct udphdr *uh = data + off;
+	if ((void *)(uh + 1) > data_end)
+		return XLB_DROP_TRUNC_L4;
+	__u16 old = side == XLB_NAT_SRC ? uh->source : uh->dest;
+	if (uh->check || p->family == XLB_AF_INET6) {
+		__u16 c = csum_apply(uh->check, csum_delta16(delta, old, port));
+		uh->check = c ? c : 0xffff;  /* 0 means "no checksum" in UDP: a computed 0 is sent as all ones */
+	}
+	if (side == XLB_NAT_SRC)
+		uh->source = port;
+	else
+		uh->dest = port;
+	return 0;
+}
+
+/* Rewrite one side's address (16 bytes, IPv4 in [0]) and port, decrement the TTL / hop limit if hop (xlb forwards
+ * the packet itself; not when the kernel will) and fix the IPv4 and TCP/UDP checksums (the pseudo-header's address
+ * is the IP header's). A UDP/IPv4 checksum of 0 (none computed) stays 0. Returns 0 or a drop reason; on a drop the
+ * frame may be half rewritten (it is dropped). */
+static __always_inline int nat_rewrite(struct xdp_md *ctx, struct pkt *p, int side, const __be32 *addr,
+				       __be16 port, int hop)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 delta = 0;  /* the L4 checksum's: the pseudo-header's address, then the port */
+	if (p->family == XLB_AF_INET) {
+		struct iphdr *iph = data + sizeof(struct ethhdr);
+		if ((void *)(iph + 1) > data_end)
+			return XLB_DROP_TRUNC_IP;
+		if (hop && iph->ttl <= 1)
+			return XLB_DROP_TTL;
+		__be32 *a = side == XLB_NAT_SRC ? &iph->saddr : &iph->daddr;
+		delta = csum_delta32(0, *a, addr[0]);
+		*a = addr[0];
+		/* TTL shares a 16-bit word with the protocol: only the IP header's checksum covers it. */
+		__u16 *ttl_word = (__u16 *)&iph->ttl;
+		__u16 old_word = *ttl_word;
+		iph->ttl -= hop;
+		iph->check = csum_apply(iph->check, csum_delta16(delta, old_word, *ttl_word));
+	} else {
+		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+		if ((void *)(ip6 + 1) > data_end)
+			return XLB_DROP_TRUNC_IP;
+		if (hop && ip6->hop_limit <= 1)
+			return XLB_DROP_TTL;
+		ip6->hop_limit -= hop;
+		__be32 *a = side == XLB_NAT_SRC ? ip6->saddr.in6_u.u6_addr32 : ip6->daddr.in6_u.u6_addr32;
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			delta = csum_delta32(delta, a[i], addr[i]);
+			a[i] = addr[i];
+		}
+	}
+	/* A later fragment has no L4 header: its first fragment's checksum covered the whole datagram. */
+	if (p->frag_later)
+		return 0;
+	return nat_rewrite_l4(ctx, p, side, port, delta);
+}
+
+/* The port a NAT real receives: its own, or for a real without one (port-zero and fwmark services) the client's. */
+static __always_inline __be16 nat_port(struct real *r, struct pkt *p)
+{
+	return r->port ? r->port : p->dport;
+}
+
+/* Record a new NAT connection's reverse entry (its replies' tuple) beside its connection entry. */
+static __always_inline void nat_record(struct pkt *p, struct real *r, __u32 real_id, __u32 svc_id, __u64 now)
+{
+	if (XLB_TRACING)
+		return;
+	struct conn_key k = {
+		.sport = nat_port(r, p),
+		.dport = p->sport,
+		.proto = p->proto,
+		.family = p->family,
+	};
+	__builtin_memcpy(k.src, r->addr, 16);
+	__builtin_memcpy(k.dst, p->src, 16);
+	struct nat_rev v = {
+		.vport = p->dport,
+		.real_id = real_id,
+		.svc_id = svc_id,
+		.born_ns = now,
+	};
+	__builtin_memcpy(v.vip, p->dst, 16);
+	nat_revs.update(&k, &v);
+}
+
+/* Look up the next hop from the VIP toward the reply's client and keep it in the reverse entry (hop). Returns 0 or a
+ * verdict reason. */
+static __always_inline int nat_reply_hop(struct xdp_md *ctx, struct pkt *p, struct nat_rev *hop, __u32 now)
+{
+	struct bpf_fib_lookup fib = {};
+	int reason = route_to(ctx, p, hop->vip, p->dst, &fib);
+	if (reason)
+		return reason;
+	/* The egress interface's MTU, checked per frame as for the reals' next hops (bpf/fwd.h). */
+	__u32 mtu = 0;
+	if (bpf_check_mtu(ctx, fib.ifindex, &mtu, 0, 0) < 0)
+		return XLB_DROP_FIB;
+	hop->mtu = mtu > 0xffff ? 0xffff : mtu;
+	__builtin_memcpy(hop->dmac, fib.dmac, 6);
+	__builtin_memcpy(hop->smac, fib.smac, 6);
+	hop->ifindex = fib.ifindex;
+	hop->hop_stamp = now ? now : 1;
+	return 0;
+}
+
+/* A real's reply to a NAT connection: source back to VIP:port, then to the client by the route toward it (looked
+ * up at most once per flow-cache TTL per connection, kept in its reverse entry). Returns the verdict reason with
+ * *action set, or -1: no NAT connection has this tuple (the caller goes on as for any packet that is no
+ * service's). */
+static __always_inline int nat_reply(struct xdp_md *ctx, struct pkt *p, struct settings *st, __u64 bytes,
+				     int *action)
+{
+	struct conn_key k;
+	conn_key_of(p, &k);
+	struct nat_rev *nr = nat_revs.lookup(&k);
+	if (!nr)
+		return -1;
+	struct nat_rev scratch;
+	struct nat_rev *hop = nr;
+	if (XLB_TRACING) {  /* the trace build writes no map but trace_out */
+		scratch = *nr;
+		scratch.hop_stamp = 0;
+		hop = &scratch;
+	}
+	__u32 svc_id = hop->svc_id, real_id = hop->real_id;
+	__be16 vport = hop->vport;
+	*action = XDP_DROP;
+	__u32 now = (__u32)bpf_jiffies64();
+	if (!hop->hop_stamp || now - hop->hop_stamp >= st->flow_ttl) {
+		int reason = nat_reply_hop(ctx, p, hop, now);
+		if (reason == XLB_DROP_NO_NEIGH) {
+			/* The client's next hop is not resolved (nothing but the kernel's own traffic resolves it): let
+			 * the kernel forward this one, rewritten, and resolve it; the next replies go by XDP. */
+			reason = nat_rewrite(ctx, p, XLB_NAT_SRC, hop->vip, vport, 0);
+			if (reason)
+				return reason;
+			count(svc_out_stats.lookup(&svc_id), bytes, 0);
+			count(real_out_stats.lookup(&real_id), bytes, 0);
+			*action = XDP_PASS;
+			return XLB_PASS_REPLY_NEIGH;
+		}
+		if (reason)
+			return reason;
+	}
+	if (p->ip_len > hop->mtu)
+		return XLB_DROP_TOO_BIG;
+	int reason = nat_rewrite(ctx, p, XLB_NAT_SRC, hop->vip, vport, 1);
+	if (reason)
+		return reason;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XLB_DROP_TRUNC_ETH;
+	__builtin_memcpy(eth->h_dest, hop->dmac, 6);
+	__builtin_memcpy(eth->h_source, hop->smac, 6);
+	count(svc_out_stats.lookup(&svc_id), bytes, 0);
+	count(real_out_stats.lookup(&real_id), bytes, 0);
+	__u32 ifindex = hop->ifindex;
+	if (ifindex == ctx->ingress_ifindex) {
+		*action = XDP_TX;
+		return XLB_FWD_REPLY_TX;
+	}
+	*action = bpf_redirect(ifindex, 0);
+	return XLB_FWD_REPLY_REDIRECT;
+}
+
+#endif
