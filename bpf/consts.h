@@ -45,6 +45,20 @@
 #ifndef XLB_FALLBACK_TRIES
 #define XLB_FALLBACK_TRIES 16
 #endif
+/* lblcr: reals a destination's set holds at most (IPVS's sets are unbounded; a full set replaces its most
+ * loaded member). */
+#ifndef XLB_LBLCR_SET
+#define XLB_LBLCR_SET 8
+#endif
+/* lblc/lblcr entries in all services (an LRU: the least recently used destination goes first when full). */
+#ifndef XLB_LBLC_ENTRIES
+#define XLB_LBLC_ENTRIES 65536
+#endif
+/* lblcr: a set with more than one real that has not changed for this long loses its most loaded member at the
+ * next new connection (IPVS's sysctl lblcr_expiration, 24 h). */
+#ifndef XLB_LBLCR_SET_EXPIRE_NS
+#define XLB_LBLCR_SET_EXPIRE_NS (24ULL * 3600 * 1000000000ULL)
+#endif
 /* Flow cache entries per CPU (a power of two; the loader passes the config's [tables] flow_cache, 0 = off). */
 #ifndef XLB_FLOW_CACHE
 #define XLB_FLOW_CACHE 65536
@@ -104,6 +118,8 @@ enum xlb_sched {
 	XLB_SCHED_NQ = 7,   /* never queue: the first idle real, else sed */
 	XLB_SCHED_FO = 8,   /* weighted failover: the highest weight */
 	XLB_SCHED_OVF = 9,  /* overflow: the highest weight whose active connections are below its weight */
+	XLB_SCHED_LBLC = 10,  /* locality-based least connections: the real the destination address last got (wlc) */
+	XLB_SCHED_LBLCR = 11, /* lblc with replication: a set of reals per destination address */
 };
 
 /* Forwarding methods. NAT and tunnels get their own kinds. */

@@ -35,6 +35,8 @@ XLB_MAP("array", int, struct rr_pos, rr_pos, XLB_MAX_SERVICES, 0);
 XLB_MAP("lru_hash", struct conn_key, struct conn, conns, XLB_CONNS, 0);
 /* Persistence templates; the data plane inserts and refreshes, the control plane sets holds and sweeps. */
 XLB_MAP("lru_hash", struct persist_key, struct persist, persist, XLB_TEMPLATES, 0);
+/* lblc/lblcr locality tables; the data plane inserts and updates, the control plane sweeps expired entries. */
+XLB_MAP("lru_hash", struct lblc_key, struct lblc_dests, lblc, XLB_LBLC_ENTRIES, 0);
 /* Firewall-mark classification; written by the control plane. */
 XLB_MAP("lpm_trie", struct mark_key, struct mark_val, mark_rules, XLB_MARK_ENTRIES, BPF_F_NO_PREALLOC);
 /* Every VIP and mark destination, to tell fragments for us from others; written by the control plane. */
@@ -65,7 +67,8 @@ BPF_ARRAY(trace_out, struct trace_rec, 1);
  * can reach; the handoff carries what the first program already knows. Not pinned: each loaded program has
  * its own. */
 #define XLB_PROG_NEW_CONN 0
-BPF_PROG_ARRAY(progs, 1);
+#define XLB_PROG_LOCALITY 1        /* lblc/lblcr's pick (bpf/locality.h), which hands back to XLB_PROG_NEW_CONN */
+BPF_PROG_ARRAY(progs, 2);
 struct handoff {
 	struct pkt p;
 	struct svc_key sk;
@@ -76,6 +79,8 @@ struct handoff {
 	__u32 flow_idx;            /* the tuple's flow-cache slot */
 	__u64 bytes;
 	__u32 has_old;
+	__u32 local_real;          /* lblc/lblcr: the real xlb_new_local picked (0: none) once local_done */
+	__u32 local_done;
 	__u32 pad;
 };
 BPF_PERCPU_ARRAY(handoffs, struct handoff, 1);

@@ -11,15 +11,20 @@
 #include "conn.h"
 #include "persist.h"
 #include "sched.h"
+#include "locality.h"
 #include "fwd.h"
 #include "flowcache.h"
 #include "trace.h"
 
 /* Place a new connection of service svc: its persistence template when one is in force, else the scheduler.
  * Returns the real id (0: none available) and fills *r. */
-static __always_inline __u32 place(struct pkt *p, struct svc_key *sk, struct svc_meta *svc, __u64 now,
-				   struct settings *st, __u8 state, struct real **r)
+static __always_inline __u32 place(struct xdp_md *ctx, struct handoff *h, struct settings *st, __u8 state,
+				   struct real **r)
 {
+	struct pkt *p = &h->p;
+	struct svc_key *sk = &h->sk;
+	struct svc_meta *svc = &h->svc;
+	__u64 now = h->now;
 	struct persist_key pk;
 	struct persist *t = 0;
 	__u32 real_id;
@@ -43,7 +48,17 @@ static __always_inline __u32 place(struct pkt *p, struct svc_key *sk, struct svc
 			}
 		}
 	}
-	real_id = pick_real(svc, p);
+	if (is_locality(svc)) {
+		/* lblc/lblcr pick in their own program (the verifier's budget), which calls this one again. */
+		if (!h->local_done) {
+			h->local_done = 1;
+			progs.call(ctx, XLB_PROG_LOCALITY);
+			return 0;
+		}
+		real_id = h->local_real;
+	} else {
+		real_id = pick_real(svc, p);
+	}
 	*r = reals.lookup(&real_id);
 	if (!real_id || !*r)
 		return 0;
@@ -143,6 +158,7 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	h->flow_idx = slot;
 	h->bytes = bytes;
 	h->has_old = c != 0;
+	h->local_done = 0;
 	if (c)
 		h->old = *c;
 	progs.call(ctx, XLB_PROG_NEW_CONN);
@@ -161,7 +177,7 @@ int xlb_new_conn(struct xdp_md *ctx)
 	__u64 now = h->now, bytes = h->bytes;
 	__u8 state = conn_first_state(p);
 	struct real *r = 0;
-	__u32 real_id = place(p, &h->sk, &h->svc, now, st, state, &r);
+	__u32 real_id = place(ctx, h, st, state, &r);
 	if (!real_id || !r)
 		return verdict(XLB_DROP_NO_REAL, XDP_DROP, bytes);
 
@@ -185,6 +201,18 @@ int xlb_new_conn(struct xdp_md *ctx)
 	if (recorded && action != XDP_DROP)
 		flow_fill(p, h->flow_idx, h->gen, st, &nc, r);
 	return verdict(reason, action, bytes);
+}
+
+/* Third program (tail call from xlb_new_conn): lblc/lblcr's pick for a new connection, handed back to it. */
+int xlb_new_local(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct handoff *h = handoffs.lookup(&zero);
+	if (!h)
+		return verdict(XLB_DROP_INTERNAL, XDP_PASS, 0);
+	h->local_real = pick_local(&h->svc, &h->p, h->now);
+	progs.call(ctx, XLB_PROG_NEW_CONN);
+	return verdict(XLB_DROP_INTERNAL, XDP_PASS, h->bytes);
 }
 
 int xlb_xdp(struct xdp_md *ctx)

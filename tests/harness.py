@@ -95,7 +95,7 @@ class Bench:
 
     def reset(self, toml_text):
         """Empty every map the previous test filled, then apply a config through the real control plane."""
-        for name in ("conns", "persist", "services", "mark_rules", "vip_prefixes"):
+        for name in ("conns", "persist", "services", "mark_rules", "vip_prefixes", "lblc"):
             self.prog[name].clear()
         for name in ("verdicts", "nh_cache", "rr_pos", "svc_stats", "real_stats", "mark_stats"):
             table = self.prog[name]

@@ -108,6 +108,18 @@ class Persist(ct.Structure):
     _fields_ = [("last_new_ns", _u64), ("held_until_ns", _u64), ("real_id", _u32), ("real_gen", _u32)]
 
 
+LBLCR_SET = DEFINES["XLB_LBLCR_SET"]
+
+
+class LblcKey(ct.Structure):
+    _fields_ = [("svc_id", _u32), ("family", _u32), ("addr", _addr)]
+
+
+class LblcDests(ct.Structure):
+    _fields_ = [("lastuse_ns", _u64), ("lastmod_ns", _u64), ("real_id", _u32 * LBLCR_SET),
+                ("real_gen", _u32 * LBLCR_SET)]
+
+
 class MarkKey(ct.Structure):
     _fields_ = [("prefixlen", _u32), ("family", _u8), ("proto", _u8), ("port", _u16), ("addr", _addr)]
 
@@ -155,6 +167,7 @@ MAP_TYPES = {
     "rr_pos": (None, RrPos),
     "conns": (ConnKey, Conn),
     "persist": (PersistKey, Persist),
+    "lblc": (LblcKey, LblcDests),
     "mark_rules": (MarkKey, MarkVal),
     "vip_prefixes": (VipKey, None),
     "vip_filter": (None, None),
