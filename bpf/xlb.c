@@ -143,7 +143,7 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	trace_svc(&sk, svc);
 	if (!svc)
 		return verdict(XLB_PASS_NO_SERVICE, XDP_PASS, bytes);
-	if (p->proto == IPPROTO_TCP && (p->tcp_flags & XLB_TCP_RST))
+	if (is_stream(p) && (p->tcp_flags & XLB_TCP_RST))
 		return verdict(XLB_DROP_RST_NO_CONN, XDP_DROP, bytes);
 
 	/* A new connection: hand over to xlb_new_conn. */
