@@ -21,23 +21,14 @@ from xlb.ops import admin, ipvsadm
 
 R1, R2 = "198.18.0.11", "198.18.0.12"
 R6 = "2001:db8::11"
-CFG = f"""
-[[service]]
-vip = "198.51.100.10"
-port = 3868
-proto = "sctp"
-scheduler = "rr"
-[[service.real]]
-address = "{R1}"
-[[service.real]]
-address = "{R2}"
-[[service]]
-vip = "2001:db8:100::10"
-port = 3868
-proto = "sctp"
-[[service.real]]
-address = "{R6}"
-"""
+
+
+def sctp_service(vip, reals, extra=""):
+    return (f'[[service]]\nvip = "{vip}"\nport = 3868\nproto = "sctp"\n{extra}'
+            + "".join(f'[[service.real]]\naddress = "{a}"\n' for a in reals))
+
+
+CFG = sctp_service("198.51.100.10", (R1, R2), 'scheduler = "rr"\n') + sctp_service("2001:db8:100::10", (R6,))
 
 
 def sctp4(chunk, src="203.0.113.7", sport=40000, dport=3868, dst="198.51.100.10"):
