@@ -59,6 +59,12 @@
 #ifndef XLB_LBLCR_SET_EXPIRE_NS
 #define XLB_LBLCR_SET_EXPIRE_NS (24ULL * 3600 * 1000000000ULL)
 #endif
+/* persistence_engine sip: payload bytes searched for the Call-ID header, and the longest Call-ID value (IPVS's
+ * IP_VS_PEDATA_MAXLEN). */
+#ifndef XLB_SIP_SCAN
+#define XLB_SIP_SCAN 1400
+#endif
+#define XLB_SIP_CALLID_MAX 255
 /* Flow cache entries per CPU (a power of two; the loader passes the config's [tables] flow_cache, 0 = off). */
 #ifndef XLB_FLOW_CACHE
 #define XLB_FLOW_CACHE 65536
@@ -102,6 +108,7 @@ enum xlb_reason {
 	XLB_DROP_INTERNAL = 18,     /* a map that must exist was missing (a bug: report it) */
 	XLB_PASS_VLAN = 19,         /* an 802.1Q or 802.1ad tagged frame: not balanced (docs/design.md, VLANs) */
 	XLB_DROP_TOO_BIG = 20,      /* longer than the MTU toward the real (bpf_fib_lookup: fragmentation needed) */
+	XLB_DROP_SIP_NO_CALLID = 39, /* a SIP-engine service's UDP datagram without a usable Call-ID (IPVS drops it) */
 	XLB_REASON_MAX
 };
 
@@ -142,6 +149,7 @@ enum xlb_conn_state {
 #define XLB_SVC_F_EXPIRE_QUIESCENT 0x4 /* expire_quiescent_template */
 #define XLB_SVC_F_HASH_PORT 0x8        /* sh-port / mh-port: hash the client port too */
 #define XLB_SVC_F_FALLBACK 0x10        /* sh-fallback / mh-fallback: re-hash past an unavailable real */
+#define XLB_SVC_F_PE_SIP 0x400         /* persistence_engine sip: UDP templates keyed by the SIP Call-ID */
 
 /* real.flags */
 #define XLB_REAL_F_LIVE 0x1            /* the slot holds a real of a configured service */

@@ -68,7 +68,8 @@ BPF_ARRAY(trace_out, struct trace_rec, 1);
  * its own. */
 #define XLB_PROG_NEW_CONN 0
 #define XLB_PROG_LOCALITY 1        /* lblc/lblcr's pick (bpf/locality.h), which hands back to XLB_PROG_NEW_CONN */
-BPF_PROG_ARRAY(progs, 2);
+#define XLB_PROG_SIP 2             /* the SIP engine's Call-ID (bpf/sip.h), which hands back to XLB_PROG_NEW_CONN */
+BPF_PROG_ARRAY(progs, 3);
 struct handoff {
 	struct pkt p;
 	struct svc_key sk;
@@ -81,7 +82,9 @@ struct handoff {
 	__u32 has_old;
 	__u32 local_real;          /* lblc/lblcr: the real xlb_new_local picked (0: none) once local_done */
 	__u32 local_done;
-	__u32 pad;
+	__u32 sip_state;           /* persistence_engine sip: XLB_SIP_* once xlb_sip_callid ran */
+	__u32 sip_pos;             /* scratch: where the Call-ID header's value starts (payload offset + 1) */
+	__u32 sip_hash[4];         /* the Call-ID's 128-bit hash, folded into the template key's client */
 };
 BPF_PERCPU_ARRAY(handoffs, struct handoff, 1);
 

@@ -53,6 +53,7 @@ struct pkt {
 	__u8 tcp_flags;     /* XLB_TCP_*; SCTP: its first chunk as the TCP flags of the same step (sctp_flags) */
 	__u8 fragment;      /* 1: an IP fragment (no L4 header to trust) */
 	__u16 ip_len;       /* IPv4 total length / IPv6 payload + 40, host order: for bpf_fib_lookup */
+	__u16 l4_off;       /* where the L4 header starts, bytes from the frame's start (the SIP engine reads on) */
 };
 
 /* TCP and SCTP keep connection state (SYN, established, closing); UDP does not. */
@@ -246,6 +247,7 @@ static __always_inline int parse_packet(void *data, void *data_end, struct pkt *
 		return ret;
 	if (!is_l4(p->proto))
 		return XLB_PASS_OTHER_PROTO;
+	p->l4_off = l4 - data;
 	if (p->fragment)
 		return XLB_PARSE_OK;
 	ret = parse_l4(l4, ip_end, data_end, p);

@@ -12,6 +12,7 @@
 #include "persist.h"
 #include "sched.h"
 #include "locality.h"
+#include "sip.h"
 #include "fwd.h"
 #include "flowcache.h"
 #include "trace.h"
@@ -30,6 +31,8 @@ static __always_inline __u32 place(struct xdp_md *ctx, struct handoff *h, struct
 	__u32 real_id;
 	if (svc->flags & XLB_SVC_F_PERSIST) {
 		persist_key_of(sk, svc, p, &pk);
+		if (h->sip_state == XLB_SIP_FOUND)
+			sip_key(&pk, h);
 		t = persist.lookup(&pk);
 		trace_tmpl(t);
 		if (t && persist_valid(t, svc, now)) {
@@ -159,6 +162,7 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	h->bytes = bytes;
 	h->has_old = c != 0;
 	h->local_done = 0;
+	h->sip_state = 0;
 	if (c)
 		h->old = *c;
 	progs.call(ctx, XLB_PROG_NEW_CONN);
@@ -177,6 +181,14 @@ int xlb_new_conn(struct xdp_md *ctx)
 	__u64 now = h->now, bytes = h->bytes;
 	__u8 state = conn_first_state(p);
 	struct real *r = 0;
+	if (sip_engine(&h->svc, p)) {
+		if (!h->sip_state) {
+			progs.call(ctx, XLB_PROG_SIP);
+			return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);
+		}
+		if (h->sip_state != XLB_SIP_FOUND)
+			return verdict(XLB_DROP_SIP_NO_CALLID, XDP_DROP, bytes);
+	}
 	__u32 real_id = place(ctx, h, st, state, &r);
 	if (!real_id || !r)
 		return verdict(XLB_DROP_NO_REAL, XDP_DROP, bytes);
@@ -192,13 +204,32 @@ int xlb_new_conn(struct xdp_md *ctx)
 	conn_key_of(p, &ck);
 	if (h->has_old)
 		conn_forget(&h->old);
-	int recorded = !XLB_TRACING && !conns.update(&ck, &nc);
+	/* The SIP engine's datagrams follow their Call-ID's template, never their tuple: their entries (which count
+	 * them for the schedulers and expire as UDP) are keyed apart, by the Call-ID's hash in the key's pad, so the
+	 * tuple lookup never finds them; one per (tuple, Call-ID), refreshed by its datagrams. */
+	int sip = h->sip_state == XLB_SIP_FOUND;
+	struct conn *seen = 0;
+	if (sip) {
+		ck.pad = (h->sip_hash[0] & 0xfffe) | 1;
+		seen = conns.lookup(&ck);
+		if (seen && (seen->real_id != real_id || seen->real_gen != r->gen)) {
+			conn_forget(seen);
+			seen = 0;
+		}
+	}
+	int recorded = 0;
+	if (seen) {
+		if (!XLB_TRACING)
+			seen->seen_ns = now;
+	} else {
+		recorded = !XLB_TRACING && !conns.update(&ck, &nc);
+	}
 	if (recorded)
 		conn_count(real_id, state, 1, r);
-	count_flow(h->svc.id, real_id, bytes, 1);
+	count_flow(h->svc.id, real_id, bytes, !seen);
 	int action = XDP_PASS;
 	int reason = forward_dr(ctx, p, r, real_id, now, &action);
-	if (recorded && action != XDP_DROP)
+	if (recorded && !sip && action != XDP_DROP)
 		flow_fill(p, h->flow_idx, h->gen, st, &nc, r);
 	return verdict(reason, action, bytes);
 }
@@ -211,6 +242,18 @@ int xlb_new_local(struct xdp_md *ctx)
 	if (!h)
 		return verdict(XLB_DROP_INTERNAL, XDP_PASS, 0);
 	h->local_real = pick_local(&h->svc, &h->p, h->now);
+	progs.call(ctx, XLB_PROG_NEW_CONN);
+	return verdict(XLB_DROP_INTERNAL, XDP_PASS, h->bytes);
+}
+
+/* Fourth program (tail call from xlb_new_conn): the SIP engine's Call-ID of a datagram, handed back to it. */
+int xlb_sip_callid(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct handoff *h = handoffs.lookup(&zero);
+	if (!h)
+		return verdict(XLB_DROP_INTERNAL, XDP_PASS, 0);
+	sip_callid(ctx, h);
 	progs.call(ctx, XLB_PROG_NEW_CONN);
 	return verdict(XLB_DROP_INTERNAL, XDP_PASS, h->bytes);
 }
