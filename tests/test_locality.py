@@ -7,6 +7,7 @@ import ipaddress
 import numpy as np
 from harness import real_of, tcp4
 
+from xlb.config.model import addr_bytes
 from xlb.dataplane import structs as S
 from xlb.dataplane.mapkeys import NS, now_ns
 from xlb.dataplane.sweep import LOCALITY_EXPIRE, LOCALITY_IDLE, locality_expired
@@ -43,7 +44,7 @@ def set_load(dp, addr, active):
 
 def entry_key(dp, dst):
     (st,) = dp.services.values()
-    return S.LblcKey(svc_id=st.id, family=S.AF_INET, addr=S.addr_words(ipaddress.ip_address(dst).packed.ljust(16, b"\0")))
+    return S.LblcKey(svc_id=st.id, family=S.AF_INET, addr=S.addr_words(addr_bytes(dst)))
 
 
 def members(dp, dst):

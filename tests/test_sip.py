@@ -5,6 +5,8 @@ import pytest
 from harness import describe, to_real, udp4, vs, write
 
 from xlb.config import read as xread
+from xlb.dataplane import structs as S
+from xlb.dataplane.mapkeys import NS, now_ns
 from xlb.errors import ConfigError
 from xlb.importers.keepalived import translate
 from xlb.ops import admin, ipvsadm
@@ -68,6 +70,7 @@ def test_datagrams_without_a_usable_call_id_are_dropped(bench, line):
     bench.reset(cfg())
     assert goes_to(bench, sip(line)) == "XDP_DROP"
     assert bench.verdicts() == {"drop_sip_no_callid": 1}
+    assert bench.dp.verdict_rows()[S.REASON["drop_sip_no_callid"]][0] == 1   # what metrics and stats read
 
 
 def test_a_call_id_cut_off_by_the_datagram_is_dropped(bench):
@@ -101,3 +104,11 @@ def test_config_ipvsadm_and_keepalived(tmp_path):
     imp = translate.load(p)
     assert imp.config.services[0].persistence_engine is None and not imp.reported
     assert any("persistence_engine sip has no effect on a TCP service" in w for w in imp.warnings)
+
+
+def test_a_call_template_expires_persistence_timeout_after_its_last_datagram(bench):
+    dp = bench.reset(cfg())
+    assert goes_to(bench, sip(b"Call-ID: one\r\n")) == R1
+    t0 = now_ns()
+    assert dp.sweep(now=t0 + 290 * NS).templates_expired == 0
+    assert dp.sweep(now=t0 + 310 * NS).templates_expired == 1

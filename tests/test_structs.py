@@ -77,10 +77,15 @@ def test_layout_helper_sees_a_difference():
     assert _layout(A) != _layout(B)
 
 
+# Reason numbers handed out to work that lands on other branches (issue 15: 21-38 for NAT, tunnels, ICMP...); this
+# branch's own start at 39. Once every branch is merged the set is empty again.
+RESERVED_ELSEWHERE = set(range(21, 39))
+
+
 def test_reasons_contiguous_from_zero():
     nums = sorted(S.REASONS)
-    assert nums == list(range(len(nums)))
-    assert S.ENUMS["xlb_reason"]["XLB_REASON_MAX"] == len(nums)
+    assert nums == sorted(set(range(max(nums) + 1)) - (RESERVED_ELSEWHERE - set(nums)))
+    assert S.ENUMS["xlb_reason"]["XLB_REASON_MAX"] == max(nums) + 1
     assert len(set(S.REASONS.values())) == len(nums)
 
 

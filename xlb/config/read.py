@@ -356,8 +356,8 @@ def _service(v, item, where) -> Service:
     flags = _sched_flags(v, tbl, where, scheduler)
     svc = Service(fwmark=fwmark, vip=vip, port=port, proto=proto, family=family, scheduler=scheduler,
                   method=method, persistence_timeout=ptimeout, persistence_netmask=pmask, persistence_mode=pmode,
-                  expire_quiescent_template=eqt, persistence_engine=engine, mh_table_size=mh_size, reals=reals, where=where,
-                  sched_flags=flags, health_keys=xhealth.picked(tbl, xhealth.SERVICE_KEYS) or None)
+                  expire_quiescent_template=eqt, persistence_engine=engine, mh_table_size=mh_size, reals=reals,
+                  where=where, sched_flags=flags, health_keys=xhealth.picked(tbl, xhealth.SERVICE_KEYS) or None)
     return dataclasses.replace(svc, health=xhealth.service_spec(svc, tbl, v.source))
 
 

@@ -43,6 +43,7 @@ ENUMS, DEFINES = read_consts()
 # Verdict reasons by number, and their export names ("pass_no_service", "drop_no_neigh", ...).
 REASONS = {v: k[len("XLB_"):].lower() for k, v in ENUMS["xlb_reason"].items() if k != "XLB_REASON_MAX"}
 REASON = {name: num for num, name in REASONS.items()}
+REASON_MAX = ENUMS["xlb_reason"]["XLB_REASON_MAX"]  # one past the highest (numbers may be reserved in between)
 SCHED = {k[len("XLB_SCHED_"):].lower(): v for k, v in ENUMS["xlb_sched"].items()}
 METHOD = {k[len("XLB_METHOD_"):].lower(): v for k, v in ENUMS["xlb_method"].items()}
 CONN_STATE = {k[len("XLB_CS_"):].lower(): v for k, v in ENUMS["xlb_conn_state"].items() if k != "XLB_CS_MAX"}

@@ -39,7 +39,8 @@ METHOD_OPTION = {"dr": "-g", "nat": "-m", "tun": "-i"}
 
 # Config field -> the option an operator typed, for error messages.
 _SERVICE_FIELDS = {"scheduler": "-s", "sched_flags": "-b", "mh_table_size": "-s", "method": "-g",
-                   "persistence_timeout": "-p", "persistence_netmask": "-M", "persistence_mode": "-p", "persistence_engine": "--pe",
+                   "persistence_timeout": "-p", "persistence_netmask": "-M", "persistence_mode": "-p",
+                   "persistence_engine": "--pe",
                    "expire_quiescent_template": "-p", "address": "-r", "weight": "-w", "uthreshold": "-x",
                    "lthreshold": "-y"}
 _MARK_FIELDS = {"mark": "--mark", "proto": "--proto", "dst": "--dst", "ports": "--ports"}

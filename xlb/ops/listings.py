@@ -110,7 +110,8 @@ def listing(dp, rates=None):
             "vip": None if svc.vip is None else str(svc.vip), "port": svc.port, "scheduler": svc.scheduler,
             "sched_flags": list(svc.sched_flags), "method": svc.method, "persistence": svc.persistence_timeout,
             "netmask": xdump.netmask_spec(svc.family, svc.persistence_netmask),
-            "persistence_mode": svc.persistence_mode, "pe": svc.persistence_engine, "stats": _stats(c), "rate": rates.rate(("svc", st.id)),
+            "persistence_mode": svc.persistence_mode, "pe": svc.persistence_engine, "stats": _stats(c),
+            "rate": rates.rate(("svc", st.id)),
             "reals": reals})
     t = dp.config.timeouts
     return {"size": dp.tables.conns, "timeouts": {"tcp": t.tcp, "tcpfin": t.tcpfin, "udp": t.udp, "syn": t.syn},
