@@ -21,7 +21,7 @@ static __always_inline void conn_key_of(struct pkt *p, struct conn_key *ck)
 /* The state a new connection starts in. */
 static __always_inline __u8 conn_first_state(struct pkt *p)
 {
-	if (p->proto != IPPROTO_TCP)
+	if (!is_stream(p))
 		return XLB_CS_UDP;
 	if (p->tcp_flags & (XLB_TCP_FIN | XLB_TCP_RST))
 		return XLB_CS_FIN;
@@ -119,7 +119,7 @@ static __always_inline void conn_touch(struct conn *c, struct pkt *p, __u64 now)
 {
 	if (XLB_TRACING)
 		return;
-	if (p->proto == IPPROTO_TCP) {
+	if (is_stream(p)) {
 		__u8 st = c->state;
 		if (p->tcp_flags & (XLB_TCP_FIN | XLB_TCP_RST))
 			st = XLB_CS_FIN;

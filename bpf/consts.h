@@ -50,6 +50,26 @@
 #ifndef XLB_FALLBACK_TRIES
 #define XLB_FALLBACK_TRIES 16
 #endif
+/* lblcr: reals a destination's set holds at most (IPVS's sets are unbounded; a full set replaces its most
+ * loaded member). */
+#ifndef XLB_LBLCR_SET
+#define XLB_LBLCR_SET 8
+#endif
+/* lblc/lblcr entries in all services (an LRU: the least recently used destination goes first when full). */
+#ifndef XLB_LBLC_ENTRIES
+#define XLB_LBLC_ENTRIES 65536
+#endif
+/* lblcr: a set with more than one real that has not changed for this long loses its most loaded member at the
+ * next new connection (IPVS's sysctl lblcr_expiration, 24 h). */
+#ifndef XLB_LBLCR_SET_EXPIRE_NS
+#define XLB_LBLCR_SET_EXPIRE_NS (24ULL * 3600 * 1000000000ULL)
+#endif
+/* persistence_engine sip: payload bytes searched for the Call-ID header, and the longest Call-ID value (IPVS's
+ * IP_VS_PEDATA_MAXLEN). */
+#ifndef XLB_SIP_SCAN
+#define XLB_SIP_SCAN 1400
+#endif
+#define XLB_SIP_CALLID_MAX 255
 /* Flow cache entries per CPU (a power of two; the loader passes the config's [tables] flow_cache, 0 = off). */
 #ifndef XLB_FLOW_CACHE
 #define XLB_FLOW_CACHE 65536
@@ -107,6 +127,7 @@ enum xlb_reason {
 	XLB_DROP_ICMP_TRUNC = 36,   /* an ICMP error to a VIP whose embedded IP or port header is truncated */
 	XLB_DROP_REAL_FAILED = 43,  /* a connection's real failed its health checks, on_real_failure = "reset": the
 				     * packet is dropped and the entry expired (the retransmission is scheduled anew) */
+	XLB_DROP_SIP_NO_CALLID = 39, /* a SIP-engine service's UDP datagram without a usable Call-ID (IPVS drops it) */
 	XLB_REASON_MAX
 };
 
@@ -123,6 +144,8 @@ enum xlb_sched {
 	XLB_SCHED_NQ = 7,   /* never queue: the first idle real, else sed */
 	XLB_SCHED_FO = 8,   /* weighted failover: the highest weight */
 	XLB_SCHED_OVF = 9,  /* overflow: the highest weight whose active connections are below its weight */
+	XLB_SCHED_LBLC = 10,  /* locality-based least connections: the real the destination address last got (wlc) */
+	XLB_SCHED_LBLCR = 11, /* lblc with replication: a set of reals per destination address */
 };
 
 /* Forwarding methods (struct svc_meta.method, struct real.method). Tunnels get their own kinds. */
@@ -154,6 +177,7 @@ enum xlb_conn_state {
  * other protocols reschedule. */
 #define XLB_SVC_F_FAIL_KEEP 0x1000
 #define XLB_SVC_F_FAIL_RESET 0x2000
+#define XLB_SVC_F_PE_SIP 0x400         /* persistence_engine sip: UDP templates keyed by the SIP Call-ID */
 
 /* real.flags */
 #define XLB_REAL_F_LIVE 0x1            /* the slot holds a real of a configured service */

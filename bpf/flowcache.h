@@ -57,7 +57,7 @@ static __always_inline struct flow_entry *flow_cached(struct pkt *p, struct sett
 {
 	if (XLB_TRACING || !st->flow_ttl)
 		return 0;
-	if (p->proto == IPPROTO_TCP && (p->tcp_flags & (XLB_TCP_SYN | XLB_TCP_FIN | XLB_TCP_RST)))
+	if (is_stream(p) && (p->tcp_flags & (XLB_TCP_SYN | XLB_TCP_FIN | XLB_TCP_RST)))
 		return 0;
 	__u32 now = (__u32)bpf_jiffies64();
 	for (__u32 way = 0; way < 2; way++) {

@@ -38,6 +38,8 @@ XLB_MAP("lru_hash", struct conn_key, struct conn, conns, XLB_CONNS, 0);
 XLB_MAP("lru_hash", struct conn_key, struct nat_rev, nat_revs, XLB_CONNS, 0);
 /* Persistence templates; the data plane inserts and refreshes, the control plane sets holds and sweeps. */
 XLB_MAP("lru_hash", struct persist_key, struct persist, persist, XLB_TEMPLATES, 0);
+/* lblc/lblcr locality tables; the data plane inserts and updates, the control plane sweeps expired entries. */
+XLB_MAP("lru_hash", struct lblc_key, struct lblc_dests, lblc, XLB_LBLC_ENTRIES, 0);
 /* Firewall-mark classification; written by the control plane. */
 XLB_MAP("lpm_trie", struct mark_key, struct mark_val, mark_rules, XLB_MARK_ENTRIES, BPF_F_NO_PREALLOC);
 /* Every VIP and mark destination, to tell fragments for us from others; written by the control plane. */
@@ -71,8 +73,10 @@ BPF_ARRAY(trace_out, struct trace_rec, 1);
  * can reach; the handoff carries what the first program already knows. Not pinned: each loaded program has
  * its own. */
 #define XLB_PROG_NEW_CONN 0
-#define XLB_PROG_ICMP 1    /* ICMP and ICMPv6 to a VIP (bpf/icmp.h) */
-BPF_PROG_ARRAY(progs, 2);
+#define XLB_PROG_ICMP 1            /* ICMP and ICMPv6 to a VIP (bpf/icmp.h) */
+#define XLB_PROG_LOCALITY 2        /* lblc/lblcr's pick (bpf/locality.h), which hands back to XLB_PROG_NEW_CONN */
+#define XLB_PROG_SIP 3             /* the SIP engine's Call-ID (bpf/sip.h), which hands back to XLB_PROG_NEW_CONN */
+BPF_PROG_ARRAY(progs, 4);
 struct handoff {
 	struct pkt p;
 	struct svc_key sk;
@@ -83,7 +87,11 @@ struct handoff {
 	__u32 flow_idx;            /* the tuple's flow-cache slot */
 	__u64 bytes;
 	__u32 has_old;
-	__u32 pad;
+	__u32 local_real;          /* lblc/lblcr: the real xlb_new_local picked (0: none) once local_done */
+	__u32 local_done;
+	__u32 sip_state;           /* persistence_engine sip: XLB_SIP_* once xlb_sip_callid ran */
+	__u32 sip_pos;             /* scratch: where the Call-ID header's value starts (payload offset + 1) */
+	__u32 sip_hash[4];         /* the Call-ID's 128-bit hash, folded into the template key's client */
 };
 BPF_PERCPU_ARRAY(handoffs, struct handoff, 1);
 

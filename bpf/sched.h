@@ -31,6 +31,15 @@ static __always_inline int real_available(struct real *r, struct real_conns *rc)
 	       !(rc->flags & XLB_RC_F_OVERLOAD);
 }
 
+/* The i-th candidate of a connection-count service's table, with its real and its counts. */
+static __always_inline __u32 candidate(struct svc_meta *svc, __u32 i, struct real **r, struct real_conns **rc)
+{
+	__u32 id = slot_real(svc, i);
+	*r = reals.lookup(&id);
+	*rc = real_conns.lookup(&id);
+	return id;
+}
+
 static __always_inline int real_takes(__u32 id)
 {
 	return real_available(reals.lookup(&id), real_conns.lookup(&id));
@@ -52,9 +61,9 @@ static __always_inline __u32 pick_by_conns(struct svc_meta *svc)
 	for (__u32 i = 0; i < XLB_CAND_MAX; i++) {
 		if (i >= len)
 			break;
-		__u32 id = slot_real(svc, i);
-		struct real *r = reals.lookup(&id);
-		struct real_conns *rc = real_conns.lookup(&id);
+		struct real *r;
+		struct real_conns *rc;
+		__u32 id = candidate(svc, i, &r, &rc);
 		if (!real_available(r, rc))
 			continue;
 		__u64 act = count_of(rc->active), inact = count_of(rc->inactive), w = r->weight;
@@ -65,6 +74,8 @@ static __always_inline __u32 pick_by_conns(struct svc_meta *svc)
 			den = 1;
 			break;
 		case XLB_SCHED_WLC:
+		case XLB_SCHED_LBLC:   /* lblc/lblcr schedule with wlc (bpf/locality.h) */
+		case XLB_SCHED_LBLCR:
 			num = (act << 8) + inact;
 			break;
 		case XLB_SCHED_NQ:

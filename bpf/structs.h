@@ -12,7 +12,7 @@ struct svc_key {
 	__be32 addr[4];   /* VIP; zero for firewall-mark services */
 	__u32 mark;       /* firewall mark; 0 for VIP services */
 	__be16 port;      /* network order; 0 for fwmark and port-zero services */
-	__u8 proto;       /* IPPROTO_TCP / IPPROTO_UDP; 0 for fwmark services */
+	__u8 proto;       /* IPPROTO_TCP / IPPROTO_UDP / IPPROTO_SCTP; 0 for fwmark services */
 	__u8 family;      /* XLB_AF_INET or XLB_AF_INET6 */
 };
 
@@ -108,6 +108,21 @@ struct persist {
 	__u64 held_until_ns;       /* lvs mode: the latest expiry of a live connection it placed (coarse clock) */
 	__u32 real_id;
 	__u32 real_gen;
+};
+
+/* lblc: locality tables of the lblc/lblcr schedulers, <service, destination address> -> real (lblc) or set of
+ * reals (lblcr). The data plane inserts and updates (bpf/locality.h); the control plane's sweep expires them. */
+struct lblc_key {
+	__u32 svc_id;              /* the service (ids are reused: entries of a removed service are swept) */
+	__u32 family;              /* XLB_AF_INET or XLB_AF_INET6 */
+	__be32 addr[4];            /* the packet's destination address */
+};
+
+struct lblc_dests {
+	__u64 lastuse_ns;          /* last new connection it placed (coarse clock) */
+	__u64 lastmod_ns;          /* lblcr: when the set last changed (coarse clock) */
+	__u32 real_id[XLB_LBLCR_SET];   /* lblc: [0] only; 0: an empty place */
+	__u32 real_gen[XLB_LBLCR_SET];  /* real.gen when added: a mismatch means the real was removed */
 };
 
 /* mark_rules: LPM trie over (family, proto, port, destination prefix). Port 0 = every port. */

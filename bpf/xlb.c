@@ -12,6 +12,8 @@
 #include "persist.h"
 #include "sched.h"
 #include "nat.h"
+#include "locality.h"
+#include "sip.h"
 #include "fwd.h"
 #include "frag.h"
 #include "icmp.h"
@@ -21,14 +23,20 @@
 /* Place a new connection of service svc: its persistence template when one is in force, else the scheduler (with
  * placement = "consistent": the Maglev slot of the template's key, the same on every balancer).
  * Returns the real id (0: none available) and fills *r. */
-static __always_inline __u32 place(struct pkt *p, struct svc_key *sk, struct svc_meta *svc, __u64 now,
-				   struct settings *st, __u8 state, struct real **r)
+static __always_inline __u32 place(struct xdp_md *ctx, struct handoff *h, struct settings *st, __u8 state,
+				   struct real **r)
 {
+	struct pkt *p = &h->p;
+	struct svc_key *sk = &h->sk;
+	struct svc_meta *svc = &h->svc;
+	__u64 now = h->now;
 	struct persist_key pk;
 	struct persist *t = 0;
 	__u32 real_id;
 	if (svc->flags & XLB_SVC_F_PERSIST) {
 		persist_key_of(sk, svc, p, &pk);
+		if (h->sip_state == XLB_SIP_FOUND)
+			sip_key(&pk, h);
 		t = persist.lookup(&pk);
 		trace_tmpl(t);
 		if (t && persist_valid(t, svc, now)) {
@@ -50,6 +58,14 @@ static __always_inline __u32 place(struct pkt *p, struct svc_key *sk, struct svc
 	if (svc->flags & XLB_SVC_F_CONSISTENT) {
 		XLB_TRACE_FLAG(XLB_TRACE_F_SCHED);
 		real_id = svc->table_len ? pick_hashed(svc, placement_hash(&pk)) : 0;
+	} else if (is_locality(svc)) {
+		/* lblc/lblcr pick in their own program (the verifier's budget), which calls this one again. */
+		if (!h->local_done) {
+			h->local_done = 1;
+			progs.call(ctx, XLB_PROG_LOCALITY);
+			return 0;
+		}
+		real_id = h->local_real;
 	} else {
 		real_id = pick_real(svc, p);
 	}
@@ -175,7 +191,7 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 		frag_note(p, 0, 0, 0, 0);  /* the kernel's: so are its later fragments */
 		return no_service(ctx, p, st, bytes);
 	}
-	if (p->proto == IPPROTO_TCP && (p->tcp_flags & XLB_TCP_RST))
+	if (is_stream(p) && (p->tcp_flags & XLB_TCP_RST))
 		return verdict(XLB_DROP_RST_NO_CONN, XDP_DROP, bytes);
 
 	/* A new connection: hand over to xlb_new_conn. */
@@ -190,6 +206,8 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	h->flow_idx = slot;
 	h->bytes = bytes;
 	h->has_old = c != 0;
+	h->local_done = 0;
+	h->sip_state = 0;
 	if (c)
 		h->old = *c;
 	progs.call(ctx, XLB_PROG_NEW_CONN);
@@ -216,7 +234,15 @@ int xlb_new_conn(struct xdp_md *ctx)
 	__u64 now = h->now, bytes = h->bytes;
 	__u8 state = conn_first_state(p);
 	struct real *r = 0;
-	__u32 real_id = place(p, &h->sk, &h->svc, now, st, state, &r);
+	if (sip_engine(&h->svc, p)) {
+		if (!h->sip_state) {
+			progs.call(ctx, XLB_PROG_SIP);
+			return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);
+		}
+		if (h->sip_state != XLB_SIP_FOUND)
+			return verdict(XLB_DROP_SIP_NO_CALLID, XDP_DROP, bytes);
+	}
+	__u32 real_id = place(ctx, h, st, state, &r);
 	if (!real_id || !r)
 		return verdict(XLB_DROP_NO_REAL, XDP_DROP, bytes);
 
@@ -232,16 +258,35 @@ int xlb_new_conn(struct xdp_md *ctx)
 	int ops = (h->svc.flags & XLB_SVC_F_OPS) && p->proto == IPPROTO_UDP;
 	if (h->has_old && !ops)
 		conn_forget(&h->old);
-	int recorded = !ops && !XLB_TRACING && !conns.update(&ck, &nc);
+	/* The SIP engine's datagrams follow their Call-ID's template, never their tuple: their entries (which count
+	 * them for the schedulers and expire as UDP) are keyed apart, by the Call-ID's hash in the key's pad, so the
+	 * tuple lookup never finds them; one per (tuple, Call-ID), refreshed by its datagrams. */
+	int sip = h->sip_state == XLB_SIP_FOUND;
+	struct conn *seen = 0;
+	if (sip) {
+		ck.pad = (h->sip_hash[0] & 0xfffe) | 1;
+		seen = conns.lookup(&ck);
+		if (seen && (seen->real_id != real_id || seen->real_gen != r->gen)) {
+			conn_forget(seen);
+			seen = 0;
+		}
+	}
+	int recorded = 0;
+	if (seen) {
+		if (!XLB_TRACING)
+			seen->seen_ns = now;
+	} else {
+		recorded = !ops && !XLB_TRACING && !conns.update(&ck, &nc);
+	}
 	if (recorded)
 		conn_count(real_id, state, 1, r);
 	if (recorded && r->method == XLB_METHOD_NAT)
 		nat_record(p, r, real_id, h->svc.id, now);
-	count_flow(h->svc.id, real_id, bytes, 1);
+	count_flow(h->svc.id, real_id, bytes, !seen);
 	frag_note(p, real_id, r->gen, h->svc.id, r->method);
 	int action = XDP_PASS;
 	int reason = forward_real(ctx, p, r, real_id, now, &action);
-	if (recorded && action != XDP_DROP)
+	if (recorded && !sip && action != XDP_DROP)
 		flow_fill(p, h->flow_idx, h->gen, st, &nc, r);
 	return verdict(reason, action, bytes);
 }
@@ -267,6 +312,30 @@ static __always_inline int icmp_handoff(struct xdp_md *ctx, struct pkt *p, __u64
 	h->bytes = bytes;
 	progs.call(ctx, XLB_PROG_ICMP);
 	return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);  /* the tail call failed: the loader did not fill progs */
+}
+
+/* Fourth program (tail call from xlb_new_conn): lblc/lblcr's pick for a new connection, handed back to it. */
+int xlb_new_local(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct handoff *h = handoffs.lookup(&zero);
+	if (!h)
+		return verdict(XLB_DROP_INTERNAL, XDP_PASS, 0);
+	h->local_real = pick_local(&h->svc, &h->p, h->now);
+	progs.call(ctx, XLB_PROG_NEW_CONN);
+	return verdict(XLB_DROP_INTERNAL, XDP_PASS, h->bytes);
+}
+
+/* Fifth program (tail call from xlb_new_conn): the SIP engine's Call-ID of a datagram, handed back to it. */
+int xlb_sip_callid(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct handoff *h = handoffs.lookup(&zero);
+	if (!h)
+		return verdict(XLB_DROP_INTERNAL, XDP_PASS, 0);
+	sip_callid(ctx, h);
+	progs.call(ctx, XLB_PROG_NEW_CONN);
+	return verdict(XLB_DROP_INTERNAL, XDP_PASS, h->bytes);
 }
 
 int xlb_xdp(struct xdp_md *ctx)

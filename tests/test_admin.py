@@ -170,7 +170,6 @@ def test_clear_keeps_mark_rules():
 @pytest.mark.parametrize("op, where, fragment", [
     ({"op": "service-add", "service": TCP80, "netmask": "255.255.255.0"}, "-M", "no effect without"),
     ({"op": "service-add", "service": TCP80, "persistence": 60, "netmask": "64"}, "-M", "dotted mask"),
-    ({"op": "service-add", "service": TCP80, "scheduler": "lblc"}, "-s", "not supported yet"),
     ({"op": "service-add", "service": TCP80, "scheduler": "bogus"}, "-s", "unknown scheduler"),
     ({"op": "service-add", "service": TCP80, "method": "tun"}, "-g", "not supported yet"),
     ({"op": "service-add", "service": {"proto": "tcp", "vip": "198.51.100.10", "port": 0}}, "-t",

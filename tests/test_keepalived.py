@@ -145,10 +145,11 @@ def test_nat_virtual_servers(tmp_path):
 
 
 def test_unsupported_features_are_named_apart(tmp_path):
-    p = write(tmp_path, vs("protocol TCP\nlb_algo lblc\nlb_kind TUN\nreal_server 198.18.0.11 80 { }\n"))
+    p = write(tmp_path, vs("protocol TCP\nlb_algo rr\npersistence_engine h323\nlb_kind TUN\n"
+                           "real_server 198.18.0.11 80 { }\n"))
     e = problems(p)
     assert e.only_unsupported
-    assert [(x.line, x.kind) for x in e.problems] == [(3, "unsupported"), (4, "unsupported")]
+    assert [(x.line, x.kind) for x in e.problems] == [(4, "unsupported"), (5, "unsupported")]
     assert "not supported by xlb: lb_kind TUN" in str(e)
 
 

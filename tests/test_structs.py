@@ -79,7 +79,7 @@ def test_layout_helper_sees_a_difference():
 
 def test_reasons_numbered_below_max():
     """Unique numbers from zero, XLB_REASON_MAX one past the highest (the verdicts array's size). Topics reserve
-    blocks of numbers while their branches merge (ICMP and fragments: 31-38), so a branch may leave a gap."""
+    blocks of numbers while their branches merge (tunnels: 26-30), so a branch may leave a gap."""
     nums = sorted(S.REASONS)
     assert nums[0] == 0 and len(set(nums)) == len(nums)
     assert S.ENUMS["xlb_reason"]["XLB_REASON_MAX"] == nums[-1] + 1

@@ -53,6 +53,8 @@ def _service_tree(svc) -> dict:
             out["placement"] = svc.placement
         if svc.expire_quiescent_template:
             out["expire_quiescent_template"] = True
+        if svc.persistence_engine:
+            out["persistence_engine"] = svc.persistence_engine
     reals = []
     for r in svc.reals:
         rt = {"address": str(r.address), "weight": r.weight}

@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass, field
 
 # Schedulers the data plane implements, and the IPVS ones an operator may reasonably ask for but we do not have.
-SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sed", "nq", "fo", "ovf", "sh", "dh", "mh")
-IPVS_SCHEDULERS_NOT_YET = ("lblc", "lblcr")
+SCHEDULERS = ("rr", "wrr", "lc", "wlc", "sed", "nq", "fo", "ovf", "sh", "dh", "mh", "lblc", "lblcr")
+IPVS_SCHEDULERS_NOT_YET = ()
 DEFAULT_SCHEDULER = "wlc"  # as IPVS
 # ipvsadm -b / keepalived's sh-port, sh-fallback, mh-port, mh-fallback: which flags each scheduler takes.
 SCHED_FLAGS = {"sh": ("sh-port", "sh-fallback"), "mh": ("mh-port", "mh-fallback")}
@@ -21,6 +21,8 @@ PERSISTENCE_MODES = ("lvs", "timeout")
 # How a persistent service places a client without a template: its scheduler, or "consistent" (Maglev over the
 # masked client and the service's identity, the same answer on every balancer: docs/scale-out.md).
 PLACEMENTS = ("scheduler", "consistent")
+PERSISTENCE_ENGINES = ("sip",)  # IPVS's persistence engines: sip keys templates by the SIP Call-ID
+SERVICE_PROTOS = ("tcp", "udp", "sctp")  # a vip service's proto; mark rules name tcp or udp
 
 U32_MAX = 2**32 - 1
 TIMEOUT_MAX = 2**31 - 1  # seconds; far beyond any sane value, keeps ns arithmetic in u64
@@ -96,7 +98,7 @@ class Service:
     fwmark: int | None
     vip: ipaddress.IPv4Address | ipaddress.IPv6Address | None
     port: int | None  # 0 = port-zero service (any port; requires persistence)
-    proto: str | None  # "tcp" | "udp"; None for fwmark services
+    proto: str | None  # "tcp" | "udp" | "sctp"; None for fwmark services
     family: int  # 4 or 6
     scheduler: str
     method: str
@@ -112,6 +114,7 @@ class Service:
     placement: str = "scheduler"  # PLACEMENTS; "consistent" only on persistent services, with scheduler mh
     health_keys: dict | None = field(default=None, hash=False)  # the service's health keys as written
     health: object = field(default=None, hash=False)  # xlb.health.spec.Service, or None: reals always up
+    persistence_engine: str | None = None  # "sip": templates keyed by the Call-ID of UDP datagrams; None: client
 
     @property
     def key(self) -> tuple:

@@ -29,9 +29,9 @@ import tomllib
 from . import health as xhealth
 from . import realcheck
 from .model import (CONNS_MAX, CONNS_MIN, DEFAULT_SCHEDULER, FLOW_CACHE_MAX, FLOW_CACHE_MIN, IPVS_SCHEDULERS_NOT_YET,
-                    METHODS, METHODS_NOT_YET, MH_SIZE_MAX, MH_SIZE_MIN, PERSISTENCE_MODES, PLACEMENTS, SCHED_FLAGS,
-                    SCHEDULERS, TIMEOUT_MAX, U32_MAX, Config, Icmp, MarkRule, Real, Service, Tables, Timeouts, is_prime,
-                    netmask_bytes, show_value)
+                    METHODS, METHODS_NOT_YET, MH_SIZE_MAX, MH_SIZE_MIN, PERSISTENCE_ENGINES, PERSISTENCE_MODES,
+                    PLACEMENTS, SCHED_FLAGS, SCHEDULERS, SERVICE_PROTOS, TIMEOUT_MAX, U32_MAX, Config, Icmp, MarkRule,
+                    Real, Service, Tables, Timeouts, is_prime, netmask_bytes, show_value)
 from .tomlpos import located
 from ..errors import ConfigError
 
@@ -286,8 +286,8 @@ def _check_mark_conflicts(v, marks):
 
 
 _SERVICE_KEYS = ("fwmark", "family", "vip", "port", "proto", "scheduler", "method", "persistence_timeout",
-                 "persistence_netmask", "persistence_mode", "expire_quiescent_template", "mh_table_size",
-                 "sched_flags", "ops", "placement", "real") + xhealth.SERVICE_KEYS
+                 "persistence_netmask", "persistence_mode", "expire_quiescent_template", "persistence_engine",
+                 "mh_table_size", "sched_flags", "ops", "placement", "real") + xhealth.SERVICE_KEYS
 
 
 def _service(v, item, where) -> Service:
@@ -309,13 +309,17 @@ def _service(v, item, where) -> Service:
             v.fail(_join(where, "family"), f"family {show_value(fam_key)} does not match vip {vip} (IPv{family}); "
                                            "remove family, a vip service takes it from the address")
         port = v.integer(tbl, where, "port", 0, 65535, required=True)
-        proto = v.choice(tbl, where, "proto", ("tcp", "udp"), required=True)
+        proto = v.choice(tbl, where, "proto", SERVICE_PROTOS, required=True)
     else:
         v.fail(where, "a service needs either fwmark = N or vip/port/proto")
 
     placement = v.choice(tbl, where, "placement", PLACEMENTS, default="scheduler")
     scheduler = _scheduler(v, tbl, where, placement)
     method = tbl.get("method", "dr")
+    if method == "nat" and proto == "sctp":
+        # Before the check of supported methods: it holds once NAT is one.
+        v.fail(_join(where, "method"), "an SCTP service cannot use NAT: rewriting its addresses or ports needs "
+                                       "the packet's CRC32c recomputed, which xlb does not do; use method \"dr\"")
     if method in METHODS_NOT_YET:
         v.fail(_join(where, "method"), f"method {show_value(method)} is not supported yet (supported: {', '.join(METHODS)})")
     if method not in METHODS:
@@ -323,7 +327,8 @@ def _service(v, item, where) -> Service:
 
     ptimeout = v.integer(tbl, where, "persistence_timeout", 1, TIMEOUT_MAX)
     if ptimeout is None:
-        for k in ("persistence_netmask", "persistence_mode", "expire_quiescent_template", "placement"):
+        for k in ("persistence_netmask", "persistence_mode", "expire_quiescent_template", "placement",
+                  "persistence_engine"):
             if k in tbl:
                 v.fail(_join(where, k), f"{k} has no effect without persistence_timeout; "
                                         "set persistence_timeout or remove it")
@@ -333,6 +338,10 @@ def _service(v, item, where) -> Service:
         v.fail(_join(where, "persistence_netmask"), f"persistence_netmask: {e}")
     pmode = v.choice(tbl, where, "persistence_mode", PERSISTENCE_MODES, default="lvs")
     eqt = v.flag(tbl, where, "expire_quiescent_template", False)
+    engine = v.choice(tbl, where, "persistence_engine", PERSISTENCE_ENGINES)
+    if engine and proto in ("tcp", "sctp"):
+        v.fail(_join(where, "persistence_engine"), f"persistence_engine \"sip\" reads UDP datagrams (as IPVS's); "
+                                                   f"this is a {proto} service")
     if port == 0 and ptimeout is None:
         v.fail(_join(where, "port"), "port 0 (all ports) requires persistence_timeout, as in IPVS; "
                                      "set persistence_timeout or give a port")
@@ -358,8 +367,8 @@ def _service(v, item, where) -> Service:
                                             "is keyed by its (masked) address alone")
     svc = Service(fwmark=fwmark, vip=vip, port=port, proto=proto, family=family, scheduler=scheduler,
                   method=method, persistence_timeout=ptimeout, persistence_netmask=pmask, persistence_mode=pmode,
-                  expire_quiescent_template=eqt, mh_table_size=mh_size, reals=reals, where=where,
-                  sched_flags=flags, ops=ops, placement=placement,
+                  expire_quiescent_template=eqt, persistence_engine=engine, mh_table_size=mh_size, reals=reals,
+                  where=where, sched_flags=flags, ops=ops, placement=placement,
                   health_keys=xhealth.picked(tbl, xhealth.SERVICE_KEYS) or None)
     return dataclasses.replace(svc, health=xhealth.service_spec(svc, tbl, v.source))
 

@@ -359,8 +359,11 @@ class DataPlane(Sweeper, Reader, Adopter):
         flags = 0
         if svc.persistence_timeout:
             flags |= S.SVC_F_PERSIST
-            if svc.persistence_mode == "timeout":
+            # A Call-ID's template lives persistence_timeout after its last datagram (sip.h; docs/design.md).
+            if svc.persistence_mode == "timeout" or svc.persistence_engine == "sip":
                 flags |= S.SVC_F_PERSIST_TIMEOUT
+            if svc.persistence_engine == "sip":
+                flags |= S.SVC_F_PE_SIP
             if svc.expire_quiescent_template:
                 flags |= S.SVC_F_EXPIRE_QUIESCENT
             if svc.placement == "consistent":

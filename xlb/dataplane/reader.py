@@ -109,7 +109,7 @@ class Reader:
 
     def verdict_rows(self):
         """[(packets, bytes, conns)] by verdict reason number."""
-        return percpu_counters(self.m["verdicts"], max(S.REASONS) + 1)  # numbers may have gaps
+        return percpu_counters(self.m["verdicts"], S.REASON_MAX)
 
     def mark_hits(self, each_rule=False):
         """[(mark rule, hits)] of the applied config's mark rules in its order: each rule id once (rules that share
@@ -222,7 +222,9 @@ class Reader:
         tmpl_words = np.ascontiguousarray(tk["svc"]).view(np.uint64).reshape(n, words)
         j = row_index(list(tmpl_words.T), list(svc_words.T), missing=len(states))
         tmo = np.array([(st.svc.persistence_timeout or 0) * NS for st in states] + [0], np.int64)[j]
-        lvs = np.array([st.svc.persistence_mode == "lvs" for st in states] + [False])[j]
+        # The SIP engine's templates run on their timer alone (DataPlane._svc_meta sets PERSIST_TIMEOUT for them).
+        lvs = np.array([st.svc.persistence_mode == "lvs" and not st.svc.persistence_engine for st in states]
+                       + [False])[j]
         sid = np.array([st.id for st in states] + [0], np.int64)[j]
         # Its real: live, and the generation it was placed with.
         rid = tv["real_id"].astype(np.int64)

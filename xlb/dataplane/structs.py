@@ -43,6 +43,7 @@ ENUMS, DEFINES = read_consts()
 # Verdict reasons by number, and their export names ("pass_no_service", "drop_no_neigh", ...).
 REASONS = {v: k[len("XLB_"):].lower() for k, v in ENUMS["xlb_reason"].items() if k != "XLB_REASON_MAX"}
 REASON = {name: num for num, name in REASONS.items()}
+REASON_MAX = ENUMS["xlb_reason"]["XLB_REASON_MAX"]  # one past the highest (numbers may be reserved in between)
 SCHED = {k[len("XLB_SCHED_"):].lower(): v for k, v in ENUMS["xlb_sched"].items()}
 METHOD = {k[len("XLB_METHOD_"):].lower(): v for k, v in ENUMS["xlb_method"].items()}
 CONN_STATE = {k[len("XLB_CS_"):].lower(): v for k, v in ENUMS["xlb_conn_state"].items() if k != "XLB_CS_MAX"}
@@ -58,6 +59,7 @@ SVC_F_OPS = DEFINES["XLB_SVC_F_OPS"]
 SVC_F_CONSISTENT = DEFINES["XLB_SVC_F_CONSISTENT"]
 SVC_F_FAIL_KEEP = DEFINES["XLB_SVC_F_FAIL_KEEP"]
 SVC_F_FAIL_RESET = DEFINES["XLB_SVC_F_FAIL_RESET"]
+SVC_F_PE_SIP = DEFINES["XLB_SVC_F_PE_SIP"]
 REAL_F_LIVE = DEFINES["XLB_REAL_F_LIVE"]
 REAL_F_DOWN = DEFINES["XLB_REAL_F_DOWN"]
 RC_F_OVERLOAD = DEFINES["XLB_RC_F_OVERLOAD"]
@@ -120,6 +122,18 @@ class Persist(ct.Structure):
     _fields_ = [("last_new_ns", _u64), ("held_until_ns", _u64), ("real_id", _u32), ("real_gen", _u32)]
 
 
+LBLCR_SET = DEFINES["XLB_LBLCR_SET"]
+
+
+class LblcKey(ct.Structure):
+    _fields_ = [("svc_id", _u32), ("family", _u32), ("addr", _addr)]
+
+
+class LblcDests(ct.Structure):
+    _fields_ = [("lastuse_ns", _u64), ("lastmod_ns", _u64), ("real_id", _u32 * LBLCR_SET),
+                ("real_gen", _u32 * LBLCR_SET)]
+
+
 class MarkKey(ct.Structure):
     _fields_ = [("prefixlen", _u32), ("family", _u8), ("proto", _u8), ("port", _u16), ("addr", _addr)]
 
@@ -168,6 +182,7 @@ MAP_TYPES = {
     "conns": (ConnKey, Conn),
     "nat_revs": (ConnKey, NatRev),
     "persist": (PersistKey, Persist),
+    "lblc": (LblcKey, LblcDests),
     "mark_rules": (MarkKey, MarkVal),
     "vip_prefixes": (VipKey, None),
     "vip_filter": (None, None),

@@ -19,6 +19,13 @@ SWEEP_DUTY = 10          # a sweep that takes d seconds is followed by at least 
 
 SWEEP_STRETCH_MAX = 10.0  # ... up to 10 s (or the configured sweep_interval, if longer)
 
+# lblc/lblcr entries, as IPVS keeps them (ip_vs_lblc.c, ip_vs_lblcr.c): an entry unused for LOCALITY_EXPIRE goes
+# (sysctl lblc_expiration / lblcr_expiration, 24 h); a service with more than LOCALITY_MAX_SIZE entries loses
+# those unused for LOCALITY_IDLE, least recently used first, at most (entries - max) * 4/3 and max / 2 a sweep.
+LOCALITY_EXPIRE = 24 * 3600
+LOCALITY_IDLE = 6 * 60
+LOCALITY_MAX_SIZE = 16 * 1024
+
 
 def sweep_interval(configured, last_seconds):
     """Seconds until the next sweep: the configured interval, stretched so the sweep takes at most a tenth of a
@@ -47,6 +54,8 @@ class SweepResult:
     templates_held: int = 0
     nat_seen: int = 0
     nat_expired: int = 0
+    locality_seen: int = 0
+    locality_expired: int = 0
     seconds: float = 0.0
 
 
@@ -86,6 +95,7 @@ class Sweeper:
         self._reconcile(scan.counts)
         self._sweep_nat(scan, read_at, res)
         self._sweep_templates(now, scan, res)
+        self._sweep_locality(now, res)
         self.release_old_tables()
         res.seconds = time.perf_counter() - t0
         return res
@@ -182,7 +192,27 @@ class Sweeper:
         gone = t.keys[np.isin(t.vals["real_id"], np.asarray(real_ids, np.uint32))]
         if len(gone):
             persist = self.m["persist"]
-            self.delete_batch(persist, (persist.Key * len(gone)).from_buffer(gone))
+            self.delete_batch(persist, gone)
+
+    def _sweep_locality(self, now, res):
+        """Expire lblc/lblcr entries: their service is gone (or schedules otherwise now), they were unused for
+        LOCALITY_EXPIRE, or their service holds more than LOCALITY_MAX_SIZE and they were unused for LOCALITY_IDLE."""
+        table = self.m["lblc"]
+        keys = np.empty(table.max_entries, np.dtype(S.LblcKey))
+        vals = np.empty(table.max_entries, np.dtype(S.LblcDests))
+        n = lookup_batch_into(table.map_fd, keys, vals)
+        res.locality_seen = n
+        if not n:
+            return
+        keys, vals = keys[:n], vals[:n]
+        local = np.zeros(self.cap.max_services, bool)
+        local[[st.id for st in self.by_id.values() if st.svc.scheduler in ("lblc", "lblcr")]] = True
+        sid = np.minimum(keys["svc_id"], self.cap.max_services - 1)
+        dead = locality_expired(local[sid], sid, vals["lastuse_ns"].astype(np.int64), now)
+        gone = keys[dead]
+        if len(gone):
+            self.delete_batch(table, gone)
+        res.locality_expired = len(gone)
 
     def _holds(self, scan, sids, clients):
         """For lvs-mode templates (service id, client): the latest expiry among the live connections of that
@@ -240,3 +270,19 @@ class Sweeper:
                 # Same length, every entry a real id at every moment: rewrite in place.
                 self.write_slots(st.region[0], table_now)
                 st.table = table_now
+
+
+def locality_expired(live, sid, lastuse, now, max_size=LOCALITY_MAX_SIZE):
+    """Which lblc/lblcr entries go (bool array): of no live lblc/lblcr service, unused for LOCALITY_EXPIRE, or, in
+    a service with more than max_size entries, unused for LOCALITY_IDLE (least recently used first, as many as
+    IPVS's periodic check removes at once: (entries - max_size) * 4/3, at most max_size / 2)."""
+    idle = now - lastuse
+    dead = ~live | (idle > LOCALITY_EXPIRE * NS)
+    ids, count = np.unique(sid[~dead], return_counts=True)
+    for s_id, c in zip(ids.tolist(), count.tolist()):
+        if c <= max_size:
+            continue
+        goal = min((c - max_size) * 4 // 3, max_size // 2)
+        cand = np.flatnonzero(~dead & (sid == s_id) & (idle > LOCALITY_IDLE * NS))
+        dead[cand[np.argsort(lastuse[cand], kind="stable")[:goal]]] = True
+    return dead

@@ -40,6 +40,7 @@ METHOD_OPTION = {"dr": "-g", "nat": "-m", "tun": "-i"}
 # Config field -> the option an operator typed, for error messages.
 _SERVICE_FIELDS = {"scheduler": "-s", "sched_flags": "-b", "mh_table_size": "-s", "method": "-g",
                    "persistence_timeout": "-p", "persistence_netmask": "-M", "persistence_mode": "-p",
+                   "persistence_engine": "--pe",
                    "expire_quiescent_template": "-p", "address": "-r", "weight": "-w", "uthreshold": "-x",
                    "lthreshold": "-y", "ops": "-o"}
 _MARK_FIELDS = {"mark": "--mark", "proto": "--proto", "dst": "--dst", "ports": "--ports"}
@@ -55,7 +56,7 @@ def parse_service(kind: str, text: str, ipv6: bool = False, where: str | None = 
     Accepts ``198.51.100.10:80``, ``[2001:db8::1]:80``, a service name (``:http``) and no port (port 0, which
     the validator then requires to be persistent, as IPVS does).
     """
-    opt = where or f"-{kind[0]}"
+    opt = where or ("--sctp-service" if kind == "sctp" else f"-{kind[0]}")
     if kind == "fwmark":
         try:
             mark = int(text, 0)
@@ -119,10 +120,13 @@ def ident_name(ident: dict) -> str:
     return f"{ident['proto']}/{host}:{ident['port']}"
 
 
+PROTO_OPTION = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}  # ipvsadm's option for a vip service
+
+
 def ident_option(ident: dict) -> str:
     if "fwmark" in ident:
         return "-f"
-    return "-t" if ident["proto"] == "tcp" else "-u"
+    return PROTO_OPTION[ident["proto"]]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -217,7 +221,8 @@ def _set_settings(svc, op, replace):
     """Write the service settings an op gives; with replace, those it does not give return to defaults."""
     if replace:
         for key in ("scheduler", "sched_flags", "mh_table_size", "persistence_timeout", "persistence_netmask",
-                    "persistence_mode", "expire_quiescent_template", "ops", "placement"):
+                    "persistence_mode", "expire_quiescent_template", "ops", "placement",
+                    "persistence_engine"):
             svc.pop(key, None)
         svc["scheduler"] = xconfig.DEFAULT_SCHEDULER
         svc.setdefault("method", "dr")  # ipvsadm -E keeps it: IPVS's method is the reals', which -E leaves
@@ -239,12 +244,14 @@ def _set_settings(svc, op, replace):
             del svc["ops"]
     if op.get("persistence") is False:
         for key in ("persistence_timeout", "persistence_netmask", "persistence_mode", "expire_quiescent_template",
-                    "placement"):
+                    "placement", "persistence_engine"):
             svc.pop(key, None)
     elif op.get("persistence") is not None:
         svc["persistence_timeout"] = op["persistence"]
     if op.get("netmask") is not None:
         svc["persistence_netmask"] = op["netmask"]
+    if op.get("pe") is not None:
+        svc["persistence_engine"] = op["pe"]
 
 
 def _service_add(tree, op, source):

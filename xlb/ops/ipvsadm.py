@@ -37,12 +37,12 @@ _LONG = {"add-service": "A", "edit-service": "E", "delete-service": "D", "clear"
          "netmask": "M", "real-server": "r", "gatewaying": "g", "ipip": "i", "masquerading": "m", "weight": "w",
          "u-threshold": "x", "l-threshold": "y", "connection": "c", "numeric": "n", "ipv6": "6",
          "sched-flags": "b", "ops": "o", "help": "h", "set": "", "timeout": "", "stats": "", "rate": "", "thresholds": "",
-         "persistent-conn": "", "exact": "", "sort": "", "nosort": ""}
+         "persistent-conn": "", "exact": "", "sort": "", "nosort": "", "sctp-service": "", "pe": ""}
 _COMMANDS = {"A": "add-service", "E": "edit-service", "D": "delete-service", "C": "clear", "R": "restore",
              "S": "save", "a": "add-server", "e": "edit-server", "d": "delete-server", "L": "list", "l": "list",
              "Z": "zero", "set": "set", "h": "help"}
-_WITH_ARG = set("tufsMrwxyb")
-_NOT_YET = {"start-daemon", "stop-daemon", "daemon", "mcast-interface", "syncid", "pe"}
+_WITH_ARG = set("tufsMrwxyb") | {"sctp-service", "pe"}
+_NOT_YET = {"start-daemon", "stop-daemon", "daemon", "mcast-interface", "syncid"}
 
 
 @dataclass
@@ -70,7 +70,7 @@ def _tokens(argv):
         if a.startswith("--"):
             name, eq, val = a[2:].partition("=")
             if name in _NOT_YET:
-                _fail(a, f"--{name} is not supported by xlb (no IPVS sync daemon or persistence engines)")
+                _fail(a, f"--{name} is not supported by xlb (no IPVS sync daemon or one-packet scheduling)")
             if name not in _LONG:
                 _fail(a, f"unknown option {a}")
             short = _LONG[name] or name
@@ -165,12 +165,13 @@ def parse(argv) -> Request:
             _fail("", "no command given: one of -A -E -D -C -a -e -d -L -Z -S -R --set")
     _one_listing(fmt)
     req = Request(command=command, fmt=fmt)
-    svc_opts = [o for o in "tuf" if o in opts]
+    svc_opts = [o for o in ("t", "u", "f", "sctp-service") if o in opts]
     if len(svc_opts) > 1:
-        _fail(f"-{svc_opts[1]}", "give one of -t, -u, -f")
+        _fail(f"-{svc_opts[1]}" if len(svc_opts[1]) == 1 else f"--{svc_opts[1]}",
+              "give one of -t, -u, -f, --sctp-service")
     if svc_opts:
         o = svc_opts[0]
-        kind = {"t": "tcp", "u": "udp", "f": "fwmark"}[o]
+        kind = {"t": "tcp", "u": "udp", "f": "fwmark", "sctp-service": "sctp"}[o]
         req.service = admin.parse_service(kind, opts[o], ipv6="6" in opts, source=SOURCE)
     _build(req, opts)
     return req
@@ -223,6 +224,8 @@ def _build(req, opts):
             op["sched_flags"] = [f for f in opts["b"].split(",") if f]
         if "o" in opts:
             op["ops"] = True
+        if "pe" in opts:
+            op["pe"] = opts["pe"]
         req.ops.append(op)
     elif cmd == "delete-service":
         _needs_service(req, "-D")
@@ -303,7 +306,7 @@ def svc_name(s, rule=False):
         return f"FWM  {s['fwmark']}" + (" IPv6" if s["family"] == 6 else "")
     vname = f"{_host(s['family'], s['vip'])}:{s['port']}"
     if rule:
-        return f"{'-t' if s['proto'] == 'tcp' else '-u'} {vname}"
+        return f"{admin.PROTO_OPTION[s['proto']]} {vname}"
     name = f"{s['proto'].upper()}  {vname}"
     return name[:33] if s["family"] == 4 else name
 
@@ -348,7 +351,7 @@ def _persist_flags(s):
     full = "255.255.255.255" if s["family"] == 4 else "128"
     if s["netmask"] != full:
         out += f" mask {s['netmask']}"
-    return out
+    return out + (f" pe {s['pe']}" if s.get("pe") else "")
 
 
 def _service_lines(s, fmt):
@@ -421,6 +424,8 @@ def render_save(snap) -> str:
             full = "255.255.255.255" if s["family"] == 4 else "128"
             if s["netmask"] != full:
                 line += f" -M {s['netmask']}"
+            if s.get("pe"):
+                line += f" --pe {s['pe']}"
         if s.get("ops"):
             line += " -o"
         lines.append(line)

@@ -20,7 +20,7 @@ from ..observe.stats import FlowCounters
 
 STATE_NAMES = {S.CONN_STATE["syn"]: "SYN_RECV", S.CONN_STATE["est"]: "ESTABLISHED",
                S.CONN_STATE["fin"]: "FIN_WAIT", S.CONN_STATE["udp"]: "UDP"}
-PROTO_NAMES = {6: "TCP", 17: "UDP"}
+PROTO_NAMES = {6: "TCP", 17: "UDP", 132: "SCTP"}
 RATE_PERIOD = 2.0  # seconds, as IPVS's estimator
 
 
@@ -117,7 +117,8 @@ def listing(dp, rates=None):
             "sched_flags": list(svc.sched_flags), "method": svc.method, "ops": svc.ops,
             "persistence": svc.persistence_timeout,
             "netmask": xdump.netmask_spec(svc.family, svc.persistence_netmask),
-            "persistence_mode": svc.persistence_mode, "stats": _stats(c, flows.service_out(st.id)), "rate": rates.rate(("svc", st.id)),
+            "persistence_mode": svc.persistence_mode, "pe": svc.persistence_engine,
+            "stats": _stats(c, flows.service_out(st.id)), "rate": rates.rate(("svc", st.id)),
             "reals": reals})
     t = dp.config.timeouts
     return {"size": dp.tables.conns, "timeouts": {"tcp": t.tcp, "tcpfin": t.tcpfin, "udp": t.udp, "syn": t.syn},

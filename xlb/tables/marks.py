@@ -9,7 +9,7 @@ import ipaddress
 
 from ..config.model import addr_bytes, fwmark_key
 
-PROTO_NUM = {"tcp": 6, "udp": 17}
+PROTO_NUM = {"tcp": 6, "udp": 17, "sctp": 132}  # mark rules use tcp and udp; services sctp too
 
 
 def rule_identity(rule):

@@ -273,7 +273,8 @@ def _maglev_candidates(off, stp, cursor, claims, filled_np, F, M):
 
 # --- connection-count schedulers ---------------------------------------------------------------------------------
 
-CONN_SCHEDULERS = ("lc", "wlc", "sed", "nq", "fo", "ovf")
+# lblc and lblcr place a destination address's first connection (and re-place an overloaded one) with wlc.
+CONN_SCHEDULERS = ("lc", "wlc", "sed", "nq", "fo", "ovf", "lblc", "lblcr")
 
 
 def conn_cost(scheduler, weight, active, inactive):
@@ -283,7 +284,7 @@ def conn_cost(scheduler, weight, active, inactive):
     fo: the highest weight; ovf: the highest weight among reals whose active count is below their weight."""
     if scheduler == "lc":
         return Fraction(active * 256 + inactive)
-    if scheduler == "wlc":
+    if scheduler in ("wlc", "lblc", "lblcr"):
         return Fraction(active * 256 + inactive, weight)
     if scheduler == "sed":
         return Fraction(active + 1, weight)

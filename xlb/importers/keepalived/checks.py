@@ -270,14 +270,14 @@ class Checks:
         elif kw == "persistence_granularity":
             self.granularity(vs, n)
         elif kw == "persistence_engine":
-            self.unsupported(n, "persistence engines (sip): xlb persists by client address only")
+            if a and a[0] == "sip":
+                vs.pe, vs.pe_node = "sip", n
+            else:
+                self.unsupported(n, f"persistence engine '{a[0] if a else ''}': IPVS has one, sip")
         elif kw == "protocol":
             p = a[0].lower() if a else ""
-            if p in ("tcp", "udp"):
+            if p in ("tcp", "udp", "sctp"):
                 vs.proto, vs.proto_node = p, n
-            elif p == "sctp":
-                vs.proto, vs.proto_node = p, n
-                self.unsupported(n, "protocol SCTP: xlb balances TCP and UDP")
             else:
                 self.err(n, f"unknown protocol {a[0] if a else '(none)'}")
         elif kw == "ip_family":

@@ -104,6 +104,8 @@ class VS:
         self.pgran_node = None
         self.proto = None
         self.proto_node = None
+        self.pe = None  # persistence_engine: "sip"
+        self.pe_node = None
         self.weight = None
         self.quorum = 1
         self.hysteresis = 0

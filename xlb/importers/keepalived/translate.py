@@ -11,8 +11,8 @@ What keepalived calls a configuration problem in a virtual server (``keepalived 
 error here: xlb never guesses a correction (keepalived's "no protocol set - defaulting to UDP"), except where
 keepalived's own correction changes nothing under direct routing and keepalived runs the config: those
 (``protocol`` of a fwmark service, a real's port) are Problems of kind "warning", logged, and the config runs.
-What keepalived accepts but xlb cannot forward the same way (NAT, TUN, lblc, lblcr, SCTP, one-packet scheduling,
-persistence engines, weights above 65535) is an error of kind "unsupported". Sections xlb does not use (VRRP,
+What keepalived accepts but xlb cannot forward the same way (NAT, TUN, one-packet scheduling, weights above
+65535) is an error of kind "unsupported". Sections xlb does not use (VRRP,
 BFD, global settings other than lvs_timeouts, ...) are skipped with one warning per kind of section.
 Health-check blocks and the checker settings (delay_loop, quorum, sorry_server, ...) are read as keepalived reads
 them (health.py, through xlb/health/kaconf.py) into the config's health keys; the blocks are also kept as written
@@ -242,6 +242,8 @@ class _Importer(Checks, Health):
         if vs.pgran is not None:
             svc["persistence_netmask"] = vs.pgran
             self._w(f"{sw}.persistence_netmask", vs.pgran_node)
+        if vs.pe:
+            self.engine(vs, svc, sw)
         if vs.flags:
             svc["sched_flags"] = [f for f, _ in vs.flags]
             for i, (_, fn) in enumerate(vs.flags):
@@ -257,6 +259,18 @@ class _Importer(Checks, Health):
         virtualhost = self.health_settings(vs.settings, svc, sw)
         svc["real"] = self.real_trees(vs, sw, family, virtualhost, entry)
         return svc
+
+    def engine(self, vs, svc, sw):
+        """persistence_engine sip: on a persistent UDP or fwmark service; elsewhere it has no effect in xlb (IPVS's
+        SIP engine reads UDP datagrams only, and would drop a TCP or SCTP service's connections), said once."""
+        if vs.ptimeout is not None and svc.get("proto") in (None, "udp"):
+            svc["persistence_engine"] = vs.pe
+            self._w(f"{sw}.persistence_engine", vs.pe_node)
+        elif not getattr(vs, "pe_skipped", False):
+            vs.pe_skipped = True
+            why = "without persistence_timeout" if vs.ptimeout is None else f"on a {svc['proto'].upper()} service"
+            self.warnings.append(f"{vs.pe_node.where()}: persistence_engine {vs.pe} has no effect {why} (IPVS's "
+                                 f"SIP engine reads UDP datagrams of persistent services); skipped")
 
     def real_trees(self, vs, sw, family, virtualhost=None, entry=None):
         """The reals of service `sw` (those of its address family), each field's origin recorded. A NAT real's port
