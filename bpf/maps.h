@@ -76,7 +76,8 @@ BPF_ARRAY(trace_out, struct trace_rec, 1);
 #define XLB_PROG_ICMP 1            /* ICMP and ICMPv6 to a VIP (bpf/icmp.h) */
 #define XLB_PROG_LOCALITY 2        /* lblc/lblcr's pick (bpf/locality.h), which hands back to XLB_PROG_NEW_CONN */
 #define XLB_PROG_SIP 3             /* the SIP engine's Call-ID (bpf/sip.h), which hands back to XLB_PROG_NEW_CONN */
-BPF_PROG_ARRAY(progs, 4);
+#define XLB_PROG_NEW_FWD 4         /* a new connection's packet to its real (xlb_new_fwd), after XLB_PROG_NEW_CONN */
+BPF_PROG_ARRAY(progs, 5);
 struct handoff {
 	struct pkt p;
 	struct svc_key sk;
@@ -92,6 +93,7 @@ struct handoff {
 	__u32 sip_state;           /* persistence_engine sip: XLB_SIP_* once xlb_sip_callid ran */
 	__u32 sip_pos;             /* scratch: where the Call-ID header's value starts (payload offset + 1) */
 	__u32 sip_hash[4];         /* the Call-ID's 128-bit hash, folded into the template key's client */
+	__u32 real_id;             /* the real xlb_new_conn placed the connection on, for xlb_new_fwd */
 };
 BPF_PERCPU_ARRAY(handoffs, struct handoff, 1);
 

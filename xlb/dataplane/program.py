@@ -81,7 +81,7 @@ class Program:
     SOURCE = "xlb.c"
     FUNC = "xlb_xdp"
     # Programs reached by tail call, by their index in the `progs` map (bpf/maps.h).
-    TAIL_CALLS = {0: "xlb_new_conn", 1: "xlb_icmp", 2: "xlb_new_local", 3: "xlb_sip_callid"}
+    TAIL_CALLS = {0: "xlb_new_conn", 1: "xlb_icmp", 2: "xlb_new_local", 3: "xlb_sip_callid", 4: "xlb_new_fwd"}
 
     def __init__(self, cflags=(), log=print):
         kheaders.ensure_kernel_headers(log=log)
