@@ -125,9 +125,9 @@ enum xlb_reason {
 	XLB_DROP_FRAG_NO_FIRST = 34, /* a later fragment to a VIP before (or without) its first fragment */
 	XLB_DROP_ICMP_MTU = 35,     /* frag-needed / Packet Too Big to a VIP with an MTU below the minimum (68 / 1280) */
 	XLB_DROP_ICMP_TRUNC = 36,   /* an ICMP error to a VIP whose embedded IP or port header is truncated */
+	XLB_DROP_SIP_NO_CALLID = 39, /* a SIP-engine service's UDP datagram without a usable Call-ID (IPVS drops it) */
 	XLB_DROP_REAL_FAILED = 43,  /* a connection's real failed its health checks, on_real_failure = "reset": the
 				     * packet is dropped and the entry expired (the retransmission is scheduled anew) */
-	XLB_DROP_SIP_NO_CALLID = 39, /* a SIP-engine service's UDP datagram without a usable Call-ID (IPVS drops it) */
 	XLB_REASON_MAX
 };
 
