@@ -88,6 +88,13 @@ enum xlb_reason {
 	XLB_DROP_INTERNAL = 18,     /* a map that must exist was missing (a bug: report it) */
 	XLB_PASS_VLAN = 19,         /* an 802.1Q or 802.1ad tagged frame: not balanced (docs/design.md, VLANs) */
 	XLB_DROP_TOO_BIG = 20,      /* longer than the MTU toward the real (bpf_fib_lookup: fragmentation needed) */
+	/* 21-25: other forwarding work. 26-30: tunnels (bpf/tun.h). */
+	XLB_TUN_PTB = 26,           /* too big once encapsulated, DF set (IPv6: always): answered with ICMP frag-needed /
+				     * Packet Too Big carrying the MTU the client must use (XDP_TX) */
+	XLB_DROP_TUN_TOO_BIG = 27,  /* too big once encapsulated, IPv4 without DF (xlb does not fragment), or the MTU
+				     * left inside the tunnel is below the family's minimum (68 / 1280) */
+	XLB_DROP_TUN_ADJUST = 28,   /* bpf_xdp_adjust_head/tail refused to make room for the outer headers or the reply */
+	XLB_DROP_TUN_NO_TUNNEL = 29,/* a tunnelled real without its tunnels entry (a bug: report it) */
 	XLB_REASON_MAX
 };
 
@@ -109,6 +116,15 @@ enum xlb_sched {
 /* Forwarding methods. NAT and tunnels get their own kinds. */
 enum xlb_method {
 	XLB_METHOD_DR = 0,  /* direct routing: rewrite the Ethernet header only */
+	XLB_METHOD_TUN = 2, /* tunnel: IPIP, GUE or GRE toward the real (bpf/tun.h; struct tunnel) */
+};
+
+/* Tunnel encapsulations (struct tunnel.type). */
+enum xlb_tun_type {
+	XLB_TUN_NONE = 0,   /* not tunnelled */
+	XLB_TUN_IPIP = 1,   /* IPIP / IP6IP6 / 4in6 / 6in4: the outer header's protocol says the inner family */
+	XLB_TUN_GUE = 2,    /* UDP + GUE (IPVS: 4-byte header; XLB_TUN_F_BARE: Katran's, none) */
+	XLB_TUN_GRE = 3,    /* GRE as IPVS sends it: no key, no sequence, the checksum with XLB_TUN_F_CSUM */
 };
 
 /* Connection states, as the load balancer sees one direction (IPVS's input-only TCP table). */
@@ -129,6 +145,11 @@ enum xlb_conn_state {
 
 /* real.flags */
 #define XLB_REAL_F_LIVE 0x1            /* the slot holds a real of a configured service */
+#define XLB_REAL_F_TUN 0x2             /* forwarded through a tunnel: tunnels[real id] says how */
+
+/* tunnel.flags */
+#define XLB_TUN_F_CSUM 0x1             /* GUE: UDP checksum set; GRE: checksum present (IPVS csum / remcsum) */
+#define XLB_TUN_F_BARE 0x2             /* GUE without its header (variant 1, Katran): the inner packet after UDP */
 
 /* real_conns.flags */
 #define XLB_RC_F_OVERLOAD 0x1          /* connections reached uthreshold; cleared below lthreshold */

@@ -104,6 +104,7 @@ static __always_inline void flow_fill(struct pkt *p, __u32 slot, __u32 gen, stru
 	e->svc_id = c->svc_id;
 	e->gen = gen;
 	e->stamp = now;
+	e->real_flags = r->flags;
 }
 
 #endif

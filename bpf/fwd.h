@@ -1,12 +1,13 @@
 /* fwd.h — forwarding to the chosen real. Direct routing: the IP packet is untouched; the Ethernet header is
  * rewritten toward the real, whose next hop and egress interface come from bpf_fib_lookup (cached per CPU).
- * NAT and tunnel methods will add their own rewrite here. */
+ * Tunnelled reals (XLB_REAL_F_TUN) get their outer headers from bpf/tun.h. */
 #ifndef XLB_FWD_H
 #define XLB_FWD_H
 
 #include "maps.h"
 #include "parse.h"
 #include "trace.h"
+#include "tun.h"
 
 #ifndef AF_INET
 #define AF_INET 2
@@ -40,8 +41,10 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct pkt *p, str
 	}
 	struct bpf_fib_lookup fib = {};
 	fib.ifindex = ctx->ingress_ifindex;
+	int tun = r->flags & XLB_REAL_F_TUN;
 	fib.l4_protocol = p->proto;
-	fib.tot_len = p->ip_len;
+	/* A tunnel's packets are longer than this one: send_tun checks them against the device's MTU. */
+	fib.tot_len = tun ? 0 : p->ip_len;
 	if (r->family == XLB_AF_INET) {
 		fib.family = AF_INET;
 		fib.ipv4_dst = r->addr[0];
@@ -56,8 +59,9 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct pkt *p, str
 		return XLB_DROP_TOO_BIG;
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
 		return XLB_DROP_FIB;
-	/* bpf_fib_lookup replaces the destination with the gateway when there is one: DR needs the real on-link. */
-	if (r->family == XLB_AF_INET ? fib.ipv4_dst != r->addr[0] : !addr_eq(fib.ipv6_dst, r->addr))
+	/* bpf_fib_lookup replaces the destination with the gateway when there is one: DR needs the real on-link (a
+	 * tunnel's outer packet may go through a gateway). */
+	if (!tun && (r->family == XLB_AF_INET ? fib.ipv4_dst != r->addr[0] : !addr_eq(fib.ipv6_dst, r->addr)))
 		return XLB_DROP_NOT_ONLINK;
 	/* The egress interface's MTU, for send_dr's per-frame check (fib's mtu_result is set only on FRAG_NEEDED;
 	 * bpf_check_mtu writes the device's MTU whatever this frame's length). */
@@ -73,6 +77,17 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct pkt *p, str
 	nh->stamp_ns = now;
 	*out = nh;
 	return 0;
+}
+
+/* Send the frame, addressed to next hop nh, out of its interface. */
+static __always_inline int send_nh(struct xdp_md *ctx, struct nexthop *nh, int *action)
+{
+	if (nh->ifindex == ctx->ingress_ifindex) {
+		*action = XDP_TX;
+		return XLB_FWD_TX;
+	}
+	*action = bpf_redirect(nh->ifindex, 0);
+	return XLB_FWD_REDIRECT;
 }
 
 /* Direct routing: address the frame to next hop nh and send it. Returns the verdict reason; *action gets the
@@ -93,17 +108,20 @@ static __always_inline int send_dr(struct xdp_md *ctx, struct pkt *p, struct nex
 	}
 	__builtin_memcpy(eth->h_dest, nh->dmac, 6);
 	__builtin_memcpy(eth->h_source, nh->smac, 6);
-	if (nh->ifindex == ctx->ingress_ifindex) {
-		*action = XDP_TX;
-		return XLB_FWD_TX;
-	}
-	*action = bpf_redirect(nh->ifindex, 0);
-	return XLB_FWD_REDIRECT;
+	return send_nh(ctx, nh, action);
 }
 
-/* Send the packet to real r. Returns the verdict reason; *action gets the XDP action. */
-static __always_inline int forward_dr(struct xdp_md *ctx, struct pkt *p, struct real *r, __u32 real_id,
-				      __u64 now, int *action)
+/* Tunnel: the outer headers toward the real (bpf/tun.h), then out to next hop nh. */
+static __always_inline int send_tun(struct xdp_md *ctx, struct pkt *p, struct nexthop *nh, __u32 real_id,
+				    int *action)
+{
+	int reason = encap_tun(ctx, p, nh, real_id, action);
+	return reason ? reason : send_nh(ctx, nh, action);
+}
+
+/* Send the packet to real r, by its method. Returns the verdict reason; *action gets the XDP action. */
+static __always_inline int forward(struct xdp_md *ctx, struct pkt *p, struct real *r, __u32 real_id, __u64 now,
+				   int *action)
 {
 	XLB_TRACE_NOTE(real_id, real_id);
 	struct nexthop *nh = 0;
@@ -112,6 +130,8 @@ static __always_inline int forward_dr(struct xdp_md *ctx, struct pkt *p, struct 
 		*action = XDP_DROP;
 		return reason;
 	}
+	if (r->flags & XLB_REAL_F_TUN)
+		return send_tun(ctx, p, nh, real_id, action);
 	return send_dr(ctx, p, nh, action);
 }
 

@@ -42,6 +42,18 @@ struct real {
 	__u32 pad;
 };
 
+/* tunnels: how a tunnelled real's packets are encapsulated, by real id (XLB_REAL_F_TUN); written by the control
+ * plane from the service's tunnel settings. */
+struct tunnel {
+	__be32 src[4];             /* outer source address, network order (the real's family) */
+	__be32 src_host[4];        /* bits of src taken from the flow's hash (per-flow sources from a prefix); 0: fixed */
+	__be16 port;               /* GUE: UDP destination port, network order */
+	__u8 type;                 /* enum xlb_tun_type */
+	__u8 flags;                /* XLB_TUN_F_* */
+	__u8 family;               /* outer family: the real's (XLB_AF_INET / XLB_AF_INET6) */
+	__u8 pad[3];
+};
+
 /* real_conns: live connection counts per real id. The data plane adds as connections open and change state
  * (atomically: new connections only, never per packet); the control plane's sweep rewrites them from the
  * connection table, so entries that expire or that the LRU evicts do not leak. */
@@ -148,7 +160,7 @@ struct flow_entry {
 	__u32 svc_id;
 	__u32 gen;                 /* settings.gen when filled */
 	__u32 stamp;               /* bpf_jiffies64() (low 32 bits) when filled from the connection entry */
-	__u32 pad;
+	__u32 real_flags;          /* the real's XLB_REAL_F_* when filled (XLB_REAL_F_TUN: encapsulate) */
 };
 
 /* trace_out: what the program decided for one traced packet. Written only by the trace build (-DXLB_TRACE,

@@ -93,7 +93,10 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 		struct nexthop *nh = nh_cache.lookup(&real_id);
 		if (nh && nexthop_for(nh, fe->real_gen)) {
 			count_flow(fe->svc_id, real_id, bytes, 0);
-			reason = send_dr(ctx, p, nh, &action);
+			if (fe->real_flags & XLB_REAL_F_TUN)
+				reason = send_tun(ctx, p, nh, real_id, &action);
+			else
+				reason = send_dr(ctx, p, nh, &action);
 			return verdict(reason, action, bytes);
 		}
 	}
@@ -114,7 +117,7 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 				XLB_TRACE_FLAG(XLB_TRACE_F_CONN_HIT);
 				conn_touch(c, p, now);
 				count_flow(c->svc_id, real_id, bytes, 0);
-				reason = forward_dr(ctx, p, r, real_id, now, &action);
+				reason = forward(ctx, p, r, real_id, now, &action);
 				if (action != XDP_DROP)
 					flow_fill(p, slot, gen, st, c, r);
 				return verdict(reason, action, bytes);
@@ -181,7 +184,7 @@ int xlb_new_conn(struct xdp_md *ctx)
 		conn_count(real_id, state, 1, r);
 	count_flow(h->svc.id, real_id, bytes, 1);
 	int action = XDP_PASS;
-	int reason = forward_dr(ctx, p, r, real_id, now, &action);
+	int reason = forward(ctx, p, r, real_id, now, &action);
 	if (recorded && action != XDP_DROP)
 		flow_fill(p, h->flow_idx, h->gen, st, &nc, r);
 	return verdict(reason, action, bytes);

@@ -15,8 +15,8 @@ IPVS_SCHEDULERS_NOT_YET = ("lblc", "lblcr")
 DEFAULT_SCHEDULER = "wlc"  # as IPVS
 # ipvsadm -b / keepalived's sh-port, sh-fallback, mh-port, mh-fallback: which flags each scheduler takes.
 SCHED_FLAGS = {"sh": ("sh-port", "sh-fallback"), "mh": ("mh-port", "mh-fallback")}
-METHODS = ("dr",)
-METHODS_NOT_YET = ("nat", "tun")
+METHODS = ("dr", "tun")
+METHODS_NOT_YET = ("nat",)
 PERSISTENCE_MODES = ("lvs", "timeout")
 
 U32_MAX = 2**32 - 1
@@ -95,6 +95,7 @@ class Service:
     sched_flags: tuple = ()  # ("sh-port", "sh-fallback") / ("mh-port", "mh-fallback"), sorted
     health_keys: dict | None = field(default=None, hash=False)  # the service's health keys as written
     health: object = field(default=None, hash=False)  # xlb.health.spec.Service, or None: reals always up
+    tunnel: object = None  # xlb.config.tunnel.Tunnel for method "tun", else None
 
     @property
     def key(self) -> tuple:

@@ -26,6 +26,7 @@ import tomllib
 
 from . import health as xhealth
 from . import realcheck
+from . import tunnel as xtunnel
 from .model import (CONNS_MAX, CONNS_MIN, DEFAULT_SCHEDULER, FLOW_CACHE_MAX, FLOW_CACHE_MIN, IPVS_SCHEDULERS_NOT_YET,
                     METHODS, METHODS_NOT_YET, MH_SIZE_MAX, MH_SIZE_MIN, PERSISTENCE_MODES, SCHED_FLAGS, SCHEDULERS,
                     TIMEOUT_MAX, U32_MAX, Config, MarkRule, Real, Service, Tables, Timeouts, is_prime, netmask_bytes,
@@ -283,7 +284,7 @@ def _check_mark_conflicts(v, marks):
 
 _SERVICE_KEYS = ("fwmark", "family", "vip", "port", "proto", "scheduler", "method", "persistence_timeout",
                  "persistence_netmask", "persistence_mode", "expire_quiescent_template", "mh_table_size",
-                 "sched_flags", "real") + xhealth.SERVICE_KEYS
+                 "sched_flags", "real") + xtunnel.KEYS + xhealth.SERVICE_KEYS
 
 
 def _service(v, item, where) -> Service:
@@ -315,6 +316,7 @@ def _service(v, item, where) -> Service:
         v.fail(_join(where, "method"), f"method {show_value(method)} is not supported yet (supported: {', '.join(METHODS)})")
     if method not in METHODS:
         v.fail(_join(where, "method"), f"unknown method {show_value(method)} (supported: {', '.join(METHODS)})")
+    tunnel = xtunnel.read(v, tbl, where, method, _join)
 
     ptimeout = v.integer(tbl, where, "persistence_timeout", 1, TIMEOUT_MAX)
     if ptimeout is None:
@@ -332,7 +334,7 @@ def _service(v, item, where) -> Service:
         v.fail(_join(where, "port"), "port 0 (all ports) requires persistence_timeout, as in IPVS; "
                                      "set persistence_timeout or give a port")
 
-    reals = _reals(v, tbl, where, family)
+    reals = _reals(v, tbl, where, family, any_family=tunnel is not None)
     if "mh_table_size" in tbl and scheduler != "mh":
         v.fail(_join(where, "mh_table_size"), f"mh_table_size applies only to scheduler \"mh\" "
                                               f"(this service uses {show_value(scheduler)})")
@@ -347,7 +349,7 @@ def _service(v, item, where) -> Service:
     svc = Service(fwmark=fwmark, vip=vip, port=port, proto=proto, family=family, scheduler=scheduler,
                   method=method, persistence_timeout=ptimeout, persistence_netmask=pmask, persistence_mode=pmode,
                   expire_quiescent_template=eqt, mh_table_size=mh_size, reals=reals, where=where,
-                  sched_flags=flags, health_keys=xhealth.picked(tbl, xhealth.SERVICE_KEYS) or None)
+                  sched_flags=flags, health_keys=xhealth.picked(tbl, xhealth.SERVICE_KEYS) or None, tunnel=tunnel)
     return dataclasses.replace(svc, health=xhealth.service_spec(svc, tbl, v.source))
 
 
@@ -401,7 +403,8 @@ def _no_zone(v, addr, where, suffix=""):
     return addr
 
 
-def _reals(v, tbl, where, family) -> tuple:
+def _reals(v, tbl, where, family, any_family=False) -> tuple:
+    """The service's reals; any_family: a tunnel carries either family to a real of either (4in6, 6in4)."""
     reals = []
     seen = {}
     for rwhere, item in v.array_of_tables(tbl, where, "real"):
@@ -409,8 +412,9 @@ def _reals(v, tbl, where, family) -> tuple:
         if "address" not in rt:
             v.fail(_join(rwhere, "address"), "address is required")
         addr = _address(v, rt["address"], _join(rwhere, "address"), "address")
-        if addr.version != family:
-            v.fail(_join(rwhere, "address"), f"real {addr} is IPv{addr.version} but the service is IPv{family}")
+        if addr.version != family and not any_family:
+            v.fail(_join(rwhere, "address"), f"real {addr} is IPv{addr.version} but the service is IPv{family} "
+                                             "(only method \"tun\" carries a family to a real of the other)")
         if addr in seen:
             v.fail(_join(rwhere, "address"), f"duplicate real {addr}: already given as {seen[addr]}")
         seen[addr] = rwhere

@@ -10,6 +10,7 @@ import numpy as np
 
 from . import clock
 from . import structs as S
+from . import tunnels
 from .adopt import Adopter
 from .alloc import IdPool, SlotAllocator
 from .bpfsys import lookup_batch_into
@@ -95,6 +96,7 @@ class DataPlane(Sweeper, Reader, Adopter):
         lookup_batch_into(vf.map_fd, np.empty(vf.max_entries, np.uint32), words)
         self.vip_words = words.tolist()  # as found (pinned: adopted)
         self._to_release = []          # regions freed at the next apply (in-flight packets may read old ones)
+        self.route_source = None       # tests: address -> the outer source of a tunnel (None: the kernel's route)
 
     # -- applying a config ---------------------------------------------------------------------------------
     def check(self, config):
@@ -114,9 +116,10 @@ class DataPlane(Sweeper, Reader, Adopter):
         make-before-break contract (docs/design.md "Who writes what"): VIP filter bits added, reals, mark rules,
         tables and services, settings; then what the config no longer has; the flow cache voided last."""
         entries, tables = self.check(config)
+        tun_rows = tunnels.plan(config, self.route_source)
         old = self.services
         vips, fwm, fbits = self._widen_vip_filter(config)
-        real_rows, svc_states = self._take_ids(config, old)
+        real_rows, svc_states = self._take_ids(config, old, tun_rows)
         want = self._write_mark_rules(config, entries)
         self._write_services(svc_states, tables, config)
         self._write_settings(config, bool(want), fbits is not None)
@@ -148,7 +151,7 @@ class DataPlane(Sweeper, Reader, Adopter):
             self._write_vip_words([a | b for a, b in zip(self.vip_words, want_words)])
         return vips, fwm, fbits
 
-    def _take_ids(self, config, old):
+    def _take_ids(self, config, old, tun_rows):
         """Ids for every real and service, stable per (service, address) and per service key (a new id bumps the
         real slot's generation and zeroes its counters), and the reals' entries written. Returns ({real id:
         (service, real)}, {service key: SvcState})."""
@@ -171,10 +174,13 @@ class DataPlane(Sweeper, Reader, Adopter):
             st.svc = svc
             svc_states[svc.key] = st
         for rid, (svc, r) in real_rows.items():
+            tun = tun_rows.get((svc.key, r.address))
+            if tun is not None:  # before the real says to use it
+                self.m["tunnels"][ct.c_uint32(rid)] = tun
             self.m["reals"][ct.c_uint32(rid)] = S.Real(
                 addr=S.addr_words(addr_bytes(r.address)), gen=self.gens[rid], svc_id=svc_states[svc.key].id,
-                weight=r.weight, family=svc.family, flags=S.REAL_F_LIVE, uthreshold=r.uthreshold,
-                lthreshold=r.lthreshold)
+                weight=r.weight, family=r.address.version, flags=S.REAL_F_LIVE | (S.REAL_F_TUN if tun else 0),
+                uthreshold=r.uthreshold, lthreshold=r.lthreshold)
         return real_rows, svc_states
 
     def _write_mark_rules(self, config, entries):

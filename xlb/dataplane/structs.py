@@ -55,6 +55,10 @@ SVC_F_EXPIRE_QUIESCENT = DEFINES["XLB_SVC_F_EXPIRE_QUIESCENT"]
 SVC_F_HASH_PORT = DEFINES["XLB_SVC_F_HASH_PORT"]
 SVC_F_FALLBACK = DEFINES["XLB_SVC_F_FALLBACK"]
 REAL_F_LIVE = DEFINES["XLB_REAL_F_LIVE"]
+REAL_F_TUN = DEFINES["XLB_REAL_F_TUN"]
+TUN_F_CSUM = DEFINES["XLB_TUN_F_CSUM"]
+TUN_F_BARE = DEFINES["XLB_TUN_F_BARE"]
+TUN_TYPE = {k[len("XLB_TUN_"):].lower(): v for k, v in ENUMS["xlb_tun_type"].items()}
 RC_F_OVERLOAD = DEFINES["XLB_RC_F_OVERLOAD"]
 CAND_MAX = DEFINES["XLB_CAND_MAX"]
 SET_F_MARKS = DEFINES["XLB_SET_F_MARKS"]
@@ -76,6 +80,11 @@ class SvcMeta(ct.Structure):
 class Real(ct.Structure):
     _fields_ = [("addr", _addr), ("gen", _u32), ("svc_id", _u32), ("weight", _u16), ("family", _u8),
                 ("flags", _u8), ("uthreshold", _u32), ("lthreshold", _u32), ("pad", _u32)]
+
+
+class Tunnel(ct.Structure):
+    _fields_ = [("src", _addr), ("src_host", _addr), ("port", _u16), ("type", _u8), ("flags", _u8), ("family", _u8),
+                ("pad", _u8 * 3)]
 
 
 class RealConns(ct.Structure):
@@ -135,7 +144,7 @@ class Nexthop(ct.Structure):
 
 class FlowEntry(ct.Structure):
     _fields_ = [("key", ConnKey), ("real_id", _u32), ("real_gen", _u32), ("svc_id", _u32), ("gen", _u32),
-                ("stamp", _u32), ("pad", _u32)]
+                ("stamp", _u32), ("real_flags", _u32)]
 
 
 class TraceRec(ct.Structure):
@@ -150,6 +159,7 @@ class TraceRec(ct.Structure):
 MAP_TYPES = {
     "services": (SvcKey, SvcMeta),
     "reals": (None, Real),
+    "tunnels": (None, Tunnel),
     "real_conns": (None, RealConns),
     "sched_slots": (None, None),
     "rr_pos": (None, RrPos),
