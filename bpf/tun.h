@@ -81,7 +81,7 @@ static __always_inline int inner_facts(void *data, void *data_end, struct pkt *p
 		__u32 hlen = iph->ihl * 4;
 		__u8 *l4 = ip + hlen;
 		__u32 off = p->proto == IPPROTO_TCP ? 16 : 6;
-		if (hlen > 60 || (void *)(l4 + 20) > data_end)
+		if (hlen > 60 || (void *)(l4 + off + 2) > data_end)
 			return -1;
 		check = *(__be16 *)(l4 + off);
 		/* Pseudo-header: addresses, protocol, transport length; the header itself sums to zero. */
@@ -99,7 +99,7 @@ static __always_inline int inner_facts(void *data, void *data_end, struct pkt *p
 		f->df = 0;
 		__u8 *l4 = (void *)(ip6 + 1);
 		__u32 off = p->proto == IPPROTO_TCP ? 16 : 6;
-		if ((void *)(l4 + 20) > data_end)
+		if ((void *)(l4 + off + 2) > data_end)
 			return -1;
 		check = *(__be16 *)(l4 + off);
 		/* Header minus pseudo-header: the addresses and the length cancel, leaving the first word, next header
