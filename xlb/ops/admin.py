@@ -11,9 +11,11 @@ changes nothing; a batch (``ipvsadm -R``) is applied whole or not at all.
 
 Operations (``op`` key):
   service-add / service-edit / service-del   {"service": IDENT, "scheduler", "persistence", "netmask", "method",
-                                              "sched_flags", "replace"}
+                                              "tunnel", "sched_flags", "replace"}
   real-add / real-edit / real-del            {"service": IDENT, "address", "port", "weight", "uthreshold",
-                                              "lthreshold", "replace"}
+                                              "lthreshold", "method", "tunnel", "replace"}
+"tunnel" is the service's tunnel_* keys (method "tun"). A real's method is its service's (ipvsadm puts it on each
+real): a real-add/real-edit giving another changes the service's only when no other real is there.
   mark-add / mark-del                        {"mark", "proto", "dst", "ports"}
   clear                                      {}  (ipvsadm -C: every service; mark rules stay)
   timeouts                                   {"tcp", "tcpfin", "udp"}  (0 or absent: unchanged, as ipvsadm --set)
@@ -31,6 +33,7 @@ import socket
 from ..config import dump as xdump
 from ..config import model as xconfig
 from ..config import read as xread
+from ..config import tunnel as xtunnel
 from ..errors import ConfigError
 from ..tables.marks import rule_identity
 
@@ -41,7 +44,7 @@ METHOD_OPTION = {"dr": "-g", "nat": "-m", "tun": "-i"}
 _SERVICE_FIELDS = {"scheduler": "-s", "sched_flags": "-b", "mh_table_size": "-s", "method": "-g",
                    "persistence_timeout": "-p", "persistence_netmask": "-M", "persistence_mode": "-p",
                    "expire_quiescent_template": "-p", "address": "-r", "weight": "-w", "uthreshold": "-x",
-                   "lthreshold": "-y"}
+                   "lthreshold": "-y", **dict.fromkeys(xtunnel.KEYS, "-i")}
 _MARK_FIELDS = {"mark": "--mark", "proto": "--proto", "dst": "--dst", "ports": "--ports"}
 
 
@@ -220,7 +223,6 @@ def _set_settings(svc, op, replace):
                     "persistence_mode", "expire_quiescent_template"):
             svc.pop(key, None)
         svc["scheduler"] = xconfig.DEFAULT_SCHEDULER
-        svc["method"] = "dr"
     if op.get("scheduler") is not None and op["scheduler"] != svc.get("scheduler"):
         svc["scheduler"] = op["scheduler"]
         if op["scheduler"] != "mh":
@@ -231,8 +233,7 @@ def _set_settings(svc, op, replace):
         svc["sched_flags"] = list(op["sched_flags"])
         if not svc["sched_flags"]:
             del svc["sched_flags"]
-    if op.get("method") is not None:
-        svc["method"] = op["method"]
+    _set_method(svc, op)  # kept when not given, even by -E: the reals' -g / -i say it (ipvsadm)
     if op.get("persistence") is False:
         for key in ("persistence_timeout", "persistence_netmask", "persistence_mode", "expire_quiescent_template"):
             svc.pop(key, None)
@@ -240,6 +241,32 @@ def _set_settings(svc, op, replace):
         svc["persistence_timeout"] = op["persistence"]
     if op.get("netmask") is not None:
         svc["persistence_netmask"] = op["netmask"]
+
+
+def _set_method(svc, op):
+    """The method and tunnel keys an op gives (a method without tunnel keys: IPVS's tunnel defaults)."""
+    if op.get("method") is None:
+        return
+    svc["method"] = op["method"]
+    for key in xtunnel.KEYS:
+        svc.pop(key, None)
+    svc.update(op.get("tunnel") or {})
+
+
+def _real_method(svc, addr, op, source):
+    """A real's -g / -i: its service's method, which it may set only while no other real uses the service's."""
+    if op.get("method") is None:
+        return
+    mine = {k: svc[k] for k in xtunnel.KEYS if k in svc}
+    if op["method"] == svc.get("method", "dr") and (op["method"] != "tun" or (op.get("tunnel") or {}) == mine):
+        return
+    others = [r["address"] for r in svc.get("real", []) if ipaddress.ip_address(r["address"]) != addr]
+    if others:
+        opt = METHOD_OPTION.get(op["method"], "-g")
+        raise ConfigError(source, opt, f"{ident_name(op['service'])} forwards to {others[0]} by {svc.get('method', 'dr')}"
+                                       f"{''.join(f' {k}={v}' for k, v in mine.items())}: xlb forwards every real of a service "
+                                       f"alike; change the service (-E ... {opt}) instead")
+    _set_method(svc, op)
 
 
 def _service_add(tree, op, source):
@@ -302,6 +329,7 @@ def _real_add(tree, op, source):
     if _find_real(svc, addr) is not None:
         raise ConfigError(source, "-r", f"real {addr} already exists in {ident_name(op['service'])} "
                                         "(edit it with -e / `xlb real edit`)")
+    _real_method(svc, addr, op, source)
     real = {"address": str(addr)}
     _set_real(real, op, replace=True)
     svc.setdefault("real", []).append(real)
@@ -320,6 +348,7 @@ def _need_real(tree, op, source):
 
 def _real_edit(tree, op, source):
     svc, j = _need_real(tree, op, source)
+    _real_method(svc, ipaddress.ip_address(svc["real"][j]["address"]), op, source)
     _set_real(svc["real"][j], op, replace=bool(op.get("replace")))
     return ident_option(op["service"])
 

@@ -6,8 +6,8 @@ prints the kernel's (its print_title, print_service_entry, print_conn and print_
 
 What differs from ipvsadm, and why:
 - Addresses are always numeric (``-n`` is accepted and implied): xlb resolves no names.
-- ``-m`` and ``-i`` (NAT, tunnels) are refused: xlb forwards by direct routing only so far. The method is a
-  property of the service in xlb, so ``-g`` on ``-a`` must agree with it.
+- ``-m`` (NAT) is refused. ``-i`` (with --tun-type/--tun-port/--tun-*csum, xlb/ops/tunopts.py) makes the service's
+  method "tun": the method is a property of the service in xlb, so a real's -g / -i must agree with the others'.
 - A real's port under direct routing is the service's (DR cannot change ports): ``-r RIP:OTHERPORT`` is refused
   on a port service; on a firewall-mark or port-zero service the port is ignored, as it is for IPVS DR.
 - OutPkts/OutBytes are 0, as under IPVS DR: replies go from the real to the client directly.
@@ -21,6 +21,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from . import admin
+from . import tunopts
 from ..errors import ConfigError
 
 SOURCE = "ipvsadm"
@@ -33,7 +34,7 @@ _LONG = {"add-service": "A", "edit-service": "E", "delete-service": "D", "clear"
          "netmask": "M", "real-server": "r", "gatewaying": "g", "ipip": "i", "masquerading": "m", "weight": "w",
          "u-threshold": "x", "l-threshold": "y", "connection": "c", "numeric": "n", "ipv6": "6",
          "sched-flags": "b", "help": "h", "set": "", "timeout": "", "stats": "", "rate": "", "thresholds": "",
-         "persistent-conn": "", "exact": "", "sort": "", "nosort": ""}
+         "persistent-conn": "", "exact": "", "sort": "", "nosort": "", **dict.fromkeys(tunopts.LONG, "")}
 _COMMANDS = {"A": "add-service", "E": "edit-service", "D": "delete-service", "C": "clear", "R": "restore",
              "S": "save", "a": "add-server", "e": "edit-server", "d": "delete-server", "L": "list", "l": "list",
              "Z": "zero", "set": "set", "h": "help"}
@@ -70,7 +71,7 @@ def _tokens(argv):
             if name not in _LONG:
                 _fail(a, f"unknown option {a}")
             short = _LONG[name] or name
-            takes = short in _WITH_ARG or name == "set"
+            takes = short in _WITH_ARG or name in tunopts.WITH_ARG
             if name == "set":
                 if len(argv) - i < 3:
                     _fail("--set", "--set takes three timeouts: TCP TCPFIN UDP (seconds; 0 = unchanged)")
@@ -197,12 +198,12 @@ def _int(opts, o, lo, hi):
     return int(v)
 
 
-def _method(opts, svc_level):
+def _method(opts):
+    """{"method"} from -g / -i (None: neither given), with "tunnel" (its keys) for -i."""
     if "m" in opts:
-        _fail("-m", "masquerading (NAT) is not supported yet: xlb forwards by direct routing (-g)")
-    if "i" in opts:
-        _fail("-i", "tunnelling (IPIP) is not supported yet: xlb forwards by direct routing (-g)")
-    return "dr" if svc_level and "g" in opts else None
+        _fail("-m", "masquerading (NAT) is not supported yet: xlb forwards by direct routing (-g) or tunnels (-i)")
+    method, tunnel = tunopts.method_of(opts, SOURCE)
+    return {"method": method, **({"tunnel": tunnel} if method == "tun" else {})}
 
 
 def _build(req, opts):
@@ -210,7 +211,7 @@ def _build(req, opts):
     if cmd in ("add-service", "edit-service"):
         _needs_service(req, f"-{'A' if cmd == 'add-service' else 'E'}")
         op = {"op": "service-add" if cmd == "add-service" else "service-edit", "service": req.service,
-              "replace": True, "scheduler": opts.get("s"), "method": _method(opts, True)}
+              "replace": True, "scheduler": opts.get("s"), **_method(opts)}
         if "p" in opts:
             op["persistence"] = admin.DEFAULT_PERSISTENCE if opts["p"] is None else _int(opts, "p", 1, 2**31 - 1)
         if "M" in opts:
@@ -229,8 +230,9 @@ def _build(req, opts):
         addr, port = admin.split_addr_port(opts["r"], proto, "-r", SOURCE)
         op = {"op": {"add-server": "real-add", "edit-server": "real-edit", "delete-server": "real-del"}[cmd],
               "service": req.service, "address": str(addr), "port": port}
-        _method(opts, False)
+        method = _method(opts)
         if cmd != "delete-server":
+            op.update(method if method["method"] else {})
             op.update(replace=True, weight=_int(opts, "w", 0, 65535), uthreshold=_int(opts, "x", 0, 2**32 - 1),
                       lthreshold=_int(opts, "y", 0, 2**32 - 1))
         req.ops.append(op)
@@ -372,7 +374,8 @@ def _service_lines(s, fmt):
             lines.append(f"  -> {dname:<28} {r['weight']:<9} {r['persist']:<11} {r['active']:<10} "
                          f"{r['inactive']:<10}")
         else:
-            lines.append(f"  -> {dname:<28} {'Route':<7} {r['weight']:<6} {r['active']:<10} {r['inactive']:<10}")
+            lines.append(f"  -> {dname:<28} {tunopts.forward_name(s):<7} {r['weight']:<6} {r['active']:<10} "
+                         f"{r['inactive']:<10}")
     return lines
 
 
@@ -415,7 +418,8 @@ def render_save(snap) -> str:
                 line += f" -M {s['netmask']}"
         lines.append(line)
         for r in sorted(s["reals"], key=_real_sort_key):
-            line = f"-a {svc_name(s, rule=True)} -r {_host(s['family'], r['address'])}:{r['port']} -g -w {r['weight']}"
+            line = (f"-a {svc_name(s, rule=True)} -r {_host(s['family'], r['address'])}:{r['port']} "
+                    f"{tunopts.save_options(s)} -w {r['weight']}")
             if r["uthreshold"]:
                 line += f" -x {r['uthreshold']}"
             if r["lthreshold"]:
