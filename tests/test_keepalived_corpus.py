@@ -13,7 +13,17 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(kc.CORPUS), reason="keepalived
 # keepalived -t printed nothing about virtual servers for these, yet xlb reports an error (docs/import.md).
 # (chk_http1.conf was one until checker blocks were read: keepalived stops at line 33's `path` without a value,
 # and xlb now names the same line.)
-XLB_STRICTER = {}
+XLB_STRICTER = {
+    # Two virtual_server blocks over one (twice defined) group: the same services twice, with other reals. IPVS would
+    # refuse the second set at run time; xlb says so at the second block. Hidden behind lvs_method TUN until TUN ran.
+    "1904.conf": "duplicate service",
+}
+# keepalived accepted these in silence, but xlb warns where keepalived's own code would (docs/import.md).
+KEEPALIVED_SILENT = {
+    # net_namespace low: keepalived -t printed nothing at all, not even the port resets its validation makes for every
+    # other file (1495.conf: the same TUN reals with ports that differ from the virtual server's, reported).
+    "634.conf": "don't match - resetting",
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +43,9 @@ def test_accepts_what_keepalived_accepts(results):
     clean = [r for r in results.values() if r.rc == 0]
     assert len(clean) == 24
     refused = {r.name for r in clean if r.outcome not in ("ok", "unsupported")}
-    assert refused == set()
+    assert refused == set(KEEPALIVED_SILENT)
+    for name, message in KEEPALIVED_SILENT.items():
+        assert all(message in p.message for p in results[name].problems), name
 
 
 def test_reports_every_virtual_server_problem_keepalived_reports(results):

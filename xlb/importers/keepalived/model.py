@@ -97,6 +97,7 @@ class VS:
         self.sched = None
         self.flags = []  # (flag, node)
         self.method = None
+        self.tunnel = None  # lb_kind TUN's tunnel_* keys (keepalived/tunnel.py)
         self.ptimeout = None
         self.ptimeout_node = None
         self.pgran = None
@@ -121,6 +122,7 @@ class RS:
         self.weight = None
         self.weight_node = None
         self.method = None
+        self.tunnel = None
         self.uthreshold = None
         self.lthreshold = None
         self.lines = {}

@@ -25,6 +25,7 @@ from ...config import realcheck
 from ...errors import ConfigError
 from .checks import SKIP_REASON, Checks, kw_addr, kw_port, kw_true, settings_of
 from .health import Health
+from . import tunnel as ka_tunnel
 from .model import CheckSettings, Entry, HealthCheck, Import, KeepalivedError, Problem, VS
 from .reader import Reader, build_tree
 from ...health.kaconf import track_files
@@ -243,18 +244,24 @@ class _Importer(Checks, Health):
             for i, (_, fn) in enumerate(vs.flags):
                 self._w(f"{sw}.sched_flags[{i}]", fn)
             self._w(f"{sw}.sched_flags", vs.flags[0][1])
+        method, tunnel = ka_tunnel.service_method(vs, self.unsupported)
+        if method == "tun":
+            svc["method"] = "tun"
+            svc.update(tunnel)
         virtualhost = self.health_settings(vs.settings, svc, sw)
-        svc["real"] = self.real_trees(vs, sw, family, virtualhost)
+        svc["real"] = self.real_trees(vs, sw, family, virtualhost, any_family=method == "tun")
         return svc
 
-    def real_trees(self, vs, sw, family, virtualhost=None):
-        """The reals of service `sw` (those of its address family), each field's origin recorded."""
+    def real_trees(self, vs, sw, family, virtualhost=None, any_family=False):
+        """The reals of service `sw` (those of its address family, or all for a tunnel), each field's origin
+        recorded."""
         reals = []
         for rs in vs.reals:
-            if rs.addr.version != family:
+            if rs.addr.version != family and not any_family:
                 continue  # a group mixing families: each service takes the reals of its family
-            if rs.addr.is_loopback:  # IPVS delivers to a real on the director itself; XDP forwarding cannot
-                self.unsupported(rs.node, f"real {rs.addr} is a loopback address: {realcheck.LOCAL}")
+            if rs.addr.is_loopback or rs.addr == vs.addr:  # IPVS delivers to a real on the director itself
+                self.unsupported(rs.node, f"real {rs.addr} is a {'loopback' if rs.addr.is_loopback else 'VIP'} "
+                                          f"address: {realcheck.LOCAL}")
             rw = f"{sw}.real[{len(reals)}]"
             self._w(rw, rs.node)
             real = {"address": str(rs.addr), "weight": rs.weight if rs.weight is not None else (vs.weight or 1)}
