@@ -213,6 +213,11 @@ EARLIER_LAYOUTS = {
         "rr_pos": "rr and wrr start their rotations again, now one per service instead of per CPU",
         "verdicts": "the verdict counters start from zero, with two more reasons",
     },
+    # feccb74 (issue 16 before tunnels): 21 verdict reasons, no tunnels map (made empty, as every real's is until
+    # the daemon's apply); the flow cache (not pinned) remembers the real's flags.
+    bytes.fromhex("b46b04e0b65d0dd6286c664195e1b5251a3b5cdf48c71894f300e5c7991c1da3"): {
+        "verdicts": "the verdict counters start from zero, with the tunnel reasons",
+    },
 }
 
 
