@@ -322,3 +322,15 @@ def test_method_and_tunnel_in_the_maps(bench):
     t = dp.m["tunnels"][ct.c_uint32(rid)]
     assert (t.type, t.flags, t.family) == (S.TUN_TYPE["gue"], S.TUN_F_CSUM, 4)
     assert bytes(t.src)[:4] == bytes([198, 18, 5, 0]) and bytes(t.src_host)[:4] == bytes([0, 0, 0, 255])
+
+
+def test_a_tunnelled_real_behind_a_gateway_is_not_warned_about(bench):
+    """The daemon's neighbour pass warns that DR cannot reach a real behind a gateway; a tunnel can: no warning."""
+    from xlb.dataplane.neigh import ensure_neighbours
+    behind = ipaddress.ip_address("198.18.9.10")
+    logged = []
+    with in_netns(bench.ns):
+        assert ensure_neighbours([behind], log=logged.append, tunnelled={behind}) == {behind: "via-gateway"}
+        assert logged == []
+        ensure_neighbours([behind], log=logged.append)
+    assert len(logged) == 1 and "direct routing needs it on-link" in logged[0]
