@@ -184,7 +184,9 @@ def add_parsers(sub):
     m = svc.add_mutually_exclusive_group()
     for flag, name in (("-g", "gatewaying"), ("-m", "masquerading"), ("-i", "ipip")):
         m.add_argument(flag, f"--{name}", dest="method", action="store_const", const=flag[1],
-                       help=f"forwarding method{' (the only one so far: direct routing)' if flag == '-g' else ''}")
+                       help={"-g": "direct routing (the default)", "-m": "NAT (not supported yet)",
+                             "-i": "tunnel, IPIP (GUE and GRE: the config's tunnel_* keys or `xlb ipvsadm -i "
+                                   "--tun-type ...`)"}[flag])
     _socket_arg(svc)
     svc.set_defaults(func=_cmd_service)
 
@@ -196,7 +198,7 @@ def add_parsers(sub):
     real.add_argument("-w", "--weight", type=int, help="0..65535 (add: default 1; 0 = quiescent)")
     real.add_argument("-x", "--u-threshold", type=int, help="upper connection threshold (0 = none)")
     real.add_argument("-y", "--l-threshold", type=int, help="lower connection threshold")
-    real.add_argument("-g", "--gatewaying", action="store_true", help="direct routing (the default and only method)")
+    real.add_argument("-g", "--gatewaying", action="store_true", help="direct routing (a real's method is its service's)")
     _socket_arg(real)
     real.set_defaults(func=_cmd_real)
 
