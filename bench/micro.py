@@ -23,6 +23,7 @@ from .packets import TCP, TCP_ACK, TCP_SYN, UDP, frame
 
 VIP4, VIP6 = "198.51.100.10", "2001:db8:100::10"
 VIP_PERSIST, VIP_TEMPLATE, VIP_MARK = "198.51.100.11", "198.51.100.12", "198.51.100.13"
+VIP_IPIP, VIP_GUE = "198.51.100.14", "198.51.100.15"  # tunnel (TUN) services: IPIP, GUE with its checksum
 NON_VIP = "198.51.100.99"
 CLIENTS_V4, CLIENTS_V6 = "198.19.0.0", "2001:db8:c::"   # the driver puts clients at .1 to .65535
 COLD_CLIENTS_V4 = "198.18.128.0"                         # fresh clients for the repeat=1 template case
@@ -43,7 +44,11 @@ BASE_TOML = (
     + _svc(f'vip = "{VIP6}"\nport = 80\nproto = "tcp"', L.MICRO_REALS_V6)
     + _svc(f'vip = "{VIP_PERSIST}"\nport = 80\nproto = "tcp"\npersistence_timeout = 300\n'
            'persistence_netmask = "255.255.255.0"', L.MICRO_REALS_V4)
-    + _svc(f'vip = "{VIP_TEMPLATE}"\nport = 80\nproto = "tcp"\npersistence_timeout = 300', L.MICRO_REALS_V4))
+    + _svc(f'vip = "{VIP_TEMPLATE}"\nport = 80\nproto = "tcp"\npersistence_timeout = 300', L.MICRO_REALS_V4)
+    + _svc(f'vip = "{VIP_IPIP}"\nport = 80\nproto = "tcp"\nmethod = "tun"\ntunnel_source = "198.18.0.2"',
+           L.MICRO_REALS_V4)
+    + _svc(f'vip = "{VIP_GUE}"\nport = 80\nproto = "tcp"\nmethod = "tun"\ntunnel_source = "198.18.0.2"\n'
+           'tunnel_type = "gue"\ntunnel_port = 5555\ntunnel_csum = "csum"', L.MICRO_REALS_V4))
 MARK_TOML = (BASE_TOML + f'[[mark]]\nmark = 1\nproto = "tcp"\ndst = "{VIP_MARK}/32"\nports = [80, 443]\n\n'
              + _svc("fwmark = 1", L.MICRO_REALS_V4))
 
@@ -99,6 +104,9 @@ def _cases():
         Case("established_tcp_v4", "xlb", VIP4, **est),
         Case("established_tcp_v4_no_flow_cache", "xlb", VIP4, flow_cache=False, **est),
         Case("established_tcp_v6", "xlb", VIP6, **est),
+        # Tunnels: the output is the input encapsulated, so no repeat=N figure (the driver strips what grew).
+        Case("established_tcp_v4_tun_ipip", "xlb", VIP_IPIP, establish=True),
+        Case("established_tcp_v4_tun_gue_csum", "xlb", VIP_GUE, establish=True),
         Case("udp_v4", "xlb", VIP4, dport=53, proto=UDP, **est),
         Case("new_conn_v4", "xlb", VIP4, sport=20000, **new),
         # Persistence hit: templates for 198.19.0-255.0/24 are made first (see _prepare).

@@ -62,6 +62,13 @@ def summary(result):
             lines.append(f"- the flow cache's share: the same case with the cache off costs {_fmt(off.get('ns_raw'), 1)} "
                          f"ns driven ({_fmt(off.get('ratio_to_min_fwd'))}x), {_fmt(off.get('ns_raw_repeat'), 1)} ns "
                          f"same packet ({_fmt(off.get('ratio_to_min_fwd_repeat'))}x)")
+        for name, what in (("established_tcp_v4_tun_ipip", "IPIP"), ("established_tcp_v4_tun_gue_csum", "GUE+csum")):
+            tun = micro.get(name, {})
+            if tun and est.get("ns_raw"):
+                lines.append(f"- TUN ({what}) established TCP v4 (driven): {_fmt(_ratio(tun.get('ns_raw'), est['ns_raw']))}x "
+                             f"DR's ({_fmt(tun.get('ns_raw'), 1)} vs {_fmt(est.get('ns_raw'), 1)} ns with the "
+                             f"harness's cost; {_fmt(tun.get('ns_per_pkt'), 1)} vs {_fmt(est.get('ns_per_pkt'), 1)} "
+                             "ns without); goal <= 1.3x")
     hit = micro.get("new_conn_persist_hit_v4", {})
     if hit:
         lines.append(f"- new connection with persistence (template hit, driven): {_fmt(hit.get('ratio_to_min_fwd'))}x "

@@ -118,6 +118,13 @@ enum xlb_reason {
 	XLB_DROP_TTL = 23,          /* NAT: TTL / hop limit would reach 0 in xlb's hop (the kernel does not answer) */
 	XLB_PASS_REPLY_NEIGH = 24,  /* NAT: a reply rewritten to VIP:port and passed to the kernel to forward: its next
 	                             * hop toward the client is unresolved (the kernel resolves it) */
+	/* 26-29: tunnels (bpf/tun.h) */
+	XLB_TUN_PTB = 26,           /* too big once encapsulated, DF set (IPv6: always): answered with ICMP frag-needed /
+				     * Packet Too Big carrying the MTU the client must use (XDP_TX) */
+	XLB_DROP_TUN_TOO_BIG = 27,  /* too big once encapsulated, IPv4 without DF (xlb does not fragment), or the MTU
+				     * left inside the tunnel is below the family's minimum (68 / 1280) */
+	XLB_DROP_TUN_ADJUST = 28,   /* bpf_xdp_adjust_head/tail refused to make room for the outer headers or the reply */
+	XLB_DROP_TUN_NO_TUNNEL = 29,/* a tunnelled real without its tunnels entry (a bug: report it) */
 	/* 31-38: ICMP, fragments (bpf/icmp.h, bpf/frag.h) */
 	XLB_ICMP_ECHO_REPLY = 31,   /* an echo request to a VIP answered by the balancer (XDP_TX) */
 	XLB_FWD_ICMP_ERROR = 32,    /* an ICMP error about a VIP flow forwarded to that flow's real */
@@ -152,6 +159,15 @@ enum xlb_sched {
 enum xlb_method {
 	XLB_METHOD_DR = 0,  /* direct routing: rewrite the Ethernet header only */
 	XLB_METHOD_NAT = 1, /* masquerading: rewrite the destination to the real's address and port (bpf/nat.h) */
+	XLB_METHOD_TUN = 2, /* tunnel: IPIP, GUE or GRE toward the real (bpf/tun.h; struct tunnel) */
+};
+
+/* Tunnel encapsulations (struct tunnel.type). */
+enum xlb_tun_type {
+	XLB_TUN_NONE = 0,   /* not tunnelled */
+	XLB_TUN_IPIP = 1,   /* IPIP / IP6IP6 / 4in6 / 6in4: the outer header's protocol says the inner family */
+	XLB_TUN_GUE = 2,    /* UDP + GUE (IPVS: 4-byte header; XLB_TUN_F_BARE: Katran's, none) */
+	XLB_TUN_GRE = 3,    /* GRE as IPVS sends it: no key, no sequence, the checksum with XLB_TUN_F_CSUM */
 };
 
 /* Connection states, as the load balancer sees one direction (IPVS's input-only TCP table). */
@@ -183,6 +199,10 @@ enum xlb_conn_state {
 #define XLB_REAL_F_LIVE 0x1            /* the slot holds a real of a configured service */
 #define XLB_REAL_F_DOWN 0x2            /* failed its health checks: places nothing (no scheduling, no template
 					* hits); its established connections as the service's on_real_failure says */
+
+/* tunnel.flags */
+#define XLB_TUN_F_CSUM 0x1             /* GUE: UDP checksum set; GRE: checksum present (IPVS csum / remcsum) */
+#define XLB_TUN_F_BARE 0x2             /* GUE without its header (variant 1, Katran): the inner packet after UDP */
 
 /* real_conns.flags */
 #define XLB_RC_F_OVERLOAD 0x1          /* connections reached uthreshold; cleared below lthreshold */

@@ -1,7 +1,8 @@
 /* fwd.h — forwarding to the chosen real. Direct routing: the IP packet is untouched; the Ethernet header is
  * rewritten toward the real, whose next hop and egress interface come from bpf_fib_lookup (cached per CPU).
- * NAT rewrites the IP packet first (bpf/nat.h); tunnels add their own rewrite in send_real. forward_real is the one
- * dispatch for new and established flows, ICMP errors about a flow and later fragments (bpf/icmp.h, bpf/frag.h). */
+ * NAT rewrites the IP packet first (bpf/nat.h); tunnelled reals get their outer headers from bpf/tun.h.
+ * forward_real is the one dispatch, on the real's method, for new and established flows, ICMP errors about a
+ * flow and later fragments (bpf/icmp.h, bpf/frag.h). */
 #ifndef XLB_FWD_H
 #define XLB_FWD_H
 
@@ -10,6 +11,7 @@
 #include "parse.h"
 #include "route.h"
 #include "trace.h"
+#include "tun.h"
 
 /* 16-byte address equality (BPF has no memcmp). */
 static __always_inline int addr_eq(const __be32 *a, const __be32 *b)
@@ -35,12 +37,16 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct pkt *p, str
 		return 0;
 	}
 	struct bpf_fib_lookup fib = {};
-	int reason = route_to(ctx, p, 0, r->addr, &fib);
+	int tun = r->method == XLB_METHOD_TUN;
+	/* A tunnel's packets are longer than this one (send_tun checks them against the device's MTU), and its real
+	 * may be of the other family (4in6, 6in4). */
+	int reason = route_to(ctx, p, r->family, tun ? 0 : p->ip_len, 0, r->addr, &fib);
 	if (reason)
 		return reason;
 	/* bpf_fib_lookup replaces the destination with the gateway when there is one: DR needs the real on-link
-	 * (NAT does not: it routes by the rewritten destination). */
-	if (r->method != XLB_METHOD_NAT &&
+	 * (NAT does not: it routes by the rewritten destination; nor a tunnel, whose outer packet may go through a
+	 * gateway). */
+	if (r->method == XLB_METHOD_DR &&
 	    (r->family == XLB_AF_INET ? fib.ipv4_dst != r->addr[0] : !addr_eq(fib.ipv6_dst, r->addr)))
 		return XLB_DROP_NOT_ONLINK;
 	/* The egress interface's MTU, for send_dr's per-frame check (fib's mtu_result is set only on FRAG_NEEDED;
@@ -57,6 +63,17 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct pkt *p, str
 	nh->stamp_ns = now;
 	*out = nh;
 	return 0;
+}
+
+/* Send the frame, addressed to next hop nh, out of its interface. */
+static __always_inline int send_nh(struct xdp_md *ctx, struct nexthop *nh, int *action)
+{
+	if (nh->ifindex == ctx->ingress_ifindex) {
+		*action = XDP_TX;
+		return XLB_FWD_TX;
+	}
+	*action = bpf_redirect(nh->ifindex, 0);
+	return XLB_FWD_REDIRECT;
 }
 
 /* Direct routing: address the frame to next hop nh and send it. Returns the verdict reason; *action gets the
@@ -77,18 +94,21 @@ static __always_inline int send_dr(struct xdp_md *ctx, struct pkt *p, struct nex
 	}
 	__builtin_memcpy(eth->h_dest, nh->dmac, 6);
 	__builtin_memcpy(eth->h_source, nh->smac, 6);
-	if (nh->ifindex == ctx->ingress_ifindex) {
-		*action = XDP_TX;
-		return XLB_FWD_TX;
-	}
-	*action = bpf_redirect(nh->ifindex, 0);
-	return XLB_FWD_REDIRECT;
+	return send_nh(ctx, nh, action);
+}
+
+/* Tunnel: the outer headers toward the real (bpf/tun.h), then out to next hop nh. */
+static __always_inline int send_tun(struct xdp_md *ctx, struct pkt *p, struct nexthop *nh, __u32 real_id,
+				    int *action)
+{
+	int reason = encap_tun(ctx, p, nh, real_id, action);
+	return reason ? reason : send_nh(ctx, nh, action);
 }
 
 /* Send the packet to real r by its method, to next hop nh. Returns the verdict reason; *action gets the XDP
  * action. */
-static __always_inline int send_real(struct xdp_md *ctx, struct pkt *p, struct real *r, struct nexthop *nh,
-				     int *action)
+static __always_inline int send_real(struct xdp_md *ctx, struct pkt *p, struct real *r, __u32 real_id,
+				     struct nexthop *nh, int *action)
 {
 	if (r->method == XLB_METHOD_NAT) {
 		/* Checked before the rewrite: a frame that send_dr drops as too big is dropped whole. */
@@ -99,6 +119,8 @@ static __always_inline int send_real(struct xdp_md *ctx, struct pkt *p, struct r
 			return reason;
 		}
 	}
+	if (r->method == XLB_METHOD_TUN)
+		return send_tun(ctx, p, nh, real_id, action);
 	return send_dr(ctx, p, nh, action);
 }
 
@@ -113,7 +135,7 @@ static __always_inline int forward_real(struct xdp_md *ctx, struct pkt *p, struc
 		*action = XDP_DROP;
 		return reason;
 	}
-	return send_real(ctx, p, r, nh, action);
+	return send_real(ctx, p, r, real_id, nh, action);
 }
 
 /* Did forward_real send the packet (fwd_tx or fwd_redirect)? */

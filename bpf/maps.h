@@ -21,6 +21,8 @@
 XLB_MAP("hash", struct svc_key, struct svc_meta, services, XLB_MAX_SERVICES, 0);
 /* Real servers by real id; written by the control plane. */
 XLB_MAP("array", int, struct real, reals, XLB_MAX_REALS, 0);
+/* Tunnel settings per real id (XLB_METHOD_TUN reals); written by the control plane. */
+XLB_MAP("array", int, struct tunnel, tunnels, XLB_MAX_REALS, 0);
 /* Live connection counts per real id (connection-count schedulers, thresholds); the data plane adds, the
  * control plane reconciles. */
 XLB_MAP("array", int, struct real_conns, real_conns, XLB_MAX_REALS, 0);

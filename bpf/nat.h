@@ -154,7 +154,7 @@ static __always_inline void nat_record(struct pkt *p, struct real *r, __u32 real
 static __always_inline int nat_reply_hop(struct xdp_md *ctx, struct pkt *p, struct nat_rev *hop, __u32 now)
 {
 	struct bpf_fib_lookup fib = {};
-	int reason = route_to(ctx, p, hop->vip, p->dst, &fib);
+	int reason = route_to(ctx, p, p->family, p->ip_len, hop->vip, p->dst, &fib);
 	if (reason)
 		return reason;
 	/* The egress interface's MTU, checked per frame as for the reals' next hops (bpf/fwd.h). */

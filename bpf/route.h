@@ -12,16 +12,17 @@
 #define AF_INET6 10
 #endif
 
-/* Look up the route from src (0: any) to dst (16 bytes, IPv4 in [0]) for packet p, as if it came in on the
- * ingress interface. Returns 0 with *fib filled (next hop MACs, egress ifindex; ipv4_dst / ipv6_dst become the
- * gateway when there is one), or a drop reason. */
-static __always_inline int route_to(struct xdp_md *ctx, struct pkt *p, const __be32 *src, const __be32 *dst,
-				    struct bpf_fib_lookup *fib)
+/* Look up the route from src (0: any) to dst (16 bytes, IPv4 in [0]; of family, XLB_AF_*) for packet p, as if it
+ * came in on the ingress interface; tot_len: the length to check against the route's MTU (0: none). Returns 0
+ * with *fib filled (next hop MACs, egress ifindex; ipv4_dst / ipv6_dst become the gateway when there is one), or
+ * a drop reason. */
+static __always_inline int route_to(struct xdp_md *ctx, struct pkt *p, __u8 family, __u16 tot_len,
+				    const __be32 *src, const __be32 *dst, struct bpf_fib_lookup *fib)
 {
 	fib->ifindex = ctx->ingress_ifindex;
 	fib->l4_protocol = p->proto;
-	fib->tot_len = p->ip_len;
-	if (p->family == XLB_AF_INET) {
+	fib->tot_len = tot_len;
+	if (family == XLB_AF_INET) {
 		fib->family = AF_INET;
 		fib->ipv4_dst = dst[0];
 		if (src)

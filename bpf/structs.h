@@ -44,6 +44,18 @@ struct real {
 	__u8 pad;
 };
 
+/* tunnels: how a tunnelled real's packets are encapsulated, by real id (XLB_METHOD_TUN reals); written by the control
+ * plane from the service's tunnel settings. */
+struct tunnel {
+	__be32 src[4];             /* outer source address, network order (the real's family) */
+	__be32 src_host[4];        /* bits of src taken from the flow's hash (per-flow sources from a prefix); 0: fixed */
+	__be16 port;               /* GUE: UDP destination port, network order */
+	__u8 type;                 /* enum xlb_tun_type */
+	__u8 flags;                /* XLB_TUN_F_* */
+	__u8 family;               /* outer family: the real's (XLB_AF_INET / XLB_AF_INET6) */
+	__u8 pad[3];
+};
+
 /* real_conns: live connection counts per real id. The data plane adds as connections open and change state
  * (atomically: new connections only, never per packet); the control plane's sweep rewrites them from the
  * connection table, so entries that expire or that the LRU evicts do not leak. */

@@ -133,10 +133,10 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 				reason = send_dr(ctx, p, nh, &action);
 				return verdict(reason, action, bytes);
 			}
-			/* NAT needs the real's address and port. */
+			/* NAT needs the real's address and port, TUN its tunnel. */
 			struct real *r = reals.lookup(&real_id);
 			if (r && r->gen == fe->real_gen) {
-				reason = send_real(ctx, p, r, nh, &action);
+				reason = send_real(ctx, p, r, real_id, nh, &action);
 				return verdict(reason, action, bytes);
 			}
 		}

@@ -9,6 +9,11 @@ Topology (namespace "lb"):
     clients 203.0.113.0/24 and 2001:db8:77::/64 are routed via the same gateway (where NAT replies go)
 """
 import contextlib
+import os
+import select
+import signal
+import subprocess
+import sys
 import ctypes as ct
 import dataclasses
 import textwrap
@@ -410,3 +415,44 @@ def cli_output(argv):
         rc = main(argv)
     assert rc == 0, buf.getvalue()
     return buf.getvalue()
+
+
+# -- `xlb decap` as a real process in a namespace (test_decap_lab, test_tun_lab) ---------------------------------
+def start_decap(ns, *args):
+    argv = ["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-c",
+            "import sys; from xlb.cli import main; sys.exit(main())", "decap", *args]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc.seen = ""  # everything read from its output so far
+    return proc
+
+
+def read_until(proc, marker, timeout):
+    """proc's output read so far, once it holds marker after what was already seen ('' if proc exits or the time
+    runs out first). Raw reads of the pipe: a buffered reader would hide lines from select()."""
+    start = len(proc.seen)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if marker in proc.seen[start:]:
+            return proc.seen[start:]
+        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        if ready:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            proc.seen += chunk.decode(errors="replace")
+    return ""
+
+
+def stop_proc(proc):
+    """SIGTERM, then the rest of its output."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        rest = proc.communicate(timeout=20)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rest = proc.communicate()[0]
+    except ValueError:  # output already collected
+        rest = b""
+    proc.seen += (rest or b"").decode(errors="replace")
+    return proc.seen

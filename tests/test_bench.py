@@ -57,7 +57,7 @@ def test_micro_cases_took_the_paths_they_name(quick_run):
     assert m["non_vip_pass"]["action"] == "XDP_PASS"
     assert set(m["non_vip_pass"]["verdicts"]) == {"pass_no_service"}
     for case in ("established_tcp_v4", "established_tcp_v6", "udp_v4", "new_conn_v4", "new_conn_persist_hit_v4",
-                 "new_conn_template_v4", "fwmark_v4"):
+                 "new_conn_template_v4", "fwmark_v4", "established_tcp_v4_tun_ipip", "established_tcp_v4_tun_gue_csum"):
         assert m[case]["action"] == "XDP_TX", case
         assert set(m[case]["verdicts"]) == {"fwd_tx"}, case
         assert set(m[case]["cold_actions"]) == {"XDP_TX"}, case

@@ -246,7 +246,18 @@ REJECTS = [
      "service[0].real[0].port", 'port 8080 differs from the service\'s port 80: only method = "nat" rewrites'),
     ("nat real port zero", V4 + 'method = "nat"\n[[service.real]]\naddress = "198.18.0.11"\nport = 0\n',
      "service[0].real[0].port", "1..65535, got 0"),
-    ("method tun", V4 + 'method = "tun"\n', "service[0].method", "not supported yet"),
+    ("tunnel keys on dr", V4 + 'tunnel_type = "gue"\n', "service[0].tunnel_type", 'applies only to method "tun"'),
+    ("gue needs a port", V4 + 'method = "tun"\ntunnel_type = "gue"\n', "service[0].tunnel_port", "required"),
+    ("gre has no remcsum", V4 + 'method = "tun"\ntunnel_type = "gre"\ntunnel_csum = "remcsum"\n',
+     "service[0].tunnel_csum", "one of: nocsum, csum"),
+    ("ipip has no csum", V4 + 'method = "tun"\ntunnel_csum = "csum"\n', "service[0].tunnel_csum", "one of: nocsum"),
+    ("port on ipip", V4 + 'method = "tun"\ntunnel_port = 6080\n', "service[0].tunnel_port", 'only to tunnel_type "gue"'),
+    ("bare gue has no remcsum", V4 + 'method = "tun"\ntunnel_type = "gue"\ntunnel_gue_header = false\n'
+     'tunnel_csum = "remcsum"\n', "service[0].tunnel_csum", "needs GUE's header"),
+    ("bad tunnel source", V4 + 'method = "tun"\ntunnel_source = "198.18.5.1/24"\n', "service[0].tunnel_source",
+     "host bits set"),
+    ("two sources of a family", V4 + 'method = "tun"\ntunnel_source = ["198.18.5.0/24", "198.18.6.1"]\n',
+     "service[0].tunnel_source[1]", "one per family"),
     ("method unknown", V4 + 'method = "gre"\n', "service[0].method", "unknown method"),
     ("netmask without timeout", V4 + 'persistence_netmask = "255.255.255.0"\n',
      "service[0].persistence_netmask", "without persistence_timeout"),
@@ -515,3 +526,19 @@ def test_icmp_and_ops_read_and_written_back():
     again = xread.parse(dump.dumps(dump.to_tree(cfg)))
     assert again.icmp == cfg.icmp and [s.ops for s in again.services] == [True, True]
     assert xread.parse(V6).services[0].ops is False
+
+
+def test_tunnel_service_reads_and_dumps_back():
+    """method = "tun": its keys, reals of either family (4in6, 6in4), and dump writes what read takes back."""
+    from xlb.config import dump as xdump
+    text = (V4 + 'method = "tun"\ntunnel_type = "gue"\ntunnel_gue_header = false\n'
+            'tunnel_source = ["198.18.5.0/24", "2001:db8:5::1"]\n'
+            '  [[service.real]]\n  address = "2001:db8::11"\n  [[service.real]]\n  address = "198.18.0.11"\n')
+    svc = xread.parse(text).services[0]
+    t = svc.tunnel
+    assert (t.type, t.port, t.csum, t.gue_header) == ("gue", 6080, "nocsum", False)
+    assert t.source_for(4) == ipaddress.ip_network("198.18.5.0/24")
+    assert t.source_for(6) == ipaddress.ip_network("2001:db8:5::1/128")
+    assert xread.parse(xdump.dumps(xdump.to_tree(xread.parse(text)))).services[0] == svc
+    with pytest.raises(ConfigError, match=r'only method "tun" carries'):
+        xread.parse(V4 + '  [[service.real]]\n  address = "2001:db8::11"\n')

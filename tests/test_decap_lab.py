@@ -3,15 +3,13 @@ with the VIPs on its lo and the ARP and rp_filter settings of a tunnel real; the
 encapsulated TCP SYNs and UDP datagrams for the VIPs out of its veth. The real's server socket answers each one: the
 SYN-ACK / the UDP reply (the server's name) is captured on the lb side, on its way back to the client."""
 import os
-import select
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 from conftest import needs_root
+from harness import read_until, start_decap, stop_proc
 from scapy.layers.inet import GRE, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
@@ -28,46 +26,6 @@ CLIENT4, CLIENT6 = "203.0.113.7", "2001:db8:77::7"
 GUE_PORT = 5555
 ETH_P_ALL = 0x0003
 START_TIMEOUT = 120.0  # compiling the program on a loaded 2-core machine
-
-
-def _start_decap(ns, *args):
-    argv = ["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-c",
-            "import sys; from xlb.cli import main; sys.exit(main())", "decap", *args]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    proc.seen = ""  # everything read from its output so far
-    return proc
-
-
-def _read_until(proc, marker, timeout):
-    """proc's output read so far, once it holds marker after what was already seen ('' if proc exits or the time
-    runs out first). Raw reads of the pipe: a buffered reader would hide lines from select()."""
-    start = len(proc.seen)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if marker in proc.seen[start:]:
-            return proc.seen[start:]
-        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
-        if ready:
-            chunk = os.read(proc.stdout.fileno(), 65536)
-            if not chunk:
-                break
-            proc.seen += chunk.decode(errors="replace")
-    return ""
-
-
-def _stop(proc):
-    """SIGTERM, then the rest of its output."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        rest = proc.communicate(timeout=20)[0]
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rest = proc.communicate()[0]
-    except ValueError:  # output already collected
-        rest = b""
-    proc.seen += (rest or b"").decode(errors="replace")
-    return proc.seen
 
 
 @pytest.fixture(scope="module", params=["native", "generic"])
@@ -99,14 +57,14 @@ def lab(request):
         topo.route(real, "203.0.113.0/24", gateway=LB4)
         topo.route(real, "2001:db8:77::/64", gateway=LB6)
         topo.spawn(real, tcp_echo_name_server, "real1", [(VIP4, 80), (VIP4, 53), (VIP6, 80), (VIP6, 53)])
-        proc = _start_decap(real, "--iface", "r0", "--gue-port", str(GUE_PORT), "--xdp-mode", request.param)
-        started = _read_until(proc, "xlb decap: on r0", START_TIMEOUT)
-        assert started, f"xlb decap did not start: {_stop(proc)}"
+        proc = start_decap(real, "--iface", "r0", "--gue-port", str(GUE_PORT), "--xdp-mode", request.param)
+        started = read_until(proc, "xlb decap: on r0", START_TIMEOUT)
+        assert started, f"xlb decap did not start: {stop_proc(proc)}"
         yield {"topo": topo, "lb": lb, "real": real, "proc": proc, "mode": request.param}
     finally:
         try:
             if proc is not None:
-                _stop(proc)
+                stop_proc(proc)
         finally:
             topo.close()
 
@@ -194,7 +152,7 @@ def test_encapsulated_traffic_reaches_the_real_server_socket(lab, kind, ofam, if
 
 @needs_root
 def test_another_program_on_the_interface_is_refused_without_force(lab):
-    second = _start_decap(lab["real"], "--iface", "r0", "--xdp-mode", lab["mode"])
+    second = start_decap(lab["real"], "--iface", "r0", "--xdp-mode", lab["mode"])
     out = second.communicate(timeout=START_TIMEOUT)[0].decode()
     assert second.returncode == 1, out
     assert "r0 already has an XDP program attached; use --force to replace it" in out
@@ -205,9 +163,9 @@ def test_another_program_on_the_interface_is_refused_without_force(lab):
 def test_usr1_prints_counters_and_sigterm_detaches(lab):
     proc = lab["proc"]
     proc.send_signal(signal.SIGUSR1)
-    shown = _read_until(proc, " gre ", 30)
+    shown = read_until(proc, " gre ", 30)
     assert "xlb decap verdicts:" in shown and " ipip " in shown, shown
-    out = _stop(proc)
+    out = stop_proc(proc)
     assert proc.returncode == 0, out
     assert out.count("xlb decap verdicts:") == 2, out  # on SIGUSR1, and at exit
     assert attached_prog("r0", lab["real"]) == (None, None)

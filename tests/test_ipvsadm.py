@@ -65,7 +65,10 @@ def test_clear_set_zero_delete_ipv6_fwmark():
     ("-A", "-t", "needs a service"),
     ("-a -t 198.51.100.10:80", "-r", "give the real server"),
     ("-a -t 198.51.100.10:80 -r 198.18.0.11 -m -g", "-m", "give one forwarding method"),
-    ("-A -t 198.51.100.10:80 -i", "-i", "not supported yet"),
+    ("-A -t 198.51.100.10:80 --tun-type gue", "--tun-type", "applies only to tunnelling"),
+    ("-a -t 198.51.100.10:80 -r 198.18.0.11 -i -g", "-g", "give one forwarding method"),
+    ("-A -t 198.51.100.10:80 -i --tun-port 0", "--tun-port", "a port 1..65535"),
+    ("-A -t 198.51.100.10:80 -i --tun-csum --tun-remcsum", "--tun-remcsum", "give one of"),
     ("-A -D -t 198.51.100.10:80", "-D", "two commands"),
     ("-A -t 198.51.100.10:80 -f 1", "-f", "one of -t, -u, -f"),
     ("-a -t 198.51.100.10:80 -r 198.18.0.11 -w heavy", "-w", "integer"),
@@ -295,6 +298,36 @@ def test_ops_parsed_listed_saved_and_restored():
     with pytest.raises(ConfigError) as e:
         admin.apply_ops(cfg, ops("-A -t 198.51.100.10:80 -o"), "ipvsadm")
     assert e.value.where == "-o" and "only to UDP" in e.value.message
+
+
+def test_tunnel_reals_set_the_service_method_and_save_writes_them_back():
+    """ipvsadm puts -i on each real; xlb's method is the service's: the first real's -i sets it (with --tun-*),
+    a real forwarded otherwise is refused while others are there; -E without -g/-i keeps it; -L says Tunnel and -S
+    writes the options back, which -R reads to the same config."""
+    cfg = admin.apply_ops(xread.parse("", "x"), ops("-A -t 198.51.100.10:80 -s rr")
+                          + ops("-a -t 198.51.100.10:80 -r 198.18.0.11 -i --tun-type gue --tun-port 6080 --tun-csum")
+                          + ops("-a -t 198.51.100.10:80 -r 2001:db8::11 -i --tun-type gue --tun-port 6080 --tun-csum")
+                          + ops("-E -t 198.51.100.10:80 -s wlc"), SOURCE)
+    svc = cfg.services[0]
+    assert (svc.method, svc.tunnel.type, svc.tunnel.port, svc.tunnel.csum) == ("tun", "gue", 6080, "csum")
+    for other in ("-g", "-i", "-i --tun-type gue --tun-port 6080"):
+        with pytest.raises(ConfigError, match=r"every real of a service uses the service's method") as info:
+            admin.apply_ops(cfg, ops(f"-a -t 198.51.100.10:80 -r 198.18.0.12 {other}"), SOURCE)
+        assert info.value.where == other.split()[0]
+    snap = {"size": 4096, "services": [{
+        "fwmark": None, "family": 4, "proto": "tcp", "vip": "198.51.100.10", "port": 80, "scheduler": "wlc",
+        "sched_flags": [], "method": "tun", "persistence": None, "netmask": "255.255.255.255",
+        "tunnel": {"tunnel_type": "gue", "tunnel_port": 6080, "tunnel_csum": "csum"},
+        "reals": [{"address": "198.18.0.11", "port": 80, "weight": 1, "uthreshold": 0, "lthreshold": 0,
+                   "active": 0, "inactive": 0, "persist": 0}]}]}
+    assert "  -> 198.18.0.11:80               Tunnel  1 " in ipvsadm.render_list(snap)
+    text = ipvsadm.render_save(snap)
+    assert text.splitlines()[1] == "-a -t 198.51.100.10:80 -r 198.18.0.11:80 -i --tun-type gue --tun-port 6080 " \
+                                   "--tun-csum -w 1"
+    back = admin.apply_ops(xread.parse("", "x"), ipvsadm.parse_restore(text), "ipvsadm -R")
+    assert back.services[0].tunnel == svc.tunnel
+    plain = admin.apply_ops(xread.parse("", "x"), ops("-A -t 198.51.100.10:80 -i"), SOURCE).services[0]
+    assert (plain.method, plain.tunnel.type, plain.tunnel.csum) == ("tun", "ipip", "nocsum")
 
 
 def test_conns_listing_with_template():

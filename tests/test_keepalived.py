@@ -295,3 +295,38 @@ def test_weights_above_65535(tmp_path, capsys, weight, kind, code):
     err = capsys.readouterr().err
     assert (f"not supported by xlb: weight {weight}: xlb's data plane holds weights up to 65535" if code == 3
             else f"real server weight {weight} is outside range 0-2147483647") in err
+
+
+def test_tunnel_forwarding_with_keepalived_keywords(tmp_path):
+    """lb_kind TUN with keepalived's type/port/checksum words becomes method "tun" and its tunnel keys; a real's own
+    lvs_method TUN may be of the other family (keepalived's rule for tunnels)."""
+    p = write(tmp_path, vs("protocol TCP\nlb_algo rr\nlb_kind TUN type gue port 6080 csum\n"
+                           "real_server 198.18.0.11 80 { }\nreal_server 2001:db8::11 80 { }\n")
+              + vs("protocol UDP\nlb_algo rr\nreal_server 2001:db8::12 53 {\n    lvs_method TUN type gre\n}\n",
+                   head="virtual_server 198.51.100.10 53"))
+    gue, gre = keepalived.load(p).config.services
+    assert (gue.method, gue.tunnel.type, gue.tunnel.port, gue.tunnel.csum) == ("tun", "gue", 6080, "csum")
+    assert [str(r.address) for r in gue.reals] == ["198.18.0.11", "2001:db8::11"]
+    assert (gre.method, gre.tunnel.type, gre.tunnel.csum) == ("tun", "gre", "nocsum")
+
+
+@pytest.mark.parametrize("line,message", [
+    ("lb_kind TUN type gue", "gue tunnels require port, otherwise cannot have port"),
+    ("lb_kind TUN port 6080", "gue tunnels require port, otherwise cannot have port"),
+    ("lb_kind TUN type ipip csum", "ipip tunnels do not support checksum option"),
+    ("lb_kind TUN type gre remcsum", "gre tunnels do not support remote checksum option"),
+    ("lb_kind TUN type vxlan", "unknown tunnel type vxlan"),
+    ("lb_kind TUN type gue port 70000", "invalid gue tunnel port 70000"),
+    ("lb_kind TUN fast", "invalid tunnel option fast"),
+])
+def test_tunnel_option_errors_at_their_line(tmp_path, line, message):
+    p = write(tmp_path, vs(f"protocol TCP\nlb_algo rr\n{line}\nreal_server 198.18.0.11 80 {{ }}\n"))
+    (x,) = problems(p).problems
+    assert (x.line, x.keyword, x.message, x.kind) == (4, "lb_kind", message, "error")
+
+
+def test_reals_forwarded_by_different_methods_are_an_error(tmp_path):
+    p = write(tmp_path, vs("protocol TCP\nlb_algo rr\nlb_kind TUN\nreal_server 198.18.0.11 80 { }\n"
+                           "real_server 198.18.0.12 80 {\n    lvs_method DR\n}\n"))
+    (x,) = problems(p).problems
+    assert x.line == 6 and "forwards every real of a service alike" in x.message

@@ -18,6 +18,15 @@ XLB_STRICTER = {
     # The same `virtual_server group fred` twice (NAT, so no longer hidden behind "NAT unsupported"): IPVS refuses
     # the second service (EEXIST) and keepalived adds its reals to the first; xlb names the duplicate.
     "notify2.conf": "duplicate service",
+    # Two virtual_server blocks over one (twice defined) group: the same services twice, with other reals. IPVS would
+    # refuse the second set at run time; xlb says so at the second block. Hidden behind lvs_method TUN until TUN ran.
+    "1904.conf": "duplicate service",
+}
+# keepalived accepted these in silence, but xlb warns where keepalived's own code would (docs/import.md).
+KEEPALIVED_SILENT = {
+    # net_namespace low: keepalived -t printed nothing at all, not even the port resets its validation makes for every
+    # other file (1495.conf: the same TUN reals with ports that differ from the virtual server's, reported).
+    "634.conf": "don't match - resetting",
 }
 
 
@@ -59,7 +68,9 @@ def test_accepts_what_keepalived_accepts(results):
     clean = [r for r in results.values() if r.rc == 0]
     assert len(clean) == 24
     refused = {r.name for r in clean if r.outcome not in ("ok", "unsupported")}
-    assert refused == set(XLB_STRICTER)
+    assert refused == {n for n in XLB_STRICTER if results[n].rc == 0} | set(KEEPALIVED_SILENT)
+    for name, message in KEEPALIVED_SILENT.items():
+        assert all(message in p.message for p in results[name].problems), name
     stopped = {r.name: _stopped_by(r) for r in clean if r.outcome == "unsupported"}
     assert stopped == STOPPED_BY
 

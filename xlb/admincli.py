@@ -57,7 +57,8 @@ def _method_args(parser):
     m = parser.add_mutually_exclusive_group()
     for flag, name, what in (("-g", "gatewaying", "direct routing (the default)"),
                              ("-m", "masquerading", "NAT: the reals route their replies via xlb"),
-                             ("-i", "ipip", "tunnelling (not yet)")):
+                             ("-i", "ipip", "tunnel, IPIP (GUE and GRE: the config's tunnel_* keys or "
+                                                      "`xlb ipvsadm -i --tun-type ...`)")):
         m.add_argument(flag, f"--{name}", dest="method", action="store_const", const=flag[1],
                        help=f"forwarding method: {what}")
 

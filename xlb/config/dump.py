@@ -7,6 +7,7 @@ import dataclasses
 import ipaddress
 import json
 
+from . import tunnel as xtunnel
 from .model import Config
 
 def to_tree(cfg: Config) -> dict:
@@ -45,6 +46,8 @@ def _service_tree(svc) -> dict:
     out["method"] = svc.method
     if svc.ops:
         out["ops"] = True
+    if svc.tunnel is not None:
+        out.update(xtunnel.tree(svc.tunnel))
     if svc.persistence_timeout is not None:
         out["persistence_timeout"] = svc.persistence_timeout
         out["persistence_netmask"] = netmask_spec(svc.family, svc.persistence_netmask)

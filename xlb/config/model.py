@@ -15,8 +15,7 @@ IPVS_SCHEDULERS_NOT_YET = ()
 DEFAULT_SCHEDULER = "wlc"  # as IPVS
 # ipvsadm -b / keepalived's sh-port, sh-fallback, mh-port, mh-fallback: which flags each scheduler takes.
 SCHED_FLAGS = {"sh": ("sh-port", "sh-fallback"), "mh": ("mh-port", "mh-fallback")}
-METHODS = ("dr", "nat")
-METHODS_NOT_YET = ("tun",)
+METHODS = ("dr", "nat", "tun")
 PERSISTENCE_MODES = ("lvs", "timeout")
 # How a persistent service places a client without a template: its scheduler, or "consistent" (Maglev over the
 # masked client and the service's identity, the same answer on every balancer: docs/scale-out.md).
@@ -115,6 +114,7 @@ class Service:
     health_keys: dict | None = field(default=None, hash=False)  # the service's health keys as written
     health: object = field(default=None, hash=False)  # xlb.health.spec.Service, or None: reals always up
     persistence_engine: str | None = None  # "sip": templates keyed by the Call-ID of UDP datagrams; None: client
+    tunnel: object = None  # xlb.config.tunnel.Tunnel for method "tun", else None
 
     @property
     def key(self) -> tuple:

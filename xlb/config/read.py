@@ -28,8 +28,9 @@ import tomllib
 
 from . import health as xhealth
 from . import realcheck
+from . import tunnel as xtunnel
 from .model import (CONNS_MAX, CONNS_MIN, DEFAULT_SCHEDULER, FLOW_CACHE_MAX, FLOW_CACHE_MIN, IPVS_SCHEDULERS_NOT_YET,
-                    METHODS, METHODS_NOT_YET, MH_SIZE_MAX, MH_SIZE_MIN, PERSISTENCE_ENGINES, PERSISTENCE_MODES,
+                    METHODS, MH_SIZE_MAX, MH_SIZE_MIN, PERSISTENCE_ENGINES, PERSISTENCE_MODES,
                     PLACEMENTS, SCHED_FLAGS, SCHEDULERS, SERVICE_PROTOS, TIMEOUT_MAX, U32_MAX, Config, Icmp, MarkRule,
                     Real, Service, Tables, Timeouts, is_prime, netmask_bytes, show_value)
 from .tomlpos import located
@@ -287,7 +288,7 @@ def _check_mark_conflicts(v, marks):
 
 _SERVICE_KEYS = ("fwmark", "family", "vip", "port", "proto", "scheduler", "method", "persistence_timeout",
                  "persistence_netmask", "persistence_mode", "expire_quiescent_template", "persistence_engine",
-                 "mh_table_size", "sched_flags", "ops", "placement", "real") + xhealth.SERVICE_KEYS
+                 "mh_table_size", "sched_flags", "ops", "placement", "real") + xtunnel.KEYS + xhealth.SERVICE_KEYS
 
 
 def _service(v, item, where) -> Service:
@@ -317,13 +318,11 @@ def _service(v, item, where) -> Service:
     scheduler = _scheduler(v, tbl, where, placement)
     method = tbl.get("method", "dr")
     if method == "nat" and proto == "sctp":
-        # Before the check of supported methods: it holds once NAT is one.
         v.fail(_join(where, "method"), "an SCTP service cannot use NAT: rewriting its addresses or ports needs "
                                        "the packet's CRC32c recomputed, which xlb does not do; use method \"dr\"")
-    if method in METHODS_NOT_YET:
-        v.fail(_join(where, "method"), f"method {show_value(method)} is not supported yet (supported: {', '.join(METHODS)})")
     if method not in METHODS:
         v.fail(_join(where, "method"), f"unknown method {show_value(method)} (supported: {', '.join(METHODS)})")
+    tunnel = xtunnel.read(v, tbl, where, method, _join)
 
     ptimeout = v.integer(tbl, where, "persistence_timeout", 1, TIMEOUT_MAX)
     if ptimeout is None:
@@ -346,7 +345,7 @@ def _service(v, item, where) -> Service:
         v.fail(_join(where, "port"), "port 0 (all ports) requires persistence_timeout, as in IPVS; "
                                      "set persistence_timeout or give a port")
 
-    reals = _reals(v, tbl, where, family, method, port)
+    reals = _reals(v, tbl, where, family, method, port, any_family=tunnel is not None)
     if "mh_table_size" in tbl and scheduler != "mh":
         v.fail(_join(where, "mh_table_size"), f"mh_table_size applies only to scheduler \"mh\" "
                                               f"(this service uses {show_value(scheduler)})")
@@ -369,7 +368,7 @@ def _service(v, item, where) -> Service:
                   method=method, persistence_timeout=ptimeout, persistence_netmask=pmask, persistence_mode=pmode,
                   expire_quiescent_template=eqt, persistence_engine=engine, mh_table_size=mh_size, reals=reals,
                   where=where, sched_flags=flags, ops=ops, placement=placement,
-                  health_keys=xhealth.picked(tbl, xhealth.SERVICE_KEYS) or None)
+                  health_keys=xhealth.picked(tbl, xhealth.SERVICE_KEYS) or None, tunnel=tunnel)
     return dataclasses.replace(svc, health=xhealth.service_spec(svc, tbl, v.source))
 
 
@@ -426,7 +425,8 @@ def _no_zone(v, addr, where, suffix=""):
     return addr
 
 
-def _reals(v, tbl, where, family, method, svc_port) -> tuple:
+def _reals(v, tbl, where, family, method, svc_port, any_family=False) -> tuple:
+    """The service's reals; any_family: a tunnel carries either family to a real of either (4in6, 6in4)."""
     reals = []
     seen = {}
     for rwhere, item in v.array_of_tables(tbl, where, "real"):
@@ -434,8 +434,9 @@ def _reals(v, tbl, where, family, method, svc_port) -> tuple:
         if "address" not in rt:
             v.fail(_join(rwhere, "address"), "address is required")
         addr = _address(v, rt["address"], _join(rwhere, "address"), "address")
-        if addr.version != family:
-            v.fail(_join(rwhere, "address"), f"real {addr} is IPv{addr.version} but the service is IPv{family}")
+        if addr.version != family and not any_family:
+            v.fail(_join(rwhere, "address"), f"real {addr} is IPv{addr.version} but the service is IPv{family} "
+                                             "(only method \"tun\" carries a family to a real of the other)")
         if addr in seen:
             v.fail(_join(rwhere, "address"), f"duplicate real {addr}: already given as {seen[addr]}")
         seen[addr] = rwhere

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import clock
 from . import structs as S
+from . import tunnels
 from .adopt import Adopter
 from .alloc import IdPool, SlotAllocator
 from .bpfsys import delete_batch, lookup_batch_into, update_batch
@@ -121,6 +122,7 @@ class DataPlane(Sweeper, Reader, Adopter):
         self._reals_written = np.zeros((self.cap.max_reals, ct.sizeof(S.Real)), np.uint8)
         self._reals_known = np.zeros(self.cap.max_reals, bool)
         self._svcs_written = {}
+        self.route_source = None       # tests: address -> the outer source of a tunnel (None: the kernel's route)
 
     # -- applying a config ---------------------------------------------------------------------------------
     def check(self, config):
@@ -144,9 +146,10 @@ class DataPlane(Sweeper, Reader, Adopter):
 
     def _apply(self, config):
         entries, tables = self.check(config)
+        tun_rows = tunnels.plan(config, self.route_source)
         old = self.services
         vips, fwm, fbits = self._widen_vip_filter(config)
-        real_rows, svc_states = self._take_ids(config, old)
+        real_rows, svc_states = self._take_ids(config, old, tun_rows)
         want = self._write_mark_rules(config, entries)
         self._write_services(svc_states, tables, config)
         self._write_settings(config, bool(want), fbits is not None)
@@ -178,7 +181,7 @@ class DataPlane(Sweeper, Reader, Adopter):
             self._write_vip_words([a | b for a, b in zip(self.vip_words, want_words)])
         return vips, fwm, fbits
 
-    def _take_ids(self, config, old):
+    def _take_ids(self, config, old, tun_rows):
         """Ids for every real and service, stable per (service, address) and per service key (a new id bumps the
         real slot's generation and zeroes its counters), and the reals' entries written. Returns ({real id:
         (service, real)}, {service key: SvcState})."""
@@ -214,12 +217,16 @@ class DataPlane(Sweeper, Reader, Adopter):
         sid_of = {id(st.svc): st.id for st in svc_states.values()}  # by object: no address hashed again
         rows["svc_id"] = [sid_of[id(svc)] for svc in svcs]
         rows["weight"] = [0 if r.failed else r.weight for r in reals]
-        rows["family"] = [svc.family for svc in svcs]
+        rows["family"] = [r.address.version for r in reals]  # a tunnel's real may be the other family
         rows["flags"] = [S.REAL_F_LIVE | (S.REAL_F_DOWN if r.failed else 0) for r in reals]
         rows["uthreshold"] = [r.uthreshold for r in reals]
         rows["lthreshold"] = [r.lthreshold for r in reals]
         rows["port"] = [htons(r.port or 0) for r in reals]
         rows["method"] = [S.METHOD[svc.method] for svc in svcs]
+        for rid, (svc, r) in real_rows.items():
+            tun = tun_rows.get((svc.key, r.address))
+            if tun is not None:  # before the real says to use it
+                self.m["tunnels"][ct.c_uint32(rid)] = tun
         self._write_reals(np.fromiter(real_rows, np.uint32, len(real_rows)), rows)
         newly_failed = [rid for rid, (_, r) in real_rows.items() if r.failed and not self.failed.get(rid)]
         self.failed = {rid: r.failed for rid, (_, r) in real_rows.items() if r.failed}

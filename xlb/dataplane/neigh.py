@@ -27,8 +27,9 @@ def _family(addr):
     return socket.AF_INET6 if addr.version == 6 else socket.AF_INET
 
 
-def ensure_neighbours(addresses, log=print, _warned=set()):
-    """Make sure each on-link address has a neighbour entry the kernel keeps resolved.
+def ensure_neighbours(addresses, log=print, _warned=set(), tunnelled=frozenset()):
+    """Make sure each on-link address has a neighbour entry the kernel keeps resolved. A tunnelled real (its outer
+    packets follow the route, gateway included) behind a gateway is no problem: no warning.
 
     Returns {address: "managed" | "present" | "via-gateway" | "no-route"}.
     """
@@ -50,7 +51,7 @@ def ensure_neighbours(addresses, log=print, _warned=set()):
                 continue
             if route.get_attr("RTA_GATEWAY"):
                 status[addr] = "via-gateway"
-                if addr not in _warned:
+                if addr not in _warned and addr not in tunnelled:
                     _warned.add(addr)
                     log(f"xlb: real {addr} is behind gateway {route.get_attr('RTA_GATEWAY')}; direct routing "
                         "needs it on-link (packets to it are dropped as drop_not_onlink)")

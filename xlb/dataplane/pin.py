@@ -214,10 +214,11 @@ EARLIER_LAYOUTS = {
         "verdicts": "the verdict counters start from zero, with two more reasons",
     },
     # feccb74: before NAT, ICMP, fragments, lblc (struct real's pad now its port and method, both 0 for DR;
-    # flow_entry's pad its method, unpinned; new maps nat_revs, svc_out_stats, real_out_stats, lblc are made beside
-    # the adopted ones); 21 reasons.
+    # flow_entry's pad its method, unpinned; new maps nat_revs, svc_out_stats, real_out_stats, lblc, tunnels are
+    # made beside the adopted ones); 21 reasons.
     bytes.fromhex("b46b04e0b65d0dd6286c664195e1b5251a3b5cdf48c71894f300e5c7991c1da3"): {
-        "verdicts": "the verdict counters start from zero, with the new reasons (NAT, ICMP, fragments, health, SIP)",
+        "verdicts": "the verdict counters start from zero, with the new reasons (NAT, tunnels, ICMP, fragments, "
+                    "health, SIP)",
     },
 }
 

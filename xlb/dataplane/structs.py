@@ -62,6 +62,9 @@ SVC_F_FAIL_RESET = DEFINES["XLB_SVC_F_FAIL_RESET"]
 SVC_F_PE_SIP = DEFINES["XLB_SVC_F_PE_SIP"]
 REAL_F_LIVE = DEFINES["XLB_REAL_F_LIVE"]
 REAL_F_DOWN = DEFINES["XLB_REAL_F_DOWN"]
+TUN_F_CSUM = DEFINES["XLB_TUN_F_CSUM"]
+TUN_F_BARE = DEFINES["XLB_TUN_F_BARE"]
+TUN_TYPE = {k[len("XLB_TUN_"):].lower(): v for k, v in ENUMS["xlb_tun_type"].items()}
 RC_F_OVERLOAD = DEFINES["XLB_RC_F_OVERLOAD"]
 CAND_MAX = DEFINES["XLB_CAND_MAX"]
 SET_F_MARKS = DEFINES["XLB_SET_F_MARKS"]
@@ -85,6 +88,11 @@ class Real(ct.Structure):
     _fields_ = [("addr", _addr), ("gen", _u32), ("svc_id", _u32), ("weight", _u16), ("family", _u8),
                 ("flags", _u8), ("uthreshold", _u32), ("lthreshold", _u32), ("port", _u16), ("method", _u8),
                 ("pad", _u8)]
+
+
+class Tunnel(ct.Structure):
+    _fields_ = [("src", _addr), ("src_host", _addr), ("port", _u16), ("type", _u8), ("flags", _u8), ("family", _u8),
+                ("pad", _u8 * 3)]
 
 
 class RealConns(ct.Structure):
@@ -176,6 +184,7 @@ class TraceRec(ct.Structure):
 MAP_TYPES = {
     "services": (SvcKey, SvcMeta),
     "reals": (None, Real),
+    "tunnels": (None, Tunnel),
     "real_conns": (None, RealConns),
     "sched_slots": (None, None),
     "rr_pos": (None, RrPos),

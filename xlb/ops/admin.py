@@ -11,9 +11,11 @@ changes nothing; a batch (``ipvsadm -R``) is applied whole or not at all.
 
 Operations (``op`` key):
   service-add / service-edit / service-del   {"service": IDENT, "scheduler", "persistence", "netmask", "method",
-                                              "sched_flags", "ops", "replace"}
+                                              "tunnel", "sched_flags", "ops", "replace"}
   real-add / real-edit / real-del            {"service": IDENT, "address", "port", "weight", "uthreshold",
-                                              "lthreshold", "method", "replace"}
+                                              "lthreshold", "method", "tunnel", "replace"}
+"tunnel" is the service's tunnel_* keys (method "tun"). A real's method is its service's (ipvsadm puts it on each
+real): a real-add/real-edit giving another changes the service's only when no other real is there.
   mark-add / mark-del                        {"mark", "proto", "dst", "ports"}
   clear                                      {}  (ipvsadm -C: every service; mark rules stay)
   timeouts                                   {"tcp", "tcpfin", "udp"}  (0 or absent: unchanged, as ipvsadm --set)
@@ -31,6 +33,7 @@ import socket
 from ..config import dump as xdump
 from ..config import model as xconfig
 from ..config import read as xread
+from ..config import tunnel as xtunnel
 from ..errors import ConfigError
 from ..tables.marks import rule_identity
 
@@ -42,7 +45,7 @@ _SERVICE_FIELDS = {"scheduler": "-s", "sched_flags": "-b", "mh_table_size": "-s"
                    "persistence_timeout": "-p", "persistence_netmask": "-M", "persistence_mode": "-p",
                    "persistence_engine": "--pe",
                    "expire_quiescent_template": "-p", "address": "-r", "weight": "-w", "uthreshold": "-x",
-                   "lthreshold": "-y", "ops": "-o"}
+                   "lthreshold": "-y", "ops": "-o", **dict.fromkeys(xtunnel.KEYS, "-i")}
 _MARK_FIELDS = {"mark": "--mark", "proto": "--proto", "dst": "--dst", "ports": "--ports"}
 
 
@@ -236,8 +239,7 @@ def _set_settings(svc, op, replace):
         svc["sched_flags"] = list(op["sched_flags"])
         if not svc["sched_flags"]:
             del svc["sched_flags"]
-    if op.get("method") is not None:
-        svc["method"] = op["method"]
+    _set_method(svc, op)  # kept when not given, even by -E: the reals' -g / -m / -i say it (ipvsadm)
     if op.get("ops") is not None:
         svc["ops"] = op["ops"]
         if not op["ops"]:
@@ -252,6 +254,37 @@ def _set_settings(svc, op, replace):
         svc["persistence_netmask"] = op["netmask"]
     if op.get("pe") is not None:
         svc["persistence_engine"] = op["pe"]
+
+
+def _set_method(svc, op):
+    """The method and tunnel keys an op gives (a method without tunnel keys: IPVS's tunnel defaults)."""
+    if op.get("method") is None:
+        return
+    svc["method"] = op["method"]
+    for key in xtunnel.KEYS:
+        svc.pop(key, None)
+    svc.update(op.get("tunnel") or {})
+
+
+def _real_method(svc, addr, op, source):
+    """A method given with a real (ipvsadm -a/-e -g|-m|-i; IPVS's is a real's) sets the service's (with its tunnel
+    keys) while the service has no other real; else it must be the service's (xlb's method is a service's)."""
+    if op.get("method") is None:
+        return
+    mine = {k: svc[k] for k in xtunnel.KEYS if k in svc}
+    if op["method"] == svc.get("method", "dr") and (op["method"] != "tun" or (op.get("tunnel") or {}) == mine):
+        return
+    others = [r["address"] for r in svc.get("real", []) if ipaddress.ip_address(r["address"]) != addr]
+    if others:
+        opt = METHOD_OPTION.get(op["method"], "-g")
+        now = svc.get("method", "dr")
+        raise ConfigError(source, opt, f"{ident_name(op['service'])} forwards to {others[0]} by {now} "
+                                       f"({METHOD_OPTION.get(now, '-g')}{''.join(f' {k}={v}' for k, v in mine.items())}): "
+                                       "every real of a service uses the service's method; change the service "
+                                       f"(-E ... {opt}) instead")
+    _set_method(svc, op)
+    for r in svc.get("real", []):
+        r.pop("port", None)   # a port of its own is NAT's
 
 
 def _service_add(tree, op, source):
@@ -277,22 +310,6 @@ def _service_edit(tree, op, source):
 def _service_del(tree, op, source):
     _need_service(tree, op, source)
     del tree["service"][_find_service(tree, op["service"])]
-
-
-def _real_method(svc, op, source):
-    """A method given with a real (ipvsadm -a/-e -g|-m; IPVS's is a real's) sets the service's when it has no other
-    real; else it must be the service's (xlb's method is a service's)."""
-    method = op.get("method")
-    if method is None or method == svc.get("method", "dr"):
-        return
-    others = [r for r in svc.get("real", []) if ipaddress.ip_address(r["address"]) != ipaddress.ip_address(op["address"])]
-    if others:
-        raise ConfigError(source, METHOD_OPTION[method], f"{ident_name(op['service'])} forwards by "
-                          f"{svc.get('method', 'dr')} ({METHOD_OPTION[svc.get('method', 'dr')]}): every real of a "
-                          "service uses the service's method")
-    svc["method"] = method
-    for r in svc.get("real", []):
-        r.pop("port", None)
 
 
 def _real_address(svc, op, source):
@@ -334,7 +351,7 @@ def _set_real(svc, real, op, replace):
 
 def _real_add(tree, op, source):
     svc = _need_service(tree, op, source)
-    _real_method(svc, op, source)
+    _real_method(svc, ipaddress.ip_address(op["address"]), op, source)
     addr = _real_address(svc, op, source)
     if _find_real(svc, addr) is not None:
         raise ConfigError(source, "-r", f"real {addr} already exists in {ident_name(op['service'])} "
@@ -357,7 +374,7 @@ def _need_real(tree, op, source):
 
 def _real_edit(tree, op, source):
     svc, j = _need_real(tree, op, source)
-    _real_method(svc, op, source)
+    _real_method(svc, ipaddress.ip_address(svc["real"][j]["address"]), op, source)
     _set_real(svc, svc["real"][j], op, replace=bool(op.get("replace")))
     return ident_option(op["service"])
 

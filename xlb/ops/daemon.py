@@ -211,7 +211,9 @@ class Daemon:
         self.sysctls.need({a.version for a in reals})
         remove_managed(self.neighbours - reals)
         self.neighbours = reals
-        ensure_neighbours(reals, log=self.log)
+        tunnelled = {r.address for cfg in (self.config, self.dp.config) if cfg for s in cfg.services
+                     if s.method == "tun" for r in s.reals}
+        ensure_neighbours(reals, log=self.log, tunnelled=tunnelled)
 
     def apply_config(self, cfg):
         """Make ``cfg`` the running config: the maps first (a ConfigError there changes nothing), then the health

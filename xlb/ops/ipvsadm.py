@@ -6,9 +6,9 @@ prints the kernel's (its print_title, print_service_entry, print_conn and print_
 
 What differs from ipvsadm, and why:
 - Addresses are always numeric (``-n`` is accepted and implied): xlb resolves no names.
-- ``-i`` (tunnels) is refused: xlb forwards by direct routing (``-g``) or masquerading (``-m``). The method is a
-  property of the service in xlb: ``-m`` or ``-g`` on the first ``-a`` of a service sets it (as does ``-A ... -m``),
-  and every later real must agree.
+- The forwarding method is a property of the service in xlb (IPVS's is a real's): ``-g``, ``-m`` or ``-i``
+  (with --tun-type/--tun-port/--tun-*csum, xlb/ops/tunopts.py) on the first ``-a`` of a service sets it (as does
+  ``-A ... -m``), and every later real must agree.
 - A real's port under direct routing is the service's (DR cannot change ports): ``-r RIP:OTHERPORT`` is refused
   on a port service; on a firewall-mark or port-zero service the port is ignored, as it is for IPVS DR. Under
   NAT (``-m``) the real's port is its own: VIP:80 may go to RIP:8080.
@@ -25,6 +25,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from . import admin
+from . import tunopts
 from ..errors import ConfigError
 
 SOURCE = "ipvsadm"
@@ -37,7 +38,8 @@ _LONG = {"add-service": "A", "edit-service": "E", "delete-service": "D", "clear"
          "netmask": "M", "real-server": "r", "gatewaying": "g", "ipip": "i", "masquerading": "m", "weight": "w",
          "u-threshold": "x", "l-threshold": "y", "connection": "c", "numeric": "n", "ipv6": "6",
          "sched-flags": "b", "ops": "o", "help": "h", "set": "", "timeout": "", "stats": "", "rate": "", "thresholds": "",
-         "persistent-conn": "", "exact": "", "sort": "", "nosort": "", "sctp-service": "", "pe": ""}
+         "persistent-conn": "", "exact": "", "sort": "", "nosort": "", "sctp-service": "", "pe": "",
+         **dict.fromkeys(tunopts.LONG, "")}
 _COMMANDS = {"A": "add-service", "E": "edit-service", "D": "delete-service", "C": "clear", "R": "restore",
              "S": "save", "a": "add-server", "e": "edit-server", "d": "delete-server", "L": "list", "l": "list",
              "Z": "zero", "set": "set", "h": "help"}
@@ -74,7 +76,7 @@ def _tokens(argv):
             if name not in _LONG:
                 _fail(a, f"unknown option {a}")
             short = _LONG[name] or name
-            takes = short in _WITH_ARG or name == "set"
+            takes = short in _WITH_ARG or name in tunopts.WITH_ARG
             if name == "set":
                 if len(argv) - i < 3:
                     _fail("--set", "--set takes three timeouts: TCP TCPFIN UDP (seconds; 0 = unchanged)")
@@ -203,11 +205,14 @@ def _int(opts, o, lo, hi):
 
 
 def _method(opts):
-    if "i" in opts:
-        _fail("-i", "tunnelling (IPIP) is not supported yet: xlb forwards by direct routing (-g) or NAT (-m)")
-    if "m" in opts and "g" in opts:
-        _fail("-m", "give one forwarding method: -g (direct routing) or -m (masquerading)")
-    return "nat" if "m" in opts else "dr" if "g" in opts else None
+    """{"method"} from -g / -m / -i (None: none given), with "tunnel" (its keys) for -i."""
+    if "m" in opts:
+        other = next((o for o in ("g", "i", *tunopts.LONG) if o in opts), None)
+        if other:
+            _fail("-m", "give one forwarding method: -g (direct routing), -m (masquerading) or -i (tunnelling)")
+        return {"method": "nat"}
+    method, tunnel = tunopts.method_of(opts, SOURCE)
+    return {"method": method, **({"tunnel": tunnel} if method == "tun" else {})}
 
 
 def _build(req, opts):
@@ -215,7 +220,7 @@ def _build(req, opts):
     if cmd in ("add-service", "edit-service"):
         _needs_service(req, f"-{'A' if cmd == 'add-service' else 'E'}")
         op = {"op": "service-add" if cmd == "add-service" else "service-edit", "service": req.service,
-              "replace": True, "scheduler": opts.get("s"), "method": _method(opts)}
+              "replace": True, "scheduler": opts.get("s"), **_method(opts)}
         if "p" in opts:
             op["persistence"] = admin.DEFAULT_PERSISTENCE if opts["p"] is None else _int(opts, "p", 1, 2**31 - 1)
         if "M" in opts:
@@ -238,9 +243,9 @@ def _build(req, opts):
         addr, port = admin.split_addr_port(opts["r"], proto, "-r", SOURCE)
         op = {"op": {"add-server": "real-add", "edit-server": "real-edit", "delete-server": "real-del"}[cmd],
               "service": req.service, "address": str(addr), "port": port}
-        if _method(opts):
-            op["method"] = _method(opts)
+        method = _method(opts)
         if cmd != "delete-server":
+            op.update(method if method["method"] else {})
             op.update(replace=True, weight=_int(opts, "w", 0, 65535), uthreshold=_int(opts, "x", 0, 2**32 - 1),
                       lthreshold=_int(opts, "y", 0, 2**32 - 1))
         req.ops.append(op)
@@ -382,8 +387,8 @@ def _service_lines(s, fmt):
             lines.append(f"  -> {dname:<28} {r['weight']:<9} {r['persist']:<11} {r['active']:<10} "
                          f"{r['inactive']:<10}")
         else:
-            fwd = "Masq" if s["method"] == "nat" else "Route"
-            lines.append(f"  -> {dname:<28} {fwd:<7} {r['weight']:<6} {r['active']:<10} {r['inactive']:<10}")
+            lines.append(f"  -> {dname:<28} {tunopts.forward_name(s):<7} {r['weight']:<6} {r['active']:<10} "
+                         f"{r['inactive']:<10}")
     return lines
 
 
@@ -430,8 +435,8 @@ def render_save(snap) -> str:
             line += " -o"
         lines.append(line)
         for r in sorted(s["reals"], key=_real_sort_key):
-            line = f"-a {svc_name(s, rule=True)} -r {_host(s['family'], r['address'])}:{r['port']} "
-            line += f"{'-m' if s['method'] == 'nat' else '-g'} -w {r['weight']}"
+            line = (f"-a {svc_name(s, rule=True)} -r {_host(s['family'], r['address'])}:{r['port']} "
+                    f"{tunopts.save_options(s)} -w {r['weight']}")
             if r["uthreshold"]:
                 line += f" -x {r['uthreshold']}"
             if r["lthreshold"]:

@@ -13,6 +13,7 @@ import time
 
 from . import admin
 from ..config import dump as xdump
+from ..config import tunnel as xtunnel
 from ..dataplane import structs as S
 from ..dataplane.mapkeys import now_ns, NS
 from ..errors import ConfigError
@@ -115,7 +116,7 @@ def listing(dp, rates=None):
             "name": svc.name, "fwmark": svc.fwmark, "family": svc.family, "proto": svc.proto,
             "vip": None if svc.vip is None else str(svc.vip), "port": svc.port, "scheduler": svc.scheduler,
             "sched_flags": list(svc.sched_flags), "method": svc.method, "ops": svc.ops,
-            "persistence": svc.persistence_timeout,
+            "persistence": svc.persistence_timeout, "tunnel": xtunnel.tree(svc.tunnel) if svc.tunnel else None,
             "netmask": xdump.netmask_spec(svc.family, svc.persistence_netmask),
             "persistence_mode": svc.persistence_mode, "pe": svc.persistence_engine,
             "stats": _stats(c, flows.service_out(st.id)), "rate": rates.rate(("svc", st.id)),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from . import tunnel as ka_tunnel
 from .model import RS, VS, Problem
 from ...config import model as xconfig
 
@@ -250,7 +251,7 @@ class Checks:
             else:
                 vs.sched = a[0]
         elif kw in ("lb_kind", "lvs_method"):
-            vs.method = self.method(n)
+            vs.method = self.method(n, vs)
         elif kw in ("sh-port", "sh-fallback", "mh-port", "mh-fallback", "flag-1", "flag-2", "flag-3"):
             self.sched_flag(vs, n)
         elif kw == "hashed":
@@ -336,13 +337,14 @@ class Checks:
         if not ok:
             self.err(n, f"{n.keyword} '{a[0] if a else ''}' invalid")
 
-    def method(self, n):
+    def method(self, n, holder):
+        """The method of an lb_kind / lvs_method line; a TUN line's tunnel keys go to holder.tunnel."""
         m = n.args[0] if n.args else ""
         if m in ("DR", "NAT"):
             return m.lower()
         if m == "TUN":
-            self.unsupported(n, f"{n.keyword} {m}: xlb forwards by direct routing (DR) or NAT, not tunnels yet")
-            return m.lower()
+            holder.tunnel = ka_tunnel.options(n, self.err)
+            return "tun"
         self.err(n, f"unknown [{m}] routing method")
         return None
 
@@ -422,7 +424,7 @@ class Checks:
             else:
                 rs.weight, rs.weight_node = w, n
         elif kw == "lvs_method":
-            rs.method = self.method(n)
+            rs.method = self.method(n, rs)
         elif kw in ("uthreshold", "lthreshold"):
             v = kw_uint(a[0]) if a else None
             if v is None or v > xconfig.U32_MAX:

@@ -98,6 +98,7 @@ class VS:
         self.flags = []  # (flag, node)
         self.ops_node = None  # `ops` (one-packet scheduling)
         self.method = None
+        self.tunnel = None  # lb_kind TUN's tunnel_* keys (keepalived/tunnel.py)
         self.ptimeout = None
         self.ptimeout_node = None
         self.pgran = None
@@ -124,6 +125,7 @@ class RS:
         self.weight = None
         self.weight_node = None
         self.method = None
+        self.tunnel = None
         self.uthreshold = None
         self.lthreshold = None
         self.lines = {}

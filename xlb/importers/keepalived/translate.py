@@ -25,6 +25,7 @@ from ...config import realcheck
 from ...errors import ConfigError
 from .checks import SKIP_REASON, Checks, kw_addr, kw_port, kw_true, settings_of
 from .health import Health
+from . import tunnel as ka_tunnel
 from .model import CheckSettings, Entry, HealthCheck, Import, KeepalivedError, Problem, VS
 from .reader import Reader, build_tree
 from ...health.kaconf import track_files
@@ -256,8 +257,10 @@ class _Importer(Checks, Health):
             else:
                 svc["ops"] = True
                 self._w(f"{sw}.ops", vs.ops_node)
+        if svc["method"] == "tun":
+            svc.update(ka_tunnel.service_method(vs, self.unsupported)[1])
         virtualhost = self.health_settings(vs.settings, svc, sw)
-        svc["real"] = self.real_trees(vs, sw, family, virtualhost, entry)
+        svc["real"] = self.real_trees(vs, sw, family, virtualhost, entry, any_family=svc["method"] == "tun")
         return svc
 
     def engine(self, vs, svc, sw):
@@ -272,19 +275,18 @@ class _Importer(Checks, Health):
             self.warnings.append(f"{vs.pe_node.where()}: persistence_engine {vs.pe} has no effect {why} (IPVS's "
                                  f"SIP engine reads UDP datagrams of persistent services); skipped")
 
-    def real_trees(self, vs, sw, family, virtualhost=None, entry=None):
-        """The reals of service `sw` (those of its address family), each field's origin recorded. A NAT real's port
-        is kept where it differs from the service's (the entry's)."""
+    def real_trees(self, vs, sw, family, virtualhost=None, entry=None, any_family=False):
+        """The reals of service `sw` (those of its address family, or all for a tunnel), each field's origin
+        recorded. A NAT real's port is kept where it differs from the service's (the entry's)."""
         svc_port = entry.port if entry else 0
         reals = []
         for rs in vs.reals:
-            if rs.addr.version != family:
+            if rs.addr.version != family and not any_family:
                 continue  # a group mixing families: each service takes the reals of its family
             if rs.addr.is_loopback:  # IPVS delivers to a real on the director itself; XDP forwarding cannot
                 self.unsupported(rs.node, f"real {rs.addr} is a loopback address: {realcheck.LOCAL}")
-            elif entry and entry.kind == "addr" and rs.addr == entry.value and _method(vs, rs) == "nat":
-                self.unsupported(rs.node, f"real {rs.addr} is the virtual server's own address (NAT to another "
-                                          f"port of the director): {realcheck.LOCAL}")
+            elif entry and entry.kind == "addr" and rs.addr == entry.value:
+                self.unsupported(rs.node, f"real {rs.addr} is the virtual server's own address: {realcheck.LOCAL}")
             rw = f"{sw}.real[{len(reals)}]"
             self._w(rw, rs.node)
             real = {"address": str(rs.addr), "weight": rs.weight if rs.weight is not None else (vs.weight or 1)}

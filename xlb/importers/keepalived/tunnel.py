@@ -1,0 +1,67 @@
+"""keepalived's tunnel forwarding: ``lb_kind TUN`` / ``lvs_method TUN [type ipip|gue|gre] [port N]
+[nocsum|csum|remcsum]`` read with keepalived's rules (check_parser.c svr_forwarding_handler) into a service's
+``tunnel_*`` keys; and the one method a virtual server's reals must share in xlb."""
+from __future__ import annotations
+
+_TYPES = ("ipip", "gue", "gre")
+_CSUMS = ("nocsum", "csum", "remcsum")
+
+
+def options(n, err) -> dict:
+    """The tunnel keys of a TUN line n (its words after TUN); problems reported through err(node, message)."""
+    args = list(n.args[1:])
+    ttype, port, csum = "ipip", 0, "nocsum"
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if word in ("type", "port"):
+            if i + 1 == len(args):
+                err(n, "missing tunnel type" if word == "type" else "missing port for gue tunnel")
+                return {}
+            value = args[i + 1]
+            if word == "type" and value not in _TYPES:
+                err(n, f"unknown tunnel type {value}")
+                return {}
+            if word == "port" and not (value.isdigit() and 1 <= int(value) <= 65535):
+                err(n, f"invalid gue tunnel port {value}")
+                return {}
+            ttype, port = (value, port) if word == "type" else (ttype, int(value))
+            i += 2
+            continue
+        if word not in _CSUMS:
+            err(n, f"invalid tunnel option {word}")
+            return {}
+        csum = word
+        i += 1
+    if (ttype == "gue") != (port != 0):
+        err(n, "gue tunnels require port, otherwise cannot have port")
+        return {}
+    if ttype == "ipip" and csum != "nocsum":
+        err(n, "ipip tunnels do not support checksum option")
+        return {}
+    if ttype == "gre" and csum == "remcsum":
+        err(n, "gre tunnels do not support remote checksum option")
+        return {}
+    keys = {"tunnel_type": ttype}
+    if port:
+        keys["tunnel_port"] = port
+    if csum != "nocsum":
+        keys["tunnel_csum"] = csum
+    return keys
+
+
+def service_method(vs, err):
+    """(method, tunnel keys) every real of vs is forwarded by (its own lvs_method, else the virtual server's);
+    reals that differ are reported: xlb forwards every real of a service alike."""
+    kinds = {}
+    for rs in vs.reals:
+        own = rs.method is not None
+        method = (rs.method if own else vs.method) or "nat"
+        tunnel = (rs.tunnel if own else vs.tunnel) or {}
+        kinds.setdefault((method, tuple(sorted(tunnel.items()))), rs)
+    if len(kinds) > 1:
+        (m1, t1), (m2, t2) = list(kinds)[:2]
+        err(kinds[(m2, t2)].node, f"real servers of one virtual server forwarded by {m1}{dict(t1) or ''} and "
+                                  f"{m2}{dict(t2) or ''}: xlb forwards every real of a service alike")
+    method, tunnel = next(iter(kinds), ("dr", ()))
+    return method, dict(tunnel)
