@@ -135,7 +135,7 @@ def test_udp_and_established_flows_through_the_flow_cache(bench):
         check(bench, pkt, ipip(pkt, R4))
         if flags == "A":  # established: the next packets come through the flow cache
             entry = flow_cached(bench.dp, pkt)
-            assert entry is not None and entry.real_flags & S.REAL_F_TUN
+            assert entry is not None and entry.method == S.METHOD["tun"]
     for _ in range(3):
         pkt = udp4()
         check(bench, pkt, ipip(pkt, R4))
@@ -318,7 +318,7 @@ def test_method_and_tunnel_in_the_maps(bench):
     assert meta.method == S.METHOD["tun"]
     rid = next(iter(dp.real_ids.ids.values()))
     real = dp.m["reals"][ct.c_uint32(rid)]
-    assert real.flags == S.REAL_F_LIVE | S.REAL_F_TUN
+    assert (real.flags, real.method) == (S.REAL_F_LIVE, S.METHOD["tun"])
     t = dp.m["tunnels"][ct.c_uint32(rid)]
     assert (t.type, t.flags, t.family) == (S.TUN_TYPE["gue"], S.TUN_F_CSUM, 4)
     assert bytes(t.src)[:4] == bytes([198, 18, 5, 0]) and bytes(t.src_host)[:4] == bytes([0, 0, 0, 255])
