@@ -171,7 +171,6 @@ def test_clear_keeps_mark_rules():
     ({"op": "service-add", "service": TCP80, "netmask": "255.255.255.0"}, "-M", "no effect without"),
     ({"op": "service-add", "service": TCP80, "persistence": 60, "netmask": "64"}, "-M", "dotted mask"),
     ({"op": "service-add", "service": TCP80, "scheduler": "bogus"}, "-s", "unknown scheduler"),
-    ({"op": "service-add", "service": TCP80, "method": "tun"}, "-g", "not supported yet"),
     ({"op": "service-add", "service": {"proto": "tcp", "vip": "198.51.100.10", "port": 0}}, "-t",
      "requires persistence_timeout"),
     ({"op": "service-add", "service": TCP80, "sched_flags": ["sh-port"]}, "-b", "takes no flags"),

@@ -538,7 +538,7 @@ def test_nat_real_method_must_be_the_services():
                                 "-a -t 198.51.100.10:80 -r 198.18.0.12 -g\n")
     with pytest.raises(ConfigError) as info:
         admin.apply_ops(xread.parse("", "x"), ops, "ipvsadm -R")
-    assert "forwards by nat (-m): every real of a service uses the service's method" in info.value.message
+    assert "by nat (-m): every real of a service uses the service's method" in info.value.message
     with pytest.raises(ConfigError) as info:  # DR still cannot change the port
         admin.apply_ops(xread.parse("", "x"), ipvsadm.parse_restore(
             "-A -t 198.51.100.10:80 -s rr\n-a -t 198.51.100.10:80 -r 198.18.0.11:8080 -g\n"), "ipvsadm -R")

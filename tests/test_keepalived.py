@@ -145,12 +145,13 @@ def test_nat_virtual_servers(tmp_path):
 
 
 def test_unsupported_features_are_named_apart(tmp_path):
-    p = write(tmp_path, vs("protocol TCP\nlb_algo rr\npersistence_engine h323\nlb_kind TUN\n"
-                           "real_server 198.18.0.11 80 { }\n"))
+    p = write(tmp_path, vs("protocol TCP\nlb_algo rr\npersistence_engine h323\nlb_kind DR\n"
+                           "real_server 127.0.0.1 80 { }\n"))
     e = problems(p)
     assert e.only_unsupported
-    assert [(x.line, x.kind) for x in e.problems] == [(4, "unsupported"), (5, "unsupported")]
-    assert "not supported by xlb: lb_kind TUN" in str(e)
+    assert [(x.line, x.kind) for x in e.problems] == [(4, "unsupported"), (6, "unsupported")]
+    assert "h323" in e.problems[0].message and "loopback" in e.problems[1].message
+    assert str(e).count("not supported by xlb") == 2
 
 
 def test_ops_imported_for_udp_and_fwmark_skipped_for_tcp(tmp_path):
@@ -194,8 +195,8 @@ def test_stray_virtual_server_keyword_at_top_level(tmp_path):
 def test_cli_check_exit_codes(tmp_path, capsys):
     assert cli.main(["check", "--keepalived", KA, "--marks", MARKS]) == 0
     assert "OK (2 services, 4 reals, 1 mark rules, 2 health checks)" in capsys.readouterr().out
-    tun = write(tmp_path, vs("protocol TCP\nlb_algo rr\nlb_kind TUN\nreal_server 198.18.0.11 80 { }\n"))
-    assert cli.main(["check", "--keepalived", tun]) == 3
+    local = write(tmp_path, vs("protocol TCP\nlb_algo rr\nlb_kind DR\nreal_server 127.0.0.1 80 { }\n"))
+    assert cli.main(["check", "--keepalived", local]) == 3
     bad = write(tmp_path, vs("protocol TCP\nlb_algo rr\nlb_kind DR\n"), "bad.conf")
     assert cli.main(["check", "--keepalived", bad]) == 1
     assert "has no real servers" in capsys.readouterr().err
@@ -329,4 +330,4 @@ def test_reals_forwarded_by_different_methods_are_an_error(tmp_path):
     p = write(tmp_path, vs("protocol TCP\nlb_algo rr\nlb_kind TUN\nreal_server 198.18.0.11 80 { }\n"
                            "real_server 198.18.0.12 80 {\n    lvs_method DR\n}\n"))
     (x,) = problems(p).problems
-    assert x.line == 6 and "forwards every real of a service alike" in x.message
+    assert x.line == 1 and "different forwarding methods (dr, tun)" in x.message

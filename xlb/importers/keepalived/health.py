@@ -46,7 +46,8 @@ class Health:
                     out[kw] = " ".join(a)
                 elif kw == "sorry_server":
                     port = kw_port(a[1]) if len(a) > 1 and a[1].strip("0") else 0
-                    out[kw] = {"address": str(kw_addr(a[0])), "port": port or 0}
+                    # Without a port (or 0): the virtual server's, as IPVS takes a destination's port 0.
+                    out[kw] = {"address": str(kw_addr(a[0])), "port": port} if port else str(kw_addr(a[0]))
                 else:
                     continue
             except (ValueError, IndexError, TypeError):

@@ -234,6 +234,9 @@ class _Importer(Checks, Health):
         node_m = vs.lines.get("lb_kind") or vs.lines.get("lvs_method")
         if node_m:
             self._w(f"{sw}.method", node_m)
+        if svc["method"] == "nat" and svc.get("proto") == "sctp":
+            self.unsupported(node_m or vs.node, "SCTP under NAT: rewriting its addresses or ports needs the packet's "
+                                                "CRC32c recomputed, which xlb does not do (DR and TUN forward SCTP)")
         if vs.sched:
             svc["scheduler"] = vs.sched
             self._w(f"{sw}.scheduler", vs.lines.get("lb_algo") or vs.lines.get("lvs_sched"))
@@ -280,9 +283,15 @@ class _Importer(Checks, Health):
         recorded. A NAT real's port is kept where it differs from the service's (the entry's)."""
         svc_port = entry.port if entry else 0
         reals = []
+        ports = {}  # address -> the port of its first real_server
         for rs in vs.reals:
             if rs.addr.version != family and not any_family:
                 continue  # a group mixing families: each service takes the reals of its family
+            if ports.setdefault(rs.addr, rs.port) != rs.port and _method(vs, rs) == "nat":
+                self.unsupported(rs.node, f"real {rs.addr} port {rs.port}: the same address with another port "
+                                          f"({ports[rs.addr]}) is another IPVS destination, but xlb knows a real of a "
+                                          "service by its address")
+                continue
             if rs.addr.is_loopback:  # IPVS delivers to a real on the director itself; XDP forwarding cannot
                 self.unsupported(rs.node, f"real {rs.addr} is a loopback address: {realcheck.LOCAL}")
             elif entry and entry.kind == "addr" and rs.addr == entry.value:

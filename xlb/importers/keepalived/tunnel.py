@@ -59,7 +59,7 @@ def service_method(vs, err):
         method = (rs.method if own else vs.method) or "nat"
         tunnel = (rs.tunnel if own else vs.tunnel) or {}
         kinds.setdefault((method, tuple(sorted(tunnel.items()))), rs)
-    if len(kinds) > 1:
+    if len({m for m, _ in kinds}) == 1 and len(kinds) > 1:  # different methods: the virtual server's check says so
         (m1, t1), (m2, t2) = list(kinds)[:2]
         err(kinds[(m2, t2)].node, f"real servers of one virtual server forwarded by {m1}{dict(t1) or ''} and "
                                   f"{m2}{dict(t2) or ''}: xlb forwards every real of a service alike")
