@@ -1,5 +1,6 @@
 /* xlb.c — the XDP entry point: parse, find the connection or the service, place new connections (persistence
- * template, else the scheduler), forward to the real, count the verdict. Each step lives in its own header. */
+ * template, else the scheduler), forward to the real, count the verdict; a sync master also exports new
+ * connections and state changes (sync.h). Each step lives in its own header. */
 #include <uapi/linux/bpf.h>
 
 #include "consts.h"
@@ -13,6 +14,7 @@
 #include "sched.h"
 #include "fwd.h"
 #include "flowcache.h"
+#include "sync.h"
 #include "trace.h"
 
 /* Place a new connection of service svc: its persistence template when one is in force, else the scheduler.
@@ -112,7 +114,8 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 			struct real *r = reals.lookup(&real_id);
 			if (r && (r->flags & XLB_REAL_F_LIVE) && r->gen == c->real_gen) {
 				XLB_TRACE_FLAG(XLB_TRACE_F_CONN_HIT);
-				conn_touch(c, p, now);
+				if (conn_touch(c, p, now))
+					sync_export(st, &ck, c);
 				count_flow(c->svc_id, real_id, bytes, 0);
 				reason = forward_dr(ctx, p, r, real_id, now, &action);
 				if (action != XDP_DROP)
@@ -177,8 +180,10 @@ int xlb_new_conn(struct xdp_md *ctx)
 	if (h->has_old)
 		conn_forget(&h->old);
 	int recorded = !XLB_TRACING && !conns.update(&ck, &nc);
-	if (recorded)
+	if (recorded) {
 		conn_count(real_id, state, 1, r);
+		sync_export(st, &ck, &nc);
+	}
 	count_flow(h->svc.id, real_id, bytes, 1);
 	int action = XDP_PASS;
 	int reason = forward_dr(ctx, p, r, real_id, now, &action);

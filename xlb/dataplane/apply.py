@@ -1,7 +1,8 @@
 """The control plane's hold on the data plane: turns a Config into map contents and applies only the difference.
 
 Everything is planned and checked before the first map write, so a rejected config changes nothing. DataPlane
-also runs the timers (xlb/dataplane/sweep.py), reads the maps back (reader.py) and adopts pinned maps (adopt.py).
+also runs the timers (xlb/dataplane/sweep.py), reads the maps back (reader.py) and adopts pinned maps (adopt.py);
+syncstate.py is state sync's side (the export flag, the ring buffer, received entries).
 """
 import ctypes as ct
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from .bpfsys import lookup_batch_into
 from .mapkeys import NS, SvcState, htons, svc_key, table_indexes
 from .reader import Reader
 from .sweep import Sweeper
+from .syncstate import SyncState
 from ..config.model import addr_bytes
 from ..errors import ConfigError
 from ..tables import marks as markmod
@@ -67,7 +69,7 @@ def fit(config, cap, loads=lambda svc: None):
     return entries, tables
 
 
-class DataPlane(Sweeper, Reader, Adopter):
+class DataPlane(Sweeper, Reader, Adopter, SyncState):
     """Owns the maps of a loaded Program."""
 
     def __init__(self, prog, tables):
@@ -287,7 +289,8 @@ class DataPlane(Sweeper, Reader, Adopter):
     def _write_settings(self, config, has_marks, vip_filter):
         t = config.timeouts
         old = self.m["settings"][ct.c_uint32(0)]
-        flags = (S.SET_F_MARKS if has_marks else 0) | (S.SET_F_VIP_FILTER if vip_filter else 0)
+        flags = ((S.SET_F_MARKS if has_marks else 0) | (S.SET_F_VIP_FILTER if vip_filter else 0)
+                 | (S.SET_F_SYNC if self.sync_export else 0))
         st = S.Settings(flags=flags, gen=old.gen,
                         flow_ttl=self._flow_ttl(min(t.syn, t.tcp, t.tcpfin, t.udp)))
         for name, secs in (("syn", t.syn), ("est", t.tcp), ("fin", t.tcpfin), ("udp", t.udp)):

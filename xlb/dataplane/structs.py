@@ -59,6 +59,7 @@ RC_F_OVERLOAD = DEFINES["XLB_RC_F_OVERLOAD"]
 CAND_MAX = DEFINES["XLB_CAND_MAX"]
 SET_F_MARKS = DEFINES["XLB_SET_F_MARKS"]
 SET_F_VIP_FILTER = DEFINES["XLB_SET_F_VIP_FILTER"]
+SET_F_SYNC = DEFINES["XLB_SET_F_SYNC"]
 # trace_rec.flags, by name: {"conn_found": 0x1, ...}
 TRACE_F = {k[len("XLB_TRACE_F_"):].lower(): v for k, v in DEFINES.items() if k.startswith("XLB_TRACE_F_")}
 
@@ -138,6 +139,10 @@ class FlowEntry(ct.Structure):
                 ("stamp", _u32), ("pad", _u32)]
 
 
+class SyncEvent(ct.Structure):
+    _fields_ = [("key", ConnKey), ("svc_id", _u32), ("real_id", _u32), ("state", _u8), ("pad", _u8 * 7)]
+
+
 class TraceRec(ct.Structure):
     _fields_ = [("now_ns", _u64), ("conn_seen_ns", _u64), ("tmpl_last_new_ns", _u64), ("tmpl_held_until_ns", _u64),
                 ("svc", SvcKey), ("flags", _u32), ("reason", _u32), ("action", _u32), ("mark", _u32),
@@ -166,7 +171,12 @@ MAP_TYPES = {
     "mark_stats": (None, Counters),
     "verdicts": (None, Counters),
     "trace_out": (None, TraceRec),
+    "sync_lost": (None, None),
 }
+
+# Ring buffers (no key, no value type in bcc): the record each one carries (tests/test_sync_export.py checks the size
+# the kernel hands the reader).
+EVENT_MAPS = {"sync_events": SyncEvent}
 
 # Maps private to the data plane (bpf/maps.h, end): no mirror, the control plane never reads them.
 PRIVATE_MAPS = {"progs", "handoffs"}
