@@ -25,7 +25,8 @@ def status(daemon):
             "summary": daemon.summary(cfg), "pid": os.getpid(), "runtime_edits": daemon.runtime_edits,
             "pin_dir": daemon.shown(daemon.pin_dir), "program_id": daemon.prog.attached_id if daemon.prog else None,
             "attached": attached_prog(daemon.iface)[0] == daemon.prog.attached_id,
-            "program_lost": dict(daemon.program_lost)}
+            "program_lost": dict(daemon.program_lost),
+            "sync": daemon.sync.status() if getattr(daemon, "sync", None) else None}
 
 
 def stats(daemon):

@@ -23,8 +23,10 @@ from . import control
 from ..observe import metrics
 from ..dataplane import pin
 from ..config import realcheck
+from ..config.model import Sync
 from . import listings
 from .health import Checks
+from .sync import SyncRunner
 from ..observe import stats
 from ..dataplane import bpffs
 from ..dataplane.links import attached_prog, ifindex_of
@@ -51,7 +53,7 @@ def warn_if_down(ifname, log):
 
 class Daemon:
     def __init__(self, iface, config_path, xdp_mode="native", force=False, log=print, socket_path=None,
-                 load=None, metrics=None, pin_dir=None, fresh=False):
+                 load=None, metrics=None, pin_dir=None, fresh=False, sync=None):
         self.iface = iface
         # Where the config comes from (start and SIGHUP): the TOML file, or e.g. a keepalived import (cli.py).
         self.load = load or (lambda: xread.load(config_path))
@@ -91,6 +93,8 @@ class Daemon:
         self.config = None  # the config given (file, reload, runtime edits); the maps hold health.effective(config)
         self.health = Checks(self._health_changed, log)
         self._health_dirty = False
+        self.sync_override = sync  # `xlb run --sync ...`: a model.Sync that replaces the config's [sync]
+        self.sync = None  # xlb/ops/sync.py SyncRunner while state sync runs
 
     def _install_signals(self):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGQUIT):
@@ -128,6 +132,10 @@ class Daemon:
             if self.metrics:
                 self.metrics_endpoint = metrics.serve_daemon(self, self.metrics)
                 self.log(f"xlb: serving Prometheus metrics on http://{self.metrics_endpoint.where}/metrics")
+            spec = self.sync_override or cfg.sync
+            if spec.mode:
+                self.sync = SyncRunner(self, spec)
+                self.sync.start()
             self._tail_calls = pin.pin_tail_calls(self.prog, self.pin_dir)
             self.prog.attach(self.iface, self.xdp_mode, self.force, own_ids | pin.pinned_ids(self.pin_dir))
             pin.drop_tail_calls(self.pin_dir, keep=self._tail_calls)  # the replaced program's
@@ -255,6 +263,8 @@ class Daemon:
                      "(`xlb save` before a reload keeps them)")
             self.runtime_edits = 0
         self.refresh_neighbours()
+        if self.sync_override is None and cfg.sync != (self.sync.spec if self.sync else Sync()):
+            self.log("xlb: reload: [sync] changes take effect when xlb restarts")
         self.log(f"xlb: reloaded {self.config_path}: {self.summary(cfg)}")
         return True
 
@@ -362,6 +372,9 @@ class Daemon:
 
     def close(self):
         self.health.close()
+        if self.sync:
+            self.sync.close()
+            self.sync = None
         if self.metrics_endpoint:
             self.metrics_endpoint.close()
             self.metrics_endpoint = None
