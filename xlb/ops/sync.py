@@ -123,6 +123,7 @@ class SyncRunner:
         self.daemon, self.dp, self.spec, self.log = daemon, daemon.dp, spec, daemon.log
         self.counts = Counter()
         self._events = []
+        self._views_of = self._view = None
         self._stop = threading.Event()
         self._thread = None
         self._next_refresh = time.monotonic() + spec.refresh
@@ -190,11 +191,14 @@ class SyncRunner:
 
     # -- master ---------------------------------------------------------------------------------------------
     def _views(self):
-        """(services by id, real addresses by id, timeouts) as applied now: each apply makes new ones."""
+        """(services by id, real addresses by id, timeouts) as applied now: each apply makes a new config, and
+        the real ids are read again only then."""
         with self.daemon.lock:
             dp = self.dp
-            reals = {rid: addr for (_key, addr), rid in dp.real_ids.ids.items()}
-            return dp.by_id, reals, dp.config.timeouts
+            if self._views_of is not dp.config:
+                reals = {rid: addr for (_key, addr), rid in dp.real_ids.ids.items()}
+                self._views_of, self._view = dp.config, (dp.by_id, reals, dp.config.timeouts)
+            return self._view
 
     def send_events(self):
         events, self._events[:] = list(self._events), []
