@@ -7,12 +7,19 @@ import shutil
 import pytest
 
 from harness import wait_for
+from xlb.lab.process import run_in_netns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 LINES = [f"198.19.1.{10 + i}" for i in range(6)]
 PERSISTENT = ["198.19.2.10", "198.19.3.10", "198.19.4.10"]
 WARMUP = "198.19.9.10"  # one connection to each service before the measured ones: the master's rr is one ahead
+
+
+def _scrape(url):
+    import urllib.request
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.read().decode()
 
 
 def pair(prefix, log_dir):
@@ -31,7 +38,7 @@ def test_a_backup_loads_the_masters_connections_and_templates(tmp_path):
     with pair("xsy", tmp_path) as lab:
         lab.add_clients(LINES + PERSISTENT)
         lab.start_xlb(1, sync="master")
-        lab.start_xlb(2, sync="backup")
+        lab.start_xlb(2, sync="backup", extra=("--metrics", "127.0.0.1:9842"))
         lab.add_vip(1)
         asked = lab.ask_all(PERSISTENT)
         assert all(name.startswith("rs") for name in asked.values()), asked
@@ -48,6 +55,9 @@ def test_a_backup_loads_the_masters_connections_and_templates(tmp_path):
         status = lab.call(2, "status")["sync"]
         assert status["mode"] == "backup" and status["counts"]["loaded_templates"] >= len(PERSISTENT)
         assert not any(k.startswith("skipped") for k in status["counts"]), status
+        metrics = run_in_netns(lab.lbs[2], _scrape, "http://127.0.0.1:9842/metrics")
+        assert f'xlb_sync_total{{what="loaded_templates"}} {status["counts"]["loaded_templates"]}' in metrics
+        assert 'xlb_sync_total{what="received_messages"}' in metrics
         sent = lab.call(1, "status")["sync"]
         assert sent["sent"]["messages"] >= 1 and sent["ring_lost"] == 0
 
@@ -55,7 +65,7 @@ def test_a_backup_loads_the_masters_connections_and_templates(tmp_path):
 @pytest.mark.skipif(shutil.which("keepalived") is None, reason="keepalived is not installed (make setup)")
 @pytest.mark.parametrize("sync", ["both", None])
 def test_vrrp_failover_keeps_connections_and_clients_with_sync(tmp_path, sync):
-    from xlb.lab.syncpair import LINE_PORT, failover
+    from xlb.lab.syncpair import failover
     with pair("xvr" if sync else "xvn", tmp_path) as lab:
         lab.add_clients(LINES + PERSISTENT + [WARMUP])
         for i in (1, 2):
@@ -68,9 +78,7 @@ def test_vrrp_failover_keeps_connections_and_clients_with_sync(tmp_path, sync):
             assert warm.ask()[0].startswith("rs")
 
         def backup_has_all():
-            rows = _rows(lab.call(2, "conns"))
-            est = sum(1 for r in rows if r[3] == LINE_PORT and r[5] == "ESTABLISHED")
-            return est >= len(LINES) and sum(1 for r in rows if r[5] == "NONE") >= len(PERSISTENT) + 1
+            return lab.holds(2, len(LINES), len(PERSISTENT) + 1)  # and the warm-up client's template
         res = failover(lab, LINES, PERSISTENT,
                        wait_synced=(lambda: wait_for(backup_has_all, timeout=10, what="synced state")) if sync
                        else None)

@@ -31,13 +31,14 @@ ASK_PORT, LINE_PORT = 80, 7000
 SYNCID = 7
 
 
-def lab_config(reals):
-    """Port 80: rr, persistent per client /24 (the persistent clients); port 7000: rr (the long-lived ones)."""
+def lab_config(reals, scheduler="rr"):
+    """Port 80: persistent per client /24 (the persistent clients); port 7000: the long-lived ones; both with
+    `scheduler`."""
     rs = "".join(f'  [[service.real]]\n  address = "{r}"\n' for r in reals)
     return (f'[tables]\nconns = 65536\ntemplates = 16384\nflow_cache = 1024\n\n'
-            f'[[service]]\nvip = "{VIP}"\nport = {ASK_PORT}\nproto = "tcp"\nscheduler = "rr"\n'
+            f'[[service]]\nvip = "{VIP}"\nport = {ASK_PORT}\nproto = "tcp"\nscheduler = "{scheduler}"\n'
             f'persistence_timeout = 600\npersistence_netmask = "255.255.255.0"\n{rs}\n'
-            f'[[service]]\nvip = "{VIP}"\nport = {LINE_PORT}\nproto = "tcp"\nscheduler = "rr"\n{rs}')
+            f'[[service]]\nvip = "{VIP}"\nport = {LINE_PORT}\nproto = "tcp"\nscheduler = "{scheduler}"\n{rs}')
 
 
 KEEPALIVED_CONF = """\
@@ -136,14 +137,16 @@ class SyncPair:
     def socket(self, i):
         return os.path.join(self.tmp, f"xlb{i}.sock")
 
-    def start_xlb(self, i, sync=None, timeout=60.0):
-        """`xlb run` on lb{i} (generic XDP, as xlb/lab/demo.py), with `--sync MODE` over eth0 if sync."""
+    def start_xlb(self, i, sync=None, timeout=60.0, extra=(), scheduler="rr"):
+        """`xlb run` on lb{i} (generic XDP, as xlb/lab/demo.py), with `--sync MODE` over eth0 if sync, and
+        `extra` arguments."""
         cfg = os.path.join(self.tmp, "xlb.toml")
         with open(cfg, "w") as f:
-            f.write(lab_config(self.reals))
+            f.write(lab_config(self.reals, scheduler))
         argv = ["run", "--iface", "eth0", "--config", cfg, "--xdp-mode", "generic", "--socket", self.socket(i)]
         if sync:
             argv += ["--sync", sync, "--sync-iface", "eth0", "--syncid", str(SYNCID)]
+        argv += list(extra)
         from .demo import run_xlb_logged
         log = os.path.join(self.log_dir, f"xlb{i}.log")
         self.daemons[i] = self.topo.spawn(self.lbs[i], run_xlb_logged, self.xlb_main, log, argv)
@@ -186,6 +189,13 @@ class SyncPair:
 
     def call(self, i, cmd, **args):
         return control.call(cmd, path=self.socket(i), **args)
+
+    def holds(self, i, lines, templates):
+        """Whether lb{i}'s maps hold at least `lines` established connections to LINE_PORT and `templates`
+        templates (what the backup must have synced before a failover is measured)."""
+        rows = self.call(i, "conns")
+        est = sum(1 for r in rows if r["vport"] == LINE_PORT and r["state"] == "ESTABLISHED")
+        return est >= lines and sum(1 for r in rows if r["state"] == "NONE") >= templates
 
     # -- clients --------------------------------------------------------------------------------------------
     def ask_all(self, sources, port=ASK_PORT, timeout=3.0):
