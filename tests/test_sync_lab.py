@@ -62,6 +62,27 @@ def test_a_backup_loads_the_masters_connections_and_templates(tmp_path):
         assert sent["sent"]["messages"] >= 1 and sent["ring_lost"] == 0
 
 
+def test_a_backup_started_late_learns_active_connections_from_the_refresh(tmp_path):
+    """The master re-sends the connections active since its last refresh ([sync] refresh, here 1 s): a backup
+    that was not there when they opened still gets them, and the master's mode comes from the config."""
+    from harness import cli_output
+    with pair("xsr", tmp_path) as lab:
+        lab.add_clients(LINES)
+        lab.start_xlb(1, sync="master", refresh=1)
+        lab.add_vip(1)
+        with lab.lines(LINES) as fleet:
+            assert all(r.startswith("rs") for r in fleet.ask())
+            lab.start_xlb(2, sync="backup")
+
+            def learnt():
+                fleet.ask()  # keep them active
+                return lab.holds(2, len(LINES), 0)
+            wait_for(learnt, timeout=20, what="the refreshed connections in the late backup's maps")
+        assert lab.call(1, "status")["sync"]["counts"]["refreshed"] >= len(LINES)
+        text = cli_output(["status", "--socket", lab.socket(2)])
+        assert "state sync backup on eth0, syncid 7: " in text and "loaded_conns" in text, text
+
+
 @pytest.mark.skipif(shutil.which("keepalived") is None, reason="keepalived is not installed (make setup)")
 @pytest.mark.parametrize("sync", ["both", None])
 def test_vrrp_failover_keeps_connections_and_clients_with_sync(tmp_path, sync):

@@ -107,7 +107,8 @@ def _cmd_run(args):
 
 
 def _sync_args(parser, args):
-    """`--sync MODE --sync-iface IF [--syncid N]` as a model.Sync (None: the config's [sync] applies)."""
+    """`--sync MODE --sync-iface IF [--syncid N]` as the fields they set over the config's [sync] (its refresh
+    stays); None: the config's [sync] applies as it is."""
     if args.sync is None:
         if args.sync_iface or args.syncid is not None:
             parser.error("--sync-iface and --syncid need --sync master|backup|both")
@@ -116,8 +117,7 @@ def _sync_args(parser, args):
         parser.error("--sync needs --sync-iface IF (the interface the sync multicast goes over)")
     if args.syncid is not None and not 0 <= args.syncid <= 255:
         parser.error(f"--syncid must be 0..255, got {args.syncid}")
-    from .config.model import Sync
-    return Sync(mode=args.sync, iface=args.sync_iface, syncid=args.syncid or 0)
+    return {"mode": args.sync, "iface": args.sync_iface, "syncid": args.syncid or 0}
 
 
 def _cmd_status(args):

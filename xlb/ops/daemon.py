@@ -10,6 +10,7 @@ off"): taken off (the slot is empty), it is attached again and the daemon goes o
 daemon says so and exits with status 1, leaving that program and its own pinned maps alone.
 """
 import contextlib
+import dataclasses
 import signal
 import threading
 import time
@@ -93,7 +94,7 @@ class Daemon:
         self.config = None  # the config given (file, reload, runtime edits); the maps hold health.effective(config)
         self.health = Checks(self._health_changed, log)
         self._health_dirty = False
-        self.sync_override = sync  # `xlb run --sync ...`: a model.Sync that replaces the config's [sync]
+        self.sync_override = sync  # `xlb run --sync ...`: {mode, iface, syncid} over the config's [sync]
         self.sync = None  # xlb/ops/sync.py SyncRunner while state sync runs
 
     def _install_signals(self):
@@ -132,7 +133,7 @@ class Daemon:
             if self.metrics:
                 self.metrics_endpoint = metrics.serve_daemon(self, self.metrics)
                 self.log(f"xlb: serving Prometheus metrics on http://{self.metrics_endpoint.where}/metrics")
-            spec = self.sync_override or cfg.sync
+            spec = dataclasses.replace(cfg.sync, **self.sync_override) if self.sync_override else cfg.sync
             if spec.mode:
                 self.sync = SyncRunner(self, spec)
                 self.sync.start()
@@ -263,7 +264,7 @@ class Daemon:
                      "(`xlb save` before a reload keeps them)")
             self.runtime_edits = 0
         self.refresh_neighbours()
-        if self.sync_override is None and cfg.sync != (self.sync.spec if self.sync else Sync()):
+        if self.sync_override is None and cfg.sync != (self.sync.spec if self.sync else Sync()):  # TOML-driven
             self.log("xlb: reload: [sync] changes take effect when xlb restarts")
         self.log(f"xlb: reloaded {self.config_path}: {self.summary(cfg)}")
         return True

@@ -220,7 +220,7 @@ class SyncRunner:
     def refresh(self):
         """Send again every connection seen since the last refresh (and its template)."""
         since = now_ns() - int((self.spec.refresh + 1) * NS)
-        events = [S.SyncEvent(key=k, svc_id=v.svc_id, real_id=v.real_id, state=v.state)
+        events = [S.SyncEvent(key=S.ConnKey.from_buffer_copy(k), svc_id=v.svc_id, real_id=v.real_id, state=v.state)
                   for k, v, _r, _st, _left in self.dp.connections(now_ns()) if v.seen_ns >= since]
         self.counts["refreshed"] += len(events)
         self._send(events)
