@@ -7,8 +7,8 @@
   is sent when full, on `flush()`, or by `flush_if_older()` once its first entry is 2 s old (the kernel's
   IPVS_SYNC_FLUSH_TIME).
 - `SyncReceiver` (backup): bound to the group and port on the sync interface only (SO_BINDTODEVICE), joined to
-  the group there (IP_ADD_MEMBERSHIP), with a receive buffer for bursts (RCVBUF); every datagram goes through `wire.decode` with its syncid filter (0 takes
-  all). Nothing raises on what arrives: messages, entries, refusals and skips are counted in `counts`.
+  the group there (IP_ADD_MEMBERSHIP), with a receive buffer for bursts (RCVBUF); every datagram goes through
+  `wire.decode` with its syncid filter (0 takes all). Nothing raises on what arrives: messages, entries, refusals and skips are counted in `counts`.
 
 Both sockets are non-blocking: `fileno()` serves a selector, `attach()` an asyncio loop. Sending never blocks
 either: a message the socket cannot take now is dropped and counted (`send_dropped`), as a full kernel sync
