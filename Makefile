@@ -6,7 +6,7 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.xlb-installed
 BCC_SRC     := /usr/lib/python3/dist-packages/bcc
-APT_PKGS    := python3-venv python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 ethtool nftables systemd bird2
+APT_PKGS    := python3-venv python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 ethtool nftables systemd bird2 keepalived
 PYTEST_ARGS ?= tests
 
 .PHONY: setup apt venv bcc-link test demo bench fuzz man completion clean

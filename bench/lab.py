@@ -202,6 +202,26 @@ class Lab:
         finally:
             self.flow_ttl(ttl)
 
+    @contextlib.contextmanager
+    def sync_as(self, on):
+        """State-sync export on (the settings flag, a reader of the ring buffer opened once per program) for the
+        duration; `drain_sync()` empties the ring buffer as the daemon's sync thread does."""
+        if not on:
+            yield
+            return
+        if getattr(self, "_sync_opened", None) is not self.prog:
+            self.dp.open_sync_events(lambda _ev: None)
+            self._sync_opened = self.prog
+        self.dp.set_sync_export(True)
+        try:
+            yield
+        finally:
+            self.dp.set_sync_export(False)
+            self.drain_sync()
+
+    def drain_sync(self):
+        self.dp.poll_sync_events(0)
+
     def flow_ttl(self, ttl):
         """Set the flow cache's TTL (jiffies; 0: off) behind the control plane's back; returns the previous one."""
         settings = self.prog["settings"]

@@ -28,6 +28,7 @@ NON_VIP = "198.51.100.99"
 CLIENTS_V4, CLIENTS_V6 = "198.19.0.0", "2001:db8:c::"   # the driver puts clients at .1 to .65535
 COLD_CLIENTS_V4 = "198.18.128.0"                         # fresh clients for the repeat=1 template case
 FRESH = 1 << 30                                          # flows in a "never repeats" set
+SYNC_RING_ROOM = 16000                                   # sync records a run may write (the ring holds 16384)
 
 
 def _reals(addrs):
@@ -68,6 +69,7 @@ class Case:
     establish: bool = False     # run a SYN (TCP) or one datagram per flow first
     cold_src: str = ""          # repeat=1 frames from this range instead of the driver's (fresh clients)
     flow_cache: bool = True     # False: the same case with the flow cache off (settings.flow_ttl = 0)
+    sync: bool = False          # True: state-sync export on, the ring buffer emptied before every run
 
     def src_base(self):
         return CLIENTS_V6 if ":" in self.dst else CLIENTS_V4
@@ -109,6 +111,8 @@ def _cases():
         Case("established_tcp_v4_tun_gue_csum", "xlb", VIP_GUE, establish=True),
         Case("udp_v4", "xlb", VIP4, dport=53, proto=UDP, **est),
         Case("new_conn_v4", "xlb", VIP4, sport=20000, **new),
+        # The same with state sync's export on (bpf/sync.h): one ring-buffer record per new connection.
+        Case("new_conn_v4_sync", "xlb", VIP4, sport=20000, sync=True, **new),
         # Persistence hit: templates for 198.19.0-255.0/24 are made first (see _prepare).
         Case("new_conn_persist_hit_v4", "xlb", VIP_PERSIST, sport=30001, **new),
         # Netmask /32: a fresh client, so a fresh template, on every run (at most 65535 of them).
@@ -138,8 +142,13 @@ class _Bench:
         """Median ns of `rounds` driver runs of `repeat` flows each; and the last run's action."""
         self.traffic.target(fd)
         run = PreparedRun(self.traffic.drive.fd, case.template(), ifindex=self.ifindex, repeat=repeat)
-        run()  # warm-up round
-        ns = statistics.median(run() for _ in range(self.rounds))
+
+        def timed():
+            if case.sync:
+                self.lab.drain_sync()  # the daemon's reader keeps up; a full ring would time the lost path
+            return run()
+        timed()  # warm-up round
+        ns = statistics.median(timed() for _ in range(self.rounds))
         return ns, _action(run)
 
     def cold(self, case, fd, start):
@@ -149,6 +158,8 @@ class _Bench:
             frames = case.frames(start + (i * self.cold_n if case.nflows >= FRESH or case.cold_src else 0),
                                  self.cold_n)
             runs = [PreparedRun(fd, f, ifindex=self.ifindex) for f in frames]
+            if case.sync:
+                self.lab.drain_sync()
             total = 0
             for run in runs:
                 total += run()
@@ -163,7 +174,7 @@ class _Bench:
         return statistics.median(run() for _ in range(self.rounds))
 
     def measure(self, case):
-        with self.lab.flow_cache_as(case.flow_cache):
+        with self.lab.flow_cache_as(case.flow_cache), self.lab.sync_as(case.sync):
             return self._measure(case)
 
     def _measure(self, case):
@@ -176,6 +187,8 @@ class _Bench:
             table = self.lab.baselines[b"xb_conns"] if case.target == "conn_insert" else self.lab.prog["conns"]
             if not L.is_empty(table):
                 table.items_delete_batch()
+        if case.sync:
+            repeat = min(repeat, SYNC_RING_ROOM)
         if case.nflows < FRESH and case.cold_src:
             repeat = min(repeat, 60000 // (self.rounds + 1))  # fresh clients run out at 65535
         t.flows(case.template(), case.nflows, case.nclients, pos=0)

@@ -114,11 +114,12 @@ static __always_inline void conn_expire(struct conn *c, struct conn_key *ck)
 }
 
 /* Advance the TCP state and the last-seen time of a live entry. Writes only what changed; a move between
- * established and any other state moves the connection between its real's active and inactive counts. */
-static __always_inline void conn_touch(struct conn *c, struct pkt *p, __u64 now)
+ * established and any other state moves the connection between its real's active and inactive counts.
+ * Returns 1 when the state changed (state sync exports the change), else 0. */
+static __always_inline int conn_touch(struct conn *c, struct pkt *p, __u64 now)
 {
 	if (XLB_TRACING)
-		return;
+		return 0;
 	if (is_stream(p)) {
 		__u8 st = c->state;
 		if (p->tcp_flags & (XLB_TCP_FIN | XLB_TCP_RST))
@@ -132,11 +133,12 @@ static __always_inline void conn_touch(struct conn *c, struct pkt *p, __u64 now)
 			}
 			c->state = st;
 			c->seen_ns = now;
-			return;
+			return 1;
 		}
 	}
 	if ((__s64)(now - c->seen_ns) > (__s64)XLB_TOUCH_NS)
 		c->seen_ns = now;
+	return 0;
 }
 
 #endif

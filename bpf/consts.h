@@ -87,6 +87,11 @@
 #define XLB_NH_TTL_NS 1000000000ULL
 #endif
 
+/* The sync ring buffer's size in pages (a power of two): 64-byte records, read by the daemon every 50 ms. */
+#ifndef XLB_SYNC_PAGES
+#define XLB_SYNC_PAGES 256
+#endif
+
 #define XLB_AF_INET 4
 #define XLB_AF_INET6 6
 
@@ -211,6 +216,7 @@ enum xlb_conn_state {
 #define XLB_SET_F_MARKS 0x1            /* at least one mark rule: classify before service lookup */
 #define XLB_SET_F_VIP_FILTER 0x2       /* vip_filter holds every VIP and mark prefix: a miss is no service */
 #define XLB_SET_F_ECHO 0x4             /* answer ICMP/ICMPv6 echo requests to VIPs (bpf/icmp.h) */
+#define XLB_SET_F_SYNC 0x8             /* state sync master: new connections and state changes go to sync_events */
 
 /* trace_rec.flags (bpf/trace.h) */
 #define XLB_TRACE_F_CONN_FOUND 0x1     /* an entry for the tuple exists */

@@ -66,6 +66,10 @@ XLB_MAP("percpu_array", int, struct counters, verdicts, XLB_REASON_MAX, 0);
 /* NAT replies (OutPkts/OutBytes) per service id and per real id. */
 XLB_MAP("percpu_array", int, struct counters, svc_out_stats, XLB_MAX_SERVICES, 0);
 XLB_MAP("percpu_array", int, struct counters, real_out_stats, XLB_MAX_REALS, 0);
+/* State sync (bpf/sync.h): new connections and state changes for the daemon's sync master, and how many records
+ * found the ring buffer full (per CPU). Derived: not pinned. */
+BPF_RINGBUF_OUTPUT(sync_events, XLB_SYNC_PAGES);
+BPF_PERCPU_ARRAY(sync_lost, __u64, 1);
 /* What the trace build decided for one packet (bpf/trace.h); one entry, never written by the live program;
  * not pinned. */
 BPF_ARRAY(trace_out, struct trace_rec, 1);

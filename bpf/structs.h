@@ -196,6 +196,18 @@ struct flow_entry {
 	__u32 method;              /* enum xlb_method of the real: NAT rewrites need the real's entry */
 };
 
+/* sync_events: one record per new connection and per TCP state change of a connection entry, written only while
+ * settings.flags has XLB_SET_F_SYNC (bpf/sync.h); the daemon's sync master turns each into IPVS sync entries (the
+ * connection, and its persistence template when the service is persistent: the template's key and real follow
+ * from the connection's client, service and real). */
+struct sync_event {
+	struct conn_key key;       /* the connection's tuple */
+	__u32 svc_id;              /* its service */
+	__u32 real_id;             /* its real */
+	__u8 state;                /* enum xlb_conn_state, after the change */
+	__u8 pad[7];
+};
+
 /* trace_out: what the program decided for one traced packet. Written only by the trace build (-DXLB_TRACE,
  * bpf/trace.h) run by `xlb trace` through BPF_PROG_TEST_RUN; the live program never writes it. */
 struct trace_rec {

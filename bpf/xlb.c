@@ -1,5 +1,6 @@
 /* xlb.c — the XDP entry point: parse, find the connection or the service, place new connections (persistence
- * template, else the scheduler), forward to the real, count the verdict. Each step lives in its own header. */
+ * template, else the scheduler), forward to the real, count the verdict; a sync master also exports new
+ * connections and state changes (sync.h). Each step lives in its own header. */
 #include <uapi/linux/bpf.h>
 
 #include "consts.h"
@@ -18,6 +19,7 @@
 #include "frag.h"
 #include "icmp.h"
 #include "flowcache.h"
+#include "sync.h"
 #include "trace.h"
 
 /* Place a new connection of service svc: its persistence template when one is in force, else the scheduler (with
@@ -174,7 +176,8 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	}
 	if (fate == XLB_FATE_FOLLOW && c && r) {
 		XLB_TRACE_FLAG(XLB_TRACE_F_CONN_HIT);
-		conn_touch(c, p, now);
+		if (conn_touch(c, p, now))
+			sync_export(st, &ck, c);
 		count_flow(c->svc_id, real_id, bytes, 0);
 		frag_note(p, real_id, c->real_gen, c->svc_id, r->method);
 		reason = forward_real(ctx, p, r, real_id, now, &action);
@@ -297,8 +300,10 @@ int xlb_new_fwd(struct xdp_md *ctx)
 	} else {
 		recorded = !ops && !XLB_TRACING && !conns.update(&ck, &nc);
 	}
-	if (recorded)
+	if (recorded) {
 		conn_count(real_id, state, 1, r);
+		sync_export(st, &ck, &nc);
+	}
 	if (recorded && r->method == XLB_METHOD_NAT)
 		nat_record(p, r, real_id, h->svc.id, now);
 	count_flow(h->svc.id, real_id, bytes, !seen);

@@ -4,7 +4,7 @@ import ipaddress
 import socket
 
 from xlb.errors import KernelError
-from xlb.lab.process import FORK, enter_netns, pack_exception, unpack_exception
+from xlb.lab.process import PipedChild, enter_netns, pack_exception, unpack_exception
 
 
 def family_of(addr):
@@ -53,7 +53,7 @@ def _line_client(conn, ns, src, dst, port, timeout):
     s.close()
 
 
-class LineConnection:
+class LineConnection(PipedChild):
     """One long-lived TCP connection from `src` in namespace `ns` to dst:port, held by a forked child.
 
     `ask(text)` sends one line and returns the stripped reply line (raises on a dead connection).
@@ -61,10 +61,7 @@ class LineConnection:
     """
 
     def __init__(self, ns, src, dst, port, timeout=3.0):
-        self._conn, child = FORK.Pipe(duplex=True)
-        self._proc = FORK.Process(target=_line_client, args=(child, ns, src, dst, port, timeout), daemon=True)
-        self._proc.start()
-        child.close()
+        super().__init__(_line_client, ns, src, dst, port, timeout)
         self._result()
 
     def _result(self):
@@ -83,23 +80,3 @@ class LineConnection:
     def ask(self, text="?"):
         self._conn.send(text)
         return self._result()
-
-    def close(self):
-        if self._proc is None:
-            return
-        try:
-            self._conn.send(None)
-        except OSError:
-            pass
-        self._proc.join(5)
-        if self._proc.is_alive():
-            self._proc.kill()
-            self._proc.join()
-        self._conn.close()
-        self._proc = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

@@ -160,3 +160,17 @@ def test_a_missing_interface_or_address_is_a_clear_error(pair):
     with pytest.raises(SyncSocketError, match="lo has no IPv4 address"):
         with in_netns(bare):
             SyncSender("lo", 7)
+
+
+def test_a_burst_waits_in_the_backups_socket_while_it_is_busy(pair):
+    """A master that opens connections fast sends messages back to back; the backup's thread may be busy (a map
+    write, a ring-buffer poll) for a while: the socket must hold the burst, as the kernel sizes its sync socket's
+    buffer (sync_sock_size), rather than drop what the default buffer (~200 KB, ~90 datagrams) cannot hold."""
+    _, master, backup = pair
+    with receiver(backup, 7) as rx, sender(master, 7) as tx:
+        sent = conns(8000)  # 200 messages, ~300 KB of payload
+        tx.send(sent)
+        time.sleep(0.5)  # the backup reads nothing meanwhile
+        got = receive_until(rx, lambda g: len(g) >= len(sent))
+        assert tx.counts["messages"] == 201 and "send_dropped" not in tx.counts
+        assert len(got) == len(sent)

@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   kill -HUP $(pidof xlb)      # re-read the config, apply only the difference
   kill -USR1 $(pidof xlb)     # print the counters
   xlb run -i eth0 -c xlb.toml --metrics 127.0.0.1:9842   # Prometheus /metrics (see tools/prometheus.yml)
+  xlb run -i eth0 -c xlb.toml --sync both --sync-iface eth1 --syncid 7   # IPVS-compatible state sync
   xlb top                     # live rates per service and real; q quits
   xlb trace 203.0.113.7 198.51.100.10:80       # which real would a new connection get, and why
   xlb decap --iface eth0 --gue-port 5555   # on a real server: strip IPIP/GRE/GUE (tunnel forwarding)
@@ -109,9 +110,24 @@ def _cmd_run(args):
         bgp = Announcements(args.bird_include, args.bird_socket, log)
     d = Daemon(args.iface, path, xdp_mode=args.xdp_mode, force=args.force, log=log, socket_path=args.socket,
                load=load_config, metrics=args.metrics,
-               pin_dir=args.pin_dir, fresh=args.fresh, bgp=bgp)
+               pin_dir=args.pin_dir, fresh=args.fresh, bgp=bgp,
+               sync=_sync_args(args.parser, args))
     d.start()
     return d.run()  # 1: the program was replaced or could not be attached again (docs/operations.md)
+
+
+def _sync_args(parser, args):
+    """`--sync MODE --sync-iface IF [--syncid N]` as the fields they set over the config's [sync] (its refresh
+    stays); None: the config's [sync] applies as it is."""
+    if args.sync is None:
+        if args.sync_iface or args.syncid is not None:
+            parser.error("--sync-iface and --syncid need --sync master|backup|both")
+        return None
+    if not args.sync_iface:
+        parser.error("--sync needs --sync-iface IF (the interface the sync multicast goes over)")
+    if args.syncid is not None and not 0 <= args.syncid <= 255:
+        parser.error(f"--syncid must be 0..255, got {args.syncid}")
+    return {"mode": args.sync, "iface": args.sync_iface, "syncid": args.syncid or 0}
 
 
 def _cmd_status(args):
@@ -132,6 +148,12 @@ def _cmd_status(args):
             print(f"program {res['program_id']} attached; found taken off or replaced before: {lost}")
         if res.get("bgp"):
             print(_bgp_line(res["bgp"]))
+        if res.get("sync"):
+            sy = res["sync"]
+            counts = {**{f"sent_{k}": n for k, n in sy.get("sent", {}).items()},
+                      **{f"received_{k}": n for k, n in sy.get("received", {}).items()}, **sy["counts"]}
+            print(f"state sync {sy['mode']} on {sy['iface']}, syncid {sy['syncid']}: "
+                  + (", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "nothing yet"))
     return 0
 
 
@@ -249,6 +271,11 @@ def build_parser():
                      "BIRD's control socket (e.g. /run/bird/bird.ctl); with --bird-include")
     run.add_argument("--bird-include", metavar="FILE", help="the file xlb writes the VIP routes to, included by "
                      "bird.conf (docs/scale-out.md)")
+    run.add_argument("--sync", choices=("master", "backup", "both"),
+                     help="IPVS-compatible state sync: send new connections and templates (master), load the "
+                          "ones received (backup), or both (overrides the config's [sync])")
+    run.add_argument("--sync-iface", metavar="IF", help="the interface state sync multicasts over (224.0.0.81:8848)")
+    run.add_argument("--syncid", type=int, metavar="N", help="sync id 0..255 (default 0; a backup with 0 takes all)")
     run.set_defaults(func=_cmd_run, parser=run)
 
     chk = sub.add_parser("check", help="validate a config without root; non-zero exit names the bad field")

@@ -14,6 +14,8 @@ def to_tree(cfg: Config) -> dict:
     """The TOML-shaped tree of ``cfg``: every setting explicit, optional keys only where they mean something."""
     tree = {"timeouts": dataclasses.asdict(cfg.timeouts), "tables": dataclasses.asdict(cfg.tables),
             "icmp": dataclasses.asdict(cfg.icmp)}
+    if cfg.sync.mode:
+        tree["sync"] = dataclasses.asdict(cfg.sync)
     tree["mark"] = [_mark_tree(rule) for rule in cfg.marks]
     tree["service"] = [_service_tree(svc) for svc in cfg.services]
     return tree

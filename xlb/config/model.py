@@ -1,4 +1,4 @@
-"""xlb's configuration as frozen dataclasses (Config, Service, Real, MarkRule, Timeouts, Tables), the values it
+"""xlb's configuration as frozen dataclasses (Config, Service, Real, MarkRule, Timeouts, Tables, Sync), the values it
 may take, and the address helpers the data plane's keys are built with. Pure: xlb/config/read.py reads and
 validates a file into it, xlb/config/dump.py writes it back as TOML.
 """
@@ -48,6 +48,19 @@ class Tables:
     templates: int = 262144  # persistence templates
     sweep_interval: float = 1.0  # seconds between timer sweeps
     flow_cache: int = 65536  # established-flow cache entries per CPU (a power of two; 0 = off)
+
+
+SYNC_MODES = ("master", "backup", "both")
+
+
+@dataclass(frozen=True)
+class Sync:
+    """IPVS-compatible state sync (``[sync]``; `xlb run --sync` overrides): the role, its interface and syncid."""
+
+    mode: str | None = None  # "master" | "backup" | "both"; None = off
+    iface: str | None = None  # the sync interface (multicast 224.0.0.81:8848 there)
+    syncid: int = 0  # 0..255; a backup with 0 takes every syncid
+    refresh: float = 60.0  # seconds between a master's re-sends of its live connections and templates
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,7 @@ class Config:
     services: tuple  # tuple[Service]
     source: str
     icmp: Icmp = Icmp()
+    sync: Sync = Sync()
 
 
 # ---------------------------------------------------------------------------------------------------------------

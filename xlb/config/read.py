@@ -31,8 +31,8 @@ from . import realcheck
 from . import tunnel as xtunnel
 from .model import (CONNS_MAX, CONNS_MIN, DEFAULT_SCHEDULER, FLOW_CACHE_MAX, FLOW_CACHE_MIN, IPVS_SCHEDULERS_NOT_YET,
                     METHODS, MH_SIZE_MAX, MH_SIZE_MIN, PERSISTENCE_ENGINES, PERSISTENCE_MODES,
-                    PLACEMENTS, SCHED_FLAGS, SCHEDULERS, SERVICE_PROTOS, TIMEOUT_MAX, U32_MAX, Config, Icmp, MarkRule,
-                    Real, Service, Tables, Timeouts, is_prime, netmask_bytes, show_value)
+                    PLACEMENTS, SCHED_FLAGS, SCHEDULERS, SERVICE_PROTOS, SYNC_MODES, TIMEOUT_MAX, U32_MAX, Config, Icmp,
+                    MarkRule, Real, Service, Sync, Tables, Timeouts, is_prime, netmask_bytes, show_value)
 from .tomlpos import located
 from ..errors import ConfigError
 
@@ -80,9 +80,10 @@ def from_tree(doc: dict, source: str = "<config>") -> Config:
     the field path in the tree (``service[1].real[0].weight``).
     """
     v = _V(source)
-    top = v.table(doc, "", ("timeouts", "tables", "icmp", "mark", "service"))
+    top = v.table(doc, "", ("timeouts", "tables", "icmp", "sync", "mark", "service"))
     timeouts = _timeouts(v, top)
     tables = _tables(v, top)
+    sync = _sync(v, top)
     marks = tuple(_mark(v, item, where) for where, item in v.array_of_tables(top, "", "mark"))
     _check_mark_conflicts(v, marks)
     services = tuple(_service(v, item, where) for where, item in v.array_of_tables(top, "", "service"))
@@ -90,7 +91,8 @@ def from_tree(doc: dict, source: str = "<config>") -> Config:
     realcheck.check(services, marks, source)  # reals that cannot work: VIPs, loopback, multicast...
     icmp_t = v.table(top.get("icmp", {}), "icmp", ("echo_reply",))
     icmp = Icmp(echo_reply=v.flag(icmp_t, "icmp", "echo_reply", Icmp.echo_reply))
-    return Config(timeouts=timeouts, tables=tables, marks=marks, services=services, source=source, icmp=icmp)
+    return Config(timeouts=timeouts, tables=tables, marks=marks, services=services, source=source, icmp=icmp,
+                  sync=sync)
 
 
 def _syntax_error(source, text, e) -> ConfigError:
@@ -194,6 +196,22 @@ def _tables(v, top) -> Tables:
         v.fail(_join(where, "flow_cache"), f"flow_cache must be a power of two from {FLOW_CACHE_MIN} (entries per "
                f"CPU), or 0 for none; got {flow_cache}")
     return Tables(conns=conns, templates=templates, sweep_interval=float(sweep), flow_cache=flow_cache)
+
+
+def _sync(v, top) -> Sync:
+    where = "sync"
+    tbl = v.table(top.get(where, {}), where, ("mode", "iface", "syncid", "refresh"))
+    if not tbl:
+        return Sync()
+    mode = v.choice(tbl, where, "mode", SYNC_MODES, required=True)
+    iface = tbl.get("iface")
+    if not isinstance(iface, str) or not 0 < len(iface) < 16 or "/" in iface or iface.strip() != iface:
+        v.fail(_join(where, "iface"), f"iface must name the sync interface (1..15 characters), got "
+               f"{show_value(iface)}")
+    refresh = tbl.get("refresh", Sync.refresh)
+    if not isinstance(refresh, (int, float)) or isinstance(refresh, bool) or not 1 <= refresh <= 3600:
+        v.fail(_join(where, "refresh"), f"refresh must be a number of seconds 1..3600, got {show_value(refresh)}")
+    return Sync(mode=mode, iface=iface, syncid=v.integer(tbl, where, "syncid", 0, 255, 0), refresh=float(refresh))
 
 
 def _mark(v, item, where) -> MarkRule:

@@ -1,7 +1,8 @@
 """The control plane's hold on the data plane: turns a Config into map contents and applies only the difference.
 
 Everything is planned and checked before the first map write, so a rejected config changes nothing. DataPlane
-also runs the timers (xlb/dataplane/sweep.py), reads the maps back (reader.py) and adopts pinned maps (adopt.py).
+also runs the timers (xlb/dataplane/sweep.py), reads the maps back (reader.py) and adopts pinned maps (adopt.py);
+syncstate.py is state sync's side (the export flag, the ring buffer, received entries).
 """
 import contextlib
 import ctypes as ct
@@ -19,6 +20,7 @@ from .bpfsys import delete_batch, lookup_batch_into, update_batch
 from .mapkeys import NS, SvcState, addr_rows, htons, svc_key, table_indexes
 from .reader import Reader
 from .sweep import Sweeper
+from .syncstate import SyncState
 from ..errors import ConfigError
 from ..tables import marks as markmod
 from ..tables import vipfilter
@@ -88,7 +90,7 @@ def fit(config, cap, loads=lambda svc: None):
     return entries, tables
 
 
-class DataPlane(Sweeper, Reader, Adopter):
+class DataPlane(Sweeper, Reader, Adopter, SyncState):
     """Owns the maps of a loaded Program."""
 
     def __init__(self, prog, tables):
@@ -389,7 +391,8 @@ class DataPlane(Sweeper, Reader, Adopter):
     def _write_settings(self, config, has_marks, vip_filter):
         t = config.timeouts
         old = self.m["settings"][ct.c_uint32(0)]
-        flags = (S.SET_F_MARKS if has_marks else 0) | (S.SET_F_VIP_FILTER if vip_filter else 0)
+        flags = ((S.SET_F_MARKS if has_marks else 0) | (S.SET_F_VIP_FILTER if vip_filter else 0)
+                 | (S.SET_F_SYNC if self.sync_export else 0))
         flags |= S.SET_F_ECHO if config.icmp.echo_reply else 0
         st = S.Settings(flags=flags, gen=old.gen,
                         flow_ttl=self._flow_ttl(min(t.syn, t.tcp, t.tcpfin, t.udp)))

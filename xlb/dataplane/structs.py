@@ -70,6 +70,7 @@ CAND_MAX = DEFINES["XLB_CAND_MAX"]
 SET_F_MARKS = DEFINES["XLB_SET_F_MARKS"]
 SET_F_VIP_FILTER = DEFINES["XLB_SET_F_VIP_FILTER"]
 SET_F_ECHO = DEFINES["XLB_SET_F_ECHO"]
+SET_F_SYNC = DEFINES["XLB_SET_F_SYNC"]
 # trace_rec.flags, by name: {"conn_found": 0x1, ...}
 TRACE_F = {k[len("XLB_TRACE_F_"):].lower(): v for k, v in DEFINES.items() if k.startswith("XLB_TRACE_F_")}
 
@@ -172,6 +173,10 @@ class FlowEntry(ct.Structure):
                 ("stamp", _u32), ("method", _u32)]
 
 
+class SyncEvent(ct.Structure):
+    _fields_ = [("key", ConnKey), ("svc_id", _u32), ("real_id", _u32), ("state", _u8), ("pad", _u8 * 7)]
+
+
 class TraceRec(ct.Structure):
     _fields_ = [("now_ns", _u64), ("conn_seen_ns", _u64), ("tmpl_last_new_ns", _u64), ("tmpl_held_until_ns", _u64),
                 ("svc", SvcKey), ("flags", _u32), ("reason", _u32), ("action", _u32), ("mark", _u32),
@@ -205,7 +210,12 @@ MAP_TYPES = {
     "svc_out_stats": (None, Counters),
     "real_out_stats": (None, Counters),
     "trace_out": (None, TraceRec),
+    "sync_lost": (None, None),
 }
+
+# Ring buffers (no key, no value type in bcc): the record each one carries (tests/test_sync_export.py checks the size
+# the kernel hands the reader).
+EVENT_MAPS = {"sync_events": SyncEvent}
 
 # Maps private to the data plane (bpf/maps.h, end): no mirror, the control plane never reads them.
 PRIVATE_MAPS = {"progs", "handoffs", "frags"}

@@ -181,3 +181,35 @@ class NetnsProcess:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class PipedChild:
+    """A forked child `target(conn, *args)` that talks over a duplex pipe: the parent sends requests with
+    `_conn.send` and reads answers; `close()` sends None (the child's sign to finish), joins, kills it if it
+    lingers; idempotent. Usable as a context manager (the tests' LineConnection, the labs' LineFleet)."""
+
+    def __init__(self, target, *args):
+        self._conn, child = FORK.Pipe(duplex=True)
+        self._proc = FORK.Process(target=target, args=(child, *args), daemon=True)
+        self._proc.start()
+        child.close()
+
+    def close(self):
+        if self._proc is None:
+            return
+        try:
+            self._conn.send(None)
+        except OSError:
+            pass
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join()
+        self._conn.close()
+        self._proc = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -38,6 +38,7 @@ Families (labels: ``service`` as operators name it — ``tcp/198.51.100.10:80``,
     xlb_config_reloads_total {result="success"|"rejected"|"failed"}, xlb_config_last_reload_success_timestamp_seconds
     xlb_xdp_attached, xlb_xdp_program_lost_total {cause="removed"|"replaced"}
     xlb_bgp_announced {vip} (1 per VIP BIRD accepted), xlb_bgp_draining, xlb_bgp_in_step (with --bird-socket)
+    xlb_sync_total {what} (state sync: sent_messages, received_conns, loaded_templates, skipped_unknown_real...)
     xlb_real_up {service, real} (health-checked reals), xlb_health_checks_total {kind, result="success"|"failure"},
     xlb_health_check_seconds_total {kind}
     xlb_build_info {version, kernel}, xlb_scrape_duration_seconds
@@ -114,6 +115,8 @@ FAMILIES = (
     ("xlb_real_up", "gauge", "1 while a health-checked real passes its checks, 0 while it fails them", RL),
     ("xlb_health_checks", "counter", "Health checks run, by checker kind and result", ("kind", "result")),
     ("xlb_health_check_seconds", "counter", "Time spent in health checks, by checker kind", ("kind",)),
+    ("xlb_sync", "counter", "State sync (xlb run --sync): messages and entries sent, received, loaded and "
+     "skipped, by what", ("what",)),
     ("xlb_build", "info", "xlb version and the kernel it runs on", ("kernel", "version")),
     ("xlb_scrape_duration_seconds", "gauge", "Time this scrape spent reading the BPF maps", ()),
 )
@@ -274,6 +277,8 @@ class XlbCollector(Collector):
                 f["xlb_health_checks"].extend(((kind, "success" if ok else "failure"), n)
                                               for (kind, ok), n in sorted(results.items()))
                 f["xlb_health_check_seconds"].extend(((kind,), secs) for kind, secs in sorted(seconds.items()))
+            if getattr(d, "sync", None) is not None:  # xlb/ops/sync.py
+                f["xlb_sync"].extend(((what,), n) for what, n in d.sync.metrics())
         f["xlb_build"].append(((os.uname().release, __version__), 1))
 
     def _marks(self, out):

@@ -27,7 +27,8 @@ def status(daemon):
             "summary": daemon.summary(cfg), "pid": os.getpid(), "runtime_edits": daemon.runtime_edits,
             "pin_dir": daemon.shown(daemon.pin_dir), "program_id": daemon.prog.attached_id if daemon.prog else None,
             "attached": all(attached_prog(i)[0] == daemon.prog.attached_id for i in daemon.ifaces),
-            "program_lost": dict(daemon.program_lost), "bgp": daemon.bgp.status() if daemon.bgp else None}
+            "program_lost": dict(daemon.program_lost), "bgp": daemon.bgp.status() if daemon.bgp else None,
+            "sync": daemon.sync.status() if getattr(daemon, "sync", None) else None}
 
 
 def stats(daemon):

@@ -10,6 +10,7 @@ off"): taken off (the slot is empty), it is attached again and the daemon goes o
 daemon says so and exits with status 1, leaving that program and its own pinned maps alone.
 """
 import contextlib
+import dataclasses
 import signal
 import threading
 import time
@@ -23,9 +24,11 @@ from . import control
 from ..observe import metrics
 from ..dataplane import pin
 from ..config import realcheck
+from ..config.model import Sync
 from . import listings
 from .health import Checks
 from .announce import serving_vips
+from .sync import SyncRunner
 from ..observe import stats
 from ..dataplane import bpffs
 from ..dataplane.links import attached_prog, ifindex_of
@@ -52,7 +55,7 @@ def warn_if_down(ifname, log):
 
 class Daemon:
     def __init__(self, iface, config_path, xdp_mode="native", force=False, log=print, socket_path=None,
-                 load=None, metrics=None, pin_dir=None, fresh=False, bgp=None):
+                 load=None, metrics=None, pin_dir=None, fresh=False, bgp=None, sync=None):
         # One daemon, one set of maps, the program attached to each interface (`--iface A --iface B`: e.g. the
         # clients' side and the reals' side of NAT). The first names the pin directory and the control socket.
         self.ifaces = [iface] if isinstance(iface, str) else list(dict.fromkeys(iface))
@@ -96,6 +99,8 @@ class Daemon:
         self.health = Checks(self._health_changed, log)
         self._health_dirty = False
         self.bgp = bgp  # xlb/ops/announce.py Announcements (--bird-socket/--bird-include), or None
+        self.sync_override = sync  # `xlb run --sync ...`: {mode, iface, syncid} over the config's [sync]
+        self.sync = None  # xlb/ops/sync.py SyncRunner while state sync runs
 
     def _install_signals(self):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGQUIT):
@@ -134,6 +139,10 @@ class Daemon:
             if self.metrics:
                 self.metrics_endpoint = metrics.serve_daemon(self, self.metrics)
                 self.log(f"xlb: serving Prometheus metrics on http://{self.metrics_endpoint.where}/metrics")
+            spec = dataclasses.replace(cfg.sync, **self.sync_override) if self.sync_override else cfg.sync
+            if spec.mode:
+                self.sync = SyncRunner(self, spec)
+                self.sync.start()
             self._tail_calls = pin.pin_tail_calls(self.prog, self.pin_dir)
             for ifname in self.ifaces:
                 self.prog.attach(ifname, self.xdp_mode, self.force, own_ids | pin.pinned_ids(self.pin_dir))
@@ -279,6 +288,8 @@ class Daemon:
                      "(`xlb save` before a reload keeps them)")
             self.runtime_edits = 0
         self.refresh_neighbours()
+        if self.sync_override is None and cfg.sync != (self.sync.spec if self.sync else Sync()):  # TOML-driven
+            self.log("xlb: reload: [sync] changes take effect when xlb restarts")
         self.log(f"xlb: reloaded {self.config_path}: {self.summary(cfg)}")
         return True
 
@@ -392,6 +403,9 @@ class Daemon:
             self.bgp.close(withdraw=not self._keep_attached)  # SIGQUIT (an upgrade) leaves them announced
             self.bgp = None
         self.health.close()
+        if self.sync:
+            self.sync.close()
+            self.sync = None
         if self.metrics_endpoint:
             self.metrics_endpoint.close()
             self.metrics_endpoint = None

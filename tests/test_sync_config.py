@@ -1,0 +1,64 @@
+"""State sync's settings: the config's [sync] (read, refused with the field and line named, dumped back) and
+`xlb run --sync` refusing what cannot work before anything is attached or pinned."""
+import os
+
+import pytest
+
+from harness import lb_host
+from xlb.config import dump, read
+from xlb.config.model import Sync
+from xlb.dataplane import pin
+from xlb.errors import ConfigError
+
+
+def test_sync_section_is_read_and_dumped_back():
+    cfg = read.parse('[sync]\nmode = "both"\niface = "eth1"\nsyncid = 7\n', "x.toml")
+    assert cfg.sync == Sync(mode="both", iface="eth1", syncid=7, refresh=60.0)
+    assert read.parse(dump.dumps(dump.to_tree(cfg)), "again").sync == cfg.sync
+    assert read.parse("", "x.toml").sync == Sync()
+    assert "[sync]" not in dump.dumps(dump.to_tree(read.parse("", "x.toml")))
+
+
+@pytest.mark.parametrize("text, where, words", [
+    ('[sync]\niface = "eth1"\n', "line 1: sync.mode", "mode is required"),
+    ('[sync]\nmode = "slave"\niface = "eth1"\n', "line 2: sync.mode", "one of: master, backup, both"),
+    ('[sync]\nmode = "master"\n', "sync.iface", "must name the sync interface"),
+    ('[sync]\nmode = "master"\niface = "a/b"\n', "line 3: sync.iface", "must name the sync interface"),
+    ('[sync]\nmode = "master"\niface = "eth1"\nsyncid = 256\n', "line 4: sync.syncid", "0..255"),
+    ('[sync]\nmode = "master"\niface = "eth1"\nrefresh = 0\n', "line 4: sync.refresh", "1..3600"),
+    ('[sync]\nmode = "master"\niface = "eth1"\nsync_id = 1\n', "sync.sync_id", "did you mean 'syncid'"),
+])
+def test_bad_sync_settings_name_the_field(text, where, words):
+    with pytest.raises(ConfigError) as ei:
+        read.parse(text, "x.toml")
+    assert where in str(ei.value) and words in str(ei.value), str(ei.value)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_a_start_with_a_missing_sync_interface_is_refused_and_leaves_nothing(tmp_path):
+    with lb_host(tmp_path) as host:
+        out = tmp_path / "refused.log"
+        assert host.run_once(out, host.argv("generic", "--sync", "master", "--sync-iface", "nosuch0")) == 1
+        text = out.read_text()
+        assert "xlb: error: sync interface nosuch0: no such interface" in text, text
+        assert host.xdp() == (None, None)
+        assert not pin.netns_pin_root(host.lb).exists()
+        # A master sends from the interface's IPv4 address (lo has only host-scope ones): it says what it lacks.
+        out = tmp_path / "noaddr.log"
+        assert host.run_once(out, host.argv("generic", "--sync", "master", "--sync-iface", "lo")) == 1
+        assert "sync interface lo has no IPv4 address to send sync messages from" in out.read_text()
+        assert host.xdp() == (None, None)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--sync", "master"], "--sync needs --sync-iface IF"),
+    (["--sync-iface", "eth1"], "--sync-iface and --syncid need --sync"),
+    (["--sync", "backup", "--sync-iface", "eth1", "--syncid", "300"], "--syncid must be 0..255"),
+])
+def test_run_refuses_incomplete_sync_options(tmp_path, capsys, args, words):
+    from xlb.cli import main
+    cfg = tmp_path / "x.toml"
+    cfg.write_text("")
+    with pytest.raises(SystemExit) as ei:
+        main(["run", "--iface", "eth0", "--config", str(cfg), *args])
+    assert ei.value.code == 2 and words in capsys.readouterr().err
