@@ -6,7 +6,6 @@ segment, so the program on the balancer's one interface sees both the clients' p
 """
 import signal
 
-import pytest
 
 from conftest import needs_root
 from clients import LineConnection, udp_ask

@@ -8,14 +8,14 @@ import ipaddress
 import struct
 
 import pytest
-from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP
+from scapy.layers.inet import GRE, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import checksum
 
 from harness import (CLIENT_MAC, GW_MAC, LB_MAC, REAL_MAC, describe, flow_cached, in_netns, lookup_conn, tcp4, tcp6,
-                     udp4, udp6)
+                     udp4)
 from xlb.dataplane import structs as S
 from xlb.tables.vipfilter import hash_addr, mix32
 
