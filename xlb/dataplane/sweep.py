@@ -125,17 +125,21 @@ class Sweeper:
         counts = {r: [act, inact] for r, inact, act in zip(ids.tolist(), *both[ids].T.tolist())}
         return _ConnScan(keys, vals, until, alive, counts)
 
+    def _read_all(self, name, key_t, val_t):
+        """Every entry of map `name` as numpy key and value records, in one batched read."""
+        table = self.m[name]
+        keys = np.empty(table.max_entries, np.dtype(key_t))
+        vals = np.empty(table.max_entries, np.dtype(val_t))
+        n = lookup_batch_into(table.map_fd, keys, vals)
+        return keys[:n], vals[:n]
+
     def _sweep_nat(self, scan, read_at, res):
         """Delete NAT reverse entries (bpf/nat.h) whose connection entry is gone (expired, evicted, or replaced by
         one to another real); entries written since the connection table was read are spared."""
-        revs = self.m["nat_revs"]
-        keys = np.empty(revs.max_entries, np.dtype(S.ConnKey))
-        vals = np.empty(revs.max_entries, np.dtype(S.NatRev))
-        n = lookup_batch_into(revs.map_fd, keys, vals)
-        res.nat_seen = n
+        keys, vals = self._read_all("nat_revs", S.ConnKey, S.NatRev)
+        n = res.nat_seen = len(keys)
         if not n:
             return
-        keys, vals = keys[:n], vals[:n]
         orig = np.zeros(n, np.dtype(S.ConnKey))  # the client's side of each: what conns is keyed by
         orig["src"], orig["dst"] = keys["dst"], vals["vip"]
         orig["sport"], orig["dport"] = keys["dport"], vals["vport"]
@@ -150,7 +154,7 @@ class Sweeper:
             found = row_index(cols(orig, vals["real_id"]), cols(live, scan.vals["real_id"][scan.alive])) >= 0
         gone = keys[~found & (vals["born_ns"].astype(np.int64) < read_at)]
         if len(gone):
-            self.delete_batch(revs, (revs.Key * len(gone)).from_buffer(gone))
+            self.delete_batch(self.m["nat_revs"], gone)
         res.nat_expired = len(gone)
 
     def _sweep_templates(self, now, scan, res):
@@ -197,21 +201,17 @@ class Sweeper:
     def _sweep_locality(self, now, res):
         """Expire lblc/lblcr entries: their service is gone (or schedules otherwise now), they were unused for
         LOCALITY_EXPIRE, or their service holds more than LOCALITY_MAX_SIZE and they were unused for LOCALITY_IDLE."""
-        table = self.m["lblc"]
-        keys = np.empty(table.max_entries, np.dtype(S.LblcKey))
-        vals = np.empty(table.max_entries, np.dtype(S.LblcDests))
-        n = lookup_batch_into(table.map_fd, keys, vals)
-        res.locality_seen = n
-        if not n:
+        keys, vals = self._read_all("lblc", S.LblcKey, S.LblcDests)
+        res.locality_seen = len(keys)
+        if not len(keys):
             return
-        keys, vals = keys[:n], vals[:n]
         local = np.zeros(self.cap.max_services, bool)
         local[[st.id for st in self.by_id.values() if st.svc.scheduler in ("lblc", "lblcr")]] = True
         sid = np.minimum(keys["svc_id"], self.cap.max_services - 1)
         dead = locality_expired(local[sid], sid, vals["lastuse_ns"].astype(np.int64), now)
         gone = keys[dead]
         if len(gone):
-            self.delete_batch(table, gone)
+            self.delete_batch(self.m["lblc"], gone)
         res.locality_expired = len(gone)
 
     def _holds(self, scan, sids, clients):
