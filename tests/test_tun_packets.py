@@ -31,15 +31,27 @@ def svc(vip, real, port=80, proto="tcp", extra='tunnel_source = ["198.18.0.2", "
             f'{extra}  [[service.real]]\n  address = "{real}"\n')
 
 
+def ports_of(pkt):
+    """(sport, dport, proto) as bpf/parse.h reads them: ports 0 where the packet has none (ICMP, a later fragment;
+    scapy's fragments carry their L4 header as raw bytes, so it is read from the bytes)."""
+    b = bytes(inner(pkt))
+    if b[0] >> 4 == 4:
+        off, proto, later = (b[0] & 15) * 4, b[9], int.from_bytes(b[6:8], "big") & 0x1FFF
+    else:
+        off, proto, later = 40, b[6], 0
+        if proto == 44:  # a fragment header
+            off, proto, later = 48, b[40], int.from_bytes(b[42:44], "big") >> 3
+    if proto not in (6, 17) or later:
+        return 0, 0, proto
+    return int.from_bytes(b[off:off + 2], "big"), int.from_bytes(b[off + 2:off + 4], "big"), proto
+
+
 def flow_hash(pkt):
     """bpf/tun.h tun_flow_hash (the data plane reads the ports as little-endian 16-bit words)."""
-    ip = pkt[IP] if IP in pkt else pkt[IPv6]
-    src = ip.src
-    b16 = ipaddress.ip_address(src).packed.ljust(16, b"\0")
-    l4 = pkt[TCP] if TCP in pkt else pkt[UDP]
-    sp = struct.unpack("<H", struct.pack("!H", l4.sport))[0]
-    dp = struct.unpack("<H", struct.pack("!H", l4.dport))[0]
-    proto = 6 if TCP in pkt else 17
+    b16 = ipaddress.ip_address(inner(pkt).src).packed.ljust(16, b"\0")
+    sport, dport, proto = ports_of(pkt)
+    sp = struct.unpack("<H", struct.pack("!H", sport))[0]
+    dp = struct.unpack("<H", struct.pack("!H", dport))[0]
     return mix32(hash_addr(b16) ^ ((((sp << 16) | dp) * 0x85EBCA77) & M32) ^ proto)
 
 
