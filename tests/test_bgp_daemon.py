@@ -17,6 +17,7 @@ from xlb.lab.process import run_in_netns  # noqa: E402
 from xlb.ops import control  # noqa: E402
 from xlb.ops.announce import serving_vips  # noqa: E402
 from xlb.config import read as xread  # noqa: E402
+from xlb.dataplane.pin import netns_pin_root, remove as remove_pins  # noqa: E402
 
 pytestmark = NEEDS
 
@@ -65,6 +66,7 @@ def lab(tmp_path):
     with contextlib.ExitStack() as stack:
         topo = stack.enter_context(Topology(prefix="xbd"))
         router, node = router_and_node(topo)
+        stack.callback(remove_pins, netns_pin_root(node))  # last: the daemon keeps its pins across SIGTERM
         stack.callback(Bird(router, str(tmp_path), "router", ROUTER_CONF).stop)
         yield topo, router, node, stack
 
