@@ -224,8 +224,8 @@ static __always_inline struct handoff *tail_inputs(struct settings **st)
 	return handoffs.lookup(&zero);
 }
 
-/* Second program (tail call): place a new connection (template, else scheduler), record it, forward it. A UDP
- * datagram of a one-packet-scheduling service (ops) is placed alone: no connection entry, nothing cached. */
+/* Second program (tail call): place a new connection (its template, else the scheduler; SIP and lblc/lblcr
+ * services through their own tail calls, which hand back here), then hand the real to xlb_new_fwd. */
 int xlb_new_conn(struct xdp_md *ctx)
 {
 	struct settings *st;
