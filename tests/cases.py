@@ -1,14 +1,19 @@
 """Packet fixture cases (STYLE 13), shared by the packet test files: a case is a description, a config and steps,
 each an input packet with the expected XDP action, the exact output frame and the verdict reason; run_case runs one
 through BPF_PROG_TEST_RUN on the harness's bench (tests/harness.py) and prints both frames decoded on a mismatch.
-Also the configs several files use (CFG_BASIC) and their builders."""
+Also the configs several files use (CFG_BASIC) and their builders, and the packets several files build: a
+fragmented datagram (frags4, frags6) and an ICMP error quoting a flow (err4, err6)."""
 import ctypes as ct
 from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, fragment6
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
-from harness import LB_MAC, describe, in_netns, to_real
+from harness import CLIENT_MAC, LB_MAC, describe, in_netns, to_real
 from xlb.dataplane import testrun
 
 PASS, DROP, TX, REDIRECT = "XDP_PASS", "XDP_DROP", "XDP_TX", "XDP_REDIRECT"
@@ -58,6 +63,45 @@ CFG_BASIC = "\n".join([
     vip_svc("198.51.100.60", 80, "tcp", []),
     vip_svc("198.51.100.61", 80, "tcp", [("198.18.0.11", 0), ("198.18.0.12", 0)]),
 ])
+
+
+# -- packets -------------------------------------------------------------------------------------------------------
+
+C4, C6 = "203.0.113.7", "2001:db8:77::7"       # the client of tcp4()/udp4(), tcp6()/udp6() (tests/harness.py)
+RT4, RT6 = "192.0.2.1", "2001:db8:ffff::1"     # a router on the way back to the client
+
+
+def frags4(dst=V4, sport=40000, dport=53, ident=77, size=100, l4=UDP):
+    """An IPv4 datagram cut into fragments of 48 bytes of payload (the first carries the L4 header)."""
+    pkt = IP(src=C4, dst=dst, id=ident) / l4(sport=sport, dport=dport) / Raw(bytes(range(size)))
+    return [Ether(dst=LB_MAC, src=CLIENT_MAC) / f for f in fragment(pkt, fragsize=48)]
+
+
+def frags6(dst=V6, sport=40000, dport=53, ident=0x1234, size=200):
+    pkt = (IPv6(src=C6, dst=dst) / IPv6ExtHdrFragment(id=ident) / UDP(sport=sport, dport=dport)
+           / Raw(bytes(range(size))))
+    return [Ether(dst=LB_MAC, src=CLIENT_MAC) / f for f in fragment6(pkt, 120)]
+
+
+def quoted(flow, n=8):
+    """The packet the real sent back for flow (from the VIP to the client), as an ICMP error quotes it: its IP
+    header and the first n bytes after it."""
+    ip = flow[IP] if IP in flow else flow[IPv6]
+    l4 = flow[TCP] if TCP in flow else flow[UDP]
+    back = (IP(src=ip.dst, dst=ip.src, id=99) if IP in flow else IPv6(src=ip.dst, dst=ip.src))
+    back = back / (TCP(sport=l4.dport, dport=l4.sport, flags="SA") if TCP in flow else
+                   UDP(sport=l4.dport, dport=l4.sport) / Raw(b"answer"))
+    hlen = 20 if IP in flow else 40
+    return Raw(bytes(back)[:hlen + n])
+
+
+def err4(flow, vip=V4, n=8, **icmp):
+    """An ICMP error from a router on the way, about flow (its reply quoted)."""
+    return Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src=RT4, dst=vip, id=3) / ICMP(**icmp) / quoted(flow, n)
+
+
+def err6(flow, kind, vip=V6, n=8):
+    return Ether(dst=LB_MAC, src=CLIENT_MAC) / IPv6(src=RT6, dst=vip) / kind / quoted(flow, n)
 
 
 # -- cases ---------------------------------------------------------------------------------------------------------

@@ -7,27 +7,13 @@ ops: each UDP datagram is scheduled alone and makes no connection entry; persist
 import ipaddress
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP, fragment
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, fragment6
+from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
-from scapy.packet import Raw
 
 from harness import CLIENT_MAC, LB_MAC, lookup_conn, real_of, to_real, udp4, udp6
-from cases import CFG_BASIC, DROP, PASS, TX, V4, V6, Step, case, fwd, run_case, same, vip_svc
+from cases import (C4, C6, CFG_BASIC, DROP, PASS, TX, V4, V6, Step, case, frags4, frags6, fwd, run_case, same,
+                   vip_svc)
 
-C4, C6 = "203.0.113.7", "2001:db8:77::7"
-
-
-def frags4(dst=V4, sport=40000, dport=53, ident=77, size=100, l4=UDP):
-    """An IPv4 datagram cut into fragments of 48 bytes of payload (the first carries the L4 header)."""
-    pkt = IP(src=C4, dst=dst, id=ident) / l4(sport=sport, dport=dport) / Raw(bytes(range(size)))
-    return [Ether(dst=LB_MAC, src=CLIENT_MAC) / f for f in fragment(pkt, fragsize=48)]
-
-
-def frags6(dst=V6, sport=40000, dport=53, ident=0x1234, size=200):
-    pkt = (IPv6(src=C6, dst=dst) / IPv6ExtHdrFragment(id=ident) / UDP(sport=sport, dport=dport)
-           / Raw(bytes(range(size))))
-    return [Ether(dst=LB_MAC, src=CLIENT_MAC) / f for f in fragment6(pkt, 120)]
 
 
 def later(pkt, real):

@@ -3,17 +3,15 @@ balancer (addresses and MACs swapped, TTL reset, checksums right), errors about 
 (found by the embedded packet reversed), Packet Too Big below the minimum MTU and truncated quotes dropped and
 counted, everything else passed."""
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP
 from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6PacketTooBig,
                                 ICMPv6TimeExceeded, IPv6)
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from harness import CLIENT_MAC, LB_MAC, lookup_conn, tcp4, tcp6, to_real, udp4, udp6
-from cases import CFG_BASIC, DROP, PASS, TX, V4, V6, Step, case, fwd, run_case, same
+from cases import C4, C6, CFG_BASIC, DROP, PASS, RT4, TX, V4, V6, Step, case, err4, err6, fwd, run_case, same
 
-C4, C6 = "203.0.113.7", "2001:db8:77::7"       # the client of tcp4()/udp4(), tcp6()/udp6()
-R4, R6 = "192.0.2.1", "2001:db8:ffff::1"       # a router on the way back to the client
 NO_ECHO = CFG_BASIC + "\n[icmp]\necho_reply = false\n"
 
 
@@ -36,26 +34,6 @@ def reply4(src=V4):
 def reply6():
     return bytes(Ether(dst=CLIENT_MAC, src=LB_MAC) / IPv6(src=V6, dst=C6, hlim=64)
                  / ICMPv6EchoReply(id=0x1234, seq=7, data=b"ping-payload"))
-
-
-def quoted(flow, n=8):
-    """The packet the real sent back for flow (from the VIP to the client), as an ICMP error quotes it: its IP
-    header and the first n bytes after it."""
-    ip = flow[IP] if IP in flow else flow[IPv6]
-    l4 = flow[TCP] if TCP in flow else flow[UDP]
-    back = (IP(src=ip.dst, dst=ip.src, id=99) if IP in flow else IPv6(src=ip.dst, dst=ip.src))
-    back = back / (TCP(sport=l4.dport, dport=l4.sport, flags="SA") if TCP in flow else
-                   UDP(sport=l4.dport, dport=l4.sport) / Raw(b"answer"))
-    hlen = 20 if IP in flow else 40
-    return Raw(bytes(back)[:hlen + n])
-
-
-def err4(flow, vip=V4, n=8, **icmp):
-    return Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src=R4, dst=vip, id=3) / ICMP(**icmp) / quoted(flow, n)
-
-
-def err6(flow, kind, vip=V6, n=8):
-    return Ether(dst=LB_MAC, src=CLIENT_MAC) / IPv6(src=R6, dst=vip) / kind / quoted(flow, n)
 
 
 def to_flow_real(pkt, real):
@@ -110,7 +88,7 @@ CASES = [
     case("err-other-type", "other ICMP (a redirect) about a VIP flow passes", CFG_BASIC, FLOWS[0],
          same(err4(T4, type=5, code=1), PASS, "pass_other_proto")),
     case("err-quotes-icmp", "an error quoting an ICMP packet (the balancer's echo reply) passes", CFG_BASIC,
-         same(Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src=R4, dst=V4) / ICMP(type=11)
+         same(Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src=RT4, dst=V4) / ICMP(type=11)
               / Raw(bytes(IP(src=V4, dst=C4) / ICMP(type=0))[:28]), PASS, "pass_other_proto")),
     # PTB below the minimum MTU, truncated quotes
     case("ptb-too-small", "frag-needed below 68 / Packet Too Big below 1280: counted and dropped", CFG_BASIC,

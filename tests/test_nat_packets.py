@@ -3,32 +3,18 @@
 Expected frames are built by scapy with every checksum computed afresh, so a byte-exact match checks the data
 plane's incremental checksums. Topology: tests/harness.py (clients are routed via the gateway on lb0)."""
 import time
-from collections import Counter
 
 import pytest
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from harness import GW_MAC, LB1_MAC, LB_MAC, REAL_MAC, conn_key, describe, flow_cached, tcp4, tcp6, udp4, udp6
+from harness import GW_MAC, LB1_MAC, LB_MAC, REAL_MAC, conn_key, flow_cached, tcp4, tcp6, udp4, udp6
 from xlb.dataplane import structs as S
 from xlb.dataplane.mapkeys import htons
 from xlb.config.model import addr_bytes
 
-PASS, DROP, TX, REDIRECT = "XDP_PASS", "XDP_DROP", "XDP_TX", "XDP_REDIRECT"
-V4, V6 = "198.51.100.10", "2001:db8:100::10"
-C4, C6 = "203.0.113.7", "2001:db8:77::7"
-R4, R6 = "198.18.1.11", "2001:db8:1::11"      # on lb1: inbound redirected, replies come in on lb1
-L4, L6 = "198.18.0.11", "2001:db8::11"        # on lb0: everything XDP_TX
-GW4 = "198.18.9.9"                             # behind the gateway on lb0: NAT routes, DR refuses
-
-
-def svc(vip, port, proto, reals, method="nat", extra=""):
-    out = f'[[service]]\nvip = "{vip}"\nport = {port}\nproto = "{proto}"\nscheduler = "rr"\nmethod = "{method}"\n{extra}'
-    for addr, rport in reals:
-        out += f'  [[service.real]]\n  address = "{addr}"\n' + (f"  port = {rport}\n" if rport else "")
-    return out
-
+from cases import C6, DROP, PASS, REDIRECT, TX, V4, V6
+from natframes import GW4, L4, R4, R6, nat_in, nat_out, reply, rewritten, run, svc
 
 CFG = "\n".join([
     svc(V4, 80, "tcp", [(R4, 8080)]),
@@ -40,57 +26,6 @@ CFG = "\n".join([
     svc("198.51.100.13", 0, "tcp", [(L4, None)], extra="persistence_timeout = 60\n"),
     svc("198.51.100.14", 80, "tcp", [(L4, None)], method="dr"),
 ])
-
-
-def rewritten(pkt, side, addr, port, src_mac, dst_mac):
-    """pkt with one side's address (and port, if given) replaced, one hop less, checksums computed afresh."""
-    out = pkt.copy()
-    out[Ether].src, out[Ether].dst = src_mac, dst_mac
-    ip = out[IP] if IP in out else out[IPv6]
-    setattr(ip, side, addr)
-    if IP in out:
-        ip.ttl -= 1
-        del ip.chksum
-    else:
-        ip.hlim -= 1
-    l4 = out[TCP] if TCP in out else out[UDP]
-    if port:
-        setattr(l4, "dport" if side == "dst" else "sport", port)
-    if l4.chksum != 0 or IPv6 in out:
-        del l4.chksum
-    return bytes(out)
-
-
-def nat_in(pkt, real, port, src_mac, dst_mac):
-    """What NAT makes of a client's packet: to the real's address and port."""
-    return rewritten(pkt, "dst", real, port, src_mac, dst_mac)
-
-
-def reply(pkt, real, port, mac_to=LB1_MAC, flags="SA", payload=b"r"):
-    """The real's reply to a client's packet (as the real sends it: to the client, from its own address)."""
-    ip = pkt[IP] if IP in pkt else pkt[IPv6]
-    l3 = IP(src=real, dst=ip.src, id=7) if IP in pkt else IPv6(src=real, dst=ip.src)
-    if TCP in pkt:
-        l4 = TCP(sport=port, dport=pkt[TCP].sport, flags=flags, seq=5000, ack=1001, window=4096)
-    else:
-        l4 = UDP(sport=port, dport=pkt[UDP].sport)
-    return Ether(dst=mac_to, src=REAL_MAC[real]) / l3 / l4 / payload
-
-
-def nat_out(rep, vip, vport, src_mac=LB_MAC, dst_mac=GW_MAC):
-    """What NAT makes of a real's reply: from VIP:port, to the client's next hop."""
-    return rewritten(rep, "src", vip, vport, src_mac, dst_mac)
-
-
-def run(bench, steps):
-    """steps: (packet, ingress ifindex or None, action, expected bytes or None: unchanged, reason)."""
-    for i, (pkt, ifindex, action, want, reason) in enumerate(steps):
-        want = bytes(pkt) if want is None else want
-        got_action, out = bench.run(pkt, ifindex)
-        if (got_action, out) != (action, want):
-            pytest.fail(f"packet {i}: got {got_action}, want {action}\n--- got:\n{describe(out)}\n"
-                        f"--- want:\n{describe(want)}")
-    assert bench.verdicts() == dict(Counter(s[4] for s in steps))
 
 
 def in_out_case(mk, vip, vport, real, rport, proto_payload=b"hello"):
