@@ -96,6 +96,32 @@ def test_group_expands_to_one_service_per_address_and_mark(tmp_path):
     assert {s.persistence_timeout for s in svcs} == {60}
 
 
+def test_a_service_defined_twice_gets_the_second_virtual_servers_reals(tmp_path):
+    """keepalived's add of a service IPVS already has fails with EEXIST, which it ignores, and adds the reals: the
+    same group twice (or the same fwmark) is one service with both blocks' reals and the first block's settings, a
+    real both name kept once. A warning names the second block and the first's line; field errors in a joined real
+    still name its own line."""
+    group = "virtual_server_group g {\n  198.51.100.10 80\n  fwmark 7\n}\n"
+    first = vs(DR + "real_server 198.18.0.11 { }\nreal_server 198.18.0.12 { }\n", head="virtual_server group g")
+    second = vs("protocol TCP\nlb_algo wlc\nlb_kind DR\nreal_server 198.18.0.12 { weight 5 }\n"
+                "real_server 198.18.0.13 { weight 3 }\n", head="virtual_server group g")
+    p = write(tmp_path, group + first + second + vs("lb_algo rr\nlb_kind DR\nreal_server 198.18.0.14 { }\n",
+                                                     head="virtual_server fwmark 7"))
+    imp = keepalived.load(p)
+    svcs = imp.config.services
+    assert [(s.name, s.scheduler, [(str(r.address), r.weight) for r in s.reals]) for s in svcs] == [
+        ("tcp/198.51.100.10:80", "rr", [("198.18.0.11", 1), ("198.18.0.12", 1), ("198.18.0.13", 3)]),
+        ("fwm/7", "rr", [("198.18.0.11", 1), ("198.18.0.12", 1), ("198.18.0.13", 3), ("198.18.0.14", 1)])]
+    assert [(x.line, x.kind, x.message.split(" is already")[0]) for x in imp.reported] == [
+        (12, "warning", "service tcp/198.51.100.10:80"), (12, "warning", "service fwm/7"),
+        (19, "warning", "service fwm/7")]
+    assert "defined by the virtual server at line 5: its real servers join that service" in imp.reported[0].message
+    bad = second.replace("weight 3 }", "weight 3\n    uthreshold 10\n    lthreshold 20\n  }")
+    with pytest.raises(ConfigError) as ei:
+        keepalived.load(write(tmp_path, group + first + bad))
+    assert (ei.value.where, ei.value.message.split(":")[0]) == ("line 19", "lthreshold")
+
+
 def test_group_fwmark_with_real_port_is_reported(tmp_path):
     p = write(tmp_path, "virtual_server_group g {\n  fwmark 7\n}\n" + vs(
         "lb_algo rr\nlb_kind DR\nreal_server 198.18.0.11 80 { }\n", head="virtual_server group g"))

@@ -14,21 +14,16 @@ pytestmark = pytest.mark.skipif(not os.path.isdir(kc.CORPUS), reason="keepalived
 # keepalived -t printed nothing about virtual servers for these, yet xlb reports an error (docs/import.md).
 # (chk_http1.conf was one until checker blocks were read: keepalived stops at line 33's `path` without a value,
 # and xlb now names the same line.)
-XLB_STRICTER = {
-    # The same `virtual_server group fred` twice (NAT, so no longer hidden behind "NAT unsupported"): IPVS refuses
-    # the second service (EEXIST) and keepalived adds its reals to the first; xlb names the duplicate.
-    "notify2.conf": "duplicate service",
-    # Two virtual_server blocks over one (twice defined) group: the same services twice, with other reals. IPVS would
-    # refuse the second set at run time; xlb says so at the second block. Hidden behind lvs_method TUN until TUN ran.
-    "1904.conf": "duplicate service",
-    # The same again: `virtual_server group test1` twice (lines 182 and 219), hidden behind NAT until NAT ran.
-    "ipvs_test.conf": "duplicate service",
-}
+XLB_STRICTER = {}  # none left: the same service twice (notify2, 1904, ipvs_test) is merged as keepalived does
 # keepalived accepted these in silence, but xlb warns where keepalived's own code would (docs/import.md).
 KEEPALIVED_SILENT = {
     # net_namespace low: keepalived -t printed nothing at all, not even the port resets its validation makes for every
     # other file (1495.conf: the same TUN reals with ports that differ from the virtual server's, reported).
     "634.conf": "don't match - resetting",
+    # The same `virtual_server group fred` twice, and `virtual_server fwmark 10` (also in the group) twice more:
+    # keepalived's add of the service meets EEXIST, which it ignores (a runtime "IPVS (cmd ..., errno 17)" line for
+    # the fwmark one) and adds the block's reals to the service; xlb merges them the same way and says so.
+    "notify2.conf": "is already defined by the virtual server at line",
 }
 
 

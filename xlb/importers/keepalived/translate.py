@@ -141,9 +141,38 @@ class _Importer(Checks, Health):
         first_name = None
         for entry in entries:
             svc = self.service_tree(vs, entry, len(services))
-            services.append(svc)
+            if not self.merged(vs, svc, services):
+                services.append(svc)
             first_name = first_name or _service_name(svc)
         self.keep_checks(vs, first_name or "", checks, settings)
+
+    def merged(self, vs, svc, services):
+        """A service an earlier virtual server already defined (the same group twice, the same fwmark twice):
+        keepalived's add of it to IPVS finds it there (EEXIST, which keepalived ignores) and adds this virtual
+        server's reals to it, so the first's settings stay and the reals join; a real it already has stays as it
+        is (EEXIST again). Said as a warning at this virtual server; True if svc went into an earlier one."""
+        name = _service_name(svc)
+        index = next((i for i, s in enumerate(services) if _service_name(s) == name), None)
+        if index is None:
+            return False
+        first, new, old = services[index], f"service[{len(services)}]", f"service[{index}]"
+        had = {r["address"] for r in first["real"]}
+        for i, real in enumerate(svc["real"]):
+            if real["address"] not in had:
+                self.move_where(f"{new}.real[{i}]", f"{old}.real[{len(first['real'])}]")
+                first["real"].append(real)
+        self.move_where(new, None)
+        line = self.where[old][1]
+        self.warn(vs.node, f"service {name} is already defined by the virtual server at line {line}: its real "
+                           "servers join that service, whose settings stay (as keepalived does: IPVS keeps the first)")
+        return True
+
+    def move_where(self, path, to):
+        """Move the recorded origins of a field path and the paths below it to `to` (None: forget them)."""
+        for key in [k for k in self.where if k == path or k.startswith((path + ".", path + "["))]:
+            origin = self.where.pop(key)
+            if to is not None:
+                self.where[to + key[len(path):]] = origin
 
     def vs_complete(self, vs):
         """keepalived's checks that a virtual server says enough: reals, a scheduler, a forwarding method."""
