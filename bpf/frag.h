@@ -21,7 +21,7 @@ static __always_inline struct frag_key frag_key_of(struct pkt *p)
 
 /* A first fragment went to real_id (0: passed to the kernel): its later fragments will follow. No-op for a whole
  * packet. */
-static __always_inline void frag_note(struct pkt *p, __u32 real_id, __u32 real_gen, __u32 svc_id, __u8 method)
+static __always_inline void frag_note(struct pkt *p, __u32 real_id, __u32 real_gen, __u32 svc_id)
 {
 	if (!p->fragment || XLB_TRACING)
 		return;
@@ -30,12 +30,11 @@ static __always_inline void frag_note(struct pkt *p, __u32 real_id, __u32 real_g
 		.real_id = real_id,
 		.real_gen = real_gen,
 		.svc_id = svc_id,
-		.method = method,
 	};
 	frags.update(&fk, &fv);
 }
 
-/* A later fragment to a VIP: to its first fragment's real, by the same method. */
+/* A later fragment to a VIP: to its first fragment's real, by that real's method (as forward_real sends any packet). */
 static __always_inline int frag_follow(struct xdp_md *ctx, struct pkt *p, __u64 bytes)
 {
 	struct frag_key fk = frag_key_of(p);

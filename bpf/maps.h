@@ -120,8 +120,6 @@ struct frag_val {
 	__u32 real_id;             /* 0: the first fragment passed to the kernel */
 	__u32 real_gen;
 	__u32 svc_id;
-	__u8 method;               /* enum xlb_method of the flow */
-	__u8 pad[3];
 };
 BPF_F_TABLE("lru_hash", struct frag_key, struct frag_val, frags, XLB_FRAGS, 0);
 

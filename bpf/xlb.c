@@ -102,6 +102,21 @@ static __always_inline int no_service(struct xdp_md *ctx, struct pkt *p, struct 
 	return verdict(reason, action, bytes);
 }
 
+/* The handoff: a packet's state from one program of the packet path to the next it tail-calls (one per CPU). */
+static __always_inline struct handoff *handoff(void)
+{
+	__u32 zero = 0;
+	return handoffs.lookup(&zero);
+}
+
+/* Tail-call program `prog` (its inputs in the handoff). Returns only if the call failed: the loader did not fill
+ * progs. */
+static __always_inline int tail_call(struct xdp_md *ctx, __u32 prog, __u64 bytes)
+{
+	progs.call(ctx, prog);
+	return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);
+}
+
 static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes)
 {
 	__u32 zero = 0;
@@ -179,7 +194,7 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 		if (conn_touch(c, p, now))
 			sync_export(st, &ck, c);
 		count_flow(c->svc_id, real_id, bytes, 0);
-		frag_note(p, real_id, c->real_gen, c->svc_id, r->method);
+		frag_note(p, real_id, c->real_gen, c->svc_id);
 		reason = forward_real(ctx, p, r, real_id, now, &action);
 		if (action != XDP_DROP)
 			flow_fill(p, slot, gen, st, c, r);
@@ -190,14 +205,14 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 		return verdict(XLB_DROP_REAL_FAILED, XDP_DROP, bytes);
 	}
 	if (!svc) {
-		frag_note(p, 0, 0, 0, 0);  /* the kernel's: so are its later fragments */
+		frag_note(p, 0, 0, 0);  /* the kernel's: so are its later fragments */
 		return no_service(ctx, p, st, bytes);
 	}
 	if (is_stream(p) && (p->tcp_flags & XLB_TCP_RST))
 		return verdict(XLB_DROP_RST_NO_CONN, XDP_DROP, bytes);
 
 	/* A new connection: hand over to xlb_new_conn. */
-	struct handoff *h = handoffs.lookup(&zero);
+	struct handoff *h = handoff();
 	if (!h)
 		return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);
 	h->p = *p;
@@ -212,8 +227,7 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	h->sip_state = 0;
 	if (c)
 		h->old = *c;
-	progs.call(ctx, XLB_PROG_NEW_CONN);
-	return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);  /* the tail call failed: the loader did not fill progs */
+	return tail_call(ctx, XLB_PROG_NEW_CONN, bytes);
 }
 
 /* A tail-called program's inputs: the handoff its entry filled (returned) and the settings (*st). */
@@ -221,7 +235,7 @@ static __always_inline struct handoff *tail_inputs(struct settings **st)
 {
 	__u32 zero = 0;
 	*st = settings.lookup(&zero);
-	return handoffs.lookup(&zero);
+	return handoff();
 }
 
 /* Second program (tail call): place a new connection (its template, else the scheduler; SIP and lblc/lblcr
@@ -236,10 +250,8 @@ int xlb_new_conn(struct xdp_md *ctx)
 	__u64 bytes = h->bytes;
 	struct real *r = 0;
 	if (sip_engine(&h->svc, p)) {
-		if (!h->sip_state) {
-			progs.call(ctx, XLB_PROG_SIP);
-			return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);
-		}
+		if (!h->sip_state)
+			return tail_call(ctx, XLB_PROG_SIP, bytes);
 		if (h->sip_state != XLB_SIP_FOUND)
 			return verdict(XLB_DROP_SIP_NO_CALLID, XDP_DROP, bytes);
 	}
@@ -247,8 +259,7 @@ int xlb_new_conn(struct xdp_md *ctx)
 	if (!real_id || !r)
 		return verdict(XLB_DROP_NO_REAL, XDP_DROP, bytes);
 	h->real_id = real_id;
-	progs.call(ctx, XLB_PROG_NEW_FWD);
-	return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);  /* the tail call failed: the loader did not fill progs */
+	return tail_call(ctx, XLB_PROG_NEW_FWD, bytes);
 }
 
 /* Third program (tail call from xlb_new_conn): record the placed connection (no entry for an ops datagram; a SIP
@@ -307,7 +318,7 @@ int xlb_new_fwd(struct xdp_md *ctx)
 	if (recorded && r->method == XLB_METHOD_NAT)
 		nat_record(p, r, real_id, h->svc.id, now);
 	count_flow(h->svc.id, real_id, bytes, !seen);
-	frag_note(p, real_id, r->gen, h->svc.id, r->method);
+	frag_note(p, real_id, r->gen, h->svc.id);
 	int action = XDP_PASS;
 	int reason = forward_real(ctx, p, r, real_id, now, &action);
 	if (recorded && !sip && action != XDP_DROP)
@@ -328,38 +339,32 @@ int xlb_icmp(struct xdp_md *ctx)
 /* Hand an ICMP packet to xlb_icmp: the packet path's verifier states stay apart from the ICMP ones. */
 static __always_inline int icmp_handoff(struct xdp_md *ctx, struct pkt *p, __u64 bytes)
 {
-	__u32 zero = 0;
-	struct handoff *h = handoffs.lookup(&zero);
+	struct handoff *h = handoff();
 	if (!h)
 		return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);
 	h->p = *p;
 	h->bytes = bytes;
-	progs.call(ctx, XLB_PROG_ICMP);
-	return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);  /* the tail call failed: the loader did not fill progs */
+	return tail_call(ctx, XLB_PROG_ICMP, bytes);
 }
 
 /* Fifth program (tail call from xlb_new_conn): lblc/lblcr's pick for a new connection, handed back to it. */
 int xlb_new_local(struct xdp_md *ctx)
 {
-	__u32 zero = 0;
-	struct handoff *h = handoffs.lookup(&zero);
+	struct handoff *h = handoff();
 	if (!h)
 		return verdict(XLB_DROP_INTERNAL, XDP_PASS, 0);
 	h->local_real = pick_local(&h->svc, &h->p, h->now);
-	progs.call(ctx, XLB_PROG_NEW_CONN);
-	return verdict(XLB_DROP_INTERNAL, XDP_PASS, h->bytes);
+	return tail_call(ctx, XLB_PROG_NEW_CONN, h->bytes);
 }
 
 /* Sixth program (tail call from xlb_new_conn): the SIP engine's Call-ID of a datagram, handed back to it. */
 int xlb_sip_callid(struct xdp_md *ctx)
 {
-	__u32 zero = 0;
-	struct handoff *h = handoffs.lookup(&zero);
+	struct handoff *h = handoff();
 	if (!h)
 		return verdict(XLB_DROP_INTERNAL, XDP_PASS, 0);
 	sip_callid(ctx, h);
-	progs.call(ctx, XLB_PROG_NEW_CONN);
-	return verdict(XLB_DROP_INTERNAL, XDP_PASS, h->bytes);
+	return tail_call(ctx, XLB_PROG_NEW_CONN, h->bytes);
 }
 
 int xlb_xdp(struct xdp_md *ctx)

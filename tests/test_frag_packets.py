@@ -76,7 +76,7 @@ def test_first_fragment_recorded(bench):
     """frags holds (src, dst, id, proto) -> the real's id and generation and the service, for each family."""
     dp = bench.reset(CFG_BASIC)
     assert bench.run(F4[0])[0] == TX and bench.run(F6[0])[0] == TX
-    got = {(bytes(k.src), bytes(k.dst), k.id, k.proto, k.family): (v.real_id, v.real_gen, v.svc_id, v.method)
+    got = {(bytes(k.src), bytes(k.dst), k.id, k.proto, k.family): (v.real_id, v.real_gen, v.svc_id)
            for k, v in bench.prog["frags"].items()}
     want = {}
     for vip, real, client, ident, fam in ((V4, "198.18.0.12", C4, (77).to_bytes(2, "big") + b"\0\0", 4),
@@ -85,7 +85,7 @@ def test_first_fragment_recorded(bench):
         rid = dp.real_ids.get((key, ipaddress.ip_address(real)))
         k = (ipaddress.ip_address(client).packed.ljust(16, b"\0"), ipaddress.ip_address(vip).packed.ljust(16, b"\0"),
              int.from_bytes(ident, "little"), 17, fam)
-        want[k] = (rid, dp.m["reals"][rid].gen, dp.services[key].id, 0)
+        want[k] = (rid, dp.m["reals"][rid].gen, dp.services[key].id)
     assert got == want
 
 

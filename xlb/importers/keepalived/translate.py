@@ -25,7 +25,7 @@ from ...config import realcheck
 from ...errors import ConfigError
 from .checks import SKIP_REASON, Checks, kw_addr, kw_port, kw_true, settings_of
 from .health import Health
-from . import tunnel as ka_tunnel
+from .tunnel import method_of, service_tunnel
 from .model import CheckSettings, Entry, HealthCheck, Import, KeepalivedError, Problem, VS
 from .reader import Reader, build_tree
 from ...health.kaconf import track_files
@@ -182,7 +182,7 @@ class _Importer(Checks, Health):
             return False
         if vs.sched is None and "lb_algo" not in vs.lines and "lvs_sched" not in vs.lines:
             self.err(node, "no scheduler set (keepalived defaults to wlc): add 'lb_algo wlc' or another")
-        methods = {_method(vs, rs) for rs in vs.reals}
+        methods = {method_of(vs, rs) for rs in vs.reals}
         if len(methods) > 1:  # IPVS's method is a real's, xlb's a service's
             self.unsupported(node, f"real servers with different forwarding methods ({', '.join(sorted(methods))})"
                                    ": xlb's method is a virtual server's")
@@ -225,7 +225,7 @@ class _Importer(Checks, Health):
                 self.err(rs.node, f"real server {rs.addr} is duplicated (first at line {seen[key]})")
             seen.setdefault(key, rs.node.line)
             weight_sum += rs.weight if rs.weight is not None else (vs.weight or 1)
-            if rs.port and _method(vs, rs) != "nat":  # only NAT may change the port
+            if rs.port and method_of(vs, rs) != "nat":  # only NAT may change the port
                 vports = {e.port for e in entries if e.kind == "addr"}
                 if any(e.kind == "fwmark" for e in entries):
                     self.warn(rs.node, f"fwmark virtual server, real server {rs.addr} has port {rs.port} specified "
@@ -259,7 +259,7 @@ class _Importer(Checks, Health):
             if entry.port == 0 and vs.ptimeout is None:
                 self.err(enode, "port 0 (every port) is only valid for persistent services: "
                                 "add persistence_timeout")
-        svc["method"] = _method(vs, vs.reals[0])
+        svc["method"] = method_of(vs, vs.reals[0])
         node_m = vs.lines.get("lb_kind") or vs.lines.get("lvs_method")
         if node_m:
             self._w(f"{sw}.method", node_m)
@@ -290,7 +290,7 @@ class _Importer(Checks, Health):
                 svc["ops"] = True
                 self._w(f"{sw}.ops", vs.ops_node)
         if svc["method"] == "tun":
-            svc.update(ka_tunnel.service_method(vs, self.unsupported)[1])
+            svc.update(service_tunnel(vs, self.unsupported))
         virtualhost = self.health_settings(vs.settings, svc, sw)
         svc["real"] = self.real_trees(vs, sw, family, virtualhost, entry, any_family=svc["method"] == "tun")
         return svc
@@ -316,7 +316,7 @@ class _Importer(Checks, Health):
         for rs in vs.reals:
             if rs.addr.version != family and not any_family:
                 continue  # a group mixing families: each service takes the reals of its family
-            if ports.setdefault(rs.addr, rs.port) != rs.port and _method(vs, rs) == "nat":
+            if ports.setdefault(rs.addr, rs.port) != rs.port and method_of(vs, rs) == "nat":
                 self.unsupported(rs.node, f"real {rs.addr} port {rs.port}: the same address with another port "
                                           f"({ports[rs.addr]}) is another IPVS destination, but xlb knows a real of a "
                                           "service by its address")
@@ -330,7 +330,7 @@ class _Importer(Checks, Health):
             real = {"address": str(rs.addr), "weight": rs.weight if rs.weight is not None else (vs.weight or 1)}
             if rs.weight_node:
                 self._w(f"{rw}.weight", rs.weight_node)
-            if rs.port and rs.port != svc_port and _method(vs, rs) == "nat":
+            if rs.port and rs.port != svc_port and method_of(vs, rs) == "nat":
                 real["port"] = rs.port
                 self._w(f"{rw}.port", rs.node)
             if rs.uthreshold:
@@ -388,9 +388,3 @@ def _service_name(svc):
         return f"fwm{'6' if svc.get('family') == 'ipv6' else ''}/{svc['fwmark']}"
     host = f"[{svc['vip']}]" if ":" in svc["vip"] else svc["vip"]
     return f"{svc['proto']}/{host}:{svc['port']}"
-
-
-def _method(vs, rs):
-    """A real server's forwarding method: its own lvs_method, else its virtual server's, else keepalived's
-    default, NAT."""
-    return rs.method or vs.method or "nat"

@@ -1,6 +1,7 @@
 """keepalived's tunnel forwarding: ``lb_kind TUN`` / ``lvs_method TUN [type ipip|gue|gre] [port N]
 [nocsum|csum|remcsum]`` read with keepalived's rules (check_parser.c svr_forwarding_handler) into a service's
-``tunnel_*`` keys; and the one method a virtual server's reals must share in xlb."""
+``tunnel_*`` keys; a real's forwarding method (method_of, the one definition the importer uses) and the tunnel a
+TUN virtual server's reals must share in xlb."""
 from __future__ import annotations
 
 _TYPES = ("ipip", "gue", "gre")
@@ -50,18 +51,22 @@ def options(n, err) -> dict:
     return keys
 
 
-def service_method(vs, err):
-    """(method, tunnel keys) every real of vs is forwarded by (its own lvs_method, else the virtual server's);
-    reals that differ are reported: xlb forwards every real of a service alike."""
+def method_of(vs, rs):
+    """A real server's forwarding method: its own lvs_method, else its virtual server's, else keepalived's
+    default, NAT."""
+    return rs.method or vs.method or "nat"
+
+
+def service_tunnel(vs, err) -> dict:
+    """The tunnel keys every real of a TUN virtual server is forwarded with (a real's own TUN line, else the
+    virtual server's); reals whose tunnel options differ are reported through err: xlb forwards every real of a
+    service alike. (Reals of different methods are the virtual server's check.)"""
     kinds = {}
     for rs in vs.reals:
-        own = rs.method is not None
-        method = (rs.method if own else vs.method) or "nat"
-        tunnel = (rs.tunnel if own else vs.tunnel) or {}
-        kinds.setdefault((method, tuple(sorted(tunnel.items()))), rs)
-    if len({m for m, _ in kinds}) == 1 and len(kinds) > 1:  # different methods: the virtual server's check says so
+        tunnel = (rs.tunnel if rs.method is not None else vs.tunnel) or {}
+        kinds.setdefault((method_of(vs, rs), tuple(sorted(tunnel.items()))), rs)
+    if len({m for m, _ in kinds}) == 1 and len(kinds) > 1:
         (m1, t1), (m2, t2) = list(kinds)[:2]
         err(kinds[(m2, t2)].node, f"real servers of one virtual server forwarded by {m1}{dict(t1) or ''} and "
                                   f"{m2}{dict(t2) or ''}: xlb forwards every real of a service alike")
-    method, tunnel = next(iter(kinds), ("dr", ()))
-    return method, dict(tunnel)
+    return dict(next(iter(kinds), ("dr", ()))[1])
