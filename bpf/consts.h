@@ -126,8 +126,8 @@ enum xlb_reason {
 	/* 26-29: tunnels (bpf/tun.h) */
 	XLB_TUN_PTB = 26,           /* too big once encapsulated, DF set (IPv6: always): answered with ICMP frag-needed /
 				     * Packet Too Big carrying the MTU the client must use (XDP_TX) */
-	XLB_DROP_TUN_TOO_BIG = 27,  /* too big once encapsulated, IPv4 without DF (xlb does not fragment), or the MTU
-				     * left inside the tunnel is below the family's minimum (68 / 1280) */
+	XLB_DROP_TUN_TOO_BIG = 27,  /* too big once encapsulated and the MTU left inside the tunnel is below the
+				     * family's minimum (68 / 1280): nothing to answer (IPv4 without DF: see 54) */
 	XLB_DROP_TUN_ADJUST = 28,   /* bpf_xdp_adjust_head/tail refused to make room for the outer headers or the reply */
 	XLB_DROP_TUN_NO_TUNNEL = 29,/* a tunnelled real without its tunnels entry (a bug: report it) */
 	/* 31-38: ICMP, fragments (bpf/icmp.h, bpf/frag.h) */
@@ -140,6 +140,10 @@ enum xlb_reason {
 	XLB_DROP_SIP_NO_CALLID = 39, /* a SIP-engine service's UDP datagram without a usable Call-ID (IPVS drops it) */
 	XLB_DROP_REAL_FAILED = 43,  /* a connection's real failed its health checks, on_real_failure = "reset": the
 				     * packet is dropped and the entry expired (the retransmission is scheduled anew) */
+	/* 54-55: tunnels, the method paths (bpf/tun.h) */
+	XLB_TUN_PTB_NO_DF = 54,     /* too big once encapsulated, IPv4 without DF: xlb cannot fragment (one frame in, one
+				     * out; `xlb decap` passes outer fragments), so it answers frag-needed all the same
+				     * (XDP_TX): the sender's path MTU drops, and it fragments what it sends next to fit */
 	XLB_REASON_MAX
 };
 

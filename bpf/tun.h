@@ -157,9 +157,9 @@ static __always_inline void put_outer_ip(void *ip, struct tunnel *t, struct inne
 	__builtin_memcpy(&o6->daddr, dst, 16);
 }
 
-/* Answer a packet too big for the tunnel (DF set, or IPv6) with ICMP frag-needed / Packet Too Big from the VIP,
- * carrying mtu, the longest inner packet the tunnel takes. The frame becomes the reply: cut to the quoted part of
- * the packet, the new headers put in front, sent back out of the ingress interface. */
+/* Answer a packet too big for the tunnel (IPv4 with or without DF, IPv6) with ICMP frag-needed / Packet Too Big
+ * from the VIP, carrying mtu, the longest inner packet the tunnel takes. The frame becomes the reply: cut to the
+ * quoted part of the packet, the new headers put in front, sent back out of the ingress interface. */
 static __always_inline int tun_ptb(struct xdp_md *ctx, struct pkt *p, int mtu, int *action)
 {
 	void *data = (void *)(long)ctx->data;
@@ -256,10 +256,12 @@ static __always_inline int encap_tun(struct xdp_md *ctx, struct pkt *p, struct n
 	int csum = (t->flags & XLB_TUN_F_CSUM) && f.lco;
 	__u32 over = tun_overhead(t, f.lco);
 	if (p->ip_len + over > nh->mtu) {
-		/* xlb does not fragment: an IPv4 packet without DF cannot be sent. */
-		if (p->family == XLB_AF_INET && !f.df)
-			return XLB_DROP_TUN_TOO_BIG;
-		return tun_ptb(ctx, p, (int)nh->mtu - (int)over, action);
+		/* xlb does not fragment. Without DF too, the sender is told the MTU: its stack lowers the path's MTU
+		 * for any ICMP frag-needed whose quote names its socket, and fragments to fit from then on (a quote
+		 * without ports, a later fragment's, changes nothing there). Passing the packet to the kernel instead
+		 * would deliver it here or route it without the tunnel. */
+		int reason = tun_ptb(ctx, p, (int)nh->mtu - (int)over, action);
+		return reason == XLB_TUN_PTB && p->family == XLB_AF_INET && !f.df ? XLB_TUN_PTB_NO_DF : reason;
 	}
 	__u8 inner_proto = p->family == XLB_AF_INET ? IPPROTO_IPIP : IPPROTO_IPV6;
 	__u8 proto = t->type == XLB_TUN_GUE ? IPPROTO_UDP : t->type == XLB_TUN_GRE ? IPPROTO_GRE : inner_proto;

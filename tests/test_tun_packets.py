@@ -236,12 +236,16 @@ def test_too_big_ipv6_is_answered_with_packet_too_big(bench):
     assert bench.verdicts() == {"tun_ptb": 2}
 
 
-def test_too_big_without_df_is_dropped_and_counted(bench):
-    bench.reset(svc(V4, R4))
+def test_too_big_without_df_is_answered_with_frag_needed_all_the_same(bench):
+    """xlb cannot fragment: IPv4 without DF that the tunnel cannot carry is answered like DF (the sender lowers its
+    path MTU and fragments what follows), counted apart; a client's first fragment (never DF) alike."""
+    bench.reset(svc(V4, R4) + svc(V4, R4, port=53, proto="udp"))
     big = tcp4(flags="A", payload=b"y" * (MTU - 20 - 39))
-    act, _ = bench.run(big)
-    assert act == "XDP_DROP"
-    assert bench.verdicts() == {"drop_tun_too_big": 1}
+    check(bench, big, ptb4(big, MTU - 20), reason="tun_ptb_no_df")
+    first = Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="203.0.113.7", dst=V4, id=9, flags="MF") / UDP(
+        sport=40000, dport=53, len=3008, chksum=0x1234) / Raw(b"d" * (MTU - 28))
+    check(bench, first, ptb4(first, MTU - 20), reason="tun_ptb_no_df")
+    assert bench.verdicts() == {"tun_ptb_no_df": 2}
 
 
 def test_method_and_tunnel_in_the_maps(bench):
