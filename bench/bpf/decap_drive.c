@@ -2,7 +2,8 @@
  *
  * Decapsulation moves the frame's start, so a program rerun on its own output (BPF_PROG_TEST_RUN repeat=N) would
  * see the inner packet from the second run on. xb_decap_drive puts the frame back first: it moves the start back
- * to where the stored frame begins and writes the stored bytes over it, then tail-calls the program under test
+ * to where the stored frame begins (one bpf_xdp_adjust_head on every run, by 0 bytes after a program that left
+ * the frame alone) and writes the stored bytes over it, then tail-calls the program under test
  * (decap_target[0]). The baselines are the same driver in front of XDP_PASS (xb_pass, bench/bpf/baselines.c) and
  * in front of xb_strip, the least a decapsulator does. */
 #include <uapi/linux/bpf.h>
@@ -24,8 +25,10 @@ int xb_decap_drive(struct xdp_md *ctx)
 	struct decap_frame *f = decap_frame.lookup(&zero);
 	if (!f)
 		return XDP_ABORTED;
+	/* Called on every run, by 0 bytes when the program under test left the frame as it was: the restore is the
+	 * harness's cost, and the XDP_PASS baseline must pay it too, or every decapsulation's ratio carries it. */
 	int grow = (int)f->len - (int)(ctx->data_end - ctx->data);
-	if (grow > 0 && grow < XB_DECAP_FRAME && bpf_xdp_adjust_head(ctx, -grow))
+	if (grow < 0 || grow >= XB_DECAP_FRAME || bpf_xdp_adjust_head(ctx, -grow))
 		return XDP_ABORTED;
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
