@@ -371,3 +371,24 @@ def test_icmp_errors_not_about_a_nat_connection_pass_and_ttl_one_drops(bench):
         (low_out, bench.ifindex1, DROP, bytes(low_out), "drop_ttl"),
         (low_in, None, DROP, bytes(low_in), "drop_ttl"),
     ])
+
+
+def test_icmp_errors_about_a_port_zero_nat_connection_on_the_ingress_side(bench):
+    """A port-zero NAT service (the real gets the client's port) with its real on the ingress interface: the error
+    to the VIP goes to the real with the quoted port as it was, the real's error goes back from VIP:port; both out
+    of the interface they came in on (XDP_TX)."""
+    bench.reset(CFG)
+    vip, real = "198.51.100.13", L4
+    z = tcp4(dst=vip, dport=4433)
+    got = nat_in(z, real, None, LB_MAC, REAL_MAC[real])
+    unreach, toobig, _ = kinds(True)
+    q_in = quote(nat_out(reply(z, real, 4433, mac_to=LB_MAC), vip, 4433))
+    e_in = icmp_err(LB_MAC, GW_MAC, RT4, vip, toobig, q_in)
+    e_out = icmp_err(LB_MAC, REAL_MAC[real], real, C4, unreach, quote(got))
+    run(bench, [
+        (z, None, TX, got, "fwd_tx"),
+        (e_in, None, TX, bytes(icmp_err(REAL_MAC[real], LB_MAC, RT4, real, toobig,
+                                        requoted(q_in, "src", real, 4433), ttl=63)), "fwd_icmp_error"),
+        (e_out, None, TX, bytes(icmp_err(GW_MAC, LB_MAC, vip, C4, unreach, requoted(quote(got), "dst", vip, 4433),
+                                         ttl=63)), "fwd_icmp_nat_out"),
+    ])
