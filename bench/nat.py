@@ -19,7 +19,7 @@ from . import lab as L
 from . import micro
 from .packets import TCP, TCP_ACK, frame
 
-VIP_NAT = "198.51.100.14"
+VIP_NAT = "198.51.100.16"  # beside micro.py's VIPs (.10-.15)
 NAT_PORT = 8080
 TOML = micro.BASE_TOML + (f'[[service]]\nvip = "{VIP_NAT}"\nport = 80\nproto = "tcp"\nscheduler = "wrr"\n'
                           f'method = "nat"\n'

@@ -140,6 +140,8 @@ enum xlb_reason {
 	XLB_DROP_SIP_NO_CALLID = 39, /* a SIP-engine service's UDP datagram without a usable Call-ID (IPVS drops it) */
 	XLB_DROP_REAL_FAILED = 43,  /* a connection's real failed its health checks, on_real_failure = "reset": the
 				     * packet is dropped and the entry expired (the retransmission is scheduled anew) */
+	XLB_FWD_ICMP_NAT_OUT = 52,  /* NAT: an ICMP error from the reals' side about a NAT connection, outer source and
+				     * quoted destination rewritten to VIP:port, sent toward the client (bpf/icmp.h) */
 	/* 54-55: tunnels, the method paths (bpf/tun.h) */
 	XLB_TUN_PTB_NO_DF = 54,     /* too big once encapsulated, IPv4 without DF: xlb cannot fragment (one frame in, one
 				     * out; `xlb decap` passes outer fragments), so it answers frag-needed all the same

@@ -65,44 +65,25 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, struct pkt *p, str
 	return 0;
 }
 
-/* Send the frame, addressed to next hop nh, out of its interface. */
-static __always_inline int send_nh(struct xdp_md *ctx, struct nexthop *nh, int *action)
-{
-	if (nh->ifindex == ctx->ingress_ifindex) {
-		*action = XDP_TX;
-		return XLB_FWD_TX;
-	}
-	*action = bpf_redirect(nh->ifindex, 0);
-	return XLB_FWD_REDIRECT;
-}
-
-/* Direct routing: address the frame to next hop nh and send it. Returns the verdict reason; *action gets the
- * XDP action. */
+/* Direct routing: address the frame to next hop nh and send it. Returns the verdict reason; *action gets the XDP
+ * action. */
 static __always_inline int send_dr(struct xdp_md *ctx, struct pkt *p, struct nexthop *nh, int *action)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > data_end) {
-		*action = XDP_DROP;
-		return XLB_DROP_TRUNC_ETH;
-	}
 	/* Checked per frame: the cached next hop was looked up for some earlier, maybe shorter, packet. */
 	if (p->ip_len > nh->mtu) {
 		*action = XDP_DROP;
 		return XLB_DROP_TOO_BIG;
 	}
-	__builtin_memcpy(eth->h_dest, nh->dmac, 6);
-	__builtin_memcpy(eth->h_source, nh->smac, 6);
-	return send_nh(ctx, nh, action);
+	return send_hop(ctx, nh->ifindex, nh->dmac, nh->smac, XLB_FWD_TX, XLB_FWD_REDIRECT, action);
 }
 
-/* Tunnel: the outer headers toward the real (bpf/tun.h), then out to next hop nh. */
+/* Tunnel: the outer headers toward the real (bpf/tun.h), then out to next hop nh (encap_tun addressed the frame
+ * already; send_hop's copy of the MACs is the same bytes again). */
 static __always_inline int send_tun(struct xdp_md *ctx, struct pkt *p, struct nexthop *nh, __u32 real_id,
 				    int *action)
 {
 	int reason = encap_tun(ctx, p, nh, real_id, action);
-	return reason ? reason : send_nh(ctx, nh, action);
+	return reason ? reason : send_hop(ctx, nh->ifindex, nh->dmac, nh->smac, XLB_FWD_TX, XLB_FWD_REDIRECT, action);
 }
 
 /* Send the packet to real r by its method, to next hop nh. Returns the verdict reason; *action gets the XDP

@@ -1,7 +1,8 @@
 /* nat.h — masquerading (NAT): a packet to a NAT real gets its destination rewritten to the real's address and port;
  * the real's reply, found by its tuple in nat_revs, gets its source rewritten back to VIP:port and goes to the
  * client by the route toward it. Checksums are updated incrementally (RFC 1624), TTL / hop limit decremented:
- * xlb is a router hop for NAT. ICMP errors about NAT'd connections are not rewritten (yet): they pass. */
+ * xlb is a router hop for NAT. ICMP errors about NAT'd connections get their outer and embedded headers rewritten
+ * (nat_icmp_rewrite; bpf/icmp.h finds their connection). */
 #ifndef XLB_NAT_H
 #define XLB_NAT_H
 
@@ -76,16 +77,16 @@ static __always_inline int nat_rewrite_l4(struct xdp_md *ctx, struct pkt *p, int
 	return 0;
 }
 
-/* Rewrite one side's address (16 bytes, IPv4 in [0]) and port, decrement the TTL / hop limit if hop (xlb forwards
- * the packet itself; not when the kernel will) and fix the IPv4 and TCP/UDP checksums (the pseudo-header's address
- * is the IP header's). A UDP/IPv4 checksum of 0 (none computed) stays 0. Returns 0 or a drop reason; on a drop the
- * frame may be half rewritten (it is dropped). */
-static __always_inline int nat_rewrite(struct xdp_md *ctx, struct pkt *p, int side, const __be32 *addr,
-				       __be16 port, int hop)
+/* Rewrite the IP header's side (XLB_NAT_SRC / XLB_NAT_DST) to addr (16 bytes, IPv4 in [0]), decrement the TTL / hop
+ * limit if hop (xlb forwards the packet itself; not when the kernel will) and fix the IPv4 header's checksum.
+ * *delta gets the pseudo-header's change (the TCP/UDP and ICMPv6 checksums cover the addresses). Returns 0 or a drop
+ * reason. */
+static __always_inline int nat_outer(struct xdp_md *ctx, struct pkt *p, int side, const __be32 *addr, int hop,
+				     __u32 *delta)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	__u32 delta = 0;  /* the L4 checksum's: the pseudo-header's address, then the port */
+	__u32 d = 0;
 	if (p->family == XLB_AF_INET) {
 		struct iphdr *iph = data + sizeof(struct ethhdr);
 		if ((void *)(iph + 1) > data_end)
@@ -93,13 +94,13 @@ static __always_inline int nat_rewrite(struct xdp_md *ctx, struct pkt *p, int si
 		if (hop && iph->ttl <= 1)
 			return XLB_DROP_TTL;
 		__be32 *a = side == XLB_NAT_SRC ? &iph->saddr : &iph->daddr;
-		delta = csum_delta32(0, *a, addr[0]);
+		d = csum_delta32(0, *a, addr[0]);
 		*a = addr[0];
 		/* TTL shares a 16-bit word with the protocol: only the IP header's checksum covers it. */
 		__u16 *ttl_word = (__u16 *)&iph->ttl;
 		__u16 old_word = *ttl_word;
 		iph->ttl -= hop;
-		iph->check = csum_apply(iph->check, csum_delta16(delta, old_word, *ttl_word));
+		iph->check = csum_apply(iph->check, csum_delta16(d, old_word, *ttl_word));
 	} else {
 		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
 		if ((void *)(ip6 + 1) > data_end)
@@ -110,14 +111,83 @@ static __always_inline int nat_rewrite(struct xdp_md *ctx, struct pkt *p, int si
 		__be32 *a = side == XLB_NAT_SRC ? ip6->saddr.in6_u.u6_addr32 : ip6->daddr.in6_u.u6_addr32;
 #pragma unroll
 		for (int i = 0; i < 4; i++) {
-			delta = csum_delta32(delta, a[i], addr[i]);
+			d = csum_delta32(d, a[i], addr[i]);
 			a[i] = addr[i];
 		}
 	}
+	*delta = d;
+	return 0;
+}
+
+/* Rewrite one side's address and port (nat_outer, then the TCP/UDP port and checksum: the pseudo-header's address
+ * is the IP header's). A UDP/IPv4 checksum of 0 (none computed) stays 0. Returns 0 or a drop reason; on a drop the
+ * frame may be half rewritten (it is dropped). */
+static __always_inline int nat_rewrite(struct xdp_md *ctx, struct pkt *p, int side, const __be32 *addr,
+				       __be16 port, int hop)
+{
+	__u32 delta = 0;  /* the L4 checksum's: the pseudo-header's address, then the port */
+	int reason = nat_outer(ctx, p, side, addr, hop, &delta);
+	if (reason)
+		return reason;
 	/* A later fragment has no L4 header: its first fragment's checksum covered the whole datagram. */
 	if (p->frag_later)
 		return 0;
 	return nat_rewrite_l4(ctx, p, side, port, delta);
+}
+
+/* An ICMP error about a NAT connection, rewritten as IPVS does (ip_vs_nat_icmp): the outer header's side (XLB_NAT_DST:
+ * the destination, toward the real; XLB_NAT_SRC: the source, toward the client) gets addr (nat_outer), the embedded
+ * packet's opposite side gets addr and port (the quoted packet went the other way). The embedded IPv4 checksum and
+ * the ICMP checksum (ICMPv6: with its pseudo-header's addresses) are updated incrementally; the embedded TCP/UDP
+ * checksum is left as quoted (IPVS does the same; the 8 quoted bytes hold no TCP checksum). The caller checked the
+ * embedded headers lie in the frame; they are checked again here on fresh pointers for the verifier. Returns 0 or a
+ * drop reason (the frame may then be half rewritten: dropped). */
+static __always_inline int nat_icmp_rewrite(struct xdp_md *ctx, struct pkt *p, int side, const __be32 *addr,
+					    __be16 port, int hop)
+{
+	__u32 delta = 0;  /* the ICMP checksum's: ICMPv6's pseudo-header, the embedded header, its port */
+	int reason = nat_outer(ctx, p, side, addr, hop, &delta);
+	if (reason)
+		return reason;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 off = p->l4_off;
+	if (off > 0x3fff)
+		return XLB_DROP_ICMP_TRUNC;
+	__u8 *ic = data + off;
+	void *emb = ic + 8;
+	__be16 *ports;
+	if (p->family == XLB_AF_INET) {
+		struct iphdr *e = emb;
+		if ((void *)(e + 1) > data_end)
+			return XLB_DROP_ICMP_TRUNC;
+		__be32 *ea = side == XLB_NAT_SRC ? &e->daddr : &e->saddr;
+		delta = csum_delta32(0, *ea, addr[0]);  /* ICMP (v4) has no pseudo-header */
+		*ea = addr[0];
+		__u16 old_check = e->check;
+		e->check = csum_apply(old_check, delta);
+		delta = csum_delta16(delta, old_check, e->check);
+		ports = emb + e->ihl * 4;
+	} else {
+		struct ipv6hdr *e = emb;
+		if ((void *)(e + 1) > data_end)
+			return XLB_DROP_ICMP_TRUNC;
+		__be32 *ea = side == XLB_NAT_SRC ? e->daddr.in6_u.u6_addr32 : e->saddr.in6_u.u6_addr32;
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			delta = csum_delta32(delta, ea[i], addr[i]);
+			ea[i] = addr[i];
+		}
+		ports = (void *)(e + 1);
+	}
+	if ((void *)(ports + 2) > data_end)
+		return XLB_DROP_ICMP_TRUNC;
+	__be16 *pp = side == XLB_NAT_SRC ? &ports[1] : &ports[0];
+	delta = csum_delta16(delta, *pp, port);
+	*pp = port;
+	__u16 *check = (__u16 *)(ic + 2);
+	*check = csum_apply(*check, delta);
+	return 0;
 }
 
 /* The port a NAT real receives: its own, or for a real without one (port-zero and fwmark services) the client's. */
@@ -169,18 +239,22 @@ static __always_inline int nat_reply_hop(struct xdp_md *ctx, struct pkt *p, stru
 	return 0;
 }
 
-/* A real's reply to a NAT connection: source back to VIP:port, then to the client by the route toward it (looked
- * up at most once per flow-cache TTL per connection, kept in its reverse entry). Returns the verdict reason with
- * *action set, or -1: no NAT connection has this tuple (the caller goes on as for any packet that is no
- * service's). */
-static __always_inline int nat_reply(struct xdp_md *ctx, struct pkt *p, struct settings *st, __u64 bytes,
-				     int *action)
+/* The source of a real's reply (icmp: of an ICMP error from the reals' side, outer and embedded) back to VIP:port. */
+static __always_inline int nat_reply_rewrite(struct xdp_md *ctx, struct pkt *p, int icmp, struct nat_rev *hop,
+					     __be16 vport, int ttl)
 {
-	struct conn_key k;
-	conn_key_of(p, &k);
-	struct nat_rev *nr = nat_revs.lookup(&k);
-	if (!nr)
-		return -1;
+	if (icmp)
+		return nat_icmp_rewrite(ctx, p, XLB_NAT_SRC, hop->vip, vport, ttl);
+	return nat_rewrite(ctx, p, XLB_NAT_SRC, hop->vip, vport, ttl);
+}
+
+/* Send a packet of NAT connection nr from the reals' side toward its client: a reply (icmp 0) or an ICMP error about
+ * the connection (icmp 1: a compile-time constant), rewritten back to VIP:port and sent by the route toward the
+ * client (looked up at most once per flow-cache TTL per connection, kept in its reverse entry). Returns the verdict
+ * reason with *action set. */
+static __always_inline int nat_reply_send(struct xdp_md *ctx, struct pkt *p, struct settings *st, __u64 bytes,
+					  struct nat_rev *nr, int icmp, int *action)
+{
 	struct nat_rev scratch;
 	struct nat_rev *hop = nr;
 	if (XLB_TRACING) {  /* the trace build writes no map but trace_out */
@@ -197,7 +271,7 @@ static __always_inline int nat_reply(struct xdp_md *ctx, struct pkt *p, struct s
 		if (reason == XLB_DROP_NO_NEIGH) {
 			/* The client's next hop is not resolved (nothing but the kernel's own traffic resolves it): let
 			 * the kernel forward this one, rewritten, and resolve it; the next replies go by XDP. */
-			reason = nat_rewrite(ctx, p, XLB_NAT_SRC, hop->vip, vport, 0);
+			reason = nat_reply_rewrite(ctx, p, icmp, hop, vport, 0);
 			if (reason)
 				return reason;
 			count(svc_out_stats.lookup(&svc_id), bytes, 0);
@@ -210,25 +284,26 @@ static __always_inline int nat_reply(struct xdp_md *ctx, struct pkt *p, struct s
 	}
 	if (p->ip_len > hop->mtu)
 		return XLB_DROP_TOO_BIG;
-	int reason = nat_rewrite(ctx, p, XLB_NAT_SRC, hop->vip, vport, 1);
+	int reason = nat_reply_rewrite(ctx, p, icmp, hop, vport, 1);
 	if (reason)
 		return reason;
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return XLB_DROP_TRUNC_ETH;
-	__builtin_memcpy(eth->h_dest, hop->dmac, 6);
-	__builtin_memcpy(eth->h_source, hop->smac, 6);
 	count(svc_out_stats.lookup(&svc_id), bytes, 0);
 	count(real_out_stats.lookup(&real_id), bytes, 0);
-	__u32 ifindex = hop->ifindex;
-	if (ifindex == ctx->ingress_ifindex) {
-		*action = XDP_TX;
-		return XLB_FWD_REPLY_TX;
-	}
-	*action = bpf_redirect(ifindex, 0);
-	return XLB_FWD_REPLY_REDIRECT;
+	return send_hop(ctx, hop->ifindex, hop->dmac, hop->smac, XLB_FWD_REPLY_TX, XLB_FWD_REPLY_REDIRECT, action);
+}
+
+/* A real's reply to a NAT connection, found by its tuple in nat_revs: nat_reply_send. Returns the verdict reason
+ * with *action set, or -1: no NAT connection has this tuple (the caller goes on as for any packet that is no
+ * service's). */
+static __always_inline int nat_reply(struct xdp_md *ctx, struct pkt *p, struct settings *st, __u64 bytes,
+				     int *action)
+{
+	struct conn_key k;
+	conn_key_of(p, &k);
+	struct nat_rev *nr = nat_revs.lookup(&k);
+	if (!nr)
+		return -1;
+	return nat_reply_send(ctx, p, st, bytes, nr, 0, action);
 }
 
 #endif

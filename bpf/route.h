@@ -43,4 +43,27 @@ static __always_inline int route_to(struct xdp_md *ctx, struct pkt *p, __u8 fami
 	return 0;
 }
 
+/* Address the frame to dmac from smac and send it out of interface ifindex: XDP_TX when that is the ingress
+ * interface (reason tx), else a redirect (reason redirect). Returns the verdict reason; *action gets the XDP
+ * action. The one sender of forwarded frames (bpf/fwd.h to reals, bpf/nat.h replies to clients). */
+static __always_inline int send_hop(struct xdp_md *ctx, __u32 ifindex, const __u8 *dmac, const __u8 *smac, int tx,
+				    int redirect, int *action)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end) {
+		*action = XDP_DROP;
+		return XLB_DROP_TRUNC_ETH;
+	}
+	__builtin_memcpy(eth->h_dest, dmac, 6);
+	__builtin_memcpy(eth->h_source, smac, 6);
+	if (ifindex == ctx->ingress_ifindex) {
+		*action = XDP_TX;
+		return tx;
+	}
+	*action = bpf_redirect(ifindex, 0);
+	return redirect;
+}
+
 #endif

@@ -117,3 +117,12 @@ def test_katran_missing_is_reported(tmp_path, monkeypatch):
     got, reason = katran_peer.open_peer(lambda msg: None)
     assert got is None and str(tmp_path / "katran.py") in reason
     assert f"Not run: {reason}." in "\n".join(report._katran({"present": False, "reason": reason}))
+
+
+def test_nat_bench_config_reads():
+    """bench/nat.py adds a NAT service to micro.py's config: its VIP must be none of micro.py's (when micro.py gained
+    the tunnel services, a clash on 198.51.100.14 stopped `python -m bench.nat` at its config)."""
+    from bench import nat
+    from xlb.config.read import parse
+    cfg = parse(nat.TOML, "<bench>")
+    assert [str(s.vip) for s in cfg.services if s.method == "nat"] == [nat.VIP_NAT]

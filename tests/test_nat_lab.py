@@ -33,12 +33,27 @@ CONFIG = "\n".join([
     nat_service(VIP4, 53, "udp", REALS4, 5353),
     nat_service(VIP4, 7000, "tcp", REALS4, LINE),
     nat_service(VIP6, 80, "tcp", REALS6, 8080),
+    # nothing listens on the reals' 5454: they answer with ICMP port unreachable
+    nat_service(VIP4, 54, "udp", REALS4, 5454),
+    nat_service(VIP6, 54, "udp", REALS6, 5454),
     # a persistent fwmark NAT service bundling 80 and 443 of another VIP: the reals' ports are the client's
     f'[[mark]]\nmark = 1\nproto = "tcp"\ndst = "{VIP_FWM}/32"\nports = [80, 443]\n',
     '[[service]]\nfwmark = 1\nscheduler = "rr"\nmethod = "nat"\npersistence_timeout = 300\n'
     'persistence_netmask = "255.255.255.0"\n'
     + "".join(f'  [[service.real]]\n  address = "{r}"\n' for r in REALS4),
 ])
+
+
+def udp_outcome(src, dst, port):
+    """What a connected UDP socket learns from one datagram: "answer", "refused" (an ICMP port unreachable that
+    names its own flow: the client's kernel matched the quote to the socket) or "timeout"."""
+    try:
+        udp_ask(src, dst, port, timeout=2.0)
+        return "answer"
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return "timeout"
 
 
 def make_nat(lab):
@@ -69,6 +84,12 @@ def test_nat_tcp_udp_fwmark_reload_and_kill9_restart(tmp_path):
         assert {ask(lab, c, VIP4, 80) for c in CLIENTS4[:3]} == NAMES
         assert run_in_netns(lab.cl, udp_ask, CLIENTS4[0], VIP4, 53) in NAMES
         assert ask(lab, CLIENTS6[0], VIP6, 80) in NAMES
+        # The reals' port unreachable (ICMP, ICMPv6), quoting client -> real:5454, comes back from VIP:54 (outer
+        # source, quoted destination, checksums): the client's kernel finds the socket the quote names and reports
+        # ECONNREFUSED. Passed unchanged, the quote names no socket of the client: the datagram just times out.
+        assert run_in_netns(lab.cl, udp_outcome, CLIENTS4[0], VIP4, 54) == "refused"
+        assert run_in_netns(lab.cl, udp_outcome, CLIENTS6[0], VIP6, 54) == "refused"
+        assert "fwd_icmp_nat_out" in control.call("stats", path=lab.socket_path)["verdicts"]
         # The persistent fwmark service: one client /24, both ports, one real.
         first = ask(lab, CLIENTS4[0], VIP_FWM, 80)
         assert {ask(lab, c, VIP_FWM, p) for c in CLIENTS4[:3] for p in (80, 443)} == {first}

@@ -201,3 +201,129 @@ def test_reply_to_an_unresolved_next_hop_goes_to_the_kernel_rewritten(bench):
     del out[IP].chksum
     run(bench, [(s, None, REDIRECT, nat_in(s, R4, 8080, LB1_MAC, REAL_MAC[R4]), "fwd_redirect"),
                 (rep, bench.ifindex1, PASS, bytes(out), "pass_reply_neigh")])
+
+
+# -- ICMP errors about NAT connections (bpf/icmp.h, bpf/nat.h's nat_icmp_rewrite) ---------------------------------------
+
+RT4, RT6 = "192.0.2.1", "2001:db8:ffff::1"    # a router on either side of the balancer
+
+
+def quote(pkt, n=8):
+    """An IP packet (a frame, or its bytes) as an ICMP error quotes it: its IP header and the first n bytes after it."""
+    pkt = Ether(pkt) if isinstance(pkt, bytes) else pkt
+    ip = pkt[IP] if IP in pkt else pkt[IPv6]
+    return bytes(ip)[:(20 if IP in pkt else 40) + n]
+
+
+def requoted(q, side, addr, port):
+    """Quote q with one side's address and port replaced (the IPv4 header's checksum computed afresh, the TCP/UDP
+    checksum left as quoted, as IPVS leaves it)."""
+    from scapy.utils import checksum, inet_pton
+    import socket
+    q = bytearray(q)
+    if q[0] >> 4 == 4:
+        q[12 + 4 * (side == "dst"):16 + 4 * (side == "dst")] = inet_pton(socket.AF_INET, addr)
+        q[10:12] = b"\0\0"
+        q[10:12] = checksum(bytes(q[:20])).to_bytes(2, "big")
+        at = 20
+    else:
+        q[8 + 16 * (side == "dst"):24 + 16 * (side == "dst")] = inet_pton(socket.AF_INET6, addr)
+        at = 40
+    at += 2 * (side == "dst")
+    q[at:at + 2] = port.to_bytes(2, "big")
+    return bytes(q)
+
+
+def kinds(v4):
+    """Every error kind relayed: port unreachable, frag-needed with its MTU, time exceeded (ICMPv6: Packet Too
+    Big). Each a function of the quote, built by scapy (so its checksum is computed afresh)."""
+    from scapy.layers.inet import ICMP
+    from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6PacketTooBig, ICMPv6TimeExceeded
+    from scapy.packet import Raw
+    if v4:
+        return [lambda q: ICMP(type=3, code=3) / Raw(q), lambda q: ICMP(type=3, code=4, nexthopmtu=1400) / Raw(q),
+                lambda q: ICMP(type=11, code=0) / Raw(q)]
+    return [lambda q: ICMPv6DestUnreach(code=4) / Raw(q), lambda q: ICMPv6PacketTooBig(mtu=1280) / Raw(q),
+            lambda q: ICMPv6TimeExceeded(code=0) / Raw(q)]
+
+
+def icmp_err(mac_to, mac_from, src, dst, kind, q, ttl=64):
+    l3 = IP(src=src, dst=dst, id=3, ttl=ttl) if ":" not in src else IPv6(src=src, dst=dst, hlim=ttl)
+    return Ether(dst=mac_to, src=mac_from) / l3 / kind(q)
+
+
+NAT_FLOWS = {"tcp4": (tcp4, V4, 80, R4, 8080), "udp4": (udp4, V4, 53, R4, 5353),
+             "tcp6": (tcp6, V6, 80, R6, 8080), "udp6": (udp6, V6, 53, R6, 5353)}
+
+
+@pytest.mark.parametrize("name", list(NAT_FLOWS))
+def test_icmp_errors_about_a_nat_connection_both_ways(bench, name):
+    """As IPVS does (ip_vs_nat_icmp), byte for byte, every checksum (outer IPv4, embedded IPv4, ICMP; ICMPv6 with its
+    pseudo-header) computed afresh by scapy for the expected frame. From the clients' side (a router toward the
+    client, quoting the reply VIP:vport -> client): the outer destination and the quoted source become the real's
+    address and port, one hop less, to the real. From the reals' side (the real's own error and a router's between
+    it and the balancer, quoting client -> real:rport): the outer source and the quoted destination become
+    VIP:vport, one hop less, toward the client."""
+    mk, vip, vport, real, rport = NAT_FLOWS[name]
+    v4 = IP in mk()
+    rt = RT4 if v4 else RT6
+    client = C4 if v4 else C6
+    bench.reset(CFG)
+    first = mk(flags="S") if "tcp" in name else mk()
+    rep = reply(first, real, rport)
+    steps = [(first, None, REDIRECT, nat_in(first, real, rport, LB1_MAC, REAL_MAC[real]), "fwd_redirect")]
+    q_in = quote(nat_out(rep, vip, vport))                  # the reply as the client's side saw it
+    q_out = quote((nat_in(first, real, rport, LB1_MAC, REAL_MAC[real])))  # the client's packet as the real got it
+    for kind in kinds(v4):
+        e = icmp_err(LB_MAC, GW_MAC, rt, vip, kind, q_in)
+        want = icmp_err(REAL_MAC[real], LB1_MAC, rt, real, kind, requoted(q_in, "src", real, rport), ttl=63)
+        steps.append((e, None, REDIRECT, bytes(want), "fwd_icmp_error"))
+        for src in (real, rt):
+            e = icmp_err(LB1_MAC, REAL_MAC[real], src, client, kind, q_out)
+            want = icmp_err(GW_MAC, LB_MAC, vip, client, kind, requoted(q_out, "dst", vip, vport), ttl=63)
+            steps.append((e, bench.ifindex1, REDIRECT, bytes(want), "fwd_icmp_nat_out"))
+    run(bench, steps)
+
+
+def test_icmp_errors_not_about_a_nat_connection_pass_and_ttl_one_drops(bench):
+    """An error from the reals' side quoting no NAT connection (another port, before the connection) passes
+    untouched, as does one quoting a truncated header (not ours to judge: to no VIP); an error whose TTL would
+    reach 0 in xlb's hop is dropped, both ways."""
+    bench.reset(CFG)
+    s = tcp4()
+    got = Ether(nat_in(s, R4, 8080, LB1_MAC, REAL_MAC[R4]))
+    unreach = kinds(True)[0]
+    out = icmp_err(LB1_MAC, REAL_MAC[R4], R4, C4, unreach, quote(got))
+    wrong = icmp_err(LB1_MAC, REAL_MAC[R4], R4, C4, unreach, requoted(quote(got), "dst", R4, 8081))
+    short = icmp_err(LB1_MAC, REAL_MAC[R4], R4, C4, unreach, quote(got)[:22])
+    low_out = icmp_err(LB1_MAC, REAL_MAC[R4], R4, C4, unreach, quote(got), ttl=1)
+    low_in = icmp_err(LB_MAC, GW_MAC, RT4, V4, unreach, quote(nat_out(reply(s, R4, 8080), V4, 80)), ttl=1)
+    run(bench, [
+        (out, bench.ifindex1, PASS, None, "pass_other_proto"),   # no connection yet
+        (s, None, REDIRECT, bytes(got), "fwd_redirect"),
+        (wrong, bench.ifindex1, PASS, None, "pass_other_proto"),
+        (short, bench.ifindex1, PASS, None, "pass_other_proto"),
+        (low_out, bench.ifindex1, DROP, bytes(low_out), "drop_ttl"),
+        (low_in, None, DROP, bytes(low_in), "drop_ttl"),
+    ])
+
+
+def test_icmp_errors_about_a_port_zero_nat_connection_on_the_ingress_side(bench):
+    """A port-zero NAT service (the real gets the client's port) with its real on the ingress interface: the error
+    to the VIP goes to the real with the quoted port as it was, the real's error goes back from VIP:port; both out
+    of the interface they came in on (XDP_TX)."""
+    bench.reset(CFG)
+    vip, real = "198.51.100.13", L4
+    z = tcp4(dst=vip, dport=4433)
+    got = nat_in(z, real, None, LB_MAC, REAL_MAC[real])
+    unreach, toobig, _ = kinds(True)
+    q_in = quote(nat_out(reply(z, real, 4433, mac_to=LB_MAC), vip, 4433))
+    e_in = icmp_err(LB_MAC, GW_MAC, RT4, vip, toobig, q_in)
+    e_out = icmp_err(LB_MAC, REAL_MAC[real], real, C4, unreach, quote(got))
+    run(bench, [
+        (z, None, TX, got, "fwd_tx"),
+        (e_in, None, TX, bytes(icmp_err(REAL_MAC[real], LB_MAC, RT4, real, toobig,
+                                        requoted(q_in, "src", real, 4433), ttl=63)), "fwd_icmp_error"),
+        (e_out, None, TX, bytes(icmp_err(GW_MAC, LB_MAC, vip, C4, unreach, requoted(quote(got), "dst", vip, 4433),
+                                         ttl=63)), "fwd_icmp_nat_out"),
+    ])
