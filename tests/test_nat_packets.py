@@ -6,6 +6,7 @@ import time
 
 import pytest
 from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from harness import GW_MAC, LB1_MAC, LB_MAC, REAL_MAC, conn_key, flow_cached, tcp4, tcp6, udp4, udp6
@@ -13,7 +14,7 @@ from xlb.dataplane import structs as S
 from xlb.dataplane.mapkeys import htons
 from xlb.config.model import addr_bytes
 
-from cases import C6, DROP, PASS, REDIRECT, TX, V4, V6
+from cases import C4, C6, DROP, PASS, REDIRECT, TX, V4, V6
 from natframes import GW4, L4, R4, R6, nat_in, nat_out, reply, rewritten, run, svc
 
 CFG = "\n".join([
