@@ -58,13 +58,15 @@ def _service(n, kind, delay_loop):
 
 
 async def _measure(svc, seconds, coroutines=False):
-    """One engine's figures; ``coroutines``: every checker as a coroutine, as the engine ran TCP_CHECK before
-    its callback path (the same run's baseline)."""
+    """One engine's figures; ``coroutines``: the engine as it was before its callback path and bare-socket HTTP
+    (every checker a coroutine, HTTP over asyncio streams): the same run's baseline."""
     ups = []
     engine = Engine([svc], on_effect=lambda e: ups.append(e.kind), log=lambda line: None)
     if coroutines:
         for chk in engine.checkers.values():
             chk.begin = None
+            if hasattr(chk, "fetch_stream"):      # HTTP over asyncio streams, as before fetch_plain
+                chk.fetch_plain = lambda url, chk=chk: chk.fetch_stream(url, None, None)
     await engine.start()
     await asyncio.sleep(svc.delay_loop * 1.5)          # past the warmup spread
     before = (sum(c for c, _ in engine.durations.values()), os.times())
