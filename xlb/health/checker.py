@@ -71,7 +71,8 @@ class Checker:
     def socket(self, kind, proto=0):
         """A non-blocking socket of the target's family, bound to bindto/bind_port when given, marked for the
         policy route of check_via_vip (xlb/ops/viavip.py) when it has one."""
-        s = socket.socket(self.family or family(self.spec.connect_ip), kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, proto)
+        fam = self.family or family(self.spec.connect_ip)
+        s = socket.socket(fam, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, proto)
         try:
             if self.spec.so_mark:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.spec.so_mark)

@@ -108,7 +108,7 @@ class Checks:
             self.names[key] = next(s.name for s in cfg.services if s.key == key)
             self.engines[key] = (spec, engine)
             self._call(engine.start())
-        self.via.keep_only({(c.check.connect_ip, c.check.via) for _, e in self.engines.values()
+        self.via.keep_only({self.via.key(c.check) for _, e in self.engines.values()
                             for c in e.core.checkers if c.check.via})
 
     def _stop(self, key):
