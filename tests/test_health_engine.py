@@ -1,6 +1,7 @@
 """The engine's callback path (TCP_CHECK runs without a task, its times on a timer wheel): a connect that never
 completes times out at the checker's deadline with keepalived's words and brings the real down, it comes back
-when the listener accepts again, and stopping the engine mid-connect closes that socket. Waits end on events."""
+when the listener accepts again, and stopping the engine mid-connect closes that socket (and the engine's epoll).
+Waits end on events."""
 import asyncio
 import os
 import socket
@@ -67,7 +68,7 @@ def test_a_hung_connect_times_out_at_the_deadline_and_the_real_comes_back(ns):
 
 
 @needs_root
-def test_stopping_the_engine_mid_connect_closes_the_socket(ns):
+def test_stopping_the_engine_mid_connect_closes_the_socket_and_its_epoll(ns):
     ls, filler, port = _full_listener()
     check = {"kind": "TCP_CHECK", "retry": 0, "connect_timeout": 30}
 
@@ -76,7 +77,7 @@ def test_stopping_the_engine_mid_connect_closes_the_socket(ns):
         w = Watched([one_real(check, port, delay_loop=30)])
         await w.engine.start()
         await w.until(lambda: any(d.abort_attempt for d in w.engine.driven), "a connect in progress")
-        assert _fds() == before + 1
+        assert _fds() == before + 2             # the connecting socket and the engine's epoll
         await w.engine.stop(timeout=0.5)
         assert _fds() == before and not w.engine.wheel.slots
     try:

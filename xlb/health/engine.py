@@ -7,6 +7,7 @@ runs as callbacks, with no task, future or timer handle of its own: its due time
 wheel (one loop timer per TICK that has any). Every other kind is one coroutine (``check()``) per checker."""
 import asyncio
 import logging
+import select
 import time
 
 from . import checker as hchecker
@@ -36,6 +37,7 @@ class Engine:
         self.tasks = []
         self.driven = []       # the callback-driven checkers (_Driven)
         self.wheel = None
+        self.poller = None
         self.stopped = None    # a future run() waits on
         self.durations = {}    # kind -> [count, total seconds]: what a metrics collector will read
 
@@ -43,6 +45,7 @@ class Engine:
         """Set the initial states (effects fire now) and start every checker."""
         loop = asyncio.get_running_loop()
         self.wheel = Wheel(loop)
+        self.poller = Poller(loop, self.log)
         self.stopped = loop.create_future()
         for due, c in self.core.start(self.clock()):
             chk = self.checkers[id(c)]
@@ -71,6 +74,7 @@ class Engine:
         self.driven = []
         if self.wheel is not None:
             self.wheel.close()
+            self.poller.close()
         if self.stopped is not None and not self.stopped.done():
             self.stopped.cancel()
         self.core.stop()
@@ -148,6 +152,45 @@ class Wheel:
         self.slots.clear()
 
 
+class Poller:
+    """Writability of many short-lived sockets through one epoll of the engine's own, itself one reader of the
+    loop: ``add_writer(fd, callback)`` / ``remove_writer(fd)`` as the loop's, without its selector keys and
+    handles per socket (a third of a TCP check's CPU in the engine). One-shot: a callback runs once; closing
+    the socket takes it out of the epoll."""
+
+    def __init__(self, loop, log):
+        self.loop, self.log = loop, log
+        self.epoll = select.epoll()
+        self.callbacks = {}     # fd -> callback
+        loop.add_reader(self.epoll.fileno(), self._ready)
+
+    def add_writer(self, fd, callback):
+        self.epoll.register(fd, select.EPOLLOUT | select.EPOLLONESHOT)
+        self.callbacks[fd] = callback
+
+    def remove_writer(self, fd):
+        if self.callbacks.pop(fd, None) is not None:     # not yet run: still armed
+            try:
+                self.epoll.unregister(fd)
+            except OSError:
+                pass
+
+    def _ready(self):
+        for fd, _ in self.epoll.poll(0):
+            callback = self.callbacks.pop(fd, None)
+            if callback is None:
+                continue
+            try:
+                callback()
+            except Exception as e:  # noqa: BLE001 - one checker's bug must not lose the others' events
+                self.log(f"xlb: health: a check's callback failed: {type(e).__name__}: {e}")
+
+    def close(self):
+        self.loop.remove_reader(self.epoll.fileno())
+        self.epoll.close()
+        self.callbacks.clear()
+
+
 class _Driven:
     """One callback-driven checker: ``chk.begin(loop, done)`` starts an attempt and returns how to abort it (None
     when it already called ``done``); ``done(result)`` ends it. A generation number voids the wheel's entries
@@ -174,7 +217,7 @@ class _Driven:
         gen = self.gen
         self.engine.wheel.at(self.loop.time() + self.chk.deadline(), self._deadline, gen)
         try:
-            abort = self.chk.begin(self.loop, self._done)
+            abort = self.chk.begin(self.engine.poller, self._done)
         except Exception as e:  # noqa: BLE001 - whatever one checker raises is its failure, never the engine's
             abort = None
             if gen == self.gen:

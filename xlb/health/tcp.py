@@ -23,8 +23,9 @@ class TcpChecker(Checker):
         return await self.exchange(lambda: self.connect(sock), sock.close, self.failed.reason, self.success.reason)
 
     def begin(self, loop, done):
-        """Start one attempt; ``done(Result)`` ends it. Returns the abort (the engine's deadline) while the
-        connect is in progress, None when ``done`` was called already."""
+        """Start one attempt; ``done(Result)`` ends it. ``loop``: what waits for writability (add_writer /
+        remove_writer: the event loop, or the engine's Poller). Returns the abort (the engine's deadline) while
+        the connect is in progress, None when ``done`` was called already."""
         try:
             sock = self.socket(socket.SOCK_STREAM)
         except OSError:
