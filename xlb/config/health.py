@@ -33,4 +33,4 @@ def service_spec(svc, tbl: dict, source: str):
     port = svc.port or 0
     reals = [(str(r.address), port, r.weight, dict(r.health or {}), r.where) for r in svc.reals]
     return hspec.parse_service(health_name(svc), svc.proto or "tcp", picked(tbl, SERVICE_KEYS), reals, svc.where,
-                               source, vip=None if svc.vip is None else str(svc.vip))
+                               source, vip=None if svc.vip is None else str(svc.vip), tunnel=svc.tunnel)

@@ -22,7 +22,7 @@ XDP_MODES = {"native": XDP_FLAGS_DRV_MODE, "generic": XDP_FLAGS_SKB_MODE}
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 
 
-def _import_bcc():
+def import_bcc():
     try:
         import bcc
     except ImportError:
@@ -85,7 +85,7 @@ class Program:
 
     def __init__(self, cflags=(), log=print):
         kheaders.ensure_kernel_headers(log=log)
-        bcc = _import_bcc()
+        bcc = import_bcc()
         self._bcc = bcc
         src = inline_source(BPF_DIR / self.SOURCE)
         flags = [f"-I{BPF_DIR}", "-Wno-unused-function", *cflags]
@@ -229,7 +229,7 @@ def relinked_build(live, cflags, map_names, funcs, log=None):
     copies of the live maps are freed before this returns."""
     from .bpfsys import relink_maps
     kheaders.ensure_kernel_headers(log=log)
-    bcc = _import_bcc()
+    bcc = import_bcc()
     src = inline_source(BPF_DIR / "xlb.c")
     flags = [f"-I{BPF_DIR}", "-Wno-unused-function", *cflags]
     try:

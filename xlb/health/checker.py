@@ -39,6 +39,10 @@ class Checker:
         self.spec = check
         self.label = label(check)
         self.real_weight = real_weight   # the real's configured weight (FILE_CHECK adds to it)
+        try:
+            self.family = family(check.connect_ip)    # parsed once, not per attempt
+        except ValueError:
+            self.family = None                        # no address (FILE_CHECK): socket() says why if used
 
     def deadline(self):
         return self.spec.connect_timeout
@@ -67,7 +71,8 @@ class Checker:
     def socket(self, kind, proto=0):
         """A non-blocking socket of the target's family, bound to bindto/bind_port when given, marked for the
         policy route of check_via_vip (xlb/ops/viavip.py) when it has one."""
-        s = socket.socket(family(self.spec.connect_ip), kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, proto)
+        fam = self.family or family(self.spec.connect_ip)
+        s = socket.socket(fam, kind | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, proto)
         try:
             if self.spec.so_mark:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.spec.so_mark)

@@ -1,8 +1,13 @@
-"""The engine: every checker of every real as one coroutine on one asyncio loop (no thread per check). Each waits
-for its next due time, runs one attempt bounded by its deadline, and hands the result to the state machine
-(``state.Core``), which says when to run next and reports effects to ``on_effect``."""
+"""The engine: every checker of every real on one asyncio loop (no thread per check). Each checker waits for its
+next due time, runs one attempt bounded by its deadline, and hands the result to the state machine
+(``state.Core``), which says when to run next and reports effects to ``on_effect``.
+
+Two ways to run a checker, the same semantics: a checker with ``begin`` (TCP_CHECK: a connect is one callback)
+runs as callbacks, with no task, future or timer handle of its own: its due times and deadlines go to a timer
+wheel (one loop timer per TICK that has any). Every other kind is one coroutine (``check()``) per checker."""
 import asyncio
 import logging
+import select
 import time
 
 from . import checker as hchecker
@@ -10,6 +15,8 @@ from . import commands
 from .state import Core, Result
 
 _log = logging.getLogger("xlb.health")
+
+TICK = 0.01     # the wheel's resolution: a check runs at most this late (keepalived's timers: 1 µs, its loop: later)
 
 
 class Engine:
@@ -28,19 +35,32 @@ class Engine:
         self.checkers = {id(c): hchecker.build(via(c.check) if via and c.check.via else c.check, c.real.spec.weight)
                          for c in self.core.checkers}
         self.tasks = []
+        self.driven = []       # the callback-driven checkers (_Driven)
+        self.wheel = None
+        self.poller = None
+        self.stopped = None    # a future run() waits on
         self.durations = {}    # kind -> [count, total seconds]: what a metrics collector will read
 
     async def start(self):
-        """Set the initial states (effects fire now) and start every checker's coroutine."""
+        """Set the initial states (effects fire now) and start every checker."""
         loop = asyncio.get_running_loop()
+        self.wheel = Wheel(loop)
+        self.poller = Poller(loop, self.log)
+        self.stopped = loop.create_future()
         for due, c in self.core.start(self.clock()):
-            self.tasks.append(loop.create_task(self._loop(c, due), name=f"health {c.label}"))
+            chk = self.checkers[id(c)]
+            if getattr(chk, "begin", None) is not None:
+                d = _Driven(self, loop, c, chk)
+                self.driven.append(d)
+                d.schedule(due)
+            else:
+                self.tasks.append(loop.create_task(self._loop(c, due), name=f"health {c.label}"))
 
     async def run(self):
         """start() and run until cancelled; stop() then runs the omega notifiers."""
         await self.start()
         try:
-            await asyncio.gather(*self.tasks)
+            await asyncio.gather(self.stopped, *self.tasks)
         finally:
             await self.stop()
 
@@ -49,11 +69,28 @@ class Engine:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         self.tasks = []
+        for d in self.driven:
+            d.abort()
+        self.driven = []
+        if self.wheel is not None:
+            self.wheel.close()
+            self.poller.close()
+        if self.stopped is not None and not self.stopped.done():
+            self.stopped.cancel()
         self.core.stop()
         await self.runner.drain(timeout)
 
     def status(self):
         return self.core.status()
+
+    def record(self, c, chk, result, started, now):
+        """One attempt's result: counted, then fed to the state machine; returns when the checker runs next."""
+        count = self.durations.get(c.check.kind)
+        if count is None:
+            count = self.durations[c.check.kind] = [0, 0.0]
+        count[0] += 1
+        count[1] += now - started
+        return self.core.report(c, result, now, started)
 
     async def _sleep_until(self, due):
         delay = due - self.clock()
@@ -66,11 +103,7 @@ class Engine:
             await self._sleep_until(due)
             started = self.clock()
             result = await self.attempt(chk)
-            now = self.clock()
-            count = self.durations.setdefault(c.check.kind, [0, 0.0])
-            count[0] += 1
-            count[1] += now - started
-            due = self.core.report(c, result, now, started)
+            due = self.record(c, chk, result, started, self.clock())
 
     @staticmethod
     async def attempt(chk):
@@ -81,4 +114,137 @@ class Engine:
         except TimeoutError:
             return chk.timed_out()
         except Exception as e:  # noqa: BLE001 - whatever one checker raises is its failure, never the engine's
-            return Result(False, f"{chk.spec.kind} to {chk.label} failed: {type(e).__name__}: {e}")
+            return crashed(chk, e)
+
+
+def crashed(chk, e):
+    return Result(False, f"{chk.spec.kind} to {chk.label} failed: {type(e).__name__}: {e}")
+
+
+class Wheel:
+    """Timers batched per TICK: ``at(when, fn, arg)`` runs fn(arg) at the first tick at or after ``when`` (loop
+    time), with one loop timer per tick that has any, so 10,000 checkers do not keep 20,000 handles in the loop's
+    heap."""
+
+    def __init__(self, loop, tick=TICK):
+        self.loop = loop
+        self.tick = tick
+        self.slots = {}        # tick number -> [(fn, arg)]
+        self.handles = {}      # tick number -> the loop's TimerHandle
+
+    def at(self, when, fn, arg):
+        slot = -int(-when // self.tick)       # the tick at or after `when`
+        todo = self.slots.get(slot)
+        if todo is None:
+            todo = self.slots[slot] = []
+            self.handles[slot] = self.loop.call_at(slot * self.tick, self._fire, slot)
+        todo.append((fn, arg))
+
+    def _fire(self, slot):
+        self.handles.pop(slot, None)
+        for fn, arg in self.slots.pop(slot, ()):
+            fn(arg)
+
+    def close(self):
+        for h in self.handles.values():
+            h.cancel()
+        self.handles.clear()
+        self.slots.clear()
+
+
+class Poller:
+    """Writability of many short-lived sockets through one epoll of the engine's own, itself one reader of the
+    loop: ``add_writer(fd, callback)`` / ``remove_writer(fd)`` as the loop's, without its selector keys and
+    handles per socket (a third of a TCP check's CPU in the engine). One-shot: a callback runs once; closing
+    the socket takes it out of the epoll."""
+
+    def __init__(self, loop, log):
+        self.loop, self.log = loop, log
+        self.epoll = select.epoll()
+        self.callbacks = {}     # fd -> callback
+        loop.add_reader(self.epoll.fileno(), self._ready)
+
+    def add_writer(self, fd, callback):
+        self.epoll.register(fd, select.EPOLLOUT | select.EPOLLONESHOT)
+        self.callbacks[fd] = callback
+
+    def remove_writer(self, fd):
+        if self.callbacks.pop(fd, None) is not None:     # not yet run: still armed
+            try:
+                self.epoll.unregister(fd)
+            except OSError:
+                pass
+
+    def _ready(self):
+        for fd, _ in self.epoll.poll(0):
+            callback = self.callbacks.pop(fd, None)
+            if callback is None:
+                continue
+            try:
+                callback()
+            except Exception as e:  # noqa: BLE001 - one checker's bug must not lose the others' events
+                self.log(f"xlb: health: a check's callback failed: {type(e).__name__}: {e}")
+
+    def close(self):
+        self.loop.remove_reader(self.epoll.fileno())
+        self.epoll.close()
+        self.callbacks.clear()
+
+
+class _Driven:
+    """One callback-driven checker: ``chk.begin(loop, done)`` starts an attempt and returns how to abort it (None
+    when it already called ``done``); ``done(result)`` ends it. A generation number voids the wheel's entries
+    of an attempt that ended (its deadline) or of a stopped checker."""
+
+    __slots__ = ("engine", "loop", "c", "chk", "gen", "abort_attempt", "started")
+
+    def __init__(self, engine, loop, c, chk):
+        self.engine, self.loop, self.c, self.chk = engine, loop, c, chk
+        self.gen = 0
+        self.abort_attempt = None
+        self.started = None
+
+    def schedule(self, due):
+        """Run the next attempt at ``due`` (the engine's clock)."""
+        wheel = self.engine.wheel
+        wheel.at(self.loop.time() + (due - self.engine.clock()), self._fire, self.gen)
+
+    def _fire(self, gen):
+        if gen != self.gen:
+            return
+        self.started = self.engine.clock()
+        self.gen += 1
+        gen = self.gen
+        self.engine.wheel.at(self.loop.time() + self.chk.deadline(), self._deadline, gen)
+        try:
+            abort = self.chk.begin(self.engine.poller, self._done)
+        except Exception as e:  # noqa: BLE001 - whatever one checker raises is its failure, never the engine's
+            abort = None
+            if gen == self.gen:
+                self._done(crashed(self.chk, e))
+        if gen == self.gen:        # still in progress
+            self.abort_attempt = abort
+
+    def _deadline(self, gen):
+        if gen == self.gen:
+            self._stop_attempt()
+            self._done(self.chk.timed_out())
+
+    def _stop_attempt(self):
+        abort, self.abort_attempt = self.abort_attempt, None
+        if abort is not None:
+            try:
+                abort()
+            except Exception as e:  # noqa: BLE001
+                self.engine.log(f"{self.chk.spec.kind} to {self.chk.label}: aborting failed: {e}")
+
+    def _done(self, result):
+        self.gen += 1
+        self.abort_attempt = None
+        due = self.engine.record(self.c, self.chk, result, self.started, self.engine.clock())
+        self.schedule(due)
+
+    def abort(self):
+        """The engine stops: abort an attempt in progress, void every entry in the wheel."""
+        self.gen += 1
+        self._stop_attempt()

@@ -1,8 +1,10 @@
 """HTTP_GET: fetch every url (``GET path``, ``User-Agent: KeepAliveClient``, one connection each) and require its
 status in status_code (default 200-299), the MD5 of its body equal to digest, and regex to match (or, with
 regex_no_match, not to). All urls are fetched in one run, so fast_recovery has nothing left to hurry."""
+import asyncio
 import hashlib
 import re
+import socket
 
 from .checker import Checker
 from .state import Result
@@ -35,6 +37,17 @@ def parse(raw):
     return (int(m.group(1)) if m else 0), body
 
 
+async def read_all(read):
+    """Everything ``read(n)`` gives until the peer closes, up to MAX_BODY."""
+    raw = b""
+    while len(raw) < MAX_BODY:
+        chunk = await read(65536)
+        if not chunk:
+            break
+        raw += chunk
+    return raw
+
+
 class HttpChecker(Checker):
     default_port = 80
 
@@ -49,6 +62,12 @@ class HttpChecker(Checker):
 
     async def fetch(self, url):
         ctx, sni = self.tls()
+        if ctx is None:
+            return await self.fetch_plain(url)
+        return await self.fetch_stream(url, ctx, sni)
+
+    async def fetch_stream(self, url, ctx, sni):
+        """One url's raw response over a stream (TLS when ``ctx``); None when the connection fails."""
         try:
             reader, writer = await self.open_stream(ssl=ctx, server_hostname=sni)
         except OSError:
@@ -56,17 +75,32 @@ class HttpChecker(Checker):
         try:
             writer.write(request(url, self.spec, self.spec.connect_port, self.default_port))
             await writer.drain()
-            raw = b""
-            while len(raw) < MAX_BODY:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    break
-                raw += chunk
-            return raw
+            return await read_all(reader.read)
         except OSError:
             return b""
         finally:
             writer.close()
+
+    async def fetch_plain(self, url):
+        """fetch() without TLS on the bare non-blocking socket: no transport, StreamReader or StreamWriter per url
+        (a third of the CPU of a check)."""
+        try:
+            sock = self.socket(socket.SOCK_STREAM)
+        except OSError:
+            return None
+        try:
+            try:
+                await self.connect(sock)
+            except OSError:
+                return None
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.sock_sendall(sock, request(url, self.spec, self.spec.connect_port, self.default_port))
+                return await read_all(lambda n: loop.sock_recv(sock, n))
+            except OSError:
+                return b""
+        finally:
+            sock.close()
 
     async def check(self):
         ok_msg = ""

@@ -13,6 +13,7 @@ import shlex
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from .via import check_destination, via_vip
 
 DEFAULT_DELAY_LOOP = 60.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -103,6 +104,7 @@ class Check:
     reverse: bool = False
     via: str | None = None               # check_via_vip: the real the packets to connect_ip (the VIP) go to
     so_mark: int | None = None           # set by the daemon: the mark its policy route to ``via`` takes
+    via_tunnel: object = None            # check_via_vip to a tun service's real: its config.tunnel.Tunnel
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ class Service:
     on_real_failure: str | None = None   # None: "keep" for TCP, "reschedule" for UDP (bpf/consts.h)
     check_via_vip: bool = False
     vip: str | None = None               # the service's VIP (None: a fwmark service), where check_via_vip goes
+    tunnel: object = None                # method "tun": its config.tunnel.Tunnel (check_via_vip wraps checks so)
 
 
 # --- field readers: each takes (value, where) and returns the value to store or raises ConfigError ---------------
@@ -366,7 +369,7 @@ def parse_real(address, port, weight, tbl, where, source="config", default_check
     return Real(address=address, port=port, weight=weight, checks=checks, **kw)
 
 
-def parse_service(name, protocol, tbl, reals, where, source="config", vip=None):
+def parse_service(name, protocol, tbl, reals, where, source="config", vip=None, tunnel=None):
     """The health keys of one ``[[service]]`` table; ``reals`` are (address, port, weight, table, where)."""
     r = _Reader(source)
     kw = _defaults(r, tbl, where, TIMING)
@@ -393,7 +396,7 @@ def parse_service(name, protocol, tbl, reals, where, source="config", vip=None):
     if "check" in tbl:
         defaults = tuple(parse_check(t, cw, source) for cw, t in r.tables(tbl["check"], f"{where}.check"))
     built = tuple(parse_real(a, p, wt, t, rw, source, defaults) for a, p, wt, t, rw in reals)
-    svc = Service(name=name, protocol=protocol, reals=built, vip=vip, **kw)
+    svc = Service(name=name, protocol=protocol, reals=built, vip=vip, tunnel=tunnel, **kw)
     total = sum(max(0, x.weight) for x in built)
     if svc.hysteresis >= svc.quorum and "hysteresis" in tbl:
         r.fail(f"{where}.hysteresis", f"hysteresis {svc.hysteresis} must be below quorum {svc.quorum}")
@@ -402,19 +405,8 @@ def parse_service(name, protocol, tbl, reals, where, source="config", vip=None):
                                   "the service could never gain quorum")
     for x in built:
         for c in x.checks:
-            _check_destination(r, c, x, svc)
+            check_destination(r, c, x, svc)
     return svc
-
-
-def _check_destination(r, c, real, svc):
-    if c.kind in ("MISC_CHECK", "FILE_CHECK"):
-        return
-    if via_vip(real, svc) and not (svc.vip or c.connect_ip):
-        r.fail(f"{c.where}.connect_ip", "check_via_vip on a fwmark service needs connect_ip: the VIP to check")
-    if c.kind == "PING_CHECK":
-        return
-    if not (c.connect_port or real.port):
-        r.fail(f"{c.where}.connect_port", f"{c.kind} needs connect_port: the real has no port (fwmark service)")
 
 
 def resolve(check, real, service):
@@ -435,12 +427,7 @@ def resolve(check, real, service):
         connect_timeout=pick("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
         connect_ip=check.connect_ip or (service.vip if via else None) or real.address,
         connect_port=check.connect_port or real.port, misc_timeout=check.misc_timeout or delay_loop,
-        via=real.address if via else None)
-
-
-def via_vip(real, service):
-    """check_via_vip: the real's, else the service's."""
-    return bool(real.check_via_vip if real.check_via_vip is not None else service.check_via_vip)
+        via=real.address if via else None, via_tunnel=service.tunnel if via else None)
 
 
 def inhibit(real, service):

@@ -30,11 +30,10 @@ class _Engine(Engine):
         super().__init__(*args, **kw)
         self.results = {}     # (kind, ok) -> count
 
-    async def attempt(self, chk):
-        result = await Engine.attempt(chk)
+    def record(self, c, chk, result, started, now):
         key = (chk.spec.kind, result.ok)
         self.results[key] = self.results.get(key, 0) + 1
-        return result
+        return Engine.record(self, c, chk, result, started, now)
 
 
 def effective(cfg, pools):
@@ -109,7 +108,7 @@ class Checks:
             self.names[key] = next(s.name for s in cfg.services if s.key == key)
             self.engines[key] = (spec, engine)
             self._call(engine.start())
-        self.via.keep_only({(c.check.connect_ip, c.check.via) for _, e in self.engines.values()
+        self.via.keep_only({self.via.key(c.check) for _, e in self.engines.values()
                             for c in e.core.checkers if c.check.via})
 
     def _stop(self, key):

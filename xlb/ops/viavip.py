@@ -9,13 +9,20 @@ as it answers clients: XDP lets that pass (no VIP). The balancer must not hold t
 kernel's local table comes before every rule), which xlb never needs. One mark and table per (VIP, real), from
 MARK_BASE up; the rules and tables of an earlier run (killed before it could remove them) go at start.
 
-TUN reals (encapsulated checks) wait for the tunnel forwarding method: a tun service is not yet configurable."""
+A tun service's real (``method = "tun"``, IPIP) gets the same rule and route, and its checks' frames are wrapped
+on their way out by bpf/hcencap.c (xlb/dataplane/hcencap.py), a TC egress program on the interface toward the real:
+mark M -> an outer IPIP header from the balancer's address (or the service's fixed tunnel_source) to the real,
+as bpf/tun.h wraps a client's packets. The real's `xlb decap` unwraps them; without the VIP on its lo the check
+fails. The route may then go through a gateway (a tunnel needs no shared link)."""
 import dataclasses
 import ipaddress
 import socket
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+from ..dataplane.hcencap import HcEncap
+from ..errors import XlbError
 
 MARK_BASE = 0x584C0000       # "XL" << 16: marks and table ids MARK_BASE .. MARK_BASE + 0xffff
 MARK_SPAN = 0x10000
@@ -33,8 +40,9 @@ class ViaVip:
 
     def __init__(self, log):
         self.log = log
-        self.marks = {}          # (vip, real) -> mark (also the table id)
+        self.marks = {}          # key(check) -> mark (also the table id)
         self.ipr = None
+        self.encap = HcEncap(log)   # tun reals' checks: the TC program, loaded on first use
 
     def _netlink(self):
         if self.ipr is None:
@@ -54,8 +62,13 @@ class ViaVip:
                 if MARK_BASE <= table < MARK_BASE + MARK_SPAN:
                     self._drop(family, table)
 
+    @staticmethod
+    def key(check):
+        """What one mark stands for: (VIP, real, the tunnel or None)."""
+        return (check.connect_ip, check.via, check.via_tunnel)
+
     def mark(self, check):
-        key = (check.connect_ip, check.via)
+        key = self.key(check)
         if key not in self.marks:
             used = set(self.marks.values())
             m = next(m for m in range(MARK_BASE, MARK_BASE + MARK_SPAN) if m not in used)
@@ -63,7 +76,7 @@ class ViaVip:
             self._install(m, *key)
         return dataclasses.replace(check, so_mark=self.marks[key])
 
-    def _install(self, m, vip, real):
+    def _install(self, m, vip, real, tunnel=None):
         """Rule mark m -> table m; in table m the VIP via the real, out of the interface the real is on. A real
         that cannot be reached gets an unreachable route: its checks fail rather than take the main table's way."""
         fam = _family(vip)
@@ -77,10 +90,13 @@ class ViaVip:
         try:
             (hop,) = ipr.route("get", dst=real)
             oif = hop.get_attr("RTA_OIF")
-            if hop.get_attr("RTA_GATEWAY"):
+            gateway = hop.get_attr("RTA_GATEWAY")
+            if gateway and tunnel is None:
                 raise ValueError(f"{real} is reached through a gateway: direct routing needs it on a link")
-            ipr.route("replace", family=fam, dst=f"{vip}/{plen}", gateway=real, oif=oif, table=m)
-        except (NetlinkError, OSError, ValueError) as exc:
+            if tunnel is not None:
+                self.encap.set(m, _outer_source(tunnel, hop, fam), real, oif)
+            ipr.route("replace", family=fam, dst=f"{vip}/{plen}", gateway=gateway or real, oif=oif, table=m)
+        except (NetlinkError, OSError, ValueError, XlbError) as exc:
             self.log(f"xlb: check_via_vip: no route to [{vip}] via [{real}] ({exc}): its checks fail")
             try:
                 ipr.route("replace", family=fam, dst=f"{vip}/{plen}", type="unreachable", table=m)
@@ -99,10 +115,26 @@ class ViaVip:
 
     def keep_only(self, keys):
         for key in [k for k in self.marks if k not in keys]:
-            self._drop(_family(key[0]), self.marks.pop(key))
+            m = self.marks.pop(key)
+            self._drop(_family(key[0]), m)
+            if key[2] is not None:
+                self.encap.unset(m)
 
     def close(self):
         self.keep_only(set())
+        self.encap.close()
         if self.ipr is not None:
             self.ipr.close()
             self.ipr = None
+
+
+def _outer_source(tunnel, hop, fam):
+    """The outer source of a wrapped check: the service's tunnel_source when it is one address, else the
+    balancer's own address toward the real (a prefix's per-flow sources are the data plane's business)."""
+    net = tunnel.source_for(4 if fam == socket.AF_INET else 6)
+    if net is not None and net.num_addresses == 1:
+        return str(net.network_address)
+    src = hop.get_attr("RTA_PREFSRC")
+    if not src:
+        raise ValueError("no source address toward the real")
+    return src

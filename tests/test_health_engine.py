@@ -1,0 +1,104 @@
+"""The engine's callback path (TCP_CHECK runs without a task, its times on a timer wheel): a connect that never
+completes times out at the checker's deadline with keepalived's words and brings the real down, it comes back
+when the listener accepts again, and stopping the engine mid-connect closes that socket (and the engine's epoll).
+Waits end on events."""
+import asyncio
+import os
+import socket
+
+import pytest
+
+from conftest import needs_root
+from health_harness import REAL, Watched, one_real
+from xlb.health.engine import Wheel
+from xlb.health.state import REAL_DOWN, REAL_UP
+from xlb.lab.netns import Topology
+from xlb.lab.process import in_netns
+
+
+@pytest.fixture
+def ns():
+    with Topology(prefix="xhe") as topo:
+        name = topo.netns("eng")
+        with in_netns(name):
+            yield name
+
+
+def _full_listener():
+    """A listener whose accept queue is full (backlog 0 holds one connection, never accepted): the kernel drops
+    every further SYN, so a connect to it hangs until its deadline."""
+    ls = socket.create_server((REAL, 0), backlog=0)
+    port = ls.getsockname()[1]
+    filler = socket.create_connection((REAL, port))
+    return ls, filler, port
+
+
+def _fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+@needs_root
+def test_a_hung_connect_times_out_at_the_deadline_and_the_real_comes_back(ns):
+    ls, filler, port = _full_listener()
+    check = {"kind": "TCP_CHECK", "retry": 1, "delay_before_retry": 0.05, "connect_timeout": 0.2}
+
+    async def scenario():
+        async with Watched([one_real(check, 9, delay_loop=0.05)]) as w:    # a port nobody listens on: refused
+            await w.effect(REAL_DOWN)
+        async with Watched([one_real(check, port, delay_loop=0.05)]) as w:
+            down = await w.effect(REAL_DOWN)
+            assert down.pool == {} and w.failures_before(REAL_DOWN) == 1     # alive at start: one failure is enough
+            ls.setblocking(False)
+            loop = asyncio.get_running_loop()
+            loop.add_reader(ls.fileno(), lambda: ls.accept()[0].close())    # the queue drains: SYNs are answered
+            try:
+                await w.effect(REAL_UP)
+            finally:
+                loop.remove_reader(ls.fileno())
+        return w
+    try:
+        w = asyncio.run(asyncio.wait_for(scenario(), 30))
+    finally:
+        filler.close()
+        ls.close()
+    label = f"[{REAL}]:tcp:{port}"
+    assert f"TCP connection to {label} timedout." in w.lines
+    assert f"Removing service {label} from VS [198.51.100.10]:tcp:80" in w.lines
+    assert f"Adding service {label} to VS [198.51.100.10]:tcp:80" in w.lines
+
+
+@needs_root
+def test_stopping_the_engine_mid_connect_closes_the_socket_and_its_epoll(ns):
+    ls, filler, port = _full_listener()
+    check = {"kind": "TCP_CHECK", "retry": 0, "connect_timeout": 30}
+
+    async def scenario():
+        before = _fds()
+        w = Watched([one_real(check, port, delay_loop=30)])
+        await w.engine.start()
+        await w.until(lambda: any(d.abort_attempt for d in w.engine.driven), "a connect in progress")
+        assert _fds() == before + 2             # the connecting socket and the engine's epoll
+        await w.engine.stop(timeout=0.5)
+        assert _fds() == before and not w.engine.wheel.slots
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 30))
+    finally:
+        filler.close()
+        ls.close()
+
+
+def test_the_wheel_runs_timers_in_tick_order_with_one_loop_timer_per_tick():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        wheel, ran = Wheel(loop, tick=0.01), []
+        now = loop.time()
+        for i in range(100):
+            wheel.at(now + 0.05, ran.append, ("late", i))
+        wheel.at(now + 0.02, ran.append, ("early", 0))
+        assert len(wheel.handles) == 2
+        await asyncio.sleep(0.1)
+        while wheel.slots:
+            await asyncio.sleep(0.01)
+        assert ran == [("early", 0)] + [("late", i) for i in range(100)]
+        assert not wheel.handles
+    asyncio.run(asyncio.wait_for(scenario(), 10))
