@@ -17,16 +17,16 @@ def _ipv4_options(rnd):
             out += bytes([kind])
             continue
         n = rnd.choice([rnd.randrange(2, 12), 0, 1, 255, rnd.randrange(256)])
-        body = bytes(rnd.randrange(256) for _ in range(max(0, min(n, 40) - 2)))
+        body = rnd.randbytes(max(0, min(n, 40) - 2))
         out += bytes([kind, n]) + body
     return out[:rnd.choice([40, 40, 40, 60])]
 
 
 def _l4(rnd, proto, dport):
     sport = rnd.choice([40000, rnd.randrange(65536), 0])
-    payload = bytes(rnd.randrange(256) for _ in range(rnd.choice([0, 0, 1, 16, rnd.randrange(200)])))
+    payload = rnd.randbytes(rnd.choice([0, 0, 1, 16, rnd.randrange(200)]))
     if proto == 6:
-        opts = bytes(rnd.randrange(256) for _ in range(rnd.choice([0, 0, 4, 12, 40])))
+        opts = rnd.randbytes(rnd.choice([0, 0, 4, 12, 40]))
         doff = (20 + len(opts)) // 4 if rnd.random() < 0.8 else rnd.randrange(16)
         return struct.pack("!HHIIBBHHH", sport, dport, rnd.randrange(1 << 32), rnd.randrange(1 << 32),
                            doff << 4, rnd.randrange(256), 8192, 0, 0) + opts + payload
@@ -35,7 +35,7 @@ def _l4(rnd, proto, dport):
         return struct.pack("!HHHH", sport, dport, length, 0) + payload
     if proto == 132:
         return _sctp(rnd, sport, dport)[:rnd.choice([12, 16, 100, rnd.randrange(0, 30)])]
-    return bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 64)))
+    return rnd.randbytes(rnd.randrange(0, 64))
 
 
 SCTP_CHUNKS = [0, 1, 1, 6, 7, 8, 10, 14, 3, 255]  # DATA, INIT, ABORT, SHUTDOWN(-ACK), COOKIE ECHO, ...
@@ -135,7 +135,7 @@ def _ipv6(rnd, dst, proto, l4):
             ext = bytes([nxt, n]) + bytes((n + 2) * 4 - 2)[: rnd.choice([(n + 2) * 4 - 2, 6])]
         else:
             n = rnd.choice([0, 0, 1, rnd.randrange(256)])
-            ext = bytes([nxt, n]) + bytes(rnd.randrange(256) for _ in range((n + 1) * 8 - 2))
+            ext = bytes([nxt, n]) + rnd.randbytes((n + 1) * 8 - 2)
             if rnd.random() < 0.1:
                 ext = ext[: rnd.randrange(2, len(ext) + 1)]
         body = ext + body
@@ -221,7 +221,10 @@ def replies(rnd, flow):
 def frame(rnd):
     """One generated frame (bytes, at least 14: BPF_PROG_TEST_RUN refuses shorter)."""
     if rnd.random() < 0.2:
-        return _service_frame(rnd)
+        out = _service_frame(rnd)
+        if rnd.random() < 0.05:  # well formed, but on a VLAN (802.1Q, or QinQ): not balanced
+            out = out[:12] + rnd.choice([b"\x81\x00", b"\x88\xa8\x00\x0a\x81\x00"]) + rnd.randbytes(2) + out[12:]
+        return out
     kind = rnd.random()
     if kind < 0.05:
         etype = rnd.choice([b"\x08\x06", b"\x88\xcc", b"\x88\x47", b"\x88\x8e", rnd.randbytes(2)])

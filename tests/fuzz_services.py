@@ -26,13 +26,14 @@ SPECS = [
     ((4, 17, "198.51.100.50", 53), [("198.18.0.13", 5353)], "wrr", "nat", ""),
     ((6, 6, "2001:db8:100::50", 80), [("2001:db8::12", 8080), ("2001:db8:1::11", None)], "lc", "nat", ""),
     ((6, 17, "2001:db8:100::50", 53), [("2001:db8::13", None)], "rr", "nat", ""),
-    # TUN: IPIP (IPv4 in IPv4, IPv4 in IPv6), GRE with checksums, GUE with IPVS's header and Katran's none
+    # TUN: IPIP (IPv4 in IPv4, IPv4 in IPv6, IPv6 in IPv4), GRE with checksums, GUE with IPVS's header and Katran's none
     ((4, 6, "198.51.100.60", 80), [("198.18.0.11", None), ("198.18.0.12", None)], "rr", "tun", SRC4),
     ((4, 6, "198.51.100.61", 80), [("2001:db8::11", None)], "rr", "tun", SRC4),
     ((4, 17, "198.51.100.60", 53), [("198.18.0.13", None)], "rr", "tun", SRC4 + 'tunnel_type = "gre"\n'
      'tunnel_csum = "csum"\n'),
     ((6, 6, "2001:db8:100::60", 80), [("2001:db8::12", None)], "mh", "tun", 'tunnel_type = "gue"\n'
      'tunnel_port = 5555\n'),
+    ((6, 6, "2001:db8:100::61", 80), [("198.18.0.12", None)], "rr", "tun", SRC4),
     ((6, 17, "2001:db8:100::60", 53), [("2001:db8::13", None)], "rr", "tun", 'tunnel_type = "gue"\n'
      'tunnel_gue_header = false\n'),
     # SCTP by DR and by TUN
