@@ -184,13 +184,19 @@ def _client(rnd, family):
 
 
 def _ip_frame(rnd, family, proto, src, dst, l4, dmac=LB, smac=CLIENT, ttl=None):
+    """An IP frame around l4; one in ten with well-formed IPv4 options (NOP, EOL, a timestamp) or an IPv6
+    destination-options header, which every path must step over."""
     ttl = rnd.choice([64] * 20 + [1, 0, 2]) if ttl is None else ttl
+    opts = rnd.random() < 0.1
     if family == 4:
         df = rnd.choice([0, 0x4000])
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, rnd.randrange(256), 20 + len(l4), rnd.randrange(65536), df, ttl,
-                         proto, rnd.randrange(65536), src, dst) + l4
+        opt = rnd.choice([b"\x01\x01\x01\x00", b"\x44\x0c\x05\x00" + bytes(8)]) if opts else b""
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45 + len(opt) // 4, rnd.randrange(256), 20 + len(opt) + len(l4),
+                         rnd.randrange(65536), df, ttl, proto, rnd.randrange(65536), src, dst) + opt + l4
         return dmac + smac + b"\x08\x00" + ip
-    ip = struct.pack("!IHBB16s16s", (6 << 28) | rnd.randrange(1 << 28), len(l4), proto, ttl, src, dst) + l4
+    ext = bytes([proto, 0]) + bytes(6) if opts else b""
+    ip = struct.pack("!IHBB16s16s", (6 << 28) | rnd.randrange(1 << 28), len(ext) + len(l4), 60 if opts else proto,
+                     ttl, src, dst) + ext + l4
     return dmac + smac + b"\x86\xdd" + ip
 
 
