@@ -1,6 +1,8 @@
 """Hostile packets (issue 18): the fuzzer of tests/fuzz.py in a quick profile. Every generated frame goes through
 the loaded program (BPF_PROG_TEST_RUN) and is checked: to no service, unchanged with XDP_PASS; forwarded only to a
-real of its service; every verdict counted under a named reason; never XDP_ABORTED. `make fuzz` runs the million.
+real of its service (never a health-failed one) as its method says (DR untouched, NAT rewritten with checksums
+updated, TUN wrapped whole); a NAT reply rewritten back; ICMP errors and fragments to their connection's real;
+every verdict counted under a named reason; never XDP_ABORTED. `make fuzz` runs the million (docs/reliability.md).
 """
 import os
 
