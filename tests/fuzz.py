@@ -149,7 +149,8 @@ def fuzz(bench, count, seed=1, batch=10000, log=None):
         run_batch(bench, [frame(rnd) for _ in range(n)], stats, rnd)
         done += n
         if log:
-            log(f"{done} frames (with follow-ups {stats['_frames']}), {stats['_frames'] / (time.monotonic() - start):.0f}/s")
+            rate = stats["_frames"] / (time.monotonic() - start)
+            log(f"{done} frames (with follow-ups {stats['_frames']}), {rate:.0f}/s")
     stats["_sync_records"] = bench.sync_records
     return stats, stats["_frames"] / (time.monotonic() - start)
 
@@ -168,9 +169,10 @@ def main(argv):
     lost = stats.pop("_lost_entry")
     for k, v in sorted(stats.items(), key=lambda kv: -kv[1]):
         print(f"  {k:22} {v}")
-    print(f"fuzz: {count} frames + {sent - count} follow-ups (NAT replies, ICMP errors, fragments), every rule held; {rate:.0f} frames/s (generate, run, "
-          f"check); the program itself {kernel_ns / sent:.0f} ns a frame; {synced} sync records exported; {lost} "
-          f"follow-ups passed as their connection's entry was gone (evicted; the flow cache forwarded it)")
+    print(f"fuzz: {count} frames + {sent - count} follow-ups (NAT replies, ICMP errors, fragments), every rule held; "
+          f"{rate:.0f} frames/s (generate, run, check); the program itself {kernel_ns / sent:.0f} ns a frame; "
+          f"{synced} sync records exported; {lost} follow-ups passed as their connection's entry was gone (evicted; "
+          f"the flow cache forwarded it)")
 
 
 if __name__ == "__main__":

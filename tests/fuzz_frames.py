@@ -86,7 +86,8 @@ def _icmp(rnd, proto, dst):
     if r < 0.7:
         kind = rnd.choice([1, 2, 3, 4] if v6 else [3, 3, 11, 5])
         mtu = rnd.choice([0, 67, 68, 576, 1279, 1280, 1500])
-        head = bytes([kind, rnd.randrange(5)]) + b"\0\0" + (mtu.to_bytes(4, "big") if v6 else b"\0\0" + mtu.to_bytes(2, "big"))
+        head = bytes([kind, rnd.randrange(5)]) + b"\0\0" + (mtu.to_bytes(4, "big") if v6
+                                                            else b"\0\0" + mtu.to_bytes(2, "big"))
         l4 = struct.pack("!HH", rnd.choice(PORTS), rnd.randrange(1024, 65536)) + rnd.randbytes(4)
         client = (ipaddress.ip_address("2001:db8:77::").packed[:14] + rnd.randbytes(2) if v6
                   else bytes([203, 0, 113, rnd.randrange(256)]))

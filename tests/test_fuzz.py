@@ -141,3 +141,22 @@ def test_rules_of_nat_tunnels_and_failed_reals_are_not_vacuous():
     fuzz.check(b(tun_in), "XDP_TX", b(other))
     with pytest.raises(fuzz.Violation):
         fuzz.check(b(tun_in), "XDP_TX", b(other), ("same", dr_flow))
+
+
+def test_a_lost_entry_excuses_only_a_connection_the_table_no_longer_holds(bench):
+    """The one tolerance of the follow rule (fuzz.lost_entry): a passed ICMP error about a connection is excused
+    only while the connection's entry is absent from conns."""
+    from scapy.layers.inet import ICMP, IP, UDP
+    from scapy.layers.l2 import Ether
+    from harness import CLIENT_MAC, GW_MAC, LB_MAC, conn_key
+
+    fuzz.apply(bench)
+    pkt = Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="203.0.113.208", dst="198.51.100.10") / UDP(sport=0, dport=53)
+    action, out = bench.run(pkt)
+    flow = fuzz.check(bytes(pkt), action, out)
+    quote = bytes(IP(src="198.51.100.10", dst="203.0.113.208") / UDP(sport=53, dport=0))
+    err = bytes(Ether(dst=LB_MAC, src=GW_MAC) / IP(src="198.18.9.9", dst="198.51.100.10") / ICMP(type=11) / quote)
+    assert not fuzz.lost_entry(bench, err, "XDP_PASS", err, ("same", flow))
+    del bench.dp.m["conns"][conn_key(pkt)]
+    assert fuzz.lost_entry(bench, err, "XDP_PASS", err, ("same", flow))
+    assert not fuzz.lost_entry(bench, err, "XDP_DROP", err, ("same", flow))
