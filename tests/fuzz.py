@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fuzz_frames import followups, frame  # noqa: E402,F401  (the generator, the checker and the services, in one place)
 from fuzz_rules import Violation, check  # noqa: E402,F401
-from fuzz_services import CONFIG, LB, MAC, REAL_MAC, SERVICES, apply, drain_sync  # noqa: E402,F401
+from fuzz_services import CONFIG, LB, LB1_HOSTS, MAC, REAL_MAC, SERVICES, apply, drain_sync  # noqa: E402,F401
 from harness import Bench, in_netns  # noqa: E402
 from xlb.config.model import addr_bytes  # noqa: E402
 from xlb.dataplane import structs as S, testrun  # noqa: E402
@@ -50,12 +50,14 @@ from xlb.dataplane.mapkeys import htons  # noqa: E402
 
 class Runner:
     """BPF_PROG_TEST_RUN on one frame at a time, buffers and bpf_attr built once (the program runs each frame
-    once, as if received on the bench's lb0). Call inside the bench's namespace."""
+    once, as if received on the bench's lb0, or on lb1 when it comes from a host on lb1's link: a NAT real's
+    reply). Call inside the bench's namespace."""
 
     def __init__(self, bench, size=4096):
         self.inp = ct.create_string_buffer(size)
         self.out = ct.create_string_buffer(size + 256)
         self.ctx = testrun._XdpMd(data=0, ingress_ifindex=bench.ifindex)
+        self.ifindex = (bench.ifindex, bench.ifindex1)
         self.attr = testrun._TestAttr(prog_fd=bench.prog.fd, data_in=ct.addressof(self.inp),
                                       data_out=ct.addressof(self.out), repeat=1, ctx_size_in=ct.sizeof(self.ctx),
                                       ctx_in=ct.addressof(self.ctx))
@@ -65,6 +67,7 @@ class Runner:
     def __call__(self, data):
         ct.memmove(self.inp, data, len(data))
         self.ctx.data_end = len(data)
+        self.ctx.ingress_ifindex = self.ifindex[data[6:12] in LB1_HOSTS]
         self.attr.data_size_in = len(data)
         self.attr.data_size_out = len(self.out)
         if testrun._libc.syscall(testrun._SYS_BPF, testrun._BPF_PROG_TEST_RUN, self.ref, ct.sizeof(self.attr)):

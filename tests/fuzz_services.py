@@ -118,3 +118,5 @@ MAC = {s: bytes.fromhex(s.replace(":", "")) for s in [LB_MAC, LB1_MAC, GW_MAC, *
 LB = MAC[LB_MAC]
 LBS = (MAC[LB_MAC], MAC[LB1_MAC])
 GW = MAC[GW_MAC]
+# hosts on lb1's link (their frames come in on lb1)
+LB1_HOSTS = {MAC[REAL_MAC[a]] for a in REAL_MAC if a.startswith(("198.18.1.", "2001:db8:1:"))}

@@ -26,7 +26,8 @@ def test_fuzz_quick_profile(bench):
                    "drop_trunc_ip", "drop_bad_ip", "drop_trunc_l4", "drop_bad_tcp",
                    "drop_ipv6_ext", "drop_rst_no_conn",
                    # NAT both ways (the replies are checked rewritten), tunnels and their too-big answers, SIP
-                   "fwd_reply_tx", "drop_ttl", "tun_ptb", "drop_tun_too_big", "drop_too_big", "drop_sip_no_callid",
+                   "fwd_reply_tx", "fwd_reply_redirect", "drop_ttl", "tun_ptb", "drop_tun_too_big", "drop_too_big",
+                   "drop_sip_no_callid",
                    # ICMP errors and later fragments that follow a connection to its real
                    "fwd_icmp_error", "fwd_fragment"):
         assert stats.get(reason), (reason, stats)
