@@ -1,6 +1,8 @@
 """Hostile packets (issue 18): the fuzzer of tests/fuzz.py in a quick profile. Every generated frame goes through
 the loaded program (BPF_PROG_TEST_RUN) and is checked: to no service, unchanged with XDP_PASS; forwarded only to a
-real of its service; every verdict counted under a named reason; never XDP_ABORTED. `make fuzz` runs the million.
+real of its service (never a health-failed one) as its method says (DR untouched, NAT rewritten with checksums
+updated, TUN wrapped whole); a NAT reply rewritten back; ICMP errors and fragments to their connection's real;
+every verdict counted under a named reason; never XDP_ABORTED. `make fuzz` runs the million (docs/reliability.md).
 """
 import os
 
@@ -14,25 +16,32 @@ QUICK = int(os.environ.get("XLB_FUZZ_COUNT", "30000"))
 
 def test_fuzz_quick_profile(bench):
     stats, rate = fuzz.fuzz(bench, QUICK, seed=18)
-    kernel_ns = stats.pop("_kernel_ns")
-    print(f"fuzz: {QUICK} frames, {rate:.0f} frames/s, {kernel_ns / QUICK:.0f} ns each in the program: {stats}")
+    kernel_ns, sent, synced = stats.pop("_kernel_ns"), stats.pop("_frames"), stats.pop("_sync_records")
+    stats.pop("_lost_entry")
+    print(f"fuzz: {sent} frames, {rate:.0f} frames/s, {kernel_ns / sent:.0f} ns each in the program: {stats}")
     # The generator reaches every path it is meant to: forwarding both ways, the VLAN and no-service passes,
     # fragments, and each kind of malformed header to a VIP.
     for reason in ("fwd_tx", "fwd_redirect", "pass_vlan", "pass_no_service", "pass_not_ip", "pass_other_proto",
                    "pass_fragment", "drop_frag_no_first", "icmp_echo_reply", "drop_icmp_mtu", "drop_icmp_trunc",
                    "drop_trunc_ip", "drop_bad_ip", "drop_trunc_l4", "drop_bad_tcp",
-                   "drop_ipv6_ext", "drop_rst_no_conn"):
+                   "drop_ipv6_ext", "drop_rst_no_conn",
+                   # NAT both ways (the replies are checked rewritten), tunnels and their too-big answers, SIP
+                   "fwd_reply_tx", "fwd_reply_redirect", "drop_ttl", "tun_ptb", "drop_tun_too_big", "drop_too_big",
+                   "drop_sip_no_callid",
+                   # ICMP errors and later fragments that follow a connection to its real
+                   "fwd_icmp_error", "fwd_fragment"):
         assert stats.get(reason), (reason, stats)
+    assert synced > 0  # state sync's export ran for the new connections
 
 
 def test_fuzz_hypothesis(bench):
     """Frames from hypothesis-driven randomness through the same rules (a failure shrinks to a small draw)."""
-    bench.reset(fuzz.CONFIG)
+    fuzz.apply(bench)
 
     @settings(max_examples=300, deadline=None, database=None)
     @given(st.randoms(use_true_random=False))
     def frames_hold_the_rules(rnd):
-        fuzz.run_batch(bench, [fuzz.frame(rnd) for _ in range(8)])
+        fuzz.run_batch(bench, [fuzz.frame(rnd) for _ in range(8)], rnd=rnd)
 
     frames_hold_the_rules()
 
@@ -68,3 +77,87 @@ def test_rules_are_not_vacuous():
     for data, action, out in bad:
         with pytest.raises(fuzz.Violation):
             fuzz.check(data, action, out)
+
+
+def _mac(addr):
+    return fuzz.REAL_MAC[addr]
+
+
+def test_rules_of_nat_tunnels_and_failed_reals_are_not_vacuous():
+    """NAT: to the real's address and mapped port, one hop less, checksums updated, and the reply back from VIP:port
+    to the gateway; TUN: the original packet whole inside an outer header to a real of the service; a failed real
+    never."""
+    from scapy.layers.inet import IP, TCP, UDP
+    from scapy.layers.l2 import Ether
+    from harness import CLIENT_MAC, GW_MAC, LB_MAC
+
+    def b(p):
+        return bytes(p)
+    syn = Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="203.0.113.7", dst="198.51.100.50", id=1) / TCP(
+        sport=40000, dport=80, flags="S")
+    nat = Ether(dst=_mac("198.18.0.11"), src=LB_MAC) / IP(src="203.0.113.7", dst="198.18.0.11", id=1, ttl=63) / TCP(
+        sport=40000, dport=8080, flags="S")
+    flow = fuzz.check(b(syn), "XDP_TX", b(nat))
+    assert (str(flow["real"]), flow["rport"], flow["cport"], flow["vport"]) == ("198.18.0.11", 8080, 40000, 80)
+    stale = b(nat)[:50] + b(syn)[50:52] + b(nat)[52:]   # the TCP checksum as it came
+    bad = [(syn, "XDP_TX", Ether(dst=_mac("198.18.0.11"), src=LB_MAC) / IP(
+               src="203.0.113.7", dst="198.18.0.11", id=1, ttl=63) / TCP(sport=40000, dport=80, flags="S")),  # port
+           (syn, "XDP_TX", stale),
+           (syn, "XDP_TX", Ether(dst=_mac("198.18.0.11"), src=LB_MAC) / IP(
+               src="203.0.113.7", dst="198.18.0.11", id=1) / TCP(sport=40000, dport=8080, flags="S")),  # TTL kept
+           (syn, "XDP_TX", Ether(dst=_mac("198.18.0.13"), src=LB_MAC) / IP(
+               src="203.0.113.7", dst="198.18.0.13", id=1, ttl=63) / TCP(sport=40000, dport=80, flags="S"))]
+    rep = Ether(dst=LB_MAC, src=_mac("198.18.0.11")) / IP(src="198.18.0.11", dst="203.0.113.7", id=7) / TCP(
+        sport=8080, dport=40000, flags="SA")
+    back = Ether(dst=GW_MAC, src=LB_MAC) / IP(src="198.51.100.50", dst="203.0.113.7", id=7, ttl=63) / TCP(
+        sport=80, dport=40000, flags="SA")
+    fuzz.check(b(rep), "XDP_TX", b(back), ("reply", flow))
+    replies = [(rep, "XDP_PASS", rep), (rep, "XDP_DROP", rep),                              # not rewritten
+               (rep, "XDP_TX", Ether(dst=GW_MAC, src=LB_MAC) / IP(src="198.51.100.50", dst="203.0.113.7", id=7,
+                                                                 ttl=63) / TCP(sport=8080, dport=40000, flags="SA"))]
+    tun_in = Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="203.0.113.7", dst="198.51.100.60", id=1) / TCP(
+        sport=40000, dport=80, flags="S")
+    tun = Ether(dst=_mac("198.18.0.12"), src=LB_MAC) / IP(src="198.18.0.2", dst="198.18.0.12", proto=4) / tun_in[IP]
+    fuzz.check(b(tun_in), "XDP_TX", b(tun))
+    changed = tun_in[IP].copy()
+    changed.ttl = 63
+    bad += [(tun_in, "XDP_TX", Ether(dst=_mac("198.18.0.12"), src=LB_MAC) / IP(
+                src="198.18.0.2", dst="198.18.0.12", proto=4) / changed),                      # the inner changed
+            (tun_in, "XDP_TX", Ether(dst=_mac("198.18.0.13"), src=LB_MAC) / IP(
+                src="198.18.0.2", dst="198.18.0.13", proto=4) / tun_in[IP]),                 # not a real of it
+            (tun_in, "XDP_TX", b(tun)[:16] + b"\xff\xff" + b(tun)[18:]),                    # outer length wrong
+            (tun_in, "XDP_TX", Ether(dst=_mac("198.18.0.12"), src=LB_MAC) / tun_in[IP])]      # not wrapped
+    dns = Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="203.0.113.7", dst="198.51.100.90") / UDP(sport=5, dport=53)
+    fuzz.check(b(dns), "XDP_TX", fuzz.MAC[_mac("198.18.0.13")] + fuzz.LB + b(dns)[12:])
+    bad.append((dns, "XDP_TX", fuzz.MAC[_mac("198.18.0.12")] + fuzz.LB + b(dns)[12:]))    # the failed real
+    for data, action, out in bad:
+        with pytest.raises(fuzz.Violation):
+            fuzz.check(b(data), action, b(out))
+    for data, action, out in replies:
+        with pytest.raises(fuzz.Violation):
+            fuzz.check(b(data), action, b(out), ("reply", flow))
+    # A frame that belongs to a connection goes to the connection's real, not merely to a real of its service.
+    dr_flow = fuzz.check(b(tun_in), "XDP_TX", b(tun))
+    other = Ether(dst=_mac("198.18.0.11"), src=LB_MAC) / IP(src="198.18.0.2", dst="198.18.0.11", proto=4) / tun_in[IP]
+    fuzz.check(b(tun_in), "XDP_TX", b(other))
+    with pytest.raises(fuzz.Violation):
+        fuzz.check(b(tun_in), "XDP_TX", b(other), ("same", dr_flow))
+
+
+def test_a_lost_entry_excuses_only_a_connection_the_table_no_longer_holds(bench):
+    """The one tolerance of the follow rule (fuzz.lost_entry): a passed ICMP error about a connection is excused
+    only while the connection's entry is absent from conns."""
+    from scapy.layers.inet import ICMP, IP, UDP
+    from scapy.layers.l2 import Ether
+    from harness import CLIENT_MAC, GW_MAC, LB_MAC, conn_key
+
+    fuzz.apply(bench)
+    pkt = Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="203.0.113.208", dst="198.51.100.10") / UDP(sport=0, dport=53)
+    action, out = bench.run(pkt)
+    flow = fuzz.check(bytes(pkt), action, out)
+    quote = bytes(IP(src="198.51.100.10", dst="203.0.113.208") / UDP(sport=53, dport=0))
+    err = bytes(Ether(dst=LB_MAC, src=GW_MAC) / IP(src="198.18.9.9", dst="198.51.100.10") / ICMP(type=11) / quote)
+    assert not fuzz.lost_entry(bench, err, "XDP_PASS", err, ("same", flow))
+    del bench.dp.m["conns"][conn_key(pkt)]
+    assert fuzz.lost_entry(bench, err, "XDP_PASS", err, ("same", flow))
+    assert not fuzz.lost_entry(bench, err, "XDP_DROP", err, ("same", flow))
