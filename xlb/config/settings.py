@@ -1,0 +1,49 @@
+"""The node-wide tables of the config: ``[timeouts]``, ``[tables]`` and ``[sync]`` (read.py reads the document and
+hands each its table; errors name the field, as everywhere in the reader).
+"""
+import dataclasses
+
+from .model import CONNS_MAX, CONNS_MIN, FLOW_CACHE_MAX, FLOW_CACHE_MIN, SYNC_MODES, TIMEOUT_MAX, Sync, Tables, \
+    Timeouts, show_value
+from .validate import join
+
+
+def timeouts(v, top) -> Timeouts:
+    where = "timeouts"
+    tbl = v.table(top.get(where, {}), where, [f.name for f in dataclasses.fields(Timeouts)])
+    d = Timeouts()
+    return Timeouts(**{f.name: v.integer(tbl, where, f.name, 1, TIMEOUT_MAX, getattr(d, f.name))
+                       for f in dataclasses.fields(Timeouts)})
+
+
+def tables(v, top) -> Tables:
+    where = "tables"
+    tbl = v.table(top.get(where, {}), where, ("conns", "templates", "sweep_interval", "flow_cache"))
+    d = Tables()
+    conns = v.integer(tbl, where, "conns", CONNS_MIN, CONNS_MAX, d.conns)
+    templates = v.integer(tbl, where, "templates", CONNS_MIN, CONNS_MAX, d.templates)
+    sweep = tbl.get("sweep_interval", d.sweep_interval)
+    if not isinstance(sweep, (int, float)) or isinstance(sweep, bool) or not 0.05 <= sweep <= 60:
+        v.fail(join(where, "sweep_interval"),
+               f"sweep_interval must be a number of seconds 0.05..60, got {show_value(sweep)}")
+    flow_cache = v.integer(tbl, where, "flow_cache", 0, FLOW_CACHE_MAX, d.flow_cache)
+    if flow_cache & (flow_cache - 1) or 0 < flow_cache < FLOW_CACHE_MIN:
+        v.fail(join(where, "flow_cache"), f"flow_cache must be a power of two from {FLOW_CACHE_MIN} (entries per "
+               f"CPU), or 0 for none; got {flow_cache}")
+    return Tables(conns=conns, templates=templates, sweep_interval=float(sweep), flow_cache=flow_cache)
+
+
+def sync(v, top) -> Sync:
+    where = "sync"
+    tbl = v.table(top.get(where, {}), where, ("mode", "iface", "syncid", "refresh"))
+    if not tbl:
+        return Sync()
+    mode = v.choice(tbl, where, "mode", SYNC_MODES, required=True)
+    iface = tbl.get("iface")
+    if not isinstance(iface, str) or not 0 < len(iface) < 16 or "/" in iface or iface.strip() != iface:
+        v.fail(join(where, "iface"), f"iface must name the sync interface (1..15 characters), got "
+               f"{show_value(iface)}")
+    refresh = tbl.get("refresh", Sync.refresh)
+    if not isinstance(refresh, (int, float)) or isinstance(refresh, bool) or not 1 <= refresh <= 3600:
+        v.fail(join(where, "refresh"), f"refresh must be a number of seconds 1..3600, got {show_value(refresh)}")
+    return Sync(mode=mode, iface=iface, syncid=v.integer(tbl, where, "syncid", 0, 255, 0), refresh=float(refresh))
