@@ -79,10 +79,11 @@ def from_tree(doc: dict, source: str = "<config>") -> Config:
     the field path in the tree (``service[1].real[0].weight``).
     """
     v = Validator(source)
-    top = v.table(doc, "", ("timeouts", "tables", "icmp", "sync", "mark", "service"))
+    top = v.table(doc, "", ("timeouts", "tables", "icmp", "sync", "bgp", "mark", "service"))
     timeouts = settings.timeouts(v, top)
     tables = settings.tables(v, top)
     sync = settings.sync(v, top)
+    bgp = settings.bgp(v, top)
     marks = xmarks.read(v, top)
     services = tuple(_service(v, item, where) for where, item in v.array_of_tables(top, "", "service"))
     _check_duplicate_services(v, services)
@@ -90,7 +91,7 @@ def from_tree(doc: dict, source: str = "<config>") -> Config:
     icmp_t = v.table(top.get("icmp", {}), "icmp", ("echo_reply",))
     icmp = Icmp(echo_reply=v.flag(icmp_t, "icmp", "echo_reply", Icmp.echo_reply))
     return Config(timeouts=timeouts, tables=tables, marks=marks, services=services, source=source, icmp=icmp,
-                  sync=sync)
+                  sync=sync, bgp=bgp)
 
 
 def _syntax_error(source, text, e) -> ConfigError:

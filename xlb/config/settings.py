@@ -1,9 +1,9 @@
-"""The node-wide tables of the config: ``[timeouts]``, ``[tables]`` and ``[sync]`` (read.py reads the document and
+"""The node-wide tables of the config: ``[timeouts]``, ``[tables]``, ``[sync]`` and ``[bgp]`` (read.py reads the document and
 hands each its table; errors name the field, as everywhere in the reader).
 """
 import dataclasses
 
-from .model import CONNS_MAX, CONNS_MIN, FLOW_CACHE_MAX, FLOW_CACHE_MIN, SYNC_MODES, TIMEOUT_MAX, Sync, Tables, \
+from .model import CONNS_MAX, CONNS_MIN, FLOW_CACHE_MAX, FLOW_CACHE_MIN, SYNC_MODES, TIMEOUT_MAX, Bgp, Sync, Tables, \
     Timeouts, show_value
 from .validate import join
 
@@ -47,3 +47,25 @@ def sync(v, top) -> Sync:
     if not isinstance(refresh, (int, float)) or isinstance(refresh, bool) or not 1 <= refresh <= 3600:
         v.fail(join(where, "refresh"), f"refresh must be a number of seconds 1..3600, got {show_value(refresh)}")
     return Sync(mode=mode, iface=iface, syncid=v.integer(tbl, where, "syncid", 0, 255, 0), refresh=float(refresh))
+
+
+def bgp(v, top) -> Bgp:
+    """``[bgp]``: bird_socket and bird_include, both absolute paths, both or neither (an empty table is none)."""
+    where = "bgp"
+    tbl = v.table(top.get(where, {}), where, ("bird_socket", "bird_include"))
+    paths = {}
+    for key, example in (("bird_socket", "/run/bird/bird.ctl"), ("bird_include", "/etc/bird/xlb-vips.conf")):
+        if key not in tbl:
+            continue
+        value = tbl[key]
+        if not isinstance(value, str) or not value.startswith("/") or "\0" in value or value.endswith("/"):
+            v.fail(join(where, key), f"{key} must be an absolute file path like \"{example}\", got "
+                                     f"{show_value(value)}")
+        paths[key] = value
+    if len(paths) == 1:
+        missing = ({"bird_socket", "bird_include"} - set(paths)).pop()
+        v.fail(join(where, missing), f"{missing} is required with {next(iter(paths))} (xlb writes the VIP routes "
+                                     "to bird_include and asks BIRD through bird_socket to read them)")
+    if paths and paths["bird_socket"] == paths["bird_include"]:
+        v.fail(join(where, "bird_include"), "bird_include must not be the control socket's path")
+    return Bgp(**paths)
