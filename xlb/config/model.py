@@ -58,9 +58,14 @@ class Sync:
     """IPVS-compatible state sync (``[sync]``; `xlb run --sync` overrides): the role, its interface and syncid."""
 
     mode: str | None = None  # "master" | "backup" | "both"; None = off
-    iface: str | None = None  # the sync interface (multicast 224.0.0.81:8848 there)
+    iface: str | None = None  # the sync interface (the multicast group is joined and sent to there)
     syncid: int = 0  # 0..255; a backup with 0 takes every syncid
     refresh: float = 60.0  # seconds between a master's re-sends of its live connections and templates
+    # The kernel sync daemon's options (ipvsadm --mcast-group, --mcast-port, --mcast-ttl, --sync-maxlen):
+    mcast_group: str = "224.0.0.81"  # IPv4 or IPv6 multicast group (IPv6: IPv6 sockets; IPVS has no IPv6 default)
+    mcast_port: int = 8848
+    mcast_ttl: int = 1  # multicast TTL (IPv6: hops) of what a master sends
+    maxlen: int = 0  # message length without IP/UDP headers; 0: 1500 less them (a backup: the MTU less them)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,14 @@
-"""The node-wide tables of the config: ``[timeouts]``, ``[tables]``, ``[sync]`` and ``[bgp]`` (read.py reads the document and
-hands each its table; errors name the field, as everywhere in the reader).
+"""The node-wide tables of the config: ``[timeouts]``, ``[tables]``, ``[sync]`` and ``[bgp]`` (read.py reads the
+document and hands each its table; errors name the field, as everywhere in the reader).
 """
 import dataclasses
+import ipaddress
 
 from .model import CONNS_MAX, CONNS_MIN, FLOW_CACHE_MAX, FLOW_CACHE_MIN, SYNC_MODES, TIMEOUT_MAX, Bgp, Sync, Tables, \
     Timeouts, show_value
 from .validate import join
+
+MAXLEN_MIN = 8 + 72  # a sync message's header and one IPv6 entry
 
 
 def timeouts(v, top) -> Timeouts:
@@ -35,7 +38,8 @@ def tables(v, top) -> Tables:
 
 def sync(v, top) -> Sync:
     where = "sync"
-    tbl = v.table(top.get(where, {}), where, ("mode", "iface", "syncid", "refresh"))
+    tbl = v.table(top.get(where, {}), where, ("mode", "iface", "syncid", "refresh", "mcast_group", "mcast_port",
+                                              "mcast_ttl", "maxlen"))
     if not tbl:
         return Sync()
     mode = v.choice(tbl, where, "mode", SYNC_MODES, required=True)
@@ -46,7 +50,28 @@ def sync(v, top) -> Sync:
     refresh = tbl.get("refresh", Sync.refresh)
     if not isinstance(refresh, (int, float)) or isinstance(refresh, bool) or not 1 <= refresh <= 3600:
         v.fail(join(where, "refresh"), f"refresh must be a number of seconds 1..3600, got {show_value(refresh)}")
-    return Sync(mode=mode, iface=iface, syncid=v.integer(tbl, where, "syncid", 0, 255, 0), refresh=float(refresh))
+    group = sync_group(v, tbl.get("mcast_group", Sync.mcast_group), join(where, "mcast_group"))
+    headers = 48 if ":" in group else 28
+    maxlen = v.integer(tbl, where, "maxlen", 0, 65535 - headers, 0)
+    if 0 < maxlen < MAXLEN_MIN:
+        v.fail(join(where, "maxlen"), f"maxlen must be 0 (the default: 1500 bytes less the IP and UDP headers) or "
+                                      f"{MAXLEN_MIN}..{65535 - headers} (a message holds at least one IPv6 entry), "
+                                      f"got {maxlen}")
+    return Sync(mode=mode, iface=iface, syncid=v.integer(tbl, where, "syncid", 0, 255, 0), refresh=float(refresh),
+                mcast_group=group, mcast_port=v.integer(tbl, where, "mcast_port", 1, 65535, Sync.mcast_port),
+                mcast_ttl=v.integer(tbl, where, "mcast_ttl", 1, 255, Sync.mcast_ttl), maxlen=maxlen)
+
+
+def sync_group(v, value, where):
+    """A multicast group address (IPv4 or IPv6, no zone) as its canonical string."""
+    try:
+        group = ipaddress.ip_address(value) if isinstance(value, str) else None
+    except ValueError:
+        group = None
+    if group is None or not group.is_multicast or getattr(group, "scope_id", None):
+        v.fail(where, f"mcast_group must be an IPv4 or IPv6 multicast address like \"224.0.0.81\" or "
+                      f"\"ff02::8848\", got {show_value(value)}")
+    return str(group)
 
 
 def bgp(v, top) -> Bgp:

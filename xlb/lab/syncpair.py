@@ -137,18 +137,19 @@ class SyncPair:
     def socket(self, i):
         return os.path.join(self.tmp, f"xlb{i}.sock")
 
-    def start_xlb(self, i, sync=None, timeout=60.0, extra=(), scheduler="rr", refresh=None):
+    def start_xlb(self, i, sync=None, timeout=60.0, extra=(), scheduler="rr", refresh=None, sync_keys=""):
         """`xlb run` on lb{i} (generic XDP, as xlb/lab/demo.py), with `--sync MODE` over eth0 if sync (with
-        `refresh`: the config's [sync] section instead, re-sending every `refresh` s), and `extra` arguments."""
+        `refresh` or `sync_keys`, TOML lines: the config's [sync] section instead, re-sending every `refresh` s),
+        and `extra` arguments."""
         cfg = os.path.join(self.tmp, f"xlb{i}.toml")
         text = lab_config(self.reals, scheduler)
-        if refresh:
-            text = (f'[sync]\nmode = "{sync}"\niface = "eth0"\nsyncid = {SYNCID}\nrefresh = {refresh}\n\n'
-                    + text)
+        if refresh or sync_keys:
+            text = (f'[sync]\nmode = "{sync}"\niface = "eth0"\nsyncid = {SYNCID}\nrefresh = {refresh or 60}\n'
+                    f'{sync_keys}\n' + text)
         with open(cfg, "w") as f:
             f.write(text)
         argv = ["run", "--iface", "eth0", "--config", cfg, "--xdp-mode", "generic", "--socket", self.socket(i)]
-        if sync and not refresh:
+        if sync and not (refresh or sync_keys):
             argv += ["--sync", sync, "--sync-iface", "eth0", "--syncid", str(SYNCID)]
         argv += list(extra)
         from .demo import run_xlb_logged

@@ -129,10 +129,11 @@ class SyncRunner:
         self._next_refresh = time.monotonic() + spec.refresh
         self.sender = self.receiver = None
         try:
+            group = {"group": spec.mcast_group, "port": spec.mcast_port, "maxlen": spec.maxlen}
             if spec.mode in ("master", "both"):
-                self.sender = transport.SyncSender(spec.iface, spec.syncid)
+                self.sender = transport.SyncSender(spec.iface, spec.syncid, ttl=spec.mcast_ttl, **group)
             if spec.mode in ("backup", "both"):
-                self.receiver = transport.SyncReceiver(spec.iface, spec.syncid)
+                self.receiver = transport.SyncReceiver(spec.iface, spec.syncid, **group)
         except BaseException:
             self.close()
             raise
@@ -145,7 +146,11 @@ class SyncRunner:
         self._thread = threading.Thread(target=self._run, name="xlb-sync", daemon=True)
         self._thread.start()
         self.log(f"xlb: state sync {self.spec.mode} on {self.spec.iface}, syncid {self.spec.syncid} "
-                 f"({wire.SYNC_GROUP}:{wire.SYNC_PORT})")
+                 f"({self.group()})")
+
+    def group(self):
+        """The group and port as the log and status show them: 224.0.0.81:8848, [ff02::8848]:8848."""
+        return transport.shown(self.spec.mcast_group, self.spec.mcast_port)
 
     def close(self):
         self._stop.set()
@@ -234,7 +239,7 @@ class SyncRunner:
     def status(self):
         """What `xlb status` and the metrics show: the role, and every count by name."""
         out = {"mode": self.spec.mode, "iface": self.spec.iface, "syncid": self.spec.syncid,
-               "counts": dict(self.counts)}
+               "group": self.group(), "counts": dict(self.counts)}
         if self.sender:
             out["sent"] = dict(self.sender.counts)
             out["ring_lost"] = self.dp.sync_lost()
