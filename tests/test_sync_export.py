@@ -165,3 +165,28 @@ def test_a_backup_skips_what_it_does_not_serve(bench):
     assert load_entries(dp, entries) == {"skipped_unknown_service": 1, "skipped_unknown_real": 1,
                                          "skipped_not_persistent": 1, "skipped_protocol": 1}
     assert len(list(dp.m["conns"].items())) == 0 and len(list(dp.m["persist"].items())) == 0
+
+
+def test_nodes_that_placed_a_client_apart_agree_on_one_template_whatever_the_order(bench):
+    """`--sync both` behind ECMP: two nodes placed a client's /24 on R2 and R3 before hearing of each other. Each
+    receives the other's template; both must end on one real (the lower address), not swap, and a later template
+    for the higher real (a refresh of an older connection there) must not flip them again."""
+    def tmpl(real):
+        return wire.template(IP("203.0.113.0"), IP(VIP), 80, IP(real), 80, wire.IPPROTO_TCP, 300)
+
+    sports = iter(range(42100, 42200))
+
+    def placed():   # a new connection of the client
+        act, out = bench.run(tcp4(src="203.0.113.60", sport=next(sports)))
+        assert act == TX
+        return real_of(out)
+    for first, second in ((R2, R3), (R3, R2)):
+        dp = bench.reset(cfg())
+        assert load_entries(dp, _entries(tmpl(first))) == {"loaded_templates": 1}
+        assert placed() == first
+        load_entries(dp, _entries(tmpl(second)))
+        assert placed() == R2, (first, second)
+        assert load_entries(dp, _entries(tmpl(R3))) == {"kept_templates": 1}
+        assert placed() == R2
+    assert load_entries(dp, _entries(tmpl(R1))) == {"loaded_templates": 1}   # a lower one still wins
+    assert placed() == R1

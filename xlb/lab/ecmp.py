@@ -26,9 +26,10 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from ..dataplane.pin import netns_pin_root, remove as remove_pins
+from ..dataplane.pin import netns_pin_root
 from ..ops import control
 from ..sync.bgp import render
+from .base import Lab
 from .bird import Bird, bird_conf, bird_routes, session
 from .demo import run_xlb_logged, xdp_prog_id
 from .netns import Topology
@@ -65,7 +66,7 @@ class Conn:
         self.buf = b""
 
 
-class EcmpLab:
+class EcmpLab(Lab):
     """The topology above, BIRD everywhere and `xlb run` on every balancer; a context manager that removes it all.
     ``xlb_main``: xlb's command line (xlb.cli.main), handed in as DrLab's is."""
 
@@ -77,40 +78,30 @@ class EcmpLab:
         self.clients = [f"198.19.{k}.10" for k in range(clients)]
         self.log = log or (lambda msg: None)
         self.topo = Topology(prefix=prefix)
-        self.birds, self.daemons, self.sockets, self.pins = [], [], [], []
+        self.birds, self.daemons, self.sockets, self.pin_roots = [], [], [], []
 
-    def __enter__(self):
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # the bench holds thousands of connections
-        try:
-            self._build()
-            self._start()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            for d in self.daemons:
-                if d.is_alive():
-                    os.kill(d.pid, signal.SIGTERM)
-                    d.proc.join(15)
-                d.stop()
-            for b in self.birds:
-                b.stop()
-            self.topo.close()
-        finally:
-            for p in self.pins:
-                remove_pins(p)
+    def _stop(self):
+        for d in self.daemons:
+            if d.is_alive():
+                os.kill(d.pid, signal.SIGTERM)
+                d.proc.join(15)
+            d.stop()
+        for b in self.birds:
+            b.stop()
 
     # -- building -------------------------------------------------------------------------------------------------
     def _build(self):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # the bench holds thousands of connections
+        self._topology()
+        self._start()
+
+    def _topology(self):
         t = self.topo
         sw, self.cl, self.r = t.netns("sw"), t.netns("cl"), t.netns("r")
         self.lbs = [t.netns(f"lb{i + 1}") for i in range(self.n)]
         rs = [t.netns(f"rs{i + 1}") for i in range(len(REALS))]
-        self.pins = [netns_pin_root(ns) for ns in self.lbs]
+        self.pin_roots = [netns_pin_root(ns) for ns in self.lbs]
         ports = [("r", self.r)] + [(f"l{i}", ns) for i, ns in enumerate(self.lbs)] + \
                 [(f"s{i}", ns) for i, ns in enumerate(rs)]
         for port, ns in ports:

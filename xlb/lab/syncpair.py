@@ -19,8 +19,9 @@ import time
 from pyroute2 import IPRoute
 
 from ..dataplane.links import attached_prog_id
-from ..dataplane.pin import netns_pin_root, remove as remove_pins
+from ..dataplane.pin import netns_pin_root
 from ..ops import control
+from .base import Lab
 from .netns import Topology
 from .process import PipedChild, enter_netns, run_in_netns
 from .servers import tcp_ask, tcp_echo_name_server, tcp_line_name_server
@@ -65,7 +66,7 @@ def _exec(argv):
     os.execvp(argv[0], argv)
 
 
-class SyncPair:
+class SyncPair(Lab):
     """The topology above; a context manager that removes everything on exit. `xlb_main` is xlb.cli.main."""
 
     def __init__(self, prefix="xsp", nreals=3, *, xlb_main, log_dir=None):
@@ -78,23 +79,12 @@ class SyncPair:
         self.keepalived = {}
         self.pin_roots = []
 
-    def __enter__(self):
-        try:
-            self._build()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+    def _stop(self):
+        for i in list(self.daemons):
+            self.stop_xlb(i)
 
-    def __exit__(self, *exc):
-        try:
-            for i in list(self.daemons):
-                self.stop_xlb(i)
-            self.topo.close()
-        finally:
-            for root in self.pin_roots:
-                remove_pins(root)
-            shutil.rmtree(self.tmp, ignore_errors=True)
+    def _cleanup(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _build(self):
         t = self.topo

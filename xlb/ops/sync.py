@@ -85,7 +85,26 @@ def _service(dp, c):
     return dp.services.get((proto, c.vaddr, c.vport)) or dp.services.get((proto, c.vaddr, 0))
 
 
-def _load_one(dp, c):
+def _order(addr):
+    return addr.version, addr
+
+
+def _keeps_local(dp, st, client, daddr, addr_of):
+    """Whether a received template on real `daddr` yields to the one in force here: when each of several
+    masters (`--sync both` behind ECMP) placed a client before hearing of the others, each would take the other's
+    and they would swap, and a refresh (which sends a connection's template on the connection's real) would
+    flip them again. So of two templates in force on different reals, every node keeps the one on the lower real
+    address, and all end on the same one. (IPVS keeps whichever it has, so its directors may stay apart.)"""
+    rid = dp.live_template_real(st, client)
+    if rid is None:
+        return False
+    if not addr_of:
+        addr_of.update((i, addr) for (_key, addr), i in dp.real_ids.ids.items())
+    local = addr_of.get(rid)
+    return local is not None and local != daddr and _order(local) < _order(daddr)
+
+
+def _load_one(dp, c, addr_of):
     if not c.is_template and c.protocol not in PROTO_NAME:
         return "skipped_protocol"
     st = _service(dp, c)
@@ -97,7 +116,10 @@ def _load_one(dp, c):
     if c.is_template:
         if not st.svc.persistence_timeout:
             return "skipped_not_persistent"
-        dp.write_synced_template(st, addr_bytes(c.caddr), rid, c.timeout or st.svc.persistence_timeout)
+        client = addr_bytes(c.caddr)
+        if _keeps_local(dp, st, client, c.daddr, addr_of):
+            return "kept_templates"
+        dp.write_synced_template(st, client, rid, c.timeout or st.svc.persistence_timeout)
         return "loaded_templates"
     state = CS["udp"] if c.protocol == wire.IPPROTO_UDP else FROM_WIRE_TCP.get(c.state, CS["syn"])
     key = S.ConnKey(src=S.addr_words(addr_bytes(c.caddr)), dst=S.addr_words(addr_bytes(c.vaddr)),
@@ -109,8 +131,10 @@ def _load_one(dp, c):
 
 def load_entries(dp, conns):
     """Write received sync entries (wire.SyncConn) into DataPlane dp's maps; {outcome: count}: loaded_conns,
-    loaded_templates, replaced (a connection moved to another real), skipped_<why>."""
-    counts = Counter(_load_one(dp, c) for c in conns)
+    loaded_templates, kept_templates (a template in force here won: _keeps_local), replaced (a connection moved
+    to another real), skipped_<why>."""
+    addr_of = {}  # real id -> address, read once per batch when a template needs it
+    counts = Counter(_load_one(dp, c, addr_of) for c in conns)
     if counts["replaced"]:
         dp.invalidate_flow_cache()  # an entry moved to another real: no cached flow may keep the old one
     return +counts
