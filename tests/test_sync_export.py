@@ -3,11 +3,14 @@ BPF_PROG_TEST_RUN, how a record becomes IPVS sync entries, and how received entr
 codec, land in the maps so that the packet path follows them (xlb/ops/sync.py)."""
 import ctypes as ct
 import ipaddress
+import threading
+import types
 
 from harness import conn_key, lookup_conn, real_of, tcp4, tcp6
 from xlb.dataplane import structs as S
 from xlb.dataplane.mapkeys import now_ns
-from xlb.ops.sync import load_entries, to_wire
+from xlb.config.model import Sync
+from xlb.ops.sync import SyncRunner, load_entries, to_wire
 from xlb.sync import wire
 
 VIP, VIP6 = "198.51.100.10", "2001:db8:100::10"
@@ -190,3 +193,25 @@ def test_nodes_that_placed_a_client_apart_agree_on_one_template_whatever_the_ord
         assert placed() == R2
     assert load_entries(dp, _entries(tmpl(R1))) == {"loaded_templates": 1}   # a lower one still wins
     assert placed() == R1
+
+
+class _Sent(list):
+    """A master's sender as SyncRunner uses it (`add`), keeping the entries instead of multicasting them."""
+    add = list.append
+
+
+def test_a_refresh_sends_what_this_node_saw_not_what_it_only_heard(bench):
+    """Two `--sync both` nodes: what one hears from the other must not go back in its refresh, or each would reset
+    the other's timeout and an idle connection would never expire on either."""
+    dp = bench.reset(cfg(persist=False))
+    daemon = types.SimpleNamespace(dp=dp, log=print, lock=threading.Lock())
+    runner = SyncRunner(daemon, Sync(refresh=1.0))   # no mode: no sockets; the sender below keeps what is sent
+    runner.sender = _Sent()
+    heard = wire.SyncConn(wire.IPPROTO_TCP, IP("203.0.113.7"), 42000, IP(VIP), 80, IP(R3), 80, wire.CONN_F_DROUTE,
+                          wire.TCP_S_ESTABLISHED, 0, 900)
+    runner.load(_entries(heard))
+    act, _ = bench.run(tcp4(src="203.0.113.8", sport=42001))   # a connection this node sees
+    assert act == TX
+    runner.refresh()
+    assert [(c.caddr, c.cport) for c in runner.sender] == [(IP("203.0.113.8"), 42001)]
+    assert runner.counts["refresh_heard"] == 1

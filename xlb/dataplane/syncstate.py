@@ -46,12 +46,15 @@ class SyncState:
         own timeout, if shorter: a backup never keeps an entry longer than its own timeouts say)."""
         return now_ns() - max(0, timeout_ns - left_s * NS)
 
-    def write_synced_conn(self, key, svc_id, real_id, state, left_s):
-        """Write one received connection; returns whether it replaced an entry with another real."""
+    def write_synced_conn(self, key, svc_id, real_id, state, left_s, written=None):
+        """Write one received connection; returns whether it replaced an entry with another real. `written`: a
+        dict that gets {key bytes: the last-seen time written}."""
         conns = self.m["conns"]
         old = conns.get(key)
-        conns[key] = S.Conn(seen_ns=self.synced_seen_ns(self.timeouts()[state], left_s), real_id=real_id,
-                            real_gen=self.gens[real_id], svc_id=svc_id, state=state)
+        seen = self.synced_seen_ns(self.timeouts()[state], left_s)
+        conns[key] = S.Conn(seen_ns=seen, real_id=real_id, real_gen=self.gens[real_id], svc_id=svc_id, state=state)
+        if written is not None:
+            written[bytes(key)] = seen
         return old is not None and old.real_id != real_id
 
     def _persist_key(self, st, client):

@@ -104,7 +104,7 @@ def _keeps_local(dp, st, client, daddr, addr_of):
     return local is not None and local != daddr and _order(local) < _order(daddr)
 
 
-def _load_one(dp, c, addr_of):
+def _load_one(dp, c, addr_of, written):
     if not c.is_template and c.protocol not in PROTO_NAME:
         return "skipped_protocol"
     st = _service(dp, c)
@@ -126,15 +126,15 @@ def _load_one(dp, c, addr_of):
                     sport=htons(c.cport), dport=htons(c.vport), proto=c.protocol,
                     family=S.AF_INET if c.family == 4 else S.AF_INET6)
     timeout = c.timeout or getattr(dp.config.timeouts, TIMEOUT_OF[state])
-    return "replaced" if dp.write_synced_conn(key, st.id, rid, state, timeout) else "loaded_conns"
+    return "replaced" if dp.write_synced_conn(key, st.id, rid, state, timeout, written) else "loaded_conns"
 
 
-def load_entries(dp, conns):
+def load_entries(dp, conns, written=None):
     """Write received sync entries (wire.SyncConn) into DataPlane dp's maps; {outcome: count}: loaded_conns,
     loaded_templates, kept_templates (a template in force here won: _keeps_local), replaced (a connection moved
-    to another real), skipped_<why>."""
+    to another real), skipped_<why>. `written`: a dict that gets {connection key bytes: last-seen time written}."""
     addr_of = {}  # real id -> address, read once per batch when a template needs it
-    counts = Counter(_load_one(dp, c, addr_of) for c in conns)
+    counts = Counter(_load_one(dp, c, addr_of, written) for c in conns)
     if counts["replaced"]:
         dp.invalidate_flow_cache()  # an entry moved to another real: no cached flow may keep the old one
     return +counts
@@ -151,6 +151,11 @@ class SyncRunner:
         self._stop = threading.Event()
         self._thread = None
         self._next_refresh = time.monotonic() + spec.refresh
+        # {connection key bytes: last-seen time} of the entries written from sync since the last refresh: an entry
+        # whose time is still the one written was only heard of here, and a refresh does not send it back (two
+        # `both` nodes would otherwise re-send an idle connection to each other forever, each resetting its
+        # timeout). At most one per connection-table entry.
+        self._heard = {}
         self.sender = self.receiver = None
         try:
             group = {"group": spec.mcast_group, "port": spec.mcast_port, "maxlen": spec.maxlen}
@@ -247,17 +252,28 @@ class SyncRunner:
                 self.sender.add(entry)
 
     def refresh(self):
-        """Send again every connection seen since the last refresh (and its template)."""
-        since = now_ns() - int((self.spec.refresh + 1) * NS)
-        events = [S.SyncEvent(key=S.ConnKey.from_buffer_copy(k), svc_id=v.svc_id, real_id=v.real_id, state=v.state)
-                  for k, v, _r, _st, _left in self.dp.connections(now_ns()) if v.seen_ns >= since]
+        """Send again every connection this node saw a packet of since the last refresh (and its template); not
+        those it only heard of by sync."""
+        now = now_ns()
+        since = now - int((self.spec.refresh + 1) * NS)
+        heard, self._heard = self._heard, {}
+        events = []
+        for k, v, _r, _st, _left in self.dp.connections(now):
+            if heard and heard.get(bytes(k)) == v.seen_ns:
+                self._heard[bytes(k)] = v.seen_ns
+                self.counts["refresh_heard"] += 1
+            elif v.seen_ns >= since:
+                events.append(S.SyncEvent(key=S.ConnKey.from_buffer_copy(k), svc_id=v.svc_id, real_id=v.real_id,
+                                          state=v.state))
         self.counts["refreshed"] += len(events)
         self._send(events)
 
     # -- backup ---------------------------------------------------------------------------------------------
     def load(self, conns):
         """Write received entries into the maps (under the daemon's lock)."""
-        self.counts.update(load_entries(self.dp, conns))
+        if len(self._heard) > self.dp.m["conns"].max_entries:
+            self._heard.clear()   # more than the table holds: the rest are gone; bounded, at worst sent back once
+        self.counts.update(load_entries(self.dp, conns, self._heard))
 
     # -- status ---------------------------------------------------------------------------------------------
     def status(self):
