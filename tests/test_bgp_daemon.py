@@ -132,3 +132,29 @@ def status(sock):
 def test_drain_without_bgp_is_a_clear_error(tmp_path, capsys):
     assert main(["drain", "--socket", str(tmp_path / "none.sock")]) == 1
     assert "no xlb daemon answers" in capsys.readouterr().err
+
+
+BGP_CONFIG = '[bgp]\nbird_socket = "%(socket)s"\nbird_include = "%(include)s"\n\n' + \
+    CONFIG[CONFIG.index('[[service]]\nvip = "198.51.100.11"'):]   # the service of B alone
+
+
+def test_the_config_bgp_section_announces_and_the_command_line_overrides_it(lab, tmp_path):
+    topo, router, node, stack = lab
+    include, sock = tmp_path / "xlb-vips.conf", str(tmp_path / "xlb.sock")
+    include.write_text("")
+    bird = Bird(node, str(tmp_path), "node", NODE_CONF % {"include": include})
+    stack.callback(bird.stop)
+    argv = ["run", "--iface", "eth0", "--config", str(tmp_path / "xlb.toml"), "--xdp-mode", "generic",
+            "--socket", sock]
+    for n, (in_file, flags) in enumerate([
+            (bird.sock, []),                                                        # [bgp] alone
+            (str(tmp_path / "nobird.ctl"), ["--bird-socket", bird.sock, "--bird-include", str(include)])]):
+        (tmp_path / "xlb.toml").write_text(BGP_CONFIG % {"socket": in_file, "include": include})
+        log = tmp_path / f"xlb{n}.log"
+        xlb = topo.spawn(node, run_xlb_logged, str(log), argv + flags)
+        stack.callback(xlb.stop)
+        wait_for(lambda: status(sock)["bgp"].get("in_step"), 90, f"xlb to announce through BIRD (run {n})")
+        assert control.call("status", path=sock)["bgp"]["bird_socket"] == bird.sock
+        assert wait_routes(router, {B}) == {B}
+        xlb.stop(timeout=30)   # SIGTERM withdraws, whichever said where BIRD is
+        assert wait_routes(router, set()) == set()

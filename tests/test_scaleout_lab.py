@@ -42,3 +42,14 @@ def test_a_drained_balancer_breaks_nothing_where_balancers_agree(lab):
     assert all(row["broken"] == 0 for row in agreeing(res).values()), res
     assert res["services"]["consistent"]["moved"] == 0, res
     assert res["services"]["rr"]["broken"] > 0, res
+
+
+def test_with_sync_a_cut_balancer_breaks_no_rr_connection_and_moves_no_rr_client(tmp_path):
+    """`xlb run --sync both` on every balancer (over the bridge they share): the balancers that inherit a cut
+    one's flows know its connections and templates, so rr keeps them, persistent or not (the baseline above breaks
+    them)."""
+    with EcmpLab(tmp_path, xlb_main=main, clients=20, prefix="xes", sync="both") as lab:
+        res = lab.scenario("cut", 1, per_service=50)
+    for svc in ("rr", "rr-persistent"):
+        assert res["services"][svc]["broken"] == 0, res
+    assert res["services"]["rr-persistent"]["moved"] == 0, res

@@ -1,4 +1,4 @@
-"""State sync's settings: the config's [sync] (read, refused with the field and line named, dumped back) and
+"""The node-wide settings: the config's [sync] and [bgp] (read, refused with the field and line named, dumped back) and
 `xlb run --sync` refusing what cannot work before anything is attached or pinned."""
 import os
 
@@ -6,17 +6,25 @@ import pytest
 
 from harness import lb_host
 from xlb.config import dump, read
-from xlb.config.model import Sync
+from xlb.config.model import Bgp, Sync
 from xlb.dataplane import pin
 from xlb.errors import ConfigError
 
 
-def test_sync_section_is_read_and_dumped_back():
-    cfg = read.parse('[sync]\nmode = "both"\niface = "eth1"\nsyncid = 7\n', "x.toml")
-    assert cfg.sync == Sync(mode="both", iface="eth1", syncid=7, refresh=60.0)
-    assert read.parse(dump.dumps(dump.to_tree(cfg)), "again").sync == cfg.sync
-    assert read.parse("", "x.toml").sync == Sync()
-    assert "[sync]" not in dump.dumps(dump.to_tree(read.parse("", "x.toml")))
+SECTIONS = {"sync": ('[sync]\nmode = "both"\niface = "eth1"\nsyncid = 7\n',
+                     Sync(mode="both", iface="eth1", syncid=7, refresh=60.0)),
+            "bgp": ('[bgp]\nbird_socket = "/run/bird/bird.ctl"\nbird_include = "/etc/bird/xlb-vips.conf"\n',
+                    Bgp(bird_socket="/run/bird/bird.ctl", bird_include="/etc/bird/xlb-vips.conf"))}
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_node_sections_are_read_and_dumped_back(section):
+    text, expected = SECTIONS[section]
+    cfg = read.parse(text, "x.toml")
+    assert getattr(cfg, section) == expected
+    assert getattr(read.parse(dump.dumps(dump.to_tree(cfg)), "again"), section) == expected
+    assert getattr(read.parse("", "x.toml"), section) == type(expected)()
+    assert f"[{section}]" not in dump.dumps(dump.to_tree(read.parse("", "x.toml")))
 
 
 @pytest.mark.parametrize("text, where, words", [
@@ -27,8 +35,23 @@ def test_sync_section_is_read_and_dumped_back():
     ('[sync]\nmode = "master"\niface = "eth1"\nsyncid = 256\n', "line 4: sync.syncid", "0..255"),
     ('[sync]\nmode = "master"\niface = "eth1"\nrefresh = 0\n', "line 4: sync.refresh", "1..3600"),
     ('[sync]\nmode = "master"\niface = "eth1"\nsync_id = 1\n', "sync.sync_id", "did you mean 'syncid'"),
+    *[(f'[sync]\nmode = "both"\niface = "eth1"\n{line}\n', where, words) for line, where, words in [
+        ('mcast_group = "198.51.100.1"', "line 4: sync.mcast_group", "multicast address"),
+        ('mcast_group = "ff02::1%eth0"', "line 4: sync.mcast_group", "multicast address"),
+        ("mcast_group = 5", "line 4: sync.mcast_group", "multicast address"),
+        ("mcast_port = 0", "line 4: sync.mcast_port", "1..65535"),
+        ("mcast_ttl = 256", "line 4: sync.mcast_ttl", "1..255"),
+        ("maxlen = 40", "line 4: sync.maxlen", "80..65507"),
+        ('mcast_group = "ff02::8848"\nmaxlen = 65500', "line 5: sync.maxlen", "0..65487")]],
+    ('[bgp]\nbird_socket = "/run/bird/bird.ctl"\n', "bgp.bird_include", "bird_include is required with bird_socket"),
+    ('[bgp]\nbird_include = "/etc/bird/x.conf"\n', "bgp.bird_socket", "bird_socket is required with bird_include"),
+    ('[bgp]\nbird_socket = "bird.ctl"\nbird_include = "/etc/bird/x.conf"\n', "line 2: bgp.bird_socket",
+     "absolute file path"),
+    ('[bgp]\nbird_socket = "/run/b.ctl"\nbird_include = 3\n', "line 3: bgp.bird_include", "absolute file path"),
+    ('[bgp]\nbird_socket = "/run/b"\nbird_include = "/run/b"\n', "bgp.bird_include", "control socket's path"),
+    ('[bgp]\nbird_sock = "/run/b"\n', "bgp.bird_sock", "did you mean 'bird_socket'"),
 ])
-def test_bad_sync_settings_name_the_field(text, where, words):
+def test_bad_sync_and_bgp_settings_name_the_field(text, where, words):
     with pytest.raises(ConfigError) as ei:
         read.parse(text, "x.toml")
     assert where in str(ei.value) and words in str(ei.value), str(ei.value)
@@ -62,3 +85,12 @@ def test_run_refuses_incomplete_sync_options(tmp_path, capsys, args, words):
     with pytest.raises(SystemExit) as ei:
         main(["run", "--iface", "eth0", "--config", str(cfg), *args])
     assert ei.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_sync_group_options_are_read_with_the_kernels_defaults():
+    base = '[sync]\nmode = "both"\niface = "eth1"\n'
+    assert read.parse(base).sync.mcast_group == "224.0.0.81"
+    cfg = read.parse(base + 'mcast_group = "FF02::8848"\nmcast_port = 9000\nmcast_ttl = 3\nmaxlen = 1400\n')
+    assert (cfg.sync.mcast_group, cfg.sync.mcast_port, cfg.sync.mcast_ttl, cfg.sync.maxlen) == (
+        "ff02::8848", 9000, 3, 1400)
+    assert read.parse(dump.dumps(dump.to_tree(cfg)), "again").sync == cfg.sync

@@ -3,11 +3,14 @@ BPF_PROG_TEST_RUN, how a record becomes IPVS sync entries, and how received entr
 codec, land in the maps so that the packet path follows them (xlb/ops/sync.py)."""
 import ctypes as ct
 import ipaddress
+import threading
+import types
 
 from harness import conn_key, lookup_conn, real_of, tcp4, tcp6
 from xlb.dataplane import structs as S
 from xlb.dataplane.mapkeys import now_ns
-from xlb.ops.sync import load_entries, to_wire
+from xlb.config.model import Sync
+from xlb.ops.sync import SyncRunner, load_entries, to_wire
 from xlb.sync import wire
 
 VIP, VIP6 = "198.51.100.10", "2001:db8:100::10"
@@ -165,3 +168,50 @@ def test_a_backup_skips_what_it_does_not_serve(bench):
     assert load_entries(dp, entries) == {"skipped_unknown_service": 1, "skipped_unknown_real": 1,
                                          "skipped_not_persistent": 1, "skipped_protocol": 1}
     assert len(list(dp.m["conns"].items())) == 0 and len(list(dp.m["persist"].items())) == 0
+
+
+def test_nodes_that_placed_a_client_apart_agree_on_one_template_whatever_the_order(bench):
+    """`--sync both` behind ECMP: two nodes placed a client's /24 on R2 and R3 before hearing of each other. Each
+    receives the other's template; both must end on one real (the lower address), not swap, and a later template
+    for the higher real (a refresh of an older connection there) must not flip them again."""
+    def tmpl(real):
+        return wire.template(IP("203.0.113.0"), IP(VIP), 80, IP(real), 80, wire.IPPROTO_TCP, 300)
+
+    sports = iter(range(42100, 42200))
+
+    def placed():   # a new connection of the client
+        act, out = bench.run(tcp4(src="203.0.113.60", sport=next(sports)))
+        assert act == TX
+        return real_of(out)
+    for first, second in ((R2, R3), (R3, R2)):
+        dp = bench.reset(cfg())
+        assert load_entries(dp, _entries(tmpl(first))) == {"loaded_templates": 1}
+        assert placed() == first
+        load_entries(dp, _entries(tmpl(second)))
+        assert placed() == R2, (first, second)
+        assert load_entries(dp, _entries(tmpl(R3))) == {"kept_templates": 1}
+        assert placed() == R2
+    assert load_entries(dp, _entries(tmpl(R1))) == {"loaded_templates": 1}   # a lower one still wins
+    assert placed() == R1
+
+
+class _Sent(list):
+    """A master's sender as SyncRunner uses it (`add`), keeping the entries instead of multicasting them."""
+    add = list.append
+
+
+def test_a_refresh_sends_what_this_node_saw_not_what_it_only_heard(bench):
+    """Two `--sync both` nodes: what one hears from the other must not go back in its refresh, or each would reset
+    the other's timeout and an idle connection would never expire on either."""
+    dp = bench.reset(cfg(persist=False))
+    daemon = types.SimpleNamespace(dp=dp, log=print, lock=threading.Lock())
+    runner = SyncRunner(daemon, Sync(refresh=1.0))   # no mode: no sockets; the sender below keeps what is sent
+    runner.sender = _Sent()
+    heard = wire.SyncConn(wire.IPPROTO_TCP, IP("203.0.113.7"), 42000, IP(VIP), 80, IP(R3), 80, wire.CONN_F_DROUTE,
+                          wire.TCP_S_ESTABLISHED, 0, 900)
+    runner.load(_entries(heard))
+    act, _ = bench.run(tcp4(src="203.0.113.8", sport=42001))   # a connection this node sees
+    assert act == TX
+    runner.refresh()
+    assert [(c.caddr, c.cport) for c in runner.sender] == [(IP("203.0.113.8"), 42001)]
+    assert runner.counts["refresh_heard"] == 1

@@ -34,11 +34,15 @@ def _rows(entries, proto=None):
 
 
 def test_a_backup_loads_the_masters_connections_and_templates(tmp_path):
+    """Here over an IPv6 group and another port, as the config's [sync] mcast_group and mcast_port say (the tests
+    below sync over the IPVS default, 224.0.0.81:8848)."""
     from xlb.lab.syncpair import LINE_PORT
+    group = "ff02::8848"
+    keys = f'mcast_group = "{group}"\nmcast_port = 9000\n'
     with pair("xsy", tmp_path) as lab:
         lab.add_clients(LINES + PERSISTENT)
-        lab.start_xlb(1, sync="master")
-        lab.start_xlb(2, sync="backup", extra=("--metrics", "127.0.0.1:9842"))
+        lab.start_xlb(1, sync="master", sync_keys=keys)
+        lab.start_xlb(2, sync="backup", extra=("--metrics", "127.0.0.1:9842"), sync_keys=keys)
         lab.add_vip(1)
         asked = lab.ask_all(PERSISTENT)
         assert all(name.startswith("rs") for name in asked.values()), asked
@@ -54,6 +58,7 @@ def test_a_backup_loads_the_masters_connections_and_templates(tmp_path):
             wait_for(synced, timeout=10, what="the master's connections and templates in the backup's maps")
         status = lab.call(2, "status")["sync"]
         assert status["mode"] == "backup" and status["counts"]["loaded_templates"] >= len(PERSISTENT)
+        assert status["group"] == f"[{group}]:9000"
         assert not any(k.startswith("skipped") for k in status["counts"]), status
         metrics = run_in_netns(lab.lbs[2], _scrape, "http://127.0.0.1:9842/metrics")
         assert f'xlb_sync_total{{what="loaded_templates"}} {status["counts"]["loaded_templates"]}' in metrics

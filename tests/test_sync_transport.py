@@ -174,3 +174,30 @@ def test_a_burst_waits_in_the_backups_socket_while_it_is_busy(pair):
         got = receive_until(rx, lambda g: len(g) >= len(sent))
         assert tx.counts["messages"] == 201 and "send_dropped" not in tx.counts
         assert len(got) == len(sent)
+
+
+GROUP6 = "ff02::8848"   # a link-scope group: IPVS has no IPv6 default, the operator names one (--mcast-group)
+
+
+def test_an_ipv6_group_port_and_ttl_carry_sync_between_the_namespaces(pair):
+    """The daemon's options as the kernel's sync daemon takes them (mcast_group, mcast_port, mcast_ttl,
+    sync_maxlen): IPv6 sockets for an IPv6 group, the given port and hops, messages of at most `maxlen` bytes."""
+    topo, master, backup = pair
+    for ns, host in ((master, 1), (backup, 2)):
+        topo.sysctl(ns, "net/ipv6/conf/eth0/accept_dad", "0")
+        topo.addr(ns, "eth0", f"2001:db8:5::{host}/64")
+    with in_netns(backup):
+        rx = SyncReceiver("eth0", 7, group=GROUP6, port=9000)
+    with in_netns(master):
+        tx = SyncSender("eth0", 7, group=GROUP6, port=9000, ttl=3, maxlen=600)
+    with rx, tx:
+        assert tx.sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS) == 3
+        assert tx.sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP) == 0
+        assert tx.sock.getpeername()[:2] == (GROUP6, 9000)
+        assert rx.maxlen == 1500 - 48   # the backup's buffer: the MTU less the IPv6 and UDP headers
+        sent = conns(30)
+        tx.send(sent)
+        got = receive_until(rx, lambda g: len(g) >= len(sent))
+        assert got == sent
+        assert tx.counts["messages"] == 3   # 600 bytes hold 16 IPv4 entries (8 + 16 x 36)
+        assert rx.counts == {"messages": 3, "conns": 32}

@@ -270,11 +270,12 @@ def build_parser():
     run.add_argument("--bird-socket", metavar="PATH", help="announce the VIPs that can be served through this "
                      "BIRD's control socket (e.g. /run/bird/bird.ctl); with --bird-include")
     run.add_argument("--bird-include", metavar="FILE", help="the file xlb writes the VIP routes to, included by "
-                     "bird.conf (docs/scale-out.md)")
+                     "bird.conf (docs/scale-out.md); the two override the config's [bgp]")
     run.add_argument("--sync", choices=("master", "backup", "both"),
                      help="IPVS-compatible state sync: send new connections and templates (master), load the "
                           "ones received (backup), or both (overrides the config's [sync])")
-    run.add_argument("--sync-iface", metavar="IF", help="the interface state sync multicasts over (224.0.0.81:8848)")
+    run.add_argument("--sync-iface", metavar="IF", help="the interface state sync multicasts over (to the config's "
+                     "[sync] mcast_group, default 224.0.0.81:8848)")
     run.add_argument("--syncid", type=int, metavar="N", help="sync id 0..255 (default 0; a backup with 0 takes all)")
     run.set_defaults(func=_cmd_run, parser=run)
 

@@ -16,6 +16,8 @@ def to_tree(cfg: Config) -> dict:
             "icmp": dataclasses.asdict(cfg.icmp)}
     if cfg.sync.mode:
         tree["sync"] = dataclasses.asdict(cfg.sync)
+    if cfg.bgp.bird_socket:
+        tree["bgp"] = dataclasses.asdict(cfg.bgp)
     tree["mark"] = [_mark_tree(rule) for rule in cfg.marks]
     tree["service"] = [_service_tree(svc) for svc in cfg.services]
     return tree

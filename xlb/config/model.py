@@ -1,4 +1,4 @@
-"""xlb's configuration as frozen dataclasses (Config, Service, Real, MarkRule, Timeouts, Tables, Sync), the values it
+"""xlb's configuration as frozen dataclasses (Config, Service, Real, MarkRule, Timeouts, Tables, Sync, Bgp), the values it
 may take, and the address helpers the data plane's keys are built with. Pure: xlb/config/read.py reads and
 validates a file into it, xlb/config/dump.py writes it back as TOML.
 """
@@ -58,9 +58,23 @@ class Sync:
     """IPVS-compatible state sync (``[sync]``; `xlb run --sync` overrides): the role, its interface and syncid."""
 
     mode: str | None = None  # "master" | "backup" | "both"; None = off
-    iface: str | None = None  # the sync interface (multicast 224.0.0.81:8848 there)
+    iface: str | None = None  # the sync interface (the multicast group is joined and sent to there)
     syncid: int = 0  # 0..255; a backup with 0 takes every syncid
     refresh: float = 60.0  # seconds between a master's re-sends of its live connections and templates
+    # The kernel sync daemon's options (ipvsadm --mcast-group, --mcast-port, --mcast-ttl, --sync-maxlen):
+    mcast_group: str = "224.0.0.81"  # IPv4 or IPv6 multicast group (IPv6: IPv6 sockets; IPVS has no IPv6 default)
+    mcast_port: int = 8848
+    mcast_ttl: int = 1  # multicast TTL (IPv6: hops) of what a master sends
+    maxlen: int = 0  # message length without IP/UDP headers; 0: 1500 less them (a backup: the MTU less them)
+
+
+@dataclass(frozen=True)
+class Bgp:
+    """VIP announcements through BIRD (``[bgp]``; `xlb run --bird-socket/--bird-include` override): BIRD's control
+    socket and the file xlb writes the VIP routes to, which bird.conf includes. Both or neither."""
+
+    bird_socket: str | None = None  # e.g. /run/bird/bird.ctl
+    bird_include: str | None = None  # e.g. /etc/bird/xlb-vips.conf
 
 
 @dataclass(frozen=True)
@@ -154,6 +168,7 @@ class Config:
     source: str
     icmp: Icmp = Icmp()
     sync: Sync = Sync()
+    bgp: Bgp = Bgp()
 
 
 # ---------------------------------------------------------------------------------------------------------------

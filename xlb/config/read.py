@@ -13,32 +13,31 @@ Decisions worth knowing:
 - ``placement = "consistent"`` needs ``persistence_timeout`` and places by Maglev: it implies ``scheduler = "mh"``
   and rejects any other scheduler, and ``mh-port`` (a template is keyed by the client address alone).
 - ``family`` on a vip service is allowed only when it agrees with the vip's address family.
-- Two mark rules "claim the same thing" only with an identical ``dst`` prefix; a longer prefix inside a shorter one is
-  not a conflict (longest prefix wins in the data plane), and neither is a specific-proto rule next to an "any" rule
-  (the specific proto wins), nor a ported rule next to a no-ports rule (the ported rule wins).
+
+This module reads the document and its services; the node-wide tables are settings.py's, the mark rules
+marks.py's, and the validation context they all use (field paths, unknown keys) validate.py's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import ipaddress
 import re
 import tomllib
 
 from . import health as xhealth
+from . import marks as xmarks
 from . import realcheck
+from . import settings
 from . import tunnel as xtunnel
-from .model import (CONNS_MAX, CONNS_MIN, DEFAULT_SCHEDULER, FLOW_CACHE_MAX, FLOW_CACHE_MIN, IPVS_SCHEDULERS_NOT_YET,
-                    METHODS, MH_SIZE_MAX, MH_SIZE_MIN, PERSISTENCE_ENGINES, PERSISTENCE_MODES,
-                    PLACEMENTS, SCHED_FLAGS, SCHEDULERS, SERVICE_PROTOS, SYNC_MODES, TIMEOUT_MAX, U32_MAX, Config, Icmp,
-                    MarkRule, Real, Service, Sync, Tables, Timeouts, is_prime, netmask_bytes, show_value)
+from .model import (DEFAULT_SCHEDULER, IPVS_SCHEDULERS_NOT_YET, METHODS, MH_SIZE_MAX, MH_SIZE_MIN,
+                    PERSISTENCE_ENGINES, PERSISTENCE_MODES, PLACEMENTS, SCHED_FLAGS, SCHEDULERS, SERVICE_PROTOS,
+                    TIMEOUT_MAX, U32_MAX, Config, Icmp, Real, Service, is_prime, netmask_bytes, show_value)
 from .tomlpos import located
+from .validate import Validator, join, no_zone
 from ..errors import ConfigError
 
 _TOML_LOC = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
-
-
 _TOML_END = re.compile(r"\s*\(at end of document\)\s*$")
 
 
@@ -79,20 +78,20 @@ def from_tree(doc: dict, source: str = "<config>") -> Config:
     Importers of other formats (xlb/importers/keepalived/translate.py) and runtime edits (xlb/ops/admin.py) build this tree so every rule lives here; errors name
     the field path in the tree (``service[1].real[0].weight``).
     """
-    v = _V(source)
-    top = v.table(doc, "", ("timeouts", "tables", "icmp", "sync", "mark", "service"))
-    timeouts = _timeouts(v, top)
-    tables = _tables(v, top)
-    sync = _sync(v, top)
-    marks = tuple(_mark(v, item, where) for where, item in v.array_of_tables(top, "", "mark"))
-    _check_mark_conflicts(v, marks)
+    v = Validator(source)
+    top = v.table(doc, "", ("timeouts", "tables", "icmp", "sync", "bgp", "mark", "service"))
+    timeouts = settings.timeouts(v, top)
+    tables = settings.tables(v, top)
+    sync = settings.sync(v, top)
+    bgp = settings.bgp(v, top)
+    marks = xmarks.read(v, top)
     services = tuple(_service(v, item, where) for where, item in v.array_of_tables(top, "", "service"))
     _check_duplicate_services(v, services)
     realcheck.check(services, marks, source)  # reals that cannot work: VIPs, loopback, multicast...
     icmp_t = v.table(top.get("icmp", {}), "icmp", ("echo_reply",))
     icmp = Icmp(echo_reply=v.flag(icmp_t, "icmp", "echo_reply", Icmp.echo_reply))
     return Config(timeouts=timeouts, tables=tables, marks=marks, services=services, source=source, icmp=icmp,
-                  sync=sync)
+                  sync=sync, bgp=bgp)
 
 
 def _syntax_error(source, text, e) -> ConfigError:
@@ -106,202 +105,6 @@ def _syntax_error(source, text, e) -> ConfigError:
         last = max(1, len(text.splitlines()))
         return ConfigError(source, f"line {last}", f"TOML syntax error: {msg[:m.start()]} (at end of file)")
     return ConfigError(source, "", f"TOML syntax error: {msg}")
-
-
-def _join(where, key):
-    return f"{where}.{key}" if where else key
-
-
-class _V:
-    """Validation context: knows the source and produces ConfigErrors with field paths."""
-
-    def __init__(self, source):
-        self.source = source
-
-    def fail(self, where, message):
-        raise ConfigError(self.source, where, message)
-
-    def table(self, value, where, allowed) -> dict:
-        """Check ``value`` is a table with only ``allowed`` keys; return it."""
-        if not isinstance(value, dict):
-            self.fail(where, f"must be a table, got {show_value(value)}")
-        for key in value:
-            if key not in allowed:
-                hint = difflib.get_close_matches(key, allowed, n=1)
-                did = f"did you mean '{hint[0]}'? " if hint else ""
-                self.fail(_join(where, key), f"unknown key '{key}'; {did}allowed here: {', '.join(allowed)}")
-        return value
-
-    def array_of_tables(self, tbl, where, key):
-        """Yield (where, item) for ``[[key]]``; missing = empty."""
-        items = tbl.get(key, [])
-        path = _join(where, key)
-        if not isinstance(items, list):
-            header = re.sub(r"\[\d+\]", "", path)  # service[0].real -> service.real
-            self.fail(path, f"must be an array of tables (write [[{header}]]), got {show_value(items)}")
-        for i, item in enumerate(items):
-            yield f"{path}[{i}]", item
-
-    def integer(self, tbl, where, key, lo, hi, default=None, required=False):
-        """An integer field in lo..hi (booleans are not integers here)."""
-        if key not in tbl:
-            if required:
-                self.fail(_join(where, key), f"{key} is required (an integer {lo}..{hi})")
-            return default
-        value = tbl[key]
-        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-            self.fail(_join(where, key), f"{key} must be an integer {lo}..{hi}, got {show_value(value)}")
-        return value
-
-    def choice(self, tbl, where, key, choices, default=None, required=False):
-        """A string field from a fixed set."""
-        if key not in tbl:
-            if required:
-                self.fail(_join(where, key), f"{key} is required (one of: {', '.join(choices)})")
-            return default
-        value = tbl[key]
-        if value not in choices:
-            self.fail(_join(where, key), f"{key} must be one of: {', '.join(choices)}; got {show_value(value)}")
-        return value
-
-    def flag(self, tbl, where, key, default):
-        if key not in tbl:
-            return default
-        value = tbl[key]
-        if not isinstance(value, bool):
-            self.fail(_join(where, key), f"{key} must be true or false, got {show_value(value)}")
-        return value
-
-
-def _timeouts(v, top) -> Timeouts:
-    where = "timeouts"
-    tbl = v.table(top.get(where, {}), where, [f.name for f in dataclasses.fields(Timeouts)])
-    d = Timeouts()
-    return Timeouts(**{f.name: v.integer(tbl, where, f.name, 1, TIMEOUT_MAX, getattr(d, f.name))
-                       for f in dataclasses.fields(Timeouts)})
-
-
-def _tables(v, top) -> Tables:
-    where = "tables"
-    tbl = v.table(top.get(where, {}), where, ("conns", "templates", "sweep_interval", "flow_cache"))
-    d = Tables()
-    conns = v.integer(tbl, where, "conns", CONNS_MIN, CONNS_MAX, d.conns)
-    templates = v.integer(tbl, where, "templates", CONNS_MIN, CONNS_MAX, d.templates)
-    sweep = tbl.get("sweep_interval", d.sweep_interval)
-    if not isinstance(sweep, (int, float)) or isinstance(sweep, bool) or not 0.05 <= sweep <= 60:
-        v.fail(_join(where, "sweep_interval"),
-               f"sweep_interval must be a number of seconds 0.05..60, got {show_value(sweep)}")
-    flow_cache = v.integer(tbl, where, "flow_cache", 0, FLOW_CACHE_MAX, d.flow_cache)
-    if flow_cache & (flow_cache - 1) or 0 < flow_cache < FLOW_CACHE_MIN:
-        v.fail(_join(where, "flow_cache"), f"flow_cache must be a power of two from {FLOW_CACHE_MIN} (entries per "
-               f"CPU), or 0 for none; got {flow_cache}")
-    return Tables(conns=conns, templates=templates, sweep_interval=float(sweep), flow_cache=flow_cache)
-
-
-def _sync(v, top) -> Sync:
-    where = "sync"
-    tbl = v.table(top.get(where, {}), where, ("mode", "iface", "syncid", "refresh"))
-    if not tbl:
-        return Sync()
-    mode = v.choice(tbl, where, "mode", SYNC_MODES, required=True)
-    iface = tbl.get("iface")
-    if not isinstance(iface, str) or not 0 < len(iface) < 16 or "/" in iface or iface.strip() != iface:
-        v.fail(_join(where, "iface"), f"iface must name the sync interface (1..15 characters), got "
-               f"{show_value(iface)}")
-    refresh = tbl.get("refresh", Sync.refresh)
-    if not isinstance(refresh, (int, float)) or isinstance(refresh, bool) or not 1 <= refresh <= 3600:
-        v.fail(_join(where, "refresh"), f"refresh must be a number of seconds 1..3600, got {show_value(refresh)}")
-    return Sync(mode=mode, iface=iface, syncid=v.integer(tbl, where, "syncid", 0, 255, 0), refresh=float(refresh))
-
-
-def _mark(v, item, where) -> MarkRule:
-    tbl = v.table(item, where, ("mark", "proto", "dst", "ports"))
-    mark = v.integer(tbl, where, "mark", 1, U32_MAX, required=True)
-    proto = v.choice(tbl, where, "proto", ("tcp", "udp", "any"), default="any")
-    if "dst" not in tbl:
-        v.fail(_join(where, "dst"), 'dst is required (a prefix such as "198.51.100.0/24" or "2001:db8::/64")')
-    dst_s = tbl["dst"]
-    if not isinstance(dst_s, str):
-        v.fail(_join(where, "dst"), f"dst must be a prefix string like \"198.51.100.0/24\", got {show_value(dst_s)}")
-    try:
-        dst = ipaddress.ip_network(dst_s, strict=True)
-    except ValueError as e:
-        hint = ""
-        try:
-            hint = f" (did you mean \"{ipaddress.ip_network(dst_s, strict=False)}\"?)"
-        except ValueError:
-            pass
-        v.fail(_join(where, "dst"), f"dst must be a network prefix with no host bits set: {e}{hint}")
-    _no_zone(v, dst.network_address, _join(where, "dst"), f"/{dst.prefixlen}")
-    ports = _ports(v, tbl, where)
-    return MarkRule(mark=mark, proto=proto, dst=dst, ports=ports, where=where)
-
-
-def _ports(v, tbl, where) -> tuple:
-    """Parse ``ports = [80, "8000-8080"]`` into merged, sorted inclusive ranges; omitted = () = every port."""
-    if "ports" not in tbl:
-        return ()
-    path = _join(where, "ports")
-    raw = tbl["ports"]
-    if not isinstance(raw, list):
-        v.fail(path, f"ports must be an array of ports and \"lo-hi\" ranges, got {show_value(raw)}")
-    if not raw:
-        v.fail(path, "ports is empty; omit the key to match every port")
-    ranges = []
-    for i, p in enumerate(raw):
-        bad = f"each port must be an integer 1..65535 or a string \"lo-hi\" with 1 <= lo <= hi <= 65535, got {show_value(p)}"
-        if isinstance(p, int) and not isinstance(p, bool):
-            lo = hi = p
-        elif isinstance(p, str) and re.fullmatch(r"\s*\d+\s*(-\s*\d+\s*)?", p):
-            parts = [int(x) for x in p.split("-")]
-            lo, hi = parts[0], parts[-1]
-        else:
-            v.fail(f"{path}[{i}]", bad)
-        if not 1 <= lo <= hi <= 65535:
-            v.fail(f"{path}[{i}]", bad)
-        ranges.append((lo, hi))
-    ranges.sort()
-    merged = [ranges[0]]
-    for lo, hi in ranges[1:]:
-        plo, phi = merged[-1]
-        if lo <= phi + 1:  # overlapping or adjacent
-            merged[-1] = (plo, max(phi, hi))
-        else:
-            merged.append((lo, hi))
-    return tuple(merged)
-
-
-def _first_overlap(a, b):
-    """First port in both sorted range tuples, or None."""
-    for alo, ahi in a:
-        for blo, bhi in b:
-            lo = max(alo, blo)
-            if lo <= min(ahi, bhi):
-                return lo
-    return None
-
-
-def _check_mark_conflicts(v, marks):
-    """Reject two rules with the same prefix and proto that would give one packet two different marks."""
-    groups = {}
-    for rule in marks:
-        groups.setdefault((rule.dst, rule.proto), []).append(rule)
-    for (dst, proto), rules in groups.items():
-        for j, b in enumerate(rules):
-            for a in rules[:j]:
-                if a.mark == b.mark:
-                    continue
-                if not a.ports and not b.ports:
-                    what = "every port"
-                elif a.ports and b.ports:
-                    port = _first_overlap(a.ports, b.ports)
-                    if port is None:
-                        continue
-                    what = f"port {port}"
-                else:
-                    continue  # a ported rule is more specific than a no-ports rule: no conflict
-                v.fail(b.where, f"conflicts with {a.where}: both match {proto} {dst} {what} "
-                                f"but give mark {b.mark} and mark {a.mark}")
 
 
 _SERVICE_KEYS = ("fwmark", "family", "vip", "port", "proto", "scheduler", "method", "persistence_timeout",
@@ -319,13 +122,13 @@ def _service(v, item, where) -> Service:
         fwmark = v.integer(tbl, where, "fwmark", 1, U32_MAX)
         for k in ("port", "proto"):
             if k in tbl:
-                v.fail(_join(where, k), f"{k} applies only to vip services; a fwmark service matches by mark")
+                v.fail(join(where, k), f"{k} applies only to vip services; a fwmark service matches by mark")
         family = 6 if fam_key == "ipv6" else 4
     elif "vip" in tbl:
-        vip = _address(v, tbl["vip"], _join(where, "vip"), "vip")
+        vip = _address(v, tbl["vip"], join(where, "vip"), "vip")
         family = vip.version
         if fam_key is not None and fam_key != f"ipv{family}":
-            v.fail(_join(where, "family"), f"family {show_value(fam_key)} does not match vip {vip} (IPv{family}); "
+            v.fail(join(where, "family"), f"family {show_value(fam_key)} does not match vip {vip} (IPv{family}); "
                                            "remove family, a vip service takes it from the address")
         port = v.integer(tbl, where, "port", 0, 65535, required=True)
         proto = v.choice(tbl, where, "proto", SERVICE_PROTOS, required=True)
@@ -336,51 +139,51 @@ def _service(v, item, where) -> Service:
     scheduler = _scheduler(v, tbl, where, placement)
     method = tbl.get("method", "dr")
     if method == "nat" and proto == "sctp":
-        v.fail(_join(where, "method"), "an SCTP service cannot use NAT: rewriting its addresses or ports needs "
+        v.fail(join(where, "method"), "an SCTP service cannot use NAT: rewriting its addresses or ports needs "
                                        "the packet's CRC32c recomputed, which xlb does not do; use method \"dr\"")
     if method not in METHODS:
-        v.fail(_join(where, "method"), f"unknown method {show_value(method)} (supported: {', '.join(METHODS)})")
-    tunnel = xtunnel.read(v, tbl, where, method, _join)
+        v.fail(join(where, "method"), f"unknown method {show_value(method)} (supported: {', '.join(METHODS)})")
+    tunnel = xtunnel.read(v, tbl, where, method, join)
 
     ptimeout = v.integer(tbl, where, "persistence_timeout", 1, TIMEOUT_MAX)
     if ptimeout is None:
         for k in ("persistence_netmask", "persistence_mode", "expire_quiescent_template", "placement",
                   "persistence_engine"):
             if k in tbl:
-                v.fail(_join(where, k), f"{k} has no effect without persistence_timeout; "
+                v.fail(join(where, k), f"{k} has no effect without persistence_timeout; "
                                         "set persistence_timeout or remove it")
     try:
         pmask = netmask_bytes(family, tbl.get("persistence_netmask"))
     except ValueError as e:
-        v.fail(_join(where, "persistence_netmask"), f"persistence_netmask: {e}")
+        v.fail(join(where, "persistence_netmask"), f"persistence_netmask: {e}")
     pmode = v.choice(tbl, where, "persistence_mode", PERSISTENCE_MODES, default="lvs")
     eqt = v.flag(tbl, where, "expire_quiescent_template", False)
     engine = v.choice(tbl, where, "persistence_engine", PERSISTENCE_ENGINES)
     if engine and proto in ("tcp", "sctp"):
-        v.fail(_join(where, "persistence_engine"), f"persistence_engine \"sip\" reads UDP datagrams (as IPVS's); "
+        v.fail(join(where, "persistence_engine"), f"persistence_engine \"sip\" reads UDP datagrams (as IPVS's); "
                                                    f"this is a {proto} service")
     if port == 0 and ptimeout is None:
-        v.fail(_join(where, "port"), "port 0 (all ports) requires persistence_timeout, as in IPVS; "
+        v.fail(join(where, "port"), "port 0 (all ports) requires persistence_timeout, as in IPVS; "
                                      "set persistence_timeout or give a port")
 
     reals = _reals(v, tbl, where, family, method, port, any_family=tunnel is not None)
     if "mh_table_size" in tbl and scheduler != "mh":
-        v.fail(_join(where, "mh_table_size"), f"mh_table_size applies only to scheduler \"mh\" "
+        v.fail(join(where, "mh_table_size"), f"mh_table_size applies only to scheduler \"mh\" "
                                               f"(this service uses {show_value(scheduler)})")
     mh_size = v.integer(tbl, where, "mh_table_size", MH_SIZE_MIN, MH_SIZE_MAX, 4093)
     if not is_prime(mh_size):
-        v.fail(_join(where, "mh_table_size"), f"mh_table_size must be a prime number, got {mh_size}")
+        v.fail(join(where, "mh_table_size"), f"mh_table_size must be a prime number, got {mh_size}")
     if scheduler == "mh" and mh_size < len(reals):
-        v.fail(_join(where, "mh_table_size"), f"mh_table_size {mh_size} is smaller than the number of reals "
+        v.fail(join(where, "mh_table_size"), f"mh_table_size {mh_size} is smaller than the number of reals "
                                               f"({len(reals)}); use a prime well above it")
 
     flags = _sched_flags(v, tbl, where, scheduler)
     ops = v.flag(tbl, where, "ops", False)
     if ops and proto == "tcp":
-        v.fail(_join(where, "ops"), "ops (one-packet scheduling) applies only to UDP, as in IPVS; "
+        v.fail(join(where, "ops"), "ops (one-packet scheduling) applies only to UDP, as in IPVS; "
                                     "remove it or use proto = \"udp\"")
     if placement == "consistent" and "mh-port" in flags:
-        v.fail(_join(where, "sched_flags"), "mh-port does not go with placement \"consistent\": a client's template "
+        v.fail(join(where, "sched_flags"), "mh-port does not go with placement \"consistent\": a client's template "
                                             "is keyed by its (masked) address alone")
     svc = Service(fwmark=fwmark, vip=vip, port=port, proto=proto, family=family, scheduler=scheduler,
                   method=method, persistence_timeout=ptimeout, persistence_netmask=pmask, persistence_mode=pmode,
@@ -393,7 +196,7 @@ def _service(v, item, where) -> Service:
 def _sched_flags(v, tbl, where, scheduler) -> tuple:
     if "sched_flags" not in tbl:
         return ()
-    fwhere = _join(where, "sched_flags")
+    fwhere = join(where, "sched_flags")
     value = tbl["sched_flags"]
     allowed = SCHED_FLAGS.get(scheduler, ())
     if not allowed:
@@ -411,14 +214,14 @@ def _sched_flags(v, tbl, where, scheduler) -> tuple:
 def _scheduler(v, tbl, where, placement) -> str:
     s = tbl.get("scheduler", "mh" if placement == "consistent" else DEFAULT_SCHEDULER)
     if placement == "consistent" and s != "mh":
-        v.fail(_join(where, "scheduler"), f"placement \"consistent\" places new clients by Maglev (scheduler "
+        v.fail(join(where, "scheduler"), f"placement \"consistent\" places new clients by Maglev (scheduler "
                                           f"\"mh\"); scheduler {show_value(s)} would never be used: remove it")
     supported = ", ".join(SCHEDULERS)
     if s in SCHEDULERS:
         return s
     if s in IPVS_SCHEDULERS_NOT_YET:
-        v.fail(_join(where, "scheduler"), f"scheduler '{s}' is not supported yet (supported: {supported})")
-    v.fail(_join(where, "scheduler"), f"unknown scheduler {show_value(s)} (supported: {supported})")
+        v.fail(join(where, "scheduler"), f"scheduler '{s}' is not supported yet (supported: {supported})")
+    v.fail(join(where, "scheduler"), f"unknown scheduler {show_value(s)} (supported: {supported})")
 
 
 def _address(v, value, where, what):
@@ -429,18 +232,8 @@ def _address(v, value, where, what):
         except ValueError:
             pass
         else:
-            return _no_zone(v, addr, where)
+            return no_zone(v, addr, where)
     v.fail(where, f"{what} must be an IPv4 or IPv6 address like \"198.51.100.10\", got {show_value(value)}")
-
-
-def _no_zone(v, addr, where, suffix=""):
-    """Refuse an IPv6 zone index ("fe80::1%eth0"): the maps hold 16 bytes, so it would be silently dropped there,
-    and two spellings of one address would pass as two (duplicate services, reals, conflicting mark rules)."""
-    zone = getattr(addr, "scope_id", None)
-    if zone:
-        plain = ipaddress.IPv6Address(addr.packed)
-        v.fail(where, f"a zone index (\"%{zone}\") has no meaning here; write \"{plain}{suffix}\"")
-    return addr
 
 
 def _reals(v, tbl, where, family, method, svc_port, any_family=False) -> tuple:
@@ -450,22 +243,22 @@ def _reals(v, tbl, where, family, method, svc_port, any_family=False) -> tuple:
     for rwhere, item in v.array_of_tables(tbl, where, "real"):
         rt = v.table(item, rwhere, ("address", "port", "weight", "uthreshold", "lthreshold") + xhealth.REAL_KEYS)
         if "address" not in rt:
-            v.fail(_join(rwhere, "address"), "address is required")
-        addr = _address(v, rt["address"], _join(rwhere, "address"), "address")
+            v.fail(join(rwhere, "address"), "address is required")
+        addr = _address(v, rt["address"], join(rwhere, "address"), "address")
         if addr.version != family and not any_family:
-            v.fail(_join(rwhere, "address"), f"real {addr} is IPv{addr.version} but the service is IPv{family} "
+            v.fail(join(rwhere, "address"), f"real {addr} is IPv{addr.version} but the service is IPv{family} "
                                              "(only method \"tun\" carries a family to a real of the other)")
         if addr in seen:
-            v.fail(_join(rwhere, "address"), f"duplicate real {addr}: already given as {seen[addr]}")
+            v.fail(join(rwhere, "address"), f"duplicate real {addr}: already given as {seen[addr]}")
         seen[addr] = rwhere
         port = _real_port(v, rt, rwhere, method, svc_port)
         weight = v.integer(rt, rwhere, "weight", 0, 65535, 1)
         upper = v.integer(rt, rwhere, "uthreshold", 0, U32_MAX, 0)
         lower = v.integer(rt, rwhere, "lthreshold", 0, U32_MAX, 0)
         if lower and not upper:
-            v.fail(_join(rwhere, "lthreshold"), "lthreshold has no effect without uthreshold")
+            v.fail(join(rwhere, "lthreshold"), "lthreshold has no effect without uthreshold")
         if upper and lower >= upper:
-            v.fail(_join(rwhere, "lthreshold"), f"lthreshold {lower} must be below uthreshold {upper}")
+            v.fail(join(rwhere, "lthreshold"), f"lthreshold {lower} must be below uthreshold {upper}")
         reals.append(Real(address=addr, weight=weight, where=rwhere, uthreshold=upper, lthreshold=lower,
                           health=xhealth.picked(rt, xhealth.REAL_KEYS) or None, port=port))
     return tuple(reals)
@@ -478,7 +271,7 @@ def _real_port(v, rt, rwhere, method, svc_port):
     if port is None or method == "nat" or port == svc_port:
         return None if method != "nat" else port
     what = f"the service's port {svc_port}" if svc_port else "the client's port (a fwmark or port-zero service)"
-    v.fail(_join(rwhere, "port"), f"port {port} differs from {what}: only method = \"nat\" rewrites the port; "
+    v.fail(join(rwhere, "port"), f"port {port} differs from {what}: only method = \"nat\" rewrites the port; "
                                   "remove port or set method = \"nat\"")
 
 

@@ -46,20 +46,38 @@ class SyncState:
         own timeout, if shorter: a backup never keeps an entry longer than its own timeouts say)."""
         return now_ns() - max(0, timeout_ns - left_s * NS)
 
-    def write_synced_conn(self, key, svc_id, real_id, state, left_s):
-        """Write one received connection; returns whether it replaced an entry with another real."""
+    def write_synced_conn(self, key, svc_id, real_id, state, left_s, written=None):
+        """Write one received connection; returns whether it replaced an entry with another real. `written`: a
+        dict that gets {key bytes: the last-seen time written}."""
         conns = self.m["conns"]
         old = conns.get(key)
-        conns[key] = S.Conn(seen_ns=self.synced_seen_ns(self.timeouts()[state], left_s), real_id=real_id,
-                            real_gen=self.gens[real_id], svc_id=svc_id, state=state)
+        seen = self.synced_seen_ns(self.timeouts()[state], left_s)
+        conns[key] = S.Conn(seen_ns=seen, real_id=real_id, real_gen=self.gens[real_id], svc_id=svc_id, state=state)
+        if written is not None:
+            written[bytes(key)] = seen
         return old is not None and old.real_id != real_id
+
+    def _persist_key(self, st, client):
+        return S.PersistKey(svc=S.SvcKey.from_buffer_copy(st.key_bytes),
+                            client=S.addr_words(mask_address(client, st.svc.persistence_netmask)))
+
+    def live_template_real(self, st, client):
+        """The real id of the template of service state `st` for `client` (16 bytes, masked here) if one is in
+        force (unexpired, placed on a real that is still live in the generation it was placed with), else None."""
+        old = self.m["persist"].get(self._persist_key(st, client))
+        if old is None or self.gens.get(old.real_id) != old.real_gen:
+            return None
+        if max(old.last_new_ns + st.svc.persistence_timeout * NS, old.held_until_ns) <= now_ns():
+            return None
+        real = self.m["reals"].get(ct.c_uint32(old.real_id))
+        if real is None or real.flags & (S.REAL_F_LIVE | S.REAL_F_DOWN) != S.REAL_F_LIVE:
+            return None
+        return old.real_id
 
     def write_synced_template(self, st, client, real_id, left_s):
         """Write one received template of service state `st` for `client` (16 bytes, masked here with the local
         netmask), placing it on real_id for `left_s` seconds (at most the local persistence timeout)."""
         svc = st.svc
-        key = S.PersistKey(svc=S.SvcKey.from_buffer_copy(st.key_bytes),
-                           client=S.addr_words(mask_address(client, svc.persistence_netmask)))
-        self.m["persist"][key] = S.Persist(
+        self.m["persist"][self._persist_key(st, client)] = S.Persist(
             last_new_ns=self.synced_seen_ns(svc.persistence_timeout * NS, left_s), held_until_ns=0,
             real_id=real_id, real_gen=self.gens[real_id])

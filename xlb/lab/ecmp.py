@@ -11,6 +11,9 @@ The router hashes addresses, protocol and ports (fib_multipath_hash_policy 3, fi
 BGP session runs BFD at 100 ms x 3. One config holds a service per way of placing (SERVICES), each on its own VIP,
 so one run measures them side by side: mh (stateless, nodes agree), rr (the baseline: nodes disagree, no sync),
 rr with persistence /24 (the persistent baseline) and placement = "consistent" with persistence /24.
+With ``sync="both"`` every balancer also runs IPVS-compatible state sync (`xlb run --sync both`) over eth0: the
+bridge br0 is the one segment all balancers share, so the sync multicast reaches each of them (a cut balancer's
+sync is cut with its traffic, as a pulled cable would).
 """
 import os
 import resource
@@ -18,13 +21,15 @@ import selectors
 import signal
 import socket
 import time
+from collections import Counter
 from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from ..dataplane.pin import netns_pin_root, remove as remove_pins
+from ..dataplane.pin import netns_pin_root
 from ..ops import control
 from ..sync.bgp import render
+from .base import Lab
 from .bird import Bird, bird_conf, bird_routes, session
 from .demo import run_xlb_logged, xdp_prog_id
 from .netns import Topology
@@ -41,6 +46,7 @@ SERVICES = {  # name -> (VIP, the service's keys)
     "consistent": ("198.51.100.13", 'placement = "consistent"\n' + PERSIST),
 }
 PERSISTENT = ("rr-persistent", "consistent")
+SYNCID = 19
 WAIT = 60.0   # seconds: a bound on starts and convergence, not a measured time
 
 
@@ -60,51 +66,42 @@ class Conn:
         self.buf = b""
 
 
-class EcmpLab:
+class EcmpLab(Lab):
     """The topology above, BIRD everywhere and `xlb run` on every balancer; a context manager that removes it all.
     ``xlb_main``: xlb's command line (xlb.cli.main), handed in as DrLab's is."""
 
-    def __init__(self, workdir, *, xlb_main, nodes=3, clients=20, prefix="xec", log=None):
+    def __init__(self, workdir, *, xlb_main, nodes=3, clients=20, prefix="xec", log=None, sync=None):
         self.workdir = Path(workdir)
+        self.sync = sync  # None, or the `--sync` mode of every balancer (over eth0, syncid SYNCID)
         self.xlb_main = xlb_main
         self.n = nodes
         self.clients = [f"198.19.{k}.10" for k in range(clients)]
         self.log = log or (lambda msg: None)
         self.topo = Topology(prefix=prefix)
-        self.birds, self.daemons, self.sockets, self.pins = [], [], [], []
+        self.birds, self.daemons, self.sockets, self.pin_roots = [], [], [], []
 
-    def __enter__(self):
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # the bench holds thousands of connections
-        try:
-            self._build()
-            self._start()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            for d in self.daemons:
-                if d.is_alive():
-                    os.kill(d.pid, signal.SIGTERM)
-                    d.proc.join(15)
-                d.stop()
-            for b in self.birds:
-                b.stop()
-            self.topo.close()
-        finally:
-            for p in self.pins:
-                remove_pins(p)
+    def _stop(self):
+        for d in self.daemons:
+            if d.is_alive():
+                os.kill(d.pid, signal.SIGTERM)
+                d.proc.join(15)
+            d.stop()
+        for b in self.birds:
+            b.stop()
 
     # -- building -------------------------------------------------------------------------------------------------
     def _build(self):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))   # the bench holds thousands of connections
+        self._topology()
+        self._start()
+
+    def _topology(self):
         t = self.topo
         sw, self.cl, self.r = t.netns("sw"), t.netns("cl"), t.netns("r")
         self.lbs = [t.netns(f"lb{i + 1}") for i in range(self.n)]
         rs = [t.netns(f"rs{i + 1}") for i in range(len(REALS))]
-        self.pins = [netns_pin_root(ns) for ns in self.lbs]
+        self.pin_roots = [netns_pin_root(ns) for ns in self.lbs]
         ports = [("r", self.r)] + [(f"l{i}", ns) for i, ns in enumerate(self.lbs)] + \
                 [(f"s{i}", ns) for i, ns in enumerate(rs)]
         for port, ns in ports:
@@ -159,6 +156,8 @@ class EcmpLab:
             self.sockets.append(sock)
             argv = ["run", "--iface", "eth0", "--config", str(w / "xlb.toml"), "--xdp-mode", "generic",
                     "--socket", sock, "--bird-socket", bird.sock, "--bird-include", str(include)]
+            if self.sync:
+                argv += ["--sync", self.sync, "--sync-iface", "eth0", "--syncid", str(SYNCID)]
             self.daemons.append(self.topo.spawn(ns, run_xlb_logged, self.xlb_main, str(w / f"lb{i + 1}.log"), argv))
         deadline = time.monotonic() + 2 * WAIT
         for i, (ns, d) in enumerate(zip(self.lbs, self.daemons)):
@@ -220,6 +219,26 @@ class EcmpLab:
         """{service: {client: real}} of the persistent services, each client asking on a new connection."""
         return {svc: {c: self.ask(svc, c) for c in self.clients} for svc in PERSISTENT}
 
+    def wait_synced(self, per_service, timeout=WAIT):
+        """With sync: wait until every balancer holds the established connections of rr and rr-persistent and the
+        templates of rr-persistent's clients, wherever ECMP sent them (what a node must know before it fails)."""
+        vips = {SERVICES[s][0]: s for s in ("rr", "rr-persistent")}
+        want_conns, want_templates = per_service, len(self.clients)
+        deadline = time.monotonic() + timeout
+        while True:
+            short = []
+            for i, sock in enumerate(self.sockets):
+                rows = control.call("conns", path=sock, timeout=30)
+                est = Counter(vips[r["vaddr"]] for r in rows if r["vaddr"] in vips and r["state"] == "ESTABLISHED")
+                tpl = sum(1 for r in rows if r["state"] == "NONE" and r["vaddr"] == SERVICES["rr-persistent"][0])
+                if min(est["rr"], est["rr-persistent"]) < want_conns or tpl < want_templates:
+                    short.append(f"lb{i + 1}: {dict(est)} established, {tpl} templates")
+            if not short:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"state sync did not reach every balancer: {'; '.join(short)}")
+            time.sleep(0.1)
+
     # -- events ---------------------------------------------------------------------------------------------------
     def cut(self, i, up=False):
         """Cut (or mend) balancer i's link: its bridge port goes down, as a pulled cable."""
@@ -235,6 +254,8 @@ class EcmpLab:
         whose new connections went to another real. Puts the node back afterwards."""
         conns = self.connect(per_service)
         before = self.placements()
+        if self.sync:
+            self.wait_synced(per_service)
         start = time.monotonic()
         if event == "cut":
             self.cut(node)

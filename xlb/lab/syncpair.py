@@ -19,8 +19,9 @@ import time
 from pyroute2 import IPRoute
 
 from ..dataplane.links import attached_prog_id
-from ..dataplane.pin import netns_pin_root, remove as remove_pins
+from ..dataplane.pin import netns_pin_root
 from ..ops import control
+from .base import Lab
 from .netns import Topology
 from .process import PipedChild, enter_netns, run_in_netns
 from .servers import tcp_ask, tcp_echo_name_server, tcp_line_name_server
@@ -65,7 +66,7 @@ def _exec(argv):
     os.execvp(argv[0], argv)
 
 
-class SyncPair:
+class SyncPair(Lab):
     """The topology above; a context manager that removes everything on exit. `xlb_main` is xlb.cli.main."""
 
     def __init__(self, prefix="xsp", nreals=3, *, xlb_main, log_dir=None):
@@ -78,23 +79,12 @@ class SyncPair:
         self.keepalived = {}
         self.pin_roots = []
 
-    def __enter__(self):
-        try:
-            self._build()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+    def _stop(self):
+        for i in list(self.daemons):
+            self.stop_xlb(i)
 
-    def __exit__(self, *exc):
-        try:
-            for i in list(self.daemons):
-                self.stop_xlb(i)
-            self.topo.close()
-        finally:
-            for root in self.pin_roots:
-                remove_pins(root)
-            shutil.rmtree(self.tmp, ignore_errors=True)
+    def _cleanup(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _build(self):
         t = self.topo
@@ -137,18 +127,19 @@ class SyncPair:
     def socket(self, i):
         return os.path.join(self.tmp, f"xlb{i}.sock")
 
-    def start_xlb(self, i, sync=None, timeout=60.0, extra=(), scheduler="rr", refresh=None):
+    def start_xlb(self, i, sync=None, timeout=60.0, extra=(), scheduler="rr", refresh=None, sync_keys=""):
         """`xlb run` on lb{i} (generic XDP, as xlb/lab/demo.py), with `--sync MODE` over eth0 if sync (with
-        `refresh`: the config's [sync] section instead, re-sending every `refresh` s), and `extra` arguments."""
+        `refresh` or `sync_keys`, TOML lines: the config's [sync] section instead, re-sending every `refresh` s),
+        and `extra` arguments."""
         cfg = os.path.join(self.tmp, f"xlb{i}.toml")
         text = lab_config(self.reals, scheduler)
-        if refresh:
-            text = (f'[sync]\nmode = "{sync}"\niface = "eth0"\nsyncid = {SYNCID}\nrefresh = {refresh}\n\n'
-                    + text)
+        if refresh or sync_keys:
+            text = (f'[sync]\nmode = "{sync}"\niface = "eth0"\nsyncid = {SYNCID}\nrefresh = {refresh or 60}\n'
+                    f'{sync_keys}\n' + text)
         with open(cfg, "w") as f:
             f.write(text)
         argv = ["run", "--iface", "eth0", "--config", cfg, "--xdp-mode", "generic", "--socket", self.socket(i)]
-        if sync and not refresh:
+        if sync and not (refresh or sync_keys):
             argv += ["--sync", sync, "--sync-iface", "eth0", "--syncid", str(SYNCID)]
         argv += list(extra)
         from .demo import run_xlb_logged

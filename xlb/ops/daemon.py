@@ -24,10 +24,10 @@ from . import control
 from ..observe import metrics
 from ..dataplane import pin
 from ..config import realcheck
-from ..config.model import Sync
+from ..config.model import Bgp, Sync
 from . import listings
 from .health import Checks
-from .announce import serving_vips
+from .announce import Announcements, serving_vips
 from .sync import SyncRunner
 from ..observe import stats
 from ..dataplane import bpffs
@@ -98,7 +98,8 @@ class Daemon:
         self.config = None  # the config given (file, reload, runtime edits); the maps hold health.effective(config)
         self.health = Checks(self._health_changed, log)
         self._health_dirty = False
-        self.bgp = bgp  # xlb/ops/announce.py Announcements (--bird-socket/--bird-include), or None
+        self.bgp = bgp  # xlb/ops/announce.py Announcements (--bird-socket/--bird-include, else [bgp]), or None
+        self.bgp_spec = None if bgp else Bgp()  # the config's [bgp] in force; None: the command line's wins
         self.sync_override = sync  # `xlb run --sync ...`: {mode, iface, syncid} over the config's [sync]
         self.sync = None  # xlb/ops/sync.py SyncRunner while state sync runs
 
@@ -116,6 +117,8 @@ class Daemon:
         cfg = self.check_reals(self.load())
         for ifname in self.ifaces:
             ifindex_of(ifname)
+        if self.bgp_spec is not None and cfg.bgp.bird_socket:
+            self.bgp_spec, self.bgp = cfg.bgp, Announcements(cfg.bgp.bird_include, cfg.bgp.bird_socket, self.log)
         try:
             adopted, own_ids = self._pins()
             # Nothing to adopt: what gets pinned from here on is this start's, and goes again if it fails.
@@ -290,6 +293,8 @@ class Daemon:
         self.refresh_neighbours()
         if self.sync_override is None and cfg.sync != (self.sync.spec if self.sync else Sync()):  # TOML-driven
             self.log("xlb: reload: [sync] changes take effect when xlb restarts")
+        if self.bgp_spec is not None and cfg.bgp != self.bgp_spec:
+            self.log("xlb: reload: [bgp] changes take effect when xlb restarts")
         self.log(f"xlb: reloaded {self.config_path}: {self.summary(cfg)}")
         return True
 

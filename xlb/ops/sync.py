@@ -85,7 +85,26 @@ def _service(dp, c):
     return dp.services.get((proto, c.vaddr, c.vport)) or dp.services.get((proto, c.vaddr, 0))
 
 
-def _load_one(dp, c):
+def _order(addr):
+    return addr.version, addr
+
+
+def _keeps_local(dp, st, client, daddr, addr_of):
+    """Whether a received template on real `daddr` yields to the one in force here: when each of several
+    masters (`--sync both` behind ECMP) placed a client before hearing of the others, each would take the other's
+    and they would swap, and a refresh (which sends a connection's template on the connection's real) would
+    flip them again. So of two templates in force on different reals, every node keeps the one on the lower real
+    address, and all end on the same one. (IPVS keeps whichever it has, so its directors may stay apart.)"""
+    rid = dp.live_template_real(st, client)
+    if rid is None:
+        return False
+    if not addr_of:
+        addr_of.update((i, addr) for (_key, addr), i in dp.real_ids.ids.items())
+    local = addr_of.get(rid)
+    return local is not None and local != daddr and _order(local) < _order(daddr)
+
+
+def _load_one(dp, c, addr_of, written):
     if not c.is_template and c.protocol not in PROTO_NAME:
         return "skipped_protocol"
     st = _service(dp, c)
@@ -97,20 +116,25 @@ def _load_one(dp, c):
     if c.is_template:
         if not st.svc.persistence_timeout:
             return "skipped_not_persistent"
-        dp.write_synced_template(st, addr_bytes(c.caddr), rid, c.timeout or st.svc.persistence_timeout)
+        client = addr_bytes(c.caddr)
+        if _keeps_local(dp, st, client, c.daddr, addr_of):
+            return "kept_templates"
+        dp.write_synced_template(st, client, rid, c.timeout or st.svc.persistence_timeout)
         return "loaded_templates"
     state = CS["udp"] if c.protocol == wire.IPPROTO_UDP else FROM_WIRE_TCP.get(c.state, CS["syn"])
     key = S.ConnKey(src=S.addr_words(addr_bytes(c.caddr)), dst=S.addr_words(addr_bytes(c.vaddr)),
                     sport=htons(c.cport), dport=htons(c.vport), proto=c.protocol,
                     family=S.AF_INET if c.family == 4 else S.AF_INET6)
     timeout = c.timeout or getattr(dp.config.timeouts, TIMEOUT_OF[state])
-    return "replaced" if dp.write_synced_conn(key, st.id, rid, state, timeout) else "loaded_conns"
+    return "replaced" if dp.write_synced_conn(key, st.id, rid, state, timeout, written) else "loaded_conns"
 
 
-def load_entries(dp, conns):
+def load_entries(dp, conns, written=None):
     """Write received sync entries (wire.SyncConn) into DataPlane dp's maps; {outcome: count}: loaded_conns,
-    loaded_templates, replaced (a connection moved to another real), skipped_<why>."""
-    counts = Counter(_load_one(dp, c) for c in conns)
+    loaded_templates, kept_templates (a template in force here won: _keeps_local), replaced (a connection moved
+    to another real), skipped_<why>. `written`: a dict that gets {connection key bytes: last-seen time written}."""
+    addr_of = {}  # real id -> address, read once per batch when a template needs it
+    counts = Counter(_load_one(dp, c, addr_of, written) for c in conns)
     if counts["replaced"]:
         dp.invalidate_flow_cache()  # an entry moved to another real: no cached flow may keep the old one
     return +counts
@@ -127,12 +151,18 @@ class SyncRunner:
         self._stop = threading.Event()
         self._thread = None
         self._next_refresh = time.monotonic() + spec.refresh
+        # {connection key bytes: last-seen time} of the entries written from sync since the last refresh: an entry
+        # whose time is still the one written was only heard of here, and a refresh does not send it back (two
+        # `both` nodes would otherwise re-send an idle connection to each other forever, each resetting its
+        # timeout). At most one per connection-table entry.
+        self._heard = {}
         self.sender = self.receiver = None
         try:
+            group = {"group": spec.mcast_group, "port": spec.mcast_port, "maxlen": spec.maxlen}
             if spec.mode in ("master", "both"):
-                self.sender = transport.SyncSender(spec.iface, spec.syncid)
+                self.sender = transport.SyncSender(spec.iface, spec.syncid, ttl=spec.mcast_ttl, **group)
             if spec.mode in ("backup", "both"):
-                self.receiver = transport.SyncReceiver(spec.iface, spec.syncid)
+                self.receiver = transport.SyncReceiver(spec.iface, spec.syncid, **group)
         except BaseException:
             self.close()
             raise
@@ -145,7 +175,11 @@ class SyncRunner:
         self._thread = threading.Thread(target=self._run, name="xlb-sync", daemon=True)
         self._thread.start()
         self.log(f"xlb: state sync {self.spec.mode} on {self.spec.iface}, syncid {self.spec.syncid} "
-                 f"({wire.SYNC_GROUP}:{wire.SYNC_PORT})")
+                 f"({self.group()})")
+
+    def group(self):
+        """The group and port as the log and status show them: 224.0.0.81:8848, [ff02::8848]:8848."""
+        return transport.shown(self.spec.mcast_group, self.spec.mcast_port)
 
     def close(self):
         self._stop.set()
@@ -218,23 +252,34 @@ class SyncRunner:
                 self.sender.add(entry)
 
     def refresh(self):
-        """Send again every connection seen since the last refresh (and its template)."""
-        since = now_ns() - int((self.spec.refresh + 1) * NS)
-        events = [S.SyncEvent(key=S.ConnKey.from_buffer_copy(k), svc_id=v.svc_id, real_id=v.real_id, state=v.state)
-                  for k, v, _r, _st, _left in self.dp.connections(now_ns()) if v.seen_ns >= since]
+        """Send again every connection this node saw a packet of since the last refresh (and its template); not
+        those it only heard of by sync."""
+        now = now_ns()
+        since = now - int((self.spec.refresh + 1) * NS)
+        heard, self._heard = self._heard, {}
+        events = []
+        for k, v, _r, _st, _left in self.dp.connections(now):
+            if heard and heard.get(bytes(k)) == v.seen_ns:
+                self._heard[bytes(k)] = v.seen_ns
+                self.counts["refresh_heard"] += 1
+            elif v.seen_ns >= since:
+                events.append(S.SyncEvent(key=S.ConnKey.from_buffer_copy(k), svc_id=v.svc_id, real_id=v.real_id,
+                                          state=v.state))
         self.counts["refreshed"] += len(events)
         self._send(events)
 
     # -- backup ---------------------------------------------------------------------------------------------
     def load(self, conns):
         """Write received entries into the maps (under the daemon's lock)."""
-        self.counts.update(load_entries(self.dp, conns))
+        if len(self._heard) > self.dp.m["conns"].max_entries:
+            self._heard.clear()   # more than the table holds: the rest are gone; bounded, at worst sent back once
+        self.counts.update(load_entries(self.dp, conns, self._heard))
 
     # -- status ---------------------------------------------------------------------------------------------
     def status(self):
         """What `xlb status` and the metrics show: the role, and every count by name."""
         out = {"mode": self.spec.mode, "iface": self.spec.iface, "syncid": self.spec.syncid,
-               "counts": dict(self.counts)}
+               "group": self.group(), "counts": dict(self.counts)}
         if self.sender:
             out["sent"] = dict(self.sender.counts)
             out["ring_lost"] = self.dp.sync_lost()

@@ -29,7 +29,8 @@ from xlb.errors import XlbError
 SYNC_GROUP = "224.0.0.81"  # IP_VS_SYNC_GROUP
 SYNC_PORT = 8848  # IP_VS_SYNC_PORT
 SYNC_PROTO_VER = 1
-DEFAULT_MAXLEN = 1500 - 20 - 8  # a master's sync_maxlen: 1500 bytes less the IPv4 and UDP headers
+HEADERS_V4, HEADERS_V6 = 20 + 8, 40 + 8  # the IP and UDP headers around a message
+DEFAULT_MAXLEN = 1500 - HEADERS_V4  # a master's sync_maxlen: 1500 bytes less the IPv4 and UDP headers
 MAX_CONNS = 255  # nr_conns is one byte
 
 IPPROTO_IP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP = 0, 6, 17, 132
@@ -117,6 +118,16 @@ _SEQ = (("in_init_seq", "I"), ("in_delta", "I"), ("in_previous_delta", "I"),
         ("out_init_seq", "I"), ("out_delta", "I"), ("out_previous_delta", "I"))
 SEQ_OPTIONS = Layout("ip_vs_sync_conn_options", _SEQ)
 SEQ_OPTIONS_V0 = Layout("ip_vs_sync_conn_options (v0)", _SEQ, order="=")  # v0 copies the host's struct
+
+
+def group_family(group):
+    """4 or 6: the family of a sync group address (a string)."""
+    return ipaddress.ip_address(group).version
+
+
+def default_maxlen(group):
+    """A master's message length for `group`, as the kernel's: 1500 bytes less the IP and UDP headers."""
+    return 1500 - (HEADERS_V6 if group_family(group) == 6 else HEADERS_V4)
 
 
 def mark_address(mark, version=4):
