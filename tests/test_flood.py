@@ -13,7 +13,10 @@ import random
 import struct
 
 import pytest
-from harness import LB_MAC, REAL_MAC, TEST_TABLES, conn_key, real_of, tcp4, to_real
+from harness import CLIENT_MAC, LB_MAC, REAL_MAC, TEST_TABLES, conn_key, real_of, tcp4, to_real
+from scapy.layers.inet import ICMP, IP, TCP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
 
 from xlb.dataplane import structs as S
 from xlb.dataplane.mapkeys import NS, now_ns
@@ -140,6 +143,25 @@ def test_template_waits_with_its_half_open_connection(bench):
     assert count_entries(dp, "persist") == 1 and count_entries(dp, "persist_half") == 0
     (tmpl,) = dp.m["persist"].values()
     assert tmpl.real_id == dp.m["conns"][conn_key(syn)].real_id
+
+
+def test_icmp_error_about_a_half_open_flow_reaches_its_real(bench):
+    reset(bench, svc(VIP))
+    real = send(bench, tcp4(flags="S"))
+    quoted = IP(src=VIP, dst="203.0.113.7", id=99) / TCP(sport=80, dport=40000, flags="SA")
+    err = Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="192.0.2.1", dst=VIP, id=3) / ICMP(type=3, code=4, nexthopmtu=1400) \
+        / Raw(bytes(quoted)[:28])
+    assert bench.run(err) == ("XDP_TX", to_real(err, real))
+    assert bench.verdicts()["fwd_icmp_error"] == 1
+
+
+def test_half_open_setting_is_a_flag():
+    from xlb.config import read as xread
+    from xlb.errors import ConfigError
+    assert xread.parse("[tables]\nhalf_open = false\n", "x.toml").tables.half_open is False
+    assert xread.parse("", "x.toml").tables.half_open is True
+    with pytest.raises(ConfigError, match=r"line 2.*tables.half_open.*true or false"):
+        xread.parse("[tables]\nhalf_open = 1\n", "x.toml")
 
 
 def test_sweep_counts_half_open_and_expires_it(bench):
