@@ -132,6 +132,21 @@ def test_syn_waits_in_half_open_until_its_ack(bench):
     assert events(dp) == {"half_open": 1, "promoted": 1, "midstream": 0}
 
 
+def test_metrics_show_half_open_entries_and_events(bench):
+    from xlb.observe import metrics
+    dp = reset(bench, svc(VIP))
+    send(bench, tcp4(flags="S"))
+    send(bench, tcp4(sport=40001, flags="S"))
+    send(bench, tcp4(flags="A"))                                 # promoted
+    send(bench, tcp4(sport=40002, flags="A"))                    # mid-stream, no entry: placed anew
+    rows = metrics.XlbCollector(dp).read()
+    assert dict((v[0], n) for v, n in rows["xlb_conn_events"]) == {"half_open": 2, "promoted": 1, "midstream": 1}
+    fill = dict((v[0], n) for v, n in rows["xlb_table_entries"])
+    assert (fill["half_open"], fill["connections"]) == (1, 2)
+    assert dict((v[0], n) for v, n in rows["xlb_table_capacity"])["half_open"] == HALF
+    assert dp.has_connection(conn_key(tcp4(sport=40001)))
+
+
 def test_template_waits_with_its_half_open_connection(bench):
     dp = reset(bench, svc(VIP_P, extra="persistence_timeout = 300\n"))
     syn = tcp4(dst=VIP_P, flags="S")

@@ -285,8 +285,8 @@ class Reader:
                 yield k, v, r, st, left
 
     def has_connection(self, key):
-        """Whether the connection table has an entry for this ConnKey."""
-        return self.m["conns"].get(key) is not None
+        """Whether the connection table (or the half-open one, bpf/halfopen.h) has an entry for this ConnKey."""
+        return self.m["conns"].get(key) is not None or self.m["half_open"].get(key) is not None
 
     def table_fill(self):
         """[(label, entries, capacity)] of the connection and template tables."""
