@@ -58,10 +58,10 @@ static __always_inline int promote_handoff(struct xdp_md *ctx, struct pkt *p, st
 
 /* A persistent service's template the half-open connection created moves to persist with it (a client's template
  * stays where a flood cannot reach it only once the client answered). */
-static __always_inline void promote_template(struct pkt *p, struct settings *st, struct conn *c, __u64 bytes)
+static __always_inline void promote_template(struct pkt *p, struct settings *st, struct conn *c)
 {
 	struct svc_key sk;
-	struct svc_meta *svc = lookup_service(p, st, &sk, bytes);
+	struct svc_meta *svc = lookup_service(p, st, &sk, 0);  /* a known connection's packet: no mark hit */
 	if (!svc || !(svc->flags & XLB_SVC_F_PERSIST))
 		return;
 	struct persist_key pk;
@@ -94,7 +94,7 @@ static __always_inline int half_open_promote(struct xdp_md *ctx, struct handoff 
 		conn_event(XLB_EV_PROMOTED);
 		if (changed)
 			sync_export(st, &ck, &nc);
-		promote_template(p, st, &nc, bytes);
+		promote_template(p, st, &nc);
 	}
 	count_flow(nc.svc_id, real_id, bytes, 0);
 	frag_note(p, real_id, nc.real_gen, nc.svc_id, r->method);
