@@ -1,7 +1,8 @@
 """xlb's benchmark harness: `python -m bench [--quick] [--json PATH] [--plots DIR]` (see docs/performance.md).
 
-Three parts, each a module: micro (per-packet cost through BPF_PROG_TEST_RUN), forward (forwarding rate through
-veth pairs, against the XDP floor, nftables DNAT and kernel forwarding) and control (control-plane scale). No
+Four parts, each a module: micro (per-packet cost through BPF_PROG_TEST_RUN), forward (forwarding rate through
+veth pairs, against the XDP floor, nftables DNAT and kernel forwarding), control (control-plane scale) and flood (the
+SYN-flood defense's costs and effect, docs/reliability.md). No
 test asserts a timing; tests/test_bench.py checks only that a quick run produces the result shape.
 `python -m bench.health` measures the health engine on its own, `python -m bench.decap` `xlb decap`'s per-packet cost,
 `python -m bench.scaleout` the ECMP lab (docs/scale-out.md).

@@ -1,13 +1,13 @@
-"""python -m bench [--quick] [--json PATH] [--plots DIR] [--parts micro,forward,control]
+"""python -m bench [--quick] [--json PATH] [--plots DIR] [--parts micro,forward,control,flood]
 
 Runs as root (namespaces, XDP). Writes the JSON results, PNG plots and summary.md (also printed)."""
 import argparse
 import sys
 import time
 
-from . import control, forward, lab as L, micro, report, unwind_on_sigterm
+from . import control, flood, forward, lab as L, micro, report, unwind_on_sigterm
 
-PARTS = ("micro", "forward", "control")
+PARTS = ("micro", "forward", "control", "flood")
 
 
 def main(argv=None):
@@ -37,6 +37,8 @@ def main(argv=None):
             result["forward"], result["notes"]["forward"] = forward.run(lab, args.quick, log)
         if "control" in parts:
             result["control"], result["memory"] = control.run(lab, args.quick, log)
+        if "flood" in parts:
+            result["flood"] = flood.run(lab, args.quick, log)
     result["machine"]["seconds"] = round(time.perf_counter() - t0, 1)
     report.write_json(result, args.json)
     text = report.summary(result)

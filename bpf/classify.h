@@ -51,7 +51,8 @@ static __always_inline int may_be_vip(struct pkt *p)
 	return vip_filter_bit(mix32(hash_addr(net) + 1));
 }
 
-/* Find the service for a TCP/UDP packet. *key receives the matched service's key (the persistence identity). */
+/* Find the service for a TCP/UDP packet. *key receives the matched service's key (the persistence identity). A mark
+ * rule's hit counts `bytes`; 0: not counted (a lookup for a packet of a known connection, bpf/halfopen.h). */
 static __always_inline struct svc_meta *lookup_service(struct pkt *p, struct settings *st, struct svc_key *key,
 						       __u64 bytes)
 {
@@ -62,7 +63,8 @@ static __always_inline struct svc_meta *lookup_service(struct pkt *p, struct set
 		if (mv) {
 			trace_mark(mv);
 			__u32 rule = mv->rule_id;
-			count(mark_stats.lookup(&rule), bytes, 0);
+			if (bytes)
+				count(mark_stats.lookup(&rule), bytes, 0);
 			key->mark = mv->mark;
 			struct svc_meta *svc = services.lookup(key);
 			if (svc)

@@ -111,6 +111,7 @@ static __always_inline void conn_expire(struct conn *c, struct conn_key *ck)
 		return;
 	conn_forget(c);
 	conns.delete(ck);
+	half_open.delete(ck);  /* or it was a half-open one (bpf/halfopen.h) */
 }
 
 /* Advance the TCP state and the last-seen time of a live entry. Writes only what changed; a move between

@@ -28,6 +28,12 @@
 #define XLB_VIP_PREFIXES 65536
 #endif
 
+/* Half-open connections (a TCP/SCTP handshake's first packet seen, not yet its ACK) and the templates they created,
+ * each in their own LRU table apart from conns and persist (bpf/halfopen.h): the loader passes conns / 16. */
+#ifndef XLB_HALF_OPEN
+#define XLB_HALF_OPEN 65536
+#endif
+
 /* Fragments in flight: (src, dst, id, proto) of a first fragment -> its real (bpf/frag.h). */
 #ifndef XLB_FRAGS
 #define XLB_FRAGS 8192
@@ -149,6 +155,15 @@ enum xlb_reason {
 	XLB_REASON_MAX
 };
 
+/* Connection-table events, counted per CPU in conn_events (not verdicts: the packet's verdict is its forwarding). */
+enum xlb_conn_event {
+	XLB_EV_HALF_OPEN = 0,       /* a handshake's first packet recorded in half_open (not conns) */
+	XLB_EV_PROMOTED = 1,        /* a half-open entry's handshake ACK moved it (and its new template) to conns */
+	XLB_EV_MIDSTREAM = 2,       /* a mid-stream packet of an unknown flow (its entry expired, evicted, or never
+				     * seen: a restart, a half-open entry a flood pushed out) placed anew */
+	XLB_EV_MAX
+};
+
 /* Schedulers: how a service's slot table is used. Table kinds index it once; connection-count kinds weigh every
  * candidate in it by its live connection counts (real_conns), as IPVS defines each. */
 enum xlb_sched {
@@ -223,6 +238,8 @@ enum xlb_conn_state {
 #define XLB_SET_F_VIP_FILTER 0x2       /* vip_filter holds every VIP and mark prefix: a miss is no service */
 #define XLB_SET_F_ECHO 0x4             /* answer ICMP/ICMPv6 echo requests to VIPs (bpf/icmp.h) */
 #define XLB_SET_F_SYNC 0x8             /* state sync master: new connections and state changes go to sync_events */
+#define XLB_SET_F_HALF_OPEN 0x10       /* new TCP/SCTP connections (and their new templates) wait in half_open and
+                                          persist_half until their handshake's ACK (bpf/halfopen.h) */
 
 /* trace_rec.flags (bpf/trace.h) */
 #define XLB_TRACE_F_CONN_FOUND 0x1     /* an entry for the tuple exists */

@@ -155,6 +155,8 @@ static __always_inline int icmp_error(struct xdp_md *ctx, struct pkt *p, __u8 *i
 	struct conn_key ck;
 	conn_key_of(&flow, &ck);
 	struct conn *c = conns.lookup(&ck);
+	if (!c)
+		c = half_open.lookup(&ck);  /* a connection in its handshake (bpf/halfopen.h) */
 	trace_conn(c);
 	if (!c)
 		return verdict(XLB_PASS_OTHER_PROTO, XDP_PASS, bytes);

@@ -35,6 +35,14 @@ XLB_MAP("array", int, struct rr_pos, rr_pos, XLB_MAX_SERVICES, 0);
  * (BPF_F_NO_COMMON_LRU) rotate a CPU's list over cold elements on every insert: one LRU shared by the CPUs, which
  * hands each CPU free elements 128 at a time, inserts for ~40% less, and any CPU may use the whole table. */
 XLB_MAP("lru_hash", struct conn_key, struct conn, conns, XLB_CONNS, 0);
+/* Half-open connections: a new TCP/SCTP connection's entry until its handshake's ACK moves it to conns
+ * (bpf/halfopen.h), so that a SYN flood evicts only half-open entries, never established ones. The data plane
+ * inserts, promotes and deletes; the control plane's sweep deletes expired entries. */
+XLB_MAP("lru_hash", struct conn_key, struct conn, half_open, XLB_HALF_OPEN, 0);
+/* Templates created by a half-open connection, moved to persist with it (bpf/halfopen.h); same writers. */
+XLB_MAP("lru_hash", struct persist_key, struct persist, persist_half, XLB_HALF_OPEN, 0);
+/* Connection-table events by enum xlb_conn_event, per CPU; written by the data plane. */
+XLB_MAP("percpu_array", int, __u64, conn_events, XLB_EV_MAX, 0);
 /* NAT connections by their replies' tuple (struct nat_rev); the data plane inserts with the connection entry, the
  * control plane's sweep deletes those whose connection entry is gone or names another real. */
 XLB_MAP("lru_hash", struct conn_key, struct nat_rev, nat_revs, XLB_CONNS, 0);
@@ -83,7 +91,8 @@ BPF_ARRAY(trace_out, struct trace_rec, 1);
 #define XLB_PROG_LOCALITY 2        /* lblc/lblcr's pick (bpf/locality.h), which hands back to XLB_PROG_NEW_CONN */
 #define XLB_PROG_SIP 3             /* the SIP engine's Call-ID (bpf/sip.h), which hands back to XLB_PROG_NEW_CONN */
 #define XLB_PROG_NEW_FWD 4         /* a new connection's packet to its real (xlb_new_fwd), after XLB_PROG_NEW_CONN */
-BPF_PROG_ARRAY(progs, 5);
+#define XLB_PROG_PROMOTE 5         /* a half-open connection's handshake ACK: promoted to conns (bpf/halfopen.h) */
+BPF_PROG_ARRAY(progs, 6);
 struct handoff {
 	struct pkt p;
 	struct svc_key sk;

@@ -20,6 +20,7 @@
 #include "icmp.h"
 #include "flowcache.h"
 #include "sync.h"
+#include "halfopen.h"
 #include "trace.h"
 
 /* Place a new connection of service svc: its persistence template when one is in force, else the scheduler (with
@@ -40,6 +41,12 @@ static __always_inline __u32 place(struct xdp_md *ctx, struct handoff *h, struct
 		if (h->sip_state == XLB_SIP_FOUND)
 			sip_key(&pk, h);
 		t = persist.lookup(&pk);
+		if (!t || !persist_valid(t, svc, now)) {
+			/* a template of a connection still in its handshake (bpf/halfopen.h) */
+			struct persist *ht = persist_half.lookup(&pk);
+			if (ht)
+				t = ht;
+		}
 		trace_tmpl(t);
 		if (t && persist_valid(t, svc, now)) {
 			real_id = t->real_id;
@@ -85,8 +92,9 @@ static __always_inline __u32 place(struct xdp_md *ctx, struct handoff *h, struct
 			.real_gen = (*r)->gen,
 		};
 		/* A new template, or the old one (expired, or its real gone) replaced. Not written through the looked-up
-		 * pointer: keeping it live across the scheduler doubled what the verifier explores. */
-		if (persist.update(&pk, &nt))
+		 * pointer: keeping it live across the scheduler doubled what the verifier explores. A half-open
+		 * connection's waits with it in persist_half (bpf/halfopen.h). */
+		if (half_open_state(st, state) ? persist_half.update(&pk, &nt) : persist.update(&pk, &nt))
 			return 0;
 	}
 	return real_id;
@@ -166,6 +174,11 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	 * as its service's on_real_failure says, which needs the service). */
 	__u64 now = 0;
 	struct conn *c = conns.lookup(&ck);
+	int half = 0;
+	if (!c && is_stream(p)) {
+		c = half_open.lookup(&ck);  /* a connection in its handshake (bpf/halfopen.h) */
+		half = c != 0;
+	}
 	struct real *r = 0;
 	__u32 real_id = 0;
 	int fate = XLB_FATE_NEW;
@@ -191,6 +204,8 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	}
 	if (fate == XLB_FATE_FOLLOW && c && r) {
 		XLB_TRACE_FLAG(XLB_TRACE_F_CONN_HIT);
+		if (half && !XLB_TRACING && half_open_promotes(p))
+			return promote_handoff(ctx, p, c, now, gen, slot, bytes);
 		if (conn_touch(c, p, now))
 			sync_export(st, &ck, c);
 		count_flow(c->svc_id, real_id, bytes, 0);
@@ -289,8 +304,13 @@ int xlb_new_fwd(struct xdp_md *ctx)
 	struct conn_key ck;
 	conn_key_of(p, &ck);
 	int ops = (h->svc.flags & XLB_SVC_F_OPS) && p->proto == IPPROTO_UDP;
-	if (h->has_old && !ops)
+	int half = half_open_state(st, state);
+	if (h->has_old && !ops) {
 		conn_forget(&h->old);
+		/* a reused tuple's closing entry goes: its handshake ACK must find the new half-open one */
+		if (half && !XLB_TRACING)
+			conns.delete(&ck);
+	}
 	/* The SIP engine's datagrams follow their Call-ID's template, never their tuple: their entries (which count
 	 * them for the schedulers and expire as UDP) are keyed apart, by the Call-ID's hash in the key's pad, so the
 	 * tuple lookup never finds them; one per (tuple, Call-ID), refreshed by its datagrams. */
@@ -309,8 +329,10 @@ int xlb_new_fwd(struct xdp_md *ctx)
 		if (!XLB_TRACING)
 			seen->seen_ns = now;
 	} else {
-		recorded = !ops && !XLB_TRACING && !conns.update(&ck, &nc);
+		recorded = !ops && !XLB_TRACING && !(half ? half_open.update(&ck, &nc) : conns.update(&ck, &nc));
 	}
+	if (recorded && (half || state == XLB_CS_EST))
+		conn_event(half ? XLB_EV_HALF_OPEN : XLB_EV_MIDSTREAM);
 	if (recorded) {
 		conn_count(real_id, state, 1, r);
 		sync_export(st, &ck, &nc);
@@ -324,6 +346,16 @@ int xlb_new_fwd(struct xdp_md *ctx)
 	if (recorded && !sip && action != XDP_DROP)
 		flow_fill(p, h->flow_idx, h->gen, st, &nc, r);
 	return verdict(reason, action, bytes);
+}
+
+/* Seventh program (tail call from the entry): a half-open connection's handshake ACK (bpf/halfopen.h). */
+int xlb_promote(struct xdp_md *ctx)
+{
+	struct settings *st;
+	struct handoff *h = tail_inputs(&st);
+	if (!h || !st)
+		return verdict(XLB_DROP_INTERNAL, XDP_PASS, 0);
+	return half_open_promote(ctx, h, st);
 }
 
 /* Fourth program (tail call): ICMP and ICMPv6 (bpf/icmp.h). */

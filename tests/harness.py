@@ -53,7 +53,9 @@ GW_MAC = "02:00:00:00:00:01"
 # Small maps keep per-test resets cheap; the code paths are the same as at full size.
 TEST_CFLAGS = ["-DXLB_MAX_REALS=256", "-DXLB_MAX_SERVICES=256", "-DXLB_SCHED_SLOTS=131072",
                "-DXLB_MARK_ENTRIES=16384", "-DXLB_MAX_MARK_RULES=256", "-DXLB_VIP_PREFIXES=1024"]
-TEST_TABLES = xconfig.Tables(conns=4096, templates=4096, flow_cache=1024)
+# The packet tests predating the SYN-flood defense inspect the entries and templates a lone SYN writes in conns and
+# persist: they run with it off; tests/test_flood.py runs it on (the product's default).
+TEST_TABLES = xconfig.Tables(conns=4096, templates=4096, flow_cache=1024, half_open=False)
 
 
 class Bench:
@@ -103,10 +105,11 @@ class Bench:
 
     def reset(self, toml_text):
         """Empty every map the previous test filled, then apply a config through the real control plane."""
-        for name in ("conns", "nat_revs", "persist", "services", "mark_rules", "vip_prefixes", "frags", "lblc"):
+        for name in ("conns", "nat_revs", "persist", "services", "mark_rules", "vip_prefixes", "frags", "lblc",
+                     "half_open", "persist_half"):
             self.prog[name].clear()
         for name in ("verdicts", "nh_cache", "rr_pos", "svc_stats", "real_stats", "mark_stats", "svc_out_stats",
-                     "real_out_stats"):
+                     "real_out_stats", "conn_events"):
             table = self.prog[name]
             zero = table.Leaf()
             for i in range(table.max_entries):

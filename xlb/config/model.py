@@ -48,6 +48,7 @@ class Tables:
     templates: int = 262144  # persistence templates
     sweep_interval: float = 1.0  # seconds between timer sweeps
     flow_cache: int = 65536  # established-flow cache entries per CPU (a power of two; 0 = off)
+    half_open: bool = True  # the SYN-flood defense: handshakes wait in their own table (docs/reliability.md)
 
 
 SYNC_MODES = ("master", "backup", "both")

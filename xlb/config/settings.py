@@ -21,7 +21,7 @@ def timeouts(v, top) -> Timeouts:
 
 def tables(v, top) -> Tables:
     where = "tables"
-    tbl = v.table(top.get(where, {}), where, ("conns", "templates", "sweep_interval", "flow_cache"))
+    tbl = v.table(top.get(where, {}), where, ("conns", "templates", "sweep_interval", "flow_cache", "half_open"))
     d = Tables()
     conns = v.integer(tbl, where, "conns", CONNS_MIN, CONNS_MAX, d.conns)
     templates = v.integer(tbl, where, "templates", CONNS_MIN, CONNS_MAX, d.templates)
@@ -33,7 +33,9 @@ def tables(v, top) -> Tables:
     if flow_cache & (flow_cache - 1) or 0 < flow_cache < FLOW_CACHE_MIN:
         v.fail(join(where, "flow_cache"), f"flow_cache must be a power of two from {FLOW_CACHE_MIN} (entries per "
                f"CPU), or 0 for none; got {flow_cache}")
-    return Tables(conns=conns, templates=templates, sweep_interval=float(sweep), flow_cache=flow_cache)
+    half_open = v.flag(tbl, where, "half_open", d.half_open)
+    return Tables(conns=conns, templates=templates, sweep_interval=float(sweep), flow_cache=flow_cache,
+                  half_open=half_open)
 
 
 def sync(v, top) -> Sync:

@@ -56,10 +56,17 @@ def cflags_for(tables, pin_dir=None) -> list:
     """-D flags for the table sizes a config asks for (bpf/consts.h holds the defaults), and the directory to pin
     the maps in (bpf/maps.h XLB_MAP; none: unpinned)."""
     flags = [f"-DXLB_CONNS={tables.conns}", f"-DXLB_TEMPLATES={tables.templates}",
+             f"-DXLB_HALF_OPEN={half_open_size(tables.conns)}",
              f"-DXLB_FLOW_CACHE={max(tables.flow_cache, 2)}", f"-DXLB_NR_CPUS={possible_cpus()}"]
     if pin_dir is not None:
         flags.append(f'-DXLB_PIN_DIR="{pin_dir}"')
     return flags
+
+
+def half_open_size(conns):
+    """Entries of the half-open tables (bpf/halfopen.h) for a connection table of `conns`: a sixteenth, at least
+    1024 (docs/reliability.md, SYN flood)."""
+    return max(conns // 16, 1024)
 
 
 def possible_cpus():
@@ -81,7 +88,8 @@ class Program:
     SOURCE = "xlb.c"
     FUNC = "xlb_xdp"
     # Programs reached by tail call, by their index in the `progs` map (bpf/maps.h).
-    TAIL_CALLS = {0: "xlb_new_conn", 1: "xlb_icmp", 2: "xlb_new_local", 3: "xlb_sip_callid", 4: "xlb_new_fwd"}
+    TAIL_CALLS = {0: "xlb_new_conn", 1: "xlb_icmp", 2: "xlb_new_local", 3: "xlb_sip_callid", 4: "xlb_new_fwd",
+                  5: "xlb_promote"}
 
     def __init__(self, cflags=(), log=print):
         kheaders.ensure_kernel_headers(log=log)

@@ -12,6 +12,7 @@ the metrics, `xlb top` and the trace (xlb/observe/) and the sweep ask it; none o
 A mixin of DataPlane (xlb/dataplane/apply.py).
 """
 import ctypes as ct
+import itertools
 import weakref
 from collections import Counter
 from dataclasses import dataclass
@@ -110,6 +111,11 @@ class Reader:
     def verdict_rows(self):
         """[(packets, bytes, conns)] by verdict reason number."""
         return percpu_counters(self.m["verdicts"], S.REASON_MAX)
+
+    def conn_events(self):
+        """{event name (enum xlb_conn_event, lower case, no prefix): count} summed over the CPUs."""
+        table = self.m["conn_events"]
+        return {name: sum(table.getvalue(ct.c_int(num))) for num, name in sorted(S.CONN_EVENTS.items())}
 
     def mark_hits(self, each_rule=False):
         """[(mark rule, hits)] of the applied config's mark rules in its order: each rule id once (rules that share
@@ -265,10 +271,11 @@ class Reader:
         return [t[i] for i in range(S.CONN_STATES)]
 
     def connections(self, now):
-        """(ConnKey, Conn, Real map entry, service state, ns left) of each live connection of a configured real."""
+        """(ConnKey, Conn, Real map entry, service state, ns left) of each live connection of a configured real
+        (half-open ones too: bpf/halfopen.h)."""
         timeouts = self.timeouts()
         reals = self.live_reals()
-        for k, v in self.m["conns"].items_lookup_batch():
+        for k, v in itertools.chain(self.m["conns"].items_lookup_batch(), self.m["half_open"].items_lookup_batch()):
             r = reals.get(v.real_id)
             st = self.by_id.get(v.svc_id)
             if r is None or r.gen != v.real_gen or st is None or v.state >= S.CONN_STATES:
@@ -278,13 +285,14 @@ class Reader:
                 yield k, v, r, st, left
 
     def has_connection(self, key):
-        """Whether the connection table has an entry for this ConnKey."""
-        return self.m["conns"].get(key) is not None
+        """Whether the connection table (or the half-open one, bpf/halfopen.h) has an entry for this ConnKey."""
+        return self.m["conns"].get(key) is not None or self.m["half_open"].get(key) is not None
 
     def table_fill(self):
         """[(label, entries, capacity)] of the connection and template tables."""
         return [(label, table_entries(self.m[name]), self.m[name].max_entries)
-                for name, label in (("conns", "connections"), ("persist", "templates"))]
+                for name, label in (("conns", "connections"), ("persist", "templates"), ("half_open", "half_open"),
+                                    ("persist_half", "half_open_templates"))]
 
     # -- the trace build's record ---------------------------------------------------------------------------
     def reset_trace(self):

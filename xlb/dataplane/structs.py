@@ -47,6 +47,8 @@ REASON_MAX = ENUMS["xlb_reason"]["XLB_REASON_MAX"]  # one past the highest (numb
 SCHED = {k[len("XLB_SCHED_"):].lower(): v for k, v in ENUMS["xlb_sched"].items()}
 METHOD = {k[len("XLB_METHOD_"):].lower(): v for k, v in ENUMS["xlb_method"].items()}
 CONN_STATE = {k[len("XLB_CS_"):].lower(): v for k, v in ENUMS["xlb_conn_state"].items() if k != "XLB_CS_MAX"}
+# conn_events counters (enum xlb_conn_event): {number: "half_open" | "promoted" | "midstream"}
+CONN_EVENTS = {v: k[len("XLB_EV_"):].lower() for k, v in ENUMS["xlb_conn_event"].items() if k != "XLB_EV_MAX"}
 CONN_STATES = ENUMS["xlb_conn_state"]["XLB_CS_MAX"]
 
 AF_INET, AF_INET6 = DEFINES["XLB_AF_INET"], DEFINES["XLB_AF_INET6"]
@@ -71,6 +73,7 @@ SET_F_MARKS = DEFINES["XLB_SET_F_MARKS"]
 SET_F_VIP_FILTER = DEFINES["XLB_SET_F_VIP_FILTER"]
 SET_F_ECHO = DEFINES["XLB_SET_F_ECHO"]
 SET_F_SYNC = DEFINES["XLB_SET_F_SYNC"]
+SET_F_HALF_OPEN = DEFINES["XLB_SET_F_HALF_OPEN"]
 # trace_rec.flags, by name: {"conn_found": 0x1, ...}
 TRACE_F = {k[len("XLB_TRACE_F_"):].lower(): v for k, v in DEFINES.items() if k.startswith("XLB_TRACE_F_")}
 
@@ -195,6 +198,9 @@ MAP_TYPES = {
     "rr_pos": (None, RrPos),
     "conns": (ConnKey, Conn),
     "nat_revs": (ConnKey, NatRev),
+    "half_open": (ConnKey, Conn),
+    "persist_half": (PersistKey, Persist),
+    "conn_events": (None, None),
     "persist": (PersistKey, Persist),
     "lblc": (LblcKey, LblcDests),
     "mark_rules": (MarkKey, MarkVal),

@@ -52,6 +52,8 @@ class SweepResult:
     templates_seen: int = 0
     templates_expired: int = 0
     templates_held: int = 0
+    half_open_seen: int = 0
+    half_open_expired: int = 0
     nat_seen: int = 0
     nat_expired: int = 0
     locality_seen: int = 0
@@ -70,6 +72,7 @@ class _ConnScan:
     vals: np.ndarray       # Conn records
     until: np.ndarray      # int64 ns: when each entry expires
     alive: np.ndarray      # bool: until >= now
+    half: np.ndarray       # bool: a half_open entry (bpf/halfopen.h), not a conns one
     counts: dict           # live real id -> [active, inactive]
 
 
@@ -86,12 +89,13 @@ class Sweeper:
         res = SweepResult()
         read_at = now_ns()  # NAT reverse entries written after this may have connections the scan misses
         scan = self._scan_conns(now, self.timeouts())
-        res.conns_seen = len(scan.keys)
-        expired = scan.keys[~scan.alive]
-        if len(expired):
-            conns = self.m["conns"]
-            self.delete_batch(conns, expired)
-        res.conns_expired = len(expired)
+        res.half_open_seen = int(np.count_nonzero(scan.half))
+        res.conns_seen = len(scan.keys) - res.half_open_seen
+        for name, mine in (("conns", ~scan.half), ("half_open", scan.half)):
+            expired = scan.keys[mine & ~scan.alive]
+            if len(expired):
+                self.delete_batch(self.m[name], expired)
+            setattr(res, f"{name}_expired", len(expired))
         self._reconcile(scan.counts)
         self._sweep_nat(scan, read_at, res)
         self._sweep_templates(now, scan, res)
@@ -102,13 +106,13 @@ class Sweeper:
 
     def _scan_conns(self, now, timeouts):
         """One batched read of the connection table into numpy arrays, decided there (a few array passes, not a
-        Python object per entry). Returns a _ConnScan: the keys and values, each entry's expiry (`until`) and
-        whether it is still alive, and each live real's [active, inactive] counts."""
-        conns = self.m["conns"]
-        keys = np.empty(conns.max_entries, np.dtype(S.ConnKey))
-        vals = np.empty(conns.max_entries, np.dtype(S.Conn))
-        n = lookup_batch_into(conns.map_fd, keys, vals)
-        keys, vals = keys[:n], vals[:n]
+        Python object per entry), with the half-open entries (bpf/halfopen.h: they count for their reals, hold
+        their NAT reverse entries and templates alike). Returns a _ConnScan: the keys and values, each entry's
+        expiry (`until`) and whether it is still alive, and each live real's [active, inactive] counts."""
+        ck, cv = self._read_all("conns", S.ConnKey, S.Conn)
+        hk, hv = self._read_all("half_open", S.ConnKey, S.Conn)
+        keys, vals = np.concatenate([ck, hk]), np.concatenate([cv, hv])
+        half = np.arange(len(keys)) >= len(ck)
         state = vals["state"]
         tmo = np.array(list(timeouts) + [0], np.int64)[np.minimum(state, S.CONN_STATES)]
         until = vals["seen_ns"].astype(np.int64) + tmo
@@ -123,7 +127,7 @@ class Sweeper:
         # one count per (real, established?): index 2 * real + 1 counts the established ones
         both = np.bincount((2 * rid + (state == S.CONN_STATE["est"]))[ok], minlength=2 * size).reshape(size, 2)
         counts = {r: [act, inact] for r, inact, act in zip(ids.tolist(), *both[ids].T.tolist())}
-        return _ConnScan(keys, vals, until, alive, counts)
+        return _ConnScan(keys, vals, until, alive, half, counts)
 
     def _read_all(self, name, key_t, val_t):
         """Every entry of map `name` as numpy key and value records, in one batched read."""

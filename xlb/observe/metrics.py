@@ -32,7 +32,9 @@ Families (labels: ``service`` as operators name it — ``tcp/198.51.100.10:80``,
     xlb_real_active_connections, xlb_real_inactive_connections, xlb_real_weight             {service, real}
     xlb_real_state                             {service, real, state="available"|"quiescent"|"overloaded"} 0/1
     xlb_service_persistence_templates                                                       {service}
-    xlb_table_entries, xlb_table_capacity                   {table="connections"|"templates"}
+    xlb_table_entries, xlb_table_capacity                   {table="connections"|"templates"|"half_open"|
+                                                             "half_open_templates"}
+    xlb_conn_events_total                                   {event="half_open"|"promoted"|"midstream"}
     xlb_mark_rule_hits_total                                {mark, proto, dst, ports}
     xlb_verdict_packets_total, xlb_verdict_bytes_total      {verdict="pass"|"fwd"|"drop", reason="drop_bad_tcp"...}
     xlb_config_reloads_total {result="success"|"rejected"|"failed"}, xlb_config_last_reload_success_timestamp_seconds
@@ -102,6 +104,9 @@ FAMILIES = (
     ("xlb_table_capacity", "gauge", "Capacity of a connection-tracking table", ("table",)),
     ("xlb_mark_rule_hits", "counter", "Packets classified by a mark rule", ("mark", "proto", "dst", "ports")),
     ("xlb_verdict_packets", "counter", "Packets by verdict and reason", ("verdict", "reason")),
+    ("xlb_conn_events", "counter", "Connection-table events: half_open (a handshake's entry made in the half-open "
+     "table), promoted (its ACK moved it to the connection table), midstream (a mid-stream packet of an unknown "
+     "flow placed anew)", ("event",)),
     ("xlb_verdict_bytes", "counter", "Bytes by verdict and reason", ("verdict", "reason")),
     ("xlb_config_reloads", "counter", "Config reloads by result", ("result",)),
     ("xlb_config_last_reload_success_timestamp_seconds", "gauge",
@@ -250,6 +255,8 @@ class XlbCollector(Collector):
             f["xlb_table_entries"].append(((label,), entries))
             f["xlb_table_capacity"].append(((label,), capacity))
         self._marks(f["xlb_mark_rule_hits"])
+        for event, n in dp.conn_events().items():
+            f["xlb_conn_events"].append(((event,), n))
         rows = dp.verdict_rows()
         for num, reason in sorted(S.REASONS.items()):
             p, b, _ = rows[num] if num < len(rows) else (0, 0, 0)

@@ -1,0 +1,248 @@
+"""A SYN flood and table pressure through BPF_PROG_TEST_RUN (docs/reliability.md, "SYN flood", "Table pressure").
+
+The SYN-flood defense ([tables] half_open, on by default; bpf/halfopen.h): a new TCP connection's entry, and a
+template it creates, wait in their own small LRU tables until the client's handshake ACK promotes them to conns and
+persist. A flood of SYNs from random sources that never answer evicts only half-open entries.
+
+Table pressure: with more live flows than the connection table holds, a flow whose entry the LRU evicted is placed
+anew by its next packet (counted as a mid-stream event); with sh, mh or consistent persistence it lands on its real.
+"""
+import dataclasses
+import ipaddress
+import random
+import struct
+
+import pytest
+from harness import CLIENT_MAC, LB_MAC, REAL_MAC, TEST_TABLES, conn_key, real_of, tcp4, to_real
+from scapy.layers.inet import ICMP, IP, TCP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from xlb.dataplane import structs as S
+from xlb.dataplane.mapkeys import NS, now_ns
+from xlb.dataplane.program import half_open_size
+
+VIP, VIP_P = "198.51.100.10", "198.51.100.11"
+REALS = ("198.18.0.11", "198.18.0.12", "198.18.0.13")
+HALF = half_open_size(TEST_TABLES.conns)          # the half-open tables' capacity in the test build
+CONNS = TEST_TABLES.conns
+
+
+def svc(vip, scheduler="rr", extra=""):
+    body = "".join(f'[[service.real]]\naddress = "{a}"\n' for a in REALS)
+    return f'[[service]]\nvip = "{vip}"\nport = 80\nproto = "tcp"\nscheduler = "{scheduler}"\n{extra}\n{body}'
+
+
+def reset(bench, text):
+    """bench.reset, with the defense on (the product's default; the shared bench runs it off)."""
+    dp = bench.reset(text)
+    tables = dataclasses.replace(TEST_TABLES, half_open=True)
+    dp.apply(dataclasses.replace(dp.config, tables=tables))
+    return dp
+
+
+def client(i):
+    """The i-th established client: addresses in 198.18.128.0/17, ports from 20000."""
+    return f"198.18.{128 + i // 250 % 120}.{i % 250 + 1}", 20000 + i % 40000
+
+
+def flood_source(rng):
+    """A random source in 198.19.0.0/16 (never an established client's) and port."""
+    return str(ipaddress.IPv4Address(0xC6130000 | rng.randrange(1, 1 << 16))), rng.randrange(1024, 65536)
+
+
+def send(bench, pkt):
+    """Run pkt; it must leave to a real, byte for byte as DR sends it. Returns the real."""
+    action, out = bench.run(pkt)
+    assert action == "XDP_TX", (action, bench.verdicts())
+    real = real_of(out)
+    assert out == to_real(pkt, real)
+    return real
+
+
+_TEMPLATES = {}
+
+
+def frame(src, sport, dst=VIP, flags="S", payload=b""):
+    """tcp4's frame from src:sport, by patching one built once (checksums not redone: DR never reads them)."""
+    key = (dst, flags, payload)
+    if key not in _TEMPLATES:
+        _TEMPLATES[key] = bytes(tcp4(dst=dst, flags=flags, payload=payload))
+    b = bytearray(_TEMPLATES[key])
+    b[26:30] = ipaddress.IPv4Address(src).packed
+    b[34:36] = struct.pack("!H", sport)
+    return bytes(b)
+
+
+def send_frame(bench, data):
+    """Run a frame; it must leave to a real with only its Ethernet addresses rewritten (DR). Returns the real."""
+    action, out = bench.run(data)
+    assert action == "XDP_TX", (action, bench.verdicts())
+    real = real_of(out)
+    assert out == bytes.fromhex(REAL_MAC[real].replace(":", "") + LB_MAC.replace(":", "")) + data[12:]
+    return real
+
+
+def flood(bench, n, dst=VIP, seed=18):
+    """n SYNs from random sources that never answer; every one is forwarded (the flood is not ours to judge)."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        action, _out = bench.run(frame(*flood_source(rng), dst=dst))
+        assert action == "XDP_TX"
+
+
+def established(bench, n, dst=VIP, first=0):
+    """n clients that complete their handshake (SYN, then ACK); {(src, sport): real}."""
+    out = {}
+    for i in range(first, first + n):
+        src, sport = client(i)
+        real = send_frame(bench, frame(src, sport, dst, "S"))
+        assert send_frame(bench, frame(src, sport, dst, "A")) == real
+        out[(src, sport)] = real
+    return out
+
+
+def events(dp):
+    return dp.conn_events()
+
+
+def count_entries(dp, name):
+    return sum(1 for _ in dp.m[name].keys())
+
+
+# -- the handshake -----------------------------------------------------------------------------------------------
+
+
+def test_syn_waits_in_half_open_until_its_ack(bench):
+    dp = reset(bench, svc(VIP))
+    syn = tcp4(flags="S")
+    real = send(bench, syn)
+    key = conn_key(syn)
+    assert dp.m["conns"].get(key) is None
+    half = dp.m["half_open"][key]
+    assert half.state == S.CONN_STATE["syn"] and half.real_id
+    assert send(bench, tcp4(flags="S")) == real                  # a retransmitted SYN follows it, still half-open
+    assert dp.m["conns"].get(key) is None
+    assert send(bench, tcp4(flags="A")) == real                  # the ACK promotes it
+    assert dp.m["half_open"].get(key) is None
+    entry = dp.m["conns"][key]
+    assert (entry.state, entry.real_id) == (S.CONN_STATE["est"], half.real_id)
+    assert dp.real_conn_counts()[half.real_id] == (1, 0)         # moved from inactive to active
+    assert send(bench, tcp4(flags="PA", payload=b"GET /")) == real
+    assert events(dp) == {"half_open": 1, "promoted": 1, "midstream": 0}
+
+
+def test_metrics_show_half_open_entries_and_events(bench):
+    from xlb.observe import metrics
+    dp = reset(bench, svc(VIP))
+    send(bench, tcp4(flags="S"))
+    send(bench, tcp4(sport=40001, flags="S"))
+    send(bench, tcp4(flags="A"))                                 # promoted
+    send(bench, tcp4(sport=40002, flags="A"))                    # mid-stream, no entry: placed anew
+    rows = metrics.XlbCollector(dp).read()
+    assert dict((v[0], n) for v, n in rows["xlb_conn_events"]) == {"half_open": 2, "promoted": 1, "midstream": 1}
+    fill = dict((v[0], n) for v, n in rows["xlb_table_entries"])
+    assert (fill["half_open"], fill["connections"]) == (1, 2)
+    assert dict((v[0], n) for v, n in rows["xlb_table_capacity"])["half_open"] == HALF
+    assert dp.has_connection(conn_key(tcp4(sport=40001)))
+
+
+def test_template_waits_with_its_half_open_connection(bench):
+    dp = reset(bench, svc(VIP_P, extra="persistence_timeout = 300\n"))
+    syn = tcp4(dst=VIP_P, flags="S")
+    real = send(bench, syn)
+    assert count_entries(dp, "persist") == 0 and count_entries(dp, "persist_half") == 1
+    # a second connection of the client before the first completes: the half-open template places it
+    assert send(bench, tcp4(dst=VIP_P, sport=40001, flags="S")) == real
+    send(bench, tcp4(dst=VIP_P, flags="A"))
+    assert count_entries(dp, "persist") == 1 and count_entries(dp, "persist_half") == 0
+    (tmpl,) = dp.m["persist"].values()
+    assert tmpl.real_id == dp.m["conns"][conn_key(syn)].real_id
+
+
+def test_icmp_error_about_a_half_open_flow_reaches_its_real(bench):
+    reset(bench, svc(VIP))
+    real = send(bench, tcp4(flags="S"))
+    quoted = IP(src=VIP, dst="203.0.113.7", id=99) / TCP(sport=80, dport=40000, flags="SA")
+    err = Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="192.0.2.1", dst=VIP, id=3) / ICMP(type=3, code=4, nexthopmtu=1400) \
+        / Raw(bytes(quoted)[:28])
+    assert bench.run(err) == ("XDP_TX", to_real(err, real))
+    assert bench.verdicts()["fwd_icmp_error"] == 1
+
+
+def test_half_open_setting_is_a_flag():
+    from xlb.config import read as xread
+    from xlb.errors import ConfigError
+    assert xread.parse("[tables]\nhalf_open = false\n", "x.toml").tables.half_open is False
+    assert xread.parse("", "x.toml").tables.half_open is True
+    with pytest.raises(ConfigError, match=r"line 2.*tables.half_open.*true or false"):
+        xread.parse("[tables]\nhalf_open = 1\n", "x.toml")
+
+
+def test_sweep_counts_half_open_and_expires_it(bench):
+    dp = reset(bench, svc(VIP) + "[timeouts]\nsyn = 5\n")
+    send(bench, tcp4(flags="S"))
+    (half,) = dp.m["half_open"].values()
+    rid = half.real_id
+    dp.sweep()
+    assert dp.real_conn_counts()[rid] == (0, 1)                  # the reconcile keeps its inactive count
+    res = dp.sweep(now=now_ns() + 6 * NS)
+    assert res.half_open_expired == 1 and count_entries(dp, "half_open") == 0
+    assert dp.real_conn_counts()[rid] == (0, 0)
+
+
+# -- the flood ---------------------------------------------------------------------------------------------------
+
+
+def test_syn_flood_keeps_established_flows_and_templates(bench):
+    """3000 established flows (3/4 of the connection table) and 200 persistent clients' templates, then a flood of
+    8x the half-open capacity of SYNs from random sources to both services: every established flow's next packet
+    reaches its real through its own entry, and every persistent client's next connection its template's real."""
+    dp = reset(bench, svc(VIP) + svc(VIP_P, extra="persistence_timeout = 300\n"))
+    flows = established(bench, 3000)
+    persistent = {src: real for (src, _), real in established(bench, 200, VIP_P, first=3000).items()}
+    templates = {bytes(k): v.real_id for k, v in dp.m["persist"].items()}
+    assert len(templates) == 200
+
+    flood(bench, 4 * HALF, dst=VIP)
+    flood(bench, 4 * HALF, dst=VIP_P, seed=19)
+
+    assert count_entries(dp, "half_open") <= HALF
+    for (src, sport), real in flows.items():
+        entry = dp.m["conns"].get(conn_key(tcp4(src=src, sport=sport)))
+        assert entry is not None and entry.state == S.CONN_STATE["est"], (src, sport)
+        assert send_frame(bench, frame(src, sport, VIP, "A", b"x")) == real
+    assert {bytes(k): v.real_id for k, v in dp.m["persist"].items() if bytes(k) in templates} == templates
+    for src, real in persistent.items():
+        assert send_frame(bench, frame(src, 65000, VIP_P, "S")) == real
+    ev = events(dp)
+    assert ev["midstream"] == 0 and ev["promoted"] == 3200 and ev["half_open"] >= 3200 + 8 * HALF
+
+
+# -- table pressure ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheduler, extra", [
+    ("sh", ""),
+    ("mh", ""),
+    ("mh", 'persistence_timeout = 300\npersistence_netmask = "255.255.255.255"\nplacement = "consistent"\n'),
+], ids=["sh", "mh", "persistent-consistent"])
+def test_twice_the_table_keeps_flows_on_their_reals(bench, scheduler, extra):
+    """2x the connection table's capacity of live flows: every packet is forwarded; flows whose entry the LRU
+    evicted are placed anew (counted as mid-stream) on the same real; the table recovers when the load falls."""
+    dp = reset(bench, svc(VIP, scheduler, extra))
+    flows = established(bench, 2 * CONNS)
+    assert count_entries(dp, "conns") <= CONNS
+    if extra:
+        assert count_entries(dp, "persist") <= TEST_TABLES.templates  # templates lost too: 2x their table
+    for (src, sport), real in flows.items():
+        assert send_frame(bench, frame(src, sport, VIP, "A", b"x")) == real
+    lost = events(dp)["midstream"]
+    assert lost >= CONNS            # at least the first half's entries were evicted, and counted
+    # the load falls: every entry expires and the sweep empties the table; a new flow is recorded and followed
+    res = dp.sweep(now=now_ns() + 3600 * NS)
+    assert res.conns_expired and count_entries(dp, "conns") == 0
+    pkt = tcp4(src="203.0.113.99", sport=5555, flags="S")
+    real = send(bench, pkt)
+    assert send(bench, tcp4(src="203.0.113.99", sport=5555, flags="A")) == real
+    assert dp.m["conns"][conn_key(pkt)].real_id and events(dp)["midstream"] == lost
