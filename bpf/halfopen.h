@@ -97,7 +97,7 @@ static __always_inline int half_open_promote(struct xdp_md *ctx, struct handoff 
 		promote_template(p, st, &nc);
 	}
 	count_flow(nc.svc_id, real_id, bytes, 0);
-	frag_note(p, real_id, nc.real_gen, nc.svc_id, r->method);
+	frag_note(p, real_id, nc.real_gen, nc.svc_id);
 	int action = XDP_PASS;
 	int reason = forward_real(ctx, p, r, real_id, now, &action);
 	if (action != XDP_DROP)
