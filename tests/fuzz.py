@@ -12,8 +12,12 @@ packet checked against the invariants an operator relies on (tests/fuzz_rules.py
 - the real's reply to a NAT connection, sent right after the connection's first packet, comes out with its source
   rewritten to VIP:port toward the client's gateway; a frame from the real of another tuple, or cut short, is the
   kernel's (unchanged, XDP_PASS);
-- an echo request to a VIP may come back (XDP_TX) as its reply; a packet a tunnel cannot carry as the
-  frag-needed / Packet Too Big quoting it;
+- an ICMP error about a connection goes to its real; about a NAT connection rewritten as IPVS does: from the
+  clients' side the outer destination and the quoted source become real:rport, from the reals' side (toward the
+  client's gateway) the outer source and the quoted destination VIP:vport; one hop less, the IPv4 header, quoted
+  IPv4 header and ICMP(v6) checksums updated, nothing else changed;
+- an echo request to a VIP may come back (XDP_TX) as its reply; a packet a tunnel cannot carry (IPv4 with DF or
+  without, IPv6) as the frag-needed / Packet Too Big quoting its start, with an MTU below its length;
 - the program never returns XDP_ABORTED; per batch, the verdict counters grew by exactly the packets sent, the
   drop reasons by exactly the XDP_DROPs, and drop_internal not at all.
 

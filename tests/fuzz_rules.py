@@ -118,8 +118,9 @@ def _addrs(data):
 
 def nat_rewritten(data, out, side, hop=1):
     """Check out is data with one side's address (and port, when the frame has its L4 header) replaced, hop fewer
-    hops (1; 0 when passed to the kernel, which takes its own), and each checksum updated as incrementally as it came (the ones'-complement sums over what each covers
-    unchanged; an IPv4 UDP checksum of 0 stays 0). Returns (address, port or None) of that side in out."""
+    hops (1; 0 when passed to the kernel, which takes its own), and each checksum updated as incrementally as it
+    came (the ones'-complement sums over what each covers unchanged; an IPv4 UDP checksum of 0 stays 0). Returns
+    (address, port or None) of that side in out."""
     if len(out) != len(data) or data[12:14] != out[12:14]:
         raise Violation("rewritten, but the frame's length or type changed")
     family, proto, _dst, l4, later = _headers(data)

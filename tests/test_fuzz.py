@@ -1,7 +1,8 @@
 """Hostile packets (issue 18): the fuzzer of tests/fuzz.py in a quick profile. Every generated frame goes through
 the loaded program (BPF_PROG_TEST_RUN) and is checked: to no service, unchanged with XDP_PASS; forwarded only to a
 real of its service (never a health-failed one) as its method says (DR untouched, NAT rewritten with checksums
-updated, TUN wrapped whole); a NAT reply rewritten back; ICMP errors and fragments to their connection's real;
+updated, TUN wrapped whole); a NAT reply rewritten back; ICMP errors and fragments to their connection's real
+(a NAT connection's ICMP errors rewritten as IPVS does, both ways);
 every verdict counted under a named reason; never XDP_ABORTED. `make fuzz` runs the million (docs/reliability.md).
 """
 import os
@@ -146,8 +147,8 @@ def test_rules_of_nat_tunnels_and_failed_reals_are_not_vacuous():
 
 
 def test_a_lost_entry_excuses_only_a_connection_the_table_no_longer_holds(bench):
-    """The one tolerance of the follow rule (fuzz.lost_entry): a passed ICMP error about a connection is excused
-    only while the connection's entry is absent from conns."""
+    """The one tolerance of the follow rules (fuzz.lost_entry): a passed ICMP error about a connection is excused
+    only while the connection's entry is absent from conns; one from a NAT real's side, from nat_revs."""
     from scapy.layers.inet import ICMP, IP, UDP
     from scapy.layers.l2 import Ether
     from harness import CLIENT_MAC, GW_MAC, LB_MAC, conn_key
@@ -162,6 +163,18 @@ def test_a_lost_entry_excuses_only_a_connection_the_table_no_longer_holds(bench)
     del bench.dp.m["conns"][conn_key(pkt)]
     assert fuzz.lost_entry(bench, err, "XDP_PASS", err, ("same", flow))
     assert not fuzz.lost_entry(bench, err, "XDP_DROP", err, ("same", flow))
+    # An ICMP error from a NAT real's side: excused only while the connection's nat_revs entry is gone.
+    syn = Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="203.0.113.208", dst="198.51.100.50") / UDP(sport=7, dport=53)
+    action, out = bench.run(syn)
+    nat = fuzz.check(bytes(syn), action, out)
+    rep = IP(src=str(nat["real"]), dst="203.0.113.208") / UDP(sport=nat["rport"], dport=7)
+    err = bytes(Ether(dst=LB_MAC, src=fuzz.REAL_MAC[str(nat["real"])]) / IP(src=str(nat["real"]), dst="203.0.113.208")
+                / ICMP(type=3, code=3) / bytes(IP(src="203.0.113.208", dst=str(nat["real"])) / UDP(
+                    sport=7, dport=nat["rport"])))
+    assert not fuzz.lost_entry(bench, err, "XDP_PASS", err, ("icmp_out", nat))
+    del bench.dp.m["nat_revs"][conn_key(Ether() / rep)]
+    assert fuzz.lost_entry(bench, err, "XDP_PASS", err, ("icmp_out", nat))
+    assert not fuzz.lost_entry(bench, err, "XDP_PASS", err, ("same", nat))  # its conns entry is there
 
 
 def test_rules_of_nat_icmp_errors_and_the_no_df_too_big_are_not_vacuous():
@@ -175,7 +188,7 @@ def test_rules_of_nat_icmp_errors_and_the_no_df_too_big_are_not_vacuous():
     from scapy.layers.l2 import Ether
     from harness import CLIENT_MAC, GW_MAC, LB_MAC
     import fuzz_rules
-    from test_nat_packets import quote, requoted
+    from natframes import quote, requoted
 
     def b(p):
         return p if isinstance(p, bytes) else bytes(p)
