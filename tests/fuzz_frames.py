@@ -338,17 +338,21 @@ def _icmp_error(rnd, flow):
 def _icmp_errors_out(rnd, flow):
     """An ICMP/ICMPv6 error from a NAT connection's real's side (the real itself, or a router between it and the
     balancer) toward the client, quoting the client's packet as the real got it (client -> real:rport); now and
-    then one quoting another connection's (toward a client no generated frame comes from): not ours."""
+    then one quoting another connection's (toward a client no generated frame comes from), or the error cut
+    anywhere past the Ethernet header: not ours. Its hop count is now and then 1 or 0 (dropped: xlb is a hop)."""
     family, client = flow["family"], flow["client"]
     real = ipaddress.ip_address(flow["real"]).packed
     src = rnd.choice([real, ROUTER4 if family == 4 else ROUTER6])
     mac = MAC[REAL_MAC[ipaddress.ip_address(real).compressed]]
     out = []
-    for to in [client] + ([bytes([192, 0, 2, client[3]]) if family == 4 else NOBODY6 + client[14:]]
-                          if rnd.random() < 0.2 else []):
+    r = rnd.random()
+    for i, to in enumerate([client] + ([bytes([192, 0, 2, client[3]]) if family == 4 else NOBODY6 + client[14:]]
+                                       if r < 0.2 else [])):
         msg = _icmp_msg(rnd, family, src, to, to, real, flow["proto"], (flow["cport"], flow["rport"]))
         out.append(_with_ip_checksum(_ip_frame(rnd, family, 1 if family == 4 else 58, src, to, msg, smac=mac,
-                                               ttl=64)))
+                                               ttl=rnd.choice([64] * 10 + [1, 0]) if i == 0 else 64)))
+    if 0.2 <= r < 0.4:
+        out.append(out[0][:rnd.randrange(14, len(out[0]))])
     return out
 
 

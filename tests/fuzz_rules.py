@@ -230,7 +230,12 @@ def nat_reply(data, action, out, flow):
 def nat_icmp_out(data, action, out, flow):
     """An ICMP error from a NAT connection's real's side (the real, or a router between it and the balancer)
     quoting the client's packet as the real got it (client -> real:rport): rewritten as IPVS does, the outer
-    source and the quoted destination VIP:vport, toward the client as the connection's replies go."""
+    source and the quoted destination VIP:vport, toward the client as the connection's replies go; dropped when
+    its hop count would reach 0 in xlb's hop (drop_ttl: the batch checks each drop has its reason)."""
+    if data[22 if data[12:14] == b"\x08\x00" else 21] <= 1:
+        if action != "XDP_DROP":
+            raise Violation(f"an ICMP error from a NAT real's side with no hop left got {action}")
+        return
     _to_client(action, out, "an ICMP error from a NAT real's side")
     src, quoted, port = nat_icmp_rewritten(data, out, "src", hop=int(action != "XDP_PASS"))
     if src.packed != flow["vip"] or quoted.packed != flow["vip"] or port != flow["vport"]:

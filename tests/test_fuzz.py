@@ -238,6 +238,8 @@ def test_rules_of_nat_icmp_errors_and_the_no_df_too_big_are_not_vacuous():
         e_out = err(LB_MAC, rmac, real, client, quote(got))
         back = err(GW_MAC, LB_MAC, vip, client, requoted(quote(got), "dst", vip, 80), ttl=63)
         fuzz.check(b(e_out), "XDP_TX", b(back), ("icmp_out", flow))
+        last = err(LB_MAC, rmac, real, client, quote(got), ttl=1)   # no hop left: dropped (drop_ttl)
+        fuzz.check(b(last), "XDP_DROP", b(last), ("icmp_out", flow))
         out_bad += [(e_out, "XDP_PASS", e_out, flow),                                            # passed as it came
                     (e_out, "XDP_TX", patch(back, icmp + 2, b(e_out)[icmp + 2:icmp + 4]), flow),  # checksum stale
                     (e_out, "XDP_TX", err(GW_MAC, LB_MAC, vip, client, requoted(quote(got), "dst", vip, rport),
@@ -245,7 +247,9 @@ def test_rules_of_nat_icmp_errors_and_the_no_df_too_big_are_not_vacuous():
                     (e_out, "XDP_TX", err(GW_MAC, LB_MAC, real, client, requoted(quote(got), "dst", vip, 80),
                                           ttl=63), flow),                                         # outer source kept
                     (e_out, "XDP_TX", err(rmac, LB_MAC, vip, client, requoted(quote(got), "dst", vip, 80),
-                                          ttl=63), flow)]                                         # to the real
+                                          ttl=63), flow),                                         # to the real
+                    (last, "XDP_TX", err(GW_MAC, LB_MAC, vip, client, requoted(quote(got), "dst", vip, 80),
+                                         ttl=0), flow)]                                           # its last hop
     # IPv4 without DF, too big for the IPIP tunnel (20 bytes more than the 1,500 MTU): frag-needed with MTU 1,480
     big = Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src=c4, dst="198.51.100.60", flags=0) / TCP(
         sport=40000, dport=80, flags="A") / (b"x" * 1460)
