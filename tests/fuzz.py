@@ -12,8 +12,12 @@ packet checked against the invariants an operator relies on (tests/fuzz_rules.py
 - the real's reply to a NAT connection, sent right after the connection's first packet, comes out with its source
   rewritten to VIP:port toward the client's gateway; a frame from the real of another tuple, or cut short, is the
   kernel's (unchanged, XDP_PASS);
-- an echo request to a VIP may come back (XDP_TX) as its reply; a packet a tunnel cannot carry as the
-  frag-needed / Packet Too Big quoting it;
+- an ICMP error about a connection goes to its real; about a NAT connection rewritten as IPVS does: from the
+  clients' side the outer destination and the quoted source become real:rport, from the reals' side (toward the
+  client's gateway) the outer source and the quoted destination VIP:vport; one hop less, the IPv4 header, quoted
+  IPv4 header and ICMP(v6) checksums updated, nothing else changed;
+- an echo request to a VIP may come back (XDP_TX) as its reply; a packet a tunnel cannot carry (IPv4 with DF or
+  without, IPv6) as the frag-needed / Packet Too Big quoting its start, with an MTU below its length;
 - the program never returns XDP_ABORTED; per batch, the verdict counters grew by exactly the packets sent, the
   drop reasons by exactly the XDP_DROPs, and drop_internal not at all.
 
@@ -80,21 +84,36 @@ def verdict_totals(bench):
     return {k: v.packets for k, v in bench.dp.verdict_counts().items()}
 
 
+def _key(src, dst, sport, dport, flow):
+    k = S.ConnKey()
+    k.src = S.addr_words(addr_bytes(ipaddress.ip_address(src)))
+    k.dst = S.addr_words(addr_bytes(ipaddress.ip_address(dst)))
+    k.sport, k.dport, k.proto, k.family = htons(sport), htons(dport), flow["proto"], flow["family"]
+    return k
+
+
 def has_conn(bench, flow):
     """Is the connection of flow (fuzz_rules.check's) in the conns table?"""
-    k = S.ConnKey()
-    k.src = S.addr_words(addr_bytes(ipaddress.ip_address(flow["client"])))
-    k.dst = S.addr_words(addr_bytes(ipaddress.ip_address(flow["vip"])))
-    k.sport, k.dport, k.proto, k.family = htons(flow["cport"]), htons(flow["vport"]), flow["proto"], flow["family"]
-    return bench.dp.m["conns"].get(k) is not None
+    return bench.dp.m["conns"].get(_key(flow["client"], flow["vip"], flow["cport"], flow["vport"], flow)) is not None
+
+
+def has_nat_rev(bench, flow):
+    """Is the NAT connection of flow in the nat_revs table (its replies' tuple, real:rport -> client)?"""
+    k = _key(flow["real"].packed, flow["client"], flow["rport"], flow["cport"], flow)
+    return bench.dp.m["nat_revs"].get(k) is not None
 
 
 def lost_entry(bench, data, action, out, expect):
     """A frame that should have followed its connection but passed unchanged because the connection's entry is
     gone: the packet that made the flow was forwarded by the flow cache (bpf/flowcache.h trusts an entry for
     flow_ttl) after the LRU table evicted the connection under the fuzzer's load. An ICMP error about such a flow
-    is the kernel's until its next full-path packet re-creates the entry (docs/reliability.md)."""
-    return expect and expect[0] == "same" and (action, out) == ("XDP_PASS", data) and not has_conn(bench, expect[1])
+    is the kernel's until its next full-path packet re-creates the entry (docs/reliability.md); so is one from a
+    NAT real's side while the reverse entry (nat_revs) is gone."""
+    if not expect or (action, out) != ("XDP_PASS", data):
+        return False
+    if expect[0] == "icmp_out":
+        return not has_nat_rev(bench, expect[1])
+    return expect[0] == "same" and not has_conn(bench, expect[1])
 
 
 def run_batch(bench, frames, stats=None, rnd=None):

@@ -268,12 +268,15 @@ def frame(rnd):
 
 def followups(rnd, flow):
     """Frames that belong to a connection just forwarded (flow: fuzz_rules.check's), each with what is expected of
-    it: the NAT real's replies (fuzz_frames.replies), an ICMP error about the connection from a router on the way
-    back to the client, a datagram of the same tuple in two fragments (IPv4, or IPv6's Fragment header); these go
-    to the connection's real (the later fragment by the first one's note in frags)."""
+    it: the NAT real's replies (fuzz_frames.replies) and an ICMP error from its side about the connection (toward
+    the client, rewritten), an ICMP error about the connection from a router on the way back to the client, a
+    datagram of the same tuple in two fragments (IPv4, or IPv6's Fragment header); these go to the connection's real
+    (the later fragment by the first one's note in frags)."""
     out = []
     if flow.get("real") is not None:
         out += [(r, ("reply", flow) if i == 0 else None) for i, r in enumerate(replies(rnd, flow))]
+        if rnd.random() < 0.3:
+            out += [(e, ("icmp_out", flow) if i == 0 else None) for i, e in enumerate(_icmp_errors_out(rnd, flow))]
     if flow["key"] in NO_FOLLOW:
         return out  # one-packet scheduling and SIP: no connection entry under the tuple to follow
     if rnd.random() < 0.3:
@@ -283,22 +286,74 @@ def followups(rnd, flow):
     return out
 
 
-def _icmp_error(rnd, flow):
-    """An ICMP/ICMPv6 error from a router about the connection's packet from VIP:port to the client."""
-    family, proto = flow["family"], flow["proto"]
-    l4 = struct.pack("!HH", flow["vport"], flow["cport"]) + rnd.randbytes(rnd.choice([4, 4, 16]))
+ROUTER4, ROUTER6 = bytes([198, 18, 9, 9]), ipaddress.ip_address("2001:db8:9::9").packed
+
+
+def _csum(b):
+    """The Internet checksum of b."""
+    b += bytes(len(b) & 1)
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def _icmp_msg(rnd, family, src, dst, quoted_src, quoted_dst, proto, ports):
+    """An ICMP/ICMPv6 error of a random kind from src to dst quoting a packet quoted_src -> quoted_dst (its ports,
+    then 4 or 16 more bytes), every checksum right (the quoted IPv4 header's, the ICMP one, ICMPv6's with its
+    pseudo-header): a NAT rewrite must keep them right."""
+    l4 = struct.pack("!HH", *ports) + rnd.randbytes(rnd.choice([4, 4, 16]))
     if family == 4:
         kind, code = rnd.choice([(3, 1), (3, 3), (3, 4), (11, 0)])
-        quote = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4) + 100, 1, 0, 63, proto, 0, flow["vip"],
-                            flow["client"]) + l4
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4) + 100, 1, 0, 63, proto, 0, quoted_src, quoted_dst)
+        quote = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:] + l4
         msg = struct.pack("!BBHHH", kind, code, 0, 0, 1400 if code == 4 else 0) + quote
-        return _ip_frame(rnd, 4, 1, bytes([198, 18, 9, 9]), flow["vip"], msg, smac=GW,
-                         ttl=64)
+        return msg[:2] + struct.pack("!H", _csum(msg)) + msg[4:]
     kind, code = rnd.choice([(1, 0), (1, 4), (2, 0), (3, 0)])
-    quote = struct.pack("!IHBB16s16s", 6 << 28, len(l4) + 100, proto, 63, flow["vip"], flow["client"]) + l4
+    quote = struct.pack("!IHBB16s16s", 6 << 28, len(l4) + 100, proto, 63, quoted_src, quoted_dst) + l4
     msg = struct.pack("!BBHI", kind, code, 0, rnd.choice([1280, 1400, 1500]) if kind == 2 else 0) + quote
-    router = ipaddress.ip_address("2001:db8:9::9").packed
-    return _ip_frame(rnd, 6, 58, router, flow["vip"], msg, smac=GW, ttl=64)
+    pseudo = src + dst + struct.pack("!I3xB", len(msg), 58)
+    return msg[:2] + struct.pack("!H", _csum(pseudo + msg)) + msg[4:]
+
+
+def _with_ip_checksum(frame):
+    """frame with its outer IPv4 header checksum right (IPv6 has none)."""
+    if frame[12:14] != b"\x08\x00":
+        return frame
+    end = 14 + (frame[14] & 15) * 4
+    head = frame[14:24] + b"\0\0" + frame[26:end]
+    return frame[:24] + struct.pack("!H", _csum(head)) + frame[26:]
+
+
+def _icmp_error(rnd, flow):
+    """An ICMP/ICMPv6 error from a router about the connection's packet from VIP:port to the client."""
+    family = flow["family"]
+    router = ROUTER4 if family == 4 else ROUTER6
+    msg = _icmp_msg(rnd, family, router, flow["vip"], flow["vip"], flow["client"], flow["proto"],
+                    (flow["vport"], flow["cport"]))
+    return _with_ip_checksum(_ip_frame(rnd, family, 1 if family == 4 else 58, router, flow["vip"], msg, smac=GW,
+                                       ttl=64))
+
+
+def _icmp_errors_out(rnd, flow):
+    """An ICMP/ICMPv6 error from a NAT connection's real's side (the real itself, or a router between it and the
+    balancer) toward the client, quoting the client's packet as the real got it (client -> real:rport); now and
+    then one quoting another connection's (toward a client no generated frame comes from), or the error cut
+    anywhere past the Ethernet header: not ours. Its hop count is now and then 1 or 0 (dropped: xlb is a hop)."""
+    family, client = flow["family"], flow["client"]
+    real = ipaddress.ip_address(flow["real"]).packed
+    src = rnd.choice([real, ROUTER4 if family == 4 else ROUTER6])
+    mac = MAC[REAL_MAC[ipaddress.ip_address(real).compressed]]
+    out = []
+    r = rnd.random()
+    for i, to in enumerate([client] + ([bytes([192, 0, 2, client[3]]) if family == 4 else NOBODY6 + client[14:]]
+                                       if r < 0.2 else [])):
+        msg = _icmp_msg(rnd, family, src, to, to, real, flow["proto"], (flow["cport"], flow["rport"]))
+        out.append(_with_ip_checksum(_ip_frame(rnd, family, 1 if family == 4 else 58, src, to, msg, smac=mac,
+                                               ttl=rnd.choice([64] * 10 + [1, 0]) if i == 0 else 64)))
+    if 0.2 <= r < 0.4:
+        out.append(out[0][:rnd.randrange(14, len(out[0]))])
+    return out
 
 
 def _fragments(rnd, flow):

@@ -116,20 +116,21 @@ def _addrs(data):
     return data[26:34] if data[12:14] == b"\x08\x00" else data[22:54]
 
 
-def nat_rewritten(data, out, side):
-    """Check out is data with one side's address (and port, when the frame has its L4 header) replaced, one hop
-    less, and each checksum updated as incrementally as it came (the ones'-complement sums over what each covers
-    unchanged; an IPv4 UDP checksum of 0 stays 0). Returns (address, port or None) of that side in out."""
+def nat_rewritten(data, out, side, hop=1):
+    """Check out is data with one side's address (and port, when the frame has its L4 header) replaced, hop fewer
+    hops (1; 0 when passed to the kernel, which takes its own), and each checksum updated as incrementally as it
+    came (the ones'-complement sums over what each covers unchanged; an IPv4 UDP checksum of 0 stays 0). Returns
+    (address, port or None) of that side in out."""
     if len(out) != len(data) or data[12:14] != out[12:14]:
         raise Violation("rewritten, but the frame's length or type changed")
     family, proto, _dst, l4, later = _headers(data)
     want = bytearray(data)
     want[:12] = out[:12]
-    a, hop = ((26, 22) if family == 4 else (22, 21))
+    a, at = ((26, 22) if family == 4 else (22, 21))
     a += (4 if family == 4 else 16) * (side == "dst")
     n = 4 if family == 4 else 16
     want[a:a + n] = out[a:a + n]
-    want[hop] = (data[hop] - 1) & 0xFF
+    want[at] = (data[at] - hop) & 0xFF
     if family == 4:
         want[24:26] = out[24:26]
         if _osum(out[14:l4]) != _osum(data[14:l4]):
@@ -151,6 +152,55 @@ def nat_rewritten(data, out, side):
     return ipaddress.ip_address(out[a:a + n]), port
 
 
+def nat_icmp_rewritten(data, out, side, hop=1):
+    """Check out is the ICMP error data rewritten as IPVS rewrites one about a NAT connection: side "dst" (toward
+    the real) the outer destination and the quoted source address and port, side "src" (toward the client) the
+    outer source and the quoted destination address and port; hop fewer hops; the outer and quoted IPv4 header
+    checksums and the ICMP checksum (ICMPv6's with its pseudo-header) updated (the ones'-complement sums over what
+    each covers unchanged: a valid checksum stays valid); nothing else, the quoted L4 checksum included. Returns
+    (outer address, quoted address, quoted port) in out."""
+    if len(out) != len(data) or data[12:14] != out[12:14]:
+        raise Violation("an ICMP error rewritten, but the frame's length or type changed")
+    family, _proto, _dst, l4, _later = _headers(data)
+    n, q = (4 if family == 4 else 16), l4 + 8
+    a, at = (26, 22) if family == 4 else (22, 21)
+    qa, qports = (q + 12, q + (data[q] & 15) * 4) if family == 4 else (q + 8, q + 40)
+    a, qa, qp = a + n * (side == "dst"), qa + n * (side == "src"), qports + 2 * (side == "src")
+    end = 14 + struct.unpack("!H", data[16:18])[0] if family == 4 else 54 + struct.unpack("!H", data[18:20])[0]
+    want = bytearray(data)
+    want[at] = (data[at] - hop) & 0xFF
+    spans = {"ICMP": lambda b: b[l4:end]} if family == 4 else {"ICMPv6": lambda b: _addrs(b) + b[l4:end]}
+    if family == 4:
+        spans.update({"outer IPv4 header": lambda b: b[14:l4], "quoted IPv4 header": lambda b: b[q:qports]})
+    for off, k in ((0, 12), (a, n), (qa, n), (qp, 2), (l4 + 2, 2)) + (((24, 2), (q + 10, 2)) if family == 4 else ()):
+        want[off:off + k] = out[off:off + k]
+    for what, span in spans.items():
+        if _osum(span(out)) != _osum(span(data)):
+            raise Violation(f"the {what} checksum was not updated with the rewrite")
+    if bytes(want) != out:
+        raise Violation("an ICMP error rewritten beyond the addresses, quoted port, hop count and checksums")
+    return (ipaddress.ip_address(out[a:a + n]), ipaddress.ip_address(out[qa:qa + n]),
+            struct.unpack("!H", out[qp:qp + 2])[0])
+
+
+def nat_icmp_forward(data, out, keys):
+    """An ICMP error to a VIP about a NAT connection (quoting VIP:vport -> client): to a real of the quoted flow's
+    service, the outer destination and the quoted source its address, the quoted source port its (mapped) port.
+    Returns the real's address and port."""
+    family, _proto, _dst, l4, _later = _headers(data)
+    real, quoted, port = nat_icmp_rewritten(data, out, "dst")
+    ok = [k for k in keys if str(real) in SERVICES[k]]
+    if not ok or quoted != real or out[:6] != MAC[REAL_MAC[str(real)]]:
+        raise Violation(f"an ICMP error about a NAT flow to {real} (quoting {quoted}) at {out[:6].hex(':')}: "
+                        f"not a real of {keys}")
+    q = l4 + 8
+    qports = q + (data[q] & 15) * 4 if family == 4 else q + 40
+    vport = struct.unpack("!H", data[qports:qports + 2])[0]
+    if port != NAT_PORT.get((ok[0], str(real)), vport):
+        raise Violation(f"an ICMP error about a NAT flow quotes port {port} of {real}, not its real's port")
+    return real, port
+
+
 def nat_forward(data, out, keys):
     """A NAT forward: to a real of the service, to its address and (mapped) port. Returns the real's address and
     port (its reply's source) for a packet with ports."""
@@ -170,14 +220,34 @@ def nat_forward(data, out, keys):
 def nat_reply(data, action, out, flow):
     """The reply of a NAT connection's real, sent right after the connection's first packet: it must leave with
     its source rewritten to VIP:port toward the client (the gateway's MAC), or be passed so rewritten (the
-    client's neighbour unresolved)."""
-    if action not in ("XDP_TX", "XDP_REDIRECT", "XDP_PASS"):
-        raise Violation(f"a reply to a NAT connection got {action}")
-    addr, port = nat_rewritten(data, out, "src")
+    client's neighbour unresolved; the kernel takes the hop)."""
+    _to_client(action, out, "a NAT reply")
+    addr, port = nat_rewritten(data, out, "src", hop=int(action != "XDP_PASS"))
     if addr.packed != flow["vip"] or port != flow["vport"]:
         raise Violation(f"a NAT reply left from {addr} port {port}, not from its VIP and port")
+
+
+def nat_icmp_out(data, action, out, flow):
+    """An ICMP error from a NAT connection's real's side (the real, or a router between it and the balancer)
+    quoting the client's packet as the real got it (client -> real:rport): rewritten as IPVS does, the outer
+    source and the quoted destination VIP:vport, toward the client as the connection's replies go; dropped when
+    its hop count would reach 0 in xlb's hop (drop_ttl: the batch checks each drop has its reason)."""
+    if data[22 if data[12:14] == b"\x08\x00" else 21] <= 1:
+        if action != "XDP_DROP":
+            raise Violation(f"an ICMP error from a NAT real's side with no hop left got {action}")
+        return
+    _to_client(action, out, "an ICMP error from a NAT real's side")
+    src, quoted, port = nat_icmp_rewritten(data, out, "src", hop=int(action != "XDP_PASS"))
+    if src.packed != flow["vip"] or quoted.packed != flow["vip"] or port != flow["vport"]:
+        raise Violation(f"an ICMP error from a NAT real's side left from {src} quoting {quoted} port {port}, not "
+                        "its VIP and port")
+
+
+def _to_client(action, out, what):
+    if action not in ("XDP_TX", "XDP_REDIRECT", "XDP_PASS"):
+        raise Violation(f"{what} got {action}")
     if action != "XDP_PASS" and (out[:6] != GW or out[6:12] not in LBS):
-        raise Violation(f"a NAT reply left to {out[:6].hex(':')} from {out[6:12].hex(':')}, not to the gateway")
+        raise Violation(f"{what} left to {out[:6].hex(':')} from {out[6:12].hex(':')}, not to the gateway")
 
 
 def tunnelled(data, out, reals):
@@ -207,38 +277,47 @@ def tunnelled(data, out, reals):
 
 
 def too_big_ok(data, out):
-    """Is out the frag-needed / Packet Too Big the balancer answers for a packet its tunnel cannot carry: back to
-    the sender, from the VIP, quoting the packet's start?"""
-    if out[:6] != data[6:12] or out[6:12] != data[:6] or out[12:14] != data[12:14]:
+    """Is out the frag-needed / Packet Too Big the balancer answers for a packet its tunnel cannot carry (IPv4 with
+    DF or without, IPv6): back to the sender, from the VIP, quoting the packet's start (the largest IPv4 header and
+    8 bytes, 68; IPv6: what fits 1,280 bytes, 1,232), an MTU from the family's minimum to below the packet's length,
+    its lengths and checksums right?"""
+    if out[:6] != data[6:12] or out[6:12] != data[:6] or out[12:14] != data[12:14] or len(out) < 62:
         return False
     if data[12:14] == b"\x08\x00":
-        ok = out[23] == 1 and out[34:36] == b"\x03\x04" and out[26:30] == data[30:34] and out[30:34] == data[26:30]
-        quote = out[42:]
+        mtu, least, quote = struct.unpack("!H", out[40:42])[0], 68, out[42:]
+        ok = out[14] == 0x45 and out[23] == 1 and out[34:36] == b"\x03\x04" and out[26:30] == data[30:34] and \
+            out[30:34] == data[26:30] and struct.unpack("!H", out[16:18])[0] == len(out) - 14 and \
+            _osum(out[14:34]) == 0 and _osum(out[34:]) == 0 and len(quote) == 68
+        size = struct.unpack("!H", data[16:18])[0]
     else:
-        ok = out[20] == 58 and out[54] == 2 and out[22:38] == data[38:54] and out[38:54] == data[22:38]
-        quote = out[62:]
-    return ok and len(quote) > 0 and data[14:].startswith(quote)
-
-
-class Violation(AssertionError):
-    pass
+        mtu, least, quote = struct.unpack("!I", out[58:62])[0], 1280, out[62:]
+        ok = out[20] == 58 and out[54:56] == b"\x02\x00" and out[22:38] == data[38:54] and \
+            out[38:54] == data[22:38] and struct.unpack("!H", out[18:20])[0] == len(out) - 54 and \
+            _osum(out[22:54] + struct.pack("!IxxxB", len(out) - 54, 58) + out[54:]) == 0 and len(quote) == 1232
+        size = 40 + struct.unpack("!H", data[18:20])[0]
+    return ok and least <= mtu < size and data[14:].startswith(quote)
 
 
 def check(data, action, out, expect=None):
     """Raise Violation when the program's answer to one frame breaks a rule. expect: ("reply", flow), data is the
-    real's reply to the NAT connection flow (nat_reply); ("same", flow), data belongs to flow (an ICMP error about
-    it, a fragment of its datagram) and must go to flow's real (a NAT flow's ICMP error may pass: the kernel's).
+    real's reply to the NAT connection flow (nat_reply); ("icmp_out", flow), an ICMP error from flow's real's side
+    about it (nat_icmp_out); ("same", flow), data belongs to flow (an ICMP error about it, a fragment of its
+    datagram) and must go to flow's real (a NAT flow's ICMP error rewritten to its address and port).
     Returns the connection a TCP/UDP forward with ports opened or followed (for its follow-ups), else None."""
     if action == "XDP_ABORTED":
         raise Violation("XDP_ABORTED")
-    if expect and expect[0] == "reply":
-        return nat_reply(data, action, out, expect[1])
+    if expect and expect[0] in ("reply", "icmp_out"):
+        return (nat_reply if expect[0] == "reply" else nat_icmp_out)(data, action, out, expect[1])
     flow = _check(data, action, out)
     if expect:
         was = expect[1]
-        nat_error = was["method"] == "nat" and _headers(data)[1] in (1, 58) and (action, out) == ("XDP_PASS", data)
-        if not nat_error and (action not in ("XDP_TX", "XDP_REDIRECT") or out[:6] != was["mac"]):
+        if action not in ("XDP_TX", "XDP_REDIRECT") or out[:6] != was["mac"]:
             raise Violation(f"{action} to {out[:6].hex(':')}: not its connection's real, {was['mac'].hex(':')}")
+        if was["method"] == "nat" and _headers(data)[1] in (1, 58):
+            real, _quoted, port = nat_icmp_rewritten(data, out, "dst")
+            if (real, port) != (was["real"], was["rport"]):
+                raise Violation(f"an ICMP error about a NAT connection to {real} port {port}, not its real's "
+                                f"{was['real']} port {was['rport']}")
     return flow
 
 
@@ -265,7 +344,10 @@ def _check(data, action, out):
         raise Violation(f"forwarded from {out[6:12].hex(':')} for services {keys}")
     method = methods.pop()
     flow = {}
-    if method == "nat":
+    family, proto, dst, l4, later = _headers(data)
+    if method == "nat" and proto in (1, 58):
+        nat_icmp_forward(data, out, keys)  # keys_for found a service: an ICMP error
+    elif method == "nat":
         flow = nat_forward(data, out, keys)
     elif method == "tun":
         tunnelled(data, out, reals)
@@ -273,7 +355,6 @@ def _check(data, action, out):
         raise Violation("forwarded, but the IP packet changed")
     elif out[:6] not in {MAC[REAL_MAC[r]] for r in reals}:
         raise Violation(f"forwarded to {out[:6].hex(':')}: not a real of {reals}")
-    family, proto, dst, l4, later = _headers(data)
     if proto not in (6, 17) or later or len(keys) != 1 or len(data) < l4 + 4:
         return None
     key = keys.pop()

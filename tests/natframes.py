@@ -1,7 +1,7 @@
-"""NAT (method = "nat") frames for packet fixtures, shared by test_nat_packets.py and test_method_paths.py: the
-service config builder, the inbound and reply rewrites as scapy computes them (every checksum afresh, so a byte-exact
-match checks the data plane's incremental checksums), and run() for steps of (packet, ingress, action, frame,
-reason). Topology: tests/harness.py (clients are routed via the gateway on lb0)."""
+"""NAT (method = "nat") frames for packet fixtures, shared by test_nat_packets.py, test_method_paths.py and
+test_fuzz.py: the service config builder, the inbound and reply rewrites and the ICMP quotes' as scapy computes them
+(every checksum afresh, so a byte-exact match checks the data plane's incremental checksums), and run() for steps
+of (packet, ingress, action, frame, reason). Topology: tests/harness.py (clients are routed via the gateway on lb0)."""
 from collections import Counter
 
 import pytest
@@ -72,3 +72,29 @@ def run(bench, steps):
             pytest.fail(f"packet {i}: got {got_action}, want {action}\n--- got:\n{describe(out)}\n"
                         f"--- want:\n{describe(want)}")
     assert bench.verdicts() == dict(Counter(s[4] for s in steps))
+
+
+def quote(pkt, n=8):
+    """An IP packet (a frame, or its bytes) as an ICMP error quotes it: its IP header and the first n bytes after it."""
+    pkt = Ether(pkt) if isinstance(pkt, bytes) else pkt
+    ip = pkt[IP] if IP in pkt else pkt[IPv6]
+    return bytes(ip)[:(20 if IP in pkt else 40) + n]
+
+
+def requoted(q, side, addr, port):
+    """Quote q with one side's address and port replaced (the IPv4 header's checksum computed afresh, the TCP/UDP
+    checksum left as quoted, as IPVS leaves it)."""
+    from scapy.utils import checksum, inet_pton
+    import socket
+    q = bytearray(q)
+    if q[0] >> 4 == 4:
+        q[12 + 4 * (side == "dst"):16 + 4 * (side == "dst")] = inet_pton(socket.AF_INET, addr)
+        q[10:12] = b"\0\0"
+        q[10:12] = checksum(bytes(q[:20])).to_bytes(2, "big")
+        at = 20
+    else:
+        q[8 + 16 * (side == "dst"):24 + 16 * (side == "dst")] = inet_pton(socket.AF_INET6, addr)
+        at = 40
+    at += 2 * (side == "dst")
+    q[at:at + 2] = port.to_bytes(2, "big")
+    return bytes(q)

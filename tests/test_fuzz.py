@@ -1,7 +1,8 @@
 """Hostile packets (issue 18): the fuzzer of tests/fuzz.py in a quick profile. Every generated frame goes through
 the loaded program (BPF_PROG_TEST_RUN) and is checked: to no service, unchanged with XDP_PASS; forwarded only to a
 real of its service (never a health-failed one) as its method says (DR untouched, NAT rewritten with checksums
-updated, TUN wrapped whole); a NAT reply rewritten back; ICMP errors and fragments to their connection's real;
+updated, TUN wrapped whole); a NAT reply rewritten back; ICMP errors and fragments to their connection's real
+(a NAT connection's ICMP errors rewritten as IPVS does, both ways);
 every verdict counted under a named reason; never XDP_ABORTED. `make fuzz` runs the million (docs/reliability.md).
 """
 import os
@@ -25,9 +26,10 @@ def test_fuzz_quick_profile(bench):
                    "pass_fragment", "drop_frag_no_first", "icmp_echo_reply", "drop_icmp_mtu", "drop_icmp_trunc",
                    "drop_trunc_ip", "drop_bad_ip", "drop_trunc_l4", "drop_bad_tcp",
                    "drop_ipv6_ext", "drop_rst_no_conn",
-                   # NAT both ways (the replies are checked rewritten), tunnels and their too-big answers, SIP
-                   "fwd_reply_tx", "fwd_reply_redirect", "drop_ttl", "tun_ptb", "drop_tun_too_big", "drop_too_big",
-                   "drop_sip_no_callid",
+                   # NAT both ways (the replies and the reals' side's ICMP errors are checked rewritten), tunnels
+                   # and their too-big answers (DF or not; drop_tun_too_big needs a link MTU the bench has not), SIP
+                   "fwd_reply_tx", "fwd_reply_redirect", "fwd_icmp_nat_out", "drop_ttl", "tun_ptb", "tun_ptb_no_df",
+                   "drop_too_big", "drop_sip_no_callid",
                    # ICMP errors and later fragments that follow a connection to its real
                    "fwd_icmp_error", "fwd_fragment"):
         assert stats.get(reason), (reason, stats)
@@ -145,8 +147,8 @@ def test_rules_of_nat_tunnels_and_failed_reals_are_not_vacuous():
 
 
 def test_a_lost_entry_excuses_only_a_connection_the_table_no_longer_holds(bench):
-    """The one tolerance of the follow rule (fuzz.lost_entry): a passed ICMP error about a connection is excused
-    only while the connection's entry is absent from conns."""
+    """The one tolerance of the follow rules (fuzz.lost_entry): a passed ICMP error about a connection is excused
+    only while the connection's entry is absent from conns; one from a NAT real's side, from nat_revs."""
     from scapy.layers.inet import ICMP, IP, UDP
     from scapy.layers.l2 import Ether
     from harness import CLIENT_MAC, GW_MAC, LB_MAC, conn_key
@@ -161,3 +163,113 @@ def test_a_lost_entry_excuses_only_a_connection_the_table_no_longer_holds(bench)
     del bench.dp.m["conns"][conn_key(pkt)]
     assert fuzz.lost_entry(bench, err, "XDP_PASS", err, ("same", flow))
     assert not fuzz.lost_entry(bench, err, "XDP_DROP", err, ("same", flow))
+    # An ICMP error from a NAT real's side: excused only while the connection's nat_revs entry is gone.
+    syn = Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src="203.0.113.208", dst="198.51.100.50") / UDP(sport=7, dport=53)
+    action, out = bench.run(syn)
+    nat = fuzz.check(bytes(syn), action, out)
+    rep = IP(src=str(nat["real"]), dst="203.0.113.208") / UDP(sport=nat["rport"], dport=7)
+    err = bytes(Ether(dst=LB_MAC, src=fuzz.REAL_MAC[str(nat["real"])]) / IP(src=str(nat["real"]), dst="203.0.113.208")
+                / ICMP(type=3, code=3) / bytes(IP(src="203.0.113.208", dst=str(nat["real"])) / UDP(
+                    sport=7, dport=nat["rport"])))
+    assert not fuzz.lost_entry(bench, err, "XDP_PASS", err, ("icmp_out", nat))
+    del bench.dp.m["nat_revs"][conn_key(Ether() / rep)]
+    assert fuzz.lost_entry(bench, err, "XDP_PASS", err, ("icmp_out", nat))
+    assert not fuzz.lost_entry(bench, err, "XDP_PASS", err, ("same", nat))  # its conns entry is there
+
+
+def test_rules_of_nat_icmp_errors_and_the_no_df_too_big_are_not_vacuous():
+    """An ICMP error about a NAT connection, as IPVS rewrites it (scapy's frames, every checksum afresh): from the
+    clients' side to the connection's real, the outer destination and the quoted source its address and port; from
+    the reals' side toward the client, the outer source and the quoted destination VIP:vport; one hop less, nothing
+    else changed. The frag-needed for an IPv4 packet without DF too big for its tunnel quotes the packet's first 68
+    bytes with an MTU below its length. Each rule refuses a wrong answer."""
+    from scapy.layers.inet import ICMP, IP, TCP
+    from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6
+    from scapy.layers.l2 import Ether
+    from harness import CLIENT_MAC, GW_MAC, LB_MAC
+    import fuzz_rules
+    from natframes import quote, requoted
+
+    def b(p):
+        return p if isinstance(p, bytes) else bytes(p)
+
+    def patch(frame, off, new):
+        frame = b(frame)
+        return frame[:off] + new + frame[off + len(new):]
+
+    rt4, rt6, c4, c6 = "198.18.9.9", "2001:db8:9::9", "203.0.113.7", "2001:db8:77::7"
+    bad, out_bad = [], []
+    for v4, vip, real, rport in ((True, "198.51.100.50", "198.18.0.11", 8080),
+                                 (False, "2001:db8:100::50", "2001:db8::12", 8080)):
+        client, rt = (c4, rt4) if v4 else (c6, rt6)
+        L3 = IP if v4 else IPv6
+
+        def err(mac_to, mac_from, src, dst, q, ttl=64):
+            l3 = IP(src=src, dst=dst, id=3, ttl=ttl) if v4 else IPv6(src=src, dst=dst, hlim=ttl)
+            return Ether(dst=mac_to, src=mac_from) / l3 / (ICMP(type=3, code=3) if v4 else ICMPv6DestUnreach()) / q
+        rmac = _mac(real)
+        syn = Ether(dst=LB_MAC, src=CLIENT_MAC) / L3(src=client, dst=vip) / TCP(sport=40000, dport=80, flags="S")
+        got = Ether(dst=rmac, src=LB_MAC) / L3(src=client, dst=real) / TCP(sport=40000, dport=rport, flags="S")
+        if v4:
+            got[IP].ttl, got[IP].id = 63, syn[IP].id
+        else:
+            got[IPv6].hlim = 63
+        flow = fuzz.check(b(syn), "XDP_TX", b(got))
+        rep_q = quote(L3(src=vip, dst=client) / TCP(sport=80, dport=40000, flags="SA", chksum=0x1234), n=20)
+        e_in = err(LB_MAC, GW_MAC, rt, vip, rep_q)
+        want = err(rmac, LB_MAC, rt, real, requoted(rep_q, "src", real, rport), ttl=63)
+        fuzz.check(b(e_in), "XDP_TX", b(want))
+        fuzz.check(b(e_in), "XDP_TX", b(want), ("same", flow))
+        icmp = 34 if v4 else 54
+        q = icmp + 8
+        bad += [(e_in, "XDP_PASS", e_in, ("same", flow)),                                     # passed
+                (e_in, "XDP_TX", patch(want, icmp + 2, b(e_in)[icmp + 2:icmp + 4]), None),       # ICMP checksum stale
+                (e_in, "XDP_TX", err(rmac, LB_MAC, rt, real, requoted(rep_q, "src", real, 80), ttl=63), None),  # port
+                (e_in, "XDP_TX", err(rmac, LB_MAC, rt, real, rep_q, ttl=63), None),            # quote unchanged
+                (e_in, "XDP_TX", err(rmac, LB_MAC, rt, real, requoted(rep_q, "src", real, rport)), None),  # TTL
+                (e_in, "XDP_TX", err(rmac, LB_MAC, rt, "198.18.0.12" if v4 else "2001:db8:1::11",
+                                     requoted(rep_q, "src", real, rport), ttl=63), None),       # another address
+                (e_in, "XDP_TX", err(rmac, LB_MAC, rt, real, patch(requoted(rep_q, "src", real, rport), 36 if v4
+                                                                   else 56, b"\x43\x21"), ttl=63), None)]  # its TCP sum
+        if v4:  # the quoted IPv4 header's checksum as it came (the ICMP checksum right for it)
+            bad.append((e_in, "XDP_TX", err(rmac, LB_MAC, rt, real, patch(requoted(rep_q, "src", real, rport), 10,
+                                                                          rep_q[10:12]), ttl=63), None))
+        # the reals' side: the real's error about the client's packet as the real got it, back toward the client
+        e_out = err(LB_MAC, rmac, real, client, quote(got))
+        back = err(GW_MAC, LB_MAC, vip, client, requoted(quote(got), "dst", vip, 80), ttl=63)
+        fuzz.check(b(e_out), "XDP_TX", b(back), ("icmp_out", flow))
+        last = err(LB_MAC, rmac, real, client, quote(got), ttl=1)   # no hop left: dropped (drop_ttl)
+        fuzz.check(b(last), "XDP_DROP", b(last), ("icmp_out", flow))
+        out_bad += [(e_out, "XDP_PASS", e_out, flow),                                            # passed as it came
+                    (e_out, "XDP_TX", patch(back, icmp + 2, b(e_out)[icmp + 2:icmp + 4]), flow),  # checksum stale
+                    (e_out, "XDP_TX", err(GW_MAC, LB_MAC, vip, client, requoted(quote(got), "dst", vip, rport),
+                                          ttl=63), flow),                                         # quoted port kept
+                    (e_out, "XDP_TX", err(GW_MAC, LB_MAC, real, client, requoted(quote(got), "dst", vip, 80),
+                                          ttl=63), flow),                                         # outer source kept
+                    (e_out, "XDP_TX", err(rmac, LB_MAC, vip, client, requoted(quote(got), "dst", vip, 80),
+                                          ttl=63), flow),                                         # to the real
+                    (last, "XDP_TX", err(GW_MAC, LB_MAC, vip, client, requoted(quote(got), "dst", vip, 80),
+                                         ttl=0), flow)]                                           # its last hop
+    # IPv4 without DF, too big for the IPIP tunnel (20 bytes more than the 1,500 MTU): frag-needed with MTU 1,480
+    big = Ether(dst=LB_MAC, src=CLIENT_MAC) / IP(src=c4, dst="198.51.100.60", flags=0) / TCP(
+        sport=40000, dport=80, flags="A") / (b"x" * 1460)
+    ptb = Ether(dst=CLIENT_MAC, src=LB_MAC) / IP(src="198.51.100.60", dst=c4, id=0, ttl=64) / ICMP(
+        type=3, code=4, nexthopmtu=1480) / b(big[IP])[:68]
+    fuzz.check(b(big), "XDP_TX", b(ptb))
+
+    def frag_needed(mtu=1480, q=b(big[IP])[:68]):
+        return Ether(dst=CLIENT_MAC, src=LB_MAC) / IP(src="198.51.100.60", dst=c4, id=0, ttl=64) / ICMP(
+            type=3, code=4, nexthopmtu=mtu) / q
+    bad += [(big, "XDP_TX", patch(ptb, 36, b"\0\0"), None),                                     # ICMP checksum
+            (big, "XDP_TX", frag_needed(q=b(big[IP])[:60]), None),                             # quote cut short
+            (big, "XDP_TX", frag_needed(q=b(big[IP])[:67] + b"\x01"), None),                   # not the packet's
+            (big, "XDP_TX", frag_needed(mtu=1500), None),                                      # MTU not below it
+            (big, "XDP_TX", frag_needed(mtu=60), None)]                                        # below the minimum
+    assert fuzz_rules.too_big_ok(b(big), b(ptb))
+    assert not any(fuzz_rules.too_big_ok(b(big), b(out)) for data, _a, out, _e in bad if data is big)
+    for data, action, out, expect in bad:
+        with pytest.raises(fuzz.Violation):
+            fuzz.check(b(data), action, b(out), expect)
+    for data, action, out, flow in out_bad:
+        with pytest.raises(fuzz.Violation):
+            fuzz.check(b(data), action, b(out), ("icmp_out", flow))

@@ -15,7 +15,7 @@ from xlb.dataplane.mapkeys import htons
 from xlb.config.model import addr_bytes
 
 from cases import C4, C6, DROP, PASS, REDIRECT, TX, V4, V6
-from natframes import GW4, L4, R4, R6, nat_in, nat_out, reply, rewritten, run, svc
+from natframes import GW4, L4, R4, R6, nat_in, nat_out, quote, reply, requoted, rewritten, run, svc
 
 CFG = "\n".join([
     svc(V4, 80, "tcp", [(R4, 8080)]),
@@ -207,32 +207,6 @@ def test_reply_to_an_unresolved_next_hop_goes_to_the_kernel_rewritten(bench):
 # -- ICMP errors about NAT connections (bpf/icmp.h, bpf/nat.h's nat_icmp_rewrite) ---------------------------------------
 
 RT4, RT6 = "192.0.2.1", "2001:db8:ffff::1"    # a router on either side of the balancer
-
-
-def quote(pkt, n=8):
-    """An IP packet (a frame, or its bytes) as an ICMP error quotes it: its IP header and the first n bytes after it."""
-    pkt = Ether(pkt) if isinstance(pkt, bytes) else pkt
-    ip = pkt[IP] if IP in pkt else pkt[IPv6]
-    return bytes(ip)[:(20 if IP in pkt else 40) + n]
-
-
-def requoted(q, side, addr, port):
-    """Quote q with one side's address and port replaced (the IPv4 header's checksum computed afresh, the TCP/UDP
-    checksum left as quoted, as IPVS leaves it)."""
-    from scapy.utils import checksum, inet_pton
-    import socket
-    q = bytearray(q)
-    if q[0] >> 4 == 4:
-        q[12 + 4 * (side == "dst"):16 + 4 * (side == "dst")] = inet_pton(socket.AF_INET, addr)
-        q[10:12] = b"\0\0"
-        q[10:12] = checksum(bytes(q[:20])).to_bytes(2, "big")
-        at = 20
-    else:
-        q[8 + 16 * (side == "dst"):24 + 16 * (side == "dst")] = inet_pton(socket.AF_INET6, addr)
-        at = 40
-    at += 2 * (side == "dst")
-    q[at:at + 2] = port.to_bytes(2, "big")
-    return bytes(q)
 
 
 def kinds(v4):
