@@ -209,7 +209,7 @@ class Soak:
         try:
             for i, ns in enumerate(lab.rs):
                 self.checks.append(self._check_listener(i))
-            lab.start_xlb(config(0), log_path=str(self.log))
+            lab.start_xlb(config(0), log_path=str(self.log), timeout=300)  # bcc compiles: slow on a busy machine
             wait_for(lambda: self.alive(REALS4[HEALTH_FLIPPED]) is True, 30, "health checks to pass")
         except BaseException:
             self.lab.__exit__(None, None, None)
@@ -295,7 +295,7 @@ class Soak:
             if next_kill is not None and time.monotonic() - t0 >= next_kill:
                 self.lab.kill_xlb()
                 self.events["kills"] += 1
-                self.lab.restart_xlb(log_path=str(self.log))
+                self.lab.restart_xlb(log_path=str(self.log), timeout=300)
                 next_kill = time.monotonic() - t0 + kill_every
             self.reload()
             if tick % 3 == 0:
