@@ -1,4 +1,5 @@
-"""Faults (docs/reliability.md "Faults"): the BPF memory limit reached while loading is said as such. The kill -9
+"""Faults (docs/reliability.md "Faults"): the BPF memory limit reached while loading, and a read-only BPF
+filesystem, are said as such. The kill -9
 under traffic is in tests/test_soak.py; a neighbour or interface of a real that goes away is resolved again by the
 daemon (xlb/ops/daemon.py tick, tests/test_integration.py).
 
@@ -27,6 +28,9 @@ def test_explain_names_the_map_and_the_cgroup():
     assert loaderr.explain("could not open bpf map: x, error: Operation not permitted") == \
         "the kernel would not create the map x: Operation not permitted"
     assert loaderr.explain("error: use of undeclared identifier") is None
+    said = loaderr.explain("failed to pin map: /sys/fs/bpf/xlb/eth0/conns, error: Read-only file system\n")
+    assert said.startswith("cannot pin the map /sys/fs/bpf/xlb/eth0/conns: Read-only file system (") and \
+        "--pin-dir" in said
 
 
 def _memory_cgroup():
@@ -82,3 +86,41 @@ def test_tables_too_big_for_the_memory_cgroup_fail_clearly(tmp_path):
         assert "(ENOMEM): BPF maps are charged to the memory cgroup" in text and "Traceback" not in text
     finally:
         cgroup.rmdir()
+
+
+def _private_bpffs(mnt):
+    """In this (child) process: a mount namespace of its own with a new BPF filesystem at `mnt`."""
+    import ctypes
+    import subprocess
+    assert ctypes.CDLL(None, use_errno=True).unshare(0x00020000) == 0, "unshare(CLONE_NEWNS)"  # noqa: PLR2004
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    os.makedirs(mnt, exist_ok=True)
+    subprocess.run(["mount", "-t", "bpf", "bpf", mnt], check=True)
+
+
+def _run_on_readonly_bpffs(mnt, out, argv):
+    _private_bpffs(mnt)
+    os.makedirs(f"{mnt}/xlb/eth0")
+    import subprocess
+    subprocess.run(["mount", "-o", "remount,ro", mnt], check=True)
+    return cli_captured(out, argv + ["--pin-dir", f"{mnt}/xlb/eth0"])
+
+
+@needs_root
+def test_a_readonly_bpffs_is_said_as_such(tmp_path):
+    """The pin directory exists on a BPF filesystem mounted read-only (in a mount namespace of the test's own, so
+    the mount goes with its process): the start fails naming the map, the reason and --pin-dir."""
+    cfg, out = tmp_path / "xlb.toml", tmp_path / "out.log"
+    cfg.write_text(DAEMON_START_CONFIG)
+    with Topology(prefix="xft2") as t:
+        lb, peer = t.netns("lb"), t.netns("pe")
+        t.veth(lb, "eth0", peer, "eth0")
+        t.addr(lb, "eth0", "198.18.0.2/24")
+        rc = run_in_netns(lb, _run_on_readonly_bpffs, str(tmp_path / "bpffs"), str(out),
+                          ["run", "--iface", "eth0", "--config", str(cfg), "--xdp-mode", "generic",
+                           "--socket", str(tmp_path / "xlb.sock")])
+    text = out.read_text()
+    assert rc == 1, text
+    assert f"xlb: error: could not load bpf/xlb.c: cannot pin the map {tmp_path}/bpffs/xlb/eth0/" in text, text
+    assert ": Read-only file system (the maps must be pinned on a writable BPF filesystem" in text
+    assert "Traceback" not in text

@@ -3,7 +3,7 @@
 bcc raises a bare "Failed to compile BPF module" for every failure and prints the reason on fd 2, including a map
 the kernel would not create. On kernels since 5.11 BPF maps are charged to the memory cgroup (RLIMIT_MEMLOCK no
 longer applies), so a connection table too large for the service's MemoryMax= fails there, with ENOMEM.
-`captured_stderr()` tees fd 2 while bcc loads; `explain(text)` turns such a line into the message to give.
+A map that cannot be pinned (a read-only BPF filesystem) fails there too. `captured_stderr()` tees fd 2 while bcc loads; `explain(text)` turns such a line into the message to give.
 """
 import contextlib
 import os
@@ -11,6 +11,7 @@ import re
 import tempfile
 
 _MAP_FAILED = re.compile(r"could not open bpf map: (\w+), error: (.+)")
+_PIN_FAILED = re.compile(r"failed to pin map: (\S+), error: (.+)")
 
 
 @contextlib.contextmanager
@@ -32,7 +33,12 @@ def captured_stderr(into):
 
 
 def explain(text):
-    """The sentence for a map the kernel refused in bcc's output `text`, or None."""
+    """The sentence for a map the kernel refused, or could not pin, in bcc's output `text`; or None."""
+    m = _PIN_FAILED.search(text)
+    if m is not None:
+        path, why = m.groups()
+        return (f"cannot pin the map {path}: {why} (the maps must be pinned on a writable BPF filesystem that "
+                "outlives the daemon: mount one there read-write, or choose another with --pin-dir)")
     m = _MAP_FAILED.search(text)
     if m is None:
         return None
