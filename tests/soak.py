@@ -330,8 +330,18 @@ class Soak:
                 "long by real": dict(Counter(str(r["real"]) for r in longs)),
                 "long failures": dict(Counter(f"{r['real']}: {r['failure']}" for r in longs if r["failure"])),
                 "rss MB first/max/last": [round(x / 2**20, 1) for x in (rss[0], max(rss), rss[-1])],
+                "rss MB by fifths": [round(rss[len(rss) * i // 5] / 2**20, 1) for i in range(5)],
                 "daemon CPU share": round(cpu / span, 3) if span else None,
                 "entries max": max(s[4] for s in self.samples)}
+
+
+def problems(log):
+    """The daemon log's first traceback or rejected reload, with the lines around it ('' when there is none)."""
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if "Traceback" in line or "reload rejected" in line:
+            return "\n".join(lines[max(0, i - 5):i + 40])
+    return ""
 
 
 def report(figs):

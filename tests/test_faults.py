@@ -1,5 +1,5 @@
-"""Faults (docs/reliability.md "Faults"): the BPF memory limit reached while loading, and a read-only BPF
-filesystem, are said as such. The kill -9
+"""Faults (docs/reliability.md "Faults"): pins that vanish under a running daemon are made again; the BPF memory
+limit reached while loading, and a read-only BPF filesystem, are said as such. The kill -9
 under traffic is in tests/test_soak.py; a neighbour or interface of a real that goes away is resolved again by the
 daemon (xlb/ops/daemon.py tick, tests/test_integration.py).
 
@@ -16,7 +16,9 @@ from conftest import needs_root
 from xlb.dataplane import loaderr, pin
 from xlb.lab.netns import Topology
 from xlb.lab.process import run_in_netns
-from harness import DAEMON_START_CONFIG, cli_captured
+from xlb.lab.demo import CLIENTS4, VIP4
+from clients import LineConnection
+from harness import DAEMON_START_CONFIG, LAB_CONFIG, LINE, DrLab, NAMES, cli_captured, wait_for
 
 BIG = DAEMON_START_CONFIG.replace("conns = 65536", "conns = 16777216")
 
@@ -124,3 +126,24 @@ def test_a_readonly_bpffs_is_said_as_such(tmp_path):
     assert f"xlb: error: could not load bpf/xlb.c: cannot pin the map {tmp_path}/bpffs/xlb/eth0/" in text, text
     assert ": Read-only file system (the maps must be pinned on a writable BPF filesystem" in text
     assert "Traceback" not in text
+
+
+@needs_root
+def test_pins_that_vanish_are_pinned_again_and_a_restart_adopts_them(tmp_path):
+    """The pin directory removed under a running daemon (what unmounting the BPF filesystem does to it; the host's
+    bpffs itself is shared with the machine and is not unmounted here): the next sweep pins the running maps again,
+    so a kill -9 and a restart adopt the connection, which lives on."""
+    log = tmp_path / "xlb.log"
+    with DrLab(prefix="xft3", line_ports=(LINE,)) as lab:
+        lab.start_xlb(LAB_CONFIG, log_path=str(log))
+        with LineConnection(lab.cl, CLIENTS4[3], VIP4, LINE) as live:
+            serving = live.ask()
+            pin.remove(lab.pin_root)
+            wait_for(lambda: "pinned the running maps again" in log.read_text(), 10, "the pins made again")
+            assert live.ask() == serving
+            lab.kill_xlb()
+            lab.restart_xlb(log_path=str(log), timeout=300)
+            text = log.read_text()
+            assert "xlb: adopted the maps pinned in" in text and "Traceback" not in text, text
+            assert live.ask() == serving
+            assert lab.ask(CLIENTS4[0], VIP4, 80) in NAMES
