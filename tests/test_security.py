@@ -81,3 +81,62 @@ def test_metrics_listen_on_loopback_unless_told_otherwise(how):
     assert _bound(listen) == ("127.0.0.1", port)
     # Told otherwise, it binds where it is told.
     assert _bound(f"0.0.0.0:{port}") == ("0.0.0.0", port)
+
+
+NOTIFY_CONFIG = """
+[[service]]
+vip = "198.51.100.10"
+port = 80
+proto = "tcp"
+script_user = "nobody"
+delay_loop = 0.2
+
+  [[service.real]]
+  address = "198.18.0.11"
+  notify_down = ["/bin/sh", "-c", "id -u > {out}"]
+
+  [service.check]
+  kind = "MISC_CHECK"
+  misc_path = "/bin/false"
+  retry = 0
+"""
+
+
+@needs_root
+def test_notify_scripts_run_as_the_services_script_user():
+    """`script_user` of a health-checked service (keepalived's global_defs script_user): its notify and quorum
+    commands run as that user, as MISC_CHECK's `user` does for its script. The daemon's checks (xlb/ops/health.py)
+    run the engine; the real's check fails, its notify_down says who it ran as."""
+    import time
+    from xlb.config.read import parse
+    from xlb.ops.health import Checks
+    from pathlib import Path
+    where = tempfile.mkdtemp(prefix="xlb-sec-")  # under /tmp: nobody cannot reach pytest's tmp_path
+    os.chmod(where, 0o777)
+    out = Path(where) / "uid"
+    cfg = parse(NOTIFY_CONFIG.format(out=out))
+    assert cfg.services[0].health.script_user == ("nobody", None)
+    lines = []
+    checks = Checks(lambda: None, lines.append)
+    try:
+        checks.update(cfg)
+        deadline = time.monotonic() + 30  # only stops a broken test from hanging
+        while not (out.exists() and out.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        uid = out.read_text().strip() if out.exists() else None
+    finally:
+        checks.close()
+        shutil.rmtree(where)
+    assert uid == str(NOBODY), lines
+
+
+def test_keepalived_global_script_user_reaches_its_checked_services(tmp_path):
+    from harness import vs, write
+    from xlb.importers.keepalived import translate as keepalived
+    head = "lb_algo rr\nprotocol TCP\n"
+    body = head + "real_server 198.18.0.11 80 {\n  TCP_CHECK {\n    connect_timeout 3\n  }\n}\n"
+    path = write(tmp_path, "global_defs {\n  script_user nobody nogroup\n}\n" + vs(body) +
+                 vs(head + "real_server 198.18.0.12 80 {\n}\n", head="virtual_server 198.51.100.11 80"))
+    checked, plain = keepalived.load(path).config.services
+    assert checked.health.script_user == ("nobody", "nogroup")
+    assert plain.health is None  # no checks: no engine for the user to run in
