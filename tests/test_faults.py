@@ -7,6 +7,7 @@ Since Linux 5.11 a map's memory is charged to the memory cgroup of the process t
 RLIMIT_MEMLOCK no longer applies: the test runs `xlb run` in a memory cgroup too small for its tables.
 """
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -147,3 +148,46 @@ def test_pins_that_vanish_are_pinned_again_and_a_restart_adopts_them(tmp_path):
             assert "xlb: adopted the maps pinned in" in text and "Traceback" not in text, text
             assert live.ask() == serving
             assert lab.ask(CLIENTS4[0], VIP4, 80) in NAMES
+
+
+def _drop_neighbours(addresses):
+    """In this (child) process, in the balancer's namespace: delete the neighbour entries of `addresses`."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname="eth0")[0]
+        for a in addresses:
+            ipr.neigh("del", dst=a, ifindex=idx)
+
+
+def _link(ifname, up):
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up" if up else "down")
+
+
+@needs_root
+def test_a_reals_neighbour_gone_or_its_link_down_and_back(tmp_path):
+    """The balancer's neighbour entries of the reals deleted: the first packets are dropped as drop_no_neigh, the
+    next sweep resolves them again, and the connections go through (TCP resends its SYN). A real's link down for
+    a while and up again: its long-lived connection lives on. The daemon says what it did and goes on."""
+    from xlb.lab.demo import REALS4
+    from xlb.ops import control
+    log = tmp_path / "xlb.log"
+    with DrLab(prefix="xft4", line_ports=(LINE,)) as lab:
+        lab.start_xlb(LAB_CONFIG, log_path=str(log))
+        with LineConnection(lab.cl, CLIENTS4[3], VIP4, LINE, timeout=10) as live:
+            serving = live.ask()
+            run_in_netns(lab.lb, _drop_neighbours, REALS4)
+            assert [lab.ask(c, VIP4, 80) in NAMES for c in CLIENTS4] == [True] * len(CLIENTS4)
+            assert live.ask() == serving
+            text = log.read_text()
+            assert "packets met an unresolved neighbour; resolving" in text, text
+            verdicts = control.call("stats", path=lab.socket_path)["verdicts"]
+            assert verdicts["drop_no_neigh"]["packets"] >= 1, verdicts
+            # The real's link on the switch (its own routes stay; taking its eth0 down would drop them).
+            sw, port = f"{lab.topo.prefix}-sw-{lab.topo.suffix}", f"r{int(serving[-1]) - 1}"
+            run_in_netns(sw, _link, port, False)
+            time.sleep(1.0)  # a while without the real (no health check here: it stays in the pool)
+            run_in_netns(sw, _link, port, True)
+            assert live.ask() == serving
+            assert lab.daemon.is_alive() and "Traceback" not in log.read_text()
