@@ -211,9 +211,10 @@ class Soak:
                 self.checks.append(self._check_listener(i))
             lab.start_xlb(config(0), log_path=str(self.log), timeout=300)  # bcc compiles: slow on a busy machine
             wait_for(lambda: self.alive(REALS4[HEALTH_FLIPPED]) is True, 30, "health checks to pass")
-        except BaseException:
+        except BaseException as exc:
             self.lab.__exit__(None, None, None)
-            raise
+            said = self.log.read_text()[-3000:] if self.log.exists() else "(no log)"
+            raise RuntimeError(f"the soak's lab did not start: {exc}; the daemon's log ends:\n{said}") from exc
         return self
 
     def __exit__(self, *exc):
@@ -239,7 +240,10 @@ class Soak:
     # -- the changes -----------------------------------------------------------------------------------------
     def reload(self):
         self.step += 1
-        self.lab.rewrite_config(config(self.step))
+        # Written aside and renamed: a reload still reading the previous file must never see half of this one.
+        tmp = self.lab.config_path + ".new"
+        Path(tmp).write_text(config(self.step))
+        os.replace(tmp, self.lab.config_path)
         self.lab.signal_xlb(signal.SIGHUP)
         self.events["reloads"] += 1
 
