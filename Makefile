@@ -9,7 +9,7 @@ BCC_SRC     := /usr/lib/python3/dist-packages/bcc
 APT_PKGS    := python3-venv python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 ethtool nftables systemd bird2 keepalived
 PYTEST_ARGS ?= tests
 
-.PHONY: setup apt venv bcc-link test demo bench fuzz man completion clean
+.PHONY: setup apt venv bcc-link test demo bench fuzz soak man completion clean
 
 setup: apt $(STAMP) bcc-link
 
@@ -53,6 +53,12 @@ FUZZ_COUNT ?= 1000000
 FUZZ_SEED  ?=
 fuzz: setup
 	$(PY) tests/fuzz.py $(FUZZ_COUNT) $(FUZZ_SEED)
+
+# The soak (docs/reliability.md "Soak", "Faults"): tests/test_soak.py with SOAK_SECONDS per test (10 minutes
+# each; the suite runs 30 s and 24 s). Root. Prints its figures as "soak figures: {...}".
+SOAK_SECONDS ?= 600
+soak: setup
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q -s -m soak tests/test_soak.py
 
 # The bench runs Katran side by side (bench/katran_peer.py); its loader needs libbpf.so.1.
 APT_PKGS    += libbpf1

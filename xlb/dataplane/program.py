@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import kheaders, vethpeer
+from . import kheaders, loaderr, vethpeer
 from ..errors import AttachError, KernelError
 from .links import attached_prog, attached_prog_id
 from .structs import BPF_DIR
@@ -97,12 +97,17 @@ class Program:
         self._bcc = bcc
         src = inline_source(BPF_DIR / self.SOURCE)
         flags = [f"-I{BPF_DIR}", "-Wno-unused-function", *cflags]
+        said = []
         try:
-            self.bpf = bcc.BPF(text=src.encode(), cflags=flags)
+            with loaderr.captured_stderr(said):
+                self.bpf = bcc.BPF(text=src.encode(), cflags=flags)
             self.func = self.bpf.load_func(self.FUNC.encode(), bcc.BPF.XDP)
             for idx, name in self.TAIL_CALLS.items():
                 self.bpf[b"progs"][ct.c_int(idx)] = ct.c_int(self.bpf.load_func(name.encode(), bcc.BPF.XDP).fd)
         except Exception as exc:  # bcc raises bare Exception; its compiler output went to stderr
+            why = loaderr.explain("".join(said))
+            if why:
+                raise KernelError(f"could not load bpf/{self.SOURCE}: {why}") from exc
             raise KernelError(f"could not load bpf/{self.SOURCE}: {exc} (compiler/verifier output above)") from exc
         self.fd = self.func.fd
         self._clock = None

@@ -47,7 +47,7 @@ KIND_KEYS = {
 }
 REAL_KEYS = TIMING + ("inhibit_on_failure", "notify_up", "notify_down", "check_via_vip", "check")
 SERVICE_KEYS = TIMING + ("inhibit_on_failure", "quorum", "hysteresis", "quorum_up", "quorum_down", "sorry_server",
-                         "sorry_server_inhibit", "omega", "on_real_failure", "check_via_vip", "check")
+                         "sorry_server_inhibit", "omega", "on_real_failure", "check_via_vip", "script_user", "check")
 ON_REAL_FAILURE = ("keep", "reschedule", "reset")
 
 
@@ -153,9 +153,18 @@ class Service:
     check_via_vip: bool = False
     vip: str | None = None               # the service's VIP (None: a fwmark service), where check_via_vip goes
     tunnel: object = None                # method "tun": its config.tunnel.Tunnel (check_via_vip wraps checks so)
+    script_user: tuple | None = None     # (user, group or None) the notify/quorum commands run as; None: the daemon's
 
 
 # --- field readers: each takes (value, where) and returns the value to store or raises ConfigError ---------------
+
+def _user(r, v, where):
+    """ "USER" or "USER GROUP" (or a list of one or two names) -> (user, group or None)."""
+    parts = v.split() if isinstance(v, str) else v
+    if not isinstance(parts, list) or not 1 <= len(parts) <= 2 or not all(isinstance(p, str) for p in parts):
+        r.fail(where, f"must be \"USER\" or \"USER GROUP\", got {v!r}")
+    return (parts[0], parts[1] if len(parts) > 1 else None)
+
 
 class _Reader:
     def __init__(self, source):
@@ -329,10 +338,7 @@ def parse_check(tbl, where, source="config"):
                 kw[k] = True
                 kw["reply"], kw["reply_mask"] = r.hex_bytes(v, w, wildcards=True)
         elif k == "user":
-            parts = v.split() if isinstance(v, str) else v
-            if not isinstance(parts, list) or not 1 <= len(parts) <= 2 or not all(isinstance(p, str) for p in parts):
-                r.fail(w, f"must be \"USER\" or \"USER GROUP\", got {v!r}")
-            kw[k] = (parts[0], parts[1] if len(parts) > 1 else None)
+            kw[k] = _user(r, v, w)
         else:
             kw["retry" if k == "nb_get_retry" else k] = _FIELDS[k](r, v, w)
     if kind in ("HTTP_GET", "SSL_GET") and not kw.get("url"):
@@ -384,6 +390,8 @@ def parse_service(name, protocol, tbl, reals, where, source="config", vip=None, 
     for k in ("quorum_up", "quorum_down"):
         if k in tbl:
             kw[k] = r.argv(tbl[k], f"{where}.{k}")
+    if "script_user" in tbl:
+        kw["script_user"] = _user(r, tbl["script_user"], f"{where}.script_user")
     if "sorry_server" in tbl:
         v, w = tbl["sorry_server"], f"{where}.sorry_server"
         if isinstance(v, dict):

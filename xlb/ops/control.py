@@ -73,11 +73,16 @@ def call(cmd, path=None, timeout=30.0, **args):
         except PermissionError as exc:
             raise ControlError(f"{sock_path}: permission denied; the control socket is root-only, run this as root "
                                "(e.g. with sudo)") from exc
-        s.sendall(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
-        s.shutdown(socket.SHUT_WR)
+        try:
+            s.sendall(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
+            s.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon answered before reading (a refused peer): its reply is waiting to be read
         data = _read_all(s)
     except socket.timeout as exc:
         raise ControlError(f"the xlb daemon at {sock_path} did not answer within {timeout:g}s") from exc
+    except OSError as exc:
+        raise ControlError(f"the xlb daemon at {sock_path} dropped the connection: {exc.strerror or exc}") from exc
     finally:
         s.close()
     try:
@@ -144,11 +149,19 @@ class Server:
         with conn:
             try:
                 conn.settimeout(30)
+                # Read the request even from a peer that is refused: closing a unix socket with unread data
+                # resets the connection, and the client would get ECONNRESET instead of the reason.
+                data = _read_all(conn)
                 if not _peer_allowed(conn):
                     reply = {"ok": False, "error": "the control socket is root-only"}
                 else:
-                    reply = self._run(_read_all(conn))
+                    reply = self._run(data)
                 conn.sendall(json.dumps(reply).encode() + b"\n")
+            except ControlError as exc:  # a request over MAX_REQUEST
+                try:
+                    conn.sendall(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
+                except OSError:
+                    pass
             except OSError:
                 pass  # the client went away
 

@@ -34,6 +34,7 @@ from ..dataplane import bpffs
 from ..dataplane.links import attached_prog, ifindex_of
 from ..dataplane.program import AttachError, Program, cflags_for
 from ..dataplane.apply import DataPlane
+from ..dataplane.repin import PinWatch
 from ..dataplane.sweep import sweep_interval
 from ..errors import ConfigError, KernelError, XlbError, brief
 from ..dataplane.forwarding import Sysctls
@@ -66,6 +67,7 @@ class Daemon:
         self.fresh = fresh
         self._pin_lock = None
         self._tail_calls = None  # our program's pinned tail-call array
+        self.pin_watch = None  # pins that vanish are made again (xlb/dataplane/repin.py)
         self._keep_attached = False
         self._made_pins = False  # this start pinned fresh maps and has not attached yet (close() unpins them)
         self._pin_base = None  # the deepest of the pin directory and its parents that existed before this start
@@ -150,6 +152,7 @@ class Daemon:
             for ifname in self.ifaces:
                 self.prog.attach(ifname, self.xdp_mode, self.force, own_ids | pin.pinned_ids(self.pin_dir))
             pin.drop_tail_calls(self.pin_dir, keep=self._tail_calls)  # the replaced program's
+            self.pin_watch = PinWatch(self.prog, self.pin_dir, self._tail_calls, self._pin_lock, self.log)
             self._made_pins = False
         except BaseException:
             self.close()
@@ -306,6 +309,8 @@ class Daemon:
     def _tick_locked(self):
         if not self._watch_attachment():
             return None
+        if self.pin_watch and self.pin_watch.check():
+            self._pin_lock = self.pin_watch.lock
         res = self.dp.sweep()
         self.rates.sample(self.dp)
         no_neigh = self.dp.counters("verdicts", REASON["drop_no_neigh"]).packets

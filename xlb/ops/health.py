@@ -104,7 +104,7 @@ class Checks:
                 continue
             self._ensure_loop()
             engine = _Engine([spec], on_effect=lambda e, key=key: self._effect(key, e), log=self.log,
-                             via=self.via.mark)
+                             via=self.via.mark, script_user=spec.script_user)
             self.names[key] = next(s.name for s in cfg.services if s.key == key)
             self.engines[key] = (spec, engine)
             self._call(engine.start())

@@ -109,6 +109,8 @@ class Checks:
         for child in node.children or ():
             if child.keyword == "lvs_timeouts":
                 self.lvs_timeouts(child)
+            elif child.keyword == "script_user" and 1 <= len(child.args) <= 2:
+                self.script_user = (" ".join(child.args), child)  # notify/quorum commands run as (translate.py)
             else:
                 skipped.append(child.keyword)
         if skipped:

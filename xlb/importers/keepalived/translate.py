@@ -49,6 +49,7 @@ class _Importer(Checks, Health):
         self.vss: list[VS] = []
         self.groups: dict[str, tuple] = {}  # name -> (node, entries)
         self.timeouts = {}
+        self.script_user = None  # global_defs script_user: (value, node)
         self.where: dict[str, tuple] = {}  # config field path -> (file, line, keyword)
 
 
@@ -293,6 +294,9 @@ class _Importer(Checks, Health):
             svc.update(service_tunnel(vs, self.unsupported))
         virtualhost = self.health_settings(vs.settings, svc, sw)
         svc["real"] = self.real_trees(vs, sw, family, virtualhost, entry, any_family=svc["method"] == "tun")
+        if self.script_user and any("check" in r for r in svc["real"]):  # a health-checked service
+            svc["script_user"] = self.script_user[0]
+            self._w(f"{sw}.script_user", self.script_user[1])
         return svc
 
     def engine(self, vs, svc, sw):
