@@ -13,8 +13,8 @@ from xlb.lab.process import run_in_netns
 from xlb.lab.servers import tcp_echo_name_server
 from xlb.ops import control
 from harness import DrLab, cli_output, log_has, wait_for
+from health_harness import HEALTH_PORT, config, health_servers, pool
 
-HEALTH_PORT = 9000
 METRICS_PORT = 9853
 
 
@@ -28,41 +28,6 @@ def scrape(lab):
     text = run_in_netns(lab.lb, _get, f"http://127.0.0.1:{METRICS_PORT}/metrics")
     return {(x.name, frozenset(x.labels.items())): x.value
             for fam in text_string_to_metric_families(text) for x in fam.samples}
-
-
-def config(extra=""):
-    reals = "".join(f'\n  [[service.real]]\n  address = "{r}"\n' for r in REALS4)
-    return f"""
-[tables]
-sweep_interval = 0.2
-
-[[service]]
-vip = "{VIP4}"
-port = 80
-proto = "tcp"
-scheduler = "rr"
-persistence_timeout = 300
-delay_loop = 0.3
-{extra}
-  [service.check]
-  kind = "TCP_CHECK"
-  connect_port = {HEALTH_PORT}
-  connect_timeout = 0.5
-  retry = 1
-  delay_before_retry = 0.2
-  warmup = 0
-{reals}"""
-
-
-def health_servers(lab):
-    return [lab.topo.spawn(ns, tcp_echo_name_server, f"h{i + 1}", [("0.0.0.0", HEALTH_PORT)])
-            for i, ns in enumerate(lab.rs)]
-
-
-def pool(lab):
-    """{real address: weight} of the service as the maps hold it (what `xlb ipvsadm -L -n` shows)."""
-    (svc,) = control.call("list", path=lab.socket_path)["services"]
-    return {r["address"]: r["weight"] for r in svc["reals"]}
 
 
 @needs_root

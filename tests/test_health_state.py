@@ -1,61 +1,11 @@
 """The health state machine on a fake clock: the times keepalived 2.2's rules predict for retry,
 delay_before_retry, alpha, warmup, quorum/hysteresis, the sorry server, misc_dynamic weights and notifies.
 Pure: no sockets, no root."""
-import heapq
-
 import pytest
 
-from xlb.health import spec as hspec
 from xlb.health.checker import label
 from xlb.health.state import Core, Result, REAL_DOWN, REAL_UP, QUORUM_GAINED, QUORUM_LOST, WEIGHT
-
-
-def service(reals, **svc):
-    """reals: [(address, weight, {real keys incl. check})]."""
-    rows = [(a, 80, w, t, f"service[0].real[{i}]") for i, (a, w, t) in enumerate(reals)]
-    return hspec.parse_service("[198.51.100.10]:tcp:80", "tcp", dict(svc), rows, "service[0]")
-
-
-class Sim:
-    """Drives Core like the engine does, with scripted results: up(address, t) says whether that real's server
-    answers at time t. Checks take no time."""
-
-    def __init__(self, services, up, rand=0.0, misc_status=None):
-        self.lines, self.effects, self.commands = [], [], []
-        self.up = up
-        self.misc_status = misc_status
-        self.core = Core(services, label, log=self.lines.append, on_effect=self.effects.append,
-                         run_command=lambda argv, what: self.commands.append((self.now, argv[0])),
-                         rand=lambda: rand, bootstrap=0.0)
-        self.now = 0.0
-        self.heap = []
-        self.runs = []   # (time, address, ok)
-        for i, (due, c) in enumerate(self.core.start(0.0)):
-            heapq.heappush(self.heap, (due, i, c))
-
-    def run(self, until):
-        while self.heap and self.heap[0][0] <= until:
-            due, i, c = heapq.heappop(self.heap)
-            self.now = due
-            addr = c.real.key[0]
-            if self.misc_status:
-                status = self.misc_status(addr, due)
-                res = Result(status == 0 or 2 <= status <= 255, weight=status - 2 if status >= 2 else None)
-            else:
-                res = Result(self.up(addr, due), f"probe {addr}")
-            self.runs.append((round(due, 6), addr, res.ok))
-            heapq.heappush(self.heap, (self.core.report(c, res, due, due), i, c))
-        self.now = until
-
-    def times(self, kind, address=None):
-        return [e for e in self.effects if e.kind == kind and (address is None or e.real[0] == address)]
-
-    def effect_times(self):
-        return [(round(t, 6), a, ok) for t, a, ok in self.runs]
-
-
-def tcp(**kw):
-    return {"check": dict({"kind": "TCP_CHECK"}, **kw)}
+from health_harness import Sim, service, tcp
 
 
 def test_down_after_retry_plus_one_failures_delay_before_retry_apart_then_up_after_one_success():

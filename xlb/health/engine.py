@@ -41,13 +41,14 @@ class Engine:
         self.stopped = None    # a future run() waits on
         self.durations = {}    # kind -> [count, total seconds]: what a metrics collector will read
 
-    async def start(self):
-        """Set the initial states (effects fire now) and start every checker."""
+    async def start(self, carry=None):
+        """Set the initial states (effects fire now) and start every checker. ``carry``: the halted engine this
+        one replaces on a reload, whose states go on (state.Core.start)."""
         loop = asyncio.get_running_loop()
         self.wheel = Wheel(loop)
         self.poller = Poller(loop, self.log)
         self.stopped = loop.create_future()
-        for due, c in self.core.start(self.clock()):
+        for due, c in self.core.start(self.clock(), carry=carry.core if carry is not None else None):
             chk = self.checkers[id(c)]
             if getattr(chk, "begin", None) is not None:
                 d = _Driven(self, loop, c, chk)
@@ -64,7 +65,8 @@ class Engine:
         finally:
             await self.stop()
 
-    async def stop(self, timeout=5.0):
+    async def halt(self):
+        """Stop every checker: no result comes in any more (the states stay as they are)."""
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -77,7 +79,12 @@ class Engine:
             self.poller.close()
         if self.stopped is not None and not self.stopped.done():
             self.stopped.cancel()
-        self.core.stop()
+
+    async def stop(self, timeout=5.0, successor=None):
+        """halt(), then the shutdown notifiers (``successor``: the engine that goes on after a reload: what it
+        still has is left alone, state.Core.stop) and the commands still running."""
+        await self.halt()
+        self.core.stop(successor.core if successor is not None else None)
         await self.runner.drain(timeout)
 
     def status(self):
@@ -186,6 +193,8 @@ class Poller:
                 self.log(f"xlb: health: a check's callback failed: {type(e).__name__}: {e}")
 
     def close(self):
+        if self.epoll.closed:       # closed already (Engine.halt, then stop)
+            return
         self.loop.remove_reader(self.epoll.fileno())
         self.epoll.close()
         self.callbacks.clear()

@@ -2,6 +2,7 @@
 the times they came in, so tests run it on a fake clock. It decides when each checker runs next, whether a real
 is alive, the quorum of each service and the sorry server, logs in keepalived's words once per change, and reports
 ``Effect``s (with the pool IPVS would now hold) and the commands to run (notify_*, quorum_*)."""
+import dataclasses
 from dataclasses import dataclass, field
 
 from . import spec as hspec
@@ -126,6 +127,49 @@ class ServiceState:
         return (a, p or _service_port(self.spec))
 
 
+TIMING = dict.fromkeys(("where", "connect_timeout", "retry", "delay_before_retry", "delay_loop", "warmup", "alpha",
+                        "log_all_failures", "misc_timeout"))
+
+
+def same_checker(a, b):
+    """keepalived's checker compare on a reload: same kind, same target and test; its timings may differ."""
+    return dataclasses.replace(a, **TIMING) == dataclasses.replace(b, **TIMING)
+
+
+def _migrate(r, old):
+    """migrate_checkers: ``r`` (new config) takes the state of ``old``, the same real in the config it replaces:
+    alive and a weight a checker moved carry over; each checker takes the state of an old one that checks the
+    same thing (is_up if it ran, has_run, its retries so far, capped below its new retry); the rest start
+    afresh, down when alpha and the real has a failure (or is down with nothing run). A real is alive when no
+    checker failed; returns whether it comes up by this (its failing checker left the config)."""
+    r.alive, r.last_change, r.reason = old.alive, old.last_change, old.reason
+    if old.weight != old.spec.weight:     # misc_dynamic / FILE_CHECK moved it: keepalived keeps its effective weight
+        r.weight = old.weight
+    left = list(old.checkers)
+    for c in r.checkers:
+        c.is_up, c.retry_it = True, 0
+        o = next((o for o in left if same_checker(o.check, c.check)), None)
+        if o is None:
+            continue
+        left.remove(o)
+        if o.has_run:
+            c.is_up = o.is_up
+        c.has_run, c.last, c.last_change = o.has_run, o.last, o.last_change
+        if o.retry_it and c.check.retry:
+            c.retry_it = min(o.retry_it, c.check.retry - 1)
+    r.failed = sum(1 for c in r.checkers if c.has_run and not c.is_up)
+    if r.failed or not (r.alive or any(c.has_run for c in r.checkers)):
+        for c in r.checkers:
+            if not c.has_run:
+                if c.check.alpha:
+                    c.is_up = False
+                    r.failed += 1
+                c.retry_it = c.check.retry    # one failure is enough
+    risen = not r.failed and not r.alive
+    r.alive = not r.failed
+    return risen
+
+
 def _service_port(svc):
     tail = svc.name.rsplit(":", 1)[-1]
     return int(tail) if tail.isdigit() else 0
@@ -154,30 +198,53 @@ class Core:
 
     # --- start / stop (init_services, set_quorum_states, clear_services) -----------------------------------------
 
-    def start(self, now):
-        """Initial states and pools; returns [(first due time, CheckerState)] with the warmup jitter."""
+    def start(self, now, carry=None):
+        """Initial states and pools; returns [(first due time, CheckerState)] with the warmup jitter. ``carry``:
+        the Core this one replaces on a reload: a service both have keeps its quorum and sorry server, a real both
+        have (same address and port) its state and its checkers' (keepalived's clear_diff_services)."""
+        before = {s.spec.name: s for s in carry.services} if carry is not None else {}
         for s in self.services:
+            old = before.get(s.spec.name)
+            olds = {r.key: r for r in old.reals} if old is not None else {}
+            risen = []
             for r in s.reals:
-                r.failed = sum(1 for c in r.checkers if not c.is_up)
-                r.alive = r.failed == 0
+                if r.key in olds:
+                    if _migrate(r, olds[r.key]):
+                        risen.append(r)
+                else:
+                    r.failed = sum(1 for c in r.checkers if not c.is_up)
+                    r.alive = r.failed == 0
+                    r.last_change = now
                 s.track(r)
+            if old is None:
+                s.quorum_up = s.live_weight() >= s.spec.quorum + s.spec.hysteresis
+            else:
+                s.quorum_up = old.quorum_up
+                s.sorry_alive = old.sorry_alive and old.spec.sorry_server == s.spec.sorry_server
+            for r in risen:      # no checker failed any more (the failing one left the config): up now
+                self.log(f"{'Enabl' if r.inhibit else 'Add'}ing service {r.name()} "
+                         f"{'of' if r.inhibit else 'to'} VS {s.spec.name}")
                 r.last_change = now
-            s.quorum_up = s.live_weight() >= s.spec.quorum + s.spec.hysteresis
+                self._rs_notify(r)
             self._update_quorum(s, init=True)
             self.on_effect(s.effect(INIT))
         return [(now + self.bootstrap + c.check.warmup * self.rand(), c) for c in self.checkers]
 
-    def stop(self):
-        """Shutting down: with omega, the down notifiers of alive reals and of the quorum run, as keepalived's do."""
+    def stop(self, successor=None):
+        """Shutting down: with omega, the down notifiers of alive reals and of the quorum run, as keepalived's do.
+        On a reload (``successor``: the Core that goes on) a real or service it still has is left as it is, and
+        the alive reals a going-on service lost get their down notifiers, omega or not, as keepalived's do."""
+        going_on = {s.spec.name: {r.key for r in s.reals} for s in successor.services} if successor else {}
         for s in self.services:
+            kept = going_on.get(s.spec.name)
             for r in s.reals:
-                if r.alive:
+                if r.alive and (kept is None or r.key not in kept):
                     self.log(f"Shutting down service {r.name()} from VS {s.spec.name}")
                     r.alive = False
                     s.track(r)
-                    if s.spec.omega:
+                    if s.spec.omega or kept is not None:
                         self._notify(r.spec.notify_down, f"notify_down {r.name()}")
-            if s.spec.omega and s.quorum_up:
+            if s.spec.omega and s.quorum_up and kept is None:
                 s.quorum_up = False
                 self._notify(s.spec.quorum_down, f"quorum_down {s.spec.name}")
 

@@ -7,8 +7,9 @@ IPVS would under keepalived. A real whose checks fail is absent from listings (I
 with ``inhibit_on_failure``; either way it stays in the maps marked failed (XLB_REAL_F_DOWN): it takes no new
 connection, its persistence templates are void at once, and its established connections do what the service's
 ``on_real_failure`` says (keep, reschedule, reset). While the quorum is lost the sorry server replaces the reals.
-One engine per service: a reload or runtime edit restarts only the engines of services whose health spec changed
-(from keepalived's start state), the others keep running. The checks leave from the daemon's network namespace,
+One engine per service: a reload or runtime edit replaces only the engines of services whose health spec changed,
+and the new engine carries on the state of the reals both configs have (keepalived's checker migration); the
+others keep running. The checks leave from the daemon's network namespace,
 the balancer's."""
 from __future__ import annotations
 
@@ -81,9 +82,10 @@ class Checks:
         self.via = ViaVip(log)  # check_via_vip's marks and policy routes
 
     def effective(self, cfg):
-        """What the maps should hold for ``cfg``: the pools of the engines that run its services' specs."""
-        return effective(cfg, {k: self.pools[k] for k, (spec, _) in self.engines.items()
-                               if k in self.pools and any(s.key == k and s.health == spec for s in cfg.services)})
+        """What the maps should hold for ``cfg``: the pools the engines of its services last reported. Before a
+        reload's engines replace the old ones, a real the old engine failed stays failed and a real new to the
+        service waits for its engine (:func:`effective`): the data plane sees no up the checks did not say."""
+        return effective(cfg, {k: self.pools[k] for k in list(self.engines) if k in self.pools})
 
     def _ensure_loop(self):
         if self.loop is None:
@@ -95,34 +97,59 @@ class Checks:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def update(self, cfg):
-        """Run the engines ``cfg`` asks for: start new ones, restart those whose spec changed, stop the rest."""
+        """Run the engines ``cfg`` asks for: start new ones, stop the ones it no longer has, and replace those
+        whose spec changed by engines that carry their state on, as keepalived's reload does (state.Core.start)."""
         want = {s.key: s.health for s in cfg.services if s.health is not None}
-        for key in [k for k, (spec, _) in self.engines.items() if want.get(k) != spec]:
+        for key in [k for k in self.engines if k not in want]:
             self._stop(key)
         for key, spec in want.items():
-            if key in self.engines:
+            old = self.engines.get(key)
+            if old is not None and old[0] == spec:
                 continue
             self._ensure_loop()
-            engine = _Engine([spec], on_effect=lambda e, key=key: self._effect(key, e), log=self.log,
+            box = []
+            engine = _Engine([spec], on_effect=lambda e, key=key, box=box: self._effect(key, box[0], e), log=self.log,
                              via=self.via.mark, script_user=spec.script_user)
+            box.append(engine)
             self.names[key] = next(s.name for s in cfg.services if s.key == key)
             self.engines[key] = (spec, engine)
-            self._call(engine.start())
+            if old is None:
+                self._call(engine.start())
+            else:
+                self._count(old[1])
+                self._call(self._replace(old[1], engine))
         self.via.keep_only({self.via.key(c.check) for _, e in self.engines.values()
                             for c in e.core.checkers if c.check.via})
+
+    async def _replace(self, old, new):
+        """On the loop: the old engine's checks stop, the new one starts from their states, then the old one's
+        shutdown (the notifiers of what the new one no longer has)."""
+        await old.halt()
+        try:
+            await new.start(carry=old)
+        finally:
+            try:
+                await old.stop(successor=new)
+            except Exception as exc:  # noqa: BLE001 - as _stop
+                self.log(f"xlb: health checks replaced did not stop cleanly: {type(exc).__name__}: {exc}")
 
     def _stop(self, key):
         _, engine = self.engines.pop(key)
         self.pools.pop(key, None)
-        for k, n in self._counts([engine]).items():   # counters never go back
-            self.counts[k] = self.counts.get(k, 0) + n
+        self._count(engine)
         try:
             self._call(engine.stop())
         except Exception as exc:  # noqa: BLE001 - a stop that fails must not keep the daemon from going on
             self.log(f"xlb: health checks of {key} did not stop cleanly: {type(exc).__name__}: {exc}")
 
-    def _effect(self, key, effect):
-        if key not in self.engines:
+    def _count(self, engine):
+        """Keep the counts of an engine that goes (counters never go back)."""
+        for k, n in self._counts([engine]).items():
+            self.counts[k] = self.counts.get(k, 0) + n
+
+    def _effect(self, key, engine, effect):
+        got = self.engines.get(key)
+        if got is None or got[1] is not engine:
             return
         self.pools[key] = (effect.pool, frozenset(addr for addr, _port in effect.failed))
         self.changed()

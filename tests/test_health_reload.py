@@ -1,0 +1,180 @@
+"""A reload keeps the health state of what both configs have, as keepalived's does (clear_diff_services,
+migrate_checkers): a failed real stays failed, retries in progress go on, quorum and sorry server stay; a real new
+to the config starts as at start. First the state machine on a fake clock (no root), then a real `xlb run` in a
+DR lab: a failing real stays out of the maps through reloads, changed or not, and no client lands on it."""
+import signal
+import time
+from pathlib import Path
+
+from conftest import needs_root
+
+from xlb.config import read as xread
+from xlb.health.state import INIT, REAL_UP, Result
+from xlb.lab.demo import CLIENTS4, REALS4, VIP4
+from xlb.lab.servers import tcp_echo_name_server
+from xlb.ops import control
+from xlb.ops.health import Checks
+from harness import DrLab, log_has, wait_for
+from health_harness import HEALTH_PORT, Sim, config, health_servers, pool, service, tcp
+
+A, B, C = "198.18.1.2", "198.18.1.3", "198.18.1.4"
+
+
+def reload(sim, services, up):
+    """What the daemon does on a reload: a new core from the old one's states, then the old one stopped."""
+    new = Sim(services, up, carry=sim.core, now=sim.now)
+    sim.core.stop(new.core)
+    return new
+
+
+def checker(sim, address):
+    (c,) = [c for c in sim.core.checkers if c.real.key[0] == address]
+    return c
+
+
+def test_a_failed_real_stays_failed_through_a_reload_that_changes_its_service():
+    ups = {A: True, B: False, C: False}
+    svc = service([(A, 1, tcp(retry=1)), (B, 1, tcp(retry=1))], delay_loop=1.0, warmup=0)
+    sim = Sim([svc], lambda a, t: ups[a])
+    sim.run(3.0)
+    assert sim.effects[-1].pool == {(A, 80): 1}
+    # A's weight changes, C is new (and failing): B stays out, C starts as at start (in, one failure is enough)
+    svc2 = service([(A, 5, tcp(retry=1)), (B, 1, tcp(retry=1)), (C, 1, tcp(retry=1))], delay_loop=1.0, warmup=0)
+    new = reload(sim, [svc2], lambda a, t: ups[a])
+    (init,) = new.effects
+    assert init.kind == INIT and init.pool == {(A, 80): 5, (C, 80): 1} and init.failed == {(B, 80)}
+    b, c = checker(new, B), checker(new, C)
+    assert (b.has_run, b.is_up, b.last[1].ok) == (True, False, False) and (c.has_run, c.retry_it) == (False, 1)
+    assert not [line for line in sim.lines if "Shutting down" in line] and not sim.commands
+    new.run(3.5)
+    assert [e.kind for e in new.effects[1:]] == ["real_down"] and new.effects[-1].pool == {(A, 80): 5}
+    ups[B] = True
+    new.run(4.5)
+    assert [e.real for e in new.times(REAL_UP)] == [(B, 80)]          # one pass brings it back, as before
+
+
+def test_retries_in_progress_go_on_capped_below_the_new_retry():
+    svc = service([(A, 1, tcp(retry=3, delay_before_retry=1.0))], delay_loop=1.0, warmup=0)
+    sim = Sim([svc], lambda a, t: t < 0.5)
+    sim.run(2.0)                                      # ok at 0, failures at 1 and 2: two retries so far
+    assert checker(sim, A).retry_it == 2 and not sim.times("real_down")
+    svc2 = service([(A, 2, tcp(retry=2, delay_before_retry=1.0))], delay_loop=1.0, warmup=0)
+    new = reload(sim, [svc2], lambda a, t: t < 0.5)
+    assert checker(new, A).retry_it == 1 and new.effects[0].pool == {(A, 80): 2}
+    new.run(2.0)                                      # checked again at once (the reload): a retry
+    assert not new.times("real_down")
+    new.run(3.0)                                      # keepalived: retry - 1 kept, so two more failures
+    assert len(new.times("real_down")) == 1
+
+
+def test_alpha_keeps_an_alive_real_up_and_starts_a_new_one_down():
+    svc = service([(A, 1, tcp())], delay_loop=1.0, warmup=0, alpha=True)
+    sim = Sim([svc], lambda a, t: True)
+    sim.run(0.0)
+    assert sim.effects[-1].pool == {(A, 80): 1}
+    svc2 = service([(A, 1, tcp()), (B, 1, tcp())], delay_loop=1.0, warmup=0, alpha=True)
+    new = reload(sim, [svc2], lambda a, t: True)
+    assert new.effects[0].pool == {(A, 80): 1}
+    new.run(0.0)
+    assert new.effects[-1].pool == {(A, 80): 1, (B, 80): 1}
+
+
+def test_a_real_whose_failing_checker_left_the_config_comes_up():
+    def failing_8080():
+        two = {"check": [{"kind": "TCP_CHECK"}, {"kind": "TCP_CHECK", "connect_port": 8080}], "notify_up": "/bin/nu"}
+        sim = Sim([service([(A, 1, two)], delay_loop=1.0, warmup=0, retry=0)], lambda a, t: True)
+        sim.run(0.0)
+        sim.core.report(sim.core.checkers[1], Result(False, "8080 refused"), 0.5)
+        assert sim.effects[-1].pool == {}
+        return sim
+    one = {"check": [{"kind": "TCP_CHECK", "connect_port": 8080, "delay_loop": 2.0}], "notify_up": "/bin/nu"}
+    new = reload(failing_8080(), [service([(A, 1, one)], delay_loop=1.0, warmup=0, retry=0)], lambda a, t: True)
+    assert new.effects[0].pool == {}                  # the same 8080 check (another delay_loop): still failed
+    back = dict(tcp(), notify_up="/bin/nu")
+    new = reload(failing_8080(), [service([(A, 1, back)], delay_loop=1.0, warmup=0, retry=0)], lambda a, t: True)
+    assert new.effects[0].pool == {(A, 80): 1}
+    assert "Adding service [198.18.1.2]:tcp:80 to VS [198.51.100.10]:tcp:80" in new.lines
+    assert [c for _, c in new.commands] == ["/bin/nu"]
+
+
+def test_quorum_and_sorry_server_carry_over_and_a_removed_real_is_notified_down():
+    reals = [(a, 1, dict(tcp(retry=0), notify_down="/bin/nd")) for a in (A, B, C)]
+    svc = service(reals, delay_loop=1.0, warmup=0, quorum=2, sorry_server="198.18.9.9", quorum_down="/bin/qd")
+    sim = Sim([svc], lambda a, t: a == A)
+    sim.run(0.0)
+    assert sim.effects[-1].pool == {("198.18.9.9", 80): 1}
+    assert [c for _, c in sim.commands] == ["/bin/nd", "/bin/nd", "/bin/qd"]
+    svc2 = service(reals[1:], delay_loop=1.0, warmup=0, quorum=2, sorry_server="198.18.9.9", quorum_down="/bin/qd")
+    new = reload(sim, [svc2], lambda a, t: a == A)
+    assert new.effects[0].pool == {("198.18.9.9", 80): 1} and new.core.services[0].sorry_alive
+    assert [c for _, c in sim.commands][3:] == ["/bin/nd"]     # A (alive) left the config: its notify_down
+    assert not new.commands and not new.core.services[0].quorum_up   # no quorum notifier again
+
+
+def checks_cfg(flags, weight=1, extra=()):
+    """A service whose reals pass their MISC_CHECK while the file flags/address exists."""
+    reals = ", ".join(f'{{address = "{a}", weight = {weight if a == A else 1}, check = {{kind = "MISC_CHECK", '
+                      f'misc_path = ["/usr/bin/test", "-e", "{flags}/{a}"]}}}}' for a in (A, B, *extra))
+    return xread.parse(f'[[service]]\nvip = "198.51.100.10"\nport = 80\nproto = "tcp"\ndelay_loop = 0.2\n'
+                       f'retry = 0\nwarmup = 0\nreal = [{reals}]\n')
+
+
+def test_the_maps_keep_a_failed_real_failed_while_the_reload_replaces_its_engine(tmp_path):
+    """The daemon writes health.effective(new config) before the engines change, then after: neither may bring
+    back a real the checks failed, nor put in a real no check has seen (Checks.effective)."""
+    (tmp_path / A).touch()
+    checks = Checks(lambda: None, lambda line: None)
+    try:
+        first = checks_cfg(tmp_path)
+        (key,) = [s.key for s in first.services]
+        checks.update(first)
+        deadline = time.monotonic() + 10
+        while checks.pools.get(key, ({}, ()))[1] != {B} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert checks.pools[key][1] == {B}
+        second = checks_cfg(tmp_path, weight=2, extra=(C,))
+        (tmp_path / C).touch()
+
+        def reals():
+            (svc,) = checks.effective(second).services
+            return {str(r.address): (r.weight, r.failed) for r in svc.reals}
+        assert reals() == {A: (1, ""), B: (0, "removed")}        # before the engine is replaced
+        checks.update(second)
+        assert reals() == {A: (2, ""), B: (0, "removed"), C: (1, "")}
+    finally:
+        checks.close()
+
+
+def weighted(rs1_weight):
+    """test_health_daemon's config with the first real at another weight."""
+    first = f'address = "{REALS4[0]}"\n'
+    return config().replace(first, f"{first}  weight = {rs1_weight}\n")
+
+
+@needs_root
+def test_a_failing_real_stays_out_of_the_maps_through_reloads(log_path):
+    with DrLab(prefix="xhr") as lab:
+        servers = health_servers(lab)
+        lab.start_xlb(weighted(1), log_path=log_path)
+        servers[1].stop()
+        wait_for(lambda: REALS4[1] not in pool(lab), what="the failing real out of the maps")
+
+        def reloaded(text, n):
+            lab.rewrite_config(text)
+            lab.signal_xlb(signal.SIGHUP)
+            wait_for(lambda: Path(log_path).read_text().count("xlb: reloaded") == n, what=f"reload {n}")
+            return pool(lab)
+        # a reload that changes the service (another real's weight): its engine is replaced, the state goes on
+        assert reloaded(weighted(2), 1) == {REALS4[0]: 2, REALS4[2]: 1}
+        assert {lab.ask(c, VIP4, 80) for c in CLIENTS4} <= {"rs1", "rs3"}
+        (svc,) = control.call("health", path=lab.socket_path)
+        down = next(r for r in svc["reals"] if r["address"] == REALS4[1])
+        assert not down["alive"] and down["checkers"][0]["has_run"] and not down["checkers"][0]["up"]
+        # a reload with no change to the service: its engine goes on
+        assert reloaded(weighted(2), 2) == {REALS4[0]: 2, REALS4[2]: 1}
+        assert {lab.ask(c, VIP4, 80) for c in CLIENTS4} <= {"rs1", "rs3"}
+        assert not log_has(log_path, f"Adding service [{REALS4[1]}]")
+        # and it comes back when its check passes
+        lab.topo.spawn(lab.rs[1], tcp_echo_name_server, "h2", [("0.0.0.0", HEALTH_PORT)])
+        wait_for(lambda: REALS4[1] in pool(lab), what="the real back in the maps")
+        assert lab.daemon.is_alive()
