@@ -116,8 +116,8 @@ class Checks:
             if old is None:
                 self._call(engine.start())
             else:
-                self._count(old[1])
                 self._call(self._replace(old[1], engine))
+                self._count(old[1])
         self.via.keep_only({self.via.key(c.check) for _, e in self.engines.values()
                             for c in e.core.checkers if c.check.via})
 
