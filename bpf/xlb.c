@@ -335,7 +335,10 @@ int xlb_new_fwd(struct xdp_md *ctx)
 		conn_event(half ? XLB_EV_HALF_OPEN : XLB_EV_MIDSTREAM);
 	if (recorded) {
 		conn_count(real_id, state, 1, r);
-		sync_export(st, &ck, &nc);
+		/* a half-open entry is exported when its ACK promotes it (halfopen.h): as IPVS syncs TCP from ESTABLISHED
+		 * on, and so that a flood's SYNs never reach a backup's tables through the sync */
+		if (!half)
+			sync_export(st, &ck, &nc);
 	}
 	if (recorded && r->method == XLB_METHOD_NAT)
 		nat_record(p, r, real_id, h->svc.id, now);

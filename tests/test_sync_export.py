@@ -2,11 +2,12 @@
 BPF_PROG_TEST_RUN, how a record becomes IPVS sync entries, and how received entries, byte-exact through the wire
 codec, land in the maps so that the packet path follows them (xlb/ops/sync.py)."""
 import ctypes as ct
+import dataclasses
 import ipaddress
 import threading
 import types
 
-from harness import conn_key, lookup_conn, real_of, tcp4, tcp6
+from harness import TEST_TABLES, conn_key, lookup_conn, real_of, tcp4, tcp6
 from xlb.dataplane import structs as S
 from xlb.dataplane.mapkeys import now_ns
 from xlb.config.model import Sync
@@ -215,3 +216,21 @@ def test_a_refresh_sends_what_this_node_saw_not_what_it_only_heard(bench):
     runner.refresh()
     assert [(c.caddr, c.cport) for c in runner.sender] == [(IP("203.0.113.8"), 42001)]
     assert runner.counts["refresh_heard"] == 1
+
+
+def test_a_half_open_connection_is_exported_only_once_its_handshake_completes(bench):
+    """IPVS's master syncs a TCP connection only from ESTABLISHED on (ip_vs_sync_conn_needed); with the SYN-flood
+    defense a SYN's entry waits in half_open, and exporting it there would let a flood of spoofed SYNs through the
+    sync into a backup's conns and persist, evicting its established connections and templates."""
+    dp = bench.reset(cfg())
+    dp.apply(dataclasses.replace(dp.config, tables=dataclasses.replace(TEST_TABLES, half_open=True)))
+    drain(bench)
+    dp.set_sync_export(True)
+    for sport in range(42000, 42010):                        # a flood's SYNs, never answered
+        assert bench.run(tcp4(sport=sport))[0] == TX
+    assert drain(bench) == []
+    assert bench.run(tcp4(sport=42000, flags="A"))[0] == TX  # one completes its handshake: promoted, exported
+    (ev,) = drain(bench)
+    entry = lookup_conn(dp, tcp4(sport=42000))
+    assert (bytes(ev.key), ev.state, ev.real_id) == (bytes(conn_key(tcp4(sport=42000))), S.CONN_STATE["est"],
+                                                     entry.real_id)
