@@ -56,6 +56,8 @@ class SweepResult:
     half_open_expired: int = 0
     nat_seen: int = 0
     nat_expired: int = 0
+    nat_half_seen: int = 0
+    nat_half_expired: int = 0
     locality_seen: int = 0
     locality_expired: int = 0
     seconds: float = 0.0
@@ -97,7 +99,10 @@ class Sweeper:
                 self.delete_batch(self.m[name], expired)
             setattr(res, f"{name}_expired", len(expired))
         self._reconcile(scan.counts)
-        self._sweep_nat(scan, read_at, res)
+        for name, label in (("nat_revs", "nat"), ("nat_half", "nat_half")):
+            seen, expired = self._sweep_nat(name, scan, read_at)
+            setattr(res, f"{label}_seen", seen)
+            setattr(res, f"{label}_expired", expired)
         self._sweep_templates(now, scan, res)
         self._sweep_locality(now, res)
         self.release_old_tables()
@@ -137,13 +142,14 @@ class Sweeper:
         n = lookup_batch_into(table.map_fd, keys, vals)
         return keys[:n], vals[:n]
 
-    def _sweep_nat(self, scan, read_at, res):
-        """Delete NAT reverse entries (bpf/nat.h) whose connection entry is gone (expired, evicted, or replaced by
-        one to another real); entries written since the connection table was read are spared."""
-        keys, vals = self._read_all("nat_revs", S.ConnKey, S.NatRev)
-        n = res.nat_seen = len(keys)
+    def _sweep_nat(self, name, scan, read_at):
+        """Delete NAT reverse entries (bpf/nat.h) of table `name` (nat_revs, or nat_half: a half-open connection's)
+        whose connection entry, in conns or half_open, is gone (expired, evicted, or replaced by one to another
+        real); entries written since the connection table was read are spared. Returns (seen, deleted)."""
+        keys, vals = self._read_all(name, S.ConnKey, S.NatRev)
+        n = len(keys)
         if not n:
-            return
+            return 0, 0
         orig = np.zeros(n, np.dtype(S.ConnKey))  # the client's side of each: what conns is keyed by
         orig["src"], orig["dst"] = keys["dst"], vals["vip"]
         orig["sport"], orig["dport"] = keys["dport"], vals["vport"]
@@ -158,8 +164,8 @@ class Sweeper:
             found = row_index(cols(orig, vals["real_id"]), cols(live, scan.vals["real_id"][scan.alive])) >= 0
         gone = keys[~found & (vals["born_ns"].astype(np.int64) < read_at)]
         if len(gone):
-            self.delete_batch(self.m["nat_revs"], gone)
-        res.nat_expired = len(gone)
+            self.delete_batch(self.m[name], gone)
+        return n, len(gone)
 
     def _sweep_templates(self, now, scan, res):
         """Expire templates (their service or real gone, or their timer run out and, in lvs mode, no live

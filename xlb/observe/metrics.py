@@ -33,7 +33,7 @@ Families (labels: ``service`` as operators name it — ``tcp/198.51.100.10:80``,
     xlb_real_state                             {service, real, state="available"|"quiescent"|"overloaded"} 0/1
     xlb_service_persistence_templates                                                       {service}
     xlb_table_entries, xlb_table_capacity                   {table="connections"|"templates"|"half_open"|
-                                                             "half_open_templates"}
+                                                             "half_open_templates"|"nat"|"half_open_nat"}
     xlb_conn_events_total                                   {event="half_open"|"promoted"|"midstream"}
     xlb_mark_rule_hits_total                                {mark, proto, dst, ports}
     xlb_verdict_packets_total, xlb_verdict_bytes_total      {verdict="pass"|"fwd"|"drop", reason="drop_bad_tcp"...}
