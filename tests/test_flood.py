@@ -13,7 +13,7 @@ import random
 import struct
 
 import pytest
-from harness import CLIENT_MAC, GW_MAC, LB_MAC, REAL_MAC, TEST_TABLES, conn_key, real_of, tcp4, to_real
+from harness import CLIENT_MAC, GW_MAC, LB_MAC, REAL_MAC, TEST_CFLAGS, TEST_TABLES, conn_key, real_of, tcp4, to_real
 from natframes import L4, nat_in, nat_out, quote, requoted
 from natframes import reply as real_reply
 from natframes import svc as nat_service
@@ -23,7 +23,8 @@ from scapy.packet import Raw
 
 from xlb.dataplane import structs as S
 from xlb.dataplane.mapkeys import NS, now_ns
-from xlb.dataplane.program import half_open_size
+from xlb.dataplane.apply import DataPlane
+from xlb.dataplane.program import Program, cflags_for, half_open_size
 
 VIP, VIP_P = "198.51.100.10", "198.51.100.11"
 REALS = ("198.18.0.11", "198.18.0.12", "198.18.0.13")
@@ -249,6 +250,55 @@ def test_twice_the_table_keeps_flows_on_their_reals(bench, scheduler, extra):
     real = send(bench, pkt)
     assert send(bench, tcp4(src="203.0.113.99", sport=5555, flags="A")) == real
     assert dp.m["conns"][conn_key(pkt)].real_id and events(dp)["midstream"] == lost
+
+
+SMALL_TEMPLATES = 1024
+CONSISTENT = 'persistence_timeout = 300\npersistence_netmask = "255.255.255.255"\nplacement = "consistent"\n'
+
+
+@pytest.fixture
+def small_templates(bench, monkeypatch):
+    """The bench running a second build whose template table holds SMALL_TEMPLATES entries (the connection table
+    the bench's: it holds every flow, so only templates are under pressure), with the half-open defense on."""
+    tables = dataclasses.replace(TEST_TABLES, templates=SMALL_TEMPLATES, half_open=True)
+    prog = Program(cflags=cflags_for(tables) + TEST_CFLAGS, log=None)
+    try:
+        dp = DataPlane(prog, tables)
+        dp.apply(dataclasses.replace(bench.config(svc(VIP, "mh", CONSISTENT)), tables=tables))
+        monkeypatch.setattr(bench, "prog", prog)
+        monkeypatch.setattr(bench, "dp", dp)
+        yield dp
+    finally:
+        prog.close()
+
+
+def test_twice_the_template_table_re_places_clients_and_shows_the_loss(bench, small_templates):
+    """2x the template table's capacity of persistent clients (mh, consistent placement, /32 netmask): forwarding
+    never stops; the templates the LRU evicted show as xlb_templates_missing (clients with live connections and no
+    template); every client's next connection lands on its first connection's real, through its template or
+    re-placed by the consistent hash; when the load falls the sweep empties the tables and a new client's template
+    is recorded and followed."""
+    from xlb.observe import metrics
+    dp = small_templates
+    n = 2 * SMALL_TEMPLATES
+    flows = established(bench, n)
+    kept = count_entries(dp, "persist")
+    assert kept <= SMALL_TEMPLATES and count_entries(dp, "conns") == n
+    assert dp.sweep().templates_missing == n - kept >= SMALL_TEMPLATES
+    assert metrics.XlbCollector(dp).read()["xlb_templates_missing"] == [((), n - kept)]
+    for (src, sport), real in flows.items():
+        assert send_frame(bench, frame(src, sport, VIP, "A", b"x")) == real     # established: its own entry
+        assert send_frame(bench, frame(src, 65000, VIP, "S")) == real           # a new connection of the client
+    assert events(dp)["midstream"] == 0
+    # the load falls: every connection and template expires; the table takes new clients' templates again
+    res = dp.sweep(now=now_ns() + 3600 * NS)
+    assert res.templates_expired and count_entries(dp, "persist") == 0 and count_entries(dp, "conns") == 0
+    src, sport = client(n)
+    real = send_frame(bench, frame(src, sport, VIP, "S"))
+    assert send_frame(bench, frame(src, sport, VIP, "A")) == real
+    (tmpl,) = dp.m["persist"].values()
+    assert tmpl.real_id == dp.m["conns"][conn_key(tcp4(src=src, sport=sport))].real_id
+    assert dp.sweep().templates_missing == 0
 
 
 # -- NAT: the reverse entries (bpf/nat.h) --------------------------------------------------------------------------
