@@ -75,7 +75,7 @@ static __always_inline void promote_template(struct pkt *p, struct settings *st,
 }
 
 /* The promotion (the handoff's old: the half-open entry): the entry's state advanced by this packet, written to
- * conns and deleted from half_open, its template moved; then the packet goes to its real like any established
+ * conns and deleted from half_open, its template (and a NAT connection's reverse entry, bpf/nat.h) moved; then the packet goes to its real like any established
  * one's. */
 static __always_inline int half_open_promote(struct xdp_md *ctx, struct handoff *h, struct settings *st)
 {
@@ -95,6 +95,8 @@ static __always_inline int half_open_promote(struct xdp_md *ctx, struct handoff 
 		if (changed)
 			sync_export(st, &ck, &nc);
 		promote_template(p, st, &nc);
+		if (r->method == XLB_METHOD_NAT)
+			nat_promote(p, r, real_id, nc.svc_id, now);
 	}
 	count_flow(nc.svc_id, real_id, bytes, 0);
 	frag_note(p, real_id, nc.real_gen, nc.svc_id);

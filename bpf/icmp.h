@@ -183,9 +183,10 @@ static __always_inline int icmp_is_error(struct pkt *p, __u8 type)
 }
 
 /* An ICMP error to no VIP: from the reals' side (the real, or a router between it and the balancer) about a NAT
- * connection when it quotes a client's packet as the real got it (client -> real:rport), found in nat_revs by the
- * quote reversed. Rewritten as IPVS does: the outer source and the quoted destination back to VIP:vport, then
- * toward the client as the connection's replies go (bpf/nat.h). Anything else passes untouched: not ours. */
+ * connection when it quotes a client's packet as the real got it (client -> real:rport), found in nat_revs (or
+ * nat_half: a half-open one's) by the quote reversed. Rewritten as IPVS does: the outer source and the quoted
+ * destination back to VIP:vport, then toward the client as the connection's replies go (bpf/nat.h). Anything else
+ * passes untouched: not ours. */
 static __always_inline int icmp_error_out(struct xdp_md *ctx, struct pkt *p, struct settings *st, __u8 *ic,
 					  __u64 bytes)
 {
@@ -194,7 +195,7 @@ static __always_inline int icmp_error_out(struct xdp_md *ctx, struct pkt *p, str
 		return verdict(XLB_PASS_OTHER_PROTO, XDP_PASS, bytes);
 	struct conn_key k;
 	conn_key_of(&flow, &k);
-	struct nat_rev *nr = nat_revs.lookup(&k);
+	struct nat_rev *nr = nat_rev_lookup(&k);
 	if (!nr)
 		return verdict(XLB_PASS_OTHER_PROTO, XDP_PASS, bytes);
 	int action = XDP_PASS;

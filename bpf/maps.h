@@ -46,6 +46,10 @@ XLB_MAP("percpu_array", int, __u64, conn_events, XLB_EV_MAX, 0);
 /* NAT connections by their replies' tuple (struct nat_rev); the data plane inserts with the connection entry, the
  * control plane's sweep deletes those whose connection entry is gone or names another real. */
 XLB_MAP("lru_hash", struct conn_key, struct nat_rev, nat_revs, XLB_CONNS, 0);
+/* A half-open NAT connection's reverse entry (bpf/halfopen.h): the real's SYN-ACK finds it here when nat_revs has
+ * none, and the handshake's ACK moves it to nat_revs, so that a SYN flood to a NAT service evicts only these; same
+ * writers as nat_revs. */
+XLB_MAP("lru_hash", struct conn_key, struct nat_rev, nat_half, XLB_HALF_OPEN, 0);
 /* Persistence templates; the data plane inserts and refreshes, the control plane sets holds and sweeps. */
 XLB_MAP("lru_hash", struct persist_key, struct persist, persist, XLB_TEMPLATES, 0);
 /* lblc/lblcr locality tables; the data plane inserts and updates, the control plane sweeps expired entries. */

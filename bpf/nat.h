@@ -196,19 +196,27 @@ static __always_inline __be16 nat_port(struct real *r, struct pkt *p)
 	return r->port ? r->port : p->dport;
 }
 
-/* Record a new NAT connection's reverse entry (its replies' tuple) beside its connection entry. */
-static __always_inline void nat_record(struct pkt *p, struct real *r, __u32 real_id, __u32 svc_id, __u64 now)
+/* The reverse key of a NAT connection (its replies' tuple: real:rport -> client) from a client's packet p. */
+static __always_inline void nat_rev_key(struct pkt *p, struct real *r, struct conn_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->sport = nat_port(r, p);
+	k->dport = p->sport;
+	k->proto = p->proto;
+	k->family = p->family;
+	__builtin_memcpy(k->src, r->addr, 16);
+	__builtin_memcpy(k->dst, p->src, 16);
+}
+
+/* Record a new NAT connection's reverse entry (its replies' tuple) beside its connection entry: in nat_half while
+ * the connection is half-open (half), moved to nat_revs by its promotion (nat_promote). */
+static __always_inline void nat_record(struct pkt *p, struct real *r, __u32 real_id, __u32 svc_id, __u64 now,
+				       int half)
 {
 	if (XLB_TRACING)
 		return;
-	struct conn_key k = {
-		.sport = nat_port(r, p),
-		.dport = p->sport,
-		.proto = p->proto,
-		.family = p->family,
-	};
-	__builtin_memcpy(k.src, r->addr, 16);
-	__builtin_memcpy(k.dst, p->src, 16);
+	struct conn_key k;
+	nat_rev_key(p, r, &k);
 	struct nat_rev v = {
 		.vport = p->dport,
 		.real_id = real_id,
@@ -216,7 +224,38 @@ static __always_inline void nat_record(struct pkt *p, struct real *r, __u32 real
 		.born_ns = now,
 	};
 	__builtin_memcpy(v.vip, p->dst, 16);
-	nat_revs.update(&k, &v);
+	if (half)
+		nat_half.update(&k, &v);
+	else
+		nat_revs.update(&k, &v);
+}
+
+/* A half-open NAT connection promoted (bpf/halfopen.h): its reverse entry moves from nat_half to nat_revs (with the
+ * reply's next hop its SYN-ACK found), or is made anew there if a flood pushed it out of nat_half. */
+static __always_inline void nat_promote(struct pkt *p, struct real *r, __u32 real_id, __u32 svc_id, __u64 now)
+{
+	if (XLB_TRACING)
+		return;
+	struct conn_key k;
+	nat_rev_key(p, r, &k);
+	struct nat_rev *hv = nat_half.lookup(&k);
+	if (!hv || hv->real_id != real_id) {
+		nat_record(p, r, real_id, svc_id, now, 0);
+		return;
+	}
+	struct nat_rev v = *hv;
+	if (!nat_revs.update(&k, &v))
+		nat_half.delete(&k);
+}
+
+/* The NAT connection a reply's tuple (k) belongs to: in nat_revs, else (a half-open one's, as the real's SYN-ACK)
+ * in nat_half; 0 if none. */
+static __always_inline struct nat_rev *nat_rev_lookup(struct conn_key *k)
+{
+	struct nat_rev *nr = nat_revs.lookup(k);
+	if (nr)
+		return nr;
+	return nat_half.lookup(k);
 }
 
 /* Look up the next hop from the VIP toward the reply's client and keep it in the reverse entry (hop). Returns 0 or a
@@ -292,7 +331,7 @@ static __always_inline int nat_reply_send(struct xdp_md *ctx, struct pkt *p, str
 	return send_hop(ctx, hop->ifindex, hop->dmac, hop->smac, XLB_FWD_REPLY_TX, XLB_FWD_REPLY_REDIRECT, action);
 }
 
-/* A real's reply to a NAT connection, found by its tuple in nat_revs: nat_reply_send. Returns the verdict reason
+/* A real's reply to a NAT connection, found by its tuple in nat_revs (or nat_half): nat_reply_send. Returns the verdict reason
  * with *action set, or -1: no NAT connection has this tuple (the caller goes on as for any packet that is no
  * service's). */
 static __always_inline int nat_reply(struct xdp_md *ctx, struct pkt *p, struct settings *st, __u64 bytes,
@@ -300,7 +339,7 @@ static __always_inline int nat_reply(struct xdp_md *ctx, struct pkt *p, struct s
 {
 	struct conn_key k;
 	conn_key_of(p, &k);
-	struct nat_rev *nr = nat_revs.lookup(&k);
+	struct nat_rev *nr = nat_rev_lookup(&k);
 	if (!nr)
 		return -1;
 	return nat_reply_send(ctx, p, st, bytes, nr, 0, action);

@@ -341,7 +341,7 @@ int xlb_new_fwd(struct xdp_md *ctx)
 			sync_export(st, &ck, &nc);
 	}
 	if (recorded && r->method == XLB_METHOD_NAT)
-		nat_record(p, r, real_id, h->svc.id, now);
+		nat_record(p, r, real_id, h->svc.id, now, half);
 	count_flow(h->svc.id, real_id, bytes, !seen);
 	frag_note(p, real_id, r->gen, h->svc.id);
 	int action = XDP_PASS;

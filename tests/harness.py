@@ -106,7 +106,7 @@ class Bench:
     def reset(self, toml_text):
         """Empty every map the previous test filled, then apply a config through the real control plane."""
         for name in ("conns", "nat_revs", "persist", "services", "mark_rules", "vip_prefixes", "frags", "lblc",
-                     "half_open", "persist_half"):
+                     "half_open", "persist_half", "nat_half"):
             self.prog[name].clear()
         for name in ("verdicts", "nh_cache", "rr_pos", "svc_stats", "real_stats", "mark_stats", "svc_out_stats",
                      "real_out_stats", "conn_events"):

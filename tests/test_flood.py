@@ -13,14 +13,18 @@ import random
 import struct
 
 import pytest
-from harness import CLIENT_MAC, LB_MAC, REAL_MAC, TEST_TABLES, conn_key, real_of, tcp4, to_real
+from harness import CLIENT_MAC, GW_MAC, LB_MAC, REAL_MAC, TEST_CFLAGS, TEST_TABLES, conn_key, real_of, tcp4, to_real
+from natframes import L4, nat_in, nat_out, quote, requoted
+from natframes import reply as real_reply
+from natframes import svc as nat_service
 from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from xlb.dataplane import structs as S
 from xlb.dataplane.mapkeys import NS, now_ns
-from xlb.dataplane.program import half_open_size
+from xlb.dataplane.apply import DataPlane
+from xlb.dataplane.program import Program, cflags_for, half_open_size
 
 VIP, VIP_P = "198.51.100.10", "198.51.100.11"
 REALS = ("198.18.0.11", "198.18.0.12", "198.18.0.13")
@@ -246,3 +250,171 @@ def test_twice_the_table_keeps_flows_on_their_reals(bench, scheduler, extra):
     real = send(bench, pkt)
     assert send(bench, tcp4(src="203.0.113.99", sport=5555, flags="A")) == real
     assert dp.m["conns"][conn_key(pkt)].real_id and events(dp)["midstream"] == lost
+
+
+SMALL_TEMPLATES = 1024
+CONSISTENT = 'persistence_timeout = 300\npersistence_netmask = "255.255.255.255"\nplacement = "consistent"\n'
+
+
+@pytest.fixture
+def small_templates(bench, monkeypatch):
+    """The bench running a second build whose template table holds SMALL_TEMPLATES entries (the connection table
+    the bench's: it holds every flow, so only templates are under pressure), with the half-open defense on."""
+    tables = dataclasses.replace(TEST_TABLES, templates=SMALL_TEMPLATES, half_open=True)
+    prog = Program(cflags=cflags_for(tables) + TEST_CFLAGS, log=None)
+    try:
+        dp = DataPlane(prog, tables)
+        dp.apply(dataclasses.replace(bench.config(svc(VIP, "mh", CONSISTENT)), tables=tables))
+        monkeypatch.setattr(bench, "prog", prog)
+        monkeypatch.setattr(bench, "dp", dp)
+        yield dp
+    finally:
+        prog.close()
+
+
+def test_twice_the_template_table_re_places_clients_and_shows_the_loss(bench, small_templates):
+    """2x the template table's capacity of persistent clients (mh, consistent placement, /32 netmask): forwarding
+    never stops; the templates the LRU evicted show as xlb_templates_missing (clients with live connections and no
+    template); every client's next connection lands on its first connection's real, through its template or
+    re-placed by the consistent hash; when the load falls the sweep empties the tables and a new client's template
+    is recorded and followed."""
+    from xlb.observe import metrics
+    dp = small_templates
+    n = 2 * SMALL_TEMPLATES
+    flows = established(bench, n)
+    kept = count_entries(dp, "persist")
+    assert kept <= SMALL_TEMPLATES and count_entries(dp, "conns") == n
+    assert dp.sweep().templates_missing == n - kept >= SMALL_TEMPLATES
+    assert metrics.XlbCollector(dp).read()["xlb_templates_missing"] == [((), n - kept)]
+    for (src, sport), real in flows.items():
+        assert send_frame(bench, frame(src, sport, VIP, "A", b"x")) == real     # established: its own entry
+        assert send_frame(bench, frame(src, 65000, VIP, "S")) == real           # a new connection of the client
+    assert events(dp)["midstream"] == 0
+    # the load falls: every connection and template expires; the table takes new clients' templates again
+    res = dp.sweep(now=now_ns() + 3600 * NS)
+    assert res.templates_expired and count_entries(dp, "persist") == 0 and count_entries(dp, "conns") == 0
+    src, sport = client(n)
+    real = send_frame(bench, frame(src, sport, VIP, "S"))
+    assert send_frame(bench, frame(src, sport, VIP, "A")) == real
+    (tmpl,) = dp.m["persist"].values()
+    assert tmpl.real_id == dp.m["conns"][conn_key(tcp4(src=src, sport=sport))].real_id
+    assert dp.sweep().templates_missing == 0
+
+
+# -- NAT: the reverse entries (bpf/nat.h) --------------------------------------------------------------------------
+
+VIP_N = "198.51.100.20"
+
+
+def nat_svc():
+    return nat_service(VIP_N, 80, "tcp", [(L4, 8080)])
+
+
+def nat_client(i):
+    """The i-th NAT client: routed via the gateway on lb0 (203.0.113.0/24), so its replies go by XDP_TX."""
+    return f"203.0.113.{i % 250 + 1}", 30000 + i // 250
+
+
+def nat_rev_key(src, sport):
+    """The nat_revs / nat_half key of client src:sport's connection: its replies' tuple, real:8080 -> client."""
+    return conn_key(real_reply(tcp4(src=src, sport=sport), L4, 8080, mac_to=LB_MAC))
+
+
+def nat_step(bench, pkt, want, reason):
+    """Run pkt: it must leave by XDP_TX as want (exact bytes, every checksum as scapy computes it) with reason."""
+    before = bench.verdicts().get(reason, 0)
+    assert bench.run(pkt) == ("XDP_TX", want)
+    assert bench.verdicts()[reason] == before + 1
+
+
+def nat_handshake(bench, src, sport, payload=b"r"):
+    """SYN (to the real's address and port), the real's SYN-ACK (back from VIP:80), the ACK; then the real's data
+    reply (rewritten): every frame exact."""
+    for flags in ("S", None, "A"):
+        if flags is None:
+            rep = real_reply(tcp4(src=src, sport=sport), L4, 8080, mac_to=LB_MAC)
+            nat_step(bench, rep, nat_out(rep, VIP_N, 80), "fwd_reply_tx")
+            continue
+        pkt = tcp4(src=src, dst=VIP_N, sport=sport, flags=flags)
+        nat_step(bench, pkt, nat_in(pkt, L4, 8080, LB_MAC, REAL_MAC[L4]), "fwd_tx")
+    nat_reply_ok(bench, src, sport, payload)
+
+
+def nat_reply_ok(bench, src, sport, payload=b"r"):
+    rep = real_reply(tcp4(src=src, sport=sport), L4, 8080, mac_to=LB_MAC, flags="PA", payload=payload)
+    nat_step(bench, rep, nat_out(rep, VIP_N, 80), "fwd_reply_tx")
+
+
+def test_nat_handshake_reverse_entry_waits_in_nat_half(bench):
+    """The SYN's reverse entry goes to nat_half (not nat_revs); the real's SYN-ACK finds it there and is rewritten
+    back to VIP:80; the ACK promotes it to nat_revs with the next hop the SYN-ACK found; the replies stay rewritten."""
+    from xlb.observe import metrics
+    dp = reset(bench, nat_svc())
+    src, sport = nat_client(0)
+    syn = tcp4(src=src, dst=VIP_N, sport=sport, flags="S")
+    nat_step(bench, syn, nat_in(syn, L4, 8080, LB_MAC, REAL_MAC[L4]), "fwd_tx")
+    key = nat_rev_key(src, sport)
+    assert dp.m["nat_revs"].get(key) is None
+    assert dp.m["nat_half"][key].real_id == dp.m["half_open"][conn_key(syn)].real_id
+    fill = dict((v[0], n) for v, n in metrics.XlbCollector(dp).read()["xlb_table_entries"])
+    assert (fill["half_open_nat"], fill["nat"]) == (1, 0)
+    synack = real_reply(syn, L4, 8080, mac_to=LB_MAC)
+    nat_step(bench, synack, nat_out(synack, VIP_N, 80), "fwd_reply_tx")
+    hop = dp.m["nat_half"][key]
+    assert hop.hop_stamp and hop.ifindex == bench.ifindex
+    ack = tcp4(src=src, dst=VIP_N, sport=sport, flags="A")
+    nat_step(bench, ack, nat_in(ack, L4, 8080, LB_MAC, REAL_MAC[L4]), "fwd_tx")
+    assert dp.m["nat_half"].get(key) is None and dp.m["half_open"].get(conn_key(syn)) is None
+    rev = dp.m["nat_revs"][key]
+    assert (rev.real_id, rev.svc_id, rev.vport, rev.hop_stamp, rev.born_ns) == (
+        hop.real_id, hop.svc_id, hop.vport, hop.hop_stamp, hop.born_ns)
+    nat_reply_ok(bench, src, sport, b"data")
+    assert events(dp) == {"half_open": 1, "promoted": 1, "midstream": 0}
+
+
+def test_nat_icmp_error_about_a_half_open_connection_goes_back_from_the_vip(bench):
+    """The real's port unreachable about a half-open connection's SYN (quoted as the real got it) is found by
+    nat_half and rewritten back from VIP:80 toward the client."""
+    reset(bench, nat_svc())
+    syn = tcp4(dst=VIP_N, flags="S")
+    got = nat_in(syn, L4, 8080, LB_MAC, REAL_MAC[L4])
+    nat_step(bench, syn, got, "fwd_tx")
+    err = Ether(dst=LB_MAC, src=REAL_MAC[L4]) / IP(src=L4, dst="203.0.113.7", id=3) / ICMP(type=3, code=3) \
+        / Raw(quote(got))
+    want = Ether(dst=GW_MAC, src=LB_MAC) / IP(src=VIP_N, dst="203.0.113.7", id=3, ttl=63) / ICMP(type=3, code=3) \
+        / Raw(requoted(quote(got), "dst", VIP_N, 80))
+    nat_step(bench, err, bytes(want), "fwd_icmp_nat_out")
+
+
+def test_sweep_keeps_and_expires_nat_half_with_its_connection(bench):
+    """nat_half entries live and die with their half-open connection (the sweep)."""
+    import time
+    dp = reset(bench, nat_svc() + "[timeouts]\nsyn = 5\n")
+    bench.run(tcp4(dst=VIP_N, flags="S"))
+    born = now_ns()
+    while now_ns() == born:  # entries written in the sweep's own clock tick are spared: let the tick pass
+        time.sleep(0.001)
+    res = dp.sweep()
+    assert (res.nat_half_seen, res.nat_half_expired, res.nat_seen) == (1, 0, 0)
+    res = dp.sweep(now=now_ns() + 6 * NS)
+    assert (res.half_open_expired, res.nat_half_seen, res.nat_half_expired) == (1, 1, 1)
+    assert count_entries(dp, "nat_half") == 0
+
+
+def test_syn_flood_to_a_nat_service_keeps_established_replies_rewritten(bench):
+    """1000 established NAT connections (each handshake's frames exact), then a flood of 8x the half-open capacity
+    of SYNs from random sources to the NAT service (2x nat_revs' capacity): every established connection keeps its
+    nat_revs entry and its real's next reply is still rewritten back to VIP:80, byte for byte."""
+    dp = reset(bench, nat_svc())
+    clients = [nat_client(i) for i in range(1000)]
+    for src, sport in clients:
+        nat_handshake(bench, src, sport)
+    assert count_entries(dp, "nat_revs") == len(clients) and count_entries(dp, "nat_half") == 0
+
+    flood(bench, 8 * HALF, dst=VIP_N)
+
+    assert count_entries(dp, "nat_half") <= HALF
+    for src, sport in clients:
+        assert dp.m["nat_revs"].get(nat_rev_key(src, sport)) is not None, (src, sport)
+        nat_reply_ok(bench, src, sport, b"after the flood")
+    assert events(dp)["midstream"] == 0

@@ -187,6 +187,25 @@ def test_pins_of_the_previous_release_are_adopted_and_its_changed_maps_made_anew
         pin.remove(d)
 
 
+@needs_root
+def test_pins_from_before_nat_half_are_adopted_as_they_are():
+    """The layout before nat_half (bpf/nat.h: a half-open NAT connection's reverse entry) differs by that new map
+    only: its pins are all adopted, none made anew (the loader makes nat_half beside them), and the log says so."""
+    pin.ensure_bpffs()
+    d = Path(tempfile.mkdtemp(prefix="xa-nh-", dir=pin.BPF_ROOT))
+    logged = []
+    try:
+        pin.write_layout(d)
+        _record(d, bytes.fromhex("a135be946704d844c97212fe01870d2c2a8d1c0ffea5e2db3e95613b4692f554"))
+        _pin_map(d, "conns", pin.BPF_MAP_TYPE_ARRAY, 8)
+        _pin_map(d, "nat_revs", pin.BPF_MAP_TYPE_ARRAY, 8)
+        assert sorted(pin.check_layout(d, logged.append)) == ["conns", "nat_revs"]
+        assert pin.read_layout(d) == pin.layout_digest()
+        assert len(logged) == 1 and "made anew: nothing (new maps only)" in logged[0]
+    finally:
+        pin.remove(d)
+
+
 def test_this_layout_is_not_an_earlier_one():
     assert pin.layout_digest() not in pin.EARLIER_LAYOUTS
 

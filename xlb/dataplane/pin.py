@@ -225,6 +225,9 @@ EARLIER_LAYOUTS = {
     bytes.fromhex("cbac9807fe2ab84c6908e360a9c8b2db4b1d109f71f71813bc7a47d740f94a89"): {
         "verdicts": "the verdict counters start from zero, with the new reasons (NAT ICMP errors, tunnels)",
     },
+    # 56f83e0: before half-open NAT reverse entries (bpf/nat.h: the new map nat_half is made beside the adopted ones;
+    # nothing else changed, nothing is lost).
+    bytes.fromhex("a135be946704d844c97212fe01870d2c2a8d1c0ffea5e2db3e95613b4692f554"): {},
 }
 
 
@@ -239,8 +242,9 @@ def _migrate(pin_dir, recorded, log):
         (Path(pin_dir) / name).unlink(missing_ok=True)
     write_layout(pin_dir)
     if log:
+        anew = "; ".join(f"{name}: {lost}" for name, lost in remake.items()) or "nothing (new maps only)"
         log(f"xlb: {bpffs.shown(pin_dir)}: pinned by the previous xlb's layout; connections and templates are "
-            "kept, made anew: " + "; ".join(f"{name}: {lost}" for name, lost in remake.items()))
+            "kept, made anew: " + anew)
     return True
 
 

@@ -292,7 +292,8 @@ class Reader:
         """[(label, entries, capacity)] of the connection and template tables."""
         return [(label, table_entries(self.m[name]), self.m[name].max_entries)
                 for name, label in (("conns", "connections"), ("persist", "templates"), ("half_open", "half_open"),
-                                    ("persist_half", "half_open_templates"))]
+                                    ("persist_half", "half_open_templates"), ("nat_revs", "nat"),
+                                    ("nat_half", "half_open_nat"))]
 
     # -- the trace build's record ---------------------------------------------------------------------------
     def reset_trace(self):

@@ -198,6 +198,7 @@ MAP_TYPES = {
     "rr_pos": (None, RrPos),
     "conns": (ConnKey, Conn),
     "nat_revs": (ConnKey, NatRev),
+    "nat_half": (ConnKey, NatRev),
     "half_open": (ConnKey, Conn),
     "persist_half": (PersistKey, Persist),
     "conn_events": (None, None),

@@ -52,10 +52,13 @@ class SweepResult:
     templates_seen: int = 0
     templates_expired: int = 0
     templates_held: int = 0
+    templates_missing: int = 0   # clients with live connections of a persistent service but no template (lost)
     half_open_seen: int = 0
     half_open_expired: int = 0
     nat_seen: int = 0
     nat_expired: int = 0
+    nat_half_seen: int = 0
+    nat_half_expired: int = 0
     locality_seen: int = 0
     locality_expired: int = 0
     seconds: float = 0.0
@@ -79,6 +82,8 @@ class _ConnScan:
 class Sweeper:
     """DataPlane's timers (needs its maps, ids, services and config)."""
 
+    last_sweep = None  # the last sweep's SweepResult (the metrics read templates_missing from it)
+
     # -- timers ----------------------------------------------------------------------------------------------
     def sweep(self, now=None):
         """Delete expired connections and templates; hold templates (lvs mode) while a connection they placed
@@ -97,11 +102,15 @@ class Sweeper:
                 self.delete_batch(self.m[name], expired)
             setattr(res, f"{name}_expired", len(expired))
         self._reconcile(scan.counts)
-        self._sweep_nat(scan, read_at, res)
+        for name, label in (("nat_revs", "nat"), ("nat_half", "nat_half")):
+            seen, expired = self._sweep_nat(name, scan, read_at)
+            setattr(res, f"{label}_seen", seen)
+            setattr(res, f"{label}_expired", expired)
         self._sweep_templates(now, scan, res)
         self._sweep_locality(now, res)
         self.release_old_tables()
         res.seconds = time.perf_counter() - t0
+        self.last_sweep = res
         return res
 
     def _scan_conns(self, now, timeouts):
@@ -137,13 +146,14 @@ class Sweeper:
         n = lookup_batch_into(table.map_fd, keys, vals)
         return keys[:n], vals[:n]
 
-    def _sweep_nat(self, scan, read_at, res):
-        """Delete NAT reverse entries (bpf/nat.h) whose connection entry is gone (expired, evicted, or replaced by
-        one to another real); entries written since the connection table was read are spared."""
-        keys, vals = self._read_all("nat_revs", S.ConnKey, S.NatRev)
-        n = res.nat_seen = len(keys)
+    def _sweep_nat(self, name, scan, read_at):
+        """Delete NAT reverse entries (bpf/nat.h) of table `name` (nat_revs, or nat_half: a half-open connection's)
+        whose connection entry, in conns or half_open, is gone (expired, evicted, or replaced by one to another
+        real); entries written since the connection table was read are spared. Returns (seen, deleted)."""
+        keys, vals = self._read_all(name, S.ConnKey, S.NatRev)
+        n = len(keys)
         if not n:
-            return
+            return 0, 0
         orig = np.zeros(n, np.dtype(S.ConnKey))  # the client's side of each: what conns is keyed by
         orig["src"], orig["dst"] = keys["dst"], vals["vip"]
         orig["sport"], orig["dport"] = keys["dport"], vals["vport"]
@@ -158,8 +168,8 @@ class Sweeper:
             found = row_index(cols(orig, vals["real_id"]), cols(live, scan.vals["real_id"][scan.alive])) >= 0
         gone = keys[~found & (vals["born_ns"].astype(np.int64) < read_at)]
         if len(gone):
-            self.delete_batch(self.m["nat_revs"], gone)
-        res.nat_expired = len(gone)
+            self.delete_batch(self.m[name], gone)
+        return n, len(gone)
 
     def _sweep_templates(self, now, scan, res):
         """Expire templates (their service or real gone, or their timer run out and, in lvs mode, no live
@@ -168,6 +178,7 @@ class Sweeper:
         t = self.read_templates()
         tk, tv, n = t.keys, t.vals, len(t.keys)
         res.templates_seen = n
+        res.templates_missing = self._templates_missing(scan, t)
         if not n:
             return
         ok, tmo, lvs = t.ok, t.timeout, t.lvs
@@ -218,23 +229,49 @@ class Sweeper:
             self.delete_batch(self.m["lblc"], gone)
         res.locality_expired = len(gone)
 
+    def _conn_clients(self, scan, want, live):
+        """The template key's columns of the connections (mask `live`) of the services `want` (st -> bool) picks:
+        (their indexes into scan, [client word 0, client word 1, service id]), the client being the source under
+        the service's persistence netmask, as a template of that service names it."""
+        masks = np.zeros((self.cap.max_services, 2), np.uint64)   # a 16-byte netmask as two words
+        picked = np.zeros(self.cap.max_services, bool)
+        for st in self.by_id.values():
+            if st.svc.persistence_timeout and want(st):
+                masks[st.id] = np.frombuffer(st.svc.persistence_netmask, np.uint64)
+                picked[st.id] = True
+        csid = np.minimum(scan.vals["svc_id"], self.cap.max_services - 1)
+        sel = np.flatnonzero(live & picked[csid])
+        csid = csid[sel]
+        src = scan.keys.view(_SRC_WORDS)                        # the source address as two words, no copy
+        return sel, [src["w0"][sel] & masks[csid, 0], src["w1"][sel] & masks[csid, 1], csid.astype(np.uint64)]
+
+    @staticmethod
+    def _template_cols(sids, clients):
+        """The same columns for templates (service ids, PersistKey client fields)."""
+        cw = np.ascontiguousarray(clients).view(np.uint64).reshape(len(clients), 2)
+        return [cw[:, 0], cw[:, 1], sids.astype(np.uint64)]
+
+    def _templates_missing(self, scan, t):
+        """How many clients (service, client under its netmask) of a persistent service (not the SIP engine's) have
+        live established-table connections but no usable template: templates the LRU evicted under table pressure
+        (or voided with a failed real). A half-open connection's template waits in persist_half: not counted."""
+        _, cols = self._conn_clients(scan, lambda st: not st.svc.persistence_engine, scan.alive & ~scan.half)
+        if not len(cols[0]):
+            return 0
+        if t.ok.any():
+            ckey, valid, tkey = exact_keys(cols, self._template_cols(t.sid[t.ok], t.keys["client"][t.ok]))
+            miss = ~(valid & np.isin(ckey, tkey))
+            cols = [c[miss] for c in cols]
+        # distinct clients among the connections without a template, by a 64-bit mix of the columns (one 1-D unique,
+        # not a row-wise one: a third of the cost; a collision, ~n^2 / 2^64, would undercount one client)
+        mix = cols[0] * np.uint64(0x9E3779B97F4A7C15) ^ cols[1] * np.uint64(0xC2B2AE3D27D4EB4F) ^ cols[2]
+        return len(np.unique(mix))
+
     def _holds(self, scan, sids, clients):
         """For lvs-mode templates (service id, client): the latest expiry among the live connections of that
         service whose source, under the service's persistence netmask, is the client; 0 where there is none."""
-        masks = np.zeros((self.cap.max_services, 2), np.uint64)   # a 16-byte netmask as two words
-        holder = np.zeros(self.cap.max_services, bool)
-        for st in self.by_id.values():
-            if st.svc.persistence_timeout and st.svc.persistence_mode == "lvs":
-                masks[st.id] = np.frombuffer(st.svc.persistence_netmask, np.uint64)
-                holder[st.id] = True
-        csid = np.minimum(scan.vals["svc_id"], self.cap.max_services - 1)
-        sel = np.flatnonzero(scan.alive & holder[csid])
-        csid = csid[sel]
-        src = scan.keys.view(_SRC_WORDS)                        # the source address as two words, no copy
-        # (client word 0, client word 1, service id): the same columns for connections and templates
-        cols = [src["w0"][sel] & masks[csid, 0], src["w1"][sel] & masks[csid, 1], csid.astype(np.uint64)]
-        cw = np.ascontiguousarray(clients).view(np.uint64)
-        ckey, valid, tkey = exact_keys(cols, [cw[:, 0], cw[:, 1], sids.astype(np.uint64)])
+        sel, cols = self._conn_clients(scan, lambda st: st.svc.persistence_mode == "lvs", scan.alive)
+        ckey, valid, tkey = exact_keys(cols, self._template_cols(sids, clients))
         until = scan.until[sel]
         if not valid.all():
             ckey, until = ckey[valid], until[valid]

@@ -33,7 +33,8 @@ Families (labels: ``service`` as operators name it — ``tcp/198.51.100.10:80``,
     xlb_real_state                             {service, real, state="available"|"quiescent"|"overloaded"} 0/1
     xlb_service_persistence_templates                                                       {service}
     xlb_table_entries, xlb_table_capacity                   {table="connections"|"templates"|"half_open"|
-                                                             "half_open_templates"}
+                                                             "half_open_templates"|"nat"|"half_open_nat"}
+    xlb_templates_missing                                   (the last sweep's: templates lost under table pressure)
     xlb_conn_events_total                                   {event="half_open"|"promoted"|"midstream"}
     xlb_mark_rule_hits_total                                {mark, proto, dst, ports}
     xlb_verdict_packets_total, xlb_verdict_bytes_total      {verdict="pass"|"fwd"|"drop", reason="drop_bad_tcp"...}
@@ -102,6 +103,8 @@ FAMILIES = (
     ("xlb_service_persistence_templates", "gauge", "Persistence templates in the table", SV),
     ("xlb_table_entries", "gauge", "Entries in a connection-tracking table", ("table",)),
     ("xlb_table_capacity", "gauge", "Capacity of a connection-tracking table", ("table",)),
+    ("xlb_templates_missing", "gauge", "Clients of persistent services with live connections but no template (lost "
+     "to the template table's LRU), at the last sweep", ()),
     ("xlb_mark_rule_hits", "counter", "Packets classified by a mark rule", ("mark", "proto", "dst", "ports")),
     ("xlb_verdict_packets", "counter", "Packets by verdict and reason", ("verdict", "reason")),
     ("xlb_conn_events", "counter", "Connection-table events: half_open (a handshake's entry made in the half-open "
@@ -254,6 +257,9 @@ class XlbCollector(Collector):
         for label, entries, capacity in dp.table_fill():
             f["xlb_table_entries"].append(((label,), entries))
             f["xlb_table_capacity"].append(((label,), capacity))
+        last = getattr(dp, "last_sweep", None)
+        if last is not None:
+            f["xlb_templates_missing"].append(((), last.templates_missing))
         self._marks(f["xlb_mark_rule_hits"])
         for event, n in dp.conn_events().items():
             f["xlb_conn_events"].append(((event,), n))
