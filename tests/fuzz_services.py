@@ -92,16 +92,15 @@ def apply(bench):
     bench.dp.apply(dataclasses.replace(c, services=tuple(svcs)))
     bench.dp.set_sync_export(True)
     bench.sync_records = 0
-    if not getattr(bench, "sync_open", False):  # one reader for the program's life (the bench is shared)
-        def counted(_event):
-            bench.sync_records += 1
-        bench.dp.open_sync_events(counted)
-        bench.sync_open = True
+
+    def counted(_event):
+        bench.sync_records += 1
+    bench.sync_events(counted)
 
 
 def drain_sync(bench):
     """Read the sync records the batch exported (so the ring never fills); returns how many so far."""
-    bench.dp.poll_sync_events(0)
+    bench.poll_sync()
     return bench.sync_records
 
 

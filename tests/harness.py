@@ -70,6 +70,8 @@ class Bench:
             self.topo.close()
             raise
         self.dp = None
+        self._sync_reader = None       # the DataPlane that opened the program's sync ring buffer (sync_events)
+        self._sync_handler = None
 
     def _build(self):
         t = self.topo
@@ -117,6 +119,19 @@ class Bench:
         self.dp = DataPlane(self.prog, TEST_TABLES)
         self.dp.apply(self.config(toml_text))
         return self.dp
+
+    def sync_events(self, handler):
+        """Send the program's state-sync records (bpf/sync.h) to handler(SyncEvent) from now on; read them with
+        poll_sync(). bcc opens a ring buffer once per program, and the program is shared by every test module."""
+        if self._sync_reader is None:
+            self._sync_reader = self.dp
+            self.dp.open_sync_events(lambda event: self._sync_handler(event))
+        self._sync_handler = handler
+
+    def poll_sync(self):
+        """Deliver the sync records written so far; returns how many records had a wrong size (always 0)."""
+        self._sync_reader.poll_sync_events(0)
+        return self._sync_reader.sync_bad_events
 
     @staticmethod
     def config(toml_text):

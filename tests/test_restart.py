@@ -188,20 +188,21 @@ def test_pins_of_the_previous_release_are_adopted_and_its_changed_maps_made_anew
 
 
 @needs_root
-def test_pins_from_before_nat_half_are_adopted_as_they_are():
-    """The layout before nat_half (bpf/nat.h: a half-open NAT connection's reverse entry) differs by that new map
-    only: its pins are all adopted, none made anew (the loader makes nat_half beside them), and the log says so."""
+def test_pins_of_the_release_before_the_flood_defense_are_adopted_and_the_verdicts_made_anew():
+    """18a3dd3's layout differs by the half-open maps (half_open, persist_half, nat_half: the loader makes them
+    beside the adopted ones) and two more verdict reasons: its connections and NAT reverse entries are adopted, the
+    verdict counters made anew, and the log says which."""
     pin.ensure_bpffs()
     d = Path(tempfile.mkdtemp(prefix="xa-nh-", dir=pin.BPF_ROOT))
     logged = []
     try:
         pin.write_layout(d)
-        _record(d, bytes.fromhex("a135be946704d844c97212fe01870d2c2a8d1c0ffea5e2db3e95613b4692f554"))
-        _pin_map(d, "conns", pin.BPF_MAP_TYPE_ARRAY, 8)
-        _pin_map(d, "nat_revs", pin.BPF_MAP_TYPE_ARRAY, 8)
+        _record(d, bytes.fromhex("cbac9807fe2ab84c6908e360a9c8b2db4b1d109f71f71813bc7a47d740f94a89"))
+        for name in ("conns", "nat_revs", "verdicts"):
+            _pin_map(d, name, pin.BPF_MAP_TYPE_ARRAY, 8)
         assert sorted(pin.check_layout(d, logged.append)) == ["conns", "nat_revs"]
         assert pin.read_layout(d) == pin.layout_digest()
-        assert len(logged) == 1 and "made anew: nothing (new maps only)" in logged[0]
+        assert len(logged) == 1 and "made anew: verdicts: " in logged[0]
     finally:
         pin.remove(d)
 

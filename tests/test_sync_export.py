@@ -30,18 +30,14 @@ def cfg(persist=True, extra=""):
 
 
 _EVENTS = []
-_OPENED = []
 
 
 def drain(bench):
-    """The records the program wrote since the last drain (the ring buffer is opened once per program)."""
-    if not _OPENED:
-        bench.dp.open_sync_events(_EVENTS.append)
-        _OPENED.append(bench.dp)
-    bench.dp.poll_sync_events(0)
+    """The records the program wrote since the last drain."""
+    bench.sync_events(_EVENTS.append)
+    assert bench.poll_sync() == 0
     out = list(_EVENTS)
     _EVENTS.clear()
-    assert _OPENED[0].sync_bad_events == 0
     return out
 
 

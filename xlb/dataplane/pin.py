@@ -220,14 +220,12 @@ EARLIER_LAYOUTS = {
         "verdicts": "the verdict counters start from zero, with the new reasons (NAT, tunnels, ICMP, fragments, "
                     "health, SIP)",
     },
-    # 18a3dd3: before the SYN-flood defense (bpf/halfopen.h: new maps half_open, persist_half, conn_events are made
-    # beside the adopted ones; a new settings flag and enum) and two more reasons (NAT ICMP out, TUN PTB without DF).
+    # 18a3dd3: before the SYN-flood defense (bpf/halfopen.h: new maps half_open, persist_half, nat_half, conn_events
+    # are made beside the adopted ones; a new settings flag and enum) and two more reasons (NAT ICMP errors out, a
+    # tunnel's frag-needed without DF).
     bytes.fromhex("cbac9807fe2ab84c6908e360a9c8b2db4b1d109f71f71813bc7a47d740f94a89"): {
         "verdicts": "the verdict counters start from zero, with the new reasons (NAT ICMP errors, tunnels)",
     },
-    # 56f83e0: before half-open NAT reverse entries (bpf/nat.h: the new map nat_half is made beside the adopted ones;
-    # nothing else changed, nothing is lost).
-    bytes.fromhex("a135be946704d844c97212fe01870d2c2a8d1c0ffea5e2db3e95613b4692f554"): {},
 }
 
 
