@@ -110,3 +110,31 @@ def test_a_checker_that_raises_fails_its_check_and_the_engine_goes_on():
             await w.results(3)                      # still checking
         assert "TCP_CHECK to [127.0.0.1]:tcp:9 failed: EOFError: a bug in a checker" in w.lines
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_cancel_that_comes_as_the_command_exits_is_not_lost():
+    """Engine.halt (a reload) cancels a MISC_CHECK in its command: had the cancel been lost (asyncio.wait_for of
+    Python 3.11 returns the result of a command that exits in the same turn of the loop), the checker would go on
+    and the reload wait forever. The cancel comes k turns of the loop after the command exited, for every k
+    around the command's own wake-up; a cancel asked while the task still ran must end it."""
+    async def one(k):
+        task = asyncio.create_task(commands.run(["/bin/true"], 5))
+        await asyncio.sleep(0)                                       # the command runs, the task waits for it
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)              # until it exited (left for run() to reap)
+        loop = asyncio.get_running_loop()
+        asked = []
+
+        def later(n):
+            if n:
+                loop.call_soon(later, n - 1)
+            else:
+                asked.append(task.cancel())                          # False: the task had ended already
+        later(k)
+        try:
+            got = await task
+        except asyncio.CancelledError:
+            return None
+        return got if asked == [True] else None
+
+    lost = {k: got for k in range(8) if (got := asyncio.run(one(k))) is not None}
+    assert not lost

@@ -64,14 +64,18 @@ async def run(argv, timeout, user=None):
     except (OSError, KeyError, subprocess.SubprocessError) as e:
         return Outcome(error=str(e) if not isinstance(e, KeyError) else f"no such user or group {e}")
     timed_out = False
+    # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result of a command that exits in the
+    # turn of the loop the task is cancelled in, and a halted engine's checker then never ends (a reload hangs)
     try:
-        code = await asyncio.wait_for(_exited(proc), timeout)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout):
+            code = await _exited(proc)
+    except TimeoutError:
         timed_out = True
         _kill(proc, signal.SIGTERM)
         try:
-            code = await asyncio.wait_for(_exited(proc), TERM_GRACE)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(TERM_GRACE):
+                code = await _exited(proc)
+        except TimeoutError:
             _kill(proc, signal.SIGKILL)
             code = await _exited(proc)
     except asyncio.CancelledError:
