@@ -5,6 +5,7 @@ import asyncio
 import hashlib
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 
@@ -294,6 +295,47 @@ def test_udp_check_without_require_reply_fails_only_on_an_icmp_error(ns):
         transport.close()
     run(scenario())
 
+
+
+def test_a_udp_check_cancelled_as_its_reply_comes_ends(ns):
+    """Engine.halt (a reload) cancels a UDP_CHECK waiting for its reply: the cancel comes k turns of the loop
+    after the reply arrived, for every k around the check's own wake-up; a cancel asked while the check still
+    ran must end it (Python 3.11's asyncio.wait_for returned the reply instead, and the halt waited forever)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind((REAL, 0))
+    server.setblocking(False)
+    check = {"kind": "UDP_CHECK", "retry": 0, "payload": "7069 6e67", "require_reply": "4f4b", "connect_timeout": 5}
+    (chk,) = Watched([one_real(check, server.getsockname()[1])]).engine.checkers.values()
+
+    async def one(k):
+        task = asyncio.create_task(chk.check())
+        while True:                                                  # the check sent its payload
+            await asyncio.sleep(0)
+            try:
+                _, peer = server.recvfrom(100)
+                break
+            except BlockingIOError:
+                pass
+        server.sendto(b"OK", peer)                                   # the reply waits in the check's socket
+        loop, asked = asyncio.get_running_loop(), []
+
+        def later(n):
+            if n:
+                loop.call_soon(later, n - 1)
+            else:
+                asked.append(task.cancel())                          # False: the check had ended already
+        later(k)
+        try:
+            got = await task
+        except asyncio.CancelledError:
+            return None
+        return got if asked == [True] else None
+
+    try:
+        lost = {k: got for k in range(8) if (got := run(one(k))) is not None}
+    finally:
+        server.close()
+    assert not lost
 
 def test_ping_check_across_a_veth(ns):
     topo, lb = ns

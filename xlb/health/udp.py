@@ -33,8 +33,9 @@ class UdpChecker(Checker):
             try:
                 await loop.sock_connect(sock, self.dst())
                 await loop.sock_sendall(sock, self.spec.payload)
-                reply = await asyncio.wait_for(loop.sock_recv(sock, 65536), self.spec.connect_timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self.spec.connect_timeout):    # not wait_for: see commands.run
+                    reply = await loop.sock_recv(sock, 65536)
+            except TimeoutError:
                 return fail if self.spec.require_reply else Result(True, f"UDP connection to {self.label} success.")
             except OSError:
                 return fail
