@@ -24,6 +24,24 @@ def one_real(check, port, address=REAL, real=None, **svc):
                                [(address, port, 1, tbl, "service[0].real[0]")], "service[0]")
 
 
+async def lost_cancel(task, turns):
+    """Cancel ``task`` ``turns`` turns of the loop from now and wait for it: what it returned although the cancel
+    was asked while it still ran (a lost cancel), else None (the cancel ended it, or it had ended before)."""
+    loop, asked = asyncio.get_running_loop(), []
+
+    def later(n):
+        if n:
+            loop.call_soon(later, n - 1)
+        else:
+            asked.append(task.cancel())                              # False: the task had ended already
+    later(turns)
+    try:
+        got = await task
+    except asyncio.CancelledError:
+        return None
+    return got if asked == [True] else None
+
+
 class Watched:
     """An Engine over ``services`` recording ("result", ok) and ("effect", kind) in order, and its log lines."""
 

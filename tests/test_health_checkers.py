@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from conftest import needs_root
-from health_harness import REAL, Watched, one_real
+from health_harness import REAL, Watched, lost_cancel, one_real
 from xlb.health.state import REAL_DOWN, REAL_UP, WEIGHT
 from xlb.lab.netns import Topology
 from xlb.lab.process import in_netns
@@ -317,19 +317,7 @@ def test_a_udp_check_cancelled_as_its_reply_comes_ends(ns):
             except BlockingIOError:
                 pass
         server.sendto(b"OK", peer)                                   # the reply waits in the check's socket
-        loop, asked = asyncio.get_running_loop(), []
-
-        def later(n):
-            if n:
-                loop.call_soon(later, n - 1)
-            else:
-                asked.append(task.cancel())                          # False: the check had ended already
-        later(k)
-        try:
-            got = await task
-        except asyncio.CancelledError:
-            return None
-        return got if asked == [True] else None
+        return await lost_cancel(task, k)
 
     try:
         lost = {k: got for k in range(8) if (got := run(one(k))) is not None}

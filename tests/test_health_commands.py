@@ -8,7 +8,7 @@ import tempfile
 import time
 
 from conftest import needs_root
-from health_harness import REAL, Watched, one_real
+from health_harness import REAL, Watched, lost_cancel, one_real
 from xlb.health import commands
 from xlb.health.state import REAL_DOWN, REAL_UP
 
@@ -121,20 +121,7 @@ def test_a_cancel_that_comes_as_the_command_exits_is_not_lost():
         task = asyncio.create_task(commands.run(["/bin/true"], 5))
         await asyncio.sleep(0)                                       # the command runs, the task waits for it
         os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)              # until it exited (left for run() to reap)
-        loop = asyncio.get_running_loop()
-        asked = []
-
-        def later(n):
-            if n:
-                loop.call_soon(later, n - 1)
-            else:
-                asked.append(task.cancel())                          # False: the task had ended already
-        later(k)
-        try:
-            got = await task
-        except asyncio.CancelledError:
-            return None
-        return got if asked == [True] else None
+        return await lost_cancel(task, k)
 
     lost = {k: got for k in range(8) if (got := asyncio.run(one(k))) is not None}
     assert not lost
