@@ -55,7 +55,7 @@ fuzz: setup
 	$(PY) tests/fuzz.py $(FUZZ_COUNT) $(FUZZ_SEED)
 
 # The soak (docs/reliability.md "Soak", "Faults"): tests/test_soak.py with SOAK_SECONDS per test (10 minutes
-# each; the suite runs 30 s and 24 s). Root. Prints its figures as "soak figures: {...}".
+# each; the suite runs 60 s and 24 s). Root. Prints its figures as "soak figures: {...}".
 SOAK_SECONDS ?= 600
 soak: setup
 	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -q -s -m soak tests/test_soak.py
