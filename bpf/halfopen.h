@@ -38,24 +38,6 @@ static __always_inline int half_open_promotes(struct pkt *p)
 	return (p->tcp_flags & (XLB_TCP_SYN | XLB_TCP_ACK | XLB_TCP_RST)) == XLB_TCP_ACK;
 }
 
-/* Hand a half-open connection's handshake ACK to xlb_promote (its own program: the entry's verifier budget). */
-static __always_inline int promote_handoff(struct xdp_md *ctx, struct pkt *p, struct conn *c, __u64 now, __u32 gen,
-					   __u32 slot, __u64 bytes)
-{
-	__u32 zero = 0;
-	struct handoff *h = handoffs.lookup(&zero);
-	if (!h)
-		return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);
-	h->p = *p;
-	h->old = *c;
-	h->now = now;
-	h->gen = gen;
-	h->flow_idx = slot;
-	h->bytes = bytes;
-	progs.call(ctx, XLB_PROG_PROMOTE);
-	return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);  /* the tail call failed: the loader did not fill progs */
-}
-
 /* A persistent service's template the half-open connection created moves to persist with it (a client's template
  * stays where a flood cannot reach it only once the client answered). */
 static __always_inline void promote_template(struct pkt *p, struct settings *st, struct conn *c)

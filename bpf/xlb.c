@@ -125,6 +125,22 @@ static __always_inline int tail_call(struct xdp_md *ctx, __u32 prog, __u64 bytes
 	return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);
 }
 
+/* Hand a half-open connection's handshake ACK to xlb_promote (its own program: the entry's verifier budget). */
+static __always_inline int promote_handoff(struct xdp_md *ctx, struct pkt *p, struct conn *c, __u64 now, __u32 gen,
+					   __u32 slot, __u64 bytes)
+{
+	struct handoff *h = handoff();
+	if (!h)
+		return verdict(XLB_DROP_INTERNAL, XDP_PASS, bytes);
+	h->p = *p;
+	h->old = *c;
+	h->now = now;
+	h->gen = gen;
+	h->flow_idx = slot;
+	h->bytes = bytes;
+	return tail_call(ctx, XLB_PROG_PROMOTE, bytes);
+}
+
 static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes)
 {
 	__u32 zero = 0;
