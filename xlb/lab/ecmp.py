@@ -17,7 +17,6 @@ sync is cut with its traffic, as a pulled cable would).
 """
 import os
 import resource
-import selectors
 import signal
 import socket
 import time
@@ -34,7 +33,7 @@ from .bird import Bird, bird_conf, bird_routes, session
 from .demo import run_xlb_logged, xdp_prog_id
 from .netns import Topology
 from .process import in_netns
-from .servers import tcp_line_name_server
+from .servers import ask_lines, tcp_line_name_server
 
 PORT = 80
 REALS = ["198.18.0.11", "198.18.0.12", "198.18.0.13"]
@@ -63,7 +62,6 @@ class Conn:
 
     def __init__(self, service, client, sock, real):
         self.service, self.client, self.sock, self.real = service, client, sock, real
-        self.buf = b""
 
 
 class EcmpLab(Lab):
@@ -297,30 +295,5 @@ def _line(s):
 
 def probe(conns, timeout=10.0):
     """Ask on every connection again; the set of those that broke (reset, closed, silent, or another real)."""
-    broken, sel = set(), selectors.DefaultSelector()
-    for c in conns:
-        try:
-            c.sock.sendall(b"?\n")
-        except OSError:
-            broken.add(c)
-            continue
-        c.sock.setblocking(False)
-        sel.register(c.sock, selectors.EVENT_READ, c)
-    deadline = time.monotonic() + timeout
-    while sel.get_map() and time.monotonic() < deadline:
-        for key, _ in sel.select(max(0.0, deadline - time.monotonic())):
-            c = key.data
-            try:
-                data = c.sock.recv(256)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            c.buf += data
-            if not data or b"\n" in c.buf:
-                sel.unregister(c.sock)
-                if not data or c.buf.split(b"\n")[0].decode().strip() != c.real:
-                    broken.add(c)
-    broken.update(key.data for key in sel.get_map().values())   # silent until the deadline
-    sel.close()
-    return broken
+    replies = ask_lines([c.sock for c in conns], timeout)
+    return {c for c, reply in zip(conns, replies) if reply.strip() != c.real}

@@ -6,6 +6,7 @@ import ipaddress
 import selectors
 import socket
 import struct
+import time
 
 from .process import notifies_ready, notify_ready
 
@@ -112,6 +113,42 @@ def tcp_ask(src, dst, port, timeout=3.0):
 
 
 @notifies_ready
+def ask_lines(socks, timeout):
+    """Send "?" on every connected socket (left non-blocking) and read one line back from each within `timeout`;
+    the lines in order, each the reply's first line, or "error: ..." for a connection that failed, closed or gave
+    no line in time (tcp_line_name_server answers every line with its name)."""
+    replies = [None] * len(socks)
+    bufs = [b""] * len(socks)
+    sel = selectors.DefaultSelector()
+    for i, s in enumerate(socks):
+        try:
+            s.sendall(b"?\n")
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ, i)
+        except OSError as e:
+            replies[i] = f"error: {e}"
+    deadline = time.monotonic() + timeout
+    while sel.get_map() and time.monotonic() < deadline:
+        for key, _ in sel.select(max(0.0, deadline - time.monotonic())):
+            i = key.data
+            try:
+                data = key.fileobj.recv(4096)
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                data, replies[i] = b"", f"error: {e}"
+            if not data:
+                replies[i] = replies[i] or "error: closed"
+                sel.unregister(key.fileobj)
+                continue
+            bufs[i] += data
+            if b"\n" in bufs[i]:
+                replies[i] = bufs[i].split(b"\n", 1)[0].decode()
+                sel.unregister(key.fileobj)
+    sel.close()
+    return [r if r is not None else "error: no answer" for r in replies]
+
+
 def tcp_line_name_server(name, addresses_ports):
     """Serve forever: keep each TCP connection open and answer every line received with `name\\n`.
 

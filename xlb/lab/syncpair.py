@@ -10,7 +10,6 @@ A failover is a cut of the active balancer's bridge port: the other's keepalived
 VIP and announces it by gratuitous ARP; the client's packets then reach the other balancer's xlb.
 """
 import os
-import selectors
 import shutil
 import socket
 import tempfile
@@ -24,7 +23,7 @@ from ..ops import control
 from .base import Lab
 from .netns import Topology
 from .process import PipedChild, enter_netns, run_in_netns
-from .servers import tcp_ask, tcp_echo_name_server, tcp_line_name_server
+from .servers import ask_lines, tcp_ask, tcp_echo_name_server, tcp_line_name_server
 
 VIP = "198.51.100.10"
 LAN = "198.18.0"
@@ -232,42 +231,9 @@ def _fleet(conn, ns, sources, dst, port):
             break
         if timeout is None:
             break
-        conn.send(_ask_lines(socks, timeout))
+        conn.send(ask_lines(socks, timeout))
     for s in socks:
         s.close()
-
-
-def _ask_lines(socks, timeout):
-    replies = [None] * len(socks)
-    bufs = [b""] * len(socks)
-    sel = selectors.DefaultSelector()
-    for i, s in enumerate(socks):
-        try:
-            s.send(b"?\n")
-            sel.register(s, selectors.EVENT_READ, i)
-        except OSError as e:
-            replies[i] = f"error: {e}"
-    deadline = time.monotonic() + timeout
-    while sel.get_map() and time.monotonic() < deadline:
-        for key, _ in sel.select(max(0.0, deadline - time.monotonic())):
-            i = key.data
-            try:
-                data = key.fileobj.recv(4096)
-            except BlockingIOError:
-                continue
-            except OSError as e:
-                data, replies[i] = b"", f"error: {e}"
-            if not data:
-                replies[i] = replies[i] or "error: closed"
-                sel.unregister(key.fileobj)
-                continue
-            bufs[i] += data
-            if b"\n" in bufs[i]:
-                replies[i] = bufs[i].split(b"\n", 1)[0].decode()
-                bufs[i] = b""
-                sel.unregister(key.fileobj)
-    sel.close()
-    return [r if r is not None else "error: no answer" for r in replies]
 
 
 class LineFleet(PipedChild):
