@@ -178,3 +178,29 @@ def test_a_failing_real_stays_out_of_the_maps_through_reloads(log_path):
         lab.topo.spawn(lab.rs[1], tcp_echo_name_server, "h2", [("0.0.0.0", HEALTH_PORT)])
         wait_for(lambda: REALS4[1] in pool(lab), what="the real back in the maps")
         assert lab.daemon.is_alive()
+
+
+def test_a_service_given_health_keys_writes_an_alpha_real_down_before_its_engine_starts(tmp_path):
+    """keepalived: a real without alpha starts up, one with alpha starts down. The daemon writes
+    health.effective(config) before it starts the engine a reload asks for: a service that had no health keys (or a
+    new one) must not show its alpha reals up there, not even until the engine's first report."""
+    plain = xread.parse('[[service]]\nvip = "198.51.100.10"\nport = 80\nproto = "tcp"\n'
+                        f'real = [{{address = "{A}"}}, {{address = "{B}"}}, {{address = "{C}"}}]\n')
+    misc = f'check = {{kind = "MISC_CHECK", misc_path = ["/usr/bin/test", "-e", "{tmp_path}/x"]}}'
+    checked = xread.parse(f'[[service]]\nvip = "198.51.100.10"\nport = 80\nproto = "tcp"\ndelay_loop = 60\n'
+                          f'warmup = 0\nreal = [{{address = "{A}", {misc}}}, {{address = "{B}", alpha = true, {misc}}}, '
+                          f'{{address = "{C}", alpha = true, inhibit_on_failure = true, {misc}}}]\n')
+    checks = Checks(lambda: None, lambda line: None)
+
+    def reals(cfg):
+        (svc,) = checks.effective(cfg).services
+        return {str(r.address): (r.weight, r.failed) for r in svc.reals}
+    try:
+        checks.update(plain)
+        assert reals(plain) == {A: (1, ""), B: (1, ""), C: (1, "")}
+        want = {A: (1, ""), B: (0, "removed"), C: (0, "inhibited")}
+        assert reals(checked) == want              # before the engine starts: what it will start with
+        checks.update(checked)
+        assert reals(checked) == want              # its first report (no check has run: delay_loop 60)
+    finally:
+        checks.close()

@@ -127,6 +127,17 @@ class ServiceState:
         return (a, p or _service_port(self.spec))
 
 
+def start_pool(spec):
+    """(pool, dead keys) a service's engine starts from, before any check ran: a real with an alpha checker down,
+    the others up (Core.start for a real new to it; the quorum's sorry server comes with the engine's first report).
+    What the daemon writes for a service whose engine has not started yet."""
+    s = ServiceState(spec)
+    for r in s.reals:
+        r.alive = not any(hspec.resolve(c, r.spec, spec).alpha for c in r.spec.checks)
+        s.track(r)
+    return s.pool(), frozenset(s.dead)
+
+
 TIMING = dict.fromkeys(("where", "connect_timeout", "retry", "delay_before_retry", "delay_loop", "warmup", "alpha",
                         "log_all_failures", "misc_timeout"))
 

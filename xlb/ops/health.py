@@ -21,6 +21,7 @@ import time
 
 from ..config.model import Real
 from ..health.engine import Engine
+from ..health.state import start_pool
 from .viavip import ViaVip
 
 
@@ -84,8 +85,15 @@ class Checks:
     def effective(self, cfg):
         """What the maps should hold for ``cfg``: the pools the engines of its services last reported. Before a
         reload's engines replace the old ones, a real the old engine failed stays failed and a real new to the
-        service waits for its engine (:func:`effective`): the data plane sees no up the checks did not say."""
-        return effective(cfg, {k: self.pools[k] for k in list(self.engines) if k in self.pools})
+        service waits for its engine (:func:`effective`); a service with no engine yet (new, or given health keys)
+        holds what its engine will start with (state.start_pool: alpha reals down). The data plane sees no up the
+        checks did not say."""
+        pools = {k: self.pools[k] for k in list(self.engines) if k in self.pools}
+        for s in cfg.services:
+            if s.health is not None and s.key not in pools:   # its engine starts after this write: as it will
+                pool, dead = start_pool(s.health)
+                pools[s.key] = (pool, frozenset(addr for addr, _port in dead))
+        return effective(cfg, pools)
 
     def _ensure_loop(self):
         if self.loop is None:
