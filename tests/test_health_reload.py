@@ -204,3 +204,43 @@ def test_a_service_given_health_keys_writes_an_alpha_real_down_before_its_engine
         assert reals(checked) == want              # its first report (no check has run: delay_loop 60)
     finally:
         checks.close()
+
+
+def test_a_check_that_ignores_the_halt_does_not_hold_a_reload(tmp_path, monkeypatch):
+    """A reload halts the old engine's checks under the daemon's lock. One that ignores its cancel (a checker
+    stuck beyond asyncio's reach) must not hold the reload: after halt_timeout the new engine takes over, as a
+    keepalived reload always does, with a log line that says so, and the daemon goes on answering."""
+    import asyncio
+    import threading
+    from xlb.health import file as hfile
+    entered, release = threading.Event(), threading.Event()
+
+    async def stubborn(self):
+        entered.set()
+        while not release.is_set():
+            try:
+                await asyncio.sleep(0.02)
+            except asyncio.CancelledError:
+                pass            # ignores the halt
+        return Result(True, "released")
+    monkeypatch.setattr(hfile.FileChecker, "check", stubborn)
+    lines = []
+    checks = Checks(lambda: None, lines.append)
+    checks.halt_timeout = 0.2
+
+    def cfg(delay):
+        return xread.parse(f'[[service]]\nvip = "198.51.100.10"\nport = 80\nproto = "tcp"\ndelay_loop = {delay}\n'
+                           f'warmup = 0\nconnect_timeout = 3600\nreal = [{{address = "{A}", check = '
+                           f'{{kind = "FILE_CHECK", track_file = "{tmp_path}/w"}}}}]\n')
+    try:
+        checks.update(cfg(1))
+        (key,) = checks.engines
+        old = checks.engines[key][1]
+        assert entered.wait(10)
+        checks.update(cfg(2))                      # before: blocked 30 s, then raised TimeoutError
+        assert checks.engines[key][1] is not old
+        assert any("did not stop within 0.2 s of the reload: replaced anyway" in ln for ln in lines), lines
+        assert checks.status()[0]["reals"][0]["alive"]   # the new engine answers, the real as it was
+    finally:
+        release.set()
+        checks.close()

@@ -38,6 +38,7 @@ class Engine:
         self.driven = []       # the callback-driven checkers (_Driven)
         self.wheel = None
         self.poller = None
+        self.halted = False
         self.stopped = None    # a future run() waits on
         self.durations = {}    # kind -> [count, total seconds]: what a metrics collector will read
 
@@ -48,6 +49,7 @@ class Engine:
         self.wheel = Wheel(loop)
         self.poller = Poller(loop, self.log)
         self.stopped = loop.create_future()
+        self.halted = False
         for due, c in self.core.start(self.clock(), carry=carry.core if carry is not None else None):
             chk = self.checkers[id(c)]
             if getattr(chk, "begin", None) is not None:
@@ -65,11 +67,17 @@ class Engine:
         finally:
             await self.stop()
 
-    async def halt(self):
-        """Stop every checker: no result comes in any more (the states stay as they are)."""
+    async def halt(self, timeout=None):
+        """Stop every checker: no result comes in any more (the states stay as they are). Returns False when a
+        checker did not end within ``timeout`` seconds of being cancelled (a checker that ignores it): it is left
+        to end on its own, and what it reports then changes this halted engine only."""
+        self.halted = True      # a checker that ignored its cancel does not run again (_loop)
         for t in self.tasks:
             t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        halted = True
+        if self.tasks:
+            _done, stuck = await asyncio.wait(self.tasks, timeout=timeout)
+            halted = not stuck
         self.tasks = []
         for d in self.driven:
             d.abort()
@@ -79,11 +87,12 @@ class Engine:
             self.poller.close()
         if self.stopped is not None and not self.stopped.done():
             self.stopped.cancel()
+        return halted
 
     async def stop(self, timeout=5.0, successor=None):
         """halt(), then the shutdown notifiers (``successor``: the engine that goes on after a reload: what it
         still has is left alone, state.Core.stop) and the commands still running."""
-        await self.halt()
+        await self.halt(timeout)
         self.core.stop(successor.core if successor is not None else None)
         await self.runner.drain(timeout)
 
@@ -106,10 +115,12 @@ class Engine:
 
     async def _loop(self, c, due):
         chk = self.checkers[id(c)]
-        while True:
+        while not self.halted:
             await self._sleep_until(due)
             started = self.clock()
             result = await self.attempt(chk)
+            if self.halted:     # it ignored the halt's cancel: its result is no longer wanted
+                return
             due = self.record(c, chk, result, started, self.clock())
 
     @staticmethod

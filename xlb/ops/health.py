@@ -25,6 +25,9 @@ from ..health.state import start_pool
 from .viavip import ViaVip
 
 
+HALT_TIMEOUT = 2.0   # seconds a reload waits for an engine's checks to end once cancelled (normally: at once)
+
+
 class _Engine(Engine):
     """The engine, counting results by checker kind for the metrics."""
 
@@ -81,6 +84,7 @@ class Checks:
         self.loop = None
         self.thread = None
         self.via = ViaVip(log)  # check_via_vip's marks and policy routes
+        self.halt_timeout = HALT_TIMEOUT
 
     def effective(self, cfg):
         """What the maps should hold for ``cfg``: the pools the engines of its services last reported. Before a
@@ -124,15 +128,19 @@ class Checks:
             if old is None:
                 self._call(engine.start())
             else:
-                self._call(self._replace(old[1], engine))
+                self._call(self._replace(key, old[1], engine))
                 self._count(old[1])
         self.via.keep_only({self.via.key(c.check) for _, e in self.engines.values()
                             for c in e.core.checkers if c.check.via})
 
-    async def _replace(self, old, new):
+    async def _replace(self, key, old, new):
         """On the loop: the old engine's checks stop, the new one starts from their states, then the old one's
-        shutdown (the notifiers of what the new one no longer has)."""
-        await old.halt()
+        shutdown (the notifiers of what the new one no longer has). A check that does not end within
+        halt_timeout of its cancel does not hold the reload (nor the daemon's lock): the new engine takes over
+        anyway, as keepalived's reload always does, and what the stuck check reports later goes nowhere."""
+        if not await old.halt(self.halt_timeout):
+            self.log(f"xlb: health checks of VS {self.names[key]} did not stop within {self.halt_timeout:g} s of "
+                     "the reload: replaced anyway (their late results are ignored)")
         try:
             await new.start(carry=old)
         finally:
