@@ -106,21 +106,23 @@ def test_check_via_vip_on_a_fwmark_service_needs_connect_ip():
     assert resolve(h.reals[0].checks[0], h.reals[0], h).via == "198.18.1.2"
 
 
-def test_check_via_vip_on_a_tun_service_wraps_in_ipip_only():
-    """A tun service's checks via the VIP carry its tunnel (the daemon wraps them in IPIP, bpf/hcencap.c); GUE
-    and GRE, and a real of the other family, are refused with the check's place and line."""
-    tun = 'check_via_vip = true\nmethod = "tun"\n'
-    text = BASE.replace("delay_loop = 5\n", f"delay_loop = 5\n{tun}")
+@pytest.mark.parametrize("tunnel, kind", [
+    ("", "ipip"),
+    ('tunnel_type = "gue"\ntunnel_port = 5555\ntunnel_csum = "csum"\n', "gue"),
+    ('tunnel_type = "gue"\ntunnel_gue_header = false\n', "gue"),
+    ('tunnel_type = "gre"\ntunnel_csum = "csum"\n', "gre"),
+])
+@pytest.mark.parametrize("real", ["198.18.1.2", "2001:db8::2"])
+def test_check_via_vip_on_a_tun_service_carries_its_tunnel(tunnel, kind, real):
+    """A tun service's checks via the VIP carry its tunnel, every type, to a real of either family (the daemon
+    wraps them as the data plane wraps a client's packets, bpf/hcencap.c); a real with no check_via_vip none."""
+    tun = f'check_via_vip = true\nmethod = "tun"\n{tunnel}'
+    text = BASE.replace("delay_loop = 5\n", f"delay_loop = 5\n{tun}").replace('address = "198.18.1.2"',
+                                                                             f'address = "{real}"')
     h = read.parse(text, "xlb.toml").services[0].health
     via = resolve(h.reals[0].checks[0], h.reals[0], h)
-    assert (via.connect_ip, via.via, via.via_tunnel.type) == ("198.51.100.10", "198.18.1.2", "ipip")
-    with pytest.raises(ConfigError, match=r"xlb.toml: line \d+: service\[0\].real\[0\].check\[0\]: "
-                                          r"check_via_vip through a gre tunnel is not supported by xlb "
-                                          r"\(tunnel_type \"ipip\" only\)"):
-        read.parse(text.replace(tun, tun + 'tunnel_type = "gre"\n'), "xlb.toml")
-    with pytest.raises(ConfigError, match=r"service\[0\].real\[0\].check\[0\]: check_via_vip wraps checks to "
-                                          r"198.51.100.10 only in a tunnel of the same family"):
-        read.parse(text.replace('address = "198.18.1.2"', 'address = "2001:db8::2"'), "xlb.toml")
+    assert (via.connect_ip, via.via, via.via_tunnel.type) == ("198.51.100.10", real, kind)
+    assert via.via_tunnel == read.parse(text, "xlb.toml").services[0].tunnel
     plain = read.parse(BASE.replace("delay_loop = 5\n", 'delay_loop = 5\nmethod = "tun"\n'), "xlb.toml")
     assert resolve(plain.services[0].health.reals[0].checks[0], plain.services[0].health.reals[0],
                    plain.services[0].health).via_tunnel is None

@@ -1,5 +1,6 @@
 """bpf/hcencap.c loaded and attached: the TC egress program that wraps check_via_vip's checks to tunnel reals in
-IPIP (xlb/ops/viavip.py decides the marks). Attached with pyroute2 to a clsact qdisc's egress hook, as one filter
+their service's tunnel, with the struct tunnel the data plane's tunnels map holds for them (xlb/dataplane/
+tunnels.py entry; xlb/ops/viavip.py decides the marks). Attached with pyroute2 to a clsact qdisc's egress hook, as one filter
 at its own priority: only that filter is ever removed (a stale one of a killed run first, then ours at close)."""
 import ctypes as ct
 import ipaddress
@@ -14,11 +15,11 @@ from ..errors import KernelError
 
 EGRESS = "ffff:fff3"      # clsact's egress hook
 PRIO = 0x584C             # "XL": our filter's priority on that hook
-FAMILY = {4: 4, 6: 6}     # ipaddress version -> hc_dst.family (bpf/hcencap.c HC_AF_*)
 
 
 class HcEncap:
-    """``set(mark, outer_source, real, ifindex)`` wraps packets of that mark leaving ``ifindex`` toward ``real``;
+    """``set(mark, tunnel, real, ifindex)`` wraps packets of that mark leaving ``ifindex`` toward ``real`` as
+    ``tunnel`` (a structs.Tunnel) says;
     ``unset(mark)``; ``close()`` removes the filters. Compiled on first use."""
 
     def __init__(self, log=print):
@@ -33,7 +34,8 @@ class HcEncap:
             kheaders.ensure_kernel_headers(log=self.log)
             bcc = import_bcc()
             try:
-                self.bpf = bcc.BPF(src_file=str(BPF_DIR / "hcencap.c").encode(), cflags=["-Wno-unused-function"])
+                self.bpf = bcc.BPF(src_file=str(BPF_DIR / "hcencap.c").encode(),
+                                   cflags=["-Wno-unused-function", f"-I{BPF_DIR}"])
                 self.func = self.bpf.load_func(b"xlb_hc_encap", bcc.BPF.SCHED_CLS)
             except Exception as exc:  # bcc raises bare Exception; its compiler output went to stderr
                 self.bpf = None
@@ -62,15 +64,19 @@ class HcEncap:
         except NetlinkError:
             pass
 
-    def set(self, mark, source, real, ifindex):
+    def set(self, mark, tunnel, real, ifindex):
         self._load()
         self._attach(ifindex)
+        self.fill(mark, tunnel, real)
+
+    def fill(self, mark, tunnel, real):
+        """The map's entry only (BPF_PROG_TEST_RUN needs no attachment)."""
+        self._load()
         table = self.bpf[b"hc_reals"]
         leaf = table.Leaf()
-        src, dst = ipaddress.ip_address(source), ipaddress.ip_address(real)
-        ct.memmove(ct.addressof(leaf.saddr), src.packed, len(src.packed))
-        ct.memmove(ct.addressof(leaf.daddr), dst.packed, len(dst.packed))
-        leaf.family = FAMILY[dst.version]
+        ct.memmove(ct.addressof(leaf.t), ct.addressof(tunnel), ct.sizeof(tunnel))
+        dst = ipaddress.ip_address(real).packed
+        ct.memmove(ct.addressof(leaf.daddr), dst, len(dst))
         table[table.Key(mark)] = leaf
 
     def unset(self, mark):
@@ -82,7 +88,7 @@ class HcEncap:
                 pass
 
     def counts(self):
-        """(wrapped, not ours, wrong family, failed) packets."""
+        """(wrapped, not ours, not IP, failed) packets."""
         if self.bpf is None:
             return (0, 0, 0, 0)
         return tuple(int(v.value) for v in self.bpf[b"hc_counts"].values())
