@@ -1,7 +1,7 @@
 """bpf/hcencap.c loaded and attached: the TC egress program that wraps check_via_vip's checks to tunnel reals in
-their service's tunnel, with the struct tunnel the data plane's tunnels map holds for them (xlb/dataplane/
-tunnels.py entry; xlb/ops/viavip.py decides the marks). Attached with pyroute2 to a clsact qdisc's egress hook, as one filter
-at its own priority: only that filter is ever removed (a stale one of a killed run first, then ours at close)."""
+their service's tunnel, with the struct tunnel the data plane's tunnels map holds for them (tunnels.py entry;
+xlb/ops/viavip.py decides the marks). Attached with pyroute2 to a clsact qdisc's egress hook, as one filter at its
+own priority: only that filter is ever removed (a stale one of a killed run first, then ours at close)."""
 import ctypes as ct
 import ipaddress
 
