@@ -8,9 +8,10 @@ import pytest
 from conftest import needs_root
 
 from cases import REDIRECT, V4
-from harness import LB1_MAC, REAL_MAC, tcp4, vs, write
+from harness import LB1_MAC, REAL_MAC, conn_key, lookup_conn, tcp4, vs, write
 from natframes import R4, nat_in, nat_out, reply, run, svc
 from xlb.config import read as xread
+from xlb.dataplane import structs as S
 from xlb.dataplane.apply import DataPlane
 from xlb.errors import ConfigError
 from xlb.health import spec as hspec
@@ -18,6 +19,8 @@ from xlb.importers.keepalived import translate as keepalived
 from xlb.observe import metrics
 from xlb.ops import admin, ipvsadm, listings
 from xlb.ops.health import effective
+from xlb.ops.sync import load_entries, to_wire
+from xlb.sync import wire
 
 TWO = svc(V4, 80, "tcp", [(R4, 8080), (R4, 8081)])
 CHECKED = TWO.replace("  port = 8081\n", "  port = 8081\n    [service.real.check]\n    kind = \"TCP_CHECK\"\n"
@@ -134,3 +137,22 @@ def test_adopt_keeps_each_ports_real_id_and_a_health_failure_takes_one(bench):
     for i in range(4):
         syn = tcp4(sport=42000 + i)
         assert bench.run(syn) == (REDIRECT, nat_in(syn, R4, 8080, LB1_MAC, REAL_MAC[R4]))
+
+
+@needs_root
+def test_state_sync_names_the_real_by_its_port(bench):
+    """IPVS's sync entries carry the destination port: a backup puts a received connection on the real with that
+    port, and a master sends its real's own port (IPVS's dport), not the service's."""
+    dp = bench.reset(TWO)
+    ip = ipaddress.ip_address
+    conn = wire.SyncConn(wire.IPPROTO_TCP, ip("203.0.113.7"), 43000, ip(V4), 80, ip(R4), 8081, wire.CONN_F_MASQ,
+                         wire.TCP_S_ESTABLISHED, 0, 900)
+    assert load_entries(dp, [conn]) == {"loaded_conns": 1}
+    rid = dp.real_ids.get((KEY, ip(R4), 8081))
+    assert lookup_conn(dp, tcp4(sport=43000)).real_id == rid
+    syn = tcp4(sport=43000, flags="A")
+    assert bench.run(syn) == (REDIRECT, nat_in(syn, R4, 8081, LB1_MAC, REAL_MAC[R4]))
+    st = dp.services[KEY]
+    ev = S.SyncEvent(key=conn_key(syn), svc_id=st.id, real_id=rid, state=S.CONN_STATE["est"])
+    (out,) = to_wire(ev, st, ip(R4), dp.config.timeouts, 8081)
+    assert (out.daddr, out.dport, out.vport) == (ip(R4), 8081, 80)
