@@ -124,15 +124,16 @@ def real_text(address, port) -> str:
     return f"{address}:{port}" if ipaddress.ip_address(address).version == 4 else f"[{address}]:{port}"
 
 
-def real_labels(reals, port=None) -> list:
-    """How `xlb top`, traces and the metrics' ``real`` label name each of one service's ``reals`` (Reals, or
-    (address, port) pairs): by its address, or where two of them share the address (NAT to two ports) by address
-    and port (real_text; a real with no port of its own takes ``port``, the service's)."""
-    pairs = [(r.address, r.port) if isinstance(r, Real) else r for r in reals]
+def real_labels(pairs, port=None) -> list:
+    """How `xlb top`, traces and the metrics' ``real`` label name each of one service's reals, given as (address
+    text, its own port or None) pairs: by its address, or where two of them share the address (NAT to two ports)
+    by address and port (real_text; a real with no port of its own takes ``port``, the service's)."""
     seen, shared = set(), set()
     for a, _ in pairs:
-        (shared if str(a) in seen else seen).add(str(a))
-    return [real_text(a, p or port or 0) if str(a) in shared else str(a) for a, p in pairs]
+        (shared if a in seen else seen).add(a)
+    if not shared:
+        return [a for a, _ in pairs]
+    return [real_text(a, p or port or 0) if a in shared else a for a, p in pairs]
 
 
 def fwmark_key(family, mark) -> tuple:

@@ -77,6 +77,12 @@ class Templates:
 _layouts = weakref.WeakKeyDictionary()   # DataPlane -> (the config it was built for, layout)
 
 
+
+def real_names(st, reals) -> list:
+    """How metrics, `xlb top` and traces name the reals of one layout() entry (config.model.real_labels): their
+    addresses, with the port where two share one."""
+    return real_labels([(a, r.port) for r, _, a in reals], st.svc.port)
+
 class Reader:
     """What DataPlane reads back from its maps."""
 
@@ -160,8 +166,8 @@ class Reader:
     def real_addresses(self):
         """{real id: address text (with its port where two reals of its service share the address)} of the
         configured reals."""
-        return {rid: text for st, reals in self.layout()
-                for (_, rid, _), text in zip(reals, real_labels(st.svc.reals, st.svc.port)) if rid is not None}
+        return {rid: text for st, reals in self.layout() for (_, rid, _), text in zip(reals, real_names(st, reals))
+                if rid is not None}
 
     def rule_of(self, rule_id):
         """The applied config's mark rule with this id, or None."""

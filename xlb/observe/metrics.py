@@ -61,8 +61,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from .. import __version__
-from ..config.model import real_labels
 from ..dataplane import structs as S
+from ..dataplane.reader import real_names
 from ..errors import XlbError
 
 DEFAULT_PORT = 9842
@@ -153,7 +153,7 @@ class _Layout:
         self.sids = np.array([st.id for st, _ in svcs], np.int64)
         self.svc_keys = [st.key_bytes for st, _ in svcs]
         self.labels = {SV: [(st.svc.name,) for st, _ in svcs],
-                       RL: [(st.svc.name, label) for st, _ in svcs for label in real_labels(st.svc.reals, st.svc.port)]}
+                       RL: [(st.svc.name, label) for st, reals in svcs for label in real_names(st, reals)]}
         self.labels[RL + ("state",)] = [lv + (state,) for lv in self.labels[RL] for state in REAL_STATES]
         self.rids = np.array([-1 if rid is None else rid for _, reals in svcs for _, rid, _ in reals], np.int64)
         self.weights = np.array([r.weight for _, reals in svcs for r, _, _ in reals], np.int64)

@@ -3,9 +3,9 @@
 Per-CPU counter arrays are read by the data plane's reader (xlb/dataplane/reader.py ``percpu_counters``) with one
 BPF_MAP_LOOKUP_BATCH per map, not a lookup per slot: a `stats` snapshot of 1000 services x 10 reals is a handful of
 syscalls."""
-from ..config.model import real_labels
 from ..dataplane import structs as S
 from ..dataplane.reader import percpu_counters  # noqa: F401  (xlb decap and tests sum their counters with it)
+from ..dataplane.reader import real_names
 
 
 ZERO = (0, 0, 0)
@@ -44,7 +44,7 @@ def snapshot(dp):
     for st, reals in dp.layout():
         packets, bytes_, conns = counts.service(st.id)
         out = []
-        for (r, rid, _), address in zip(reals, real_labels(st.svc.reals, st.svc.port)):
+        for (r, rid, _), address in zip(reals, real_names(st, reals)):
             rp, rb, rc = counts.real(rid)
             active, inactive = live.get(rid, (0, 0))
             out.append({"address": address, "weight": r.weight, "packets": rp, "bytes": rb, "conns": rc,
