@@ -27,7 +27,7 @@ B = (svc("198.51.100.10", [(R[0], "  weight = 5\n"), (R[2], ""), ("198.18.0.14",
 
 
 def expected_real(dp, svc, r):
-    rid = dp.real_ids.get((svc.key, r.address))
+    rid = dp.real_ids.get((svc.key, r.address, r.port or 0))
     return rid, S.Real(addr=S.addr_words(addr_bytes(r.address)), gen=dp.gens[rid], svc_id=dp.services[svc.key].id,
                        weight=r.weight, family=svc.family, flags=S.REAL_F_LIVE, uthreshold=r.uthreshold,
                        lthreshold=r.lthreshold)
@@ -53,7 +53,7 @@ def check_maps(dp, removed=()):
         assert bytes(dp.m["services"][svc_key(s)]) == bytes(expected_meta(dp, s)), s.name
         off, n = st.region
         assert [dp.m["sched_slots"][ct.c_uint32(i)].value for i in range(off, off + n)] == st.table
-        assert sorted(set(st.table)) == sorted(dp.real_ids.get((s.key, r.address)) for r in s.reals if r.weight)
+        assert sorted(set(st.table)) == sorted(dp.real_ids.get((s.key, r.address, r.port or 0)) for r in s.reals if r.weight)
     assert {bytes(k) for k in dp.m["services"].keys()} == {bytes(svc_key(s)) for s in dp.config.services}
     for rid in removed:
         assert bytes(reals[ct.c_uint32(rid)]) == bytes(S.Real(gen=dp.gens[rid]))

@@ -27,7 +27,7 @@ def svc(scheduler, reals, extra="", port=80, proto="tcp"):
 
 def rid(dp, addr, port=80):
     (st,) = [s for s in dp.services.values() if s.svc.port == port]
-    return dp.real_ids.get((st.svc.key, ipaddress.ip_address(addr)))
+    return dp.real_ids.get((st.svc.key, ipaddress.ip_address(addr), 0))
 
 
 def counts(dp, addr):

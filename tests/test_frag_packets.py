@@ -82,7 +82,7 @@ def test_first_fragment_recorded(bench):
     for vip, real, client, ident, fam in ((V4, "198.18.0.12", C4, (77).to_bytes(2, "big") + b"\0\0", 4),
                                           (V6, "2001:db8::12", C6, (0x1234).to_bytes(4, "big"), 6)):
         key = ("udp", ipaddress.ip_address(vip), 53)
-        rid = dp.real_ids.get((key, ipaddress.ip_address(real)))
+        rid = dp.real_ids.get((key, ipaddress.ip_address(real), 0))
         k = (ipaddress.ip_address(client).packed.ljust(16, b"\0"), ipaddress.ip_address(vip).packed.ljust(16, b"\0"),
              int.from_bytes(ident, "little"), 17, fam)
         want[k] = (rid, dp.m["reals"][rid].gen, dp.services[key].id)

@@ -80,7 +80,7 @@ def test_reschedule_moves_the_packet_at_once(bench):
     act, now = send(bench, tcp4(flags="PA", payload=DATA))
     assert act == "XDP_TX" and now != real
     c = lookup_conn(bench.dp, tcp4())
-    assert c.real_id == bench.dp.real_ids.get((bench.dp.config.services[0].key, ipaddress.ip_address(now)))
+    assert c.real_id == bench.dp.real_ids.get((bench.dp.config.services[0].key, ipaddress.ip_address(now), 0))
     assert bench.verdicts().get("drop_real_failed", 0) == 0
 
 

@@ -61,7 +61,7 @@ def test_effective_holds_the_pool():
     k80, k443 = (s.key for s in c.services)
     # 80: .11 failed (removed), .12 failed and inhibited at 0: both stay in the maps, marked failed;
     # 443: its engine does not know .13 (added at runtime, no checker): up
-    failed = frozenset({"198.18.0.11", "198.18.0.12"})
+    failed = frozenset({("198.18.0.11", 80), ("198.18.0.12", 80)})  # (address, port): the engine's real keys
     got = effective(c, {k80: ({("198.18.0.12", 80): 0}, failed),
                         k443: ({("198.18.0.11", 443): 1, ("198.18.0.13", 443): 1}, frozenset())})
     assert [(str(r.address), r.weight, r.failed) for r in got.services[0].reals] == [

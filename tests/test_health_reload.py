@@ -129,9 +129,9 @@ def test_the_maps_keep_a_failed_real_failed_while_the_reload_replaces_its_engine
         (key,) = [s.key for s in first.services]
         checks.update(first)
         deadline = time.monotonic() + 10
-        while checks.pools.get(key, ({}, ()))[1] != {B} and time.monotonic() < deadline:
+        while checks.pools.get(key, ({}, ()))[1] != {(B, 80)} and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert checks.pools[key][1] == {B}
+        assert checks.pools[key][1] == {(B, 80)}  # failed reals by (address, port)
         second = checks_cfg(tmp_path, weight=2, extra=(C,))
         (tmp_path / C).touch()
 

@@ -35,7 +35,7 @@ def conn_to(bench, dst):
 
 def rid(dp, addr):
     (st,) = dp.services.values()
-    return dp.real_ids.get((st.svc.key, ipaddress.ip_address(addr)))
+    return dp.real_ids.get((st.svc.key, ipaddress.ip_address(addr), 0))
 
 
 def set_load(dp, addr, active):

@@ -161,7 +161,7 @@ def test_real_state_overloaded(bench):
     assert states(scrape_dp(dp), "198.18.0.11") == {"available": 1, "quiescent": 0, "overloaded": 0}
     for i in range(2):                                  # two SYNs: the second reaches uthreshold 2
         assert bench.run(tcp_exchange("198.51.100.10", 45000 + i))[0] == "XDP_TX"
-    (rid,) = [r for (key, addr), r in dp.real_ids.ids.items() if str(addr) == "198.18.0.11"]
+    (rid,) = [r for (key, addr, _port), r in dp.real_ids.ids.items() if str(addr) == "198.18.0.11"]
     assert dp.m["real_conns"][ct.c_uint32(rid)].flags & RC_F_OVERLOAD
     m = scrape_dp(dp)
     assert states(m, "198.18.0.11") == {"available": 0, "quiescent": 0, "overloaded": 1}

@@ -118,13 +118,58 @@ def test_nat_tcp_udp_fwmark_reload_and_kill9_restart(tmp_path):
             assert ask(lab, CLIENTS4[0], VIP_FWM, 443) == first
 
 
+def two_arm_lab(t):
+    """cl 198.18.0.1 -- eth0 lb eth1 -- rs 198.18.1.11 (default via lb): the namespaces (cl, lb, rs)."""
+    cl, lb, rs = t.netns("cl"), t.netns("lb"), t.netns("rs")
+    t.veth(cl, "eth0", lb, "eth0")
+    t.veth(lb, "eth1", rs, "eth0")
+    for ns, ifname, cidr in ((cl, "eth0", "198.18.0.1/24"), (lb, "eth0", "198.18.0.2/24"),
+                             (lb, "eth1", "198.18.1.1/24"), (rs, "eth0", "198.18.1.11/24")):
+        t.addr(ns, ifname, cidr)
+    for ns in (cl, rs):  # frames XDP sends into a veth reach the peer only with its GRO on
+        t.gro(ns, "eth0", True)
+        t.tx_checksum(ns, "eth0", False)
+    for ns in (cl, lb, rs):
+        t.sysctl(ns, "net/ipv4/conf/all/rp_filter", "0")
+    t.sysctl(lb, "net/ipv4/conf/all/forwarding", "1")
+    t.route(cl, f"{VIP4}/32", gateway="198.18.0.2")
+    t.route(rs, "default", gateway="198.18.1.1")
+    return cl, lb, rs
+
+
+def spawn_xlb(t, lb, log, argv):
+    """`xlb run ARGV` in lb, once its program is on every --iface."""
+    from harness import run_xlb_logged
+    from xlb.lab.demo import xdp_prog_id
+    daemon = t.spawn(lb, run_xlb_logged, log, argv)
+    ifaces = [argv[i + 1] for i, a in enumerate(argv) if a == "--iface"]
+
+    def up():
+        assert daemon.is_alive(), open(log).read()
+        return all(xdp_prog_id(lb, i) is not None for i in ifaces)
+    wait_for(up, 60, "attach to " + ", ".join(ifaces))
+    return daemon
+
+
+def kill9_and_restart(t, lb, daemon, log, argv):
+    """kill -9 the daemon, start another; returns it once it adopted the maps and replaced the program."""
+    import os
+    from harness import run_xlb_logged
+    from xlb.lab.demo import xdp_prog_id
+    prog = xdp_prog_id(lb, "eth0")
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.proc.join(10)
+    daemon = t.spawn(lb, run_xlb_logged, log, argv)
+    wait_for(lambda: log_has(log, "adopted the maps") and xdp_prog_id(lb, "eth1") not in (None, prog), 60, "restart")
+    return daemon
+
+
 def test_two_interfaces_clients_on_one_reals_on_the_other(tmp_path):
     """`xlb run --iface eth0 --iface eth1`: one daemon, one set of maps, the program on both. Clients come in on
     eth0, NAT sends them out of eth1 to a real whose default route is the balancer's eth1; its replies come in on
     eth1 and go back out of eth0. Status names both; a kill -9 restart keeps a live connection; SIGTERM detaches
     from both."""
     import os
-    from harness import run_xlb_logged
     from xlb.lab.demo import xdp_prog_id
     from xlb.lab.netns import Topology
     from xlb.lab.servers import tcp_echo_name_server, tcp_line_name_server
@@ -140,29 +185,11 @@ def test_two_interfaces_clients_on_one_reals_on_the_other(tmp_path):
     t = Topology(prefix="xn2")
     pins = None
     try:
-        cl, lb, rs = t.netns("cl"), t.netns("lb"), t.netns("rs")
+        cl, lb, rs = two_arm_lab(t)
         pins = netns_pin_root(lb)
-        t.veth(cl, "eth0", lb, "eth0")
-        t.veth(lb, "eth1", rs, "eth0")
-        for ns, ifname, cidr in ((cl, "eth0", "198.18.0.1/24"), (lb, "eth0", "198.18.0.2/24"),
-                                 (lb, "eth1", "198.18.1.1/24"), (rs, "eth0", "198.18.1.11/24")):
-            t.addr(ns, ifname, cidr)
-        for ns in (cl, rs):  # frames XDP sends into a veth reach the peer only with its GRO on
-            t.gro(ns, "eth0", True)
-            t.tx_checksum(ns, "eth0", False)
-        for ns in (cl, lb, rs):
-            t.sysctl(ns, "net/ipv4/conf/all/rp_filter", "0")
-        t.sysctl(lb, "net/ipv4/conf/all/forwarding", "1")
-        t.route(cl, f"{VIP4}/32", gateway="198.18.0.2")
-        t.route(rs, "default", gateway="198.18.1.1")
         t.spawn(rs, tcp_echo_name_server, "rs1", [("0.0.0.0", 8080)])
         t.spawn(rs, tcp_line_name_server, "rs1", [("0.0.0.0", LINE)])
-        daemon = t.spawn(lb, run_xlb_logged, log, argv)
-
-        def up():
-            assert daemon.is_alive(), open(log).read()
-            return xdp_prog_id(lb, "eth0") is not None and xdp_prog_id(lb, "eth1") is not None
-        wait_for(up, 60, "attach to both interfaces")
+        daemon = spawn_xlb(t, lb, log, argv)
         assert run_in_netns(cl, tcp_ask, "198.18.0.1", VIP4, 80) == "rs1"
         assert run_in_netns(cl, udp_ask, "198.18.0.1", VIP4, 53) == "rs1"
         st = control.call("status", path=sock)
@@ -171,19 +198,63 @@ def test_two_interfaces_clients_on_one_reals_on_the_other(tmp_path):
         assert verdicts["fwd_redirect"]["packets"] >= 2 and "fwd_reply_redirect" in verdicts, verdicts
         with LineConnection(cl, "198.18.0.1", VIP4, 7000) as live:
             assert live.ask() == "rs1"
-            prog = xdp_prog_id(lb, "eth0")
-            os.kill(daemon.pid, signal.SIGKILL)
-            daemon.proc.join(10)
-            assert live.ask() == "rs1"
-            daemon = t.spawn(lb, run_xlb_logged, log, argv)
-            wait_for(lambda: log_has(log, "adopted the maps") and xdp_prog_id(lb, "eth1") not in (None, prog),
-                     60, "restart")
+            daemon = kill9_and_restart(t, lb, daemon, log, argv)
             assert xdp_prog_id(lb, "eth0") == xdp_prog_id(lb, "eth1")
             assert live.ask() == "rs1"
         os.kill(daemon.pid, signal.SIGTERM)
         daemon.proc.join(10)
         assert "detached from eth0, eth1" in open(log).read()
         assert xdp_prog_id(lb, "eth0") is None and xdp_prog_id(lb, "eth1") is None
+    finally:
+        t.close()
+        if pins:
+            remove_pins(pins)
+
+
+def test_two_ports_of_one_real_address(tmp_path):
+    """Issue 15: VIP:80 -> 198.18.1.11:8080 and 198.18.1.11:8081, two servers on one real, are two reals. Real TCP
+    alternates between them (rr); `ipvsadm -L -n` lists both; a live connection on each port of the line service
+    (7000 -> 9090, 9091) lives through kill -9 and a restart (each real's id adopted); `ipvsadm -d -r ADDR:8081`
+    leaves new connections to 8080."""
+    import io
+    from xlb.admincli import run_ipvsadm
+    from xlb.lab.netns import Topology
+    from xlb.lab.servers import tcp_echo_name_server, tcp_line_name_server
+    from xlb.dataplane.pin import netns_pin_root, remove as remove_pins
+    rs_addr = "198.18.1.11"
+
+    def service(port, rports):
+        return (f'[[service]]\nvip = "{VIP4}"\nport = {port}\nproto = "tcp"\nscheduler = "rr"\nmethod = "nat"\n'
+                + "".join(f'  [[service.real]]\n  address = "{rs_addr}"\n  port = {p}\n' for p in rports))
+    log, sock, cfg = str(tmp_path / "xlb.log"), str(tmp_path / "xlb.sock"), tmp_path / "xlb.toml"
+    cfg.write_text(service(80, (8080, 8081)) + service(7000, (9090, 9091)))
+    argv = ["run", "--iface", "eth0", "--iface", "eth1", "--config", str(cfg), "--xdp-mode", "generic",
+            "--socket", sock]
+
+    def ipvsadm(line):
+        out = io.StringIO()
+        assert run_ipvsadm(line.split(), socket=sock, out=out) == 0
+        return out.getvalue()
+    t = Topology(prefix="xnp")
+    pins = None
+    try:
+        cl, lb, rs = two_arm_lab(t)
+        pins = netns_pin_root(lb)
+        for p in (8080, 8081):
+            t.spawn(rs, tcp_echo_name_server, f"p{p}", [("0.0.0.0", p)])
+        for p in (9090, 9091):
+            t.spawn(rs, tcp_line_name_server, f"p{p}", [("0.0.0.0", p)])
+        daemon = spawn_xlb(t, lb, log, argv)
+        assert [run_in_netns(cl, tcp_ask, "198.18.0.1", VIP4, 80) for _ in range(4)] == ["p8080", "p8081"] * 2
+        listed = ipvsadm(f"-L -n -t {VIP4}:80")
+        assert f"  -> {rs_addr}:8080" in listed and f"  -> {rs_addr}:8081" in listed, listed
+        with LineConnection(cl, "198.18.0.1", VIP4, 7000) as a, LineConnection(cl, "198.18.0.1", VIP4, 7000) as b:
+            assert {a.ask(), b.ask()} == {"p9090", "p9091"}
+            served = (a.ask(), b.ask())
+            daemon = kill9_and_restart(t, lb, daemon, log, argv)
+            assert (a.ask(), b.ask()) == served
+        ipvsadm(f"-d -t {VIP4}:80 -r {rs_addr}:8081")
+        assert {run_in_netns(cl, tcp_ask, "198.18.0.1", VIP4, 80) for _ in range(3)} == {"p8080"}
     finally:
         t.close()
         if pins:

@@ -134,7 +134,7 @@ def test_reverse_entry_and_out_counters(bench):
     rev = bench.dp.m["nat_revs"][key]
     svc_key = ("tcp", __import__("ipaddress").ip_address(V6), 80)
     sid = bench.dp.services[svc_key].id
-    rid = bench.dp.real_ids.get((svc_key, __import__("ipaddress").ip_address(R6)))
+    rid = bench.dp.real_ids.get((svc_key, __import__("ipaddress").ip_address(R6), 8080))
     assert (S.words_bytes(rev.vip), rev.vport, rev.svc_id, rev.real_id) == (addr_bytes(V6), htons(80), sid, rid)
     # the next hop toward the client, kept for the next replies: via the gateway on lb0
     assert (rev.ifindex, bytes(rev.dmac), bytes(rev.smac)) == (

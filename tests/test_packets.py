@@ -309,7 +309,7 @@ def svc_id(bench, key):
 
 
 def real_id(bench, key, addr):
-    return bench.dp.real_ids.get((key, ipaddress.ip_address(addr)))
+    return bench.dp.real_ids.get((key, ipaddress.ip_address(addr), 0))
 
 
 def counters(bench, name, idx):

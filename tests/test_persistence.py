@@ -44,7 +44,7 @@ def template_of(bench, svc, client):
 
 
 def rid(bench, svc, addr):
-    return bench.dp.real_ids.get((svc.key, ipaddress.ip_address(addr)))
+    return bench.dp.real_ids.get((svc.key, ipaddress.ip_address(addr), 0))
 
 
 def go(bench, pkt):

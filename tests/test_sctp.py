@@ -69,7 +69,7 @@ def test_an_association_follows_its_chunks_on_one_real(bench):
     run_exact(bench, sctp4(SCTPChunkInit(init_tag=8)), R2)
     assert conn_state(dp, sctp4(SCTPChunkInit())) == "syn"
     svc_key = ("sctp", ipaddress.ip_address("198.51.100.10"), 3868)
-    assert dp.real_conn_counts()[dp.real_ids.get((svc_key, ipaddress.ip_address(R2)))] == (0, 1)
+    assert dp.real_conn_counts()[dp.real_ids.get((svc_key, ipaddress.ip_address(R2), 0))] == (0, 1)
 
 
 def test_ipv6_and_a_second_association(bench):

@@ -55,7 +55,7 @@ def fill(dp, rng, now):
         st = rng.choice(states)
         svc = st.svc
         fam = svc.family
-        ids = [dp.real_ids.get((svc.key, r.address)) for r in svc.reals] + [spare, 250]
+        ids = [dp.real_ids.get((svc.key, r.address, r.port or 0)) for r in svc.reals] + [spare, 250]
         rid = rng.choice(ids)
         gen = dp.gens.get(rid, 0) + (rng.random() < 0.1)
         dst = svc.vip or ipaddress.ip_address("198.51.100.20")
@@ -70,7 +70,7 @@ def fill(dp, rng, now):
         svc = st.svc
         k = svc_key(svc) if rng.random() < 0.95 else S.SvcKey(family=4, mark=99)
         masked = mask_address(addr_bytes(client(rng, svc.family)), svc.persistence_netmask)
-        ids = [dp.real_ids.get((svc.key, r.address)) for r in svc.reals] + [spare]
+        ids = [dp.real_ids.get((svc.key, r.address, r.port or 0)) for r in svc.reals] + [spare]
         rid = rng.choice(ids)
         key = S.PersistKey(svc=k, client=S.addr_words(masked))
         val = S.Persist(last_new_ns=now - rng.randrange(0, 130 * NS), held_until_ns=rng.choice((0, now, now + 25 * NS)),

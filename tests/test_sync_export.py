@@ -94,7 +94,7 @@ def test_a_record_becomes_its_template_and_connection(bench):
     assert bench.run(tcp4(src="203.0.113.77", sport=41004))[0] == TX
     (ev,) = drain(bench)
     st = dp.by_id[ev.svc_id]
-    real = {rid: a for (_k, a), rid in dp.real_ids.ids.items()}[ev.real_id]
+    real = {rid: a for (_k, a, _port), rid in dp.real_ids.ids.items()}[ev.real_id]
     tmpl, conn = to_wire(ev, st, real, dp.config.timeouts)
     assert tmpl == wire.template(IP("203.0.113.0"), IP(VIP), 80, real, 80, wire.IPPROTO_TCP, 300)
     assert conn == wire.SyncConn(wire.IPPROTO_TCP, IP("203.0.113.77"), 41004, IP(VIP), 80, real, 80,

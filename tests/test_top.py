@@ -153,7 +153,7 @@ def test_snapshot_reads_counters_in_batches(bench, monkeypatch):
     for st in dp.services.values():
         slot[st.svc.name] = dp.counters("svc_stats", st.id)
         for r in st.svc.reals:
-            slot[(st.svc.name, str(r.address))] = dp.counters("real_stats", dp.real_ids.get((st.svc.key, r.address)))
+            slot[(st.svc.name, str(r.address))] = dp.counters("real_stats", dp.real_ids.get((st.svc.key, r.address, r.port or 0)))
     verdicts = {k: {"packets": v.packets, "bytes": v.bytes} for k, v in dp.verdict_counts().items() if v.packets}
     monkeypatch.setattr(dp, "counters", lambda *a: pytest.fail("snapshot read a counters slot by slot"))
 

@@ -75,7 +75,7 @@ def _stale_conn(bench, ack):
     """A connection entry for ack's flow (to no VIP) on a live real: only a connection-table read can follow it."""
     v6 = IPv6 in ack
     svc, addr = bench.dp.config.services[1 if v6 else 0], "2001:db8::11" if v6 else "198.18.0.11"
-    real = bench.dp.real_ids.get((svc.key, ipaddress.ip_address(addr)))
+    real = bench.dp.real_ids.get((svc.key, ipaddress.ip_address(addr), 0))
     r = bench.dp.m["reals"][ct.c_uint32(real)]
     c = bench.dp.m["conns"].Leaf()
     c.real_id, c.real_gen, c.svc_id, c.state, c.seen_ns = real, r.gen, r.svc_id, S.CONN_STATE["est"], now_ns()

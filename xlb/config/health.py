@@ -30,7 +30,8 @@ def service_spec(svc, tbl: dict, source: str):
     when neither the service nor any of its reals has a health key."""
     if not picked(tbl, SERVICE_KEYS) and not any(r.health for r in svc.reals):
         return None
-    port = svc.port or 0
-    reals = [(str(r.address), port, r.weight, dict(r.health or {}), r.where) for r in svc.reals]
+    port = svc.port or 0  # a real's own port (NAT) is the one its checks go to and the pool names it by
+    reals = [(str(r.address), port if r.port is None else r.port, r.weight, dict(r.health or {}), r.where)
+             for r in svc.reals]
     return hspec.parse_service(health_name(svc), svc.proto or "tcp", picked(tbl, SERVICE_KEYS), reals, svc.where,
                                source, vip=None if svc.vip is None else str(svc.vip), tunnel=svc.tunnel)

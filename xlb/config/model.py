@@ -112,6 +112,29 @@ class Real:
     failed: str = ""
     port: int | None = None  # NAT: the port the real listens on; None: the port the client sent to
 
+    @property
+    def ident(self) -> tuple:
+        """The real's identity within its service, as IPVS's destination's: (address, port as the maps hold it:
+        its own, else 0 for the port the client sent to). A NAT service may have two reals on one address."""
+        return (self.address, self.port or 0)
+
+
+def real_text(address, port) -> str:
+    """A real as ipvsadm -L -n writes a destination: ``198.18.1.2:8080``, ``[2001:db8::2]:8080``."""
+    return f"{address}:{port}" if ipaddress.ip_address(address).version == 4 else f"[{address}]:{port}"
+
+
+def real_labels(pairs, port=None) -> list:
+    """How `xlb top`, traces and the metrics' ``real`` label name each of one service's reals, given as (address
+    text, its own port or None) pairs: by its address, or where two of them share the address (NAT to two ports)
+    by address and port (real_text; a real with no port of its own takes ``port``, the service's)."""
+    seen, shared = set(), set()
+    for a, _ in pairs:
+        (shared if a in seen else seen).add(a)
+    if not shared:
+        return [a for a, _ in pairs]
+    return [real_text(a, p or port or 0) if a in shared else a for a, p in pairs]
+
 
 def fwmark_key(family, mark) -> tuple:
     """A firewall-mark service's identity (Service.key): its mark and address family."""

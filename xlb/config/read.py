@@ -248,10 +248,14 @@ def _reals(v, tbl, where, family, method, svc_port, any_family=False) -> tuple:
         if addr.version != family and not any_family:
             v.fail(join(rwhere, "address"), f"real {addr} is IPv{addr.version} but the service is IPv{family} "
                                              "(only method \"tun\" carries a family to a real of the other)")
-        if addr in seen:
-            v.fail(join(rwhere, "address"), f"duplicate real {addr}: already given as {seen[addr]}")
-        seen[addr] = rwhere
         port = _real_port(v, rt, rwhere, method, svc_port)
+        # One destination each, as IPVS's: an address, or under NAT an address and port (its own, else the
+        # service's); direct routing and tunnels keep the port, so two reals there on one address are one.
+        dest = (addr, svc_port if port is None else port)
+        if dest in seen:
+            name = f"{addr}" if port is None else f"{addr}:{dest[1]}" if addr.version == 4 else f"[{addr}]:{dest[1]}"
+            v.fail(join(rwhere, "address"), f"duplicate real {name}: already given as {seen[dest]}")
+        seen[dest] = rwhere
         weight = v.integer(rt, rwhere, "weight", 0, 65535, 1)
         upper = v.integer(rt, rwhere, "uthreshold", 0, U32_MAX, 0)
         lower = v.integer(rt, rwhere, "lthreshold", 0, U32_MAX, 0)

@@ -44,7 +44,8 @@ class Adopter:
             if r.gen:
                 self.gens[rid] = r.gen
             if r.flags & S.REAL_F_LIVE and r.svc_id in svc_of_id:
-                self.real_ids.ids[(svc_of_id[r.svc_id], addr(r.family, r.addr))] = rid
+                # mapkeys.real_key: the service, the address and the port the real entry holds
+                self.real_ids.ids[(svc_of_id[r.svc_id], addr(r.family, r.addr), htons(r.port))] = rid
         rules = {}
         for k, v in self.m["mark_rules"].items():
             entry = (k.family, k.proto, htons(k.port), S.words_bytes(k.addr), k.prefixlen - 32)

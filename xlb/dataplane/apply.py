@@ -17,7 +17,7 @@ from . import tunnels
 from .adopt import Adopter
 from .alloc import IdPool, SlotAllocator
 from .bpfsys import delete_batch, lookup_batch_into, update_batch
-from .mapkeys import NS, SvcState, addr_rows, htons, svc_key, table_indexes
+from .mapkeys import NS, SvcState, addr_rows, htons, real_key, svc_key, table_indexes
 from .reader import Reader
 from .sweep import Sweeper
 from .syncstate import SyncState
@@ -202,7 +202,7 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
         for skey, st in svc_states.items():
             ids = st.real_ids = []
             for r in st.svc.reals:
-                rid, fresh = self.real_ids.take((skey, r.address))
+                rid, fresh = self.real_ids.take(real_key(skey, r))
                 if fresh:
                     self.gens[rid] = self.gens.get(rid, 0) + 1
                     fresh_reals.append(rid)

@@ -57,11 +57,27 @@ def table_indexes(svc, loads=None):
     if svc.placement == "consistent":
         # The same table on every balancer whatever the order its config lists the reals in: built over them
         # sorted by address (the Maglev fill's claims go in list order), then mapped back to svc.reals' positions.
-        order = sorted(range(len(svc.reals)), key=lambda i: addr_bytes(svc.reals[i].address))
-        table = sched.maglev_table([(addr_bytes(svc.reals[i].address), svc.reals[i].weight) for i in order],
-                                   svc.mh_table_size)
+        idents = maglev_idents(svc.reals)
+        order = sorted(range(len(svc.reals)), key=idents.__getitem__)
+        table = sched.maglev_table([(idents[i], svc.reals[i].weight) for i in order], svc.mh_table_size)
         return [order[j] for j in table]
-    return sched.maglev_table([(addr_bytes(r.address), r.weight) for r in svc.reals], svc.mh_table_size)
+    return sched.maglev_table(list(zip(maglev_idents(svc.reals), (r.weight for r in svc.reals))),
+                              svc.mh_table_size)
+
+
+def maglev_idents(reals) -> list:
+    """Each real's Maglev identity: its 16-byte address, and its port after it where two reals of the service
+    share the address (NAT to two ports): a table built before two ports were allowed is the same table."""
+    addrs = [addr_bytes(r.address) for r in reals]
+    if len(set(addrs)) == len(addrs):
+        return addrs
+    return [a + (r.port or 0).to_bytes(2, "big") for a, r in zip(addrs, reals)]
+
+
+def real_key(svc_key, real) -> tuple:
+    """A real's identity in the control plane's id pool (DataPlane.real_ids): its service's key, its address
+    and its port as the maps hold it (Real.ident), so adopt() rebuilds it from a pinned reals entry."""
+    return (svc_key, real.address, real.port or 0)
 
 
 _BY_WEIGHTS = {"rr": sched.rr_table, "wrr": sched.wrr_table, "sh": sched.sh_table, "dh": sched.dh_table}

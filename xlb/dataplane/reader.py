@@ -21,8 +21,9 @@ import numpy as np
 
 from . import structs as S
 from .bpfsys import iter_batches, lookup_batch, lookup_batch_into
-from .mapkeys import NS
+from .mapkeys import NS, real_key
 from .rowmatch import row_index
+from ..config.model import real_labels
 from ..tables import sched
 from ..tables.marks import rule_identity
 
@@ -75,6 +76,12 @@ class Templates:
 
 _layouts = weakref.WeakKeyDictionary()   # DataPlane -> (the config it was built for, layout)
 
+
+
+def real_names(st, reals) -> list:
+    """How metrics, `xlb top` and traces name the reals of one layout() entry (config.model.real_labels): their
+    addresses, with the port where two share one."""
+    return real_labels([(a, r.port) for r, _, a in reals], st.svc.port)
 
 class Reader:
     """What DataPlane reads back from its maps."""
@@ -147,7 +154,7 @@ class Reader:
         id hashes its address object, which costs ~10 us a real."""
         got = _layouts.get(self)
         if got is None or got[0] is not self.config:
-            slots = [(st, [(r, self.real_ids.get((st.svc.key, r.address)), str(r.address)) for r in st.svc.reals])
+            slots = [(st, [(r, self.real_ids.get(real_key(st.svc.key, r)), str(r.address)) for r in st.svc.reals])
                      for st in self.services.values()]
             got = _layouts[self] = (self.config, slots)
         return got[1]
@@ -157,8 +164,10 @@ class Reader:
         return self.by_id.get(svc_id)
 
     def real_addresses(self):
-        """{real id: address text} of the configured reals."""
-        return {rid: str(addr) for (_, addr), rid in self.real_ids.ids.items()}
+        """{real id: address text (with its port where two reals of its service share the address)} of the
+        configured reals."""
+        return {rid: text for st, reals in self.layout() for (_, rid, _), text in zip(reals, real_names(st, reals))
+                if rid is not None}
 
     def rule_of(self, rule_id):
         """The applied config's mark rule with this id, or None."""
@@ -175,7 +184,7 @@ class Reader:
         table = self.m["real_conns"]
         loads = []
         for r in svc.reals:
-            rid = self.real_ids.get((svc.key, r.address))
+            rid = self.real_ids.get(real_key(svc.key, r))
             if rid is None:
                 loads.append((0, 0, False))
                 continue

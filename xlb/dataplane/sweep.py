@@ -10,7 +10,7 @@ import numpy as np
 
 from . import structs as S
 from .bpfsys import lookup_batch_into, rewrite_u64
-from .mapkeys import NS, now_ns, table_indexes
+from .mapkeys import NS, now_ns, real_key, table_indexes
 from .rowmatch import exact_keys, max_per_key, row_index
 from ..tables import sched
 
@@ -285,7 +285,7 @@ class Sweeper:
         for st in self.by_id.values():
             for r in st.svc.reals:
                 if r.uthreshold:
-                    limits[self.real_ids.get((st.svc.key, r.address))] = (r.uthreshold, r.lthreshold)
+                    limits[self.real_ids.get(real_key(st.svc.key, r))] = (r.uthreshold, r.lthreshold)
         if counts:
             # The data plane sets RC_F_OVERLOAD too.
             flags_now = self.real_rows("real_conns", S.RealConns)["flags"]
@@ -305,7 +305,7 @@ class Sweeper:
             svc = st.svc
             if svc.scheduler not in sched.CONN_SCHEDULERS or len(st.table) < S.CAND_MAX:
                 continue
-            ids = [self.real_ids.get((svc.key, r.address)) for r in svc.reals]
+            ids = [self.real_ids.get(real_key(svc.key, r)) for r in svc.reals]
             table_now = [ids[i] for i in table_indexes(svc, self.loads(svc))]
             if table_now != st.table and len(table_now) == st.region[1]:
                 # Same length, every entry a real id at every moment: rewrite in place.

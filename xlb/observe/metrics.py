@@ -23,7 +23,8 @@ xlb/dataplane/reader.py, which `xlb top` shares); the conns and persist tables a
 templates per service); active, inactive and overloaded per real come from DataPlane.real_loads(), one batched
 read. A scrape costs O(services + reals + connections + templates).
 
-Families (labels: ``service`` as operators name it — ``tcp/198.51.100.10:80``, ``fwm/80``; ``real`` its address):
+Families (labels: ``service`` as operators name it — ``tcp/198.51.100.10:80``, ``fwm/80``; ``real`` its address, or
+``198.18.1.2:8080`` where two reals of the service share the address, NAT to two ports: config.model.real_labels):
 
     xlb_service_packets_total, xlb_service_bytes_total, xlb_service_connections_total       {service}
     xlb_real_packets_total, xlb_real_bytes_total, xlb_real_connections_total                {service, real}
@@ -61,6 +62,7 @@ from prometheus_client.registry import Collector
 
 from .. import __version__
 from ..dataplane import structs as S
+from ..dataplane.reader import real_names
 from ..errors import XlbError
 
 DEFAULT_PORT = 9842
@@ -151,7 +153,7 @@ class _Layout:
         self.sids = np.array([st.id for st, _ in svcs], np.int64)
         self.svc_keys = [st.key_bytes for st, _ in svcs]
         self.labels = {SV: [(st.svc.name,) for st, _ in svcs],
-                       RL: [(st.svc.name, address) for st, reals in svcs for _, _, address in reals]}
+                       RL: [(st.svc.name, label) for st, reals in svcs for label in real_names(st, reals)]}
         self.labels[RL + ("state",)] = [lv + (state,) for lv in self.labels[RL] for state in REAL_STATES]
         self.rids = np.array([-1 if rid is None else rid for _, reals in svcs for _, rid, _ in reals], np.int64)
         self.weights = np.array([r.weight for _, reals in svcs for r, _, _ in reals], np.int64)

@@ -5,6 +5,7 @@ BPF_MAP_LOOKUP_BATCH per map, not a lookup per slot: a `stats` snapshot of 1000 
 syscalls."""
 from ..dataplane import structs as S
 from ..dataplane.reader import percpu_counters  # noqa: F401  (xlb decap and tests sum their counters with it)
+from ..dataplane.reader import real_names
 
 
 ZERO = (0, 0, 0)
@@ -43,7 +44,7 @@ def snapshot(dp):
     for st, reals in dp.layout():
         packets, bytes_, conns = counts.service(st.id)
         out = []
-        for r, rid, address in reals:
+        for (r, rid, _), address in zip(reals, real_names(st, reals)):
             rp, rb, rc = counts.real(rid)
             active, inactive = live.get(rid, (0, 0))
             out.append({"address": address, "weight": r.weight, "packets": rp, "bytes": rb, "conns": rc,

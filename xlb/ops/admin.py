@@ -266,15 +266,15 @@ def _set_method(svc, op):
     svc.update(op.get("tunnel") or {})
 
 
-def _real_method(svc, addr, op, source):
+def _real_method(svc, me, op, source):
     """A method given with a real (ipvsadm -a/-e -g|-m|-i; IPVS's is a real's) sets the service's (with its tunnel
-    keys) while the service has no other real; else it must be the service's (xlb's method is a service's)."""
+    keys) while it has no real but ``me`` (index; None: adding); else it must be the service's (xlb's method is)."""
     if op.get("method") is None:
         return
     mine = {k: svc[k] for k in xtunnel.KEYS if k in svc}
     if op["method"] == svc.get("method", "dr") and (op["method"] != "tun" or (op.get("tunnel") or {}) == mine):
         return
-    others = [r["address"] for r in svc.get("real", []) if ipaddress.ip_address(r["address"]) != addr]
+    others = [r["address"] for j, r in enumerate(svc.get("real", [])) if j != me]
     if others:
         opt = METHOD_OPTION.get(op["method"], "-g")
         now = svc.get("method", "dr")
@@ -313,22 +313,27 @@ def _service_del(tree, op, source):
 
 
 def _real_address(svc, op, source):
-    """The real's address; under direct routing its port must be the service's (DR keeps the destination port)."""
+    """(address, port) naming the real as IPVS's destination: NAT's own port (None: the client's, also for -r's 0 or
+    the service's); under direct routing the port must be the service's (DR keeps the destination port): None."""
     addr = ipaddress.ip_address(op["address"])
     port = op.get("port")
     if svc.get("method", "dr") == "nat":
-        return addr
+        return addr, None if port in (None, 0, svc.get("port")) else port
     if port is not None and "vip" in svc and svc["port"] != 0 and port not in (0, svc["port"]):
         raise ConfigError(source, "-r", f"{addr}:{port}: direct routing keeps the destination port, so a real "
                                         f"of a service on port {svc['port']} takes {addr} or {addr}:{svc['port']}")
-    return addr
+    return addr, None
 
 
-def _find_real(svc, addr):
-    for j, r in enumerate(svc["real"]):
-        if ipaddress.ip_address(r["address"]) == addr:
-            return j
-    return None
+def _find_real(svc, dest, loose=False):
+    """Indexes of the reals at ``dest`` (_real_address); ``loose`` (-e/-d with no port): else all on the address."""
+    found = [j for j, r in enumerate(svc["real"]) if ipaddress.ip_address(r["address"]) == dest[0]]
+    exact = [j for j in found if svc["real"][j].get("port") in ((dest[1],) if dest[1] else (None, svc.get("port")))]
+    return exact if exact or not loose else found
+
+
+def _dest_name(dest):
+    return str(dest[0]) if dest[1] is None else xconfig.real_text(dest[0], dest[1])
 
 
 def _set_real(svc, real, op, replace):
@@ -351,12 +356,12 @@ def _set_real(svc, real, op, replace):
 
 def _real_add(tree, op, source):
     svc = _need_service(tree, op, source)
-    _real_method(svc, ipaddress.ip_address(op["address"]), op, source)
-    addr = _real_address(svc, op, source)
-    if _find_real(svc, addr) is not None:
-        raise ConfigError(source, "-r", f"real {addr} already exists in {ident_name(op['service'])} "
+    _real_method(svc, None, op, source)
+    dest = _real_address(svc, op, source)
+    if _find_real(svc, dest):
+        raise ConfigError(source, "-r", f"real {_dest_name(dest)} already exists in {ident_name(op['service'])} "
                                         "(edit it with -e / `xlb real edit`)")
-    real = {"address": str(addr)}
+    real = {"address": str(dest[0])}
     _set_real(svc, real, op, replace=True)
     svc.setdefault("real", []).append(real)
     return ident_option(op["service"])
@@ -365,16 +370,18 @@ def _real_add(tree, op, source):
 def _need_real(tree, op, source):
     """(the service's tree, the real's index in it); the real must exist."""
     svc = _need_service(tree, op, source)
-    addr = _real_address(svc, op, source)
-    j = _find_real(svc, addr)
-    if j is None:
-        raise ConfigError(source, "-r", f"no real {addr} in {ident_name(op['service'])}")
-    return svc, j
+    dest = _real_address(svc, op, source)
+    found = _find_real(svc, dest, loose=op.get("port") is None)
+    if len(found) != 1:
+        ports = ", ".join(_dest_name((dest[0], svc["real"][j].get("port", svc.get("port", 0)))) for j in found)
+        raise ConfigError(source, "-r", f"no real {_dest_name(dest)} in {ident_name(op['service'])}" if not found else
+                          f"{ident_name(op['service'])} has reals {ports}: give the real's port")
+    return svc, found[0]
 
 
 def _real_edit(tree, op, source):
     svc, j = _need_real(tree, op, source)
-    _real_method(svc, ipaddress.ip_address(svc["real"][j]["address"]), op, source)
+    _real_method(svc, j, op, source)
     _set_real(svc, svc["real"][j], op, replace=bool(op.get("replace")))
     return ident_option(op["service"])
 

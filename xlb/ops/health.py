@@ -19,7 +19,7 @@ import ipaddress
 import threading
 import time
 
-from ..config.model import Real
+from ..config.model import Real, real_labels
 from ..health.engine import Engine
 from ..health.state import start_pool
 from .viavip import ViaVip
@@ -44,8 +44,9 @@ class _Engine(Engine):
 def effective(cfg, pools):
     """``cfg`` with each health-checked service's reals replaced by what its engine reported, for the services
     ``pools`` has (keyed by the service's key: (pool, failed), the pool (address, port) -> weight, failed the
-    addresses of the reals that failed their checks); the others as they are. A failed real stays in the maps,
-    marked failed: "inhibited" (in the pool at weight 0) or "removed" (not in it, as IPVS DEL_DEST)."""
+    (address, port) of the reals that failed their checks: a real is its address and port, its own under NAT, else
+    the service's); the others as they are. A failed real stays in the maps, marked failed: "inhibited" (in the
+    pool at weight 0) or "removed" (not in it, as IPVS DEL_DEST)."""
     services = []
     for s in cfg.services:
         got = pools.get(s.key) if s.health is not None else None
@@ -53,18 +54,21 @@ def effective(cfg, pools):
             services.append(s)
             continue
         pool, failed = got
-        weights = {addr: w for (addr, _port), w in pool.items()}
+        weights = dict(pool)
+        port = s.port or 0
         reals = []
         for r in s.reals:
-            addr = str(r.address)
-            if addr in failed:
-                reals.append(dataclasses.replace(r, weight=0, failed="inhibited" if addr in weights else "removed"))
-            elif addr in weights:
-                reals.append(dataclasses.replace(r, weight=weights.pop(addr)))
-        sorry = s.health.sorry_server[0] if s.health.sorry_server else None
-        if sorry in weights and sorry not in failed:
-            reals.append(Real(address=ipaddress.ip_address(sorry), weight=weights[sorry],
-                              where=f"{s.where}.sorry_server"))
+            key = (str(r.address), port if r.port is None else r.port)
+            if key in failed:
+                reals.append(dataclasses.replace(r, weight=0, failed="inhibited" if key in weights else "removed"))
+            elif key in weights:
+                reals.append(dataclasses.replace(r, weight=weights.pop(key)))
+        if s.health.sorry_server:
+            addr, own = s.health.sorry_server
+            key = (addr, own or port)
+            if key in weights and key not in failed:
+                reals.append(Real(address=ipaddress.ip_address(addr), weight=weights[key],
+                                  where=f"{s.where}.sorry_server", port=own or None if s.method == "nat" else None))
         services.append(dataclasses.replace(s, reals=tuple(reals)))
     return dataclasses.replace(cfg, services=tuple(services))
 
@@ -167,7 +171,7 @@ class Checks:
         got = self.engines.get(key)
         if got is None or got[1] is not engine:
             return
-        self.pools[key] = (effect.pool, frozenset(addr for addr, _port in effect.failed))
+        self.pools[key] = (effect.pool, frozenset(effect.failed))
         self.changed()
 
     def quorum(self):
@@ -194,7 +198,8 @@ class Checks:
         up = []
         for key, (_, engine) in list(self.engines.items()):
             for s in engine.status():
-                up.extend(((self.names[key], r["address"]), int(r["alive"])) for r in s["reals"])
+                labels = real_labels([(r["address"], r["port"]) for r in s["reals"]])
+                up.extend(((self.names[key], label), int(r["alive"])) for r, label in zip(s["reals"], labels))
         counts = self._counts(e for _, e in list(self.engines.values()))
         for k, n in self.counts.items():
             counts[k] = counts.get(k, 0) + n

@@ -73,7 +73,7 @@ def _owners(dp):
     for st, reals in dp.layout():
         yield ("svc", st.id), st.svc.key
         for r, rid, _ in reals:
-            yield ("real", rid), (st.svc.key, r.address)
+            yield ("real", rid), (st.svc.key, r.ident)
 
 
 def _counter_slots(dp):

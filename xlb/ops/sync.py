@@ -49,9 +49,9 @@ def _ntohs(port):
     return htons(port)  # a byte swap both ways
 
 
-def to_wire(ev, st, daddr, timeouts):
-    """The sync entries of one ring-buffer record of service state `st` on real `daddr`: its template first (a
-    persistent service), then the connection."""
+def to_wire(ev, st, daddr, timeouts, dport=0):
+    """The sync entries of one ring-buffer record of service state `st` on real `daddr` (`dport`: its own port,
+    NAT's; 0: the one the client sent to): its template first (a persistent service), then the connection."""
     svc, k = st.svc, ev.key
     caddr, vaddr = _address(k.src, k.family), _address(k.dst, k.family)
     cport, vport = _ntohs(k.sport), _ntohs(k.dport)
@@ -63,10 +63,10 @@ def to_wire(ev, st, daddr, timeouts):
         if svc.fwmark is not None:
             out.append(wire.fwmark_template(svc.fwmark, client, daddr, svc.persistence_timeout, state=state))
         else:
-            out.append(wire.template(client, vaddr, svc.port, daddr, svc.port, k.proto, svc.persistence_timeout,
-                                     state=state))
+            out.append(wire.template(client, vaddr, svc.port, daddr, dport or svc.port, k.proto,
+                                     svc.persistence_timeout, state=state))
     flags = wire.CONN_F_DROUTE | (0 if established else wire.CONN_F_INACTIVE)
-    out.append(wire.SyncConn(k.proto, caddr, cport, vaddr, vport, daddr, vport, flags, TO_WIRE[ev.state],
+    out.append(wire.SyncConn(k.proto, caddr, cport, vaddr, vport, daddr, dport or vport, flags, TO_WIRE[ev.state],
                              svc.fwmark or 0, getattr(timeouts, TIMEOUT_OF[ev.state])))
     return out
 
@@ -85,23 +85,31 @@ def _service(dp, c):
     return dp.services.get((proto, c.vaddr, c.vport)) or dp.services.get((proto, c.vaddr, 0))
 
 
-def _order(addr):
-    return addr.version, addr
+def _order(dest):
+    return dest[0].version, dest[0], dest[1]
 
 
-def _keeps_local(dp, st, client, daddr, addr_of):
-    """Whether a received template on real `daddr` yields to the one in force here: when each of several
+def _real_id(dp, st, c):
+    """The id of the real a received entry names: by its address and port (IPVS's destination; under NAT two
+    reals may share an address), else by address alone for a real without a port of its own (DR, TUN, NAT to the
+    client's port), whose entries carry the service's or the client's port."""
+    return dp.real_ids.get((st.svc.key, c.daddr, c.dport)) or dp.real_ids.get((st.svc.key, c.daddr, 0))
+
+
+def _keeps_local(dp, st, client, rid, addr_of):
+    """Whether a received template on real `rid` yields to the one in force here: when each of several
     masters (`--sync both` behind ECMP) placed a client before hearing of the others, each would take the other's
     and they would swap, and a refresh (which sends a connection's template on the connection's real) would
     flip them again. So of two templates in force on different reals, every node keeps the one on the lower real
-    address, and all end on the same one. (IPVS keeps whichever it has, so its directors may stay apart.)"""
-    rid = dp.live_template_real(st, client)
-    if rid is None:
+    address (and port), and all end on the same one. (IPVS keeps whichever it has, so its directors may stay
+    apart.)"""
+    here = dp.live_template_real(st, client)
+    if here is None or here == rid:
         return False
     if not addr_of:
-        addr_of.update((i, addr) for (_key, addr), i in dp.real_ids.ids.items())
-    local = addr_of.get(rid)
-    return local is not None and local != daddr and _order(local) < _order(daddr)
+        addr_of.update((i, (addr, port)) for (_key, addr, port), i in dp.real_ids.ids.items())
+    local = addr_of.get(here)
+    return local is not None and _order(local) < _order(addr_of[rid])
 
 
 def _load_one(dp, c, addr_of, written):
@@ -110,14 +118,14 @@ def _load_one(dp, c, addr_of, written):
     st = _service(dp, c)
     if st is None:
         return "skipped_unknown_service"
-    rid = dp.real_ids.get((st.svc.key, c.daddr))
+    rid = _real_id(dp, st, c)
     if rid is None:
         return "skipped_unknown_real"
     if c.is_template:
         if not st.svc.persistence_timeout:
             return "skipped_not_persistent"
         client = addr_bytes(c.caddr)
-        if _keeps_local(dp, st, client, c.daddr, addr_of):
+        if _keeps_local(dp, st, client, rid, addr_of):
             return "kept_templates"
         dp.write_synced_template(st, client, rid, c.timeout or st.svc.persistence_timeout)
         return "loaded_templates"
@@ -230,7 +238,7 @@ class SyncRunner:
         with self.daemon.lock:
             dp = self.dp
             if self._views_of is not dp.config:
-                reals = {rid: addr for (_key, addr), rid in dp.real_ids.ids.items()}
+                reals = {rid: (addr, port) for (_key, addr, port), rid in dp.real_ids.ids.items()}
                 self._views_of, self._view = dp.config, (dp.by_id, reals, dp.config.timeouts)
             return self._view
 
@@ -244,11 +252,11 @@ class SyncRunner:
     def _send(self, events):
         by_id, reals, timeouts = self._views()
         for ev in events:
-            st, daddr = by_id.get(ev.svc_id), reals.get(ev.real_id)
-            if st is None or daddr is None or ev.state not in TO_WIRE:
+            st, dest = by_id.get(ev.svc_id), reals.get(ev.real_id)
+            if st is None or dest is None or ev.state not in TO_WIRE:
                 self.counts["export_unknown"] += 1  # its service or real went away since
                 continue
-            for entry in to_wire(ev, st, daddr, timeouts):
+            for entry in to_wire(ev, st, dest[0], timeouts, dest[1]):
                 self.sender.add(entry)
 
     def refresh(self):

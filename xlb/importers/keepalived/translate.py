@@ -157,9 +157,9 @@ class _Importer(Checks, Health):
         if index is None:
             return False
         first, new, old = services[index], f"service[{len(services)}]", f"service[{index}]"
-        had = {r["address"] for r in first["real"]}
+        had = {(r["address"], r.get("port")) for r in first["real"]}
         for i, real in enumerate(svc["real"]):
-            if real["address"] not in had:
+            if (real["address"], real.get("port")) not in had:
                 self.move_where(f"{new}.real[{i}]", f"{old}.real[{len(first['real'])}]")
                 first["real"].append(real)
         self.move_where(new, None)
@@ -313,18 +313,13 @@ class _Importer(Checks, Health):
 
     def real_trees(self, vs, sw, family, virtualhost=None, entry=None, any_family=False):
         """The reals of service `sw` (those of its address family, or all for a tunnel), each field's origin
-        recorded. A NAT real's port is kept where it differs from the service's (the entry's)."""
+        recorded. A NAT real's port is kept where it differs from the service's (the entry's): two real_servers
+        on one address with two ports are two reals, as they are two IPVS destinations."""
         svc_port = entry.port if entry else 0
         reals = []
-        ports = {}  # address -> the port of its first real_server
         for rs in vs.reals:
             if rs.addr.version != family and not any_family:
                 continue  # a group mixing families: each service takes the reals of its family
-            if ports.setdefault(rs.addr, rs.port) != rs.port and method_of(vs, rs) == "nat":
-                self.unsupported(rs.node, f"real {rs.addr} port {rs.port}: the same address with another port "
-                                          f"({ports[rs.addr]}) is another IPVS destination, but xlb knows a real of a "
-                                          "service by its address")
-                continue
             if rs.addr.is_loopback:  # IPVS delivers to a real on the director itself; XDP forwarding cannot
                 self.unsupported(rs.node, f"real {rs.addr} is a loopback address: {realcheck.LOCAL}")
             elif entry and entry.kind == "addr" and rs.addr == entry.value:
