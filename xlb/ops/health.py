@@ -100,7 +100,7 @@ class Checks:
         for s in cfg.services:
             if s.health is not None and s.key not in pools:   # its engine starts after this write: as it will
                 pool, dead = start_pool(s.health)
-                pools[s.key] = (pool, frozenset(addr for addr, _port in dead))
+                pools[s.key] = (pool, dead)
         return effective(cfg, pools)
 
     def _ensure_loop(self):
