@@ -145,12 +145,14 @@ class Wheel:
         if todo is None:
             todo = self.slots[slot] = []
             self.handles[slot] = self.loop.call_at(slot * self.tick, self._fire, slot)
-        todo.append((fn, arg))
+        todo.append(fn)       # flat, no (fn, arg) tuple: an entry lives up to a deadline (seconds), and every
+        todo.append(arg)      # object the collector tracks that lives that long makes its full passes come sooner
 
     def _fire(self, slot):
         self.handles.pop(slot, None)
-        for fn, arg in self.slots.pop(slot, ()):
-            fn(arg)
+        todo = self.slots.pop(slot, ())
+        for i in range(0, len(todo), 2):
+            todo[i](todo[i + 1])
 
     def close(self):
         for h in self.handles.values():
@@ -205,18 +207,20 @@ class _Driven:
     when it already called ``done``); ``done(result)`` ends it. A generation number voids the wheel's entries
     of an attempt that ended (its deadline) or of a stopped checker."""
 
-    __slots__ = ("engine", "loop", "c", "chk", "gen", "abort_attempt", "started")
+    __slots__ = ("engine", "loop", "c", "chk", "gen", "abort_attempt", "started", "fire", "expire", "done")
 
     def __init__(self, engine, loop, c, chk):
         self.engine, self.loop, self.c, self.chk = engine, loop, c, chk
         self.gen = 0
         self.abort_attempt = None
         self.started = None
+        # bound once: a bound method made per attempt is one more object for the collector to track
+        self.fire, self.expire, self.done = self._fire, self._deadline, self._done
 
     def schedule(self, due):
         """Run the next attempt at ``due`` (the engine's clock)."""
         wheel = self.engine.wheel
-        wheel.at(self.loop.time() + (due - self.engine.clock()), self._fire, self.gen)
+        wheel.at(self.loop.time() + (due - self.engine.clock()), self.fire, self.gen)
 
     def _fire(self, gen):
         if gen != self.gen:
@@ -224,9 +228,9 @@ class _Driven:
         self.started = self.engine.clock()
         self.gen += 1
         gen = self.gen
-        self.engine.wheel.at(self.loop.time() + self.chk.deadline(), self._deadline, gen)
+        self.engine.wheel.at(self.loop.time() + self.chk.deadline(), self.expire, gen)
         try:
-            abort = self.chk.begin(self.engine.poller, self._done)
+            abort = self.chk.begin(self.engine.poller, self.done)
         except Exception as e:  # noqa: BLE001 - whatever one checker raises is its failure, never the engine's
             abort = None
             if gen == self.gen:
