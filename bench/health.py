@@ -10,8 +10,8 @@ the engine's fault): they accept and close (TCP_CHECK) or answer one HTTP respon
 Reported per run: the checks/s asked (reals / delay_loop) and achieved, what keepalived's timing allows (a checker
 runs again delay_loop after its previous attempt ended, so each period is delay_loop + the check's duration + how
 late the timer fired), the failed checks, the namespace's SYNs dropped by full accept queues, the CPU (user +
-system) of this process (the engine; the servers' is reported apart), cores per 1,000 checks/s, and the load
-average around the run (the machine is shared). ``--compare N`` runs this engine and its coroutine-only baseline
+system) of this process (the engine; the servers' is reported apart), cores per 1,000 checks/s, the share of the
+run the engine waited for a CPU while runnable, and the load average around the run (the machine is shared). ``--compare N`` runs this engine and its coroutine-only baseline
 interleaved in one process: the ratio holds when the load moves. Root (a namespace). A figure, never asserted."""
 import argparse
 import asyncio
@@ -133,7 +133,7 @@ def _snapshot(engine, servers):
     busy = sum(s for _, s in engine.durations.values())
     return {"t": time.perf_counter(), "os": os.times(), "checks": checks, "busy": busy, "failed": engine.failed,
             "periods": list(engine.periods), "servers_cpu": sum(_cpu_of(p) for p in servers),
-            "overflows": _listen_overflows()}
+            "overflows": _listen_overflows(), "waited": _runqueue_wait()}
 
 
 async def _measure(svc, seconds, servers=(), coroutines=False):
@@ -178,6 +178,8 @@ def _figures(a, b, reals, delay_loop, down, loads):
             "user_s": round(user, 3), "system_s": round(system, 3), "engine_cores": round(cores, 3),
             "cpu_per_1000_checks_per_s": round(cores / (rate / 1000), 4) if checks else None,
             "servers_cores": round((b["servers_cpu"] - a["servers_cpu"]) / wall, 3),
+            # share of the run the engine was runnable but waited for a CPU (the shared machine, not the engine)
+            "engine_runqueue_wait": round((b["waited"] - a["waited"]) / wall, 3),
             "loadavg_1m": [round(loads[0][0], 2), round(loads[1][0], 2)]}
 
 
@@ -189,6 +191,12 @@ def _cpu_of(pid):
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _runqueue_wait():
+    """Seconds the calling thread (the engine's loop) has spent runnable, waiting for a CPU (schedstat)."""
+    with open("/proc/thread-self/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
 
 
 def _listen_overflows():

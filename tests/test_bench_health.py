@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 KEYS = {"asked_checks_per_s", "checks_per_s", "timing_allows_checks_per_s", "mean_check_ms", "mean_period_s",
         "mean_late_ms", "checks", "failed", "syn_dropped_accept_queue_full", "checkers_down", "wall_s", "user_s",
-        "system_s", "engine_cores", "cpu_per_1000_checks_per_s", "servers_cores", "loadavg_1m", "kind", "reals",
+        "system_s", "engine_cores", "cpu_per_1000_checks_per_s", "servers_cores", "engine_runqueue_wait", "loadavg_1m", "kind", "reals",
         "delay_loop", "servers"}
 
 
