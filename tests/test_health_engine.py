@@ -4,6 +4,7 @@ when the listener accepts again, and stopping the engine mid-connect closes that
 Waits end on events."""
 import asyncio
 import gc
+import hashlib
 import os
 import socket
 
@@ -121,6 +122,44 @@ def test_a_tcp_attempt_in_flight_holds_no_object_the_collector_tracks_but_its_so
         filler.close()
         ls.close()
     assert held <= n + 20, held           # a socket each, and a few of the wheel's lists
+
+
+@needs_root
+def test_http_get_runs_as_callbacks_reads_a_body_of_many_reads_and_times_out_a_silent_server(ns):
+    body, held = bytes(range(256)) * 1024, []       # 256 KiB: several reads, each a wait on the engine's epoll
+
+    async def serve(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        if held:                                    # silent: holds the connection, never answers
+            held.append(writer)
+            return
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for i in range(0, len(body), 65536):
+            writer.write(body[i:i + 65536])
+            await writer.drain()
+            await asyncio.sleep(0)
+        writer.close()
+
+    async def scenario():
+        before = _fds()
+        server = await asyncio.start_server(serve, REAL, 0)
+        port = server.sockets[0].getsockname()[1]
+        check = {"kind": "HTTP_GET", "retry": 0, "connect_timeout": 0.3,
+                 "url": [{"path": "/a", "digest": hashlib.md5(body).hexdigest()}, {"path": "/b"}]}
+        async with Watched([one_real(check, port, delay_loop=0.05)]) as w:
+            assert not w.engine.tasks and len(w.engine.driven) == 1         # no coroutine: the callback path
+            await w.passing(2)
+            held.append(None)
+            await w.effect(REAL_DOWN)
+        for writer in held[1:]:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+        await w.until(lambda: _fds() == before, "every socket closed")   # the engine's at the deadline too
+        return w, port
+    w, port = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert f"MD5 digest success to [{REAL}]:tcp:{port} url(/a)" in w.lines
+    assert f"Timeout connecting server [{REAL}]:tcp:{port}." in w.lines
 
 
 def test_the_wheel_runs_timers_in_tick_order_with_one_loop_timer_per_tick():

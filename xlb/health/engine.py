@@ -2,8 +2,8 @@
 next due time, runs one attempt bounded by its deadline, and hands the result to the state machine
 (``state.Core``), which says when to run next and reports effects to ``on_effect``.
 
-Two ways to run a checker, the same semantics: a checker with ``begin`` (TCP_CHECK: a connect is one callback)
-runs as callbacks, with no task, future or timer handle of its own: its due times and deadlines go to a timer
+Two ways to run a checker, the same semantics: a checker with ``begin`` (TCP_CHECK, HTTP_GET without TLS) runs
+as callbacks, with no task, future or timer handle of its own: its due times and deadlines go to a timer
 wheel (one loop timer per TICK that has any). Every other kind is one coroutine (``check()``) per checker."""
 import asyncio
 import logging
@@ -162,10 +162,11 @@ class Wheel:
 
 
 class Poller:
-    """Writability of many short-lived sockets through one epoll of the engine's own, itself one reader of the
-    loop: ``add_writer(fd, callback)`` / ``remove_writer(fd)`` as the loop's, without its selector keys and
-    handles per socket (a third of a TCP check's CPU in the engine). One-shot: a callback runs once; closing
-    the socket takes it out of the epoll."""
+    """Readiness of many short-lived sockets through one epoll of the engine's own, itself one reader of the
+    loop: ``add_writer(fd, callback)`` / ``add_reader`` / ``remove_writer(fd)`` as the loop's, without its
+    selector keys and handles per socket (a third of a TCP check's CPU in the engine). One-shot: a callback runs
+    once; the socket stays in the epoll, disarmed, until it is closed, so a further wait on the same socket is
+    ``rearm``. Closing the socket takes it out of the epoll."""
 
     def __init__(self, loop, log):
         self.loop, self.log = loop, log
@@ -174,10 +175,21 @@ class Poller:
         loop.add_reader(self.epoll.fileno(), self._ready)
 
     def add_writer(self, fd, callback):
-        self.epoll.register(fd, select.EPOLLOUT | select.EPOLLONESHOT)
+        self._arm(self.epoll.register, fd, select.EPOLLOUT, callback)
+
+    def add_reader(self, fd, callback):
+        self._arm(self.epoll.register, fd, select.EPOLLIN, callback)
+
+    def rearm(self, fd, readable, callback):
+        """Wait again on a socket this poller waited on before (its callback ran)."""
+        self._arm(self.epoll.modify, fd, select.EPOLLIN if readable else select.EPOLLOUT, callback)
+
+    def _arm(self, how, fd, event, callback):
+        how(fd, event | select.EPOLLONESHOT)
         self.callbacks[fd] = callback
 
     def remove_writer(self, fd):
+        """No callback for ``fd`` any more (a reader's too)."""
         if self.callbacks.pop(fd, None) is not None:     # not yet run: still armed
             try:
                 self.epoll.unregister(fd)
