@@ -109,22 +109,24 @@ def _service(n, kind, delay_loop):
 
 
 class _Counting(Engine):
-    """The engine, counting failed results and measuring each checker's period (start to start)."""
+    """The engine, counting failed results and measuring each checker's period (start to start) and how late
+    each attempt started (after the previous one ended + delay_loop: the bench's checks have retry 0)."""
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
         self.failed = 0
-        self.last_start = {}        # id(checker state) -> when its previous attempt started
-        self.periods = [0, 0.0]     # count, total seconds
+        self.last = {}              # id(checker state) -> (start, end) of its previous attempt
+        self.periods = [0, 0.0, 0.0]     # count, total period, total lateness (seconds)
 
     def record(self, c, chk, result, started, now):
         if not result.ok:
             self.failed += 1
-        prev = self.last_start.get(id(c))
+        prev = self.last.get(id(c))
         if prev is not None:
             self.periods[0] += 1
-            self.periods[1] += started - prev
-        self.last_start[id(c)] = started
+            self.periods[1] += started - prev[0]
+            self.periods[2] += started - prev[1] - c.check.delay_loop
+        self.last[id(c)] = (started, now)
         return Engine.record(self, c, chk, result, started, now)
 
 
@@ -165,13 +167,14 @@ def _figures(a, b, reals, delay_loop, down, loads):
     rate = checks / wall
     periods = b["periods"][0] - a["periods"][0]
     period = (b["periods"][1] - a["periods"][1]) / periods if periods else None
+    late = (b["periods"][2] - a["periods"][2]) / periods if periods else None
     duration = (b["busy"] - a["busy"]) / checks if checks else None
     return {"asked_checks_per_s": reals / delay_loop, "checks_per_s": round(rate, 1),
             # keepalived's timing: a checker runs again delay_loop after its attempt ended
             "timing_allows_checks_per_s": round(reals / (delay_loop + duration), 1) if duration else None,
             "mean_check_ms": round(duration * 1e3, 3) if duration else None,
             "mean_period_s": round(period, 4) if period else None,
-            "mean_late_ms": round((period - delay_loop - duration) * 1e3, 2) if period and duration else None,
+            "mean_late_ms": round(late * 1e3, 2) if periods else None,
             "checks": checks, "failed": b["failed"] - a["failed"],
             "syn_dropped_accept_queue_full": b["overflows"] - a["overflows"],
             "checkers_down": down, "wall_s": round(wall, 3),
