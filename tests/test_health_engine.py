@@ -156,6 +156,7 @@ def test_http_get_runs_as_callbacks_reads_a_body_of_many_reads_and_times_out_a_s
         server.close()
         await server.wait_closed()
         await w.until(lambda: _fds() == before, "every socket closed")   # the engine's at the deadline too
+        assert all(chk.raw is None for chk in w.engine.checkers.values())  # no response kept (up to 1 MiB each)
         return w, port
     w, port = asyncio.run(asyncio.wait_for(scenario(), 30))
     assert f"MD5 digest success to [{REAL}]:tcp:{port} url(/a)" in w.lines

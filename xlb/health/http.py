@@ -203,17 +203,18 @@ class HttpChecker(Checker):
             if not chunk:
                 break
             self.raw += chunk
-        self._url_done(bytes(self.raw))
+        self._url_done(self.raw)
 
     def _close(self):
-        sock, self.sock = self.sock, None
+        """Close the url's socket and drop its response (up to MAX_BODY per checker must not stay between runs)."""
+        sock, self.sock, self.raw = self.sock, None, None
         if sock is not None:
             self.waiter.remove_writer(sock.fileno())
             sock.close()
 
     def _url_done(self, raw):
         self._close()
-        failed, self.ok_msg = self.verdict(self.spec.url[self.url_i], raw, self.ok_msg)
+        failed, self.ok_msg = self.verdict(self.spec.url[self.url_i], raw and bytes(raw), self.ok_msg)
         if failed is None and self.url_i + 1 < len(self.spec.url):
             return self._start(self.url_i + 1)
         done, self.done, self.waiter = self.done, None, None
