@@ -3,6 +3,8 @@ completes times out at the checker's deadline with keepalived's words and brings
 when the listener accepts again, and stopping the engine mid-connect closes that socket (and the engine's epoll).
 Waits end on events."""
 import asyncio
+import gc
+import hashlib
 import os
 import socket
 
@@ -10,6 +12,7 @@ import pytest
 
 from conftest import needs_root
 from health_harness import REAL, Watched, one_real
+from xlb.health import spec as hspec
 from xlb.health.engine import Wheel
 from xlb.health.state import REAL_DOWN, REAL_UP
 from xlb.lab.netns import Topology
@@ -24,10 +27,10 @@ def ns():
             yield name
 
 
-def _full_listener():
+def _full_listener(address=REAL):
     """A listener whose accept queue is full (backlog 0 holds one connection, never accepted): the kernel drops
     every further SYN, so a connect to it hangs until its deadline."""
-    ls = socket.create_server((REAL, 0), backlog=0)
+    ls = socket.create_server((address, 0), backlog=0)
     port = ls.getsockname()[1]
     filler = socket.create_connection((REAL, port))
     return ls, filler, port
@@ -85,6 +88,79 @@ def test_stopping_the_engine_mid_connect_closes_the_socket_and_its_epoll(ns):
     finally:
         filler.close()
         ls.close()
+
+
+@needs_root
+def test_a_tcp_attempt_in_flight_holds_no_object_the_collector_tracks_but_its_socket(ns):
+    """At 10,000 checks/s, every object the collector tracks that lives as long as an attempt (closures, their
+    cells, a (callback, arg) tuple per timer) is promoted and makes the collector's full passes come sooner:
+    a third of the engine's own CPU. Counted, not timed: N connects hang on a full accept queue, then halt()."""
+    ls, filler, port = _full_listener("0.0.0.0")
+    n = 100
+    reals = [(f"127.0.0.{i + 1}", port, 1, {"check": {"kind": "TCP_CHECK", "connect_timeout": 60}}, f"real[{i}]")
+             for i in range(n)]
+    svc = hspec.parse_service("[198.51.100.10]:tcp:80", "tcp", {"warmup": 0, "delay_loop": 60}, reals, "service")
+
+    async def scenario():
+        w = Watched([svc])
+        await w.engine.start()
+        await w.until(lambda: all(d.abort_attempt for d in w.engine.driven), "every connect in progress")
+        gc.collect()
+        during = len(gc.get_objects())
+        for d in w.engine.driven:
+            d.abort()                      # the attempt ends; the checker stays
+        w.engine.wheel.close()             # and so do its timers
+        gc.collect()
+        held = during - len(gc.get_objects())
+        await w.engine.stop(timeout=0.5)
+        return held
+    gc.disable()
+    try:
+        held = asyncio.run(asyncio.wait_for(scenario(), 30))
+    finally:
+        gc.enable()
+        filler.close()
+        ls.close()
+    assert held <= n + 20, held           # a socket each, and a few of the wheel's lists
+
+
+@needs_root
+def test_http_get_runs_as_callbacks_reads_a_body_of_many_reads_and_times_out_a_silent_server(ns):
+    body, held = bytes(range(256)) * 1024, []       # 256 KiB: several reads, each a wait on the engine's epoll
+
+    async def serve(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        if held:                                    # silent: holds the connection, never answers
+            held.append(writer)
+            return
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for i in range(0, len(body), 65536):
+            writer.write(body[i:i + 65536])
+            await writer.drain()
+            await asyncio.sleep(0)
+        writer.close()
+
+    async def scenario():
+        before = _fds()
+        server = await asyncio.start_server(serve, REAL, 0)
+        port = server.sockets[0].getsockname()[1]
+        check = {"kind": "HTTP_GET", "retry": 0, "connect_timeout": 0.3,
+                 "url": [{"path": "/a", "digest": hashlib.md5(body).hexdigest()}, {"path": "/b"}]}
+        async with Watched([one_real(check, port, delay_loop=0.05)]) as w:
+            assert not w.engine.tasks and len(w.engine.driven) == 1         # no coroutine: the callback path
+            await w.passing(2)
+            held.append(None)
+            await w.effect(REAL_DOWN)
+        for writer in held[1:]:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+        await w.until(lambda: _fds() == before, "every socket closed")   # the engine's at the deadline too
+        assert all(chk.raw is None for chk in w.engine.checkers.values())  # no response kept (up to 1 MiB each)
+        return w, port
+    w, port = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert f"MD5 digest success to [{REAL}]:tcp:{port} url(/a)" in w.lines
+    assert f"Timeout connecting server [{REAL}]:tcp:{port}." in w.lines
 
 
 def test_the_wheel_runs_timers_in_tick_order_with_one_loop_timer_per_tick():

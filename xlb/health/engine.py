@@ -2,8 +2,8 @@
 next due time, runs one attempt bounded by its deadline, and hands the result to the state machine
 (``state.Core``), which says when to run next and reports effects to ``on_effect``.
 
-Two ways to run a checker, the same semantics: a checker with ``begin`` (TCP_CHECK: a connect is one callback)
-runs as callbacks, with no task, future or timer handle of its own: its due times and deadlines go to a timer
+Two ways to run a checker, the same semantics: a checker with ``begin`` (TCP_CHECK, HTTP_GET without TLS) runs
+as callbacks, with no task, future or timer handle of its own: its due times and deadlines go to a timer
 wheel (one loop timer per TICK that has any). Every other kind is one coroutine (``check()``) per checker."""
 import asyncio
 import logging
@@ -156,12 +156,14 @@ class Wheel:
         if todo is None:
             todo = self.slots[slot] = []
             self.handles[slot] = self.loop.call_at(slot * self.tick, self._fire, slot)
-        todo.append((fn, arg))
+        todo.append(fn)       # flat, no (fn, arg) tuple: an entry lives up to a deadline (seconds), and every
+        todo.append(arg)      # object the collector tracks that lives that long makes its full passes come sooner
 
     def _fire(self, slot):
         self.handles.pop(slot, None)
-        for fn, arg in self.slots.pop(slot, ()):
-            fn(arg)
+        todo = self.slots.pop(slot, ())
+        for i in range(0, len(todo), 2):
+            todo[i](todo[i + 1])
 
     def close(self):
         for h in self.handles.values():
@@ -171,10 +173,11 @@ class Wheel:
 
 
 class Poller:
-    """Writability of many short-lived sockets through one epoll of the engine's own, itself one reader of the
-    loop: ``add_writer(fd, callback)`` / ``remove_writer(fd)`` as the loop's, without its selector keys and
-    handles per socket (a third of a TCP check's CPU in the engine). One-shot: a callback runs once; closing
-    the socket takes it out of the epoll."""
+    """Readiness of many short-lived sockets through one epoll of the engine's own, itself one reader of the
+    loop: ``add_writer(fd, callback)`` / ``add_reader`` / ``remove_writer(fd)`` as the loop's, without its
+    selector keys and handles per socket (a third of a TCP check's CPU in the engine). One-shot: a callback runs
+    once; the socket stays in the epoll, disarmed, until it is closed, so a further wait on the same socket is
+    ``rearm``. Closing the socket takes it out of the epoll."""
 
     def __init__(self, loop, log):
         self.loop, self.log = loop, log
@@ -183,10 +186,21 @@ class Poller:
         loop.add_reader(self.epoll.fileno(), self._ready)
 
     def add_writer(self, fd, callback):
-        self.epoll.register(fd, select.EPOLLOUT | select.EPOLLONESHOT)
+        self._arm(self.epoll.register, fd, select.EPOLLOUT, callback)
+
+    def add_reader(self, fd, callback):
+        self._arm(self.epoll.register, fd, select.EPOLLIN, callback)
+
+    def rearm(self, fd, readable, callback):
+        """Wait again on a socket this poller waited on before (its callback ran)."""
+        self._arm(self.epoll.modify, fd, select.EPOLLIN if readable else select.EPOLLOUT, callback)
+
+    def _arm(self, how, fd, event, callback):
+        how(fd, event | select.EPOLLONESHOT)
         self.callbacks[fd] = callback
 
     def remove_writer(self, fd):
+        """No callback for ``fd`` any more (a reader's too)."""
         if self.callbacks.pop(fd, None) is not None:     # not yet run: still armed
             try:
                 self.epoll.unregister(fd)
@@ -216,18 +230,20 @@ class _Driven:
     when it already called ``done``); ``done(result)`` ends it. A generation number voids the wheel's entries
     of an attempt that ended (its deadline) or of a stopped checker."""
 
-    __slots__ = ("engine", "loop", "c", "chk", "gen", "abort_attempt", "started")
+    __slots__ = ("engine", "loop", "c", "chk", "gen", "abort_attempt", "started", "fire", "expire", "done")
 
     def __init__(self, engine, loop, c, chk):
         self.engine, self.loop, self.c, self.chk = engine, loop, c, chk
         self.gen = 0
         self.abort_attempt = None
         self.started = None
+        # bound once: a bound method made per attempt is one more object for the collector to track
+        self.fire, self.expire, self.done = self._fire, self._deadline, self._done
 
     def schedule(self, due):
         """Run the next attempt at ``due`` (the engine's clock)."""
         wheel = self.engine.wheel
-        wheel.at(self.loop.time() + (due - self.engine.clock()), self._fire, self.gen)
+        wheel.at(self.loop.time() + (due - self.engine.clock()), self.fire, self.gen)
 
     def _fire(self, gen):
         if gen != self.gen:
@@ -235,9 +251,9 @@ class _Driven:
         self.started = self.engine.clock()
         self.gen += 1
         gen = self.gen
-        self.engine.wheel.at(self.loop.time() + self.chk.deadline(), self._deadline, gen)
+        self.engine.wheel.at(self.loop.time() + self.chk.deadline(), self.expire, gen)
         try:
-            abort = self.chk.begin(self.engine.poller, self._done)
+            abort = self.chk.begin(self.engine.poller, self.done)
         except Exception as e:  # noqa: BLE001 - whatever one checker raises is its failure, never the engine's
             abort = None
             if gen == self.gen:

@@ -1,7 +1,12 @@
 """HTTP_GET: fetch every url (``GET path``, ``User-Agent: KeepAliveClient``, one connection each) and require its
 status in status_code (default 200-299), the MD5 of its body equal to digest, and regex to match (or, with
-regex_no_match, not to). All urls are fetched in one run, so fast_recovery has nothing left to hurry."""
+regex_no_match, not to). All urls are fetched in one run, so fast_recovery has nothing left to hurry.
+
+Without TLS it runs as callbacks on the engine's epoll (``begin``): per url one connect, one send, reads until
+the server closes, no coroutine, future or selector key; ``check()`` is the same run as a coroutine (SSL_GET's
+path, and for callers that await one check)."""
 import asyncio
+import errno
 import hashlib
 import re
 import socket
@@ -50,6 +55,14 @@ async def read_all(read):
 
 class HttpChecker(Checker):
     default_port = 80
+
+    def __init__(self, check, real_weight=1):
+        super().__init__(check, real_weight)
+        self.sock = self.waiter = self.done = None
+        self.url_i, self.armed, self.raw, self.out, self.ok_msg = 0, False, None, b"", ""
+        # bound once: no bound method made per wait (see tcp.py)
+        self.on_connected, self.on_sendable, self.on_readable = self._connected, self._send, self._read
+        self.abort = self._abort
 
     def deadline(self):
         return self.spec.connect_timeout * max(1, len(self.spec.url))
@@ -105,14 +118,112 @@ class HttpChecker(Checker):
     async def check(self):
         ok_msg = ""
         for url in self.spec.url:
-            raw = await self.fetch(url)
-            if raw is None:
-                return Result(False, f"Error connecting server {self.label}.")
-            why, msg = self.judge(url, raw)
-            if why:
-                return Result(False, f"{why} server {self.label}.")
-            ok_msg = ok_msg or f"{msg} success to {self.label} url({url.path})"
+            failed, ok_msg = self.verdict(url, await self.fetch(url), ok_msg)
+            if failed:
+                return failed
         return Result(True, ok_msg)
+
+    def verdict(self, url, raw, ok_msg):
+        """(the failed Result or None, the success words so far) for one url's response (None: no connection)."""
+        if raw is None:
+            return Result(False, f"Error connecting server {self.label}."), ok_msg
+        why, msg = self.judge(url, raw)
+        if why:
+            return Result(False, f"{why} server {self.label}."), ok_msg
+        return None, ok_msg or f"{msg} success to {self.label} url({url.path})"
+
+    # the callback path: one attempt at a time per checker (as the engine runs them), its state kept here
+
+    def begin(self, poller, done):
+        """Start one attempt on ``poller`` (the engine's Poller); ``done(Result)`` ends it. Returns the abort (the
+        engine's deadline) while an url is in progress, None when ``done`` was called already."""
+        self.waiter, self.done, self.ok_msg = poller, done, ""
+        self._start(0)
+        return self.abort if self.done is not None else None
+
+    def _start(self, i):
+        """Fetch url ``i``: connect, then send, then read (each step waits on the poller when it must)."""
+        self.url_i, self.armed = i, False
+        try:
+            sock = self.socket(socket.SOCK_STREAM)
+        except OSError:
+            return self._url_done(None)
+        try:
+            err = sock.connect_ex(self.dst())
+        except BaseException:
+            sock.close()
+            raise
+        if err not in (0, errno.EINPROGRESS):
+            sock.close()
+            return self._url_done(None)
+        self.sock, self.raw = sock, bytearray()
+        self.out = request(self.spec.url[i], self.spec, self.spec.connect_port, self.default_port)
+        if err:
+            return self._wait(False, self.on_connected)
+        self._send()
+
+    def _wait(self, readable, callback):
+        fd = self.sock.fileno()
+        if self.armed:
+            self.waiter.rearm(fd, readable, callback)
+        else:
+            (self.waiter.add_reader if readable else self.waiter.add_writer)(fd, callback)
+            self.armed = True
+
+    def _connected(self):
+        try:
+            err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError:
+            err = errno.EBADF
+        if err:
+            return self._url_done(None)
+        self._send()
+
+    def _send(self):
+        try:
+            sent = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            return self._url_done(b"")
+        self.out = self.out[sent:]
+        if self.out:
+            return self._wait(False, self.on_sendable)
+        self._read()
+
+    def _read(self):
+        """What the server sends until it closes, up to MAX_BODY (as read_all)."""
+        while len(self.raw) < MAX_BODY:
+            try:
+                chunk = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return self._wait(True, self.on_readable)
+            except OSError:
+                return self._url_done(b"")
+            if not chunk:
+                break
+            self.raw += chunk
+        self._url_done(self.raw)
+
+    def _close(self):
+        """Close the url's socket and drop its response (up to MAX_BODY per checker must not stay between runs)."""
+        sock, self.sock, self.raw = self.sock, None, None
+        if sock is not None:
+            self.waiter.remove_writer(sock.fileno())
+            sock.close()
+
+    def _url_done(self, raw):
+        self._close()
+        failed, self.ok_msg = self.verdict(self.spec.url[self.url_i], raw and bytes(raw), self.ok_msg)
+        if failed is None and self.url_i + 1 < len(self.spec.url):
+            return self._start(self.url_i + 1)
+        done, self.done, self.waiter = self.done, None, None
+        done(failed or Result(True, self.ok_msg))
+
+    def _abort(self):
+        if self.done is not None:
+            self._close()
+            self.done = self.waiter = None
 
     @staticmethod
     def judge(url, raw):

@@ -8,6 +8,7 @@ from .http import HttpChecker
 
 class SslChecker(HttpChecker):
     default_port = 443
+    begin = None          # a coroutine over a TLS stream (engine.py), not HTTP_GET's callbacks
 
     def __init__(self, check, real_weight=1):
         super().__init__(check, real_weight)

@@ -14,6 +14,11 @@ class TcpChecker(Checker):
         super().__init__(check, real_weight)
         self.failed = Result(False, f"TCP connection to {self.label} failed.")
         self.success = Result(True, f"TCP connection to {self.label} success.")
+        # begin()'s attempt in progress (one at a time per checker, as the engine runs them): kept here, with
+        # its callbacks bound once, rather than in closures and cells made per attempt (every such object the
+        # collector tracks that outlives a young pass brings its full passes sooner, at 10,000 checks/s)
+        self.sock = self.waiter = self.done = None
+        self.on_writable, self.abort = self._writable, self._abort
 
     def timed_out(self):
         return Result(False, f"TCP connection to {self.label} timedout.")
@@ -33,6 +38,8 @@ class TcpChecker(Checker):
             return None
         try:
             err = sock.connect_ex(self.dst())
+            if err == errno.EINPROGRESS:
+                loop.add_writer(sock.fileno(), self.on_writable)
         except BaseException:
             sock.close()
             raise
@@ -40,26 +47,28 @@ class TcpChecker(Checker):
             sock.close()
             done(self.failed if err else self.success)
             return None
-        fd = sock.fileno()
+        self.sock, self.waiter, self.done = sock, loop, done
+        return self.abort
 
-        def writable():
-            loop.remove_writer(fd)
-            try:
-                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            except OSError:
-                err = errno.EBADF
-            sock.close()
-            done(self.failed if err else self.success)
+    def _end(self):
+        """The attempt in progress, no longer waited for: (socket, done)."""
+        sock, done = self.sock, self.done
+        self.waiter.remove_writer(sock.fileno())
+        self.sock = self.waiter = self.done = None
+        return sock, done
 
-        def abort():
-            loop.remove_writer(fd)
-            sock.close()
+    def _writable(self):
+        sock, done = self._end()
         try:
-            loop.add_writer(fd, writable)
-        except BaseException:
-            sock.close()
-            raise
-        return abort
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError:
+            err = errno.EBADF
+        sock.close()
+        done(self.failed if err else self.success)
+
+    def _abort(self):
+        if self.sock is not None:
+            self._end()[0].close()
 
 
 CHECKER = TcpChecker
