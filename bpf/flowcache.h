@@ -92,6 +92,29 @@ static __always_inline struct flow_entry *cache_probe(struct pkt *p, struct sett
 	return 0;
 }
 
+/* The two entries of the set at slot (reply as in cache_probe) in *e0 and *e1; 0: none (the trace build never
+ * writes the caches; TTL 0: they are off). */
+static __always_inline int cache_set(struct settings *st, __u32 slot, int reply, struct flow_entry **e0,
+				     struct flow_entry **e1)
+{
+	if (XLB_TRACING || !st->flow_ttl)
+		return 0;
+	__u32 i0 = slot, i1 = slot + 1;
+	*e0 = reply ? (struct flow_entry *)reply_cache.lookup(&i0) : flow_cache.lookup(&i0);
+	*e1 = reply ? (struct flow_entry *)reply_cache.lookup(&i1) : flow_cache.lookup(&i1);
+	return *e0 && *e1;
+}
+
+/* Empty the flow's own entry of its set (e0, e1), if any: as never filled. Its first 64 bytes: a whole flow_entry,
+ * a reply_entry's line with its key. */
+static __always_inline void cache_forget(struct pkt *p, struct flow_entry *e0, struct flow_entry *e1)
+{
+	if (flow_key_eq(&e0->key, p))
+		__builtin_memset(e0, 0, sizeof(*e0));
+	if (flow_key_eq(&e1->key, p))
+		__builtin_memset(e1, 0, sizeof(*e1));
+}
+
 /* The cached entry for this packet's flow, or 0. */
 static __always_inline struct flow_entry *flow_cached(struct pkt *p, struct settings *st, __u32 slot)
 {
@@ -105,19 +128,11 @@ static __always_inline struct flow_entry *flow_cached(struct pkt *p, struct sett
 static __always_inline void flow_fill(struct pkt *p, __u32 slot, __u32 gen, struct settings *st, struct conn *c,
 				      struct real *r)
 {
-	if (XLB_TRACING || !st->flow_ttl)
-		return;
-	__u32 i0 = slot, i1 = slot + 1;
-	struct flow_entry *e0 = flow_cache.lookup(&i0);
-	struct flow_entry *e1 = flow_cache.lookup(&i1);
-	if (!e0 || !e1)
+	struct flow_entry *e0, *e1;
+	if (!cache_set(st, slot, 0, &e0, &e1))
 		return;
 	if (c->state != XLB_CS_EST && c->state != XLB_CS_UDP) {
-		/* A handshake or a closing flow: its own entry, if any, is emptied (as never filled). */
-		if (flow_key_eq(&e0->key, p))
-			__builtin_memset(e0, 0, sizeof(*e0));
-		if (flow_key_eq(&e1->key, p))
-			__builtin_memset(e1, 0, sizeof(*e1));
+		cache_forget(p, e0, e1);  /* a handshake or a closing flow */
 		return;
 	}
 	__u32 now = (__u32)bpf_jiffies64();

@@ -39,24 +39,17 @@ static __always_inline struct reply_entry *reply_cached(struct pkt *p, struct se
 static __always_inline void reply_fill(struct pkt *p, __u32 slot, __u32 gen, struct settings *st, struct nat_rev *nr,
 				       int sent)
 {
-	if (XLB_TRACING || !st->flow_ttl)
+	struct flow_entry *e0, *e1;  /* reply_entry read through flow_entry's key, gen and stamp, as in cache_probe */
+	if (!cache_set(st, slot, 1, &e0, &e1))
 		return;
-	__u32 i0 = slot, i1 = slot + 1;
-	struct reply_entry *e0 = reply_cache.lookup(&i0);
-	struct reply_entry *e1 = reply_cache.lookup(&i1);
-	if (!e0 || !e1)
-		return;
-	int has0 = flow_key_eq(&e0->key, p), has1 = flow_key_eq(&e1->key, p);
 	if (!sent || !cache_may_answer(p, st)) {
-		if (has0)
-			__builtin_memset(e0, 0, sizeof(*e0));
-		if (has1)
-			__builtin_memset(e1, 0, sizeof(*e1));
+		cache_forget(p, e0, e1);
 		return;
 	}
 	__u32 now = (__u32)bpf_jiffies64();
-	struct reply_entry *e = cache_way(has0, has1, flow_live((struct flow_entry *)e0, st, now),
-					  flow_live((struct flow_entry *)e1, st, now), e0->stamp, e1->stamp) ? e1 : e0;
+	struct reply_entry *e = (struct reply_entry *)(cache_way(flow_key_eq(&e0->key, p), flow_key_eq(&e1->key, p),
+								 flow_live(e0, st, now), flow_live(e1, st, now),
+								 e0->stamp, e1->stamp) ? e1 : e0);
 	conn_key_of(p, &e->key);
 	e->gen = gen;
 	e->stamp = nr->hop_stamp;
