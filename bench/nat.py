@@ -1,5 +1,6 @@
 """NAT's per-packet cost against direct routing's, in one run: established TCP flows of a DR service and of a NAT
-service (VIP:80 -> real:8080), and the NAT flows' replies (real -> client, found in nat_revs, rewritten back).
+service (VIP:80 -> real:8080), and the NAT flows' replies (real -> client, rewritten back: the first round finds
+them in nat_revs and fills the reply cache, bpf/replycache.h; the median round is its hits).
 
     .venv/bin/python -m bench.nat [--quick]
 

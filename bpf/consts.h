@@ -80,6 +80,10 @@
 #ifndef XLB_FLOW_CACHE
 #define XLB_FLOW_CACHE 65536
 #endif
+/* NAT reply cache entries per CPU (a power of two; the loader passes half the flow cache's: 128-byte entries). */
+#ifndef XLB_REPLY_CACHE
+#define XLB_REPLY_CACHE 32768
+#endif
 /* VIP filter: 64-bit words of the bitmap (bpf/classify.h may_be_vip; a power of two). */
 #ifndef XLB_VIP_FILTER_WORDS
 #define XLB_VIP_FILTER_WORDS 1024

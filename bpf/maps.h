@@ -70,6 +70,9 @@ BPF_PERCPU_ARRAY(nh_cache, struct nexthop, XLB_MAX_REALS);
  * 64-byte entry is one cache line (a plain array's values start 56 bytes into a line: every probe touched two,
  * ~8% of an established packet over 16384 flows). */
 BPF_F_TABLE("array", int, struct flow_entry, flow_cache, XLB_FLOW_CACHE * XLB_NR_CPUS, BPF_F_MMAPABLE);
+/* NAT replies by their tuple's hash (sets of two 128-byte entries): one region of XLB_REPLY_CACHE entries per CPU,
+ * as flow_cache; written by the data plane from nat_revs (bpf/replycache.h). Derived state: not pinned. */
+BPF_F_TABLE("array", int, struct reply_entry, reply_cache, XLB_REPLY_CACHE * XLB_NR_CPUS, BPF_F_MMAPABLE);
 /* Counters: per service id, per real id, per mark rule id, per verdict reason. */
 XLB_MAP("percpu_array", int, struct counters, svc_stats, XLB_MAX_SERVICES, 0);
 XLB_MAP("percpu_array", int, struct counters, real_stats, XLB_MAX_REALS, 0);

@@ -278,13 +278,38 @@ static __always_inline int nat_reply_hop(struct xdp_md *ctx, struct pkt *p, stru
 	return 0;
 }
 
-/* The source of a real's reply (icmp: of an ICMP error from the reals' side, outer and embedded) back to VIP:port. */
-static __always_inline int nat_reply_rewrite(struct xdp_md *ctx, struct pkt *p, int icmp, struct nat_rev *hop,
-					     __be16 vport, int ttl)
+/* The source of a real's reply (icmp: of an ICMP error from the reals' side, outer and embedded) back to vip:vport;
+ * hop: decrement the TTL / hop limit (xlb forwards it). */
+static __always_inline int nat_reply_rewrite(struct xdp_md *ctx, struct pkt *p, int icmp, const __be32 *vip,
+					     __be16 vport, int hop)
 {
 	if (icmp)
-		return nat_icmp_rewrite(ctx, p, XLB_NAT_SRC, hop->vip, vport, ttl);
-	return nat_rewrite(ctx, p, XLB_NAT_SRC, hop->vip, vport, ttl);
+		return nat_icmp_rewrite(ctx, p, XLB_NAT_SRC, vip, vport, hop);
+	return nat_rewrite(ctx, p, XLB_NAT_SRC, vip, vport, hop);
+}
+
+/* A reply's OutPkts/OutBytes, for its service and its real. */
+static __always_inline void nat_count_out(__u32 svc_id, __u32 real_id, __u64 bytes)
+{
+	count(svc_out_stats.lookup(&svc_id), bytes, 0);
+	count(real_out_stats.lookup(&real_id), bytes, 0);
+}
+
+/* Rewrite a reply (icmp: an ICMP error) back to vip:vport, count it for svc_id and real_id and send it to the next
+ * hop toward its client (ifindex, dmac, smac; mtu: the egress interface's). Returns the verdict reason with *action
+ * set (XDP_DROP unless sent). The reply cache's hits (bpf/replycache.h) and nat_reply_send both end here. */
+static __always_inline int nat_reply_out(struct xdp_md *ctx, struct pkt *p, int icmp, const __be32 *vip, __be16 vport,
+					 __u16 mtu, __u32 ifindex, const __u8 *dmac, const __u8 *smac, __u32 svc_id,
+					 __u32 real_id, __u64 bytes, int *action)
+{
+	*action = XDP_DROP;
+	if (p->ip_len > mtu)
+		return XLB_DROP_TOO_BIG;
+	int reason = nat_reply_rewrite(ctx, p, icmp, vip, vport, 1);
+	if (reason)
+		return reason;
+	nat_count_out(svc_id, real_id, bytes);
+	return send_hop(ctx, ifindex, dmac, smac, XLB_FWD_REPLY_TX, XLB_FWD_REPLY_REDIRECT, action);
 }
 
 /* Send a packet of NAT connection nr from the reals' side toward its client: a reply (icmp 0) or an ICMP error about
@@ -310,39 +335,18 @@ static __always_inline int nat_reply_send(struct xdp_md *ctx, struct pkt *p, str
 		if (reason == XLB_DROP_NO_NEIGH) {
 			/* The client's next hop is not resolved (nothing but the kernel's own traffic resolves it): let
 			 * the kernel forward this one, rewritten, and resolve it; the next replies go by XDP. */
-			reason = nat_reply_rewrite(ctx, p, icmp, hop, vport, 0);
+			reason = nat_reply_rewrite(ctx, p, icmp, hop->vip, vport, 0);
 			if (reason)
 				return reason;
-			count(svc_out_stats.lookup(&svc_id), bytes, 0);
-			count(real_out_stats.lookup(&real_id), bytes, 0);
+			nat_count_out(svc_id, real_id, bytes);
 			*action = XDP_PASS;
 			return XLB_PASS_REPLY_NEIGH;
 		}
 		if (reason)
 			return reason;
 	}
-	if (p->ip_len > hop->mtu)
-		return XLB_DROP_TOO_BIG;
-	int reason = nat_reply_rewrite(ctx, p, icmp, hop, vport, 1);
-	if (reason)
-		return reason;
-	count(svc_out_stats.lookup(&svc_id), bytes, 0);
-	count(real_out_stats.lookup(&real_id), bytes, 0);
-	return send_hop(ctx, hop->ifindex, hop->dmac, hop->smac, XLB_FWD_REPLY_TX, XLB_FWD_REPLY_REDIRECT, action);
-}
-
-/* A real's reply to a NAT connection, found by its tuple in nat_revs (or nat_half): nat_reply_send. Returns the verdict reason
- * with *action set, or -1: no NAT connection has this tuple (the caller goes on as for any packet that is no
- * service's). */
-static __always_inline int nat_reply(struct xdp_md *ctx, struct pkt *p, struct settings *st, __u64 bytes,
-				     int *action)
-{
-	struct conn_key k;
-	conn_key_of(p, &k);
-	struct nat_rev *nr = nat_rev_lookup(&k);
-	if (!nr)
-		return -1;
-	return nat_reply_send(ctx, p, st, bytes, nr, 0, action);
+	return nat_reply_out(ctx, p, icmp, hop->vip, vport, hop->mtu, hop->ifindex, hop->dmac, hop->smac, svc_id,
+			     real_id, bytes, action);
 }
 
 #endif

@@ -196,6 +196,24 @@ struct flow_entry {
 	__u32 method;              /* enum xlb_method of the real: NAT rewrites need the real's entry */
 };
 
+/* reply_cache: per CPU, 2-way set associative by a hash of a NAT reply's tuple; derived from nat_revs
+ * (bpf/replycache.h). 128 bytes (two cache lines, the first with what a probe compares); key, gen and stamp at
+ * flow_entry's offsets: one probe serves both caches (bpf/flowcache.h cache_probe). */
+struct reply_entry {
+	struct conn_key key;       /* the reply's tuple, as nat_revs keys it */
+	__u32 real_id;             /* for OutPkts/OutBytes */
+	__u32 ifindex;             /* next hop toward the client: egress interface */
+	__u32 svc_id;
+	__u32 gen;                 /* settings.gen read before nat_revs was looked up (flow_entry's offset) */
+	__u32 stamp;               /* bpf_jiffies64() (low 32 bits) of the next hop's lookup, nat_rev.hop_stamp (ditto) */
+	__be16 vport;              /* the reply's new source port, network order */
+	__u16 mtu;                 /* the egress interface's MTU, bytes */
+	__be32 vip[4];             /* the reply's new source address */
+	__u8 dmac[6];              /* next hop: its MAC and ours */
+	__u8 smac[6];
+	__u8 pad[36];
+};
+
 /* sync_events: one record per new connection and per TCP state change of a connection entry, written only while
  * settings.flags has XLB_SET_F_SYNC (bpf/sync.h); the daemon's sync master turns each into IPVS sync entries (the
  * connection, and its persistence template when the service is persistent: the template's key and real follow

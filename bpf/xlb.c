@@ -19,6 +19,7 @@
 #include "frag.h"
 #include "icmp.h"
 #include "flowcache.h"
+#include "replycache.h"
 #include "sync.h"
 #include "halfopen.h"
 #include "trace.h"

@@ -226,6 +226,9 @@ EARLIER_LAYOUTS = {
     bytes.fromhex("cbac9807fe2ab84c6908e360a9c8b2db4b1d109f71f71813bc7a47d740f94a89"): {
         "verdicts": "the verdict counters start from zero, with the new reasons (NAT ICMP errors, tunnels)",
     },
+    # d49dd53: before the NAT reply cache (bpf/replycache.h: a new unpinned map, reply_cache); every pinned map is
+    # adopted as it is.
+    bytes.fromhex("45e9e35b8d136458b7830ce17e6eefa8b6c941544f076ed17f0a8c98458aa558"): {},
 }
 
 

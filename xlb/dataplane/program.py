@@ -57,7 +57,8 @@ def cflags_for(tables, pin_dir=None) -> list:
     the maps in (bpf/maps.h XLB_MAP; none: unpinned)."""
     flags = [f"-DXLB_CONNS={tables.conns}", f"-DXLB_TEMPLATES={tables.templates}",
              f"-DXLB_HALF_OPEN={half_open_size(tables.conns)}",
-             f"-DXLB_FLOW_CACHE={max(tables.flow_cache, 2)}", f"-DXLB_NR_CPUS={possible_cpus()}"]
+             f"-DXLB_FLOW_CACHE={max(tables.flow_cache, 2)}", f"-DXLB_REPLY_CACHE={max(tables.flow_cache // 2, 2)}",
+             f"-DXLB_NR_CPUS={possible_cpus()}"]
     if pin_dir is not None:
         flags.append(f'-DXLB_PIN_DIR="{pin_dir}"')
     return flags

@@ -176,6 +176,12 @@ class FlowEntry(ct.Structure):
                 ("stamp", _u32), ("method", _u32)]
 
 
+class ReplyEntry(ct.Structure):
+    _fields_ = [("key", ConnKey), ("real_id", _u32), ("ifindex", _u32), ("svc_id", _u32), ("gen", _u32),
+                ("stamp", _u32), ("vport", _u16), ("mtu", _u16), ("vip", _addr), ("dmac", _u8 * 6),
+                ("smac", _u8 * 6), ("pad", _u8 * 36)]
+
+
 class SyncEvent(ct.Structure):
     _fields_ = [("key", ConnKey), ("svc_id", _u32), ("real_id", _u32), ("state", _u8), ("pad", _u8 * 7)]
 
@@ -210,6 +216,7 @@ MAP_TYPES = {
     "settings": (None, Settings),
     "nh_cache": (None, Nexthop),
     "flow_cache": (None, FlowEntry),
+    "reply_cache": (None, ReplyEntry),
     "svc_stats": (None, Counters),
     "real_stats": (None, Counters),
     "mark_stats": (None, Counters),
