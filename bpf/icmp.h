@@ -191,7 +191,7 @@ static __always_inline int icmp_error_out(struct xdp_md *ctx, struct pkt *p, str
 					  __u64 bytes)
 {
 	struct pkt flow = {};
-	if (!icmp_is_error(p, ic[0]) || icmp_quoted(ctx, p, ic, &flow))
+	if (!(st->flags & XLB_SET_F_NAT) || !icmp_is_error(p, ic[0]) || icmp_quoted(ctx, p, ic, &flow))
 		return verdict(XLB_PASS_OTHER_PROTO, XDP_PASS, bytes);
 	struct conn_key k;
 	conn_key_of(&flow, &k);

@@ -101,11 +101,12 @@ static __always_inline __u32 place(struct xdp_md *ctx, struct handoff *h, struct
 	return real_id;
 }
 
-/* A TCP/UDP packet that is no service's: a real's reply to a NAT connection (bpf/nat.h), else the kernel's. */
+/* A TCP/UDP packet that is no service's: a real's reply to a NAT connection (bpf/nat.h), else the kernel's. A
+ * balancer with no NAT service looks no further. */
 static __always_inline int no_service(struct xdp_md *ctx, struct pkt *p, struct settings *st, __u64 bytes)
 {
 	int action = XDP_PASS;
-	int reason = nat_reply(ctx, p, st, bytes, &action);
+	int reason = st->flags & XLB_SET_F_NAT ? nat_reply(ctx, p, st, bytes, &action) : -1;
 	if (reason < 0)
 		return verdict(XLB_PASS_NO_SERVICE, XDP_PASS, bytes);
 	return verdict(reason, action, bytes);

@@ -130,3 +130,17 @@ def test_entries_are_two_cache_lines(bench):
     assert ct.sizeof(table.Leaf) == ct.sizeof(S.ReplyEntry) == 128
     assert S.ReplyEntry.gen.offset + 4 <= 64 and S.ReplyEntry.stamp.offset + 4 <= 64
     assert map_info(table.map_fd).map_flags & BPF_F_MMAPABLE
+
+
+def test_a_balancer_with_no_nat_service_looks_for_no_reply(bench):
+    """Once the last NAT service is gone (settings.flags without XLB_SET_F_NAT), a packet that is no service's
+    passes at once: a DR-only balancer pays no reply-cache probe and no nat_revs lookups for it, and a NAT
+    connection's reply left in nat_revs (until the sweep) is not rewritten for a service that no longer exists."""
+    bench.reset(CFG)
+    steps, _, rep = established(bench)
+    go(bench, *steps)
+    assert bench.dp.m["settings"][ct.c_uint32(0)].flags & S.SET_F_NAT
+    bench.dp.apply(bench.config(svc(V4, 80, "tcp", [(R4, None)], method="dr")))
+    assert not bench.dp.m["settings"][ct.c_uint32(0)].flags & S.SET_F_NAT
+    assert bench.prog["nat_revs"][conn_key(rep)]                     # still there: the sweep has not run
+    go(bench, (rep, bench.ifindex1, PASS, None, "pass_no_service"))

@@ -395,6 +395,7 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
                  | (S.SET_F_SYNC if self.sync_export else 0))
         flags |= S.SET_F_ECHO if config.icmp.echo_reply else 0
         flags |= S.SET_F_HALF_OPEN if config.tables.half_open else 0
+        flags |= S.SET_F_NAT if any(s.method == "nat" for s in config.services) else 0
         st = S.Settings(flags=flags, gen=old.gen,
                         flow_ttl=self._flow_ttl(min(t.syn, t.tcp, t.tcpfin, t.udp)))
         for name, secs in (("syn", t.syn), ("est", t.tcp), ("fin", t.tcpfin), ("udp", t.udp)):
