@@ -38,7 +38,7 @@ class WalkArgs(ct.Structure):
 
 
 class RealSlot(ct.Structure):
-    """Per real id: its generation (ALL_ONES: no live real has the id), and the walk's counts."""
+    """Per real id: its generation (written for the live reals), and the walk's counts."""
     _fields_ = [("gen", ct.c_uint64), ("inactive", ct.c_uint32), ("active", ct.c_uint32)]
 
 
@@ -53,9 +53,6 @@ class AggKey(ct.Structure):
 
 class Agg(ct.Structure):
     _fields_ = [("until", ct.c_int64), ("in_conns", ct.c_uint64)]
-
-
-NO_GEN = (1 << 64) - 1
 
 
 def _off(struct_t, field, i=0):
@@ -293,7 +290,6 @@ class Walker:
             self._fin()
             raise
         self.prog_fd = own[-1]
-        self._real_ids = np.arange(max_reals, dtype=np.uint32)
         self._svc_ids = np.arange(max_services, dtype=np.uint32)
 
     def close(self):
@@ -302,29 +298,32 @@ class Walker:
     def run(self, now, read_at, timeouts, gens, svcs):
         """One walk. gens: {real id: generation} of the live reals; svcs: {service id: persistence netmask (16
         bytes)} of the services whose connections are aggregated. Returns (WalkArgs after the walk, per-real
-        records (RealSlot dtype, by id), aggregates (AggKey records, Agg records))."""
+        records (RealSlot dtype, by id, up to the highest live one), aggregates (AggKey records, Agg records))."""
         args = WalkArgs(now=now, read_at=read_at)
         args.timeout_ns[:S.CONN_STATES] = list(timeouts)
-        reals = np.zeros(self.max_reals, np.dtype(RealSlot))
-        reals["gen"] = NO_GEN
-        if gens:
-            reals["gen"][np.fromiter(gens, np.int64, len(gens))] = list(gens.values())
+        # Only the live reals' slots are written and read back (real ids are allocated from the lowest): the
+        # others may keep an old generation and counts, which nothing reads.
+        ids = np.fromiter(gens, np.uint32, len(gens))
+        reals = np.zeros(len(ids), np.dtype(RealSlot))
+        reals["gen"] = list(gens.values())
         slots = np.zeros(self.max_services, np.dtype(SvcSlot))
         for sid, mask in svcs.items():
             slots["mask"][sid] = np.frombuffer(mask, np.uint64)
             slots["picked"][sid] = 1
         one = np.zeros(1, np.uint32)
         update_batch(self.fds["args"], one, np.frombuffer(bytearray(args), np.dtype(WalkArgs)))
-        update_batch(self.fds["reals"], self._real_ids, reals)
+        update_batch(self.fds["reals"], ids, reals)
         update_batch(self.fds["svcs"], self._svc_ids, slots)
         A.test_run(self.prog_fd)
         out = np.zeros(1, np.dtype(WalkArgs))
         lookup_batch_into(self.fds["args"], one, out)
-        lookup_batch_into(self.fds["reals"], self._real_ids, reals)
+        upto = int(ids.max()) + 1 if len(ids) else 0
+        counts = np.zeros(upto, np.dtype(RealSlot))
+        lookup_batch_into(self.fds["reals"], np.empty(upto, np.uint32), counts)
         keys = np.empty(self.max_clients, np.dtype(AggKey))
         vals = np.empty(self.max_clients, np.dtype(Agg))
         n = lookup_batch_into(self.fds["agg"], keys, vals)
-        return WalkArgs.from_buffer_copy(out.tobytes()), reals, (keys[:n], vals[:n])
+        return WalkArgs.from_buffer_copy(out.tobytes()), counts, (keys[:n], vals[:n])
 
 
 def _close_all(fds):

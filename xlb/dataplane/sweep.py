@@ -121,14 +121,15 @@ class Sweeper:
         self.last_sweep = res
         return res
 
-    def choose_sweep(self, log=None, numpy=False):
+    def choose_sweep(self, log=None, numpy=None):
         """Load the kernel's walk once (the first sweep, or the daemon at start, which logs the choice); where the
         kernel refuses it (before 5.13: no bpf_for_each_map_elem) the sweep reads the tables with numpy, as it
-        does from now on with numpy=True (tests, bench). Returns the path, "kernel" or "numpy"."""
+        does from now on with numpy=True (tests, bench; numpy=False tries the kernel's again). Returns the path,
+        "kernel" or "numpy"."""
         if numpy and self._walker:
             self._walker.close()
-        if numpy:
-            self._walker = False
+        if numpy is not None:
+            self._walker = False if numpy else (self._walker or None)
         if self._walker is None:
             try:
                 t = self.m["persist"].max_entries
