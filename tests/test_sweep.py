@@ -170,11 +170,15 @@ def fill_half_and_nat(dp, rng, now, conns):
         dp.m[rng.choice(("nat_revs", "nat_half"))][rev] = nat
 
 
-def tables_after_sweep(bench, seed, now, path):
+def tables_after_sweep(bench, seed, now, path, max_clients=None):
     bench.reset(config(with_spare_real=True))
     bench.dp.apply(bench.config(config(with_spare_real=False)))
     dp = bench.dp
     assert dp.choose_sweep(numpy=path == "numpy") == path
+    if max_clients:   # aggregates for that many clients only: the walk overflows
+        from xlb.dataplane.kwalk import Walker
+        dp._walker.close()
+        dp._walker = Walker(dp.m, dp.cap.max_reals, dp.cap.max_services, max_clients)
     rng = random.Random(seed)
     conns, _ = fill(dp, rng, now)
     fill_half_and_nat(dp, rng, now, conns)
@@ -186,12 +190,13 @@ def tables_after_sweep(bench, seed, now, path):
 
 
 @needs_root
-@pytest.mark.parametrize("seed", [4, 5])
-def test_kernel_and_numpy_sweeps_leave_the_same_tables(bench, seed):
+@pytest.mark.parametrize("seed, max_clients", [(4, None), (5, None), (6, 8)])
+def test_kernel_and_numpy_sweeps_leave_the_same_tables(bench, seed, max_clients):
     """The same random tables (connections, half-open ones, NAT reverse entries of live, gone and re-placed
-    connections, templates) swept by either path: the same map contents, counts and results."""
+    connections, templates) swept by either path: the same map contents, counts and results; also when the
+    walk's aggregates overflow (the templates' part then reads the swept table)."""
     now = now_ns()
-    res_k, maps_k, counts_k = tables_after_sweep(bench, seed, now, "kernel")
+    res_k, maps_k, counts_k = tables_after_sweep(bench, seed, now, "kernel", max_clients)
     res_n, maps_n, counts_n = tables_after_sweep(bench, seed, now, "numpy")
     assert 0 < res_n.nat_expired < res_n.nat_seen and 0 < res_n.nat_half_expired < res_n.nat_half_seen
     assert 0 < res_n.half_open_expired < res_n.half_open_seen and res_n.templates_held > 0
