@@ -175,7 +175,7 @@ def tables_after_sweep(bench, seed, now, path, max_clients=None):
     bench.dp.apply(bench.config(config(with_spare_real=False)))
     dp = bench.dp
     assert dp.choose_sweep(numpy=path == "numpy") == path
-    if max_clients:   # aggregates for that many clients only: the walk overflows
+    if max_clients:   # aggregates for that many clients only (8: the walk overflows; 256: 128 slots, shared)
         from xlb.dataplane.kwalk import Walker
         dp._walker.close()
         dp._walker = Walker(dp.m, dp.cap.max_reals, dp.cap.max_services, max_clients)
@@ -190,11 +190,12 @@ def tables_after_sweep(bench, seed, now, path, max_clients=None):
 
 
 @needs_root
-@pytest.mark.parametrize("seed, max_clients", [(4, None), (5, None), (6, 8)])
+@pytest.mark.parametrize("seed, max_clients", [(4, None), (5, None), (6, 8), (7, 256)])
 def test_kernel_and_numpy_sweeps_leave_the_same_tables(bench, seed, max_clients):
     """The same random tables (connections, half-open ones, NAT reverse entries of live, gone and re-placed
-    connections, templates) swept by either path: the same map contents, counts and results; also when the
-    walk's aggregates overflow (the templates' part then reads the swept table)."""
+    connections, templates) swept by either path: the same map contents, counts and results; also with fewer
+    direct-mapped slots than clients (the others in the hash), and when the walk's aggregates overflow (the
+    templates' part then reads the swept table)."""
     now = now_ns()
     res_k, maps_k, counts_k = tables_after_sweep(bench, seed, now, "kernel", max_clients)
     res_n, maps_n, counts_n = tables_after_sweep(bench, seed, now, "numpy")

@@ -18,12 +18,13 @@ _BPF_MAP_CREATE, _BPF_PROG_LOAD, _BPF_PROG_TEST_RUN, _BPF_BTF_LOAD = 0, 5, 10, 1
 BPF_PROG_TYPE_XDP = 6
 MAP_HASH, MAP_ARRAY = 1, 2
 BPF_F_NO_PREALLOC = 1
+BPF_F_MMAPABLE = 1 << 10
 
 # instruction classes, sizes, modes, operations, sources
 _LDX, _ST, _STX, _JMP, _ALU64 = 0x01, 0x02, 0x03, 0x05, 0x07
 SIZES = {1: 0x10, 2: 0x08, 4: 0x00, 8: 0x18}   # B, H, W, DW
 _MEM, _IMM_DW = 0x60, 0x18                     # BPF_MEM; BPF_LD | BPF_IMM | BPF_DW (the 16-byte load)
-ALU = {"add": 0x00, "sub": 0x10, "or": 0x40, "and": 0x50, "lsh": 0x60, "rsh": 0x70, "xor": 0xa0, "mov": 0xb0}
+ALU = {"add": 0x00, "sub": 0x10, "mul": 0x20, "or": 0x40, "and": 0x50, "lsh": 0x60, "rsh": 0x70, "xor": 0xa0, "mov": 0xb0}
 JUMPS = {"ja": 0x00, "jeq": 0x10, "jgt": 0x20, "jge": 0x30, "jne": 0x50, "jsgt": 0x60, "jsge": 0x70,
          "jlt": 0xa0, "jle": 0xb0, "jslt": 0xc0, "jsle": 0xd0}
 _CALL, _EXIT = 0x80, 0x90

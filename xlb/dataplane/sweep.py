@@ -157,7 +157,7 @@ class Sweeper:
         counts = {r: [a, i] for r, a, i in zip(live, reals["active"][live].tolist(), reals["inactive"][live].tolist())}
         if out.overflow:  # more clients than the aggregates hold: this sweep reads the (swept) table
             return counts, self._clients(self._scan_conns(now, self.timeouts()))
-        return counts, _Clients([ak["w0"], ak["w1"], ak["sid"]], av["until"], av["in_conns"] != 0)
+        return counts, _Clients([ak["w0"], ak["w1"], ak["sid"].astype(np.uint64)], av["until"], av["in_conns"] != 0)
 
     def _walk_in_numpy(self, now, read_at, res):
         """The same, by a batched read of the tables decided with numpy."""
