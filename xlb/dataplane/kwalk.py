@@ -120,7 +120,8 @@ def _in_conns(a, reg):
 def _direct_slot(a, slot_bits):
     """The client's slot among 2^slot_bits (key at fp-40, expiry at fp-16): a stale slot is claimed, the client's
     own goes to c_found with r0 at its Agg, another client's to c_hash. A slot costs an inlined array lookup
-    where the hash costs a helper call, a jhash and two dependent misses (~4x the time at 1M connections)."""
+    where the hash costs a helper call, a jhash and two dependent misses (the bench's 1M connections of 49,152
+    clients: ~0.1 s of aggregation against ~0.17 s all in the hash)."""
     words = [-40 + _off(AggKey, "w0"), -40 + _off(AggKey, "w1"), -40 + _off(AggKey, "sid")]
     a.load(8, 1, A.FP, words[0])
     a.alu("mul", 1, imm=_MIX[0])
