@@ -106,14 +106,15 @@ class Sweeper:
     # -- timers ----------------------------------------------------------------------------------------------
     def sweep(self, now=None):
         """Delete expired connections and templates; hold templates (lvs mode) while a connection they placed
-        lives. Cost: one batched read of each table into numpy arrays, decided there (no Python per entry but
-        for templates whose hold changes)."""
+        lives. Cost: the kernel's walk of the connection and NAT tables (or, where it cannot load, one batched
+        read of each into numpy arrays, decided there), then numpy over the templates (no Python per entry but for
+        templates whose hold changes)."""
         t0 = time.perf_counter()
         now = now_ns() if now is None else now
         res = SweepResult()
         read_at = now_ns()  # NAT reverse entries written after this may have connections the scan misses
-        walker = self.choose_sweep() and self._walker
-        counts, clients = (self._walk_in_kernel if walker else self._walk_in_numpy)(now, read_at, res)
+        in_kernel = self.choose_sweep() == "kernel"
+        counts, clients = (self._walk_in_kernel if in_kernel else self._walk_in_numpy)(now, read_at, res)
         self._reconcile(counts)
         self._sweep_templates(now, clients, res)
         self._sweep_locality(now, res)
