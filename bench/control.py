@@ -277,9 +277,10 @@ def run(lab, quick=False, log=print):
     apply_services(lab, out)
     apply_at_scale(out, quick)
     metrics_scrape(lab, out)
-    sweep(lab, out, 100_000 if quick else 1_000_000)
-    sweep(lab, out, 100_000 if quick else 1_000_000, templates=True)
-    sweep(lab, out, 100_000 if quick else 1_000_000, persistent=False)
+    n, rounds = (100_000, 1) if quick else (1_000_000, 3)
+    sweep(lab, out, n, rounds=rounds)
+    sweep(lab, out, n, templates=True, rounds=rounds)
+    sweep(lab, out, n, persistent=False, rounds=rounds)
     mem = {"skipped": "--quick: loading a second program takes seconds"} if quick else memory(lab)
     lab.dataplane("")
     return out, mem
