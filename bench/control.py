@@ -168,10 +168,14 @@ def _fill_conns(conns, keys, vals, n):
         L.unpin(old)
 
 
-def sweep(lab, out, n, templates=False):
+def sweep(lab, out, n, templates=False, rounds=3, persistent=True):
     """n connections (a quarter expired) of 65536 clients; with templates, each client's template too, its timer
-    run out: the clients with a live connection hold theirs (a hold to write), the others' expire."""
-    dp = lab.dataplane(_service("198.51.100.30", 80, 3, extra='persistence_timeout = 300\n'))
+    run out: the clients with a live connection hold theirs (a hold to write), the others' expire. Not persistent:
+    the same connections of a service without persistence (no template matching: the walk's floor). Each round
+    sweeps the same tables by both paths (DataPlane.choose_sweep), the kernel's walk and numpy over batched
+    reads, in this process: the figures are the kernel's (the default), with the numpy path's beside them and the
+    median of the per-round ratios."""
+    dp = lab.dataplane(_service("198.51.100.30", 80, 3, extra='persistence_timeout = 300\n' if persistent else ""))
     st = next(iter(dp.services.values()))
     rid = st.table[0]
     timeout = 900 * 10**9
@@ -188,35 +192,59 @@ def sweep(lab, out, n, templates=False):
     keys[9::10] = array("I", [6 | 4 << 8]) * n
     # A quarter expired, the rest established and live; all placed by the persistent service (holds computed).
     seen = [(now - 2 * timeout if i % 4 == 0 else now) for i in range(n)]
-    conns = lab.prog["conns"]
-    _fill_conns(conns, keys, _conn_values(seen, rid, dp.gens[rid], st.id), n)
+    live = [i for i in range(n) if seen[i] == now]
+    live_keys = array("I", b"".join(keys[10 * i:10 * i + 10].tobytes() for i in live))
+    vals, next_vals = _conn_values(seen, rid, dp.gens[rid], st.id), _conn_values([now + 10**9] * len(live), rid,
+                                                                              dp.gens[rid], st.id)
     name = f"sweep_{n // 1000}k_conns" if n < 10**6 else f"sweep_{n // 10**6}m_conns"
-    persist = lab.prog["persist"]
+    name += "" if persistent else "_not_persistent"
+    conns, persist = lab.prog["conns"], lab.prog["persist"]
+    clients = min(n, 65536)
     if templates:
-        clients = min(n, 65536)
         tkeys = (persist.Key * clients)()
         tvals = (persist.Leaf * clients)()
         for i in range(clients):
             ct.memmove(ct.addressof(tkeys[i].svc), st.key_bytes, len(st.key_bytes))
             tkeys[i].client[0] = keys[10 * i]
             tvals[i] = persist.Leaf(last_new_ns=now - 400 * 10**9, real_id=rid, real_gen=dp.gens[rid])
-        persist.items_update_batch(tkeys, tvals)
         name += f"_{clients // 1024}k_templates"
-    res, secs, cpu = _timed(lambda: dp.sweep(now))
-    out[name] = {"seconds": round(secs, 3), "cpu_seconds": round(cpu, 3), "conns_seen": res.conns_seen,
+    runs = {"kernel": [], "numpy": []}
+    for _ in range(rounds):
+        for path in ("numpy", "kernel"):
+            dp.choose_sweep(numpy=path == "numpy")
+            _fill_conns(conns, keys, vals, n)
+            if templates:
+                persist.items_update_batch(tkeys, tvals)
+            res, secs, cpu = _timed(lambda: dp.sweep(now))
+            # The next sweep, a second later, after a packet of every live connection (its last-seen time a second
+            # on): the expired entries are gone, and each hold has moved, but is only rewritten once the stored
+            # one has used up half of its lead.
+            _fill_conns(conns, live_keys, next_vals, len(live))
+            _, next_secs, next_cpu = _timed(lambda: dp.sweep(now + 10**9))
+            runs[path].append((res, secs, cpu, next_secs, next_cpu))
+            conns.items_delete_batch()
+            if templates:
+                persist.items_delete_batch()
+    dp.choose_sweep(numpy=False)
+    res = runs["kernel"][0][0]
+    if any(dataclasses.replace(r[0], seconds=0) != dataclasses.replace(res, seconds=0)
+           for path in runs for r in runs[path]):
+        raise AssertionError(f"{name}: the sweep's paths or rounds disagree: {runs}")
+
+    def median(path, i):
+        return round(sorted(r[i] for r in runs[path])[rounds // 2], 3)
+
+    def ratio(i):
+        return round(sorted(k[i] / m[i] for k, m in zip(runs["kernel"], runs["numpy"]))[rounds // 2], 2)
+    out[name] = {"seconds": median("kernel", 1), "cpu_seconds": median("kernel", 2), "conns_seen": res.conns_seen,
                  "conns_expired": res.conns_expired, "templates_seen": res.templates_seen,
-                 "templates_held": res.templates_held, "templates_expired": res.templates_expired}
-    # The next sweep, a second later, after a packet of every live connection (its last-seen time a second on):
-    # the expired entries are gone, and each hold has moved, but is only rewritten once the stored one has used
-    # up half of its lead.
-    live = [i for i in range(n) if seen[i] == now]
-    keys = array("I", b"".join(keys[10 * i:10 * i + 10].tobytes() for i in live))
-    _fill_conns(conns, keys, _conn_values([now + 10**9] * len(live), rid, dp.gens[rid], st.id), len(live))
-    _, secs, cpu = _timed(lambda: dp.sweep(now + 10**9))
-    out[name].update(next_seconds=round(secs, 3), next_cpu_seconds=round(cpu, 3))
-    conns.items_delete_batch()
-    if templates:
-        persist.items_delete_batch()
+                 "templates_held": res.templates_held, "templates_expired": res.templates_expired,
+                 "templates_missing": res.templates_missing,
+                 "next_seconds": median("kernel", 3), "next_cpu_seconds": median("kernel", 4),
+                 "numpy_cpu_seconds": median("numpy", 2), "numpy_next_cpu_seconds": median("numpy", 4),
+                 "cpu_ratio_to_numpy": ratio(2), "next_cpu_ratio_to_numpy": ratio(4),
+                 "how": f"medians of {rounds} rounds, each sweeping the same tables by the kernel's walk and by "
+                        "numpy over batched reads (DataPlane.choose_sweep), in this process"}
 
 
 def _memlock(table):
@@ -249,8 +277,10 @@ def run(lab, quick=False, log=print):
     apply_services(lab, out)
     apply_at_scale(out, quick)
     metrics_scrape(lab, out)
-    sweep(lab, out, 100_000 if quick else 1_000_000)
-    sweep(lab, out, 100_000 if quick else 1_000_000, templates=True)
+    n, rounds = (100_000, 1) if quick else (1_000_000, 3)
+    sweep(lab, out, n, rounds=rounds)
+    sweep(lab, out, n, templates=True, rounds=rounds)
+    sweep(lab, out, n, persistent=False, rounds=rounds)
     mem = {"skipped": "--quick: loading a second program takes seconds"} if quick else memory(lab)
     lab.dataplane("")
     return out, mem

@@ -88,7 +88,9 @@ def summary(result):
                          f"s, one weight changed {_fmt(v.get('reload_one_weight_seconds'))} s (goal for 10k: < 1 s)")
         if name.startswith("sweep_"):
             lines.append(f"- {name}: {v['cpu_seconds']:.2f} s CPU, the next sweep {_fmt(v.get('next_cpu_seconds'))} s "
-                         f"(goal for 1M: < 0.3 s)")
+                         f"(goal for 1M: < 0.3 s); {_fmt(v.get('cpu_ratio_to_numpy'))}x and "
+                         f"{_fmt(v.get('next_cpu_ratio_to_numpy'))}x the numpy path's "
+                         f"{_fmt(v.get('numpy_cpu_seconds'))} and {_fmt(v.get('numpy_next_cpu_seconds'))} s")
         if name == "metrics_scrape_1000x10" and v.get("seconds") is not None:
             lines.append(f"- {name}: {v['seconds'] * 1000:.0f} ms (goal < 50 ms)")
     lines += _katran(result.get("katran"))

@@ -75,6 +75,7 @@ def test_force_replaces_a_program_attached_in_the_other_mode(tmp_path, theirs, o
         assert (f"xlb: took XDP program {foreign} off eth0 ({theirs} mode) to attach in {ours} mode: the interface "
                 "had no program for a moment") in text
         assert f"xlb: attached to eth0 ({ours})" in text
+        assert "xlb: the sweep walks the connection tables in the kernel" in text   # chosen once, at start
         daemon.stop()
         assert host.xdp() == (None, None)
 

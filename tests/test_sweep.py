@@ -128,12 +128,15 @@ def expected(dp, now, conns, tmpls):
 
 
 @needs_root
+@pytest.mark.parametrize("path", ["kernel", "numpy"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_sweep_matches_the_per_entry_rules(bench, seed):
+def test_sweep_matches_the_per_entry_rules(bench, seed, path):
+    """Either path: the kernel's walk (xlb/dataplane/kwalk.py) or numpy over batched reads."""
     assert now_ns() > 200 * NS, "the monotonic clock is younger than the ages this test writes"
     bench.reset(config(with_spare_real=True))
     bench.dp.apply(bench.config(config(with_spare_real=False)))
     dp = bench.dp
+    assert dp.choose_sweep(numpy=path == "numpy") == path
     now = now_ns()
     conns, tmpls = fill(dp, random.Random(seed), now)
     want_alive, want_counts, want_kept, want_held, lazy = expected(dp, now, conns, tmpls)
@@ -148,6 +151,78 @@ def test_sweep_matches_the_per_entry_rules(bench, seed):
     assert {bytes(k) for k in dp.m["conns"].keys()} == want_alive
     assert {bytes(k): v.held_until_ns for k, v in dp.m["persist"].items()} == want_kept
     assert dp.real_conn_counts() == want_counts
+
+
+def fill_half_and_nat(dp, rng, now, conns):
+    """Move a fifth of the connections to half_open, and write NAT reverse entries (nat_revs, nat_half) for some
+    connections, with their real or another, and for none, born before the sweep or after it."""
+    for kb in rng.sample(sorted(conns), len(conns) // 5):
+        k = S.ConnKey.from_buffer_copy(kb)
+        del dp.m["conns"][k]
+        dp.m["half_open"][k] = conns[kb]
+    for kb in rng.sample(sorted(conns), 600) + [None] * 50:
+        k = S.ConnKey.from_buffer_copy(kb or rng.choice(sorted(conns)))
+        v = conns[kb] if kb else S.Conn(real_id=1)
+        rev = S.ConnKey(src=S.addr_words(addr_bytes(ipaddress.ip_address(R6[0] if k.family == 6 else R[0]))),
+                        dst=k.src, sport=8080, dport=k.sport if kb else k.sport ^ 1, proto=k.proto, family=k.family)
+        nat = S.NatRev(vip=k.dst, vport=k.dport, real_id=v.real_id + (rng.random() < 0.1), svc_id=v.svc_id,
+                       born_ns=rng.choice((now - NS, now + 10**6 * NS)))
+        dp.m[rng.choice(("nat_revs", "nat_half"))][rev] = nat
+
+
+def tables_after_sweep(bench, seed, now, path, max_clients=None):
+    bench.reset(config(with_spare_real=True))
+    bench.dp.apply(bench.config(config(with_spare_real=False)))
+    dp = bench.dp
+    assert dp.choose_sweep(numpy=path == "numpy") == path
+    if max_clients:   # aggregates for that many clients only (8: the walk overflows; 256: 128 slots, shared)
+        from xlb.dataplane.kwalk import Walker
+        dp._walker.close()
+        dp._walker = Walker(dp.m, dp.cap.max_reals, dp.cap.max_services, max_clients)
+    rng = random.Random(seed)
+    conns, _ = fill(dp, rng, now)
+    fill_half_and_nat(dp, rng, now, conns)
+    res = dp.sweep(now)
+    res.seconds = 0
+    maps = {name: {bytes(k): bytes(v) for k, v in dp.m[name].items()}
+            for name in ("conns", "half_open", "nat_revs", "nat_half", "persist")}
+    return res, maps, dp.real_conn_counts()
+
+
+@needs_root
+@pytest.mark.parametrize("seed, max_clients", [(4, None), (5, None), (6, 8), (7, 256)])
+def test_kernel_and_numpy_sweeps_leave_the_same_tables(bench, seed, max_clients):
+    """The same random tables (connections, half-open ones, NAT reverse entries of live, gone and re-placed
+    connections, templates) swept by either path: the same map contents, counts and results; also with fewer
+    direct-mapped slots than clients (the others in the hash), and when the walk's aggregates overflow (the
+    templates' part then reads the swept table)."""
+    now = now_ns()
+    res_k, maps_k, counts_k = tables_after_sweep(bench, seed, now, "kernel", max_clients)
+    res_n, maps_n, counts_n = tables_after_sweep(bench, seed, now, "numpy")
+    assert 0 < res_n.nat_expired < res_n.nat_seen and 0 < res_n.nat_half_expired < res_n.nat_half_seen
+    assert 0 < res_n.half_open_expired < res_n.half_open_seen and res_n.templates_held > 0
+    assert res_k == res_n
+    assert maps_k == maps_n
+    assert counts_k == counts_n
+
+
+@needs_root
+def test_sweep_falls_back_to_numpy_when_the_walk_cannot_load(bench, monkeypatch):
+    """A kernel that refuses the walker (before 5.13 it has no bpf_for_each_map_elem): the sweep says so once and
+    reads the tables with numpy."""
+    from xlb.dataplane import bpfasm
+    from xlb.errors import KernelError
+
+    def refuse(asm, name, **_):
+        raise KernelError(f"the kernel refused program {name!r}: Invalid argument\nunknown func bpf_for_each_map_elem")
+    monkeypatch.setattr(bpfasm, "load", refuse)
+    bench.reset(config(with_spare_real=False))
+    said = []
+    assert bench.dp.choose_sweep(said.append) == "numpy"
+    assert said == ["xlb: the sweep reads the tables with numpy: the in-kernel walk did not load (the kernel "
+                    "refused program 'xlb_sweep': Invalid argument)"]
+    assert bench.dp.choose_sweep(said.append) == "numpy" and len(said) == 1
+    assert bench.dp.sweep().conns_seen == 0
 
 
 # -- the matching helpers, without root ------------------------------------------------------------------------

@@ -1,6 +1,10 @@
 """The timers: sweep expired connections and templates, hold lvs-mode templates while a connection they placed
-lives, and reconcile each real's connection counts with the table. Decided with numpy over one batched read of
-each table (no Python object per entry), as a mixin of DataPlane (xlb/dataplane/apply.py).
+lives, and reconcile each real's connection counts with the table, as a mixin of DataPlane (xlb/dataplane/apply.py).
+
+Two paths, chosen once (choose_sweep): the kernel walks the connection and NAT tables (xlb/dataplane/kwalk.py:
+deletes, per-real counts and one aggregate per client of a persistent service), or, where that program cannot
+load, numpy over one batched read of each table (no Python object per entry). The templates and the locality
+entries are decided with numpy either way; both paths leave the same tables (tests/test_sweep.py).
 """
 import ctypes as ct
 import time
@@ -10,8 +14,10 @@ import numpy as np
 
 from . import structs as S
 from .bpfsys import lookup_batch_into, rewrite_u64
+from .kwalk import Walker
 from .mapkeys import NS, now_ns, real_key, table_indexes
 from .rowmatch import exact_keys, max_per_key, row_index
+from ..errors import KernelError
 from ..tables import sched
 
 SWEEP_DUTY = 10          # a sweep that takes d seconds is followed by at least 10 d seconds without one ...
@@ -29,7 +35,8 @@ LOCALITY_MAX_SIZE = 16 * 1024
 
 def sweep_interval(configured, last_seconds):
     """Seconds until the next sweep: the configured interval, stretched so the sweep takes at most a tenth of a
-    CPU (a 1M-entry table takes ~0.3-0.6 s to sweep here), but never past SWEEP_STRETCH_MAX unless configured so.
+    CPU (a 1M-entry table takes ~0.2-0.4 s to sweep here in the kernel, ~0.6 s with numpy), but never past
+    SWEEP_STRETCH_MAX unless configured so.
     The data plane needs no sweep to be correct (it checks every entry's age itself): a longer interval only
     leaves expired entries, and drift in the connection counts, in the tables a little longer."""
     return max(configured, min(SWEEP_DUTY * last_seconds, SWEEP_STRETCH_MAX))
@@ -70,6 +77,17 @@ _SRC_WORDS = np.dtype({"names": ["w0", "w1"], "formats": [np.uint64, np.uint64],
 
 
 @dataclass
+class _Clients:
+    """The live connections of persistent services, as their templates' keys: columns [client word 0, client word 1,
+    service id] (the source under the service's persistence netmask), each row's expiry and whether it is in conns
+    (not half-open). One row per connection (numpy path) or per client (the kernel's aggregates): the matching
+    takes the latest expiry per key and counts distinct keys, so either gives the same answers."""
+    cols: list
+    until: np.ndarray
+    in_conns: np.ndarray
+
+
+@dataclass
 class _ConnScan:
     keys: np.ndarray       # ConnKey records
     vals: np.ndarray       # Conn records
@@ -83,16 +101,67 @@ class Sweeper:
     """DataPlane's timers (needs its maps, ids, services and config)."""
 
     last_sweep = None  # the last sweep's SweepResult (the metrics read templates_missing from it)
+    _walker = None     # the kernel's walk (kwalk.Walker); False: the numpy path; None: not chosen yet
 
     # -- timers ----------------------------------------------------------------------------------------------
     def sweep(self, now=None):
         """Delete expired connections and templates; hold templates (lvs mode) while a connection they placed
-        lives. Cost: one batched read of each table into numpy arrays, decided there (no Python per entry but
-        for templates whose hold changes)."""
+        lives. Cost: the kernel's walk of the connection and NAT tables (or, where it cannot load, one batched
+        read of each into numpy arrays, decided there), then numpy over the templates (no Python per entry but for
+        templates whose hold changes)."""
         t0 = time.perf_counter()
         now = now_ns() if now is None else now
         res = SweepResult()
         read_at = now_ns()  # NAT reverse entries written after this may have connections the scan misses
+        in_kernel = self.choose_sweep() == "kernel"
+        counts, clients = (self._walk_in_kernel if in_kernel else self._walk_in_numpy)(now, read_at, res)
+        self._reconcile(counts)
+        self._sweep_templates(now, clients, res)
+        self._sweep_locality(now, res)
+        self.release_old_tables()
+        res.seconds = time.perf_counter() - t0
+        self.last_sweep = res
+        return res
+
+    def choose_sweep(self, log=None, numpy=None):
+        """Load the kernel's walk once (the first sweep, or the daemon at start, which logs the choice); where the
+        kernel refuses it (before 5.13: no bpf_for_each_map_elem) the sweep reads the tables with numpy, as it
+        does from now on with numpy=True (tests, bench; numpy=False tries the kernel's again). Returns the path,
+        "kernel" or "numpy"."""
+        if numpy and self._walker:
+            self._walker.close()
+        if numpy is not None:
+            self._walker = False if numpy else (self._walker or None)
+        if self._walker is None:
+            try:
+                t = self.m["persist"].max_entries
+                self._walker = Walker(self.m, self.cap.max_reals, self.cap.max_services, 2 * t)
+            except KernelError as e:
+                self._walker = False
+                if log:
+                    log(f"xlb: the sweep reads the tables with numpy: the in-kernel walk did not load "
+                        f"({str(e).splitlines()[0]})")
+            else:
+                if log:
+                    log("xlb: the sweep walks the connection tables in the kernel")
+        return "kernel" if self._walker else "numpy"
+
+    def _walk_in_kernel(self, now, read_at, res):
+        """The connection and NAT tables' part of a sweep, by the kernel's walk: returns (counts, _Clients)."""
+        live = list(self.real_ids.ids.values())
+        svcs = {st.id: st.svc.persistence_netmask for st in self.by_id.values() if self._aggregated(st.svc)}
+        out, reals, (ak, av) = self._walker.run(now, read_at, self.timeouts(),
+                                                 {r: self.gens[r] for r in live}, svcs)
+        res.conns_seen, res.half_open_seen, res.nat_seen, res.nat_half_seen = out.seen
+        res.conns_expired, res.half_open_expired = out.expired
+        res.nat_expired, res.nat_half_expired = out.nat_expired
+        counts = {r: [a, i] for r, a, i in zip(live, reals["active"][live].tolist(), reals["inactive"][live].tolist())}
+        if out.overflow:  # more clients than the aggregates hold: this sweep reads the (swept) table
+            return counts, self._clients(self._scan_conns(now, self.timeouts()))
+        return counts, _Clients([ak["w0"], ak["w1"], ak["sid"].astype(np.uint64)], av["until"], av["in_conns"] != 0)
+
+    def _walk_in_numpy(self, now, read_at, res):
+        """The same, by a batched read of the tables decided with numpy."""
         scan = self._scan_conns(now, self.timeouts())
         res.half_open_seen = int(np.count_nonzero(scan.half))
         res.conns_seen = len(scan.keys) - res.half_open_seen
@@ -101,17 +170,23 @@ class Sweeper:
             if len(expired):
                 self.delete_batch(self.m[name], expired)
             setattr(res, f"{name}_expired", len(expired))
-        self._reconcile(scan.counts)
         for name, label in (("nat_revs", "nat"), ("nat_half", "nat_half")):
             seen, expired = self._sweep_nat(name, scan, read_at)
             setattr(res, f"{label}_seen", seen)
             setattr(res, f"{label}_expired", expired)
-        self._sweep_templates(now, scan, res)
-        self._sweep_locality(now, res)
-        self.release_old_tables()
-        res.seconds = time.perf_counter() - t0
-        self.last_sweep = res
-        return res
+        return scan.counts, self._clients(scan)
+
+    @staticmethod
+    def _aggregated(svc):
+        """Whether a service's connections are matched to templates: for holds (lvs mode) or for the count of
+        missing templates (not the SIP engine's)."""
+        return bool(svc.persistence_timeout) and (svc.persistence_mode == "lvs" or not svc.persistence_engine)
+
+    def _svc_mask(self, want):
+        """A bool per service id: want(svc)."""
+        out = np.zeros(self.cap.max_services, bool)
+        out[[st.id for st in self.by_id.values() if want(st.svc)]] = True
+        return out
 
     def _scan_conns(self, now, timeouts):
         """One batched read of the connection table into numpy arrays, decided there (a few array passes, not a
@@ -171,21 +246,21 @@ class Sweeper:
             self.delete_batch(self.m[name], gone)
         return n, len(gone)
 
-    def _sweep_templates(self, now, scan, res):
+    def _sweep_templates(self, now, clients, res):
         """Expire templates (their service or real gone, or their timer run out and, in lvs mode, no live
         connection of theirs left) and write each lvs-mode template's hold: the latest expiry among the live
         connections it placed. Decided with numpy over one batched read, decoded by the reader (read_templates)."""
         t = self.read_templates()
         tk, tv, n = t.keys, t.vals, len(t.keys)
         res.templates_seen = n
-        res.templates_missing = self._templates_missing(scan, t)
+        res.templates_missing = self._templates_missing(clients, t)
         if not n:
             return
         ok, tmo, lvs = t.ok, t.timeout, t.lvs
         hold = np.zeros(n, np.int64)
         want = ok & lvs
         if want.any():
-            hold[want] = self._holds(scan, t.sid[want], tk["client"][want])
+            hold[want] = self._holds(clients, t.sid[want], tk["client"][want])
         dead = ~ok | (np.maximum(tv["last_new_ns"].astype(np.int64) + tmo, hold) <= now)
         res.templates_held = int(np.count_nonzero(~dead & (hold != 0)))
         # The longest interval the daemon may wait (it reads the applied config's sweep_interval; a reload can
@@ -229,21 +304,24 @@ class Sweeper:
             self.delete_batch(self.m["lblc"], gone)
         res.locality_expired = len(gone)
 
-    def _conn_clients(self, scan, want, live):
-        """The template key's columns of the connections (mask `live`) of the services `want` (st -> bool) picks:
-        (their indexes into scan, [client word 0, client word 1, service id]), the client being the source under
-        the service's persistence netmask, as a template of that service names it."""
+    def _clients(self, scan):
+        """The _Clients of the live connections in scan (of the services _aggregated picks), the client being the
+        source under the service's persistence netmask, as a template of that service names it."""
         masks = np.zeros((self.cap.max_services, 2), np.uint64)   # a 16-byte netmask as two words
-        picked = np.zeros(self.cap.max_services, bool)
+        picked = self._svc_mask(self._aggregated)
         for st in self.by_id.values():
-            if st.svc.persistence_timeout and want(st):
+            if picked[st.id]:
                 masks[st.id] = np.frombuffer(st.svc.persistence_netmask, np.uint64)
-                picked[st.id] = True
         csid = np.minimum(scan.vals["svc_id"], self.cap.max_services - 1)
-        sel = np.flatnonzero(live & picked[csid])
+        sel = np.flatnonzero(scan.alive & picked[csid])
         csid = csid[sel]
         src = scan.keys.view(_SRC_WORDS)                        # the source address as two words, no copy
-        return sel, [src["w0"][sel] & masks[csid, 0], src["w1"][sel] & masks[csid, 1], csid.astype(np.uint64)]
+        cols = [src["w0"][sel] & masks[csid, 0], src["w1"][sel] & masks[csid, 1], csid.astype(np.uint64)]
+        return _Clients(cols, scan.until[sel], ~scan.half[sel])
+
+    @staticmethod
+    def _rows(clients, mask):
+        return [c[mask] for c in clients.cols], clients.until[mask]
 
     @staticmethod
     def _template_cols(sids, clients):
@@ -251,11 +329,12 @@ class Sweeper:
         cw = np.ascontiguousarray(clients).view(np.uint64).reshape(len(clients), 2)
         return [cw[:, 0], cw[:, 1], sids.astype(np.uint64)]
 
-    def _templates_missing(self, scan, t):
+    def _templates_missing(self, clients, t):
         """How many clients (service, client under its netmask) of a persistent service (not the SIP engine's) have
         live established-table connections but no usable template: templates the LRU evicted under table pressure
         (or voided with a failed real). A half-open connection's template waits in persist_half: not counted."""
-        _, cols = self._conn_clients(scan, lambda st: not st.svc.persistence_engine, scan.alive & ~scan.half)
+        mine = self._svc_mask(lambda svc: not svc.persistence_engine)
+        cols, _ = self._rows(clients, clients.in_conns & mine[clients.cols[2].astype(np.int64)])
         if not len(cols[0]):
             return 0
         if t.ok.any():
@@ -267,12 +346,12 @@ class Sweeper:
         mix = cols[0] * np.uint64(0x9E3779B97F4A7C15) ^ cols[1] * np.uint64(0xC2B2AE3D27D4EB4F) ^ cols[2]
         return len(np.unique(mix))
 
-    def _holds(self, scan, sids, clients):
+    def _holds(self, clients, sids, tclients):
         """For lvs-mode templates (service id, client): the latest expiry among the live connections of that
         service whose source, under the service's persistence netmask, is the client; 0 where there is none."""
-        sel, cols = self._conn_clients(scan, lambda st: st.svc.persistence_mode == "lvs", scan.alive)
-        ckey, valid, tkey = exact_keys(cols, self._template_cols(sids, clients))
-        until = scan.until[sel]
+        lvs = self._svc_mask(lambda svc: svc.persistence_mode == "lvs")
+        cols, until = self._rows(clients, lvs[clients.cols[2].astype(np.int64)])
+        ckey, valid, tkey = exact_keys(cols, self._template_cols(sids, tclients))
         if not valid.all():
             ckey, until = ckey[valid], until[valid]
         return max_per_key(ckey, until, tkey)

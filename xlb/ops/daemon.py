@@ -130,6 +130,7 @@ class Daemon:
             if not adopted:
                 pin.write_layout(self.pin_dir)
             self.dp = DataPlane(self.prog, cfg.tables)
+            self.dp.choose_sweep(self.log)
             if adopted:
                 found = self.dp.adopt()
                 self.log(f"xlb: adopted the maps pinned in {self.shown(self.pin_dir)} ({found['services']} services, "
