@@ -7,6 +7,7 @@ syncstate.py is state sync's side (the export flag, the ring buffer, received en
 import contextlib
 import ctypes as ct
 import gc
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,6 +89,29 @@ def fit(config, cap, loads=lambda svc: None):
     if need > cap.max_slots // 2:
         raise ConfigError(src, "service", f"scheduling tables need {need} slots; at most {cap.max_slots // 2}")
     return entries, tables
+
+
+def _svc_flags(svc):
+    """A service's svc_meta flags (bpf/consts.h SVC_F_*)."""
+    flags = 0
+    if svc.persistence_timeout:
+        flags |= S.SVC_F_PERSIST
+        # A Call-ID's template lives persistence_timeout after its last datagram (sip.h; docs/design.md).
+        if svc.persistence_mode == "timeout" or svc.persistence_engine == "sip":
+            flags |= S.SVC_F_PERSIST_TIMEOUT
+        if svc.persistence_engine == "sip":
+            flags |= S.SVC_F_PE_SIP
+        if svc.expire_quiescent_template:
+            flags |= S.SVC_F_EXPIRE_QUIESCENT
+        if svc.placement == "consistent":
+            flags |= S.SVC_F_CONSISTENT
+    flags |= _FAIL_FLAGS[getattr(svc.health, "on_real_failure", None)]
+    if svc.sched_flags:
+        names = {f.split("-", 1)[1] for f in svc.sched_flags}
+        flags |= (S.SVC_F_HASH_PORT if "port" in names else 0) | (S.SVC_F_FALLBACK if "fallback" in names else 0)
+    if svc.ops:
+        flags |= S.SVC_F_OPS
+    return flags
 
 
 class DataPlane(Sweeper, Reader, Adopter, SyncState):
@@ -189,49 +213,57 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
         (service, real)}, {service key: SvcState})."""
         svc_states, fresh_svcs = {}, []
         for svc in config.services:
-            sid, fresh = self.svc_ids.take(svc.key)
+            key = svc.key
+            sid, fresh = self.svc_ids.take(key)
             if fresh:
                 fresh_svcs.append(sid)
-            st = old.get(svc.key) or SvcState(svc, sid, bytes(svc_key(svc)))
+            st = old.get(key) or SvcState(svc, sid, bytes(svc_key(svc)))
             st.svc = svc
-            svc_states[svc.key] = st
+            svc_states[key] = st
         self.zero_slots(self.m["svc_stats"], fresh_svcs)
         self.zero_slots(self.m["svc_out_stats"], fresh_svcs)
         self.zero_slots(self.m["rr_pos"], fresh_svcs)
-        real_rows, fresh_reals = {}, []
-        for skey, st in svc_states.items():
-            ids = st.real_ids = []
-            for r in st.svc.reals:
-                rid, fresh = self.real_ids.take((skey, r.address))
-                if fresh:
-                    self.gens[rid] = self.gens.get(rid, 0) + 1
-                    fresh_reals.append(rid)
-                real_rows[rid] = (st.svc, r)
-                ids.append(rid)
+        # One pass over every real, in service order; the columns below are per real, in the same order.
+        reals = [r for st in svc_states.values() for r in st.svc.reals]
+        rids, fresh_reals = self.real_ids.take_all((skey, r.address) for skey, st in svc_states.items()
+                                                   for r in st.svc.reals)
+        for rid in fresh_reals:
+            self.gens[rid] = self.gens.get(rid, 0) + 1
         self.zero_slots(self.m["real_stats"], fresh_reals)
         self.zero_slots(self.m["real_out_stats"], fresh_reals)
         self.zero_slots(self.m["real_conns"], fresh_reals)
-        rows = np.zeros(len(real_rows), np.dtype(S.Real))
-        svcs = [svc for svc, _ in real_rows.values()]
-        reals = [r for _, r in real_rows.values()]
+        counts = [len(st.svc.reals) for st in svc_states.values()]
+        at = 0
+        for st, n in zip(svc_states.values(), counts):
+            st.real_ids, at = rids[at:at + n], at + n
+        svcs = [st.svc for st, n in zip(svc_states.values(), counts) for _ in range(n)]
+        real_rows = dict(zip(rids, zip(svcs, reals)))
+        rows = np.zeros(len(rids), np.dtype(S.Real))
         rows["addr"] = addr_rows([r.address for r in reals])
-        rows["gen"] = [self.gens[rid] for rid in real_rows]
-        sid_of = {id(st.svc): st.id for st in svc_states.values()}  # by object: no address hashed again
-        rows["svc_id"] = [sid_of[id(svc)] for svc in svcs]
-        rows["weight"] = [0 if r.failed else r.weight for r in reals]
+        rows["gen"] = [self.gens[rid] for rid in rids]
+        # a value per service, repeated for each of its reals
+        per_svc = np.array([(st.id, S.METHOD[st.svc.method]) for st in svc_states.values()], np.int64)
+        per_svc = np.repeat(per_svc.reshape(-1, 2), counts, axis=0)
+        rows["svc_id"], rows["method"] = per_svc[:, 0], per_svc[:, 1]
+        failed = [rid for rid, r in zip(rids, reals) if r.failed]
+        rows["weight"] = [r.weight for r in reals]
         rows["family"] = [r.address.version for r in reals]  # a tunnel's real may be the other family
-        rows["flags"] = [S.REAL_F_LIVE | (S.REAL_F_DOWN if r.failed else 0) for r in reals]
+        rows["flags"] = S.REAL_F_LIVE
+        if failed:
+            down = np.array([bool(r.failed) for r in reals])
+            rows["weight"][down] = 0
+            rows["flags"][down] |= S.REAL_F_DOWN
         rows["uthreshold"] = [r.uthreshold for r in reals]
         rows["lthreshold"] = [r.lthreshold for r in reals]
-        rows["port"] = [htons(r.port or 0) for r in reals]
-        rows["method"] = [S.METHOD[svc.method] for svc in svcs]
-        for rid, (svc, r) in real_rows.items():
-            tun = tun_rows.get((svc.key, r.address))
-            if tun is not None:  # before the real says to use it
-                self.m["tunnels"][ct.c_uint32(rid)] = tun
-        self._write_reals(np.fromiter(real_rows, np.uint32, len(real_rows)), rows)
-        newly_failed = [rid for rid, (_, r) in real_rows.items() if r.failed and not self.failed.get(rid)]
-        self.failed = {rid: r.failed for rid, (_, r) in real_rows.items() if r.failed}
+        rows["port"] = np.array([r.port or 0 for r in reals], np.uint16).byteswap()
+        if tun_rows:
+            for rid, (svc, r) in real_rows.items():
+                tun = tun_rows.get((svc.key, r.address))
+                if tun is not None:  # before the real says to use it
+                    self.m["tunnels"][ct.c_uint32(rid)] = tun
+        self._write_reals(np.array(rids, np.uint32), rows)
+        newly_failed = [rid for rid in failed if not self.failed.get(rid)]
+        self.failed = {rid: real_rows[rid][1].failed for rid in failed}
         self.void_templates(newly_failed)
         return real_rows, svc_states
 
@@ -277,16 +309,16 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
                     self._to_release.append(st.region)
                 st.region, st.table = region, table
         self.write_slot_runs(new_tables)
-        keys, metas = [], []
-        for st in svc_states.values():
-            meta = bytes(self._svc_meta(st))
-            if self._svcs_written.get(st.key_bytes) != meta:
-                keys.append(st.key_bytes)
-                metas.append(meta)
-        if keys:
+        states = list(svc_states.values())
+        metas = self._svc_metas(states)
+        blob, size = metas.tobytes(), metas.itemsize
+        written = self._svcs_written
+        changed = [i for i, st in enumerate(states) if written.get(st.key_bytes) != blob[i * size:(i + 1) * size]]
+        if changed:
+            keys = [states[i].key_bytes for i in changed]
             update_batch(self.m["services"].map_fd, np.frombuffer(b"".join(keys), np.dtype(S.SvcKey)),
-                         np.frombuffer(b"".join(metas), np.dtype(S.SvcMeta)))
-            self._svcs_written.update(zip(keys, metas))
+                         metas[changed])
+            written.update((states[i].key_bytes, blob[i * size:(i + 1) * size]) for i in changed)
 
     def _remove_stale(self, config, old, real_rows, want):
         """Remove what the config no longer has: services, reals (not LIVE), mark-rule entries and rule ids."""
@@ -302,10 +334,12 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
         if gone:
             self.delete_batch(self.m["services"], gone)
         dropped = []
-        for ident, rid in list(self.real_ids.ids.items()):
-            if rid not in real_rows:
-                dropped.append(rid)
-                self.real_ids.drop(ident)
+        # Every id of real_rows is one of the pool's (taken this apply): a pool no larger holds no other.
+        if len(self.real_ids.ids) > len(real_rows):
+            for ident, rid in list(self.real_ids.ids.items()):
+                if rid not in real_rows:
+                    dropped.append(rid)
+                    self.real_ids.drop(ident)
         if dropped:
             # Not LIVE: templates and conns let go of it. The generation stays, for a restarted daemon.
             rows = np.zeros(len(dropped), np.dtype(S.Real))
@@ -358,35 +392,29 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
         runs = [(off, table) for off, table in runs if len(table)]
         if not runs:
             return
-        keys = np.concatenate([np.arange(off, off + len(table), dtype=np.uint32) for off, table in runs])
-        vals = np.fromiter((rid for _, table in runs for rid in table), np.uint32, len(keys))
+        lens = np.fromiter((len(table) for _, table in runs), np.int64, len(runs))
+        offs = np.fromiter((off for off, _ in runs), np.int64, len(runs))
+        total = int(lens.sum())
+        # slot i of the k-th run is offs[k] + i: each run's offset less where it starts in the concatenation
+        keys = (np.repeat(offs - (np.cumsum(lens) - lens), lens) + np.arange(total)).astype(np.uint32)
+        vals = np.fromiter(itertools.chain.from_iterable(table for _, table in runs), np.uint32, total)
         update_batch(self.m["sched_slots"].map_fd, keys, vals)
 
     @staticmethod
-    def _svc_meta(st):
-        svc = st.svc
-        flags = 0
-        if svc.persistence_timeout:
-            flags |= S.SVC_F_PERSIST
-            # A Call-ID's template lives persistence_timeout after its last datagram (sip.h; docs/design.md).
-            if svc.persistence_mode == "timeout" or svc.persistence_engine == "sip":
-                flags |= S.SVC_F_PERSIST_TIMEOUT
-            if svc.persistence_engine == "sip":
-                flags |= S.SVC_F_PE_SIP
-            if svc.expire_quiescent_template:
-                flags |= S.SVC_F_EXPIRE_QUIESCENT
-            if svc.placement == "consistent":
-                flags |= S.SVC_F_CONSISTENT
-        flags |= _FAIL_FLAGS[getattr(svc.health, "on_real_failure", None)]
-        if svc.sched_flags:
-            names = {f.split("-", 1)[1] for f in svc.sched_flags}
-            flags |= (S.SVC_F_HASH_PORT if "port" in names else 0) | (S.SVC_F_FALLBACK if "fallback" in names else 0)
-        if svc.ops:
-            flags |= S.SVC_F_OPS
-        return S.SvcMeta(id=st.id, flags=flags, sched=_SCHED_KIND[svc.scheduler], method=S.METHOD[svc.method],
-                         table_off=st.region[0], table_len=st.region[1],
-                         persist_timeout_ns=(svc.persistence_timeout or 0) * NS,
-                         persist_mask=S.addr_words(svc.persistence_netmask))
+    def _svc_metas(states):
+        """The services' entries (numpy S.SvcMeta records, in the order of `states`), a column per field."""
+        svcs = [st.svc for st in states]
+        rows = np.zeros(len(states), np.dtype(S.SvcMeta))
+        rows["id"] = [st.id for st in states]
+        rows["flags"] = [_svc_flags(svc) for svc in svcs]
+        rows["sched"] = [_SCHED_KIND[svc.scheduler] for svc in svcs]
+        rows["method"] = [S.METHOD[svc.method] for svc in svcs]
+        rows["table_off"] = [st.region[0] for st in states]
+        rows["table_len"] = [st.region[1] for st in states]
+        rows["persist_timeout_ns"] = [(svc.persistence_timeout or 0) * NS for svc in svcs]
+        rows["persist_mask"] = np.frombuffer(b"".join(svc.persistence_netmask for svc in svcs),
+                                             np.uint32).reshape(-1, 4)
+        return rows
 
     def _write_settings(self, config, has_marks, vip_filter):
         t = config.timeouts
