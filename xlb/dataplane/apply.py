@@ -8,6 +8,7 @@ import contextlib
 import ctypes as ct
 import gc
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,8 @@ from . import tunnels
 from .adopt import Adopter
 from .alloc import IdPool, SlotAllocator
 from .bpfsys import delete_batch, lookup_batch_into, update_batch
-from .mapkeys import NS, SvcState, addr_rows, htons, svc_key, table_indexes
+from .entries import real_entries, svc_metas
+from .mapkeys import NS, SvcState, htons, svc_keys, table_indexes
 from .reader import Reader
 from .sweep import Sweeper
 from .syncstate import SyncState
@@ -26,11 +28,18 @@ from ..errors import ConfigError
 from ..tables import marks as markmod
 from ..tables import vipfilter
 
-_SCHED_KIND = {**S.SCHED, "wrr": S.SCHED["rr"]}  # rr and wrr differ only in their tables
-# on_real_failure -> svc_meta flags (bpf/consts.h); unset: TCP keeps, UDP reschedules (decided per packet).
-_FAIL_FLAGS = {None: 0, "keep": S.SVC_F_FAIL_KEEP, "reset": S.SVC_F_FAIL_RESET,
-               "reschedule": S.SVC_F_FAIL_KEEP | S.SVC_F_FAIL_RESET}
 FLOW_TTL = 1.0  # seconds a flow-cache entry is trusted at most (bpf/flowcache.h)
+
+
+@contextlib.contextmanager
+def _meanwhile(fn, *args):
+    """fn(*args) on another thread during the with-block, whose end waits for it and raises what it raised: a
+    batch write's syscall (ctypes lets go of the GIL there) while Python builds the next batch. Apply's writes
+    keep their order: the block's own writes come after fn's."""
+    with ThreadPoolExecutor(1, thread_name_prefix="xlb-apply") as pool:
+        done = pool.submit(fn, *args)
+        yield
+        done.result()
 
 
 @contextlib.contextmanager
@@ -89,29 +98,6 @@ def fit(config, cap, loads=lambda svc: None):
     if need > cap.max_slots // 2:
         raise ConfigError(src, "service", f"scheduling tables need {need} slots; at most {cap.max_slots // 2}")
     return entries, tables
-
-
-def _svc_flags(svc):
-    """A service's svc_meta flags (bpf/consts.h SVC_F_*)."""
-    flags = 0
-    if svc.persistence_timeout:
-        flags |= S.SVC_F_PERSIST
-        # A Call-ID's template lives persistence_timeout after its last datagram (sip.h; docs/design.md).
-        if svc.persistence_mode == "timeout" or svc.persistence_engine == "sip":
-            flags |= S.SVC_F_PERSIST_TIMEOUT
-        if svc.persistence_engine == "sip":
-            flags |= S.SVC_F_PE_SIP
-        if svc.expire_quiescent_template:
-            flags |= S.SVC_F_EXPIRE_QUIESCENT
-        if svc.placement == "consistent":
-            flags |= S.SVC_F_CONSISTENT
-    flags |= _FAIL_FLAGS[getattr(svc.health, "on_real_failure", None)]
-    if svc.sched_flags:
-        names = {f.split("-", 1)[1] for f in svc.sched_flags}
-        flags |= (S.SVC_F_HASH_PORT if "port" in names else 0) | (S.SVC_F_FALLBACK if "fallback" in names else 0)
-    if svc.ops:
-        flags |= S.SVC_F_OPS
-    return flags
 
 
 class DataPlane(Sweeper, Reader, Adopter, SyncState):
@@ -211,59 +197,44 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
         """Ids for every real and service, stable per (service, address) and per service key (a new id bumps the
         real slot's generation and zeroes its counters), and the reals' entries written. Returns ({real id:
         (service, real)}, {service key: SvcState})."""
-        svc_states, fresh_svcs = {}, []
-        for svc in config.services:
-            key = svc.key
-            sid, fresh = self.svc_ids.take(key)
-            if fresh:
-                fresh_svcs.append(sid)
-            st = old.get(key) or SvcState(svc, sid, bytes(svc_key(svc)))
-            st.svc = svc
-            svc_states[key] = st
-        self.zero_slots(self.m["svc_stats"], fresh_svcs)
-        self.zero_slots(self.m["svc_out_stats"], fresh_svcs)
-        self.zero_slots(self.m["rr_pos"], fresh_svcs)
-        # One pass over every real, in service order; the columns below are per real, in the same order.
-        reals = [r for st in svc_states.values() for r in st.svc.reals]
+        keys = [svc.key for svc in config.services]
+        sids, fresh_svcs = self.svc_ids.take_all(keys)
+        svc_states = {key: old.get(key) for key in keys}
+        new = [i for i, key in enumerate(keys) if svc_states[key] is None]
+        blob, size = svc_keys([config.services[i] for i in new]).tobytes(), ct.sizeof(S.SvcKey)
+        for j, i in enumerate(new):
+            svc_states[keys[i]] = SvcState(config.services[i], sids[i], blob[j * size:(j + 1) * size])
+        for key, svc in zip(keys, config.services):
+            svc_states[key].svc = svc
+        states = list(svc_states.values())
+        # One pass over every real, in service order; their entries are built in the same order.
+        reals = [r for st in states for r in st.svc.reals]
         rids, fresh_reals = self.real_ids.take_all((skey, r.address) for skey, st in svc_states.items()
                                                    for r in st.svc.reals)
         for rid in fresh_reals:
             self.gens[rid] = self.gens.get(rid, 0) + 1
-        self.zero_slots(self.m["real_stats"], fresh_reals)
-        self.zero_slots(self.m["real_out_stats"], fresh_reals)
-        self.zero_slots(self.m["real_conns"], fresh_reals)
-        counts = [len(st.svc.reals) for st in svc_states.values()]
-        at = 0
-        for st, n in zip(svc_states.values(), counts):
-            st.real_ids, at = rids[at:at + n], at + n
-        svcs = [st.svc for st, n in zip(svc_states.values(), counts) for _ in range(n)]
-        real_rows = dict(zip(rids, zip(svcs, reals)))
-        rows = np.zeros(len(rids), np.dtype(S.Real))
-        rows["addr"] = addr_rows([r.address for r in reals])
-        rows["gen"] = [self.gens[rid] for rid in rids]
-        # a value per service, repeated for each of its reals
-        per_svc = np.array([(st.id, S.METHOD[st.svc.method]) for st in svc_states.values()], np.int64)
-        per_svc = np.repeat(per_svc.reshape(-1, 2), counts, axis=0)
-        rows["svc_id"], rows["method"] = per_svc[:, 0], per_svc[:, 1]
-        failed = [rid for rid, r in zip(rids, reals) if r.failed]
-        rows["weight"] = [r.weight for r in reals]
-        rows["family"] = [r.address.version for r in reals]  # a tunnel's real may be the other family
-        rows["flags"] = S.REAL_F_LIVE
-        if failed:
-            down = np.array([bool(r.failed) for r in reals])
-            rows["weight"][down] = 0
-            rows["flags"][down] |= S.REAL_F_DOWN
-        rows["uthreshold"] = [r.uthreshold for r in reals]
-        rows["lthreshold"] = [r.lthreshold for r in reals]
-        rows["port"] = np.array([r.port or 0 for r in reals], np.uint16).byteswap()
+
+        def zero_counters():  # of the ids taken afresh, before anything names them
+            for names, ids in ((("svc_stats", "svc_out_stats", "rr_pos"), fresh_svcs),
+                               (("real_stats", "real_out_stats", "real_conns"), fresh_reals)):
+                for name in names:
+                    self.zero_slots(self.m[name], ids)
+
+        with _meanwhile(zero_counters):
+            at = 0
+            for st in states:
+                st.real_ids, at = rids[at:at + len(st.svc.reals)], at + len(st.svc.reals)
+            real_rows = dict(zip(rids, ((st.svc, r) for st in states for r in st.svc.reals)))
+            rows = real_entries(states, reals, [self.gens[rid] for rid in rids])
         if tun_rows:
             for rid, (svc, r) in real_rows.items():
                 tun = tun_rows.get((svc.key, r.address))
                 if tun is not None:  # before the real says to use it
                     self.m["tunnels"][ct.c_uint32(rid)] = tun
         self._write_reals(np.array(rids, np.uint32), rows)
+        failed = {rid: r.failed for rid, r in zip(rids, reals) if r.failed}
         newly_failed = [rid for rid in failed if not self.failed.get(rid)]
-        self.failed = {rid: real_rows[rid][1].failed for rid in failed}
+        self.failed = failed
         self.void_templates(newly_failed)
         return real_rows, svc_states
 
@@ -308,9 +279,9 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
                 if st.region[1]:
                     self._to_release.append(st.region)
                 st.region, st.table = region, table
-        self.write_slot_runs(new_tables)
         states = list(svc_states.values())
-        metas = self._svc_metas(states)
+        with _meanwhile(self.write_slot_runs, new_tables):  # the services are written once their tables are
+            metas = svc_metas(states)
         blob, size = metas.tobytes(), metas.itemsize
         written = self._svcs_written
         changed = [i for i, st in enumerate(states) if written.get(st.key_bytes) != blob[i * size:(i + 1) * size]]
@@ -399,22 +370,6 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
         keys = (np.repeat(offs - (np.cumsum(lens) - lens), lens) + np.arange(total)).astype(np.uint32)
         vals = np.fromiter(itertools.chain.from_iterable(table for _, table in runs), np.uint32, total)
         update_batch(self.m["sched_slots"].map_fd, keys, vals)
-
-    @staticmethod
-    def _svc_metas(states):
-        """The services' entries (numpy S.SvcMeta records, in the order of `states`), a column per field."""
-        svcs = [st.svc for st in states]
-        rows = np.zeros(len(states), np.dtype(S.SvcMeta))
-        rows["id"] = [st.id for st in states]
-        rows["flags"] = [_svc_flags(svc) for svc in svcs]
-        rows["sched"] = [_SCHED_KIND[svc.scheduler] for svc in svcs]
-        rows["method"] = [S.METHOD[svc.method] for svc in svcs]
-        rows["table_off"] = [st.region[0] for st in states]
-        rows["table_len"] = [st.region[1] for st in states]
-        rows["persist_timeout_ns"] = [(svc.persistence_timeout or 0) * NS for svc in svcs]
-        rows["persist_mask"] = np.frombuffer(b"".join(svc.persistence_netmask for svc in svcs),
-                                             np.uint32).reshape(-1, 4)
-        return rows
 
     def _write_settings(self, config, has_marks, vip_filter):
         t = config.timeouts
