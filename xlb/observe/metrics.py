@@ -16,7 +16,7 @@ maps (commands, sweeps and reloads run under it) and exports its reload counters
 returns a handle whose ``close()`` stops it. ``exposition()`` exists because prometheus_client's generate_latest
 spends ~10 us formatting each sample: at 1000 services x 10 reals (~84,000 samples) that alone is about a second.
 It writes the families of a sample per service or per real from numpy columns through one format string per
-family, built when a config is applied (label text rendered once): ~25 ms of CPU at that size.
+family, built when a config is applied (label text rendered once, as bytes): ~20 ms of CPU at that size.
 
 Cost: per-CPU counters are read with one BPF_MAP_LOOKUP_BATCH per map over the ids in use (DataPlane's reader,
 xlb/dataplane/reader.py, which `xlb top` shares); the conns and persist tables are walked in batches (table fill,
