@@ -56,17 +56,28 @@ class IdPool:
         return self.ids.get(ident)
 
     def take(self, ident):
-        # One dict operation: hashing an identity of address objects is most of the cost (apply takes 110,000
-        # ids for 10,000 services x 10 reals).
-        candidate = self.free[-1] if self.free else self.next
-        i = self.ids.setdefault(ident, candidate)
-        if i != candidate:  # an id in use is never the candidate (free or next)
-            return i, False
-        if self.free:
-            self.free.pop()
-        else:
-            self.next += 1
-        return i, True
+        """(ident's id, whether it was taken afresh)."""
+        (i,), fresh = self.take_all((ident,))
+        return i, bool(fresh)
+
+    def take_all(self, idents):
+        """take() of each identity in turn: (the ids in that order, the ids taken afresh). One dict operation each:
+        hashing an identity of address objects is most of the cost (apply takes 110,000 ids for 10,000 services x
+        10 reals, in one call)."""
+        ids, fresh = [], []
+        setdefault, free, nxt = self.ids.setdefault, self.free, self.next
+        for ident in idents:
+            candidate = free[-1] if free else nxt
+            i = setdefault(ident, candidate)
+            if i == candidate:
+                fresh.append(i)
+                if free:
+                    free.pop()
+                else:
+                    nxt += 1
+            ids.append(i)
+        self.next = nxt
+        return ids, fresh
 
     def drop(self, ident):
         self.free.append(self.ids.pop(ident))

@@ -7,6 +7,8 @@ syncstate.py is state sync's side (the export flag, the ring buffer, received en
 import contextlib
 import ctypes as ct
 import gc
+import itertools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +19,8 @@ from . import tunnels
 from .adopt import Adopter
 from .alloc import IdPool, SlotAllocator
 from .bpfsys import delete_batch, lookup_batch_into, update_batch
-from .mapkeys import NS, SvcState, addr_rows, htons, real_key, svc_key, table_indexes
+from .entries import real_entries, svc_metas
+from .mapkeys import NS, SvcState, htons, real_key, svc_keys, table_indexes
 from .reader import Reader
 from .sweep import Sweeper
 from .syncstate import SyncState
@@ -25,11 +28,18 @@ from ..errors import ConfigError
 from ..tables import marks as markmod
 from ..tables import vipfilter
 
-_SCHED_KIND = {**S.SCHED, "wrr": S.SCHED["rr"]}  # rr and wrr differ only in their tables
-# on_real_failure -> svc_meta flags (bpf/consts.h); unset: TCP keeps, UDP reschedules (decided per packet).
-_FAIL_FLAGS = {None: 0, "keep": S.SVC_F_FAIL_KEEP, "reset": S.SVC_F_FAIL_RESET,
-               "reschedule": S.SVC_F_FAIL_KEEP | S.SVC_F_FAIL_RESET}
 FLOW_TTL = 1.0  # seconds a flow-cache entry is trusted at most (bpf/flowcache.h)
+
+
+@contextlib.contextmanager
+def _meanwhile(fn, *args):
+    """fn(*args) on another thread during the with-block, whose end waits for it and raises what it raised: a
+    batch write's syscall (ctypes lets go of the GIL there) while Python builds the next batch. Apply's writes
+    keep their order: the block's own writes come after fn's."""
+    with ThreadPoolExecutor(1, thread_name_prefix="xlb-apply") as pool:
+        done = pool.submit(fn, *args)
+        yield
+        done.result()
 
 
 @contextlib.contextmanager
@@ -37,7 +47,13 @@ def _gc_paused():
     """The cyclic garbage collector off for the duration (if it was on). apply() of 10,000 services x 10 reals
     allocates a few hundred thousand small containers next to a config of as many live objects: the full
     collections those allocations set off walked the whole heap and took 40% of its time. Nothing apply()
-    allocates is cyclic garbage; reference counting frees it all the same."""
+    allocates is cyclic garbage; reference counting frees it all the same.
+
+    What it keeps (ids, service states: ~150,000 containers at that size) is long-lived: it goes straight to the
+    oldest generation (gc.freeze then gc.unfreeze, which moves every tracked object there without a scan), not
+    through the young collection that re-enabling would set off at once (~40 ms). Cyclic garbage of the moment
+    goes along and is freed by the next full collection, as any in the oldest generation is. Skipped if something
+    else keeps objects frozen (unfreezing would let go of them)."""
     if not gc.isenabled():
         yield
         return
@@ -45,6 +61,9 @@ def _gc_paused():
     try:
         yield
     finally:
+        if not gc.get_freeze_count():
+            gc.freeze()
+            gc.unfreeze()
         gc.enable()
 
 
@@ -184,54 +203,47 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
         return vips, fwm, fbits
 
     def _take_ids(self, config, old, tun_rows):
-        """Ids for every real and service, stable per (service, address) and per service key (a new id bumps the
+        """Ids for every real and service, stable per (service, address, port) and per service key (a new id bumps the
         real slot's generation and zeroes its counters), and the reals' entries written. Returns ({real id:
         (service, real)}, {service key: SvcState})."""
-        svc_states, fresh_svcs = {}, []
-        for svc in config.services:
-            sid, fresh = self.svc_ids.take(svc.key)
-            if fresh:
-                fresh_svcs.append(sid)
-            st = old.get(svc.key) or SvcState(svc, sid, bytes(svc_key(svc)))
-            st.svc = svc
-            svc_states[svc.key] = st
-        self.zero_slots(self.m["svc_stats"], fresh_svcs)
-        self.zero_slots(self.m["svc_out_stats"], fresh_svcs)
-        self.zero_slots(self.m["rr_pos"], fresh_svcs)
-        real_rows, fresh_reals = {}, []
-        for skey, st in svc_states.items():
-            ids = st.real_ids = []
-            for r in st.svc.reals:
-                rid, fresh = self.real_ids.take(real_key(skey, r))
-                if fresh:
-                    self.gens[rid] = self.gens.get(rid, 0) + 1
-                    fresh_reals.append(rid)
-                real_rows[rid] = (st.svc, r)
-                ids.append(rid)
-        self.zero_slots(self.m["real_stats"], fresh_reals)
-        self.zero_slots(self.m["real_out_stats"], fresh_reals)
-        self.zero_slots(self.m["real_conns"], fresh_reals)
-        rows = np.zeros(len(real_rows), np.dtype(S.Real))
-        svcs = [svc for svc, _ in real_rows.values()]
-        reals = [r for _, r in real_rows.values()]
-        rows["addr"] = addr_rows([r.address for r in reals])
-        rows["gen"] = [self.gens[rid] for rid in real_rows]
-        sid_of = {id(st.svc): st.id for st in svc_states.values()}  # by object: no address hashed again
-        rows["svc_id"] = [sid_of[id(svc)] for svc in svcs]
-        rows["weight"] = [0 if r.failed else r.weight for r in reals]
-        rows["family"] = [r.address.version for r in reals]  # a tunnel's real may be the other family
-        rows["flags"] = [S.REAL_F_LIVE | (S.REAL_F_DOWN if r.failed else 0) for r in reals]
-        rows["uthreshold"] = [r.uthreshold for r in reals]
-        rows["lthreshold"] = [r.lthreshold for r in reals]
-        rows["port"] = [htons(r.port or 0) for r in reals]
-        rows["method"] = [S.METHOD[svc.method] for svc in svcs]
-        for rid, (svc, r) in real_rows.items():
-            tun = tun_rows.get((svc.key, r.address))
-            if tun is not None:  # before the real says to use it
-                self.m["tunnels"][ct.c_uint32(rid)] = tun
-        self._write_reals(np.fromiter(real_rows, np.uint32, len(real_rows)), rows)
-        newly_failed = [rid for rid, (_, r) in real_rows.items() if r.failed and not self.failed.get(rid)]
-        self.failed = {rid: r.failed for rid, (_, r) in real_rows.items() if r.failed}
+        keys = [svc.key for svc in config.services]
+        sids, fresh_svcs = self.svc_ids.take_all(keys)
+        svc_states = {key: old.get(key) for key in keys}
+        new = [i for i, key in enumerate(keys) if svc_states[key] is None]
+        blob, size = svc_keys([config.services[i] for i in new]).tobytes(), ct.sizeof(S.SvcKey)
+        for j, i in enumerate(new):
+            svc_states[keys[i]] = SvcState(config.services[i], sids[i], blob[j * size:(j + 1) * size])
+        for key, svc in zip(keys, config.services):
+            svc_states[key].svc = svc
+        states = list(svc_states.values())
+        # One pass over every real, in service order; their entries are built in the same order.
+        reals = [r for st in states for r in st.svc.reals]
+        rids, fresh_reals = self.real_ids.take_all(real_key(skey, r) for skey, st in svc_states.items()
+                                                   for r in st.svc.reals)
+        for rid in fresh_reals:
+            self.gens[rid] = self.gens.get(rid, 0) + 1
+
+        def zero_counters():  # of the ids taken afresh, before anything names them
+            for names, ids in ((("svc_stats", "svc_out_stats", "rr_pos"), fresh_svcs),
+                               (("real_stats", "real_out_stats", "real_conns"), fresh_reals)):
+                for name in names:
+                    self.zero_slots(self.m[name], ids)
+
+        with _meanwhile(zero_counters):
+            at = 0
+            for st in states:
+                st.real_ids, at = rids[at:at + len(st.svc.reals)], at + len(st.svc.reals)
+            real_rows = dict(zip(rids, ((st.svc, r) for st in states for r in st.svc.reals)))
+            rows = real_entries(states, reals, [self.gens[rid] for rid in rids])
+        if tun_rows:
+            for rid, (svc, r) in real_rows.items():
+                tun = tun_rows.get((svc.key, r.address))
+                if tun is not None:  # before the real says to use it
+                    self.m["tunnels"][ct.c_uint32(rid)] = tun
+        self._write_reals(np.array(rids, np.uint32), rows)
+        failed = {rid: r.failed for rid, r in zip(rids, reals) if r.failed}
+        newly_failed = [rid for rid in failed if not self.failed.get(rid)]
+        self.failed = failed
         self.void_templates(newly_failed)
         return real_rows, svc_states
 
@@ -276,17 +288,17 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
                 if st.region[1]:
                     self._to_release.append(st.region)
                 st.region, st.table = region, table
-        self.write_slot_runs(new_tables)
-        keys, metas = [], []
-        for st in svc_states.values():
-            meta = bytes(self._svc_meta(st))
-            if self._svcs_written.get(st.key_bytes) != meta:
-                keys.append(st.key_bytes)
-                metas.append(meta)
-        if keys:
+        states = list(svc_states.values())
+        with _meanwhile(self.write_slot_runs, new_tables):  # the services are written once their tables are
+            metas = svc_metas(states)
+        blob, size = metas.tobytes(), metas.itemsize
+        written = self._svcs_written
+        changed = [i for i, st in enumerate(states) if written.get(st.key_bytes) != blob[i * size:(i + 1) * size]]
+        if changed:
+            keys = [states[i].key_bytes for i in changed]
             update_batch(self.m["services"].map_fd, np.frombuffer(b"".join(keys), np.dtype(S.SvcKey)),
-                         np.frombuffer(b"".join(metas), np.dtype(S.SvcMeta)))
-            self._svcs_written.update(zip(keys, metas))
+                         metas[changed])
+            written.update((states[i].key_bytes, blob[i * size:(i + 1) * size]) for i in changed)
 
     def _remove_stale(self, config, old, real_rows, want):
         """Remove what the config no longer has: services, reals (not LIVE), mark-rule entries and rule ids."""
@@ -302,10 +314,12 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
         if gone:
             self.delete_batch(self.m["services"], gone)
         dropped = []
-        for ident, rid in list(self.real_ids.ids.items()):
-            if rid not in real_rows:
-                dropped.append(rid)
-                self.real_ids.drop(ident)
+        # Every id of real_rows is one of the pool's (taken this apply): a pool no larger holds no other.
+        if len(self.real_ids.ids) > len(real_rows):
+            for ident, rid in list(self.real_ids.ids.items()):
+                if rid not in real_rows:
+                    dropped.append(rid)
+                    self.real_ids.drop(ident)
         if dropped:
             # Not LIVE: templates and conns let go of it. The generation stays, for a restarted daemon.
             rows = np.zeros(len(dropped), np.dtype(S.Real))
@@ -358,35 +372,13 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
         runs = [(off, table) for off, table in runs if len(table)]
         if not runs:
             return
-        keys = np.concatenate([np.arange(off, off + len(table), dtype=np.uint32) for off, table in runs])
-        vals = np.fromiter((rid for _, table in runs for rid in table), np.uint32, len(keys))
+        lens = np.fromiter((len(table) for _, table in runs), np.int64, len(runs))
+        offs = np.fromiter((off for off, _ in runs), np.int64, len(runs))
+        total = int(lens.sum())
+        # slot i of the k-th run is offs[k] + i: each run's offset less where it starts in the concatenation
+        keys = (np.repeat(offs - (np.cumsum(lens) - lens), lens) + np.arange(total)).astype(np.uint32)
+        vals = np.fromiter(itertools.chain.from_iterable(table for _, table in runs), np.uint32, total)
         update_batch(self.m["sched_slots"].map_fd, keys, vals)
-
-    @staticmethod
-    def _svc_meta(st):
-        svc = st.svc
-        flags = 0
-        if svc.persistence_timeout:
-            flags |= S.SVC_F_PERSIST
-            # A Call-ID's template lives persistence_timeout after its last datagram (sip.h; docs/design.md).
-            if svc.persistence_mode == "timeout" or svc.persistence_engine == "sip":
-                flags |= S.SVC_F_PERSIST_TIMEOUT
-            if svc.persistence_engine == "sip":
-                flags |= S.SVC_F_PE_SIP
-            if svc.expire_quiescent_template:
-                flags |= S.SVC_F_EXPIRE_QUIESCENT
-            if svc.placement == "consistent":
-                flags |= S.SVC_F_CONSISTENT
-        flags |= _FAIL_FLAGS[getattr(svc.health, "on_real_failure", None)]
-        if svc.sched_flags:
-            names = {f.split("-", 1)[1] for f in svc.sched_flags}
-            flags |= (S.SVC_F_HASH_PORT if "port" in names else 0) | (S.SVC_F_FALLBACK if "fallback" in names else 0)
-        if svc.ops:
-            flags |= S.SVC_F_OPS
-        return S.SvcMeta(id=st.id, flags=flags, sched=_SCHED_KIND[svc.scheduler], method=S.METHOD[svc.method],
-                         table_off=st.region[0], table_len=st.region[1],
-                         persist_timeout_ns=(svc.persistence_timeout or 0) * NS,
-                         persist_mask=S.addr_words(svc.persistence_netmask))
 
     def _write_settings(self, config, has_marks, vip_filter):
         t = config.timeouts
