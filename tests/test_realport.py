@@ -156,3 +156,4 @@ def test_state_sync_names_the_real_by_its_port(bench):
     ev = S.SyncEvent(key=conn_key(syn), svc_id=st.id, real_id=rid, state=S.CONN_STATE["est"])
     (out,) = to_wire(ev, st, ip(R4), dp.config.timeouts, 8081)
     assert (out.daddr, out.dport, out.vport) == (ip(R4), 8081, 80)
+    assert out.flags & wire.CONN_F_FWD_MASK == wire.CONN_F_MASQ      # a NAT connection, as IPVS marks it

@@ -38,6 +38,8 @@ FROM_WIRE_TCP = {wire.TCP_S_ESTABLISHED: CS["est"], **dict.fromkeys(
     (wire.TCP_S_FIN_WAIT, wire.TCP_S_TIME_WAIT, wire.TCP_S_CLOSE, wire.TCP_S_CLOSE_WAIT, wire.TCP_S_LAST_ACK),
     CS["fin"])}  # every other TCP state: SYN
 TIMEOUT_OF = {CS["syn"]: "syn", CS["est"]: "tcp", CS["fin"]: "tcpfin", CS["udp"]: "udp"}
+# A service's forwarding method as the entries' flags name it (IPVS takes them from the dest: ip_vs_bind_dest).
+FWD_FLAG = {"dr": wire.CONN_F_DROUTE, "nat": wire.CONN_F_MASQ, "tun": wire.CONN_F_TUNNEL}
 
 
 def _address(words, family):
@@ -56,16 +58,17 @@ def to_wire(ev, st, daddr, timeouts, dport=0):
     caddr, vaddr = _address(k.src, k.family), _address(k.dst, k.family)
     cport, vport = _ntohs(k.sport), _ntohs(k.dport)
     established = ev.state == CS["est"]
+    fwd = FWD_FLAG[svc.method]
     out = []
     if svc.persistence_timeout:
         client = _address(mask_address(addr_bytes(caddr), svc.persistence_netmask), k.family)
         state = wire.CTPL_S_ASSURED if established else wire.CTPL_S_NONE
         if svc.fwmark is not None:
-            out.append(wire.fwmark_template(svc.fwmark, client, daddr, svc.persistence_timeout, state=state))
+            out.append(wire.fwmark_template(svc.fwmark, client, daddr, svc.persistence_timeout, fwd, state))
         else:
             out.append(wire.template(client, vaddr, svc.port, daddr, dport or svc.port, k.proto,
-                                     svc.persistence_timeout, state=state))
-    flags = wire.CONN_F_DROUTE | (0 if established else wire.CONN_F_INACTIVE)
+                                     svc.persistence_timeout, fwd, state))
+    flags = fwd | (0 if established else wire.CONN_F_INACTIVE)
     out.append(wire.SyncConn(k.proto, caddr, cport, vaddr, vport, daddr, dport or vport, flags, TO_WIRE[ev.state],
                              svc.fwmark or 0, getattr(timeouts, TIMEOUT_OF[ev.state])))
     return out
