@@ -14,6 +14,7 @@ from conftest import needs_root
 from health_harness import REAL, Watched, one_real
 from xlb.health import spec as hspec
 from xlb.health.engine import Wheel
+from xlb.health.http import HttpChecker
 from xlb.health.state import REAL_DOWN, REAL_UP
 from xlb.lab.netns import Topology
 from xlb.lab.process import in_netns
@@ -178,3 +179,33 @@ def test_the_wheel_runs_timers_in_tick_order_with_one_loop_timer_per_tick():
         assert ran == [("early", 0)] + [("late", i) for i in range(100)]
         assert not wheel.handles
     asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+@needs_root
+def test_a_callback_that_raises_fails_its_attempt_at_once_naming_the_exception(ns, monkeypatch):
+    """A checker's bug in a callback the engine's epoll runs ends that attempt as a failure with the exception's
+    name (as the coroutine path reports it) and closes its socket, rather than leaving it to time out."""
+    def judge(url, raw):
+        raise ValueError("no verdict")
+    monkeypatch.setattr(HttpChecker, "judge", staticmethod(judge))
+
+    async def serve(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.0 200 OK\r\n\r\nok")
+        writer.close()
+
+    async def scenario():
+        before = _fds()
+        server = await asyncio.start_server(serve, REAL, 0)
+        port = server.sockets[0].getsockname()[1]
+        check = {"kind": "HTTP_GET", "retry": 0, "connect_timeout": 30, "url": [{"path": "/"}]}
+        async with Watched([one_real(check, port, delay_loop=0.05)]) as w:
+            assert len(w.engine.driven) == 1
+            await w.effect(REAL_DOWN)
+        server.close()
+        await server.wait_closed()
+        await w.until(lambda: _fds() == before, "every socket closed")
+        return w, port
+    w, port = asyncio.run(asyncio.wait_for(scenario(), 20))   # its deadline (30 s) is never reached
+    assert any(f"HTTP_GET to [{REAL}]:tcp:{port} failed: ValueError: no verdict" in line for line in w.lines), w.lines
+    assert not any("Timeout" in line for line in w.lines), w.lines

@@ -47,17 +47,26 @@ class Engine:
         one replaces on a reload, whose states go on (state.Core.start)."""
         loop = asyncio.get_running_loop()
         self.wheel = Wheel(loop)
-        self.poller = Poller(loop, self.log)
+        self.poller = Poller(loop, self.log, self._crashed)
         self.stopped = loop.create_future()
         self.halted = False
         for due, c in self.core.start(self.clock(), carry=carry.core if carry is not None else None):
             chk = self.checkers[id(c)]
             if getattr(chk, "begin", None) is not None:
-                d = _Driven(self, loop, c, chk)
+                d = chk.driven = _Driven(self, loop, c, chk)
                 self.driven.append(d)
                 d.schedule(due)
             else:
                 self.tasks.append(loop.create_task(self._loop(c, due), name=f"health {c.label}"))
+
+    def _crashed(self, chk, e):
+        """A callback of checker ``chk`` raised: its attempt ends now as a failure naming the exception (what the
+        coroutine path's ``attempt`` reports), its sockets closed, not at its deadline as a timeout."""
+        d = getattr(chk, "driven", None)
+        if d is None or d.abort_attempt is None:
+            self.log(f"xlb: health: a check's callback failed: {type(e).__name__}: {e}")
+            return
+        d.crash(e)
 
     async def run(self):
         """start() and run until cancelled; stop() then runs the omega notifiers."""
@@ -179,8 +188,8 @@ class Poller:
     once; the socket stays in the epoll, disarmed, until it is closed, so a further wait on the same socket is
     ``rearm``. Closing the socket takes it out of the epoll."""
 
-    def __init__(self, loop, log):
-        self.loop, self.log = loop, log
+    def __init__(self, loop, log, crashed):
+        self.loop, self.log, self.crashed = loop, log, crashed   # crashed(checker, exception): a callback raised
         self.epoll = select.epoll()
         self.callbacks = {}     # fd -> callback
         loop.add_reader(self.epoll.fileno(), self._ready)
@@ -215,7 +224,7 @@ class Poller:
             try:
                 callback()
             except Exception as e:  # noqa: BLE001 - one checker's bug must not lose the others' events
-                self.log(f"xlb: health: a check's callback failed: {type(e).__name__}: {e}")
+                self.crashed(getattr(callback, "__self__", None), e)   # callbacks are the checker's bound methods
 
     def close(self):
         if self.epoll.closed:       # closed already (Engine.halt, then stop)
@@ -265,6 +274,11 @@ class _Driven:
         if gen == self.gen:
             self._stop_attempt()
             self._done(self.chk.timed_out())
+
+    def crash(self, e):
+        """The attempt in progress raised in one of its callbacks: abort it, and it failed."""
+        self._stop_attempt()
+        self._done(crashed(self.chk, e))
 
     def _stop_attempt(self):
         abort, self.abort_attempt = self.abort_attempt, None
