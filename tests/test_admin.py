@@ -5,6 +5,7 @@ import ipaddress
 import pytest
 
 from xlb.ops import admin
+from xlb.ops.parse import parse_ports, parse_service
 from xlb.config import model as xconfig
 from xlb.config import read as xread
 from xlb.errors import ConfigError
@@ -282,7 +283,7 @@ def test_timeouts_zero_means_unchanged():
     ("fwmark", "0x10", True, {"fwmark": 16, "family": 6}),
 ])
 def test_parse_service(kind, text, ipv6, ident):
-    assert admin.parse_service(kind, text, ipv6) == ident
+    assert parse_service(kind, text, ipv6) == ident
 
 
 @pytest.mark.parametrize("kind, text, fragment", [
@@ -293,14 +294,14 @@ def test_parse_service(kind, text, ipv6, ident):
 ])
 def test_parse_service_rejects(kind, text, fragment):
     with pytest.raises(ConfigError) as info:
-        admin.parse_service(kind, text)
+        parse_service(kind, text)
     assert fragment in info.value.message
 
 
 def test_parse_ports():
-    assert admin.parse_ports("80,443,1000-2000") == [80, 443, "1000-2000"]
+    assert parse_ports("80,443,1000-2000") == [80, 443, "1000-2000"]
     with pytest.raises(ConfigError):
-        admin.parse_ports("80,http")
+        parse_ports("80,http")
 
 
 # --- the native commands against a running daemon ---------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 import sys
 
 from .ops import admin
+from .ops.parse import parse_ports, parse_service, split_addr_port
 from .ops import health as ophealth
 from .ops import control
 from .ops import ipvsadm
@@ -39,7 +40,7 @@ def _service_args(p, required=True):
 def _ident(args, source):
     for kind, value in (("tcp", args.tcp_service), ("udp", args.udp_service), ("fwmark", args.fwmark_service)):
         if value is not None:
-            return admin.parse_service(kind, value, ipv6=args.ipv6, source=source)
+            return parse_service(kind, value, ipv6=args.ipv6, source=source)
     return None
 
 
@@ -77,7 +78,7 @@ def _cmd_service(args):
 def _cmd_real(args):
     src = f"xlb real {args.action}"
     ident = _ident(args, src)
-    addr, port = admin.split_addr_port(args.real_server, ident.get("proto", "tcp"), "-r", src)
+    addr, port = split_addr_port(args.real_server, ident.get("proto", "tcp"), "-r", src)
     op = {"op": f"real-{args.action}", "service": ident, "address": str(addr), "port": port}
     if args.action != "del":
         op.update(weight=args.weight, uthreshold=args.u_threshold, lthreshold=args.l_threshold,
@@ -88,7 +89,7 @@ def _cmd_real(args):
 def _cmd_mark(args):
     src = f"xlb mark {args.action}"
     op = {"op": f"mark-{args.action}", "mark": args.mark, "proto": args.proto, "dst": args.dst,
-          "ports": admin.parse_ports(args.ports, src) if args.ports else None}
+          "ports": parse_ports(args.ports, src) if args.ports else None}
     if args.action == "add" and not args.dst:
         raise ConfigError(src, "--dst", "give the destination prefix: --dst 198.51.100.10/32")
     return _edit(args, [op], src)

@@ -12,6 +12,7 @@ import os
 import time
 
 from . import admin
+from .parse import ident_name
 from .listings import conn_entries, listing, zero
 from ..dataplane.links import attached_prog, ifindex_of
 from ..errors import XlbError
@@ -50,7 +51,7 @@ def edit(daemon, ops, source="xlb"):
 def _describe(op):
     kind = op.get("op", "?")
     if "service" in op:
-        kind += f" {admin.ident_name(op['service'])}"
+        kind += f" {ident_name(op['service'])}"
     if "address" in op:
         kind += f" {op['address']}"
     if "mark" in op and kind.startswith("mark"):

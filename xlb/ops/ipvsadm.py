@@ -25,6 +25,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from . import admin
+from .parse import PROTO_OPTION, ident_name, ident_option, parse_service, split_addr_port
 from . import tunopts
 from ..errors import ConfigError
 
@@ -174,7 +175,7 @@ def parse(argv) -> Request:
     if svc_opts:
         o = svc_opts[0]
         kind = {"t": "tcp", "u": "udp", "f": "fwmark", "sctp-service": "sctp"}[o]
-        req.service = admin.parse_service(kind, opts[o], ipv6="6" in opts, source=SOURCE)
+        req.service = parse_service(kind, opts[o], ipv6="6" in opts, source=SOURCE)
     _build(req, opts)
     return req
 
@@ -240,7 +241,7 @@ def _build(req, opts):
         if "r" not in opts:
             _fail("-r", "give the real server: -r ADDR[:PORT]")
         proto = req.service.get("proto", "tcp")
-        addr, port = admin.split_addr_port(opts["r"], proto, "-r", SOURCE)
+        addr, port = split_addr_port(opts["r"], proto, "-r", SOURCE)
         op = {"op": {"add-server": "real-add", "edit-server": "real-edit", "delete-server": "real-del"}[cmd],
               "service": req.service, "address": str(addr), "port": port}
         method = _method(opts)
@@ -311,7 +312,7 @@ def svc_name(s, rule=False):
         return f"FWM  {s['fwmark']}" + (" IPv6" if s["family"] == 6 else "")
     vname = f"{_host(s['family'], s['vip'])}:{s['port']}"
     if rule:
-        return f"{admin.PROTO_OPTION[s['proto']]} {vname}"
+        return f"{PROTO_OPTION[s['proto']]} {vname}"
     name = f"{s['proto'].upper()}  {vname}"
     return name[:33] if s["family"] == 4 else name
 
@@ -401,7 +402,7 @@ def render_list(snap, fmt=frozenset(), service=None) -> str:
     if service is not None:
         services = [s for s in services if _matches(s, service)]
         if not services:
-            raise ConfigError(SOURCE, admin.ident_option(service), f"no service {admin.ident_name(service)}")
+            raise ConfigError(SOURCE, ident_option(service), f"no service {ident_name(service)}")
         lines = _title(fmt)
     else:
         lines = [f"IP Virtual Server version {IPVS_VERSION} (size={snap['size']})"] + _title(fmt)

@@ -11,7 +11,7 @@ model), and so does a restart. `xlb save > FILE` keeps them.
 import ipaddress
 import time
 
-from . import admin
+from .parse import ident_name, ident_option
 from ..config import dump as xdump
 from ..config import tunnel as xtunnel
 from ..dataplane import structs as S
@@ -190,7 +190,7 @@ def zero(dp, rates, ident=None, source="xlb zero"):
         slots = [("svc", st.id)] + [("real", rid) for _, rid, _ in reals]
         rates.forget(slots)
     if ident is not None and not n:
-        raise ConfigError(source, admin.ident_option(ident), f"no service {admin.ident_name(ident)}")
+        raise ConfigError(source, ident_option(ident), f"no service {ident_name(ident)}")
     return n
 
 
