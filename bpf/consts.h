@@ -244,8 +244,9 @@ enum xlb_conn_state {
 #define XLB_SET_F_SYNC 0x8             /* state sync master: new connections and state changes go to sync_events */
 #define XLB_SET_F_HALF_OPEN 0x10       /* new TCP/SCTP connections (and their new templates) wait in half_open and
                                           persist_half until their handshake's ACK (bpf/halfopen.h) */
-#define XLB_SET_F_NAT 0x20             /* at least one NAT service: a packet that is no service's may be a real's
-                                          reply (bpf/nat.h), an ICMP error to no VIP may quote one (bpf/icmp.h) */
+#define XLB_SET_F_NAT 0x20             /* a NAT service, or NAT connections left by one: a packet that is no service's
+                                          may be a real's reply (bpf/nat.h), an ICMP error to no VIP may quote one
+                                          (bpf/icmp.h) */
 
 /* trace_rec.flags (bpf/trace.h) */
 #define XLB_TRACE_F_CONN_FOUND 0x1     /* an entry for the tuple exists */

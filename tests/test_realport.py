@@ -11,8 +11,10 @@ from cases import REDIRECT, V4
 from harness import LB1_MAC, REAL_MAC, conn_key, lookup_conn, tcp4, vs, write
 from natframes import R4, nat_in, nat_out, reply, run, svc
 from xlb.config import read as xread
+from xlb.config.model import addr_bytes
 from xlb.dataplane import structs as S
 from xlb.dataplane.apply import DataPlane
+from xlb.dataplane.mapkeys import maglev_idents
 from xlb.errors import ConfigError
 from xlb.health import spec as hspec
 from xlb.importers.keepalived import translate as keepalived
@@ -26,6 +28,7 @@ TWO = svc(V4, 80, "tcp", [(R4, 8080), (R4, 8081)])
 CHECKED = TWO.replace("  port = 8081\n", "  port = 8081\n    [service.real.check]\n    kind = \"TCP_CHECK\"\n"
                       ).replace("  port = 8080\n", "  port = 8080\n    [service.real.check]\n    kind = \"TCP_CHECK\"\n")
 KEY = ("tcp", ipaddress.ip_address(V4), 80)
+SHARED = "198.18.1.3"  # an address two reals share in the tests below
 
 
 def real_ports(cfg):
@@ -157,3 +160,31 @@ def test_state_sync_names_the_real_by_its_port(bench):
     (out,) = to_wire(ev, st, ip(R4), dp.config.timeouts, 8081)
     assert (out.daddr, out.dport, out.vport) == (ip(R4), 8081, 80)
     assert out.flags & wire.CONN_F_FWD_MASK == wire.CONN_F_MASQ      # a NAT connection, as IPVS marks it
+
+
+
+@needs_root
+def test_a_fwmark_template_names_the_one_real_on_its_address(bench):
+    """A fwmark (or port-zero) service's template carries no port: a backup puts it on the one real of its
+    address whatever that real's own port, and on none when two ports share the address."""
+    mark = '[[mark]]\nmark = 5\ndst = "198.51.100.10/32"\nproto = "tcp"\nports = [80, 443]\n'
+    dp = bench.reset(mark + '[[service]]\nfwmark = 5\nscheduler = "rr"\nmethod = "nat"\npersistence_timeout = 60\n'
+                     + "".join(f'  [[service.real]]\n  address = "{a}"\n  port = {p}\n'
+                               for a, p in ((R4, 8080), (SHARED, 8080), (SHARED, 8081))))
+    ip = ipaddress.ip_address
+    assert load_entries(dp, [wire.fwmark_template(5, ip("203.0.113.7"), ip(R4), 60)]) == {"loaded_templates": 1}
+    assert load_entries(dp, [wire.fwmark_template(5, ip("203.0.113.8"), ip(SHARED), 60)]) == {
+        "skipped_unknown_real": 1}
+    for port in (80, 443):
+        syn = tcp4(src="203.0.113.7", sport=43000 + port, dport=port)
+        assert bench.run(syn) == (REDIRECT, nat_in(syn, R4, 8080, LB1_MAC, REAL_MAC[R4]))
+
+
+def test_a_second_port_on_one_address_moves_no_other_reals_maglev_identity():
+    """Only the reals that share an address take their port into their Maglev identity: the others keep the
+    identity they had, so their slots' preferences stay."""
+    def idents(reals):
+        return maglev_idents(xread.parse(svc(V4, 80, "tcp", reals), "<test>").services[0].reals)
+    one, two = idents([(R4, 8080), (SHARED, 8080)]), idents([(R4, 8080), (SHARED, 8080), (R4, 8081)])
+    assert two[1] == one[1] == addr_bytes(ipaddress.ip_address(SHARED))
+    assert two[0] != one[0] and two[0] != two[2]

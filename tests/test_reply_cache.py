@@ -132,15 +132,22 @@ def test_entries_are_two_cache_lines(bench):
     assert map_info(table.map_fd).map_flags & BPF_F_MMAPABLE
 
 
-def test_a_balancer_with_no_nat_service_looks_for_no_reply(bench):
-    """Once the last NAT service is gone (settings.flags without XLB_SET_F_NAT), a packet that is no service's
-    passes at once: a DR-only balancer pays no reply-cache probe and no nat_revs lookups for it, and a NAT
-    connection's reply left in nat_revs (until the sweep) is not rewritten for a service that no longer exists."""
+def test_a_balancer_with_no_nat_connection_looks_for_no_reply(bench):
+    """Replies of a removed NAT service's connections are still rewritten while their reverse entries last (as
+    IPVS rewrites them while its connections last); once the sweep has removed them, the next apply clears
+    XLB_SET_F_NAT and a packet that is no service's passes at once: a DR-only balancer pays no reply-cache probe
+    and no nat_revs lookups for it."""
     bench.reset(CFG)
     steps, _, rep = established(bench)
     go(bench, *steps)
-    assert bench.dp.m["settings"][ct.c_uint32(0)].flags & S.SET_F_NAT
-    bench.dp.apply(bench.config(svc(V4, 80, "tcp", [(R4, None)], method="dr")))
-    assert not bench.dp.m["settings"][ct.c_uint32(0)].flags & S.SET_F_NAT
-    assert bench.prog["nat_revs"][conn_key(rep)]                     # still there: the sweep has not run
+    flags = lambda: bench.dp.m["settings"][ct.c_uint32(0)].flags & S.SET_F_NAT  # noqa: E731
+    assert flags()
+    dr_only = bench.config(svc(V4, 80, "tcp", [(R4, None)], method="dr"))
+    bench.dp.apply(dr_only)
+    assert flags()
+    go(bench, steps[-1])                                             # rewritten to VIP:80 as before
+    bench.prog["nat_revs"].clear()                                   # as the sweep does once the connections go
+    bench.dp.apply(dr_only)
+    assert not flags()
+    bench.prog["nat_revs"][conn_key(rep)] = bench.prog["nat_revs"].Leaf()   # ignored: the flag says look no further
     go(bench, (rep, bench.ifindex1, PASS, None, "pass_no_service"))

@@ -172,8 +172,11 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
         vips, fwm, fbits = self._widen_vip_filter(config)
         real_rows, svc_states = self._take_ids(config, old, tun_rows)
         want = self._write_mark_rules(config, entries)
+        nat = self._nat_replies(config)
+        if nat:  # before a new NAT service's first connection: its SYN-ACK is looked for
+            self._set_flag(S.SET_F_NAT, True)
         self._write_services(svc_states, tables, config)
-        self._write_settings(config, bool(want), fbits is not None)
+        self._write_settings(config, bool(want), fbits is not None, nat)
         self._remove_stale(config, old, real_rows, want)
         self._apply_vips(vips)
         if fbits is not None:
@@ -380,14 +383,21 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
         vals = np.fromiter(itertools.chain.from_iterable(table for _, table in runs), np.uint32, total)
         update_batch(self.m["sched_slots"].map_fd, keys, vals)
 
-    def _write_settings(self, config, has_marks, vip_filter):
+    def _nat_replies(self, config):
+        """Whether the data plane looks for NAT replies (XLB_SET_F_NAT): while a NAT service is configured and, once
+        the last is gone, until the sweep has removed its connections' reverse entries (IPVS rewrites a removed
+        service's replies while its connections last)."""
+        return any(s.method == "nat" for s in config.services) or any(
+            next(iter(self.m[name].keys()), None) is not None for name in ("nat_revs", "nat_half"))
+
+    def _write_settings(self, config, has_marks, vip_filter, nat):
         t = config.timeouts
         old = self.m["settings"][ct.c_uint32(0)]
         flags = ((S.SET_F_MARKS if has_marks else 0) | (S.SET_F_VIP_FILTER if vip_filter else 0)
                  | (S.SET_F_SYNC if self.sync_export else 0))
         flags |= S.SET_F_ECHO if config.icmp.echo_reply else 0
         flags |= S.SET_F_HALF_OPEN if config.tables.half_open else 0
-        flags |= S.SET_F_NAT if any(s.method == "nat" for s in config.services) else 0
+        flags |= S.SET_F_NAT if nat else 0
         st = S.Settings(flags=flags, gen=old.gen,
                         flow_ttl=self._flow_ttl(min(t.syn, t.tcp, t.tcpfin, t.udp)))
         for name, secs in (("syn", t.syn), ("est", t.tcp), ("fin", t.tcpfin), ("udp", t.udp)):

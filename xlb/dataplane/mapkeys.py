@@ -1,6 +1,7 @@
 """How the control plane names things in the maps: the data plane's clock, service keys, byte order, and a
 service's scheduling table as positions in its reals. Shared by apply, sweep, adopt and the readers.
 """
+import collections
 import ipaddress
 import itertools
 import time
@@ -74,12 +75,12 @@ def table_indexes(svc, loads=None):
 
 
 def maglev_idents(reals) -> list:
-    """Each real's Maglev identity: its 16-byte address, and its port after it where two reals of the service
-    share the address (NAT to two ports): a table built before two ports were allowed is the same table."""
+    """Each real's Maglev identity: its 16-byte address, and its port after it only where another real of the
+    service shares the address (NAT to two ports): the others keep the identity they had before ports were
+    allowed, so a second port on one address moves no other real's slots."""
     addrs = [addr_bytes(r.address) for r in reals]
-    if len(set(addrs)) == len(addrs):
-        return addrs
-    return [a + (r.port or 0).to_bytes(2, "big") for a, r in zip(addrs, reals)]
+    shared = {a for a, n in collections.Counter(addrs).items() if n > 1}
+    return [a + (r.port or 0).to_bytes(2, "big") if a in shared else a for a, r in zip(addrs, reals)]
 
 
 def real_key(svc_key, real) -> tuple:

@@ -23,7 +23,7 @@ from collections import Counter
 
 from ..config.model import addr_bytes, fwmark_key, mask_address
 from ..dataplane import structs as S
-from ..dataplane.mapkeys import NS, htons, now_ns
+from ..dataplane.mapkeys import NS, htons, now_ns, real_key
 from ..errors import brief
 from ..sync import transport, wire
 
@@ -95,8 +95,14 @@ def _order(dest):
 def _real_id(dp, st, c):
     """The id of the real a received entry names: by its address and port (IPVS's destination; under NAT two
     reals may share an address), else by address alone for a real without a port of its own (DR, TUN, NAT to the
-    client's port), whose entries carry the service's or the client's port."""
-    return dp.real_ids.get((st.svc.key, c.daddr, c.dport)) or dp.real_ids.get((st.svc.key, c.daddr, 0))
+    client's port), whose entries carry the service's or the client's port. A template of a fwmark or port-zero
+    service carries no port (dport 0): it names the one real on its address, and none when two ports share it."""
+    rid = dp.real_ids.get((st.svc.key, c.daddr, c.dport)) or dp.real_ids.get((st.svc.key, c.daddr, 0))
+    if rid is None and c.dport == 0:
+        (one, *more) = [r for r in st.svc.reals if r.address == c.daddr] or [None]
+        if one is not None and not more:
+            rid = dp.real_ids.get(real_key(st.svc.key, one))
+    return rid
 
 
 def _keeps_local(dp, st, client, rid, addr_of):
