@@ -77,14 +77,22 @@ static __always_inline int nat_reply(struct xdp_md *ctx, struct pkt *p, struct s
 				     re->real_id, bytes, action);
 	struct conn_key k;
 	conn_key_of(p, &k);
-	struct nat_rev *nr = nat_revs.lookup(&k);
-	if (!nr) {
-		/* a half-open connection's (the real's SYN-ACK): never cached */
+	/* A SYN-ACK answers a handshake: a half-open connection's entry (nat_half) before nat_revs, where a reused
+	 * tuple's earlier connection (to another VIP, say) may still have one until the sweep. Never cached; a SYN-ACK
+	 * empties the tuple's entry, as every state change does. */
+	int syn = is_stream(p) && (p->tcp_flags & XLB_TCP_SYN);
+	struct nat_rev *nr = syn ? nat_half.lookup(&k) : 0;
+	int half = nr != 0;
+	if (!nr)
+		nr = nat_revs.lookup(&k);
+	if (!nr && !syn) {
 		nr = nat_half.lookup(&k);
-		return nr ? nat_reply_send(ctx, p, st, bytes, nr, 0, action) : -1;
+		half = 1;
 	}
+	if (!nr)
+		return -1;
 	int reason = nat_reply_send(ctx, p, st, bytes, nr, 0, action);
-	reply_fill(p, slot, gen, st, nr, *action == XDP_TX || *action == XDP_REDIRECT);
+	reply_fill(p, slot, gen, st, nr, !half && (*action == XDP_TX || *action == XDP_REDIRECT));
 	return reason;
 }
 

@@ -151,3 +151,22 @@ def test_a_balancer_with_no_nat_connection_looks_for_no_reply(bench):
     assert not flags()
     bench.prog["nat_revs"][conn_key(rep)] = bench.prog["nat_revs"].Leaf()   # ignored: the flag says look no further
     go(bench, (rep, bench.ifindex1, PASS, None, "pass_no_service"))
+
+
+def test_a_reused_tuples_half_open_syn_ack_is_its_own_and_empties_the_entry(bench):
+    """With the SYN-flood defense on (the default), a new connection's reverse entry waits in nat_half while the
+    earlier connection of a reused reply tuple (the same client port to another VIP on the same real:port) may
+    still have one in nat_revs: the SYN-ACK is rewritten from the new VIP (nat_half first), and it empties the
+    cache entry the earlier connection left, so no reply of the new connection is rewritten from the old VIP."""
+    import dataclasses
+    from harness import TEST_TABLES
+    bench.reset(CFG)
+    bench.dp.apply(dataclasses.replace(bench.config(CFG), tables=dataclasses.replace(TEST_TABLES, half_open=True)))
+    a_steps, _, rep = established(bench, vip=V4)
+    go(bench, *a_steps)
+    assert bytes(cached(bench, rep).popitem()[1].vip) == addr_bytes(V4)
+    b_steps, _, _ = established(bench, vip=V4B)
+    go(bench, *b_steps[:2])                                          # B's SYN, then its SYN-ACK from nat_half
+    assert not cached(bench, rep)
+    go(bench, *b_steps[2:])                                          # the ACK promotes it: replies from B
+    assert bytes(cached(bench, rep).popitem()[1].vip) == addr_bytes(V4B)

@@ -225,6 +225,22 @@ def test_sweep_falls_back_to_numpy_when_the_walk_cannot_load(bench, monkeypatch)
     assert bench.dp.sweep().conns_seen == 0
 
 
+def test_a_walk_that_fails_at_a_sweep_falls_back_to_numpy_for_that_sweep_and_after(bench, monkeypatch):
+    """The kernel refuses a walk it loaded (BPF_PROG_TEST_RUN fails): that sweep reads the tables with numpy
+    instead, says why once (the daemon logs it), and later sweeps stay on numpy; nothing is raised."""
+    from xlb.dataplane import bpfasm
+    from xlb.errors import KernelError
+    bench.reset(config(with_spare_real=False))
+    assert bench.dp.choose_sweep(numpy=False) == "kernel"
+
+    def fail(prog_fd, data=bytes(64)):
+        raise KernelError(f"running program fd {prog_fd} failed: Cannot allocate memory")
+    monkeypatch.setattr(bpfasm, "test_run", fail)
+    assert bench.dp.sweep().conns_seen == 0
+    assert "the in-kernel walk failed" in bench.dp.walk_error and "Cannot allocate memory" in bench.dp.walk_error
+    assert bench.dp.choose_sweep() == "numpy"
+
+
 # -- the matching helpers, without root ------------------------------------------------------------------------
 
 def brute_row_index(rows, table, missing):

@@ -12,8 +12,8 @@ import os
 import struct
 
 from ..errors import KernelError
+from .bpfsys import SYS_BPF
 
-_SYS_BPF = 321  # x86_64
 _BPF_MAP_CREATE, _BPF_PROG_LOAD, _BPF_PROG_TEST_RUN, _BPF_BTF_LOAD = 0, 5, 10, 18
 BPF_PROG_TYPE_XDP = 6
 MAP_HASH, MAP_ARRAY = 1, 2
@@ -177,7 +177,7 @@ class _TestAttr(ct.Structure):
 
 
 def _bpf(cmd, attr):
-    r = _libc.syscall(_SYS_BPF, cmd, ct.byref(attr), ct.sizeof(attr))
+    r = _libc.syscall(SYS_BPF, cmd, ct.byref(attr), ct.sizeof(attr))
     return r if r >= 0 else -ct.get_errno()
 
 

@@ -12,10 +12,12 @@
 import ctypes as ct
 import errno
 import os
+import platform
 
 from ..errors import KernelError
 
-_SYS_BPF = 321  # x86_64
+# bpf(2)'s number (asm/unistd.h) by machine
+SYS_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}.get(platform.machine(), 321)
 _BPF_MAP_LOOKUP_ELEM = 1
 _BPF_MAP_UPDATE_ELEM = 2
 _BPF_PROG_LOAD = 5
@@ -31,7 +33,7 @@ _libc.syscall.restype = ct.c_long
 
 
 def _bpf(cmd, attr):
-    if _libc.syscall(_SYS_BPF, cmd, ct.byref(attr), ct.sizeof(attr)) < 0:
+    if _libc.syscall(SYS_BPF, cmd, ct.byref(attr), ct.sizeof(attr)) < 0:
         return -ct.get_errno()
     return 0
 
@@ -206,7 +208,7 @@ def prog_load_xdp(insns: bytes, name="xlb", license=b"GPL"):
         attr = _ProgLoadAttr(prog_type=BPF_PROG_TYPE_XDP, insn_cnt=len(insns) // 8, insns=ct.addressof(buf),
                              license=ct.addressof(lic), log_level=1 if log_size else 0, log_size=log_size,
                              log_buf=ct.addressof(log) if log else 0, prog_name=name.encode()[:15])
-        fd = _libc.syscall(_SYS_BPF, _BPF_PROG_LOAD, ct.byref(attr), ct.sizeof(attr))
+        fd = _libc.syscall(SYS_BPF, _BPF_PROG_LOAD, ct.byref(attr), ct.sizeof(attr))
         if fd >= 0:
             return fd
         err = ct.get_errno()

@@ -102,6 +102,7 @@ class Sweeper:
 
     last_sweep = None  # the last sweep's SweepResult (the metrics read templates_missing from it)
     _walker = None     # the kernel's walk (kwalk.Walker); False: the numpy path; None: not chosen yet
+    walk_error = None  # why the kernel's walk was given up on at a sweep (the daemon logs it)
 
     # -- timers ----------------------------------------------------------------------------------------------
     def sweep(self, now=None):
@@ -113,8 +114,15 @@ class Sweeper:
         now = now_ns() if now is None else now
         res = SweepResult()
         read_at = now_ns()  # NAT reverse entries written after this may have connections the scan misses
-        in_kernel = self.choose_sweep() == "kernel"
-        counts, clients = (self._walk_in_kernel if in_kernel else self._walk_in_numpy)(now, read_at, res)
+        counts = None
+        if self.choose_sweep() == "kernel":
+            try:
+                counts, clients = self._walk_in_kernel(now, read_at, res)
+            except KernelError as e:  # the kernel refused a walk it had loaded: never the daemon's end
+                self.choose_sweep(numpy=True)
+                self.walk_error = f"the in-kernel walk failed, the sweep reads the tables with numpy from now on: {e}"
+        if counts is None:
+            counts, clients = self._walk_in_numpy(now, read_at, res)
         self._reconcile(counts)
         self._sweep_templates(now, clients, res)
         self._sweep_locality(now, res)

@@ -313,6 +313,9 @@ class Daemon:
         if self.pin_watch and self.pin_watch.check():
             self._pin_lock = self.pin_watch.lock
         res = self.dp.sweep()
+        if self.dp.walk_error:
+            self.log(f"xlb: {self.dp.walk_error}")
+            self.dp.walk_error = None
         self.rates.sample(self.dp)
         no_neigh = self.dp.counters("verdicts", REASON["drop_no_neigh"]).packets
         if no_neigh > self._no_neigh:
