@@ -32,7 +32,8 @@ from . import settings
 from . import tunnel as xtunnel
 from .model import (DEFAULT_SCHEDULER, IPVS_SCHEDULERS_NOT_YET, METHODS, MH_SIZE_MAX, MH_SIZE_MIN,
                     PERSISTENCE_ENGINES, PERSISTENCE_MODES, PLACEMENTS, SCHED_FLAGS, SCHEDULERS, SERVICE_PROTOS,
-                    TIMEOUT_MAX, U32_MAX, Config, Icmp, Real, Service, is_prime, netmask_bytes, show_value)
+                    TIMEOUT_MAX, U32_MAX, Config, Icmp, Real, Service, is_prime, netmask_bytes, real_text,
+                    show_value)
 from .tomlpos import located
 from .validate import Validator, join, no_zone
 from ..errors import ConfigError
@@ -253,7 +254,7 @@ def _reals(v, tbl, where, family, method, svc_port, any_family=False) -> tuple:
         # service's); direct routing and tunnels keep the port, so two reals there on one address are one.
         dest = (addr, svc_port if port is None else port)
         if dest in seen:
-            name = f"{addr}" if port is None else f"{addr}:{dest[1]}" if addr.version == 4 else f"[{addr}]:{dest[1]}"
+            name = f"{addr}" if port is None else real_text(addr, dest[1])
             v.fail(join(rwhere, "address"), f"duplicate real {name}: already given as {seen[dest]}")
         seen[dest] = rwhere
         weight = v.integer(rt, rwhere, "weight", 0, 65535, 1)

@@ -86,7 +86,7 @@ def maglev_idents(reals) -> list:
 def real_key(svc_key, real) -> tuple:
     """A real's identity in the control plane's id pool (DataPlane.real_ids): its service's key, its address
     and its port as the maps hold it (Real.ident), so adopt() rebuilds it from a pinned reals entry."""
-    return (svc_key, real.address, real.port or 0)
+    return (svc_key, *real.ident)
 
 
 _BY_WEIGHTS = {"rr": sched.rr_table, "wrr": sched.wrr_table, "sh": sched.sh_table, "dh": sched.dh_table}

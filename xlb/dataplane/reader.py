@@ -77,11 +77,11 @@ class Templates:
 _layouts = weakref.WeakKeyDictionary()   # DataPlane -> (the config it was built for, layout)
 
 
-
 def real_names(st, reals) -> list:
     """How metrics, `xlb top` and traces name the reals of one layout() entry (config.model.real_labels): their
     addresses, with the port where two share one."""
     return real_labels([(a, r.port) for r, _, a in reals], st.svc.port)
+
 
 class Reader:
     """What DataPlane reads back from its maps."""

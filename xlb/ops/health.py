@@ -99,8 +99,7 @@ class Checks:
         pools = {k: self.pools[k] for k in list(self.engines) if k in self.pools}
         for s in cfg.services:
             if s.health is not None and s.key not in pools:   # its engine starts after this write: as it will
-                pool, dead = start_pool(s.health)
-                pools[s.key] = (pool, dead)
+                pools[s.key] = start_pool(s.health)
         return effective(cfg, pools)
 
     def _ensure_loop(self):
