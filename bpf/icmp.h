@@ -195,7 +195,8 @@ static __always_inline int icmp_error_out(struct xdp_md *ctx, struct pkt *p, str
 		return verdict(XLB_PASS_OTHER_PROTO, XDP_PASS, bytes);
 	struct conn_key k;
 	conn_key_of(&flow, &k);
-	struct nat_rev *nr = nat_rev_lookup(&k);
+	int half;
+	struct nat_rev *nr = nat_rev_lookup(&k, 0, &half);  /* a quote's TCP flags are not always there: as any reply */
 	if (!nr)
 		return verdict(XLB_PASS_OTHER_PROTO, XDP_PASS, bytes);
 	int action = XDP_PASS;

@@ -248,14 +248,21 @@ static __always_inline void nat_promote(struct pkt *p, struct real *r, __u32 rea
 		nat_half.delete(&k);
 }
 
-/* The NAT connection a reply's tuple (k) belongs to: in nat_revs, else (a half-open one's, as the real's SYN-ACK)
- * in nat_half; 0 if none. */
-static __always_inline struct nat_rev *nat_rev_lookup(struct conn_key *k)
+/* The NAT connection a reply's tuple (k) belongs to: in nat_revs, else (a half-open one's) in nat_half; 0 if none.
+ * A SYN-ACK (syn) answers a handshake: nat_half first, since a reused tuple's earlier connection (the same client
+ * port to another VIP on the same real:port) may still have the nat_revs entry until the sweep. *half: found in
+ * nat_half. */
+static __always_inline struct nat_rev *nat_rev_lookup(struct conn_key *k, int syn, int *half)
 {
-	struct nat_rev *nr = nat_revs.lookup(k);
-	if (nr)
-		return nr;
-	return nat_half.lookup(k);
+	struct nat_rev *nr = syn ? nat_half.lookup(k) : 0;
+	*half = nr != 0;
+	if (!nr)
+		nr = nat_revs.lookup(k);
+	if (!nr && !syn) {
+		nr = nat_half.lookup(k);
+		*half = 1;
+	}
+	return nr;
 }
 
 /* Look up the next hop from the VIP toward the reply's client and keep it in the reverse entry (hop). Returns 0 or a

@@ -77,18 +77,8 @@ static __always_inline int nat_reply(struct xdp_md *ctx, struct pkt *p, struct s
 				     re->real_id, bytes, action);
 	struct conn_key k;
 	conn_key_of(p, &k);
-	/* A SYN-ACK answers a handshake: a half-open connection's entry (nat_half) before nat_revs, where a reused
-	 * tuple's earlier connection (to another VIP, say) may still have one until the sweep. Never cached; a SYN-ACK
-	 * empties the tuple's entry, as every state change does. */
-	int syn = is_stream(p) && (p->tcp_flags & XLB_TCP_SYN);
-	struct nat_rev *nr = syn ? nat_half.lookup(&k) : 0;
-	int half = nr != 0;
-	if (!nr)
-		nr = nat_revs.lookup(&k);
-	if (!nr && !syn) {
-		nr = nat_half.lookup(&k);
-		half = 1;
-	}
+	int half;  /* a half-open connection's: never cached (a SYN-ACK empties the entry, as every state change does) */
+	struct nat_rev *nr = nat_rev_lookup(&k, is_stream(p) && (p->tcp_flags & XLB_TCP_SYN), &half);
 	if (!nr)
 		return -1;
 	int reason = nat_reply_send(ctx, p, st, bytes, nr, 0, action);
