@@ -247,6 +247,9 @@ enum xlb_conn_state {
 #define XLB_SET_F_NAT 0x20             /* a NAT service, or NAT connections left by one: a packet that is no service's
                                           may be a real's reply (bpf/nat.h), an ICMP error to no VIP may quote one
                                           (bpf/icmp.h) */
+#define XLB_SET_F_HALF_LOOK 0x40       /* half_open or persist_half may hold entries (the defense is on, or was and
+                                          the sweep has not yet seen them empty): a TCP/SCTP packet with no conns
+                                          entry, a template miss, looks there; without it, neither lookup is made */
 
 /* trace_rec.flags (bpf/trace.h) */
 #define XLB_TRACE_F_CONN_FOUND 0x1     /* an entry for the tuple exists */

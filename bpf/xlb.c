@@ -42,7 +42,7 @@ static __always_inline __u32 place(struct xdp_md *ctx, struct handoff *h, struct
 		if (h->sip_state == XLB_SIP_FOUND)
 			sip_key(&pk, h);
 		t = persist.lookup(&pk);
-		if (!t || !persist_valid(t, svc, now)) {
+		if ((!t || !persist_valid(t, svc, now)) && (st->flags & XLB_SET_F_HALF_LOOK)) {
 			/* a template of a connection still in its handshake (bpf/halfopen.h) */
 			struct persist *ht = persist_half.lookup(&pk);
 			if (ht)
@@ -193,7 +193,7 @@ static __always_inline int handle(struct xdp_md *ctx, struct pkt *p, __u64 bytes
 	__u64 now = 0;
 	struct conn *c = conns.lookup(&ck);
 	int half = 0;
-	if (!c && is_stream(p)) {
+	if (!c && is_stream(p) && (st->flags & XLB_SET_F_HALF_LOOK)) {
 		c = half_open.lookup(&ck);  /* a connection in its handshake (bpf/halfopen.h) */
 		half = c != 0;
 	}

@@ -7,6 +7,7 @@ persist. A flood of SYNs from random sources that never answer evicts only half-
 Table pressure: with more live flows than the connection table holds, a flow whose entry the LRU evicted is placed
 anew by its next packet (counted as a mid-stream event); with sh, mh or consistent persistence it lands on its real.
 """
+import ctypes as ct
 import dataclasses
 import ipaddress
 import random
@@ -193,6 +194,34 @@ def test_sweep_counts_half_open_and_expires_it(bench):
     res = dp.sweep(now=now_ns() + 6 * NS)
     assert res.half_open_expired == 1 and count_entries(dp, "half_open") == 0
     assert dp.real_conn_counts()[rid] == (0, 0)
+
+
+def test_defense_turned_off_still_promotes_its_half_open_entries_until_a_sweep_finds_none(bench):
+    """With the defense off a SYN with no connection entry makes no half_open lookup (XLB_SET_F_HALF_LOOK clear),
+    but only once a sweep has found the half-open tables empty: a handshake waiting there when the operator turned
+    the defense off and reloaded is still promoted by its ACK."""
+    dp = reset(bench, svc(VIP))
+    look = lambda: dp.m["settings"][ct.c_uint32(0)].flags & S.SET_F_HALF_LOOK  # noqa: E731
+    assert look()
+    syn = tcp4(flags="S")
+    real = send(bench, syn)
+    dp.apply(dataclasses.replace(dp.config, tables=TEST_TABLES))  # half_open = false, reloaded
+    assert look() and not dp.m["settings"][ct.c_uint32(0)].flags & S.SET_F_HALF_OPEN
+    dp.sweep()                                                   # the entry is live: it stays, and so does the flag
+    assert look()
+    assert send(bench, tcp4(flags="A")) == real                  # its ACK promotes it
+    assert dp.m["half_open"].get(conn_key(syn)) is None
+    assert dp.m["conns"][conn_key(syn)].state == S.CONN_STATE["est"]
+    assert events(dp) == {"half_open": 1, "promoted": 1, "midstream": 0}
+    dp.sweep()                                                   # the half-open tables are empty now
+    assert not look()
+    dp.apply(dp.config)                                          # and a reload keeps it so
+    assert not look()
+    # No lookup any more: an entry written there now is not seen; the SYN is placed and recorded in conns.
+    late = tcp4(sport=40001, flags="S")
+    dp.m["half_open"][conn_key(late)] = dp.m["conns"][conn_key(syn)]
+    send(bench, late)
+    assert dp.m["conns"][conn_key(late)].state == S.CONN_STATE["syn"]
 
 
 # -- the flood ---------------------------------------------------------------------------------------------------

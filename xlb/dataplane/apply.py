@@ -387,8 +387,14 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
         """Whether the data plane looks for NAT replies (XLB_SET_F_NAT): while a NAT service is configured and, once
         the last is gone, until the sweep has removed its connections' reverse entries (IPVS rewrites a removed
         service's replies while its connections last)."""
-        return any(s.method == "nat" for s in config.services) or any(
-            next(iter(self.m[name].keys()), None) is not None for name in ("nat_revs", "nat_half"))
+        return any(s.method == "nat" for s in config.services) or self.holds_entries("nat_revs", "nat_half")
+
+    def _half_look(self, config):
+        """Whether a SYN with no connection entry (and a template miss) looks in the half-open tables
+        (XLB_SET_F_HALF_LOOK): while the SYN-flood defense is on and, once it is off, until the sweep has seen them
+        empty (their handshakes' ACKs still find them)."""
+        was = self.m["settings"][ct.c_uint32(0)].flags & S.SET_F_HALF_LOOK
+        return config.tables.half_open or bool(was) or self.holds_entries(*S.HALF_TABLES)
 
     def _write_settings(self, config, has_marks, vip_filter, nat):
         t = config.timeouts
@@ -398,6 +404,7 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
         flags |= S.SET_F_ECHO if config.icmp.echo_reply else 0
         flags |= S.SET_F_HALF_OPEN if config.tables.half_open else 0
         flags |= S.SET_F_NAT if nat else 0
+        flags |= S.SET_F_HALF_LOOK if self._half_look(config) else 0
         st = S.Settings(flags=flags, gen=old.gen,
                         flow_ttl=self._flow_ttl(min(t.syn, t.tcp, t.tcpfin, t.udp)))
         for name, secs in (("syn", t.syn), ("est", t.tcp), ("fin", t.tcpfin), ("udp", t.udp)):

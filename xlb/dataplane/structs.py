@@ -75,6 +75,8 @@ SET_F_ECHO = DEFINES["XLB_SET_F_ECHO"]
 SET_F_SYNC = DEFINES["XLB_SET_F_SYNC"]
 SET_F_HALF_OPEN = DEFINES["XLB_SET_F_HALF_OPEN"]
 SET_F_NAT = DEFINES["XLB_SET_F_NAT"]
+SET_F_HALF_LOOK = DEFINES["XLB_SET_F_HALF_LOOK"]
+HALF_TABLES = ("half_open", "persist_half")   # what SET_F_HALF_LOOK says may hold entries (bpf/halfopen.h)
 # trace_rec.flags, by name: {"conn_found": 0x1, ...}
 TRACE_F = {k[len("XLB_TRACE_F_"):].lower(): v for k, v in DEFINES.items() if k.startswith("XLB_TRACE_F_")}
 
