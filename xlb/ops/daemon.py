@@ -22,7 +22,7 @@ from ..config import read as xread
 from . import commands
 from . import control
 from ..observe import metrics
-from ..dataplane import pin
+from ..dataplane import layout, libbpf, pin
 from ..config import realcheck
 from ..config.model import Bgp, Sync
 from . import listings
@@ -126,9 +126,9 @@ class Daemon:
             # Nothing to adopt: what gets pinned from here on is this start's, and goes again if it fails.
             self._made_pins = not adopted
             self.prog = Program(cflags=cflags_for(cfg.tables, self.pin_dir), log=self.log)
-            pin.check_sizes(self.prog, self.pin_dir, adopted)
+            layout.check_sizes(self.prog, self.pin_dir, adopted)
             if not adopted:
-                pin.write_layout(self.pin_dir)
+                layout.write_layout(self.pin_dir)
             self.dp = DataPlane(self.prog, cfg.tables)
             self.dp.choose_sweep(self.log)
             if adopted:
@@ -187,7 +187,7 @@ class Daemon:
         if self.fresh:
             pin.clear(self.pin_dir)
             self.log(f"xlb: --fresh: discarded the maps pinned in {self.shown(self.pin_dir)}")
-        return pin.check_layout(self.pin_dir, self.log), own_ids
+        return layout.check_layout(self.pin_dir, self.log), own_ids
 
     def _unpin_failed_start(self):
         """Take back what a start that failed pinned (its maps, the layout record; the directory if it made it), so
@@ -348,7 +348,7 @@ class Daemon:
         else:
             self.program_lost["replaced"] += 1
             try:
-                name = f" ({pin.prog_map_ids(now)[0]})"
+                name = f" ({libbpf.prog_map_ids(now)[0]})"
             except KernelError:
                 name = ""
             self.log(f"xlb: error: XDP program {now}{name} replaced xlb's program {ours} on {ifname}; xlb does "
