@@ -34,7 +34,7 @@ from xlb.config.model import addr_bytes
 from xlb.dataplane.apply import DataPlane
 from xlb.dataplane.mapkeys import htons
 from xlb.lab.netns import Topology
-from xlb.dataplane import pin
+from xlb.dataplane import libbpf, pin
 from xlb.importers.keepalived import translate as keepalived
 from xlb.lab.demo import DEMO_CONFIG, REALS4, VIP4
 from xlb.lab.process import in_netns, run_in_netns
@@ -302,7 +302,7 @@ def attach_foreign(ifname, mode):
 
 
 def prog_name(prog_id):
-    return pin.prog_map_ids(prog_id)[0]
+    return libbpf.prog_map_ids(prog_id)[0]
 
 
 class Host:

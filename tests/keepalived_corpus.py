@@ -13,7 +13,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from xlb.importers.keepalived import translate as keepalived  # noqa: E402
 from xlb.errors import ConfigError  # noqa: E402
-from xlb.importers.keepalived.reader import Reader, build_tree  # noqa: E402
+from xlb.importers.keepalived.reader import Reader  # noqa: E402
+from xlb.importers.keepalived.tree import build_tree  # noqa: E402
 from xlb.importers.keepalived.checks import CHECKERS  # noqa: E402
 
 CORPUS = os.environ.get("XLB_KEEPALIVED_CORPUS",

@@ -239,7 +239,7 @@ def test_reused_tuple_leaves_the_old_entry(bench):
 def test_entries_are_cache_lines(bench):
     """Each flow-cache entry is one 64-byte cache line: the map's values are page-aligned (BPF_F_MMAPABLE; a plain
     array's start mid-line, so every probe touched two lines)."""
-    from xlb.dataplane.pin import map_info
+    from xlb.dataplane.libbpf import map_info
     table = bench.prog["flow_cache"]
     assert ct.sizeof(table.Leaf) == 64
     assert map_info(table.map_fd).map_flags & BPF_F_MMAPABLE

@@ -8,7 +8,8 @@ import re
 import pytest
 
 from xlb.health import kaconf
-from xlb.importers.keepalived.reader import Reader, build_tree
+from xlb.importers.keepalived.reader import Reader
+from xlb.importers.keepalived.tree import build_tree
 
 CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "keepalived-corpus")
 CHECKERS = ("TCP_CHECK", "HTTP_GET", "SSL_GET", "MISC_CHECK", "SMTP_CHECK", "DNS_CHECK", "UDP_CHECK", "PING_CHECK",

@@ -244,3 +244,64 @@ def test_a_check_that_ignores_the_halt_does_not_hold_a_reload(tmp_path, monkeypa
     finally:
         release.set()
         checks.close()
+
+
+def test_reloads_with_a_check_that_never_returns_leave_one_stuck_attempt_per_checker(tmp_path, monkeypatch):
+    """A checker stuck beyond asyncio's reach cannot be ended; a reload every second must still not pile up one
+    more stuck attempt (a task holding its whole engine) per checker each time: the next engine's same checker
+    waits for the stuck one instead of starting another beside it, and runs once it ends."""
+    import asyncio
+    from xlb.health import file as hfile
+    entered, release = [], asyncio.Event()
+
+    async def stubborn(self):
+        entered.append(self.label)
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                pass            # ignores the halt, every time
+        return Result(True, "released")
+    monkeypatch.setattr(hfile.FileChecker, "check", stubborn)
+    lines = []
+    checks = Checks(lambda: None, lines.append)
+    checks.halt_timeout = 0.05
+    reals = [A, B]
+
+    def spec(delay):
+        cfg = xread.parse(f'[[service]]\nvip = "198.51.100.10"\nport = 80\nproto = "tcp"\ndelay_loop = {delay}\n'
+                          'warmup = 0\nconnect_timeout = 3600\nreal = [' + ", ".join(
+                              f'{{address = "{a}", check = {{kind = "FILE_CHECK", track_file = "{tmp_path}/w"}}}}'
+                              for a in reals) + ']\n')
+        (s,) = cfg.services
+        checks.names[s.key] = s.name
+        return s.key, s.health
+
+    async def reloads(n):
+        old = None
+        for i in range(n):
+            key, health = spec(1 + i % 2)       # a changed spec: the engine is replaced
+            new = checks._engine(key, health)
+            new.core.bootstrap = 0.0              # due at once: each engine's checkers start before the next reload
+            if old is None:
+                await new.start()
+            else:
+                await checks._replace(key, old, new)
+            for _ in range(3):
+                await asyncio.sleep(0)
+            old = new
+        tasks = len(asyncio.all_tasks()) - 1
+        ran = len(entered)
+        release.set()
+        for _ in range(200):
+            if len(entered) > ran:
+                break
+            await asyncio.sleep(0.01)
+        await old.stop(timeout=1.0)
+        return tasks, ran
+
+    tasks, ran = asyncio.run(reloads(20))
+    # before: every engine's checkers got stuck in turn, 20 x 2 tasks; now the first two and their two waiters
+    assert tasks <= 2 * len(reals), tasks
+    assert ran == len(reals)                  # never two attempts of one checker at once
+    assert len(entered) > ran                 # the stuck ones ended: the engine in force runs its checks again

@@ -7,7 +7,7 @@ import pytest
 
 from xlb.ops import admin
 from xlb.config import read as xread
-from xlb.ops import ipvsadm
+from xlb.ops import ipvsadm, ipvslist
 from xlb.errors import ConfigError
 
 SOURCE = ipvsadm.SOURCE
@@ -188,7 +188,7 @@ SNAP = {"size": 4096, "timeouts": {"tcp": 900, "tcpfin": 120, "udp": 300, "syn":
 
 
 def test_list_numeric_matches_ipvsadm():
-    assert ipvsadm.render_list(SNAP) == (
+    assert ipvslist.render_list(SNAP) == (
         "IP Virtual Server version 1.2.1 (size=4096)\n"
         "Prot LocalAddress:Port Scheduler Flags\n"
         "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
@@ -204,13 +204,13 @@ def test_list_numeric_matches_ipvsadm():
 
 
 def test_list_one_service_has_no_version_line():
-    assert ipvsadm.render_list(SNAP, service=TCP80) == (
+    assert ipvslist.render_list(SNAP, service=TCP80) == (
         "Prot LocalAddress:Port Scheduler Flags\n"
         "  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n"
         "TCP  198.51.100.10:80 wlc\n"
         "  -> 198.18.0.11:80               Route   0      0          0         \n")
     with pytest.raises(ConfigError):
-        ipvsadm.render_list(SNAP, service={"proto": "tcp", "vip": "198.51.100.99", "port": 80})
+        ipvslist.render_list(SNAP, service={"proto": "tcp", "vip": "198.51.100.99", "port": 80})
 
 
 def test_stats_and_largenum():
@@ -219,13 +219,13 @@ def test_stats_and_largenum():
         stats={"conns": 12, "inpkts": 345, "outpkts": 0, "inbytes": 123456789012, "outbytes": 0},
         reals=[real("198.18.0.11", 80, stats={"conns": 12, "inpkts": 345, "outpkts": 0, "inbytes": 987654321,
                                              "outbytes": 0})])]}
-    assert ipvsadm.render_list(snap, {"stats"}) == (
+    assert ipvslist.render_list(snap, {"stats"}) == (
         "IP Virtual Server version 1.2.1 (size=4096)\n"
         "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n"
         "  -> RemoteAddress:Port\n"
         "TCP  198.51.100.10:80                   12      345        0     123G        0\n"
         "  -> 198.18.0.11:80                     12      345        0  987654K        0\n")
-    assert ipvsadm.render_list(snap, {"stats", "exact"}).splitlines()[3] == \
+    assert ipvslist.render_list(snap, {"stats", "exact"}).splitlines()[3] == \
         "TCP  198.51.100.10:80                   12      345        0 123456789012        0"
 
 
@@ -233,7 +233,7 @@ def test_stats_and_largenum():
                                      (999999999, "  999999K"), (10**9, "    1000M"), (10**11 - 1, "   99999M"),
                                      (10**11, "     100G"), (10**14, "     100T"), (10**17, "  100000T")])
 def test_largenum(i, text):
-    assert ipvsadm.largenum(i) == text
+    assert ipvslist.largenum(i) == text
 
 
 def test_rate_thresholds_persistent_conn_and_timeout():
@@ -241,26 +241,26 @@ def test_rate_thresholds_persistent_conn_and_timeout():
         fwmark=1, rate={"cps": 5, "inpps": 50, "outpps": 0, "inbps": 5000, "outbps": 0},
         reals=[real("198.18.0.11", 0, weight=3, active=4, inactive=2, persist=7, u=100, lo=75,
                     rate={"cps": 5, "inpps": 50, "outpps": 0, "inbps": 5000, "outbps": 0})])]}
-    assert ipvsadm.render_list(snap, {"rate"}).splitlines()[1:] == [
+    assert ipvslist.render_list(snap, {"rate"}).splitlines()[1:] == [
         "Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS",
         "  -> RemoteAddress:Port",
         "FWM  1                                   5       50        0     5000        0",
         "  -> 198.18.0.11:0                       5       50        0     5000        0"]
-    assert ipvsadm.render_list(snap, {"thresholds"}).splitlines()[1:] == [
+    assert ipvslist.render_list(snap, {"thresholds"}).splitlines()[1:] == [
         "Prot LocalAddress:Port            Uthreshold Lthreshold ActiveConn InActConn ",
         "  -> RemoteAddress:Port",
         "FWM  1 wlc",
         "  -> 198.18.0.11:0                100        75         4          2         "]
-    assert ipvsadm.render_list(snap, {"persistent-conn"}).splitlines()[1:] == [
+    assert ipvslist.render_list(snap, {"persistent-conn"}).splitlines()[1:] == [
         "Prot LocalAddress:Port            Weight    PersistConn ActiveConn InActConn ",
         "  -> RemoteAddress:Port",
         "FWM  1 wlc",
         "  -> 198.18.0.11:0                3         7           4          2         "]
-    assert ipvsadm.render_list(snap, {"timeout"}) == "Timeout (tcp tcpfin udp): 900 120 300\n"
+    assert ipvslist.render_list(snap, {"timeout"}) == "Timeout (tcp tcpfin udp): 900 120 300\n"
 
 
 def test_save_format_and_restore_round_trip():
-    text = ipvsadm.render_save(SNAP)
+    text = ipvslist.render_save(SNAP)
     assert text == (
         "-A -t 198.51.100.10:80 -s wlc\n"
         "-a -t 198.51.100.10:80 -r 198.18.0.11:80 -g -w 0\n"
@@ -286,10 +286,10 @@ def test_ops_parsed_listed_saved_and_restored():
     snap = {"size": 4096, "timeouts": SNAP["timeouts"], "services": [
         service(proto="udp", vip="198.51.100.10", port=53, scheduler="rr", ops=True, persistence=30,
                 reals=[real("198.18.0.11", 53)])]}
-    assert ipvsadm.render_list(snap).splitlines()[3:] == [
+    assert ipvslist.render_list(snap).splitlines()[3:] == [
         "UDP  198.51.100.10:53 rr persistent 30 ops",
         "  -> 198.18.0.11:53               Route   1      0          0         "]
-    text = ipvsadm.render_save(snap)
+    text = ipvslist.render_save(snap)
     assert text.splitlines()[0] == "-A -u 198.51.100.10:53 -s rr -p 30 -o"
     cfg = admin.apply_ops(xread.parse("", "x"), ipvsadm.parse_restore(text), "ipvsadm -R")
     assert cfg.services[0].ops and cfg.services[0].persistence_timeout == 30
@@ -320,8 +320,8 @@ def test_tunnel_reals_set_the_service_method_and_save_writes_them_back():
         "tunnel": {"tunnel_type": "gue", "tunnel_port": 6080, "tunnel_csum": "csum"},
         "reals": [{"address": "198.18.0.11", "port": 80, "weight": 1, "uthreshold": 0, "lthreshold": 0,
                    "active": 0, "inactive": 0, "persist": 0}]}]}
-    assert "  -> 198.18.0.11:80               Tunnel  1 " in ipvsadm.render_list(snap)
-    text = ipvsadm.render_save(snap)
+    assert "  -> 198.18.0.11:80               Tunnel  1 " in ipvslist.render_list(snap)
+    text = ipvslist.render_save(snap)
     assert text.splitlines()[1] == "-a -t 198.51.100.10:80 -r 198.18.0.11:80 -i --tun-type gue --tun-port 6080 " \
                                    "--tun-csum -w 1"
     back = admin.apply_ops(xread.parse("", "x"), ipvsadm.parse_restore(text), "ipvsadm -R")
@@ -337,7 +337,7 @@ def test_conns_listing_with_template():
         {"proto": "IP", "family": 4, "state": "NONE", "expire": 299, "caddr": "198.19.1.0", "cport": 0,
          "vaddr": "0.0.0.1", "vport": 0, "daddr": "198.18.0.11", "dport": 0},
     ]
-    assert ipvsadm.render_conns(entries) == (
+    assert ipvslist.render_conns(entries) == (
         "IPVS connection entries\n"
         "pro expire state       source             virtual            destination\n"
         "TCP 14:59  ESTABLISHED 198.19.1.10:40000  198.51.100.10:80   198.18.0.11:80\n"
@@ -513,14 +513,14 @@ NAT_SNAP = {"size": 4096, "timeouts": SNAP["timeouts"], "services": [
 def test_nat_lists_masq_counts_out_and_saves_m_restorably():
     """-m on a real makes its (new) service NAT with the real's own port; listings say Masq and show OutPkts;
     -S writes -m back, and -R of it gives the same services (one NAT beside one DR)."""
-    assert ipvsadm.render_list(NAT_SNAP).splitlines()[3:6] == [
+    assert ipvslist.render_list(NAT_SNAP).splitlines()[3:6] == [
         "TCP  198.51.100.10:80 wlc",
         "  -> 198.18.0.11:8080             Masq    1      0          0         ",
         "  -> 198.18.0.12:80               Masq    1      0          0         "]
-    assert ipvsadm.render_list(NAT_SNAP, {"stats"}).splitlines()[3:5] == [
+    assert ipvslist.render_list(NAT_SNAP, {"stats"}).splitlines()[3:5] == [
         "TCP  198.51.100.10:80                    2       10        8     1000     9000",
         "  -> 198.18.0.11:8080                    2       10        8     1000     9000"]
-    text = ipvsadm.render_save(NAT_SNAP)
+    text = ipvslist.render_save(NAT_SNAP)
     assert text == ("-A -t 198.51.100.10:80 -s wlc\n"
                     "-a -t 198.51.100.10:80 -r 198.18.0.11:8080 -m -w 1\n"
                     "-a -t 198.51.100.10:80 -r 198.18.0.12:80 -m -w 1\n"

@@ -17,7 +17,7 @@ import pytest
 from conftest import needs_root
 
 from xlb.ops import control
-from xlb.dataplane import pin
+from xlb.dataplane import libbpf, pin
 from xlb.lab.demo import CLIENTS4, REALS4, REALS6, VIP4, VIP6, xdp_prog_id
 from harness import LAB_CONFIG, LINE, attach_foreign, DrLab, prog_name
 from clients import LineConnection
@@ -75,13 +75,13 @@ def add_no_neigh(pin_dir, packets):
     import ctypes as ct
     from xlb.dataplane import structs as S
     from xlb.dataplane.program import possible_cpus
-    fd = pin.obj_get(pin_dir / "verdicts")
+    fd = libbpf.obj_get(pin_dir / "verdicts")
     try:
         key, vals = ct.c_uint32(S.REASON["drop_no_neigh"]), (S.Counters * possible_cpus())()
-        lib = pin._libbpf()
-        pin._check(lib.bpf_map_lookup_elem(fd, ct.byref(key), ct.byref(vals)), "lookup")
+        lib = libbpf.lib()
+        libbpf.check(lib.bpf_map_lookup_elem(fd, ct.byref(key), ct.byref(vals)), "lookup")
         vals[0].packets += packets
-        pin._check(lib.bpf_map_update_elem(fd, ct.byref(key), ct.byref(vals), 0), "update")
+        libbpf.check(lib.bpf_map_update_elem(fd, ct.byref(key), ct.byref(vals), 0), "update")
     finally:
         import os
         os.close(fd)

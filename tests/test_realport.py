@@ -19,7 +19,7 @@ from xlb.errors import ConfigError
 from xlb.health import spec as hspec
 from xlb.importers.keepalived import translate as keepalived
 from xlb.observe import metrics
-from xlb.ops import admin, ipvsadm, listings
+from xlb.ops import admin, ipvsadm, ipvslist, listings
 from xlb.ops.health import effective
 from xlb.ops.sync import load_entries, to_wire
 from xlb.sync import wire
@@ -115,7 +115,7 @@ def test_nat_spreads_over_two_ports_of_one_real_address_and_rewrites_each_way(be
     # Listings: ipvsadm -L -n shows both destinations; the metrics label them address:port (the address alone is
     # ambiguous here), and `list --json` keeps address and port apart.
     snap = listings.listing(dp)
-    assert ipvsadm.render_list(snap).splitlines()[4:6] == [
+    assert ipvslist.render_list(snap).splitlines()[4:6] == [
         f"  -> {R4}:8080             Masq    1      0          2         ",
         f"  -> {R4}:8081             Masq    1      0          2         "]
     assert [(r["address"], r["port"]) for r in snap["services"][0]["reals"]] == [(R4, 8080), (R4, 8081)]

@@ -125,7 +125,7 @@ def test_a_reused_tuple_to_another_vip_replies_from_its_own(bench):
 
 def test_entries_are_two_cache_lines(bench):
     """128-byte entries in page-aligned values (BPF_F_MMAPABLE): a probe compares the key in the first line."""
-    from xlb.dataplane.pin import map_info
+    from xlb.dataplane.libbpf import map_info
     table = bench.prog["reply_cache"]
     assert ct.sizeof(table.Leaf) == ct.sizeof(S.ReplyEntry) == 128
     assert S.ReplyEntry.gen.offset + 4 <= 64 and S.ReplyEntry.stamp.offset + 4 <= 64

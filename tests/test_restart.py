@@ -16,7 +16,7 @@ import pytest
 from conftest import needs_root
 
 from xlb.ops import control
-from xlb.dataplane import pin
+from xlb.dataplane import layout, libbpf, pin
 from xlb.dataplane.apply import DataPlane
 from xlb.lab.demo import CLIENTS4, REALS4, VIP4, xdp_prog_id
 from harness import LAB_CONFIG, LINE, DrLab
@@ -119,40 +119,40 @@ def test_layout_record_refuses_other_layouts():
     pin.ensure_bpffs()
     d = Path(tempfile.mkdtemp(prefix="xa-layout-", dir=pin.BPF_ROOT))
     try:
-        assert pin.check_layout(d) == []
-        pin.write_layout(d)
-        assert pin.read_layout(d) == pin.layout_digest()
+        assert layout.check_layout(d) == []
+        layout.write_layout(d)
+        assert layout.read_layout(d) == layout.layout_digest()
         # A map without a matching record beside it is refused, naming --fresh.
-        fd = pin._check(pin._libbpf().bpf_map_create(pin.BPF_MAP_TYPE_ARRAY, b"conns", 4, 8, 1, None), "create")
-        pin._check(pin._libbpf().bpf_obj_pin(fd, str(d / "conns").encode()), "pin")
+        fd = libbpf.check(libbpf.lib().bpf_map_create(libbpf.BPF_MAP_TYPE_ARRAY, b"conns", 4, 8, 1, None), "create")
+        libbpf.check(libbpf.lib().bpf_obj_pin(fd, str(d / "conns").encode()), "pin")
         os.close(fd)
-        assert pin.check_layout(d) == ["conns"]
-        fd = pin.obj_get(d / pin.LAYOUT_MAP)
+        assert layout.check_layout(d) == ["conns"]
+        fd = libbpf.obj_get(d / pin.LAYOUT_MAP)
         key, val = ct.c_uint32(0), (ct.c_uint8 * 32)()
-        pin._check(pin._libbpf().bpf_map_update_elem(fd, ct.byref(key), ct.byref(val), 0), "update")
+        libbpf.check(libbpf.lib().bpf_map_update_elem(fd, ct.byref(key), ct.byref(val), 0), "update")
         os.close(fd)
         with pytest.raises(pin.PinError, match=r"data layout differs .* start with --fresh"):
-            pin.check_layout(d)
+            layout.check_layout(d)
         (d / pin.LAYOUT_MAP).unlink()
         with pytest.raises(pin.PinError, match=r"without a layout record.*--fresh"):
-            pin.check_layout(d)
+            layout.check_layout(d)
     finally:
         pin.remove(d)
 
 
 def _pin_map(d, name, map_type, value_size, entries=4):
-    lib = pin._libbpf()
-    fd = pin._check(lib.bpf_map_create(map_type, name.encode(), 4, value_size, entries, None), "create")
+    lib = libbpf.lib()
+    fd = libbpf.check(lib.bpf_map_create(map_type, name.encode(), 4, value_size, entries, None), "create")
     try:
-        pin._check(lib.bpf_obj_pin(fd, str(d / name).encode()), "pin")
+        libbpf.check(lib.bpf_obj_pin(fd, str(d / name).encode()), "pin")
     finally:
         os.close(fd)
 
 
 def _record(d, digest):
-    fd = pin.obj_get(d / pin.LAYOUT_MAP)
+    fd = libbpf.obj_get(d / pin.LAYOUT_MAP)
     key, val = ct.c_uint32(0), (ct.c_uint8 * 32).from_buffer_copy(digest)
-    pin._check(pin._libbpf().bpf_map_update_elem(fd, ct.byref(key), ct.byref(val), 0), "update")
+    libbpf.check(libbpf.lib().bpf_map_update_elem(fd, ct.byref(key), ct.byref(val), 0), "update")
     os.close(fd)
 
 
@@ -164,25 +164,25 @@ def test_pins_of_the_previous_release_are_adopted_and_its_changed_maps_made_anew
     refused."""
     pin.ensure_bpffs()
     d = Path(tempfile.mkdtemp(prefix="xa-rr-", dir=pin.BPF_ROOT))
-    record = next(iter(pin.EARLIER_LAYOUTS)) if earlier else bytes(32)
+    record = next(iter(layout.EARLIER_LAYOUTS)) if earlier else bytes(32)
     logged = []
     try:
-        pin.write_layout(d)
+        layout.write_layout(d)
         _record(d, record)
-        _pin_map(d, "conns", pin.BPF_MAP_TYPE_ARRAY, 8)
-        _pin_map(d, "rr_pos", pin.BPF_MAP_TYPE_PERCPU_ARRAY, 4)
-        _pin_map(d, "verdicts", pin.BPF_MAP_TYPE_PERCPU_ARRAY, 8)
+        _pin_map(d, "conns", libbpf.BPF_MAP_TYPE_ARRAY, 8)
+        _pin_map(d, "rr_pos", libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 4)
+        _pin_map(d, "verdicts", libbpf.BPF_MAP_TYPE_PERCPU_ARRAY, 8)
         if not earlier:
             with pytest.raises(pin.PinError, match=r"data layout differs .* start with --fresh"):
-                pin.check_layout(d, logged.append)
+                layout.check_layout(d, logged.append)
             assert sorted(p.name for p in d.iterdir()) == ["conns", "rr_pos", "verdicts", pin.LAYOUT_MAP]
-            assert pin.read_layout(d) == record
+            assert layout.read_layout(d) == record
             return
-        assert pin.check_layout(d, logged.append) == ["conns"]
+        assert layout.check_layout(d, logged.append) == ["conns"]
         assert not (d / "rr_pos").exists() and not (d / "verdicts").exists()
-        assert pin.read_layout(d) == pin.layout_digest()
+        assert layout.read_layout(d) == layout.layout_digest()
         assert len(logged) == 1 and "made anew: rr_pos" in logged[0] and "verdicts" in logged[0]
-        assert pin.check_layout(d, logged.append) == ["conns"] and len(logged) == 1
+        assert layout.check_layout(d, logged.append) == ["conns"] and len(logged) == 1
     finally:
         pin.remove(d)
 
@@ -204,26 +204,26 @@ def test_pins_of_an_earlier_release_are_adopted(record, adopted, said):
     d = Path(tempfile.mkdtemp(prefix="xa-nh-", dir=pin.BPF_ROOT))
     logged = []
     try:
-        pin.write_layout(d)
+        layout.write_layout(d)
         _record(d, bytes.fromhex(record))
         for name in ("conns", "nat_revs", "verdicts"):
-            _pin_map(d, name, pin.BPF_MAP_TYPE_ARRAY, 8)
-        assert sorted(pin.check_layout(d, logged.append)) == adopted
-        assert pin.read_layout(d) == pin.layout_digest()
+            _pin_map(d, name, libbpf.BPF_MAP_TYPE_ARRAY, 8)
+        assert sorted(layout.check_layout(d, logged.append)) == adopted
+        assert layout.read_layout(d) == layout.layout_digest()
         assert len(logged) == 1 and said in logged[0]
     finally:
         pin.remove(d)
 
 
 def test_this_layout_is_not_an_earlier_one():
-    assert pin.layout_digest() not in pin.EARLIER_LAYOUTS
+    assert layout.layout_digest() not in layout.EARLIER_LAYOUTS
 
 
 def test_layout_digest_covers_struct_layouts(monkeypatch):
     from xlb.dataplane import structs as S
-    d = pin.layout_digest()
+    d = layout.layout_digest()
     monkeypatch.setitem(S.ENUMS["xlb_conn_state"], "XLB_CS_EST", 7)
-    assert pin.layout_digest() != d
+    assert layout.layout_digest() != d
 
 
 # --- a live daemon, killed ------------------------------------------------------------------------------------

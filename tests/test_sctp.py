@@ -17,7 +17,7 @@ from xlb.config.model import addr_bytes
 from xlb.dataplane.mapkeys import htons
 from xlb.dataplane import structs as S
 from xlb.errors import ConfigError
-from xlb.ops import admin, ipvsadm
+from xlb.ops import admin, ipvsadm, ipvslist
 
 R1, R2 = "198.18.0.11", "198.18.0.12"
 R6 = "2001:db8::11"
@@ -110,7 +110,7 @@ def test_ipvsadm_sctp_service_and_save():
                                                           "address": R1, "port": None, "weight": 1}])
     svc = cfg.services[0]
     assert (svc.proto, svc.name) == ("sctp", "sctp/198.51.100.10:3868")
-    assert ipvsadm.svc_name({"fwmark": None, "family": 4, "vip": "198.51.100.10", "port": 3868, "proto": "sctp"},
+    assert ipvslist.svc_name({"fwmark": None, "family": 4, "vip": "198.51.100.10", "port": 3868, "proto": "sctp"},
                             rule=True) == "--sctp-service 198.51.100.10:3868"
     with pytest.raises(ConfigError) as e:
         ipvsadm.parse("-A -t 198.51.100.10:80 --sctp-service 198.51.100.10:3868".split())

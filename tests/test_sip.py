@@ -9,7 +9,7 @@ from xlb.dataplane import structs as S
 from xlb.dataplane.mapkeys import NS, now_ns
 from xlb.errors import ConfigError
 from xlb.importers.keepalived import translate
-from xlb.ops import admin, ipvsadm
+from xlb.ops import admin, ipvsadm, ipvslist
 
 R1, R2 = "198.18.0.11", "198.18.0.12"
 
@@ -94,7 +94,7 @@ def test_config_ipvsadm_and_keepalived(tmp_path):
     assert conf.services[0].persistence_engine == "sip"
     snap = {"fwmark": None, "family": 4, "vip": "198.51.100.10", "port": 5060, "proto": "udp", "scheduler": "rr",
             "persistence": 300, "netmask": "255.255.255.255", "pe": "sip", "reals": []}
-    assert ipvsadm.render_save({"services": [snap]}).splitlines()[0] == \
+    assert ipvslist.render_save({"services": [snap]}).splitlines()[0] == \
         "-A -u 198.51.100.10:5060 -s rr -p 300 --pe sip"
     p = write(tmp_path, vs("protocol UDP\nlb_algo rr\nlb_kind DR\npersistence_timeout 300\npersistence_engine sip\n"
                            "real_server 198.18.0.11 5060 { }\n", head="virtual_server 198.51.100.10 5060"))

@@ -10,7 +10,7 @@ from .ops import admin
 from .ops.parse import parse_ports, parse_service, split_addr_port
 from .ops import health as ophealth
 from .ops import control
-from .ops import ipvsadm
+from .ops import ipvsadm, ipvslist
 from .errors import ConfigError
 
 EXAMPLES = """examples:
@@ -103,17 +103,17 @@ def _cmd_list(args):
         return 0
     if args.conns:
         entries = control.call("conns", path=args.socket)
-        print(json.dumps(entries, indent=2) if args.json else ipvsadm.render_conns(entries), end="\n" if args.json else "")
+        print(json.dumps(entries, indent=2) if args.json else ipvslist.render_conns(entries), end="\n" if args.json else "")
         return 0
     snap = control.call("list", path=args.socket)
     if args.json:
         if ident:
-            snap["services"] = [s for s in snap["services"] if ipvsadm._matches(s, ident)]
+            snap["services"] = [s for s in snap["services"] if ipvslist.matches(s, ident)]
         print(json.dumps(snap, indent=2))
         return 0
     fmt = {k for k, on in (("stats", args.stats), ("rate", args.rate), ("persistent-conn", args.persist),
                            ("thresholds", args.thresholds), ("exact", args.exact)) if on}
-    sys.stdout.write(ipvsadm.render_list(snap, fmt, ident))
+    sys.stdout.write(ipvslist.render_list(snap, fmt, ident))
     return 0
 
 
@@ -151,12 +151,12 @@ def run_ipvsadm(argv, socket=None, stdin=None, out=None):
         control.call("zero", path=socket, service=req.service, source="ipvsadm")
         return 0
     if req.command == "save":
-        out.write(ipvsadm.render_save(control.call("list", path=socket)))
+        out.write(ipvslist.render_save(control.call("list", path=socket)))
         return 0
     if "connection" in req.fmt:
-        out.write(ipvsadm.render_conns(control.call("conns", path=socket)))
+        out.write(ipvslist.render_conns(control.call("conns", path=socket)))
         return 0
-    out.write(ipvsadm.render_list(control.call("list", path=socket), req.fmt, req.service))
+    out.write(ipvslist.render_list(control.call("list", path=socket), req.fmt, req.service))
     return 0
 
 

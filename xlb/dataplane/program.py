@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from . import kheaders, loaderr, vethpeer
+from . import kheaders, libbpf, loaderr, vethpeer
 from ..errors import AttachError, KernelError
 from .links import attached_prog, attached_prog_id
 from .structs import BPF_DIR
@@ -148,9 +148,8 @@ class Program:
             vethpeer.warn_native_veth(ifname, self.log)
         current, current_mode = attached_prog(ifname)
         if current is not None:
-            from . import pin
             try:
-                _name, ids = pin.prog_map_ids(current)
+                _name, ids = libbpf.prog_map_ids(current)
             except KernelError:
                 ids = set()
             if force or ids & set(own_map_ids):
@@ -182,9 +181,8 @@ class Program:
 
     def _replace(self, ifname, mode, old_id):
         import socket
-        from . import pin
         try:
-            pin.xdp_replace(socket.if_nametoindex(ifname), self.fd, old_id, XDP_MODES[mode])
+            libbpf.xdp_replace(socket.if_nametoindex(ifname), self.fd, old_id, XDP_MODES[mode])
         except KernelError as exc:
             raise AttachError(f"could not replace the XDP program on {ifname}: {exc}") from exc
         self.links[ifname] = XDP_MODES[mode]

@@ -9,7 +9,7 @@ cannot be done it says so once, with what a restart would lose.
 import os
 from pathlib import Path
 
-from . import bpffs, pin
+from . import bpffs, layout, libbpf, pin
 from ..errors import KernelError
 
 
@@ -45,11 +45,11 @@ class PinWatch:
             lock = self.lock if self._locked() else pin.DirLock(self.pin_dir).acquire()
             for name in gone:
                 if name == pin.LAYOUT_MAP:
-                    pin.write_layout(self.pin_dir)
+                    layout.write_layout(self.pin_dir)
                 elif self.tail_calls is not None and name == self.tail_calls.name:
-                    pin.obj_pin(self.prog["progs"].map_fd, self.tail_calls)
+                    libbpf.obj_pin(self.prog["progs"].map_fd, self.tail_calls)
                 else:
-                    pin.obj_pin(self.prog[name].map_fd, self.pin_dir / name)
+                    libbpf.obj_pin(self.prog[name].map_fd, self.pin_dir / name)
         except (OSError, KernelError) as exc:
             why = getattr(exc, "strerror", None) or str(exc)
             if why != self.failing:

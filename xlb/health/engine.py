@@ -4,7 +4,12 @@ next due time, runs one attempt bounded by its deadline, and hands the result to
 
 Two ways to run a checker, the same semantics: a checker with ``begin`` (TCP_CHECK, HTTP_GET without TLS) runs
 as callbacks, with no task, future or timer handle of its own: its due times and deadlines go to a timer
-wheel (one loop timer per TICK that has any). Every other kind is one coroutine (``check()``) per checker."""
+wheel (one loop timer per TICK that has any). Every other kind is one coroutine (``check()``) per checker.
+
+A coroutine checker that ignores its cancel (stuck beyond asyncio's reach) cannot be ended from outside: a halted
+engine leaves it in ``leftovers`` (shared by the engines that replace one another), and the next engine's same
+checker (state.checker_key) waits for it to end before its first attempt, instead of starting another that would
+get stuck beside it. So reloads leave at most one stuck attempt per checker, however many there are."""
 import asyncio
 import logging
 import select
@@ -12,7 +17,7 @@ import time
 
 from . import checker as hchecker
 from . import commands
-from .state import Core, Result
+from .state import Core, Result, checker_key
 
 _log = logging.getLogger("xlb.health")
 
@@ -25,7 +30,7 @@ class Engine:
     ``via(check)``: a check_via_vip check as its checker sends it (with the so_mark the daemon routes)."""
 
     def __init__(self, services, on_effect=None, log=None, script_user=None, command_timeout=10.0,
-                 bootstrap=None, rand=None, clock=time.monotonic, via=None):
+                 bootstrap=None, rand=None, clock=time.monotonic, via=None, leftovers=None):
         self.log = log or _log.info
         self.clock = clock
         self.runner = commands.Runner(self.log, script_user, command_timeout)
@@ -34,7 +39,9 @@ class Engine:
                          run_command=self.runner.fire, rand=rand, **kw)
         self.checkers = {id(c): hchecker.build(via(c.check) if via and c.check.via else c.check, c.real.spec.weight)
                          for c in self.core.checkers}
-        self.tasks = []
+        self.tasks = {}        # task -> the CheckerState it runs
+        # checker_key -> the task of a halted engine's attempt that ignored its cancel (and the engines after it)
+        self.leftovers = {} if leftovers is None else leftovers
         self.driven = []       # the callback-driven checkers (_Driven)
         self.wheel = None
         self.poller = None
@@ -57,7 +64,8 @@ class Engine:
                 self.driven.append(d)
                 d.schedule(due)
             else:
-                self.tasks.append(loop.create_task(self._loop(c, due), name=f"health {c.label}"))
+                after = self._leftover(c)
+                self.tasks[loop.create_task(self._loop(c, due, after), name=f"health {c.label}")] = c
 
     def _crashed(self, chk, e):
         """A callback of checker ``chk`` raised: its attempt ends now as a failure naming the exception (what the
@@ -87,7 +95,9 @@ class Engine:
         if self.tasks:
             _done, stuck = await asyncio.wait(self.tasks, timeout=timeout)
             halted = not stuck
-        self.tasks = []
+            for t in stuck:
+                self._leave(self.tasks[t], t)
+        self.tasks = {}
         for d in self.driven:
             d.abort()
         self.driven = []
@@ -122,8 +132,24 @@ class Engine:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    async def _loop(self, c, due):
+    def _leftover(self, c):
+        """The stuck attempt of a halted engine's same checker, while it runs (None: none)."""
+        if not self.leftovers:
+            return None
+        t = self.leftovers.get(checker_key(c))
+        return None if t is None or t.done() else t
+
+    def _leave(self, c, task):
+        """``task`` ignored its cancel: the engines after this one wait for it; it leaves ``leftovers`` when it
+        ends."""
+        key, leftovers = checker_key(c), self.leftovers
+        leftovers[key] = task
+        task.add_done_callback(lambda t: leftovers.pop(key) if leftovers.get(key) is t else None)
+
+    async def _loop(self, c, due, after=None):
         chk = self.checkers[id(c)]
+        if after is not None:   # a halted engine's attempt of this checker ignored its cancel: wait for it to end
+            await asyncio.wait((after,))     # (a halt cancels this wait, never ``after``)
         while not self.halted:
             await self._sleep_until(due)
             started = self.clock()

@@ -147,6 +147,11 @@ def same_checker(a, b):
     return dataclasses.replace(a, **TIMING) == dataclasses.replace(b, **TIMING)
 
 
+def checker_key(c):
+    """A CheckerState's identity across reloads: its service, its real, and what it checks (same_checker's)."""
+    return c.real.service.spec.name, c.real.key, dataclasses.replace(c.check, **TIMING)
+
+
 def _migrate(r, old):
     """migrate_checkers: ``r`` (new config) takes the state of ``old``, the same real in the config it replaces:
     alive and a weight a checker moved carry over; each checker takes the state of an old one that checks the

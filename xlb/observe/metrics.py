@@ -277,7 +277,7 @@ class XlbCollector(Collector):
                 f["xlb_config_reloads"].append(((result,), d.reloads.get(result, 0)))
             if d.last_reload_success is not None:
                 f["xlb_config_last_reload_success_timestamp_seconds"].append(((), d.last_reload_success))
-            if hasattr(d, "program_lost"):  # xlb/ops/daemon.py _watch_attachment
+            if hasattr(d, "program_lost"):  # xlb/ops/attachwatch.py _watch_attachment
                 for cause, n in d.program_lost.items():
                     f["xlb_xdp_program_lost"].append(((cause,), n))
                 f["xlb_xdp_attached"].append(((), int(bool(getattr(d.prog, "attached", None)))))

@@ -4,7 +4,7 @@ Each runs under the daemon's lock (Daemon.dispatch), between timer sweeps and re
 consistent state; it rejects bad input by raising XlbError, whose message goes back to the client, and changes
 nothing then. `edit` applies operations (xlb/ops/admin.py) to the running config through DataPlane.apply, which
 writes only the difference; `list` and `conns` read the maps for the ipvsadm-format listings (xlb/ops/listings.py;
-xlb/ops/ipvsadm.py renders them on the client side); `zero` clears counters; `save` prints the running config as
+xlb/ops/ipvslist.py renders them on the client side); `zero` clears counters; `save` prints the running config as
 TOML that `xlb run --config` takes back; `trace` asks the trace build what it would do with a packet
 (xlb/observe/trace.py); `drain` withdraws every VIP from BGP and keeps forwarding (xlb/ops/announce.py).
 """

@@ -4,10 +4,7 @@ SIGHUP re-reads the config and applies only the difference (a rejected config ch
 SIGUSR1 prints the counters; SIGINT/SIGTERM detach and exit; SIGQUIT exits leaving the program attached (an
 upgrade: the next `xlb run` adopts the pinned maps and replaces the program in one step). The control socket
 (xlb/ops/control.py) serves the other `xlb` commands; they, the timers and reloads take turns under one lock.
-
-Every sweep also checks that the interface still runs our program (docs/operations.md, "When the program is taken
-off"): taken off (the slot is empty), it is attached again and the daemon goes on; replaced by another program, the
-daemon says so and exits with status 1, leaving that program and its own pinned maps alone.
+Every sweep also checks that the interface still runs our program (xlb/ops/attachwatch.py).
 """
 import contextlib
 import dataclasses
@@ -16,45 +13,32 @@ import threading
 import time
 from pathlib import Path
 
-from pyroute2 import IPRoute
-
 from ..config import read as xread
 from . import commands
 from . import control
 from ..observe import metrics
-from ..dataplane import pin
+from ..dataplane import layout, pin
 from ..config import realcheck
 from ..config.model import Bgp, Sync
 from . import listings
+from .attachwatch import AttachWatch, warn_if_down
 from .health import Checks
 from .announce import Announcements, serving_vips
 from .sync import SyncRunner
 from ..observe import stats
 from ..dataplane import bpffs
-from ..dataplane.links import attached_prog, ifindex_of
-from ..dataplane.program import AttachError, Program, cflags_for
+from ..dataplane.links import ifindex_of
+from ..dataplane.program import Program, cflags_for
 from ..dataplane.apply import DataPlane
 from ..dataplane.repin import PinWatch
 from ..dataplane.sweep import sweep_interval
-from ..errors import ConfigError, KernelError, XlbError, brief
+from ..errors import ConfigError, XlbError, brief
 from ..dataplane.forwarding import Sysctls
 from ..dataplane.neigh import ensure_neighbours, remove_managed
 from ..dataplane.structs import REASON
 
-IFF_UP = 0x1
 
-
-
-def warn_if_down(ifname, log):
-    """Attaching to a down interface works, but it passes no traffic: say so."""
-    with IPRoute() as ipr:
-        link = ipr.get_links(ifname=ifname)[0]
-    if not link["flags"] & IFF_UP:
-        log(f"xlb: warning: {ifname} is down: the program is attached but sees no traffic until "
-            f"`ip link set {ifname} up`")
-
-
-class Daemon:
+class Daemon(AttachWatch):
     def __init__(self, iface, config_path, xdp_mode="native", force=False, log=print, socket_path=None,
                  load=None, metrics=None, pin_dir=None, fresh=False, bgp=None, sync=None):
         # One daemon, one set of maps, the program attached to each interface (`--iface A --iface B`: e.g. the
@@ -126,9 +110,9 @@ class Daemon:
             # Nothing to adopt: what gets pinned from here on is this start's, and goes again if it fails.
             self._made_pins = not adopted
             self.prog = Program(cflags=cflags_for(cfg.tables, self.pin_dir), log=self.log)
-            pin.check_sizes(self.prog, self.pin_dir, adopted)
+            layout.check_sizes(self.prog, self.pin_dir, adopted)
             if not adopted:
-                pin.write_layout(self.pin_dir)
+                layout.write_layout(self.pin_dir)
             self.dp = DataPlane(self.prog, cfg.tables)
             self.dp.choose_sweep(self.log)
             if adopted:
@@ -187,7 +171,7 @@ class Daemon:
         if self.fresh:
             pin.clear(self.pin_dir)
             self.log(f"xlb: --fresh: discarded the maps pinned in {self.shown(self.pin_dir)}")
-        return pin.check_layout(self.pin_dir, self.log), own_ids
+        return layout.check_layout(self.pin_dir, self.log), own_ids
 
     def _unpin_failed_start(self):
         """Take back what a start that failed pinned (its maps, the layout record; the directory if it made it), so
@@ -323,43 +307,6 @@ class Daemon:
             self.refresh_neighbours()
         self._no_neigh = no_neigh
         return res
-
-    def _watch_attachment(self):
-        """Is our program still on every interface? Taken off: attach it again. Replaced: say so and stop (exit 1).
-        Returns whether the daemon goes on."""
-        return all(self._watch_one(ifname) for ifname in self.ifaces)
-
-    def _watch_one(self, ifname):
-        now, _mode = attached_prog(ifname)
-        ours = self.prog.attached_id
-        if now == ours:
-            return True
-        if now is None:
-            self.program_lost["removed"] += 1
-            self.log(f"xlb: warning: xlb's XDP program {ours} was taken off {ifname} (nothing attached there "
-                     "now): attaching it again")
-            try:
-                self.prog.attach(ifname, self.xdp_mode)
-            except AttachError as exc:
-                self.log(f"xlb: error: cannot attach again, exiting: {exc}")
-            else:
-                self.log(f"xlb: attached to {ifname} again ({self.xdp_mode})")
-                return True
-        else:
-            self.program_lost["replaced"] += 1
-            try:
-                name = f" ({pin.prog_map_ids(now)[0]})"
-            except KernelError:
-                name = ""
-            self.log(f"xlb: error: XDP program {now}{name} replaced xlb's program {ours} on {ifname}; xlb does "
-                     "not fight another tool for the interface: exiting, that program left alone, the maps left "
-                     f"pinned in {self.shown(self.pin_dir)} (`xlb run --force` takes the interface back and "
-                     "adopts them)")
-            self.sysctls.changed = {}  # the program now attached came while forwarding was on: it may need it
-        self.prog.links.pop(ifname, None)  # nothing of ours to detach there (the other interfaces: detached on exit)
-        self.exit_code = 1
-        self._stop = True
-        return False
 
     def _say_stretch(self, interval, res):
         """Say when the sweep interval starts or stops being stretched beyond the configured one."""

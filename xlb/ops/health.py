@@ -89,6 +89,7 @@ class Checks:
         self.thread = None
         self.via = ViaVip(log)  # check_via_vip's marks and policy routes
         self.halt_timeout = HALT_TIMEOUT
+        self.leftovers = {}   # the engines' checks that ignored a halt, for their successors (health/engine.py)
 
     def effective(self, cfg):
         """What the maps should hold for ``cfg``: the pools the engines of its services last reported. Before a
@@ -122,10 +123,7 @@ class Checks:
             if old is not None and old[0] == spec:
                 continue
             self._ensure_loop()
-            box = []
-            engine = _Engine([spec], on_effect=lambda e, key=key, box=box: self._effect(key, box[0], e), log=self.log,
-                             via=self.via.mark, script_user=spec.script_user)
-            box.append(engine)
+            engine = self._engine(key, spec)
             self.names[key] = next(s.name for s in cfg.services if s.key == key)
             self.engines[key] = (spec, engine)
             if old is None:
@@ -136,11 +134,20 @@ class Checks:
         self.via.keep_only({self.via.key(c.check) for _, e in self.engines.values()
                             for c in e.core.checkers if c.check.via})
 
+    def _engine(self, key, spec):
+        """A new engine for the service ``key``: what it reports goes to the pools while it is that service's."""
+        box = []
+        engine = _Engine([spec], on_effect=lambda e: self._effect(key, box[0], e), log=self.log, via=self.via.mark,
+                         script_user=spec.script_user, leftovers=self.leftovers)
+        box.append(engine)
+        return engine
+
     async def _replace(self, key, old, new):
         """On the loop: the old engine's checks stop, the new one starts from their states, then the old one's
         shutdown (the notifiers of what the new one no longer has). A check that does not end within
         halt_timeout of its cancel does not hold the reload (nor the daemon's lock): the new engine takes over
-        anyway, as keepalived's reload always does, and what the stuck check reports later goes nowhere."""
+        anyway, as keepalived's reload always does, and what the stuck check reports later goes nowhere; the new
+        engine's same checker waits for it to end (health/engine.py leftovers) rather than get stuck beside it."""
         if not await old.halt(self.halt_timeout):
             self.log(f"xlb: health checks of VS {self.names[key]} did not stop within {self.halt_timeout:g} s of "
                      "the reload: replaced anyway (their late results are ignored)")

@@ -2,7 +2,7 @@
 
 `edit` applies operations (xlb/ops/admin.py) to the running config through DataPlane.apply, which writes only the
 difference: connections and templates of services an edit does not touch stay as they are. `list` and `conns`
-read the maps for the ipvsadm-format listings built here (xlb/ops/ipvsadm.py renders them on the client side);
+read the maps for the ipvsadm-format listings built here (xlb/ops/ipvslist.py renders them on the client side);
 `zero` clears counters; `save` prints the running config as TOML that `xlb run --config` takes back.
 
 Runtime edits live in the running daemon: SIGHUP re-reads the config file, which is the truth (keepalived's

@@ -59,7 +59,7 @@ class HealthCheck:
     real: str  # real server address
     file: str
     line: int
-    body: tuple  # kaparse.Node children, as parsed
+    body: tuple  # tree.Node children, as parsed
 
 
 @dataclass(frozen=True)
@@ -140,4 +140,4 @@ class Entry(NamedTuple):
     value: object  # the mark, or the ip_address
     family: int | None  # 4 | 6; None for a fwmark whose family the virtual server decides
     port: int
-    node: object  # the reader's Node that named it
+    node: object  # the tree.Node that named it

@@ -1,4 +1,4 @@
-"""Read keepalived.conf into a tree of keyword nodes, the way keepalived's own reader (lib/parser.c) sees it.
+"""Read keepalived.conf into lines of words, the way keepalived's own reader (lib/parser.c) sees it.
 
 Pure: no bcc, no root. What it does, in keepalived's order, for each physical line:
 - comments: ``#`` or ``!`` outside double quotes start a comment (``\\#`` and ``\\!`` escape them);
@@ -11,9 +11,9 @@ Pure: no bcc, no root. What it does, in keepalived's order, for each physical li
 - ``include PATTERN`` reads every file the glob matches, relative to the including file's directory;
 - ``{`` and ``}`` are split off their line (``real_server 1.2.3.4 80 { weight 2 }`` is four lines).
 
-Then :func:`build_tree` nests lines into :class:`Node` s: a ``{`` opens a block for the line just before it.
-Problems found here are returned, never raised, with the file and line they belong to. Whatever the input, a read
-takes bounded time and memory (the MAX_* limits below; past one, reading stops and says where).
+Then xlb/importers/keepalived/tree.py nests the lines into keyword nodes. Problems found here are returned, never
+raised, with the file and line they belong to. Whatever the input, a read takes bounded time and memory (the MAX_*
+limits below; past one, reading stops and says where).
 """
 from __future__ import annotations
 
@@ -39,24 +39,6 @@ class Line:
     file: str
     line: int
     words: tuple
-
-
-@dataclass
-class Node:
-    """One keyword line and, if a ``{ }`` followed it, the nodes inside (``children`` is None without a block)."""
-
-    keyword: str
-    args: tuple
-    file: str
-    line: int
-    children: list | None = None
-    closed: bool = True  # False if the file ended inside this node's block
-
-    def where(self) -> str:
-        return f"{self.file}: line {self.line}"
-
-    def text(self) -> str:
-        return " ".join((self.keyword,) + tuple(self.args))
 
 
 @dataclass
@@ -417,42 +399,3 @@ def split_braces(text: str) -> list[str]:
         out.append(rest[:i].rstrip())
         rest = rest[i:].strip()
     return out
-
-
-def build_tree(lines: list[Line]) -> tuple[list[Node], list[ReadProblem]]:
-    """Nest lines into nodes: ``{`` opens a block for the node on the line just before it, ``}`` closes it."""
-    root: list[Node] = []
-    stack: list[Node] = []
-    problems = []
-    last = None  # the node that a following "{" would open
-    for ln in lines:
-        if ln.words == ("{",):
-            if last is not None and last.children is None:
-                last.children = []
-                last.closed = False
-                stack.append(last)
-            else:
-                problems.append(ReadProblem(ln.file, ln.line, "unexpected '{'"))
-            last = None
-            continue
-        if ln.words == ("}",):
-            if stack:
-                stack.pop().closed = True
-            else:
-                problems.append(ReadProblem(ln.file, ln.line, "extra '}'"))
-            last = None
-            continue
-        node = Node(ln.words[0], tuple(ln.words[1:]), ln.file, ln.line)
-        (stack[-1].children if stack else root).append(node)
-        last = node
-    return root, problems + unclosed(stack)
-
-
-def unclosed(stack: list[Node]) -> list[ReadProblem]:
-    """keepalived's verdict on a file that ends inside blocks (a file cut short): "There are N missing '}'s"."""
-    if not stack:
-        return []
-    first = stack[0]
-    return [ReadProblem(first.file, first.line, f"There are {len(stack)} missing '}}'s or extra '{{'s (the "
-                                                f"{first.keyword} block opened here is not closed: a file cut short?)",
-                        everywhere=True)]

@@ -27,7 +27,8 @@ from .checks import SKIP_REASON, Checks, kw_addr, kw_port, kw_true, settings_of
 from .health import Health
 from .tunnel import method_of, service_tunnel
 from .model import CheckSettings, Entry, HealthCheck, Import, KeepalivedError, Problem, VS
-from .reader import Reader, build_tree
+from .reader import Reader
+from .tree import build_tree
 from ...health.kaconf import track_files
 
 
