@@ -71,6 +71,9 @@ EARLIER_LAYOUTS = {
     # d49dd53: before the NAT reply cache (bpf/replycache.h: a new unpinned map, reply_cache); every pinned map is
     # adopted as it is.
     bytes.fromhex("45e9e35b8d136458b7830ce17e6eefa8b6c941544f076ed17f0a8c98458aa558"): {},
+    # ca23300: before the half-open lookups' own flag (XLB_SET_F_HALF_LOOK, written by the first apply with the rest
+    # of the settings); every pinned map is adopted as it is.
+    bytes.fromhex("8238c19468dff2e451af14bef9b04d7e7573a7a465e7aa906f78ddbfaa2333f9"): {},
 }
 
 
