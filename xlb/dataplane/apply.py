@@ -2,7 +2,8 @@
 
 Everything is planned and checked before the first map write, so a rejected config changes nothing. DataPlane
 also runs the timers (xlb/dataplane/sweep.py), reads the maps back (reader.py) and adopts pinned maps (adopt.py);
-syncstate.py is state sync's side (the export flag, the ring buffer, received entries).
+syncstate.py is state sync's side (the export flag, the ring buffer, received entries); settingsmap.py writes the
+settings entry (timeouts, the flow cache's TTL and generation, the lookup flags).
 """
 import contextlib
 import ctypes as ct
@@ -13,23 +14,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import clock
 from . import structs as S
 from . import tunnels
 from .adopt import Adopter
 from .alloc import IdPool, SlotAllocator
 from .bpfsys import delete_batch, lookup_batch_into, update_batch
 from .entries import real_entries, svc_metas
-from .mapkeys import NS, SvcState, htons, real_key, svc_keys, table_indexes
+from .mapkeys import SvcState, htons, real_key, svc_keys, table_indexes
 from .reader import Reader
+from .settingsmap import SettingsMap
 from .sweep import Sweeper
 from .syncstate import SyncState
 from ..errors import ConfigError
 from ..tables import marks as markmod
 from ..tables import vipfilter
-
-FLOW_TTL = 1.0  # seconds a flow-cache entry is trusted at most (bpf/flowcache.h)
-
 
 @contextlib.contextmanager
 def _meanwhile(fn, *args):
@@ -109,7 +107,7 @@ def fit(config, cap, loads=lambda svc: None):
     return entries, tables
 
 
-class DataPlane(Sweeper, Reader, Adopter, SyncState):
+class DataPlane(SettingsMap, Sweeper, Reader, Adopter, SyncState):
     """Owns the maps of a loaded Program."""
 
     def __init__(self, prog, tables):
@@ -338,15 +336,6 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
                 self.rule_ids.drop(ident)
         self.mark_entries = want
 
-    def invalidate_flow_cache(self):
-        """Void every flow-cache entry (bpf/flowcache.h): the next packet of each flow reads the connection table
-        again. apply() calls it last, after every write it made; so must anything else that changes what an
-        established flow's packets should do."""
-        settings = self.m["settings"]
-        st = settings[ct.c_uint32(0)]
-        st.gen = (st.gen + 1) & 0xFFFFFFFF or 1
-        settings[ct.c_uint32(0)] = st
-
     def release_old_tables(self):
         """Give back table regions replaced at least one apply or sweep ago."""
         for off, ln in self._to_release:
@@ -383,41 +372,6 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
         vals = np.fromiter(itertools.chain.from_iterable(table for _, table in runs), np.uint32, total)
         update_batch(self.m["sched_slots"].map_fd, keys, vals)
 
-    def _nat_replies(self, config):
-        """Whether the data plane looks for NAT replies (XLB_SET_F_NAT): while a NAT service is configured and, once
-        the last is gone, until the sweep has removed its connections' reverse entries (IPVS rewrites a removed
-        service's replies while its connections last)."""
-        return any(s.method == "nat" for s in config.services) or self.holds_entries("nat_revs", "nat_half")
-
-    def _half_look(self, config):
-        """Whether a SYN with no connection entry (and a template miss) looks in the half-open tables
-        (XLB_SET_F_HALF_LOOK): while the SYN-flood defense is on and, once it is off, until the sweep has seen them
-        empty (their handshakes' ACKs still find them)."""
-        was = self.m["settings"][ct.c_uint32(0)].flags & S.SET_F_HALF_LOOK
-        return config.tables.half_open or bool(was) or self.holds_entries(*S.HALF_TABLES)
-
-    def _write_settings(self, config, has_marks, vip_filter, nat):
-        t = config.timeouts
-        old = self.m["settings"][ct.c_uint32(0)]
-        flags = ((S.SET_F_MARKS if has_marks else 0) | (S.SET_F_VIP_FILTER if vip_filter else 0)
-                 | (S.SET_F_SYNC if self.sync_export else 0))
-        flags |= S.SET_F_ECHO if config.icmp.echo_reply else 0
-        flags |= S.SET_F_HALF_OPEN if config.tables.half_open else 0
-        flags |= S.SET_F_NAT if nat else 0
-        flags |= S.SET_F_HALF_LOOK if self._half_look(config) else 0
-        st = S.Settings(flags=flags, gen=old.gen,
-                        flow_ttl=self._flow_ttl(min(t.syn, t.tcp, t.tcpfin, t.udp)))
-        for name, secs in (("syn", t.syn), ("est", t.tcp), ("fin", t.tcpfin), ("udp", t.udp)):
-            st.timeout_ns[S.CONN_STATE[name]] = secs * NS
-        self.m["settings"][ct.c_uint32(0)] = st
-
-    def _set_flag(self, flag, on):
-        settings = self.m["settings"]
-        st = settings[ct.c_uint32(0)]
-        if bool(st.flags & flag) != on:
-            st.flags ^= flag
-            settings[ct.c_uint32(0)] = st
-
     def _write_vip_words(self, want):
         changed = [i for i, (a, b) in enumerate(zip(self.vip_words, want)) if a != b]
         if changed:
@@ -425,13 +379,6 @@ class DataPlane(Sweeper, Reader, Adopter, SyncState):
             vals = (ct.c_uint64 * len(changed))(*(want[i] for i in changed))
             self.m["vip_filter"].items_update_batch(keys, vals)
             self.vip_words = list(want)
-
-    def _flow_ttl(self, shortest_timeout):
-        """The flow cache's TTL in jiffies: a second, or a quarter of the shortest timeout if that is less (a cached
-        flow's last-seen time lags by up to the TTL); 0 turns the cache off."""
-        if not self.tables.flow_cache:
-            return 0
-        return max(1, int(clock.kernel_hz(self.prog) * min(FLOW_TTL, shortest_timeout / 4)))
 
     @staticmethod
     def _mark_key(k):

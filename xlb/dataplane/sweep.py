@@ -132,17 +132,6 @@ class Sweeper:
         self.last_sweep = res
         return res
 
-    def holds_entries(self, *names):
-        """Does any of these maps hold an entry? (one get-next-key each)"""
-        return any(next(iter(self.m[name].keys()), None) is not None for name in names)
-
-    def _end_half_look(self):
-        """Once the SYN-flood defense is off and its tables are empty (this sweep expired what it left), SYNs stop
-        looking in them: XLB_SET_F_HALF_LOOK cleared (DataPlane._half_look)."""
-        flags = self.m["settings"][ct.c_uint32(0)].flags
-        if flags & S.SET_F_HALF_LOOK and not flags & S.SET_F_HALF_OPEN and not self.holds_entries(*S.HALF_TABLES):
-            self._set_flag(S.SET_F_HALF_LOOK, False)
-
     def choose_sweep(self, log=None, numpy=None):
         """Load the kernel's walk once (the first sweep, or the daemon at start, which logs the choice); where the
         kernel refuses it (before 5.13: no bpf_for_each_map_elem) the sweep reads the tables with numpy, as it
