@@ -224,6 +224,37 @@ def test_defense_turned_off_still_promotes_its_half_open_entries_until_a_sweep_f
     assert dp.m["conns"][conn_key(late)].state == S.CONN_STATE["syn"]
 
 
+def test_an_unanswered_syn_to_a_persistent_service_leaves_no_template_and_the_lookups_end(bench):
+    """A SYN never answered leaves a template in persist_half: the sweep expires it by its timer (its service's
+    persistence timeout), as it expires the half-open connection, so that once the defense is off the half-open
+    lookups end (XLB_SET_F_HALF_LOOK) instead of lasting as long as the pins."""
+    dp = reset(bench, svc(VIP_P, extra="persistence_timeout = 300\n"))
+    send(bench, tcp4(dst=VIP_P, flags="S"))
+    assert count_entries(dp, "persist_half") == 1
+    dp.apply(dataclasses.replace(dp.config, tables=TEST_TABLES))   # the defense off
+    dp.sweep(now=now_ns() + 200 * NS)                              # the connection expired, the template not yet
+    assert count_entries(dp, "half_open") == 0 and count_entries(dp, "persist_half") == 1
+    assert dp.m["settings"][ct.c_uint32(0)].flags & S.SET_F_HALF_LOOK
+    dp.sweep(now=now_ns() + 400 * NS)
+    assert count_entries(dp, "persist_half") == 0
+    assert not dp.m["settings"][ct.c_uint32(0)].flags & S.SET_F_HALF_LOOK
+
+
+def test_pins_with_the_defense_flag_alone_keep_the_lookups(bench):
+    """Pins of a release before XLB_SET_F_HALF_LOOK have SET_F_HALF_OPEN alone, and their program (still attached
+    while the new daemon applies) may record a handshake in half_open after the apply looked at the tables: a
+    config with the defense off keeps the lookups until a sweep finds the tables empty."""
+    dp = reset(bench, svc(VIP))
+    settings = dp.m["settings"]
+    st = settings[ct.c_uint32(0)]
+    st.flags = (st.flags | S.SET_F_HALF_OPEN) & ~S.SET_F_HALF_LOOK      # as the earlier release left it
+    settings[ct.c_uint32(0)] = st
+    dp.apply(dataclasses.replace(dp.config, tables=TEST_TABLES))         # the defense off, the tables empty
+    assert settings[ct.c_uint32(0)].flags & S.SET_F_HALF_LOOK
+    dp.sweep()
+    assert not settings[ct.c_uint32(0)].flags & S.SET_F_HALF_LOOK
+
+
 # -- the flood ---------------------------------------------------------------------------------------------------
 
 

@@ -220,9 +220,9 @@ class Reader:
         return {rid: (act, inact) for rid, (act, inact, _) in self.real_loads().items()}
 
     # -- templates ------------------------------------------------------------------------------------------
-    def read_templates(self):
-        """The template table, one batched read, decoded with numpy: a Templates."""
-        persist = self.m["persist"]
+    def read_templates(self, name="persist"):
+        """The template table (or persist_half, bpf/halfopen.h), one batched read, decoded with numpy: a Templates."""
+        persist = self.m[name]
         tk = np.empty(persist.max_entries, np.dtype(S.PersistKey))
         tv = np.empty(persist.max_entries, np.dtype(S.Persist))
         n = lookup_batch_into(persist.map_fd, tk, tv)

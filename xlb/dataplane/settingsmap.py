@@ -31,7 +31,9 @@ class SettingsMap:
         """Whether a SYN with no connection entry (and a template miss) looks in the half-open tables
         (XLB_SET_F_HALF_LOOK): while the SYN-flood defense is on and, once it is off, until the sweep has seen them
         empty (their handshakes' ACKs still find them)."""
-        was = self.m["settings"][ct.c_uint32(0)].flags & S.SET_F_HALF_LOOK
+        # HALF_OPEN too: pins of a release before the flag have the defense's flag alone, and their program, still
+        # attached, may be recording a handshake in half_open right now
+        was = self.m["settings"][ct.c_uint32(0)].flags & (S.SET_F_HALF_LOOK | S.SET_F_HALF_OPEN)
         return config.tables.half_open or bool(was) or self.holds_entries(*S.HALF_TABLES)
 
     def _write_settings(self, config, has_marks, vip_filter, nat):
@@ -69,7 +71,10 @@ class SettingsMap:
 
     def _end_half_look(self):
         """Once the SYN-flood defense is off and its tables are empty (this sweep expired what it left), SYNs stop
-        looking in them: XLB_SET_F_HALF_LOOK cleared (DataPlane._half_look)."""
-        flags = self.m["settings"][ct.c_uint32(0)].flags
-        if flags & S.SET_F_HALF_LOOK and not flags & S.SET_F_HALF_OPEN and not self.holds_entries(*S.HALF_TABLES):
-            self._set_flag(S.SET_F_HALF_LOOK, False)
+        looking in them: XLB_SET_F_HALF_LOOK cleared (_half_look)."""
+        settings = self.m["settings"]
+        st = settings[ct.c_uint32(0)]
+        off = st.flags & S.SET_F_HALF_LOOK and not st.flags & S.SET_F_HALF_OPEN
+        if off and not self.holds_entries(*S.HALF_TABLES):
+            st.flags &= ~S.SET_F_HALF_LOOK  # from the snapshot that found the defense off
+            settings[ct.c_uint32(0)] = st

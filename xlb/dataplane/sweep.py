@@ -125,6 +125,7 @@ class Sweeper:
             counts, clients = self._walk_in_numpy(now, read_at, res)
         self._reconcile(counts)
         self._sweep_templates(now, clients, res)
+        self._sweep_half_templates(now)
         self._sweep_locality(now, res)
         self.release_old_tables()
         self._end_half_look()
@@ -285,6 +286,17 @@ class Sweeper:
             persist = self.m["persist"]
             self.delete_batch(persist, gone)
         res.templates_expired = len(gone)
+
+    def _sweep_half_templates(self, now):
+        """Expire the templates of half-open connections (persist_half, bpf/halfopen.h) whose service or real is
+        gone or whose timer ran out: their handshake's ACK moves the others to persist. Without this, a SYN that
+        was never answered would leave its template there for good, and with it the half-open lookups
+        (XLB_SET_F_HALF_LOOK) once the defense is off."""
+        t = self.read_templates("persist_half")
+        if len(t.keys):
+            dead = ~t.ok | (t.vals["last_new_ns"].astype(np.int64) + t.timeout <= now)
+            if dead.any():
+                self.delete_batch(self.m["persist_half"], t.keys[dead])
 
     def void_templates(self, real_ids):
         """Delete the templates of these reals now (reals that just failed their health checks: the data plane
