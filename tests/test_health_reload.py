@@ -305,3 +305,60 @@ def test_reloads_with_a_check_that_never_returns_leave_one_stuck_attempt_per_che
     assert tasks <= 2 * len(reals), tasks
     assert ran == len(reals)                  # never two attempts of one checker at once
     assert len(entered) > ran                 # the stuck ones ended: the engine in force runs its checks again
+
+
+def test_a_checker_behind_a_stuck_attempt_fails_its_attempts_until_it_ends(tmp_path, monkeypatch):
+    """The next engine's checker waits for a stuck attempt at most its own deadline per attempt: meanwhile each of
+    its attempts fails as a timeout (a check that hangs is a failing check, and the real goes down as its retries
+    say) rather than the checker falling silent with the real's last state; once the stuck one ends, checks run."""
+    import asyncio
+    from xlb.health import engine as hengine
+    from xlb.health import file as hfile
+    release, results = asyncio.Event(), []
+
+    async def stubborn(self):
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                pass
+        return Result(True, "released")
+    monkeypatch.setattr(hfile.FileChecker, "check", stubborn)
+    record = hengine.Engine.record
+    monkeypatch.setattr(hengine.Engine, "record",
+                        lambda self, c, chk, result, *a: results.append((self, result.ok)) or record(self, c, chk,
+                                                                                                     result, *a))
+    checks = Checks(lambda: None, lambda line: None)
+    checks.halt_timeout = 0.05
+
+    def spec(delay):
+        cfg = xread.parse(f'[[service]]\nvip = "198.51.100.10"\nport = 80\nproto = "tcp"\ndelay_loop = {delay}\n'
+                          'warmup = 0\nconnect_timeout = 0.2\n'
+                          f'real = [{{address = "{A}", check = {{kind = "FILE_CHECK", track_file = "{tmp_path}/w"}}}}]\n')
+        (s,) = cfg.services
+        checks.names[s.key] = s.name
+        return s.key, s.health
+
+    async def run():
+        key, health = spec(1)
+        first = checks._engine(key, health)
+        first.core.bootstrap = 0.0
+        await first.start()
+        await asyncio.sleep(0.3)                # its attempt is stuck (its own timeout cannot end it either)
+        key, health = spec(2)
+        second = checks._engine(key, health)
+        second.core.bootstrap = 0.0
+        await checks._replace(key, first, second)
+        await asyncio.sleep(0.5)
+        behind = [ok for engine, ok in results if engine is second]
+        release.set()
+        for _ in range(300):
+            if any(ok for engine, ok in results if engine is second):
+                break
+            await asyncio.sleep(0.01)
+        await second.stop(timeout=1.0)
+        return behind
+
+    behind = asyncio.run(run())
+    assert behind and not any(behind), behind           # failed as timeouts while the stuck attempt ran
+    assert any(ok for _, ok in results[len(behind):])    # and checks again once it ended

@@ -148,15 +148,26 @@ class Engine:
 
     async def _loop(self, c, due, after=None):
         chk = self.checkers[id(c)]
-        if after is not None:   # a halted engine's attempt of this checker ignored its cancel: wait for it to end
-            await asyncio.wait((after,))     # (a halt cancels this wait, never ``after``)
         while not self.halted:
             await self._sleep_until(due)
             started = self.clock()
-            result = await self.attempt(chk)
+            result = None
+            if after is not None and not after.done():
+                result = await self._behind(chk, after)
+            if result is None:
+                result = await self.attempt(chk)
             if self.halted:     # it ignored the halt's cancel: its result is no longer wanted
                 return
             due = self.record(c, chk, result, started, self.clock())
+
+    @staticmethod
+    async def _behind(chk, after):
+        """A halted engine's attempt of this checker ignored its cancel and still runs: this attempt waits for it, at
+        most its own deadline, never running a second one beside it. Still running then: the attempt failed as a
+        timeout (a check that hangs is a failing one); ended: None, the attempt runs. A halt cancels the wait,
+        never ``after``."""
+        await asyncio.wait((after,), timeout=chk.deadline())
+        return None if after.done() else chk.timed_out()
 
     @staticmethod
     async def attempt(chk):
