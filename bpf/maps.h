@@ -9,7 +9,7 @@
 /* XLB_MAP: a map pinned under XLB_PIN_DIR (the loader's -D flag; `xlb run` gives one per interface) so that a
  * restarted daemon adopts its state and the data plane keeps it while no daemon runs. Without XLB_PIN_DIR (the
  * packet tests) maps are private to the loaded program. bcc reuses a pinned map whatever its layout: the loader
- * checks the layout before it loads (xlb/pin.py). */
+ * checks the layout before it loads (xlb/dataplane/layout.py). */
 #ifdef XLB_PIN_DIR
 #define XLB_MAP(_type, _key, _leaf, _name, _max, _flags) \
 	BPF_TABLE_PINNED(_type, _key, _leaf, _name, _max, XLB_PIN_DIR "/" #_name, _flags)

@@ -5,6 +5,6 @@ Loading (``program``: bcc, kernel headers, flags; ``bpfsys``: raw bpf syscalls; 
 ``links``: what an interface has attached; ``testrun``, ``clock``), the host around it (``neigh``, ``forwarding``
 sysctls, ``vethpeer``), and DataPlane, which writes and reads the maps: ``apply`` (plan, check, apply the
 difference), ``sweep`` (the timers), ``reader`` (the one decoder of map contents that listings, observers and the
-sweep ask), ``adopt`` (pinned maps of a previous daemon), with ``mapkeys``, ``alloc`` and ``rowmatch`` (numpy joins)
+sweep ask), ``adopt`` (pinned maps of a previous daemon), ``settingsmap`` (the settings entry: timeouts, lookup flags), with ``mapkeys``, ``alloc`` and ``rowmatch`` (numpy joins)
 under them. May import xlb.tables, xlb.config and xlb.errors; never the daemon, the CLI or the observers.
 """

@@ -137,11 +137,11 @@ def check_layout(pin_dir, log=None):
     recorded = read_layout(pin_dir)
     if recorded is None:
         raise pin.PinError(f"{bpffs.shown(pin_dir)} holds pinned maps without a layout record (an older or foreign "
-                       f"xlb); {FRESH_HINT}")
+                           f"xlb); {FRESH_HINT}")
     if recorded != layout_digest():
         if not _migrate(pin_dir, recorded, log):
             raise pin.PinError(f"the maps pinned in {bpffs.shown(pin_dir)} were made by an xlb whose data layout "
-                           f"differs from this one's (structs, enums or flags in bpf/); {FRESH_HINT}")
+                               f"differs from this one's (structs, enums or flags in bpf/); {FRESH_HINT}")
         names = pin.pinned_maps(pin_dir)
     return names
 
@@ -163,4 +163,4 @@ def check_sizes(prog, pin_dir, names):
                             f"this program needs {want[0]}/{want[1]}/{want[2]}")
     if problems:
         raise pin.PinError(f"cannot adopt the maps pinned in {bpffs.shown(pin_dir)}: {'; '.join(problems)} "
-                       f"(table sizes are fixed while the maps live); {FRESH_HINT}")
+                           f"(table sizes are fixed while the maps live); {FRESH_HINT}")
