@@ -202,10 +202,16 @@ class EcmpLab(Lab):
             return _line(s)
 
     def connect(self, per_service):
-        """``per_service`` long-lived connections to every service, from the clients in turn."""
+        """``per_service`` long-lived connections to every service, from the clients in turn. With sync, each
+        client's first connection to rr-persistent places its template, and every balancer holds them all before
+        the clients connect again: a client's next connection may reach another balancer (ECMP hashes ports), which
+        without the template yet would place it anew, a second template that the sync then races with the first
+        (as two active IPVS directors do); the lab measures what a failure does, not that race."""
         out = []
         for service, (vip, _) in SERVICES.items():
             for k in range(per_service):
+                if self.sync and service == "rr-persistent" and k == len(self.clients):
+                    self.wait_synced(0)
                 client = self.clients[k % len(self.clients)]
                 s = self._socket(client)
                 s.connect((vip, PORT))
