@@ -8,8 +8,9 @@ wheel (one loop timer per TICK that has any). Every other kind is one coroutine 
 
 A coroutine checker that ignores its cancel (stuck beyond asyncio's reach) cannot be ended from outside: a halted
 engine leaves it in ``leftovers`` (shared by the engines that replace one another), and the next engine's same
-checker (state.checker_key) waits for it to end before its first attempt, instead of starting another that would
-get stuck beside it. So reloads leave at most one stuck attempt per checker, however many there are."""
+checker (state.checker_key) never starts another attempt beside it: each of its attempts waits for it at most its
+own deadline and, while it still runs, fails as a timeout (``_behind``). So reloads leave at most one stuck attempt
+per checker, however many there are."""
 import asyncio
 import logging
 import select

@@ -147,7 +147,8 @@ class Checks:
         shutdown (the notifiers of what the new one no longer has). A check that does not end within
         halt_timeout of its cancel does not hold the reload (nor the daemon's lock): the new engine takes over
         anyway, as keepalived's reload always does, and what the stuck check reports later goes nowhere; the new
-        engine's same checker waits for it to end (health/engine.py leftovers) rather than get stuck beside it."""
+        engine's same checker fails its attempts as timeouts while it runs (health/engine.py leftovers) rather than get
+        stuck beside it."""
         if not await old.halt(self.halt_timeout):
             self.log(f"xlb: health checks of VS {self.names[key]} did not stop within {self.halt_timeout:g} s of "
                      "the reload: replaced anyway (their late results are ignored)")
